@@ -1,0 +1,40 @@
+# Two entry points a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench-quality bench-scale bench-serve clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch==2.13.0 first: it is the CPU wheel; an unpinned resolve would pull a CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/unkd demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check training service worker tests bench
+
+bench-quality: $(STAMP)
+	$(BIN)/python bench/quality.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
+
+bench-serve: $(STAMP)
+	$(BIN)/python bench/serve.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

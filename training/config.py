@@ -1,0 +1,83 @@
+"""Hyper-parameters. Sent in job payloads, validated at the API edge and again in the
+task, and written into every model manifest so a model can be rebuilt without its job.
+
+Defaults work on a new dataset without tuning; they come from `bench/quality.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelName = Literal["mf", "lightgcn"]
+MethodName = Literal["none", "rd", "cd", "rrd", "unkd"]
+METHODS: tuple[str, ...] = ("none", "rd", "cd", "rrd", "unkd")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimConfig(_Strict):
+    """What every training run shares: optimiser, schedule, early stopping."""
+
+    lr: float = Field(0.005, gt=0, le=1.0, description="Adam learning rate")
+    decay: float = Field(1e-4, ge=0, le=1.0, description="L2 weight on the batch's embeddings")
+    batch_size: int = Field(4096, ge=16, le=1_000_000)
+    epochs: int = Field(60, ge=1, le=10_000, description="upper bound; early stopping ends sooner")
+    patience: int = Field(5, ge=1, le=1000, description="validation checks without improvement")
+    eval_every: int = Field(1, ge=1, le=1000, description="epochs between validation checks")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class TeacherConfig(OptimConfig):
+    model: ModelName = "mf"
+    dim: int = Field(100, ge=1, le=4096)
+    n_layers: int = Field(3, ge=1, le=8, description="LightGCN propagation layers")
+
+
+class UnKDOptions(_Strict):
+    groups: int = Field(4, ge=1, le=100, description="popularity groups G")
+    pairs_per_user: int = Field(30, ge=1, le=10_000, description="pairs per user per epoch, N")
+    mu: float = Field(20.0, gt=0, description="rank-sampling temperature: P(r) ∝ exp(-r/mu)")
+    top_l: int = Field(1000, ge=2, le=100_000, description="teacher candidates kept per (user, group)")
+
+
+class RDOptions(_Strict):
+    top_k: int = Field(10, ge=1, le=1000, description="teacher top-K unobserved items used as positives")
+    rank_lambda: float = Field(5.0, gt=0, description="rank weight w_r ∝ exp(-r/rank_lambda)")
+
+
+class CDOptions(_Strict):
+    samples: int = Field(10, ge=1, le=1000, description="items sampled per user per epoch")
+    rank_lambda: float = Field(20.0, gt=0, description="sampling P(r) ∝ exp(-r/rank_lambda)")
+    temperature: float = Field(1.0, gt=0, description="soft label sigmoid(t / T)")
+    top_l: int = Field(1000, ge=2, le=100_000, description="teacher ranks the sampler can reach")
+
+
+class RRDOptions(_Strict):
+    interesting: int = Field(10, ge=1, le=1000, description="K items from the teacher's top ranks")
+    uninteresting: int = Field(40, ge=1, le=10_000, description="L items from below the top ranks")
+    top_l: int = Field(100, ge=2, le=100_000, description="the 'top ranks' K items are drawn from")
+    rank_lambda: float = Field(10.0, gt=0, description="sampling P(r) ∝ exp(-r/rank_lambda) in top_l")
+
+
+class DistillConfig(OptimConfig):
+    method: MethodName = "unkd"
+    student_model: ModelName = "mf"
+    dim: int = Field(10, ge=1, le=4096)
+    n_layers: int = Field(3, ge=1, le=8)
+    lambda_kd: float = Field(1.0, ge=0, le=1000, description="weight of the distillation loss")
+    unkd: UnKDOptions = Field(default_factory=UnKDOptions)
+    rd: RDOptions = Field(default_factory=RDOptions)
+    cd: CDOptions = Field(default_factory=CDOptions)
+    rrd: RRDOptions = Field(default_factory=RRDOptions)
+
+
+class EvalConfig(_Strict):
+    ks: tuple[int, ...] = (10, 20, 50)
+    groups: int = Field(4, ge=1, le=100)
+    ips_gamma: float = Field(0.5, ge=0, le=1)
+    head_mass: float = Field(0.8, gt=0, lt=1, description="short-head share for APLT/ACLT")
+    user_chunk: int = Field(1024, ge=1)
