@@ -1,0 +1,73 @@
+"""Settings for the API, the workers and the local stack: one object, env prefix UNKD_.
+
+A leaf module: imports nothing from the project, so worker and service both use it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNKD_", env_file=".env", extra="ignore")
+
+    redis_url: str | None = Field(
+        None, description="redis://… or unix://…; unset: `unkd up` starts a local Redis itself"
+    )
+    data_dir: Path = Field(Path("data"), description="datasets, models, serving bundles, local Redis")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated; when set, mutating endpoints need one"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    index_factory: str = Field("Flat", description="FAISS factory string: Flat, IVF1024,Flat, HNSW32")
+    nprobe: int = Field(16, ge=1, le=65536)
+    hnsw_ef_search: int = Field(128, ge=1, le=65536)
+    max_k: int = Field(200, ge=1, le=10_000)
+    max_batch_users: int = Field(1000, ge=1, le=100_000)
+    upload_max_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    job_soft_time_limit_s: int = Field(6 * 3600, ge=10)
+    train_queue: str = "train"
+    light_queue: str = "light"
+    reload_poll_s: float = Field(2.0, gt=0, description="API: how often to re-check the active model")
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, keys: list[str]) -> list[str]:
+        for k in keys:
+            if len(k) < 8:
+                raise ValueError("each API key needs at least 8 characters")
+        return keys
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.data_dir / "bundles"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
