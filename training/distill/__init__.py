@@ -1,0 +1,42 @@
+"""Distillers: `none` (no teacher), `rd`, `cd`, `rrd` and `unkd`."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from training.config import METHODS, DistillConfig
+from training.distill.base import Distiller
+from training.distill.baselines import (
+    CollaborativeDistillation,
+    RankingDistillation,
+    RelaxedRankingDistillation,
+)
+from training.distill.unkd import UnKD
+from training.errors import ConfigError
+from training.popularity import item_popularity, popularity_groups
+
+_REGISTRY: dict[str, type[Distiller]] = {
+    "rd": RankingDistillation,
+    "cd": CollaborativeDistillation,
+    "rrd": RelaxedRankingDistillation,
+    "unkd": UnKD,
+}
+
+
+def build_distiller(
+    cfg: DistillConfig,
+    teacher_user: torch.Tensor,
+    teacher_item: torch.Tensor,
+    train: sp.csr_matrix,
+    device: torch.device,
+) -> Distiller | None:
+    """The distiller of cfg.method, or None for `none` (a student trained on the data only)."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method={cfg.method!r}: expected one of {', '.join(METHODS)}")
+    if cfg.method == "none":
+        return None
+    pop = item_popularity(train.tocoo().col, train.shape[1])
+    groups = popularity_groups(pop, cfg.unkd.groups)
+    return _REGISTRY[cfg.method](cfg, teacher_user, teacher_item, train, np.asarray(groups), device)

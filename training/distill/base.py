@@ -1,0 +1,74 @@
+"""The contract every distiller follows, so the trainer runs them all through one loop."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from training.config import DistillConfig
+
+KDBatch = dict[str, torch.Tensor]  # tensors sharing their first dimension (one row per sample)
+
+
+class Distiller(ABC):
+    """Teacher knowledge as an extra loss term for the student.
+
+    prepare() runs once (the teacher's rankings, in user chunks); sample_epoch() draws the
+    epoch's samples for all users at once; loss() scores one slice of them. No Python loop
+    over users, groups or pairs anywhere in an epoch.
+    """
+
+    name: str = ""
+
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        teacher_user: torch.Tensor,
+        teacher_item: torch.Tensor,
+        train: sp.csr_matrix,
+        groups: np.ndarray,
+        device: torch.device,
+    ) -> None:
+        self.cfg = cfg
+        self.teacher_user = teacher_user.to(device)
+        self.teacher_item = teacher_item.to(device)
+        self.train = train
+        self.groups = groups
+        self.device = device
+        self.n_users, self.n_items = train.shape
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """One-off work before the first epoch (teacher candidate lists)."""
+
+    @abstractmethod
+    def sample_epoch(self, epoch: int, generator: torch.Generator) -> KDBatch:
+        """All of this epoch's samples; the trainer slices them across its mini-batches."""
+
+    @abstractmethod
+    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
+        """Scalar loss of one slice, given the student's (n_users, d) and (n_items, d) embeddings."""
+
+    def candidate_bytes(self) -> int:
+        """Memory held by precomputed teacher rankings (for the benchmarks)."""
+        return 0
+
+
+def pair_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, u: torch.Tensor,
+                i: torch.Tensor) -> torch.Tensor:
+    """s(u, i) for aligned index tensors of any shape (u broadcast against i)."""
+    return (user_emb[u] * item_emb[i]).sum(-1)
+
+
+def bpr_loss(user_emb: torch.Tensor, item_emb: torch.Tensor, u: torch.Tensor, i: torch.Tensor,
+             j: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """mean of -log σ(s(u,i) - s(u,j)), optionally weighted per row."""
+    diff = pair_scores(user_emb, item_emb, u, i) - pair_scores(user_emb, item_emb, u, j)
+    loss = -F.logsigmoid(diff)
+    if weight is not None:
+        loss = loss * weight
+    return loss.mean()

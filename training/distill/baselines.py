@@ -1,0 +1,123 @@
+"""The standard distillers the reports compare UnKD against. All are teacher-agnostic and
+use the teacher only through its ranking (and, for CD, its scores)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.distill.base import Distiller, KDBatch, bpr_loss, pair_scores
+from training.distill.ranking import CandidateLists, sample_ranks, teacher_candidates
+
+
+def _single_list(d: Distiller, top_l: int) -> CandidateLists:
+    """The teacher's top-L unobserved items over the whole catalogue (one 'group')."""
+    return teacher_candidates(
+        d.teacher_user, d.teacher_item, d.train, np.zeros(d.n_items, dtype=np.int64), top_l
+    )
+
+
+class RankingDistillation(Distiller):
+    """RD (Tang & Wang, KDD 2018): the teacher's top-K unobserved items are extra positives,
+    weighted by rank w_r ∝ exp(-r/λ). With a BPR student they enter as weighted BPR
+    positives against uniformly drawn negatives, so scores stay on the BPR scale."""
+
+    name = "rd"
+
+    def prepare(self) -> None:
+        opts = self.cfg.rd
+        self.cands = _single_list(self, opts.top_k)
+        k = int(self.cands.widths[0])
+        w = torch.exp(-torch.arange(k, dtype=torch.float32) / opts.rank_lambda)
+        self.rank_weight = w / w.sum() * k  # mean weight 1: comparable to the BPR term
+
+    def sample_epoch(self, epoch: int, generator: torch.Generator) -> KDBatch:
+        k = int(self.cands.widths[0])
+        u = torch.arange(self.n_users).repeat_interleave(k)
+        r = torch.arange(k).repeat(self.n_users)
+        i = self.cands.items[u, r]
+        keep = i >= 0
+        u, r, i = u[keep], r[keep], i[keep]
+        j = torch.randint(0, self.n_items, u.shape, generator=generator)
+        return {"u": u, "i": i, "j": j, "w": self.rank_weight[r]}
+
+    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
+        return bpr_loss(user_emb, item_emb, batch["u"], batch["i"], batch["j"], batch["w"])
+
+    def candidate_bytes(self) -> int:
+        return self.cands.nbytes()
+
+
+class CollaborativeDistillation(Distiller):
+    """CD (Lee et al., 2019): items drawn from the teacher's ranking with P(r) ∝ exp(-r/λ),
+    soft labels σ(t(u,i)/T), binary cross-entropy on the student's score."""
+
+    name = "cd"
+
+    def prepare(self) -> None:
+        self.cands = _single_list(self, self.cfg.cd.top_l)
+
+    def sample_epoch(self, epoch: int, generator: torch.Generator) -> KDBatch:
+        opts = self.cfg.cd
+        u = torch.arange(self.n_users).repeat_interleave(opts.samples)
+        n = self.cands.lengths[u, 0]
+        keep = n >= 1
+        u, n = u[keep], n[keep]
+        i = self.cands.items[u, sample_ranks(n, opts.rank_lambda, generator)]
+        with torch.no_grad():
+            t = pair_scores(self.teacher_user, self.teacher_item, u.to(self.device), i.to(self.device))
+            label = torch.sigmoid(t / opts.temperature).cpu()
+        return {"u": u, "i": i, "y": label}
+
+    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
+        s = pair_scores(user_emb, item_emb, batch["u"], batch["i"])
+        return F.binary_cross_entropy_with_logits(s, batch["y"])
+
+    def candidate_bytes(self) -> int:
+        return self.cands.nbytes()
+
+
+class RelaxedRankingDistillation(Distiller):
+    """RRD (DE-RRD, Kang et al., CIKM 2020): K 'interesting' items drawn from the teacher's
+    top ranks (rank-discounted, without replacement, kept in teacher order) and L
+    'uninteresting' ones from the rest of the catalogue; a Plackett–Luce loss keeps the
+    interesting items on top, in the teacher's order, and ignores the order of the rest.
+
+    Uninteresting items are drawn uniformly from the catalogue: with L ≪ n_items the chance of
+    hitting an interesting or training item is small, and it avoids a full per-user ranking."""
+
+    name = "rrd"
+
+    def prepare(self) -> None:
+        opts = self.cfg.rrd
+        self.cands = _single_list(self, opts.top_l)
+        width = int(self.cands.widths[0])
+        self.log_p = -torch.arange(width, dtype=torch.float32) / opts.rank_lambda  # (top_l,)
+
+    def sample_epoch(self, epoch: int, generator: torch.Generator) -> KDBatch:
+        opts = self.cfg.rrd
+        width = int(self.cands.widths[0])
+        k = min(opts.interesting, width)
+        # Gumbel top-k: K ranks without replacement with P ∝ exp(-r/λ); invalid ranks excluded.
+        gumbel = -torch.log(-torch.log(torch.rand((self.n_users, width), generator=generator)))
+        keys = self.log_p.unsqueeze(0) + gumbel
+        keys[torch.arange(width).unsqueeze(0) >= self.cands.lengths[:, :1]] = -torch.inf
+        ranks = torch.topk(keys, k, dim=1).indices.sort(dim=1).values  # teacher order
+        interesting = torch.gather(self.cands.items, 1, ranks)
+        users = torch.arange(self.n_users)
+        keep = self.cands.lengths[:, 0] >= k
+        boring = torch.randint(0, self.n_items, (self.n_users, opts.uninteresting), generator=generator)
+        return {"u": users[keep], "pos": interesting[keep], "neg": boring[keep]}
+
+    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
+        u = batch["u"].unsqueeze(1)
+        s_pos = pair_scores(user_emb, item_emb, u, batch["pos"])  # (b, K)
+        s_neg = pair_scores(user_emb, item_emb, u, batch["neg"])  # (b, L)
+        # log Σ over {pos_k, ..., pos_K} ∪ neg: reverse cumulative logsumexp, then add the negatives.
+        tail = torch.logcumsumexp(s_pos.flip(1), dim=1).flip(1)
+        denom = torch.logaddexp(tail, torch.logsumexp(s_neg, dim=1, keepdim=True))
+        return -(s_pos - denom).sum(1).mean()
+
+    def candidate_bytes(self) -> int:
+        return self.cands.nbytes()

@@ -1,0 +1,80 @@
+"""UnKD (Chen et al., WSDM 2023): distil the teacher's ranking only within popularity groups.
+
+For every (user, group) the teacher ranks the group's unobserved items; each epoch draws
+pairs of ranks r1 != r2 with P(r) ∝ exp(-r/mu) and makes the better-ranked item the
+positive. Every pair compares two items of similar popularity, so the student learns the
+teacher's within-stratum ranking and never its popularity-inflated cross-stratum preference.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from training.distill.base import Distiller, KDBatch, bpr_loss
+from training.distill.ranking import CandidateLists, sample_ranks, teacher_candidates
+
+logger = logging.getLogger(__name__)
+
+
+def group_budget(pairs_per_user: int, n_groups: int, epoch: int) -> torch.Tensor:
+    """Split N pairs per user equally over G groups: (N,) group id of each pair slot.
+
+    When G does not divide N the remainder goes to different groups on successive epochs,
+    so over time every group gets N/G pairs per user.
+    """
+    slots = torch.arange(pairs_per_user) % n_groups
+    return (slots + epoch) % n_groups
+
+
+def sample_unkd_pairs(
+    cands: CandidateLists, pairs_per_user: int, mu: float, epoch: int, generator: torch.Generator
+) -> KDBatch:
+    """Draw the epoch's (u, i, j) pairs for every user at once.
+
+    Returns:
+        {"u", "i", "j"}: (n_pairs,) int64 each; (u, g) with fewer than two candidates give none.
+    """
+    n_users, n_groups = cands.lengths.shape
+    slot_group = group_budget(pairs_per_user, n_groups, epoch)  # (N,)
+    u = torch.arange(n_users).repeat_interleave(pairs_per_user)  # (n_users * N,)
+    g = slot_group.repeat(n_users)
+    n = cands.lengths[u, g]
+    keep = n >= 2
+    u, g, n = u[keep], g[keep], n[keep]
+
+    r1 = sample_ranks(n, mu, generator)
+    r2 = sample_ranks(n, mu, generator)
+    clash = r1 == r2
+    while bool(clash.any()):  # redraw only the collisions; a few rounds, shrinking fast
+        r2[clash] = sample_ranks(n[clash], mu, generator)
+        clash = r1 == r2
+    base = cands.offsets[g]
+    pos = cands.items[u, base + torch.minimum(r1, r2)]
+    neg = cands.items[u, base + torch.maximum(r1, r2)]
+    return {"u": u, "i": pos, "j": neg}
+
+
+class UnKD(Distiller):
+    name = "unkd"
+
+    def prepare(self) -> None:
+        opts = self.cfg.unkd
+        self.cands = teacher_candidates(
+            self.teacher_user, self.teacher_item, self.train, self.groups, opts.top_l
+        )
+        logger.info(
+            "UnKD candidates: %d users x %s per group (%.1f MB)",
+            self.n_users, self.cands.widths.tolist(), self.cands.nbytes() / 2**20,
+        )
+
+    def sample_epoch(self, epoch: int, generator: torch.Generator) -> KDBatch:
+        opts = self.cfg.unkd
+        return sample_unkd_pairs(self.cands, opts.pairs_per_user, opts.mu, epoch, generator)
+
+    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
+        return bpr_loss(user_emb, item_emb, batch["u"], batch["i"], batch["j"])
+
+    def candidate_bytes(self) -> int:
+        return self.cands.nbytes()

@@ -1,0 +1,184 @@
+"""The training loop shared by teachers and students: BPR on the data, plus an optional
+distillation term, Adam, early stopping on validation NDCG@20, best checkpoint kept.
+
+    loss = BPR(u, i, j) + decay/2 · (|p_u|² + |q_i|² + |q_j|²) + λ_KD · L_KD
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from training.config import OptimConfig
+from training.distill.base import Distiller, KDBatch, bpr_loss
+from training.errors import JobCancelled, TrainingDivergedError
+from training.progress import ProgressCallback, ProgressEvent, ShouldStop
+
+logger = logging.getLogger(__name__)
+
+VALID_K = 20
+
+
+@dataclass
+class FitResult:
+    user_emb: np.ndarray  # (n_users, d) float32, best epoch
+    item_emb: np.ndarray  # (n_items, d) float32
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    sample_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return float(np.mean(self.epoch_seconds)) if self.epoch_seconds else 0.0
+
+
+def validation_metrics(
+    user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix, valid: sp.csr_matrix,
+    k: int = VALID_K, chunk: int = 2048,
+) -> dict[str, float]:
+    """Recall@k and NDCG@k on the validation split, training items excluded, in user chunks."""
+    from training.evaluation import topk_from_embeddings  # the one top-k path of the project
+
+    users = np.flatnonzero(np.diff(valid.indptr) > 0)
+    if len(users) == 0:
+        return {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
+    top = topk_from_embeddings(user_emb, item_emb, users, train, k, chunk=chunk, device=user_emb.device)
+    sub = valid[users]
+    # hit[u, r]: is the r-th recommended item a validation positive of u?  (CSR lookup, vectorised)
+    hit = np.asarray(sub[np.arange(len(users))[:, None], np.maximum(top, 0)].todense()) > 0
+    hit &= top >= 0
+    n_pos = np.diff(sub.indptr)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    idcg = np.cumsum(disc)[np.minimum(n_pos, k) - 1]
+    return {
+        f"recall@{k}": float((hit.sum(1) / n_pos).mean()),
+        f"ndcg@{k}": float(((hit * disc).sum(1) / idcg).mean()),
+    }
+
+
+def _kd_slices(batch: KDBatch, n_batches: int, generator: torch.Generator) -> list[KDBatch]:
+    """Shuffle the epoch's distillation samples and cut them into n_batches slices."""
+    n = next(iter(batch.values())).shape[0]
+    perm = torch.randperm(n, generator=generator)
+    size = math.ceil(n / n_batches) if n else 0
+    return [
+        {key: t[perm[b * size : (b + 1) * size]] for key, t in batch.items()} for b in range(n_batches)
+    ]
+
+
+def fit(
+    model: nn.Module,
+    train_pairs: np.ndarray,
+    train: sp.csr_matrix,
+    valid: sp.csr_matrix,
+    cfg: OptimConfig,
+    *,
+    device: torch.device,
+    distiller: Distiller | None = None,
+    lambda_kd: float = 0.0,
+    on_progress: ProgressCallback | None = None,
+    should_stop: ShouldStop | None = None,
+    stage: str = "train",
+) -> FitResult:
+    """Train `model` and return its best-epoch embeddings.
+
+    Args:
+        train_pairs: (n_train, 2) int64 [user, item] training interactions.
+        train, valid: (n_users, n_items) CSR of the training and validation splits.
+    Raises:
+        JobCancelled: should_stop() returned True at an epoch boundary.
+        TrainingDivergedError: the loss became NaN or infinite.
+    """
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_items = train.shape[1]
+    pairs = torch.from_numpy(np.asarray(train_pairs, dtype=np.int64))
+    n_train = len(pairs)
+    n_batches = max(1, math.ceil(n_train / cfg.batch_size))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    best_ndcg, best_epoch, bad = -1.0, 0, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    result = FitResult(np.empty(0), np.empty(0), 0, 0)
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        if should_stop is not None and should_stop():
+            raise JobCancelled(f"cancelled before epoch {epoch}")
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n_train, generator=gen)
+        neg = torch.randint(0, n_items, (n_train,), generator=gen)
+        kd_slices: list[KDBatch] = []
+        if distiller is not None:
+            kd_slices = _kd_slices(distiller.sample_epoch(epoch, gen), n_batches, gen)
+        t_sampled = time.perf_counter()
+
+        total = 0.0
+        for b in range(n_batches):
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            u, i, j = (pairs[idx, 0].to(device), pairs[idx, 1].to(device), neg[idx].to(device))
+            user_emb, item_emb = model.embeddings()
+            loss = bpr_loss(user_emb, item_emb, u, i, j)
+            ego_u, ego_i = model.ego_embeddings()
+            reg = (ego_u[u].square().sum() + ego_i[i].square().sum() + ego_i[j].square().sum())
+            loss = loss + cfg.decay * 0.5 * reg / len(idx)
+            if kd_slices and len(next(iter(kd_slices[b].values()))):
+                kd = {key: t.to(device) for key, t in kd_slices[b].items()}
+                loss = loss + lambda_kd * distiller.loss(user_emb, item_emb, kd)  # type: ignore[union-attr]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        mean_loss = total / n_batches
+        if not math.isfinite(mean_loss):
+            raise TrainingDivergedError(f"loss became {mean_loss} at epoch {epoch} (try a lower lr)")
+        epoch_s = time.perf_counter() - t0
+        result.epoch_seconds.append(epoch_s)
+        result.sample_seconds.append(t_sampled - t0)
+
+        row: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "seconds": epoch_s}
+        stop = False
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            model.eval()
+            with torch.no_grad():
+                user_emb, item_emb = model.embeddings()
+                metrics = validation_metrics(user_emb, item_emb, train, valid)
+            row.update({f"valid_{k}": v for k, v in metrics.items()})
+            if metrics[f"ndcg@{VALID_K}"] > best_ndcg:
+                best_ndcg, best_epoch, bad = metrics[f"ndcg@{VALID_K}"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+                stop = bad >= cfg.patience
+        result.history.append(row)
+        logger.info("%s epoch %d/%d loss %.4f %s", stage, epoch, cfg.epochs, mean_loss,
+                    {k: round(v, 4) for k, v in row.items() if k.startswith("valid_")})
+        if on_progress is not None:
+            on_progress(ProgressEvent(
+                stage=stage, epoch=epoch, epochs=cfg.epochs, loss=mean_loss,
+                metrics={k: v for k, v in row.items() if k.startswith("valid_")},
+                elapsed_s=time.perf_counter() - started,
+            ))
+        if stop:
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        user_emb, item_emb = model.embeddings()
+    result.user_emb = user_emb.detach().cpu().numpy().astype(np.float32)
+    result.item_emb = item_emb.detach().cpu().numpy().astype(np.float32)
+    result.best_epoch, result.epochs_run = best_epoch, len(result.history)
+    return result
