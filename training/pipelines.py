@@ -18,6 +18,7 @@ from training.dataset import Dataset
 from training.distill import build_distiller
 from training.evaluation import attach_teacher, evaluate_embeddings
 from training.models import build_model
+from training.errors import JobCancelled
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.trainer import FitResult, fit
 
@@ -81,8 +82,6 @@ def train_teacher(
     }
     artifact = ModelArtifact(result.user_emb, result.item_emb, manifest, report)
     if should_stop is not None and should_stop():  # cancelled during evaluation: write nothing
-        from training.errors import JobCancelled
-
         raise JobCancelled("cancelled before the model was saved")
     artifact.save(out_dir)
     logger.info("teacher %s saved to %s (%.1fs)", manifest["id"], out_dir, train_s)
@@ -150,8 +149,6 @@ def distill_student(
     }
     artifact = ModelArtifact(result.user_emb, result.item_emb, manifest, report)
     if should_stop is not None and should_stop():
-        from training.errors import JobCancelled
-
         raise JobCancelled("cancelled before the model was saved")
     artifact.save(out_dir)
     logger.info("student %s (%s) saved to %s (%.1fs)", manifest["id"], cfg.method, out_dir, train_s)
