@@ -1,0 +1,185 @@
+"""Offline commands of `unkd`: prepare data, train a teacher, distil, evaluate.
+
+`register(subparsers)` adds them to the `unkd` parser (service/cli.py). Heavy imports
+(torch) happen inside the handlers so `unkd --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from training.config import METHODS, DistillConfig, TeacherConfig
+
+
+class _Bar:
+    """A tqdm bar over epochs, driven by the trainer's progress callback."""
+
+    def __init__(self, desc: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, desc=desc, unit="epoch", file=sys.stderr, leave=True)
+
+    def __call__(self, event: Any) -> None:
+        if event.stage != "train":
+            self.bar.set_postfix_str(event.stage)
+            return
+        self.bar.total = event.epochs
+        self.bar.n = event.epoch
+        post = {"loss": f"{event.loss:.4f}"} if event.loss is not None else {}
+        post.update({k.replace("valid_", ""): f"{v:.4f}" for k, v in event.metrics.items()})
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _load(data: str) -> Any:
+    from training.prepare import load_dataset
+
+    return load_dataset(Path(data))
+
+
+def _optim_args(p: argparse.ArgumentParser, defaults: type[TeacherConfig] | type[DistillConfig]) -> None:
+    f = defaults.model_fields
+    p.add_argument("--epochs", type=int, default=f["epochs"].default, help="maximum epochs (early stopping)")
+    p.add_argument("--lr", type=float, default=f["lr"].default, help="Adam learning rate")
+    p.add_argument("--decay", type=float, default=f["decay"].default, help="L2 weight decay")
+    p.add_argument("--batch-size", type=int, default=f["batch_size"].default)
+    p.add_argument("--patience", type=int, default=f["patience"].default)
+    p.add_argument("--seed", type=int, default=f["seed"].default)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def _optim_values(a: argparse.Namespace) -> dict[str, Any]:
+    return {"epochs": a.epochs, "lr": a.lr, "decay": a.decay, "batch_size": a.batch_size,
+            "patience": a.patience, "seed": a.seed}
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from training.prepare import prepare_dataset
+
+    ds = prepare_dataset(Path(a.input), fmt=a.format, split=a.split, seed=a.seed,
+                         min_user_interactions=a.min_user, min_item_interactions=a.min_item)
+    ds.save(Path(a.out))
+    print(json.dumps({"path": str(a.out), "fingerprint": ds.fingerprint, **ds.statistics()}, indent=2))
+    return 0
+
+
+def cmd_synthetic(a: argparse.Namespace) -> int:
+    from training.synthetic import SYNTHETIC_DEFAULTS, generate_synthetic
+
+    params = {**SYNTHETIC_DEFAULTS, **{k: v for k, v in vars(a).items() if k in SYNTHETIC_DEFAULTS and v is not None}}
+    ds = generate_synthetic(**params)
+    ds.save(Path(a.out))
+    print(json.dumps({"path": str(a.out), "fingerprint": ds.fingerprint, **ds.statistics()}, indent=2))
+    return 0
+
+
+def cmd_train_teacher(a: argparse.Namespace) -> int:
+    from training.device import resolve_device
+    from training.evaluation import render_table
+    from training.pipelines import train_teacher
+
+    cfg = TeacherConfig(model=a.model, dim=a.dim, n_layers=a.layers, **_optim_values(a))
+    ds = _load(a.data)
+    bar = _Bar(f"teacher {a.model}-{a.dim}")
+    try:
+        art = train_teacher(ds, cfg, Path(a.out), device=resolve_device(a.device), on_progress=bar)
+    finally:
+        bar.close()
+    print(render_table(art.report or {}))
+    print(f"saved to {a.out}")
+    return 0
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from training.device import resolve_device
+    from training.evaluation import render_table
+    from training.pipelines import distill_student
+
+    cfg = DistillConfig(
+        method=a.method, dim=a.dim, student_model=a.student_model, lambda_kd=a.lambda_kd,
+        unkd={"groups": a.groups, "pairs_per_user": a.pairs_per_user, "mu": a.mu, "top_l": a.top_l},
+        **_optim_values(a),
+    )
+    ds = _load(a.data)
+    bar = _Bar(f"{a.method} student {a.student_model}-{a.dim}")
+    try:
+        art = distill_student(ds, Path(a.teacher), cfg, Path(a.out), device=resolve_device(a.device),
+                              on_progress=bar)
+    finally:
+        bar.close()
+    print(render_table(art.report or {}))
+    print(f"saved to {a.out}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from training.device import resolve_device
+    from training.evaluation import render_table
+    from training.pipelines import evaluate_model
+
+    report = evaluate_model(_load(a.data), Path(a.model), device=resolve_device(a.device))
+    print(json.dumps(report, indent=2) if a.json else render_table(report))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the offline commands to the `unkd` parser."""
+    data = sub.add_parser("data", help="prepare datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("prepare", help="read an interactions file, split it, save a dataset artifact")
+    p.add_argument("input", help="CSV/TSV, Parquet, RecBole .inter, MovieLens u.data/ratings.dat, or 'lines'")
+    p.add_argument("--out", required=True, help="dataset artifact directory to write")
+    p.add_argument("--format", default="auto", help="auto | csv | tsv | parquet | recbole | movielens | lines")
+    p.add_argument("--split", default="auto", help="auto (given column, else random) | random | temporal | given")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-user", type=int, default=1, help="drop users with fewer interactions")
+    p.add_argument("--min-item", type=int, default=1, help="drop items with fewer interactions")
+    p.set_defaults(func=cmd_prepare)
+
+    p = dsub.add_parser("synthetic", help="generate the built-in synthetic dataset (known true preferences)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-users", dest="n_users", type=int)
+    p.add_argument("--n-items", dest="n_items", type=int)
+    p.add_argument("--skew", type=float, help="popularity skew of exposure (0 = none)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_synthetic)
+
+    p = sub.add_parser("train-teacher", help="train a teacher (MF or LightGCN) with BPR")
+    p.add_argument("data", help="dataset artifact directory or raw interactions file")
+    p.add_argument("--model", choices=["mf", "lightgcn"], default="mf")
+    p.add_argument("--dim", type=int, default=TeacherConfig.model_fields["dim"].default)
+    p.add_argument("--layers", type=int, default=3, help="LightGCN layers")
+    p.add_argument("--out", required=True, help="model directory to write")
+    _optim_args(p, TeacherConfig)
+    p.set_defaults(func=cmd_train_teacher)
+
+    d = DistillConfig.model_fields
+    u = DistillConfig().unkd
+    p = sub.add_parser("distill", help="distil a teacher into a small student")
+    p.add_argument("data", help="dataset artifact directory or raw interactions file")
+    p.add_argument("--teacher", required=True, help="teacher model directory")
+    p.add_argument("--method", default="unkd", help=" | ".join(METHODS))
+    p.add_argument("--dim", type=int, default=d["dim"].default)
+    p.add_argument("--student-model", choices=["mf", "lightgcn"], default="mf")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--lambda-kd", type=float, default=d["lambda_kd"].default, help="weight of the KD loss")
+    p.add_argument("--groups", type=int, default=u.groups, help="UnKD popularity groups G")
+    p.add_argument("--pairs-per-user", type=int, default=u.pairs_per_user, help="UnKD pairs per user per epoch")
+    p.add_argument("--mu", type=float, default=u.mu, help="UnKD rank-sampling temperature")
+    p.add_argument("--top-l", type=int, default=u.top_l, help="UnKD candidates per (user, group)")
+    _optim_args(p, DistillConfig)
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("evaluate", help="print a model's quality report")
+    p.add_argument("data", help="dataset artifact directory or raw interactions file")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
