@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNKD_", env_file=".env", extra="ignore")
 
     redis_url: str | None = Field(
-        None, description="redis://… or unix://…; unset: `unkd up` starts a local Redis itself"
+        None, description="redis://… or rediss://…; unset: `unkd up` starts a local Redis itself"
     )
     data_dir: Path = Field(Path("data"), description="datasets, models, serving bundles, local Redis")
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -30,11 +30,31 @@ class Settings(BaseSettings):
     max_k: int = Field(200, ge=1, le=10_000)
     max_batch_users: int = Field(1000, ge=1, le=100_000)
     upload_max_bytes: int = Field(200 * 1024 * 1024, ge=1024)
-    job_soft_time_limit_s: int = Field(6 * 3600, ge=10)
-    train_queue: str = "train"
-    light_queue: str = "light"
+    job_soft_time_limit_s: int = Field(
+        6 * 3600, ge=10, description="a job still training after this fails at its next epoch"
+    )
+    train_queue: str = Field("train", min_length=1, description="Celery queue of training jobs")
+    light_queue: str = Field("light", min_length=1, description="Celery queue of publish jobs")
     reload_poll_s: float = Field(2.0, gt=0, description="API: how often to re-check the active model")
-    log_level: str = "INFO"
+    job_max_retries: int = Field(
+        3, ge=0, le=100, description="retries of a job after a transient error (Redis, disk)"
+    )
+    result_expires_s: int = Field(7 * 24 * 3600, ge=60, description="Celery result TTL")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if not url:
+            return None  # UNKD_REDIS_URL= (empty) means unset
+        if not url.startswith(("redis://", "rediss://")):
+            raise ValueError(f"redis_url={url!r}: expected a redis:// or rediss:// URL")
+        return url
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("api_keys", mode="before")
     @classmethod
