@@ -7,12 +7,35 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from training.config import METHODS, DistillConfig, TeacherConfig
+
+
+def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Bad input ends the command with one clear line on stderr and exit status 2."""
+    from pydantic import ValidationError
+
+    from training.errors import ConfigError, DataError, FingerprintMismatchError
+
+    @functools.wraps(func)
+    def run(a: argparse.Namespace) -> int:
+        try:
+            return func(a)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(x) for x in err["loc"])
+            print(f"error: {field}: {err['msg']} (got {err.get('input')!r})", file=sys.stderr)
+        except (DataError, ConfigError, FingerprintMismatchError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    return run
 
 
 class _Bar:
@@ -60,6 +83,7 @@ def _optim_values(a: argparse.Namespace) -> dict[str, Any]:
             "patience": a.patience, "seed": a.seed}
 
 
+@_friendly
 def cmd_prepare(a: argparse.Namespace) -> int:
     from training.prepare import prepare_dataset
 
@@ -70,6 +94,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+@_friendly
 def cmd_synthetic(a: argparse.Namespace) -> int:
     from training.synthetic import SYNTHETIC_DEFAULTS, generate_synthetic
 
@@ -80,6 +105,7 @@ def cmd_synthetic(a: argparse.Namespace) -> int:
     return 0
 
 
+@_friendly
 def cmd_train_teacher(a: argparse.Namespace) -> int:
     from training.device import resolve_device
     from training.evaluation import render_table
@@ -97,6 +123,7 @@ def cmd_train_teacher(a: argparse.Namespace) -> int:
     return 0
 
 
+@_friendly
 def cmd_distill(a: argparse.Namespace) -> int:
     from training.device import resolve_device
     from training.evaluation import render_table
@@ -119,6 +146,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     return 0
 
 
+@_friendly
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from training.device import resolve_device
     from training.evaluation import render_table
