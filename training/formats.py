@@ -44,7 +44,19 @@ SPLIT_VALUES = ("train", "valid", "test")
 # removing "_", "-", "." and spaces, so "userId", "user_id:token" and "User ID" all match.
 _ALIASES: dict[str, tuple[str, ...]] = {
     "user": ("user", "userid", "uid", "users", "customer", "customerid", "visitorid", "reviewerid"),
-    "item": ("item", "itemid", "iid", "items", "movie", "movieid", "product", "productid", "asin", "trackid", "songid"),
+    "item": (
+        "item",
+        "itemid",
+        "iid",
+        "items",
+        "movie",
+        "movieid",
+        "product",
+        "productid",
+        "asin",
+        "trackid",
+        "songid",
+    ),
     "rating": ("rating", "ratings", "score", "stars", "preference"),
     "timestamp": ("timestamp", "time", "ts", "datetime", "date", "unixtime", "eventtime"),
     "split": ("split",),
@@ -75,7 +87,9 @@ class RawInteractions:
         for name in ("item", "rating", "timestamp", "split"):
             arr = getattr(self, name)
             if arr is not None and len(arr) != n:
-                raise DataError(f"{self.source or '<memory>'}: field {name!r} has {len(arr)} values, user has {n}")
+                raise DataError(
+                    f"{self.source or '<memory>'}: field {name!r} has {len(arr)} values, user has {n}"
+                )
         if self.rating is not None:
             self.rating = np.asarray(self.rating, dtype=np.float64)
         if self.timestamp is not None:
@@ -125,7 +139,13 @@ def detect_format(path: Path) -> str:
         if fh.read(4) == b"PAR1":
             return "parquet"
     name, suffix = path.name.lower(), path.suffix.lower()
-    by_suffix = {".parquet": "parquet", ".pq": "parquet", ".inter": "recbole", ".csv": "csv", ".tsv": "tsv"}
+    by_suffix = {
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".inter": "recbole",
+        ".csv": "csv",
+        ".tsv": "tsv",
+    }
     if suffix in by_suffix:
         return by_suffix[suffix]
     if name in ("u.data", "ratings.dat") or suffix in (".data", ".dat"):
@@ -198,18 +218,24 @@ def _to_str(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(col.to_numpy(zero_copy_only=False)).astype(str)
 
 
-def _to_float(col: pa.ChunkedArray, field: str, path: Path, locate: Callable[[int], str]) -> np.ndarray:
+def _to_float(
+    col: pa.ChunkedArray, field: str, path: Path, locate: Callable[[int], str]
+) -> np.ndarray:
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         return np.asarray(pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64()), dtype=np.float64)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         col = pc.utf8_trim_whitespace(col)
     try:
-        return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        return np.asarray(
+            pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
+        )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     if field == "timestamp":  # ISO dates ("2020-01-31 10:00:00") become epoch seconds
         try:
-            return np.asarray(pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64()), dtype=np.float64)
+            return np.asarray(
+                pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64()), dtype=np.float64
+            )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
     values = col.to_pylist()
@@ -217,7 +243,9 @@ def _to_float(col: pa.ChunkedArray, field: str, path: Path, locate: Callable[[in
         try:
             float(v)
         except (TypeError, ValueError):
-            raise DataError(f"{path}: {locate(i)}: field {field!r} value {v!r} is not a number") from None
+            raise DataError(
+                f"{path}: {locate(i)}: field {field!r} value {v!r} is not a number"
+            ) from None
     raise DataError(f"{path}: field {field!r} could not be converted to numbers")
 
 
@@ -232,7 +260,9 @@ def _to_split(col: pa.ChunkedArray, path: Path, locate: Callable[[int], str]) ->
     return values
 
 
-def _from_table(table: pa.Table, path: Path, fmt: str, locate: Callable[[int], str]) -> RawInteractions:
+def _from_table(
+    table: pa.Table, path: Path, fmt: str, locate: Callable[[int], str]
+) -> RawInteractions:
     names = list(table.column_names)
     cols = _find_columns(names)
     for role in ("user", "item"):
@@ -245,13 +275,22 @@ def _from_table(table: pa.Table, path: Path, fmt: str, locate: Callable[[int], s
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise DataError(f"{path}: user/item columns are not text: {exc}") from None
     rating = _to_float(table[cols["rating"]], "rating", path, locate) if "rating" in cols else None
-    ts = _to_float(table[cols["timestamp"]], "timestamp", path, locate) if "timestamp" in cols else None
+    ts = (
+        _to_float(table[cols["timestamp"]], "timestamp", path, locate)
+        if "timestamp" in cols
+        else None
+    )
     split = _to_split(table[cols["split"]], path, locate) if "split" in cols else None
     return RawInteractions(user, item, rating, ts, split, source=str(path), format=fmt)
 
 
 def _read_delimited(
-    path: Path, fmt: str, delimiter: str, header: bool, names: list[str] | None = None, quoting: bool = True
+    path: Path,
+    fmt: str,
+    delimiter: str,
+    header: bool,
+    names: list[str] | None = None,
+    quoting: bool = True,
 ) -> RawInteractions:
     data: bytes | None = None
     transform: Callable[[bytes], bytes] | None = None
@@ -276,13 +315,19 @@ def _read_delimited(
         return "skip"
 
     read_opts = pacsv.ReadOptions(column_names=names, skip_rows=1 if header else 0)
-    parse_opts = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False, invalid_row_handler=on_invalid)
+    parse_opts = pacsv.ParseOptions(
+        delimiter=delimiter, quote_char='"' if quoting else False, invalid_row_handler=on_invalid
+    )
     # Everything is read as text first: ids must stay strings, and numbers are converted
     # afterwards so that a bad value can be reported with its line.
-    conv_opts = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False)
+    conv_opts = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in names}, strings_can_be_null=False
+    )
     source = pa.BufferReader(data) if data is not None else str(path)
     try:
-        table = pacsv.read_csv(source, read_options=read_opts, parse_options=parse_opts, convert_options=conv_opts)
+        table = pacsv.read_csv(
+            source, read_options=read_opts, parse_options=parse_opts, convert_options=conv_opts
+        )
     except pa.ArrowInvalid as exc:
         raise DataError(f"{path}: cannot parse as {fmt}: {exc}") from None
     if bad_rows:
@@ -303,10 +348,14 @@ def _read_lines(path: Path) -> RawInteractions:
             if not tokens:
                 continue  # a user with no interactions keeps its line number as id
             if not tokens[0].isdigit():
-                raise DataError(f"{path}: line {lineno}: count {tokens[0]!r} is not a non-negative integer")
+                raise DataError(
+                    f"{path}: line {lineno}: count {tokens[0]!r} is not a non-negative integer"
+                )
             count = int(tokens[0])
             if count != len(tokens) - 1:
-                raise DataError(f"{path}: line {lineno}: count is {count} but the line has {len(tokens) - 1} items")
+                raise DataError(
+                    f"{path}: line {lineno}: count is {count} but the line has {len(tokens) - 1} items"
+                )
             users.extend([str(lineno - 1)] * count)
             items.extend(tokens[1:])
     if not users:
@@ -335,7 +384,14 @@ def read_interactions(path: str | Path, fmt: str = "auto") -> RawInteractions:
         raw = _read_delimited(path, fmt, "\t", header=True)
     elif fmt == "movielens":
         delim = "::" if "::" in _first_line(path) else "\t"
-        raw = _read_delimited(path, fmt, delim, header=False, names=["user", "item", "rating", "timestamp"], quoting=False)
+        raw = _read_delimited(
+            path,
+            fmt,
+            delim,
+            header=False,
+            names=["user", "item", "rating", "timestamp"],
+            quoting=False,
+        )
     elif fmt == "parquet":
         try:
             table = pq.read_table(path)
@@ -346,3 +402,143 @@ def read_interactions(path: str | Path, fmt: str = "auto") -> RawInteractions:
         raw = _read_lines(path)
     logger.debug("read %d interactions from %s (%s)", len(raw), path, fmt)
     return raw
+
+
+# -- writing -------------------------------------------------------------------------------
+def _format_for_path(path: Path) -> str:
+    name, suffix = path.name.lower(), path.suffix.lower()
+    by_suffix = {
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".inter": "recbole",
+        ".csv": "csv",
+        ".tsv": "tsv",
+        ".txt": "lines",
+    }
+    if suffix in by_suffix:
+        return by_suffix[suffix]
+    if name in ("u.data", "ratings.dat") or suffix in (".data", ".dat"):
+        return "movielens"
+    raise DataError(
+        f"{path}: cannot tell the format from the file name; pass fmt= one of {FORMATS}"
+    )
+
+
+def _table(raw: RawInteractions, fields: tuple[str, ...]) -> pa.Table:
+    cols: dict[str, pa.Array] = {}
+    for f in fields:
+        value = getattr(raw, f)
+        if value is not None:
+            cols[f] = pa.array(
+                value, type=pa.float64() if f in ("rating", "timestamp") else pa.string()
+            )
+    return pa.table(cols)
+
+
+def _write_text(
+    table: pa.Table, path: Path, delimiter: str, header: list[str] | None, allow_quotes: bool
+) -> None:
+    buf = io.BytesIO()
+    if header is not None:
+        buf.write((delimiter.join(header) + "\n").encode())
+    try:
+        # Unquoted when possible: RecBole and MovieLens tools do not expect quotes.
+        opts = pacsv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="none")
+        pacsv.write_csv(table, buf, opts)
+    except pa.ArrowInvalid as exc:
+        if not allow_quotes:
+            raise DataError(
+                f"{path}: a value contains the delimiter, a quote or a newline: {exc}"
+            ) from None
+        buf = io.BytesIO()
+        if header is not None:
+            buf.write((delimiter.join(header) + "\n").encode())
+        pacsv.write_csv(
+            table,
+            buf,
+            pacsv.WriteOptions(include_header=False, delimiter=delimiter, quoting_style="needed"),
+        )
+    path.write_bytes(buf.getvalue())
+
+
+def _dropped(raw: RawInteractions, path: Path, fmt: str, kept: tuple[str, ...]) -> None:
+    lost = [
+        f for f in ("rating", "timestamp", "split") if f not in kept and getattr(raw, f) is not None
+    ]
+    if lost:
+        logger.warning(
+            "%s: format %r cannot hold %s; those fields are not written", path, fmt, lost
+        )
+
+
+def _write_lines(raw: RawInteractions, path: Path) -> None:
+    users = raw.user
+    # The user id *is* the line number, so only canonical non-negative integers fit.
+    canonical = np.char.isdigit(users) & (
+        (np.char.str_len(users) == 1) | ~np.char.startswith(users, "0")
+    )
+    if not canonical.all():
+        bad = users[int(np.argmin(canonical))]
+        raise DataError(
+            f"{path}: format 'lines' needs user ids 0, 1, 2, ... (line numbers); got user {bad!r}"
+        )
+    if np.any(np.char.find(raw.item, " ") >= 0) or np.any(np.char.find(raw.item, "\t") >= 0):
+        raise DataError(f"{path}: format 'lines' cannot hold item ids containing whitespace")
+    uid = users.astype(np.int64)
+    order = np.argsort(uid, kind="stable")  # keeps each user's items in input order
+    counts = np.bincount(uid, minlength=int(uid.max()) + 1 if len(uid) else 0)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    items = raw.item[order]
+    with open(path, "w", encoding="utf-8") as fh:
+        for u in range(len(counts)):
+            row = items[starts[u] : starts[u + 1]]
+            fh.write(" ".join([str(counts[u]), *row.tolist()]) + "\n")
+
+
+def write_interactions(raw: RawInteractions, path: str | Path, fmt: str = "auto") -> Path:
+    """Write `raw` to `path` in format `fmt` ("auto": from the suffix or name).
+
+    Fields a format cannot hold are dropped with a warning ("lines" keeps only user and
+    item; "movielens" has no split). "movielens" needs rating and timestamp.
+    """
+    path = Path(path)
+    if fmt == "auto":
+        fmt = _format_for_path(path)
+    if fmt not in FORMATS:
+        raise DataError(f"{path}: unknown format {fmt!r}; expected one of {FORMATS} or 'auto'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    all_fields = ("user", "item", "rating", "timestamp", "split")
+    if fmt in ("csv", "tsv"):
+        table = _table(raw, all_fields)
+        _write_text(
+            table, path, "," if fmt == "csv" else "\t", table.column_names, allow_quotes=True
+        )
+    elif fmt == "parquet":
+        pq.write_table(_table(raw, all_fields), path)
+    elif fmt == "recbole":
+        table = _table(raw, all_fields)
+        types = {
+            "user": "user_id:token",
+            "item": "item_id:token",
+            "rating": "rating:float",
+            "timestamp": "timestamp:float",
+            "split": "split:token",
+        }
+        _write_text(table, path, "\t", [types[c] for c in table.column_names], allow_quotes=False)
+    elif fmt == "movielens":
+        if raw.rating is None or raw.timestamp is None:
+            raise DataError(f"{path}: format 'movielens' needs rating and timestamp fields")
+        fields = ("user", "item", "rating", "timestamp")
+        _dropped(raw, path, fmt, fields)
+        colons = path.name.lower() == "ratings.dat" or path.suffix.lower() == ".dat"
+        if colons and (
+            np.any(np.char.find(raw.user, ":") >= 0) or np.any(np.char.find(raw.item, ":") >= 0)
+        ):
+            raise DataError(f"{path}: '::'-separated MovieLens ids cannot contain ':'")
+        _write_text(_table(raw, fields), path, "\t", None, allow_quotes=False)
+        if colons:
+            path.write_bytes(path.read_bytes().replace(b"\t", b"::"))
+    else:
+        _dropped(raw, path, fmt, ("user", "item"))
+        _write_lines(raw, path)
+    return path
