@@ -143,7 +143,9 @@ def compute_metrics(
         raise ValueError(f"positives have {len(indptr) - 1} rows, topk has {n}")
     n_pos = np.diff(indptr)
     if n == 0 or (n_pos == 0).any():
-        raise ValueError(f"{int((n_pos == 0).sum())} of {n} users have no positives; drop them first")
+        raise ValueError(
+            f"{int((n_pos == 0).sum())} of {n} users have no positives; drop them first"
+        )
     if topk.max(initial=-1) >= n_items:
         raise ValueError(f"topk holds item {int(topk.max())} >= n_items={n_items}")
 
@@ -240,7 +242,11 @@ def compute_metrics(
 
 
 def overlap_metrics(
-    topk: np.ndarray, reference: np.ndarray, groups: np.ndarray, ks: list[int] | tuple[int, ...], n_groups: int
+    topk: np.ndarray,
+    reference: np.ndarray,
+    groups: np.ndarray,
+    ks: list[int] | tuple[int, ...],
+    n_groups: int,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Teacher-student agreement Overlap@K (METRICS.md E).
 
@@ -268,7 +274,9 @@ def overlap_metrics(
     return overall, by_group
 
 
-def oracle_metrics(topk: np.ndarray, oracle: np.ndarray, ks: list[int] | tuple[int, ...]) -> dict[str, float]:
+def oracle_metrics(
+    topk: np.ndarray, oracle: np.ndarray, ks: list[int] | tuple[int, ...]
+) -> dict[str, float]:
     """Precision and NDCG against the true top-K (binary relevance: i ∈ O_u@K).
 
     Args:

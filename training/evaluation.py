@@ -1,0 +1,576 @@
+"""Full-catalogue top-K evaluation and the quality report (DESIGN.md, METRICS.md).
+
+Two entry points share one path: `evaluate_embeddings` ranks with dot-product
+embeddings, `evaluate_topk` takes lists from any ranker (FAISS index, baseline). Both
+return a JSON-serialisable dict (plain floats, ints, lists; null where undefined).
+
+Protocol: users with >= 1 positive in the split are evaluated; for split="valid" the
+training items are excluded, for split="test" training *and* validation items are
+excluded (the validation positives are known interactions, not candidates). On equal
+scores the lower item index ranks first, exactly (see `_topk_rows`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from training.config import EvalConfig
+from training.dataset import Dataset
+from training.metrics import (
+    MetricResult,
+    bootstrap_ci,
+    compute_metrics,
+    oracle_metrics,
+    overlap_metrics,
+    row_membership,
+)
+from training.popularity import head_tail_split, popularity_groups
+
+logger = logging.getLogger(__name__)
+
+CPU = torch.device("cpu")
+TIE_BREAK = "equal scores: lower item index ranks first (exact, incl. ties at the K-th score)"
+DEFINITIONS = {
+    "recall": "|L∩T|/|T| averaged over users (denominator |T|, not min(K,|T|))",
+    "ndcg": "binary gain, disc(k)=1/log2(k+1), IDCG over min(K,|T|) slots",
+    "groups": "UnKD popularity groups: items sorted by φ desc, equal training-interaction mass, 0 = head",
+    "group_recall": "UnKD RecallAndPrecisionByGroup with denominator |U_g|, U_g = {u: T_u∩G_g ≠ ∅}",
+    "mrecall": "mean of Recall_g over groups with U_g ≠ ∅ (same for mndcg)",
+    "ips": "w_i = max(φ_i,1)^-γ (φ=0 items use φ=1), per-user self-normalised; "
+    "IPS-NDCG ideal = positives sorted by weight",
+    "arp": "Elliot ARP, φ = training interactions; narp = arp / max φ",
+    "aplt": "Elliot APLT, long tail = items outside the short head (head_mass of Σφ)",
+    "aclt": "Elliot ACLT, same long tail",
+    "pop_rsp": "Zhu et al. SIGIR'20 over all G groups, std/mean (population std), "
+    "denominator Σ_u |g \\ excluded_u|",
+    "pop_reo": "Zhu et al. SIGIR'20 over all G groups, std/mean (population std)",
+    "dtr": "UnKD getDTR, group 0 vs groups 1..G-1; 1 = fair",
+    "popularity_bias": "Merlin, p(i) = φ/Σφ, divided by K",
+    "novelty": "Merlin, log2, φ=0 items use φ=1, divided by |U|·K",
+    "epc": "Elliot / Vargas & Castells, 1 − φ/|U_train|, rank-discounted, normalised by Σ disc",
+    "coverage": "fraction of the catalog recommended at least once",
+    "gini": "RecBole form, never-recommended items count 0; 0 = equal",
+    "entropy": "Shannon, natural log; nentropy = entropy / ln|I|",
+    "head_share": "exposure share of popularity group 0",
+    "overlap": "|L∩L_ref|/K per user; per group Σ_u|L∩L_ref∩G_g| / Σ_u|L_ref∩G_g|",
+    "oracle": "relevance = the true top-K by truth factors among non-excluded items (binary)",
+    "padding": "-1 fills lists when fewer than K items remain; padded slots count nowhere",
+    "undefined": "null where a denominator is 0",
+}
+
+
+# -- who is evaluated and what is excluded -------------------------------------------------
+def evaluated_users(dataset: Dataset, split: str = "test") -> np.ndarray:
+    """(n_eval,) int64 sorted users with at least one positive in `split`."""
+    return np.unique(dataset.split(split)[:, 0]).astype(np.int64)
+
+
+def exclusion_csr(dataset: Dataset, split: str = "test") -> sp.csr_matrix:
+    """(n_users, n_items) CSR of the items a user can't be recommended when evaluating `split`."""
+    if split == "valid":
+        return dataset.csr("train")
+    if split == "test":
+        both = dataset.csr("train") + dataset.csr("valid")
+        both.data[:] = 1.0
+        return both.tocsr()
+    raise ValueError(f"split={split!r}: evaluate 'valid' or 'test'")
+
+
+def _excluded_name(split: str) -> str:
+    return "train" if split == "valid" else "train+valid"
+
+
+# -- ranking -----------------------------------------------------------------------------
+def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact top-k with the tie rule, for one chunk.
+
+    torch.topk picks an arbitrary subset of equal scores, so it only gives the K-th score
+    here; the kept set is every item above it plus the lowest-index items equal to it, and
+    a stable descending sort of that set (built in ascending item order) orders ties by index.
+
+    Args:
+        scores: (b, n_items) float32, -inf for excluded items.
+    Returns:
+        (b, k) int64 item ids, best first, -1 where fewer than k items are left.
+    """
+    b, n_items = scores.shape
+    kk = min(k, n_items)
+    kth = torch.topk(scores, kk, dim=1, sorted=False).values.amin(dim=1, keepdim=True)  # (b, 1)
+    finite = scores > float("-inf")
+    above = scores > kth
+    tied = (scores == kth) & finite
+    need = kk - above.sum(dim=1)  # (b,) tied items still to take
+    over = tied.sum(dim=1) > need
+    if bool(over.any()):  # only rows with surplus ties pay for the cumsum
+        r = over.nonzero().squeeze(1)
+        t = tied[r]
+        tied[r] = t & (t.to(torch.int32).cumsum(dim=1, dtype=torch.int32) <= need[r, None])
+    keep = above | tied  # <= kk per row; fewer only when excluded items leave fewer
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major: cols ascending within a row
+    counts = keep.sum(dim=1)
+    pos = torch.arange(len(rows), device=scores.device) - (torch.cumsum(counts, 0) - counts)[rows]
+    ids = torch.full((b, k), -1, dtype=torch.int64, device=scores.device)
+    vals = torch.full((b, k), float("-inf"), dtype=scores.dtype, device=scores.device)
+    ids[rows, pos] = cols
+    vals[rows, pos] = scores[rows, cols]
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    return ids.gather(1, order)
+
+
+def _rows_f32(
+    emb: np.ndarray | torch.Tensor, rows: np.ndarray, device: torch.device
+) -> torch.Tensor:
+    """emb[rows] as float32 on `device`, without copying the whole matrix there."""
+    if isinstance(emb, torch.Tensor):
+        idx = torch.as_tensor(rows, dtype=torch.int64, device=emb.device)
+        return emb.detach()[idx].to(device=device, dtype=torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(emb[rows], dtype=np.float32)).to(device)
+
+
+def topk_from_embeddings(
+    user_emb: np.ndarray | torch.Tensor,
+    item_emb: np.ndarray | torch.Tensor,
+    users: np.ndarray,
+    exclude_csr: sp.csr_matrix | None,
+    k: int,
+    *,
+    chunk: int = 1024,
+    device: torch.device = CPU,
+) -> np.ndarray:
+    """Top-k items by dot product, excluded items masked, in user chunks.
+
+    Memory is O(chunk · n_items): the score matrix is never built for all users at once.
+
+    Args:
+        user_emb: (n_users, d); item_emb: (n_items, d). numpy or torch, cast to float32.
+        users: (n,) int user ids (rows of user_emb).
+        exclude_csr: (n_users, n_items) CSR indexed by user id; its items get -inf. None = none.
+        k: list length; lists are -1 padded when fewer than k items remain.
+    Returns:
+        (n, k) int64 item ids, best first; equal scores: lower item index first.
+    """
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1")
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be >= 1")
+    users = np.asarray(users, dtype=np.int64)
+    items = torch.as_tensor(item_emb).detach().to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(items).all()):
+        raise ValueError("item_emb holds NaN or inf")
+    out = np.empty((len(users), k), dtype=np.int64)
+    with torch.inference_mode():
+        for start in range(0, len(users), chunk):
+            batch = users[start : start + chunk]
+            u = _rows_f32(user_emb, batch, device)  # (b, d)
+            if not bool(torch.isfinite(u).all()):
+                raise ValueError(f"user_emb holds NaN or inf in users {batch[0]}..{batch[-1]}")
+            scores = u @ items.T  # (b, n_items)
+            if exclude_csr is not None:
+                sub = exclude_csr[batch]
+                r = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
+                scores[
+                    torch.as_tensor(r, device=device),
+                    torch.as_tensor(sub.indices, dtype=torch.int64, device=device),
+                ] = float("-inf")
+            out[start : start + len(batch)] = _topk_rows(scores, k).cpu().numpy()
+    return out
+
+
+def most_popular_topk(
+    dataset: Dataset, users: np.ndarray, k: int, *, split: str = "test"
+) -> np.ndarray:
+    """Most-popular baseline: items by training popularity, excluded items removed.
+
+    Returns:
+        (len(users), k) int64, -1 padded; equal popularity: lower item index first.
+    """
+    pop = dataset.popularity().astype(np.float32)[:, None]  # exact in float32 below 2^24
+    ones = np.ones((dataset.n_users, 1), dtype=np.float32)
+    return topk_from_embeddings(ones, pop, users, exclusion_csr(dataset, split), k)
+
+
+# -- the report ------------------------------------------------------------------------------
+def _num(x: Any) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _align(lists: np.ndarray, dataset: Dataset, users: np.ndarray, name: str) -> np.ndarray:
+    """Rows for the evaluated users: accept (n_users, K) or (n_eval, K)."""
+    lists = np.asarray(lists, dtype=np.int64)
+    if lists.ndim == 2 and lists.shape[0] == dataset.n_users:
+        return lists[users]
+    if lists.ndim == 2 and lists.shape[0] == len(users):
+        return lists
+    raise ValueError(
+        f"{name} shape {lists.shape}: need (n_users={dataset.n_users}, K) or (evaluated users={len(users)}, K)"
+    )
+
+
+def _check_lists(lists: np.ndarray, excluded: sp.csr_matrix, n_items: int, kmax: int) -> None:
+    """Refuse lists the metrics would silently mis-score."""
+    if lists.shape[1] < kmax:
+        raise ValueError(f"lists have {lists.shape[1]} columns, ks need {kmax}")
+    lists = lists[:, :kmax]
+    if lists.min(initial=0) < -1 or lists.max(initial=0) >= n_items:
+        raise ValueError(f"item ids must lie in [0, {n_items}) or be -1 padding")
+    valid = lists >= 0
+    if (valid[:, 1:] & ~valid[:, :-1]).any():
+        raise ValueError("-1 padding must come after every real item in a list")
+    s = np.sort(lists, axis=1)
+    if ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any():
+        raise ValueError("a list repeats an item")
+    bad = row_membership(lists, excluded, n_items)
+    if bad.any():
+        u, pos = np.argwhere(bad)[0]
+        raise ValueError(
+            f"list row {u} slot {pos} holds excluded item {lists[u, pos]}; remove seen items first"
+        )
+
+
+def evaluate_topk(
+    dataset: Dataset,
+    topk: np.ndarray,
+    *,
+    cfg: EvalConfig | None = None,
+    split: str = "test",
+    reference_topk: np.ndarray | None = None,
+    device: torch.device = CPU,
+) -> dict[str, Any]:
+    """The quality report from precomputed lists (any ranker).
+
+    Args:
+        topk: (n_users, >= max K) or (n_evaluated_users, >= max K) int64, best first, -1
+            padded, excluded items (see `exclusion_csr`) already removed.
+        reference_topk: the same for a reference ranker (teacher); adds overlap@K.
+        device: used only for the oracle lists of synthetic data.
+    Returns:
+        dict with protocol, users_evaluated, metrics, groups, ci (module docstring).
+    """
+    cfg = cfg or EvalConfig()
+    t0 = time.perf_counter()
+    ks = sorted(set(cfg.ks))
+    kmax = ks[-1]
+    users = evaluated_users(dataset, split)
+    excl_all = exclusion_csr(dataset, split)
+    excl = excl_all[users]
+    lists = _align(topk, dataset, users, "topk")
+    _check_lists(lists, excl, dataset.n_items, kmax)
+    lists = lists[:, :kmax]
+
+    pop = dataset.popularity()
+    groups = popularity_groups(pop, cfg.groups)
+    res: MetricResult = compute_metrics(
+        lists,
+        dataset.csr(split)[users],
+        pop=pop,
+        groups=groups,
+        head=head_tail_split(pop, cfg.head_mass),
+        n_train_users=len(np.unique(dataset.train[:, 0])),
+        ks=ks,
+        n_groups=cfg.groups,
+        ips_gamma=cfg.ips_gamma,
+        excluded=excl,
+    )
+    metrics, group_arrays = dict(res.metrics), dict(res.groups)
+    if reference_topk is not None:
+        ref = _align(reference_topk, dataset, users, "reference_topk")
+        _check_lists(ref, excl, dataset.n_items, kmax)
+        ov, ov_groups = overlap_metrics(lists, ref[:, :kmax], groups, ks, cfg.groups)
+        metrics.update(ov)
+        group_arrays.update(ov_groups)
+    if dataset.truth is not None:
+        oracle = topk_from_embeddings(
+            dataset.truth.user_factors,
+            dataset.truth.item_factors,
+            users,
+            excl_all,
+            kmax,
+            chunk=cfg.user_chunk,
+            device=device,
+        )
+        metrics.update(oracle_metrics(lists, oracle, ks))
+
+    k_ci = 20 if 20 in ks else kmax
+    ci = {
+        f"{name}@{k_ci}": [
+            _num(v) for v in bootstrap_ci(res.per_user[f"{name}@{k_ci}"], n=1000, seed=0)
+        ]
+        for name in ("recall", "ndcg")
+    }
+    report = {
+        "protocol": {
+            "split": split,
+            "ks": ks,
+            "groups": cfg.groups,
+            "ips_gamma": cfg.ips_gamma,
+            "head_mass": cfg.head_mass,
+            "excluded": _excluded_name(split),
+            "users": f"users with >= 1 positive in {split}",
+            "tie_break": TIE_BREAK,
+            "ci": f"percentile bootstrap over users, 1000 resamples, seed 0, 95%, K={k_ci}",
+            "definitions": {**DEFINITIONS, "aplt": f"Elliot APLT, head_mass {cfg.head_mass}"},
+        },
+        "users_evaluated": int(len(users)),
+        "metrics": {name: _num(v) for name, v in metrics.items()},
+        "groups": _group_rows(dataset, split, groups, pop, cfg.groups, group_arrays),
+        "ci": ci,
+    }
+    logger.info(
+        "evaluated %d users on %s in %.2fs: recall@%d=%.4f ndcg@%d=%.4f",
+        len(users),
+        split,
+        time.perf_counter() - t0,
+        k_ci,
+        metrics[f"recall@{k_ci}"],
+        k_ci,
+        metrics[f"ndcg@{k_ci}"],
+    )
+    return report
+
+
+def _group_rows(
+    dataset: Dataset,
+    split: str,
+    groups: np.ndarray,
+    pop: np.ndarray,
+    n_groups: int,
+    arrays: dict[str, np.ndarray],
+) -> list[dict[str, Any]]:
+    """One dict per popularity group, head first."""
+    sizes = np.bincount(groups, minlength=n_groups)
+    train_mass = np.bincount(groups, weights=pop, minlength=n_groups)
+    test_items = dataset.split(split)[:, 1]
+    test_count = np.bincount(groups[test_items], minlength=n_groups)
+    rows = []
+    for g in range(n_groups):
+        row: dict[str, Any] = {
+            "group": g,
+            "items": int(sizes[g]),
+            "catalog_share": _num(sizes[g] / max(1, dataset.n_items)),
+            "train_share": _num(train_mass[g] / max(1.0, pop.sum())),
+            "test_share": _num(test_count[g] / max(1, len(test_items))),
+            "users": int(arrays["users"][g]),
+        }
+        for name in ("exposure_share", "recall", "ndcg", "overlap"):
+            for key in sorted(
+                (k for k in arrays if k.startswith(f"{name}@")), key=lambda s: int(s.split("@")[1])
+            ):
+                row[key] = _num(arrays[key][g])
+        rows.append(row)
+    return rows
+
+
+def evaluate_embeddings(
+    dataset: Dataset,
+    user_emb: np.ndarray | torch.Tensor,
+    item_emb: np.ndarray | torch.Tensor,
+    *,
+    cfg: EvalConfig | None = None,
+    split: str = "test",
+    device: torch.device = CPU,
+    reference: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Rank every evaluated user by user_emb @ item_emb.T and build the quality report.
+
+    Args:
+        user_emb: (n_users, d); item_emb: (n_items, d).
+        reference: (teacher_user_emb, teacher_item_emb) to add overlap@K against its lists.
+    """
+    cfg = cfg or EvalConfig()
+    if len(item_emb) != dataset.n_items or len(user_emb) != dataset.n_users:
+        raise ValueError(
+            f"embeddings ({len(user_emb)}, {len(item_emb)}) rows do not match dataset "
+            f"(n_users={dataset.n_users}, n_items={dataset.n_items})"
+        )
+    users = evaluated_users(dataset, split)
+    excl = exclusion_csr(dataset, split)
+    kmax = max(cfg.ks)
+    t0 = time.perf_counter()
+    lists = topk_from_embeddings(
+        user_emb, item_emb, users, excl, kmax, chunk=cfg.user_chunk, device=device
+    )
+    ref_lists = None
+    if reference is not None:
+        ref_lists = topk_from_embeddings(
+            *reference, users, excl, kmax, chunk=cfg.user_chunk, device=device
+        )
+    logger.info(
+        "top-%d for %d users x %d items in %.2fs",
+        kmax,
+        len(users),
+        dataset.n_items,
+        time.perf_counter() - t0,
+    )
+    return evaluate_topk(
+        dataset, lists, cfg=cfg, split=split, reference_topk=ref_lists, device=device
+    )
+
+
+# -- teacher comparison and rendering --------------------------------------------------------
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return _num(a / b)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else _num(a - b)
+
+
+def attach_teacher(report: dict[str, Any], teacher_report: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a student's report with its teacher's figures, deltas and ratios.
+
+    Adds "teacher" {metrics, groups}, "deltas" {name: student − teacher},
+    "bias_amplification" {"arp@K": ARP_S/ARP_T − 1, "head_share@K": E_G1(S) − E_G1(T),
+    "gini@K": ΔGini} and "retention" {"ndcg@K", "mrecall@K", "mndcg@K": S/T, "groups":
+    [{"group", "recall@K", "ndcg@K": S/T}]}. Undefined entries are null.
+    """
+    for key in ("split", "ks", "groups"):
+        s, t = report["protocol"].get(key), teacher_report["protocol"].get(key)
+        if s != t:
+            raise ValueError(
+                f"student and teacher reports differ in protocol {key!r}: {s!r} vs {t!r}"
+            )
+    out = copy.deepcopy(report)
+    sm, tm = report["metrics"], teacher_report["metrics"]
+    ks = report["protocol"]["ks"]
+    out["teacher"] = {
+        "metrics": copy.deepcopy(tm),
+        "groups": copy.deepcopy(teacher_report["groups"]),
+    }
+    out["deltas"] = {name: _diff(sm[name], tm[name]) for name in sm if name in tm}
+    bias: dict[str, float | None] = {}
+    for k in ks:
+        arp_ratio = _ratio(sm.get(f"arp@{k}"), tm.get(f"arp@{k}"))
+        bias[f"arp@{k}"] = None if arp_ratio is None else arp_ratio - 1.0
+        bias[f"head_share@{k}"] = _diff(sm.get(f"head_share@{k}"), tm.get(f"head_share@{k}"))
+        bias[f"gini@{k}"] = _diff(sm.get(f"gini@{k}"), tm.get(f"gini@{k}"))
+    out["bias_amplification"] = bias
+    retention: dict[str, Any] = {}
+    for k in ks:
+        for name in ("ndcg", "mrecall", "mndcg"):
+            retention[f"{name}@{k}"] = _ratio(sm.get(f"{name}@{k}"), tm.get(f"{name}@{k}"))
+    retention["groups"] = [
+        {"group": s_row["group"]}
+        | {
+            f"{name}@{k}": _ratio(s_row.get(f"{name}@{k}"), t_row.get(f"{name}@{k}"))
+            for k in ks
+            for name in ("recall", "ndcg")
+        }
+        for s_row, t_row in zip(report["groups"], teacher_report["groups"], strict=True)
+    ]
+    out["retention"] = retention
+    return out
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+HEADLINE = (
+    "recall",
+    "ndcg",
+    "precision",
+    "hit",
+    "mrr",
+    "mrecall",
+    "mndcg",
+    "ips_recall",
+    "ips_ndcg",
+    "oracle_precision",
+    "oracle_ndcg",
+    "overlap",
+    "arp",
+    "narp",
+    "aplt",
+    "aclt",
+    "head_share",
+    "coverage",
+    "gini",
+    "entropy",
+    "nentropy",
+    "pop_rsp",
+    "pop_reo",
+    "dtr",
+    "popularity_bias",
+    "novelty",
+    "epc",
+)
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """Plain-text tables for the CLI: metrics by K (with teacher and Δ when attached),
+    then one row per popularity group at the main K."""
+    if not report.get("metrics"):
+        return "no quality report"
+    proto = report["protocol"]
+    ks = proto["ks"]
+    k_main = 20 if 20 in ks else ks[-1]
+    m = report["metrics"]
+    tm = report.get("teacher", {}).get("metrics")
+    cols = (
+        [f"@{k}" for k in ks] if tm is None else [f"{w}@{k}" for k in ks for w in ("S", "T", "Δ")]
+    )
+    lines = [
+        f"quality report  split={proto['split']}  users={report['users_evaluated']}  "
+        f"groups={proto['groups']}  excluded={proto['excluded']}",
+        f"{'metric':<18}" + "".join(f"{c:>10}" for c in cols),
+    ]
+    for name in HEADLINE:
+        if f"{name}@{ks[0]}" not in m:
+            continue
+        cells = []
+        for k in ks:
+            key = f"{name}@{k}"
+            cells.append(m.get(key))
+            if tm is not None:
+                cells += [tm.get(key), report["deltas"].get(key)]
+        lines.append(f"{name:<18}" + "".join(f"{_fmt(c):>10}" for c in cells))
+    for name, (lo, hi) in report.get("ci", {}).items():
+        lines.append(f"95% CI {name}: [{_fmt(lo)}, {_fmt(hi)}]")
+
+    head = [
+        "group",
+        "items",
+        "catalog",
+        "train",
+        "test",
+        f"exp@{k_main}",
+        f"rec@{k_main}",
+        f"ndcg@{k_main}",
+    ]
+    keys = [f"exposure_share@{k_main}", f"recall@{k_main}", f"ndcg@{k_main}"]
+    if any(f"overlap@{k_main}" in row for row in report["groups"]):
+        head.append(f"ovl@{k_main}")
+        keys.append(f"overlap@{k_main}")
+    t_groups = report.get("teacher", {}).get("groups")
+    if t_groups is not None:
+        head += [f"T.exp@{k_main}", f"T.rec@{k_main}", f"Δrec@{k_main}"]
+    lines += ["", "".join(f"{h:>10}" for h in head)]
+    for i, row in enumerate(report["groups"]):
+        cells = [str(row["group"]), str(row["items"])]
+        cells += [_fmt(row.get(c)) for c in ("catalog_share", "train_share", "test_share", *keys)]
+        if t_groups is not None:
+            t_row = t_groups[i]
+            rk = f"recall@{k_main}"
+            cells += [
+                _fmt(t_row.get(f"exposure_share@{k_main}")),
+                _fmt(t_row.get(rk)),
+                _fmt(_diff(row.get(rk), t_row.get(rk))),
+            ]
+        lines.append("".join(f"{c:>10}" for c in cells))
+    if "bias_amplification" in report:
+        b = report["bias_amplification"]
+        lines.append(
+            f"\nbias amplification @{k_main}: ΔARP={_fmt(b.get(f'arp@{k_main}'))}  "
+            f"ΔE_G1={_fmt(b.get(f'head_share@{k_main}'))}  ΔGini={_fmt(b.get(f'gini@{k_main}'))}"
+        )
+    return "\n".join(lines)
