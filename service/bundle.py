@@ -1,0 +1,408 @@
+"""The serving bundle: build (worker), validate, save, load and search (API).
+
+One directory per published model version, written atomically:
+
+    items.faiss        inner-product index of the item embeddings (exact IndexFlatIP for "Flat")
+    item_emb.npy       (n_items, d) float32, only for approximate indexes (exact fallback)
+    user_emb.npy       (n_users, d) float32
+    seen_indptr.npy    (n_users + 1,) int64   CSR rows: each user's training items
+    seen_indices.npy   (n_train,) int32       item indices, sorted within a row
+    user_ids.npy       (n_users,) unicode     external ids (no pickle)
+    item_ids.npy       (n_items,) unicode
+    groups.npy         (n_items,) int32       popularity group, 0 = head
+    meta.json          model_id, d, metric, factory, sizes, created_at, sha256 of every file
+
+Imports faiss and numpy only (no FastAPI, no torch): the Celery worker builds bundles with
+it and the API loads them with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+
+from training.artifacts import atomic_dir, write_json_atomic
+from training.checkpoint import ModelArtifact
+
+if TYPE_CHECKING:
+    from training.dataset import Dataset
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_FILE = "items.faiss"
+META_FILE = "meta.json"
+ARRAY_FILES = ("user_emb", "seen_indptr", "seen_indices", "user_ids", "item_ids", "groups")
+EXACT_FACTORY = "Flat"
+# Users who saw more items than this are scored by the exact fallback instead of widening
+# the faiss search of the whole batch to k + their history (one heavy user would make
+# every user in the batch pay for a huge result heap).
+SEEN_SEARCH_BUDGET = 2048
+VALIDATION_USERS = 256
+VALIDATION_K = 10
+
+
+class BundleError(RuntimeError):
+    """A serving bundle that cannot be built or loaded. The message names the file or check."""
+
+
+# -- build ------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)  # hashlib releases the GIL on large chunks: loads don't stall requests
+    return h.hexdigest()
+
+
+def _is_exact(factory: str) -> bool:
+    return factory.replace(" ", "") == EXACT_FACTORY
+
+
+def _set_search_params(index: faiss.Index, nprobe: int, ef_search: int) -> None:
+    """Set nprobe (IVF) or efSearch (HNSW) explicitly; exact indexes have neither."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = int(nprobe)
+    if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", int(ef_search))
+
+
+def _build_index(item_emb: np.ndarray, factory: str) -> faiss.Index:
+    """Train and fill an inner-product index; on a GPU when faiss sees one.
+
+    Args:
+        item_emb: (n_items, d) float32 C-contiguous.
+    Returns:
+        a CPU index (serving searches CPU indexes concurrently; GPU ones are not thread-safe).
+    """
+    d = item_emb.shape[1]
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise BundleError(f"index_factory={factory!r} is not a valid faiss factory string: {exc}") from exc
+    res = None
+    if faiss.get_num_gpus() > 0:
+        try:
+            res = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(res, 0, index)
+        except (RuntimeError, AttributeError) as exc:  # e.g. HNSW has no GPU implementation
+            logger.info("building %s on CPU: no GPU version (%s)", factory, exc)
+            res = None
+    try:
+        if not index.is_trained:
+            index.train(item_emb)
+        index.add(item_emb)
+    except RuntimeError as exc:
+        raise BundleError(f"cannot build {factory!r} over {len(item_emb)} items: {exc}") from exc
+    if res is not None:
+        index = faiss.index_gpu_to_cpu(index)
+    return index
+
+
+def _validate_index(
+    index: faiss.Index,
+    item_emb: np.ndarray,
+    user_emb: np.ndarray,
+    factory: str,
+    min_recall: float,
+    seed: int = 0,
+) -> float:
+    """Check size and dimension; for approximate indexes, recall@10 against exact search.
+
+    Returns:
+        recall@k on a user sample (1.0 for the exact index, by construction).
+    """
+    n_items, d = item_emb.shape
+    if index.ntotal != n_items:
+        raise BundleError(f"index holds {index.ntotal} vectors, expected n_items={n_items}")
+    if index.d != d or user_emb.shape[1] != d:
+        raise BundleError(f"dimension mismatch: index d={index.d}, items d={d}, users d={user_emb.shape[1]}")
+    if _is_exact(factory):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(user_emb), size=min(VALIDATION_USERS, len(user_emb)), replace=False)
+    xq = np.ascontiguousarray(user_emb[sample])
+    k = min(VALIDATION_K, n_items)
+    exact = faiss.IndexFlatIP(d)
+    exact.add(item_emb)
+    _, truth = exact.search(xq, k)
+    _, found = index.search(xq, k)
+    hits = sum(len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found, strict=True))
+    recall = hits / truth.size
+    if recall < min_recall:
+        raise BundleError(
+            f"{factory!r}: recall@{k}={recall:.3f} against exact search is below {min_recall}; "
+            "raise nprobe / ef_search or use 'Flat'"
+        )
+    return float(recall)
+
+
+def build_bundle(
+    model_dir: Path,
+    dataset: Dataset,
+    out_dir: Path,
+    *,
+    model_id: str,
+    index_factory: str = EXACT_FACTORY,
+    nprobe: int = 16,
+    n_groups: int = 4,
+    ef_search: int = 128,
+    min_recall: float = 0.9,
+) -> dict[str, Any]:
+    """Write a validated serving bundle for one model to `out_dir`, atomically.
+
+    Args:
+        model_dir: a training.checkpoint model directory (embeddings.npz + manifest.json).
+        dataset: the dataset the model was trained on (ids, training items, groups).
+        index_factory: "Flat" (exact), or e.g. "IVF1024,Flat" / "HNSW32" for large catalogues.
+        nprobe, ef_search: search parameters the approximate index is validated with.
+        min_recall: recall@10 an approximate index must reach against exact search.
+    Returns:
+        the bundle's meta (also written to meta.json).
+    """
+    artifact = ModelArtifact.load(Path(model_dir))
+    if "dataset" in artifact.manifest:
+        artifact.check_dataset(dataset.fingerprint)
+    item_emb = np.ascontiguousarray(artifact.item_emb, dtype=np.float32)  # (n_items, d)
+    user_emb = np.ascontiguousarray(artifact.user_emb, dtype=np.float32)  # (n_users, d)
+    if item_emb.shape[0] != dataset.n_items or user_emb.shape[0] != dataset.n_users:
+        raise BundleError(
+            f"model {model_id}: embeddings cover {user_emb.shape[0]} users x {item_emb.shape[0]} items, "
+            f"dataset {dataset.name!r} has {dataset.n_users} x {dataset.n_items}"
+        )
+    if not (np.isfinite(item_emb).all() and np.isfinite(user_emb).all()):
+        raise BundleError(f"model {model_id}: embeddings contain NaN or infinite values")
+
+    index = _build_index(item_emb, index_factory)
+    _set_search_params(index, nprobe, ef_search)
+    recall = _validate_index(index, item_emb, user_emb, index_factory, min_recall)
+    seen = dataset.csr("train")
+    arrays: dict[str, np.ndarray] = {
+        "user_emb": user_emb,
+        "seen_indptr": seen.indptr.astype(np.int64),
+        "seen_indices": seen.indices.astype(np.int32),
+        "user_ids": dataset.user_ids.astype(str),
+        "item_ids": dataset.item_ids.astype(str),
+        "groups": dataset.groups(n_groups).astype(np.int32),
+    }
+    exact = _is_exact(index_factory)
+    if not exact:
+        arrays["item_emb"] = item_emb
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model_id": model_id,
+        "d": int(item_emb.shape[1]),
+        "metric": "inner_product",
+        "factory": index_factory,
+        "exact": exact,
+        "n_items": int(item_emb.shape[0]),
+        "n_users": int(user_emb.shape[0]),
+        "n_groups": int(n_groups),
+        "nprobe": int(nprobe),
+        "ef_search": int(ef_search),
+        "validation_recall": recall,
+        "max_seen": int(np.diff(seen.indptr).max(initial=0)),
+        "dataset_fingerprint": dataset.fingerprint,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "files": {},
+    }
+    with atomic_dir(Path(out_dir)) as tmp:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+        for path in sorted(tmp.iterdir()):
+            meta["files"][path.name] = _sha256(path)
+        write_json_atomic(tmp / META_FILE, meta)
+    logger.info(
+        "bundle %s: %s over %d items, d=%d, recall@%d=%.3f -> %s",
+        model_id, index_factory, meta["n_items"], meta["d"], VALIDATION_K, recall, out_dir,
+    )
+    return meta
+
+
+# -- load and search ----------------------------------------------------------------------
+
+
+def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> ServingBundle:
+    """Read and verify a bundle (checksums, shapes); set the search parameters explicitly."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+        files: dict[str, str] = meta["files"]
+        n_items, n_users, d = int(meta["n_items"]), int(meta["n_users"]), int(meta["d"])
+    except FileNotFoundError as exc:
+        raise BundleError(f"{path}: not a serving bundle ({META_FILE} missing)") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{meta_path}: unreadable bundle meta ({exc!r})") from exc
+    required = [INDEX_FILE] + [f"{n}.npy" for n in ARRAY_FILES]
+    if not meta.get("exact", True):
+        required.append("item_emb.npy")
+    for name in required:
+        if name not in files:
+            raise BundleError(f"{meta_path}: no checksum for {name}")
+    for name, digest in files.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: missing from the bundle")
+        if _sha256(file) != digest:
+            raise BundleError(f"{file}: checksum mismatch (corrupt or modified bundle)")
+    try:
+        index = faiss.read_index(str(path / INDEX_FILE))
+        arrays = {n: np.load(path / f"{n}.npy", allow_pickle=False) for n in ARRAY_FILES}
+        item_emb = None
+        if not meta.get("exact", True):
+            # mmap: only the rare exact fallback reads it, so it costs no resident memory
+            item_emb = np.load(path / "item_emb.npy", mmap_mode="r", allow_pickle=False)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise BundleError(f"{path}: cannot read bundle files ({exc})") from exc
+    checks = {
+        "index.ntotal": (index.ntotal, n_items),
+        "index.d": (index.d, d),
+        "user_emb rows": (arrays["user_emb"].shape[0], n_users),
+        "seen_indptr length": (len(arrays["seen_indptr"]), n_users + 1),
+        "user_ids length": (len(arrays["user_ids"]), n_users),
+        "item_ids length": (len(arrays["item_ids"]), n_items),
+        "groups length": (len(arrays["groups"]), n_items),
+    }
+    for what, (got, want) in checks.items():
+        if got != want:
+            raise BundleError(f"{path}: {what} is {got}, meta says {want}")
+    _set_search_params(index, nprobe, ef_search)
+    return ServingBundle(path, meta, index, arrays, item_emb)
+
+
+class ServingBundle:
+    """A loaded bundle: immutable once built, searched concurrently by request threads."""
+
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        index: faiss.Index,
+        arrays: dict[str, np.ndarray],
+        item_emb: np.ndarray | None,
+    ) -> None:
+        self.path = path
+        self.meta = meta
+        self.model_id: str = str(meta["model_id"])
+        self.index = index
+        self.n_users = int(meta["n_users"])
+        self.n_items = int(meta["n_items"])
+        self.exact = bool(meta.get("exact", True))
+        self.user_emb = np.ascontiguousarray(arrays["user_emb"], dtype=np.float32)  # (n_users, d)
+        self.seen_indptr = arrays["seen_indptr"].astype(np.int64)  # (n_users + 1,)
+        self.seen_indices = arrays["seen_indices"].astype(np.int64)  # (n_train,)
+        self.item_ids: np.ndarray = arrays["item_ids"]  # (n_items,) str
+        self.groups = arrays["groups"].astype(np.int64)  # (n_items,)
+        if item_emb is None:  # exact: the flat index already holds the vectors, view them
+            xb = faiss.rev_swig_ptr(faiss.downcast_index(index).get_xb(), self.n_items * index.d)
+            item_emb = xb.reshape(self.n_items, index.d)
+        self.item_emb = item_emb  # (n_items, d) float32, for the exact fallback
+        # Built once at load so a request does a dict lookup and string concatenation only.
+        self._user_index = {uid: i for i, uid in enumerate(arrays["user_ids"].tolist())}
+        self._item_json_head = [
+            f'{{"item_id":{encode_basestring_ascii(iid)},"group":{g},"score":'
+            for iid, g in zip(self.item_ids.tolist(), self.groups.tolist(), strict=True)
+        ]
+
+    def user_index(self, external_id: str) -> int | None:
+        return self._user_index.get(external_id)
+
+    def item_external(self, idx: int | np.ndarray) -> str | np.ndarray:
+        if isinstance(idx, np.ndarray):
+            return self.item_ids[idx]
+        return str(self.item_ids[idx])
+
+    def group_of(self, idx: int | np.ndarray) -> int | np.ndarray:
+        if isinstance(idx, np.ndarray):
+            return self.groups[idx]
+        return int(self.groups[idx])
+
+    def seen(self, user_idx: int) -> np.ndarray:
+        """(n_seen,) int64 training items of one user, sorted."""
+        return self.seen_indices[self.seen_indptr[user_idx] : self.seen_indptr[user_idx + 1]]
+
+    def recommend(self, user_idx: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items for a batch of users with one faiss search.
+
+        The search asks for k + the largest seen count in the batch, so dropping seen items
+        still leaves k per row; rows that come up short (an approximate index returned
+        fewer, or the user's history exceeds SEEN_SEARCH_BUDGET) are rescored exactly.
+
+        Args:
+            user_idx: (n,) int internal user indices.
+        Returns:
+            scores (n, k) float32 best first, item_idx (n, k) int64; rows with fewer than k
+            candidates are padded with -inf / -1.
+        """
+        users = np.asarray(user_idx, dtype=np.int64).reshape(-1)
+        n = len(users)
+        out_scores = np.full((n, k), -np.inf, dtype=np.float32)
+        out_items = np.full((n, k), -1, dtype=np.int64)
+        if n == 0 or k <= 0:
+            return out_scores, out_items
+        counts = self.seen_indptr[users + 1] - self.seen_indptr[users] if exclude_seen else np.zeros(n, np.int64)
+        available = np.minimum(k, self.n_items - counts)  # (n,) items each row can get
+        light = np.flatnonzero(counts <= SEEN_SEARCH_BUDGET)
+        if len(light):
+            k_search = min(self.n_items, k + int(counts[light].max()))
+            scores, items = self.index.search(self.user_emb[users[light]], k_search)  # (m, k_search)
+            keep = items >= 0
+            if exclude_seen and counts[light].any():
+                keep &= ~self._seen_mask(users[light], items)
+            rank = np.cumsum(keep, axis=1)  # 1-based slot of each kept hit
+            keep &= rank <= k
+            r, c = np.nonzero(keep)
+            out_scores[light[r], rank[r, c] - 1] = scores[r, c]
+            out_items[light[r], rank[r, c] - 1] = items[r, c]
+        short = np.flatnonzero((out_items >= 0).sum(axis=1) < available)
+        for row in short:  # rare: heavy users, or an approximate index that came up short
+            out_scores[row], out_items[row] = self._exact_row(int(users[row]), k, exclude_seen)
+        return out_scores, out_items
+
+    def _seen_mask(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(m, k') bool: items[r, c] is a training item of users[r]. One sorted lookup."""
+        starts, ends = self.seen_indptr[users], self.seen_indptr[users + 1]
+        lengths = ends - starts
+        rows = np.repeat(np.arange(len(users)), lengths)
+        pos = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(starts, lengths)
+        seen_keys = rows * self.n_items + self.seen_indices[pos]  # sorted: rows asc, items asc
+        keys = np.arange(len(users))[:, None] * self.n_items + np.maximum(items, 0)
+        hit = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+        return seen_keys[hit] == keys
+
+    def _exact_row(self, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force top-k for one user over every item: (k,) scores and (k,) items."""
+        scores = np.asarray(self.item_emb @ self.user_emb[user], dtype=np.float32)  # (n_items,)
+        if exclude_seen:
+            scores[self.seen(user)] = -np.inf
+        kk = min(k, self.n_items)
+        top = np.argpartition(-scores, kk - 1)[:kk]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top[np.isfinite(scores[top])]
+        out_s = np.full(k, -np.inf, dtype=np.float32)
+        out_i = np.full(k, -1, dtype=np.int64)
+        out_s[: len(top)], out_i[: len(top)] = scores[top], top
+        return out_s, out_i
+
+    def items_json(self, scores: np.ndarray, items: np.ndarray) -> str:
+        """One result row as a JSON array of {"item_id", "group", "score"}; -1 slots dropped.
+
+        Args:
+            scores: (k,) float32, items: (k,) int64, one row of `recommend`.
+        """
+        heads = self._item_json_head
+        parts = [heads[i] + repr(s) + "}" for i, s in zip(items.tolist(), scores.tolist(), strict=True) if i >= 0]
+        return "[" + ",".join(parts) + "]"
