@@ -127,8 +127,25 @@ def _first_line(path: Path) -> str:
     raise DataError(f"{path}: empty file (no interactions)")
 
 
-def _looks_like_lines(tokens: list[str]) -> bool:
-    return bool(tokens) and tokens[0].isdigit() and int(tokens[0]) == len(tokens) - 1
+def _head(path: Path, n: int = 20) -> list[str]:
+    """The first n non-blank lines (for sniffing the format)."""
+    out: list[str] = []
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                out.append(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+                if len(out) == n:
+                    break
+    return out
+
+
+def _looks_like_lines(lines: list[str]) -> bool:
+    """Every sniffed line reads `count item ...` with a matching count."""
+    for line in lines:
+        tokens = line.split()
+        if not (tokens and tokens[0].isdigit() and int(tokens[0]) == len(tokens) - 1):
+            return False
+    return bool(lines)
 
 
 def detect_format(path: Path) -> str:
@@ -150,7 +167,8 @@ def detect_format(path: Path) -> str:
         return by_suffix[suffix]
     if name in ("u.data", "ratings.dat") or suffix in (".data", ".dat"):
         return "movielens"
-    line = _first_line(path)
+    head = _head(path)
+    line = head[0] if head else _first_line(path)
     if "::" in line:
         return "movielens"
     if "\t" in line:
@@ -159,14 +177,14 @@ def detect_format(path: Path) -> str:
             return "recbole"
         if {"user", "item"} <= _find_columns(fields).keys():
             return "tsv"
-        if _looks_like_lines(line.split()):
+        if _looks_like_lines(head):
             return "lines"
         if len(fields) in (3, 4) and all(re.fullmatch(r"[\w.\-]+", f.strip()) for f in fields):
             return "movielens"
         return "tsv"
     if "," in line:
         return "csv"
-    if _looks_like_lines(line.split()):
+    if _looks_like_lines(head):
         return "lines"
     raise DataError(
         f"{path}: cannot detect the format from its name or first line {line[:80]!r}; "
@@ -255,7 +273,7 @@ def _to_split(col: pa.ChunkedArray, path: Path, locate: Callable[[int], str]) ->
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(
-            f"{path}: {locate(i)}: field 'split' value {values[i]!r} is not one of {SPLIT_VALUES}"
+            f"{path}: {locate(i)}: field 'split' value {str(values[i])!r} is not one of {SPLIT_VALUES}"
         )
     return values
 
@@ -478,7 +496,7 @@ def _write_lines(raw: RawInteractions, path: Path) -> None:
         (np.char.str_len(users) == 1) | ~np.char.startswith(users, "0")
     )
     if not canonical.all():
-        bad = users[int(np.argmin(canonical))]
+        bad = str(users[int(np.argmin(canonical))])
         raise DataError(
             f"{path}: format 'lines' needs user ids 0, 1, 2, ... (line numbers); got user {bad!r}"
         )

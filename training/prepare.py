@@ -128,12 +128,11 @@ def prepare_dataset(
     kept_items, iidx = np.unique(icode, return_inverse=True)
     uidx, iidx = uidx.ravel(), iidx.ravel()
 
-    if protocol == "given":
-        parts = split_given(uidx, iidx, raw.split[rows], source=where)  # type: ignore[index]
-    elif protocol == "temporal":
-        parts = split_temporal(
-            uidx, iidx, raw.timestamp[rows], holdout=holdout, seed=seed, source=where
-        )  # type: ignore[index]
+    if protocol == "given" and raw.split is not None:
+        parts = split_given(uidx, iidx, raw.split[rows], source=where)
+    elif protocol == "temporal" and raw.timestamp is not None:
+        ts = raw.timestamp[rows]
+        parts = split_temporal(uidx, iidx, ts, holdout=holdout, seed=seed, source=where)
     else:
         parts = split_random(uidx, iidx, holdout=holdout, seed=seed)
     if len(parts.test) == 0:

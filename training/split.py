@@ -123,7 +123,9 @@ def split_temporal(
         raise DataError(f"{source}: field 'timestamp' has {ts.shape} values for {len(pairs)} rows")
     if not np.isfinite(ts).all():
         row = int(np.argmin(np.isfinite(ts)))
-        raise DataError(f"{source}: field 'timestamp' is not finite at row {row + 1}: {ts[row]}")
+        raise DataError(
+            f"{source}: field 'timestamp' is not finite at row {row + 1}: {float(ts[row])}"
+        )
     # Latest first: sort by -timestamp, and among equal times the later row first.
     order = np.lexsort((-np.arange(len(pairs)), -ts, pairs[:, 0]))
     return _split_by_order(pairs, order, holdout, seed)
@@ -147,6 +149,6 @@ def split_given(
     if bad.any():
         row = int(np.argmax(bad))
         raise DataError(
-            f"{source}: row {row + 1}: field 'split' value {split[row]!r} is not one of {SPLIT_VALUES}"
+            f"{source}: row {row + 1}: field 'split' value {str(split[row])!r} is not one of {SPLIT_VALUES}"
         )
     return Splits(*(pairs[split == name] for name in SPLIT_VALUES))
