@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,7 +28,7 @@ from training.metrics_popularity import exposure_metrics
 
 logger = logging.getLogger(__name__)
 
-Positives = sp.csr_matrix | sp.csr_array | tuple[np.ndarray, np.ndarray]
+Positives: TypeAlias = sp.csr_matrix | sp.csr_array | tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
