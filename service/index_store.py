@@ -5,7 +5,7 @@ the truth; a message on keys.SERVING_EVENTS is only a hint to look at it now. A 
 thread waits for such a hint at most `settings.reload_poll_s` and then re-reads the pointer
 either way, so a lost message or a Redis outage only delays a swap, never breaks serving.
 
-Swapping is one attribute assignment of an immutable `_Loaded` record: a request that
+Swapping is one attribute assignment of an immutable `LoadedBundle` record: a request that
 read `store.current` keeps its bundle to the end, and the old bundle is freed when the
 last such request drops it. The live bundle is never mutated.
 """
@@ -36,7 +36,9 @@ RETRY_FAILED_S = 30.0
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class LoadedBundle:
+    """What one swap installs: the bundle, the pointer it came from, and when."""
+
     bundle: ServingBundle
     pointer: dict[str, Any]
     loaded_at: datetime
@@ -58,7 +60,7 @@ class IndexStore:
     def __init__(self, settings: Settings, redis_client: redis.Redis | None = None) -> None:
         self.settings = settings
         self.redis = redis_client
-        self._state: _Loaded | None = None
+        self._state: LoadedBundle | None = None
         self._load_lock = threading.Lock()  # one load at a time (watcher vs load_now)
         self._failed: tuple[tuple[str, str, str], float] | None = None
         self._stop = threading.Event()
@@ -79,6 +81,10 @@ class IndexStore:
     def loaded_at(self) -> datetime | None:
         state = self._state
         return state.loaded_at if state is not None else None
+
+    def snapshot(self) -> LoadedBundle | None:
+        """Bundle, pointer and load time read together (consistent across a swap)."""
+        return self._state
 
     @property
     def pointer(self) -> dict[str, Any] | None:
@@ -115,7 +121,7 @@ class IndexStore:
                     f"{bundle_dir}: holds model {bundle.model_id}, pointer names {pointer.get('model_id')}"
                 )
             previous = self.current
-            self._state = _Loaded(bundle, dict(pointer), datetime.now(timezone.utc))  # the swap
+            self._state = LoadedBundle(bundle, dict(pointer), datetime.now(timezone.utc))  # the swap
             self._failed = None
         logger.info(
             "serving model %s (%s, %d items) loaded in %.2fs, replacing %s",

@@ -1,0 +1,180 @@
+"""Recommendation and serving-status routes over HTTP (httpx via TestClient).
+
+The router is mounted on a bare FastAPI app with a static IndexStore loaded from a tiny
+bundle, so these tests need neither Redis nor the rest of the service.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.index_store import IndexStore
+from service.routes.recommendations import router
+
+# The bundle helpers live beside the unit tests that use them most.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from bundle_fixtures import brute_force_topk, make_bundle  # noqa: E402
+
+MAX_K, MAX_BATCH = 50, 5
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("api-bundles")
+    return {mid: make_bundle(root, model_id=mid, seed=s) for mid, s in (("A", 1), ("B", 2))}
+
+
+def make_client(root: Path) -> tuple[TestClient, IndexStore]:
+    settings = Settings(data_dir=root, max_k=MAX_K, max_batch_users=MAX_BATCH)
+    app = FastAPI()
+    app.include_router(router)
+    app.state.settings = settings
+    app.state.index_store = IndexStore(settings, None)
+    return TestClient(app), app.state.index_store
+
+
+@pytest.fixture()
+def client(bundles, tmp_path: Path) -> TestClient:
+    c, store = make_client(tmp_path)
+    path, _, _ = bundles["A"]
+    store.load_now({"model_id": "A", "bundle_dir": str(path), "published_at": "t0"})
+    return c
+
+
+def test_get_recommendations_excludes_seen_and_matches_brute_force(client, bundles) -> None:
+    path, ds, model = bundles["A"]
+    seen = ds.csr("train")
+    for u in (0, 7, 19):
+        r = client.get(f"/v1/recommendations/u{u}", params={"k": 12})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["user_id"] == f"u{u}" and body["model_id"] == "A"
+        items = [int(it["item_id"][1:]) for it in body["items"]]
+        assert len(items) == 12
+        assert not set(items) & set(seen.indices[seen.indptr[u] : seen.indptr[u + 1]].tolist())
+        ref_s, ref_i = brute_force_topk(
+            model.user_emb, model.item_emb, np.array([u]), 12, [seen.indices[seen.indptr[u] : seen.indptr[u + 1]]]
+        )
+        assert items == ref_i[0].tolist()
+        np.testing.assert_allclose([it["score"] for it in body["items"]], ref_s[0], rtol=1e-5)
+        groups = ds.groups(4)
+        assert [it["group"] for it in body["items"]] == groups[items].tolist()
+
+
+def test_exclude_seen_false_and_default_k(client, bundles) -> None:
+    _, _, model = bundles["A"]
+    r = client.get("/v1/recommendations/u3", params={"exclude_seen": "false"})
+    assert r.status_code == 200
+    items = [int(it["item_id"][1:]) for it in r.json()["items"]]
+    _, ref_i = brute_force_topk(model.user_emb, model.item_emb, np.array([3]), 20, None)
+    assert items == ref_i[0].tolist()  # default k = 20, seen items allowed
+
+
+def test_unknown_user_is_404_naming_it(client) -> None:
+    r = client.get("/v1/recommendations/nobody-42")
+    assert r.status_code == 404
+    assert "nobody-42" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("k", [0, MAX_K + 1, -3])
+def test_k_out_of_range_is_422_naming_k(client, k: int) -> None:
+    r = client.get("/v1/recommendations/u1", params={"k": k})
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["query", "k"] and f"between 1 and {MAX_K}" in err["msg"]
+    assert client.get("/v1/recommendations/u1", params={"k": "many"}).status_code == 422
+
+
+def test_model_parameter_must_name_the_served_model(client) -> None:
+    assert client.get("/v1/recommendations/u1", params={"model": "A"}).status_code == 200
+    r = client.get("/v1/recommendations/u1", params={"model": "B"})
+    assert r.status_code == 409
+    assert "'B' is not the served model" in r.json()["detail"] and "'A'" in r.json()["detail"]
+
+
+def test_nothing_published_is_503(tmp_path: Path) -> None:
+    c, _ = make_client(tmp_path)
+    r = c.get("/v1/recommendations/u1")
+    assert r.status_code == 503 and "publish" in r.json()["detail"]
+    assert c.post("/v1/recommendations", json={"user_ids": ["u1"]}).status_code == 503
+    status = c.get("/v1/serving")
+    assert status.status_code == 200 and status.json()["ready"] is False
+
+
+def test_batch_answers_in_request_order(client) -> None:
+    r = client.post("/v1/recommendations", json={"user_ids": ["u5", "u2", "u5"], "k": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_id"] == "A"
+    assert [res["user_id"] for res in body["results"]] == ["u5", "u2", "u5"]
+    assert all(len(res["items"]) == 4 for res in body["results"])
+    single = client.get("/v1/recommendations/u2", params={"k": 4}).json()
+    assert body["results"][1] == single
+
+
+def test_batch_errors(client) -> None:
+    too_many = client.post("/v1/recommendations", json={"user_ids": [f"u{i}" for i in range(MAX_BATCH + 1)]})
+    assert too_many.status_code == 422
+    assert too_many.json()["detail"][0]["loc"] == ["body", "user_ids"]
+    assert f"at most {MAX_BATCH}" in too_many.json()["detail"][0]["msg"]
+    unknown = client.post("/v1/recommendations", json={"user_ids": ["u1", "ghost", "u2"]})
+    assert unknown.status_code == 404 and "'ghost'" in unknown.json()["detail"]
+    bad_k = client.post("/v1/recommendations", json={"user_ids": ["u1"], "k": 0})
+    assert bad_k.status_code == 422 and bad_k.json()["detail"][0]["loc"] == ["body", "k"]
+    assert client.post("/v1/recommendations", json={"user_ids": []}).status_code == 422
+    wrong_model = client.post("/v1/recommendations", json={"user_ids": ["u1"], "model": "B"})
+    assert wrong_model.status_code == 409
+
+
+def test_serving_status(client, bundles) -> None:
+    _, ds, model = bundles["A"]
+    body = client.get("/v1/serving").json()
+    assert body["ready"] is True and body["model_id"] == "A" and body["index_type"] == "Flat"
+    assert (body["n_items"], body["n_users"], body["dim"]) == (ds.n_items, ds.n_users, model.dim)
+    assert body["loaded_at"] and body["published_at"] == "t0"
+
+
+def test_openapi_documents_the_response_fields(client) -> None:
+    spec = client.get("/openapi.json").json()
+    get = spec["paths"]["/v1/recommendations/{user_id}"]["get"]
+    ref = get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref.endswith("/Recommendations")
+    item = spec["components"]["schemas"]["RecommendedItem"]["properties"]
+    assert {"item_id", "score", "group"} <= set(item)
+    assert {"404", "409", "422", "503"} <= set(get["responses"])
+
+
+def test_no_request_fails_during_swaps(bundles, tmp_path: Path) -> None:
+    c, store = make_client(tmp_path)
+    pointers = {mid: {"model_id": mid, "bundle_dir": str(b[0]), "published_at": mid} for mid, b in bundles.items()}
+    store.load_now(pointers["A"])
+    failures: list[str] = []
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            r = c.get("/v1/recommendations/u4", params={"k": 10})
+            if r.status_code != 200 or len(r.json()["items"]) != 10:
+                failures.append(f"{r.status_code} {r.text[:200]}")
+            else:
+                answered.append(r.json()["model_id"])
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for swap in range(16):
+        store.load_now(pointers["BA"[swap % 2]])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert set(answered) <= {"A", "B"} and len(answered) > 0
