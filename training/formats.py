@@ -119,11 +119,12 @@ def _find_columns(names: list[str]) -> dict[str, str]:
 
 
 # -- format detection ---------------------------------------------------------------------
-def _first_line(path: Path) -> str:
+def _first_line(path: Path) -> tuple[int, str]:
+    """(1-based line number, text) of the first non-blank line."""
     with open(path, "rb") as fh:
-        for raw in fh:
+        for lineno, raw in enumerate(fh, 1):
             if raw.strip():
-                return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                return lineno, raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
     raise DataError(f"{path}: empty file (no interactions)")
 
 
@@ -133,7 +134,7 @@ def _head(path: Path, n: int = 20) -> list[str]:
     with open(path, "rb") as fh:
         for raw in fh:
             if raw.strip():
-                out.append(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+                out.append(raw.decode("utf-8-sig", errors="replace").rstrip("\r\n"))
                 if len(out) == n:
                     break
     return out
@@ -168,7 +169,7 @@ def detect_format(path: Path) -> str:
     if name in ("u.data", "ratings.dat") or suffix in (".data", ".dat"):
         return "movielens"
     head = _head(path)
-    line = head[0] if head else _first_line(path)
+    line = head[0] if head else _first_line(path)[1]
     if "::" in line:
         return "movielens"
     if "\t" in line:
@@ -320,8 +321,9 @@ def _read_delimited(
         def transform(b: bytes) -> bytes:
             return b.replace(b"::", b"\t")
 
+    header_lines = 0  # lines up to and including the header; pyarrow counts blank ones too
     if header:
-        line = _first_line(path)
+        header_lines, line = _first_line(path)
         names = next(csv.reader([line], delimiter=delimiter)) if quoting else line.split(delimiter)
         names = [n.strip() for n in names]
     if not names:
@@ -332,7 +334,7 @@ def _read_delimited(
         bad_rows.append(row)
         return "skip"
 
-    read_opts = pacsv.ReadOptions(column_names=names, skip_rows=1 if header else 0)
+    read_opts = pacsv.ReadOptions(column_names=names, skip_rows=header_lines)
     parse_opts = pacsv.ParseOptions(
         delimiter=delimiter, quote_char='"' if quoting else False, invalid_row_handler=on_invalid
     )
@@ -354,7 +356,7 @@ def _read_delimited(
         raise DataError(
             f"{path}: {where}: expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}"
         )
-    return _from_table(table, path, fmt, _line_locator(path, 1 if header else 0))
+    return _from_table(table, path, fmt, _line_locator(path, header_lines))
 
 
 def _read_lines(path: Path) -> RawInteractions:
@@ -401,7 +403,7 @@ def read_interactions(path: str | Path, fmt: str = "auto") -> RawInteractions:
     elif fmt in ("tsv", "recbole"):
         raw = _read_delimited(path, fmt, "\t", header=True)
     elif fmt == "movielens":
-        delim = "::" if "::" in _first_line(path) else "\t"
+        delim = "::" if "::" in _first_line(path)[1] else "\t"
         raw = _read_delimited(
             path,
             fmt,

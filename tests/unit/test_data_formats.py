@@ -283,3 +283,21 @@ def test_u_data_whose_first_line_looks_like_a_count_line_is_still_movielens(tmp_
     one_line = tmp_path / "one.bin"
     one_line.write_text("3 10 11 12\n1 10\n")
     assert detect_format(one_line) == "lines"
+
+
+@pytest.mark.parametrize(("prefix", "bad_line"), [(b"\xef\xbb\xbf", 4), (b"\n\n", 6)])
+def test_byte_order_mark_and_leading_blank_lines(tmp_path: Path, prefix: bytes, bad_line: int):
+    path = tmp_path / "log.csv"
+    path.write_bytes(prefix + b"user,item,split\na,x,train\n\nb,y,nope\n")
+    msg = _error(path)
+    assert f"line {bad_line}" in msg and "'nope'" in msg
+
+
+def test_ids_with_delimiters_and_quotes(tmp_path: Path):
+    raw = RawInteractions(
+        user=np.array(["a,b", 'say "hi"', "c"]), item=np.array(["x\ty", "1", "2"])
+    )
+    back = read_interactions(write_interactions(raw, tmp_path / "log.csv"))
+    _assert_same(raw, back, ("user", "item"))
+    with pytest.raises(DataError, match="delimiter"):
+        write_interactions(raw, tmp_path / "log.inter")  # RecBole readers do not unquote
