@@ -1,0 +1,91 @@
+"""The FastAPI app: create_app(settings) and the lifespan that connects Redis, Celery and
+the serving index.
+
+    uvicorn --factory service.main:create_app        (settings from UNKD_* variables)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.config import Settings, get_settings
+from service.errors import install_error_handlers
+from service.index_store import IndexStore
+from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.registry import Registry
+from service.routes import datasets, jobs, models, ops, recommendations
+from worker.celery_app import make_celery
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_logging_configured = False
+
+
+def configure_logging(level: str) -> None:
+    """Once per process: a stderr handler on the root logger (uvicorn keeps its own)."""
+    global _logging_configured
+    if _logging_configured:
+        return
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+    _logging_configured = True
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Connect the registry, build the Celery client, start the index watcher; undo on exit."""
+    settings: Settings = app.state.settings
+    if not settings.redis_url:
+        raise RuntimeError(
+            "UNKD_REDIS_URL is not set: the API needs the stack's Redis (`unkd up` starts one)"
+        )
+    registry = Registry.from_url(settings.redis_url)
+    celery_app = make_celery(settings, set_as_current=False)
+    store = IndexStore(settings, registry.redis)
+    app.state.registry = registry
+    app.state.celery = celery_app
+    app.state.index_store = store
+    app.state.metrics.watch_registry(lambda: registry)
+    store.start()
+    logger.info("API ready: redis %s, queues %s/%s, data %s", registry.redis.connection_pool
+                .connection_kwargs.get("host"), settings.train_queue, settings.light_queue,
+                settings.data_dir)
+    try:
+        yield
+    finally:
+        store.stop()
+        app.state.metrics.watch_registry(lambda: None)
+        celery_app.close()
+        registry.close()
+        logger.info("API stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API app; tests pass their own Settings, uvicorn's factory mode passes none."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="unkd-serve",
+        version=VERSION,
+        description="Popularity-unbiased knowledge distillation (UnKD) as a service: "
+        "datasets, teacher and distillation jobs, quality reports, FAISS serving.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics()
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    install_error_handlers(app)
+    for router in (datasets.router, jobs.router, models.router, recommendations.router, ops.router):
+        app.include_router(router)
+    return app

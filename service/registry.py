@@ -1,0 +1,431 @@
+"""The Redis registry of datasets, jobs, models and the active serving model.
+
+Shared by the API and the workers, so it imports no FastAPI and no Celery. Records are
+JSON strings under `unkd:` keys; sorted sets (score = creation time) list them newest
+first. A job record is changed only through `_mutate_job`, an optimistic WATCH/MULTI
+transaction, so a worker's progress write can never undo the API's cancel request.
+
+    unkd:dataset:<id>  unkd:datasets            dataset records
+    unkd:model:<id>    unkd:models              model records
+    unkd:job:<id>      unkd:jobs                job records
+    unkd:jobs:status:<status>, unkd:jobs:kind:<kind>   job indexes for filtered listing
+    unkd:stats:jobs                             hash "<kind>:<status>" -> jobs that reached it
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, Field
+
+from service import keys
+
+logger = logging.getLogger(__name__)
+
+JobKind = Literal["teacher", "distill", "publish"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_KINDS: tuple[str, ...] = ("teacher", "distill", "publish")
+JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+_DATASETS = f"{keys.PREFIX}:datasets"
+_MODELS = f"{keys.PREFIX}:models"
+_JOBS = f"{keys.PREFIX}:jobs"
+_JOB_STATS = f"{keys.PREFIX}:stats:jobs"
+
+
+def _dataset_key(dataset_id: str) -> str:
+    return f"{keys.PREFIX}:dataset:{dataset_id}"
+
+
+def _model_key(model_id: str) -> str:
+    return f"{keys.PREFIX}:model:{model_id}"
+
+
+def _job_key(job_id: str) -> str:
+    return f"{keys.PREFIX}:job:{job_id}"
+
+
+def _status_index(status: str) -> str:
+    return f"{keys.PREFIX}:jobs:status:{status}"
+
+
+def _kind_index(kind: str) -> str:
+    return f"{keys.PREFIX}:jobs:kind:{kind}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class NotFoundError(LookupError):
+    """An id that names nothing. `field` is the request field or path parameter at fault."""
+
+    def __init__(self, field: str, value: str, what: str) -> None:
+        self.field, self.value, self.what = field, value, what
+        super().__init__(f"{field}={value!r}: no such {what}")
+
+
+class ConflictError(RuntimeError):
+    """The request is valid but conflicts with the current state of the record."""
+
+    def __init__(self, field: str, value: str, reason: str) -> None:
+        self.field, self.value, self.reason = field, value, reason
+        super().__init__(f"{field}={value!r}: {reason}")
+
+
+# -- records ---------------------------------------------------------------------------
+
+
+class DatasetRecord(BaseModel):
+    id: str
+    name: str
+    source: Literal["upload", "synthetic"]
+    fingerprint: str
+    path: str
+    options: dict[str, Any] = Field(default_factory=dict, description="format, split, seed, …")
+    statistics: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelRecord(BaseModel):
+    id: str
+    kind: Literal["teacher", "student"]
+    method: str | None = Field(None, description="distillation method; None for a teacher")
+    model: str
+    dim: int
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, str | None] = Field(default_factory=dict, description="dataset_id, teacher_id")
+    metrics: dict[str, float] = Field(default_factory=dict, description="headline metrics")
+    path: str
+    job_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class JobProgress(BaseModel):
+    stage: str = "queued"
+    epoch: int = 0
+    epochs: int = 0
+    message: str = ""
+
+
+class JobTimings(BaseModel):
+    queued_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    elapsed_s: float | None = None
+
+
+class JobRecord(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobState = "queued"
+    params: dict[str, Any] = Field(default_factory=dict)
+    output_model_id: str | None = Field(None, description="id the job's model gets (idempotent)")
+    progress: JobProgress = Field(default_factory=JobProgress)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    timings: JobTimings = Field(default_factory=JobTimings)
+    error: str | None = None
+    model_id: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+
+
+class ActiveModel(BaseModel):
+    """The serving pointer at service.keys.ACTIVE_MODEL, also the SERVING_EVENTS message."""
+
+    model_id: str
+    bundle_dir: str
+    published_at: datetime = Field(default_factory=utcnow)
+
+
+def _score(when: datetime) -> float:
+    return when.timestamp()
+
+
+class Registry:
+    """Typed access to the registry keys through one redis-py client (decode_responses=True)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> Registry:
+        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    def close(self) -> None:
+        self.redis.close()
+
+    # -- listing helper ------------------------------------------------------------------
+    def _page(self, index: str, limit: int, offset: int) -> tuple[list[str], int]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrevrange(index, offset, offset + limit - 1)
+        pipe.zcard(index)
+        ids, total = pipe.execute()
+        return list(ids), int(total)
+
+    def _load_many(self, key: Callable[[str], str], ids: list[str], model: type[Any]) -> list[Any]:
+        if not ids:
+            return []
+        raws = self.redis.mget([key(i) for i in ids])
+        return [model.model_validate_json(raw) for raw in raws if raw is not None]
+
+    # -- datasets ------------------------------------------------------------------------
+    def add_dataset(self, record: DatasetRecord) -> DatasetRecord:
+        pipe = self.redis.pipeline()
+        pipe.set(_dataset_key(record.id), record.model_dump_json())
+        pipe.zadd(_DATASETS, {record.id: _score(record.created_at)})
+        pipe.execute()
+        return record
+
+    def get_dataset(self, dataset_id: str, *, field: str = "dataset_id") -> DatasetRecord:
+        raw = self.redis.get(_dataset_key(dataset_id))
+        if raw is None:
+            raise NotFoundError(field, dataset_id, "dataset")
+        return DatasetRecord.model_validate_json(raw)
+
+    def list_datasets(self, *, limit: int = 50, offset: int = 0) -> tuple[list[DatasetRecord], int]:
+        ids, total = self._page(_DATASETS, limit, offset)
+        return self._load_many(_dataset_key, ids, DatasetRecord), total
+
+    # -- models --------------------------------------------------------------------------
+    def add_model(self, record: ModelRecord) -> ModelRecord:
+        pipe = self.redis.pipeline()
+        pipe.set(_model_key(record.id), record.model_dump_json())
+        pipe.zadd(_MODELS, {record.id: _score(record.created_at)})
+        pipe.execute()
+        return record
+
+    def get_model(self, model_id: str, *, field: str = "model_id") -> ModelRecord:
+        raw = self.redis.get(_model_key(model_id))
+        if raw is None:
+            raise NotFoundError(field, model_id, "model")
+        return ModelRecord.model_validate_json(raw)
+
+    def has_model(self, model_id: str) -> bool:
+        return bool(self.redis.exists(_model_key(model_id)))
+
+    def list_models(self, *, limit: int = 50, offset: int = 0) -> tuple[list[ModelRecord], int]:
+        ids, total = self._page(_MODELS, limit, offset)
+        return self._load_many(_model_key, ids, ModelRecord), total
+
+    # -- serving pointer -----------------------------------------------------------------
+    def get_active(self) -> ActiveModel | None:
+        raw = self.redis.get(keys.ACTIVE_MODEL)
+        return ActiveModel.model_validate_json(raw) if raw is not None else None
+
+    def set_active(self, active: ActiveModel) -> None:
+        """Move the pointer and tell every API process, in one MULTI."""
+        payload = active.model_dump_json()
+        pipe = self.redis.pipeline()
+        pipe.set(keys.ACTIVE_MODEL, payload)
+        pipe.publish(keys.SERVING_EVENTS, payload)
+        pipe.execute()
+
+    def claim_publish(self, model_id: str, job_id: str, ttl_s: int) -> str | None:
+        """Mark `model_id` as being published by `job_id`; returns the job already doing it.
+
+        A claim held by a job that has finished (its worker died before releasing it) is
+        taken over.
+        """
+        key = f"{_model_key(model_id)}:publishing"
+        for _ in range(3):
+            if self.redis.set(key, job_id, nx=True, ex=ttl_s):
+                return None
+            holder = self.redis.get(key)
+            if holder is None:
+                continue
+            raw = self.redis.get(_job_key(holder))
+            if raw is not None and JobRecord.model_validate_json(raw).status not in TERMINAL:
+                return str(holder)
+            self.redis.delete(key)
+        return None
+
+    def release_publish(self, model_id: str, job_id: str) -> None:
+        key = f"{_model_key(model_id)}:publishing"
+        if self.redis.get(key) == job_id:
+            self.redis.delete(key)
+
+    # -- jobs ----------------------------------------------------------------------------
+    def create_job(self, record: JobRecord) -> JobRecord:
+        score = _score(record.timings.queued_at)
+        pipe = self.redis.pipeline()
+        pipe.set(_job_key(record.id), record.model_dump_json())
+        pipe.zadd(_JOBS, {record.id: score})
+        pipe.zadd(_kind_index(record.kind), {record.id: score})
+        pipe.zadd(_status_index(record.status), {record.id: score})
+        pipe.hincrby(_JOB_STATS, f"{record.kind}:{record.status}", 1)
+        pipe.execute()
+        return record
+
+    def get_job(self, job_id: str, *, field: str = "job_id") -> JobRecord:
+        raw = self.redis.get(_job_key(job_id))
+        if raw is None:
+            raise NotFoundError(field, job_id, "job")
+        return JobRecord.model_validate_json(raw)
+
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[JobRecord], int]:
+        """Newest first, optionally filtered by status and/or kind."""
+        if status and kind:
+            ranked = self.redis.zinter(
+                [_status_index(status), _kind_index(kind)], aggregate="MAX", withscores=True
+            )
+            ids = [job_id for job_id, _ in sorted(ranked, key=lambda pair: -pair[1])]
+            page, total = ids[offset : offset + limit], len(ids)
+        else:
+            index = _status_index(status) if status else _kind_index(kind) if kind else _JOBS
+            page, total = self._page(index, limit, offset)
+        return self._load_many(_job_key, page, JobRecord), total
+
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """(kind, status) -> number of jobs that ever reached that status (monotonic)."""
+        counts: dict[tuple[str, str], int] = {}
+        for field, value in self.redis.hgetall(_JOB_STATS).items():
+            kind, _, status = field.partition(":")
+            counts[(kind, status)] = int(value)
+        return counts
+
+    def jobs_by_status(self) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for status in JOB_STATES:
+            pipe.zcard(_status_index(status))
+        return dict(zip(JOB_STATES, (int(n) for n in pipe.execute()), strict=True))
+
+    def _mutate_job(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord:
+        """Apply `change` to the stored record atomically; it returns None to leave it as is.
+
+        `change` may run more than once (WATCH retries when another process wrote the
+        record meanwhile), so it must be a pure function of the record it is given.
+        """
+        key = _job_key(job_id)
+
+        def txn(pipe: redis.client.Pipeline) -> JobRecord:
+            raw = pipe.get(key)
+            if raw is None:
+                raise NotFoundError("job_id", job_id, "job")
+            old = JobRecord.model_validate_json(raw)
+            new = change(old.model_copy(deep=True))
+            if new is None:
+                return old
+            pipe.multi()
+            pipe.set(key, new.model_dump_json())
+            if new.status != old.status:
+                score = _score(new.timings.queued_at)
+                pipe.zrem(_status_index(old.status), job_id)
+                pipe.zadd(_status_index(new.status), {job_id: score})
+                pipe.hincrby(_JOB_STATS, f"{new.kind}:{new.status}", 1)
+            return new
+
+        result: JobRecord = self.redis.transaction(txn, key, value_from_callable=True)
+        return result
+
+    def start_job(self, job_id: str) -> tuple[JobRecord, bool]:
+        """A worker picks the job up: returns (record, should_run).
+
+        A cancelled job (or one whose cancel was requested) never runs and ends cancelled;
+        a finished job is not run again when its message is delivered twice; a job found
+        running was interrupted (worker lost) and runs again. Each run counts an attempt.
+        """
+
+        def change(job: JobRecord) -> JobRecord | None:
+            if job.status in TERMINAL:
+                return None
+            now = utcnow()
+            if job.cancel_requested:
+                job.status = "cancelled"
+                job.timings.finished_at = now
+                job.progress.stage = "cancelled"
+                return job
+            job.status = "running"
+            job.attempts += 1
+            job.error = None
+            job.timings.started_at = now
+            job.progress.stage = "starting"
+            return job
+
+        job = self._mutate_job(job_id, change)
+        return job, job.status == "running"
+
+    def update_progress(
+        self, job_id: str, progress: JobProgress, metrics: dict[str, float] | None = None
+    ) -> JobRecord:
+        """Record progress and the latest metrics of a running job."""
+
+        def change(job: JobRecord) -> JobRecord | None:
+            if job.status != "running":
+                return None
+            job.progress = progress
+            if metrics:
+                job.metrics = {**job.metrics, **metrics}
+            return job
+
+        return self._mutate_job(job_id, change)
+
+    def finish_job(
+        self,
+        job_id: str,
+        status: Literal["succeeded", "failed", "cancelled"],
+        *,
+        model_id: str | None = None,
+        error: str | None = None,
+    ) -> JobRecord:
+        def change(job: JobRecord) -> JobRecord:
+            now = utcnow()
+            job.status = status
+            job.model_id = model_id if model_id is not None else job.model_id
+            job.error = error
+            job.progress.stage = status
+            job.timings.finished_at = now
+            if job.timings.started_at is not None:
+                job.timings.elapsed_s = round((now - job.timings.started_at).total_seconds(), 3)
+            return job
+
+        return self._mutate_job(job_id, change)
+
+    def requeue_job(self, job_id: str, reason: str) -> JobRecord:
+        """Back to queued before a retry after a transient error."""
+
+        def change(job: JobRecord) -> JobRecord | None:
+            if job.status in TERMINAL:
+                return None
+            job.status = "queued"
+            job.error = f"retrying after: {reason}"
+            job.progress.stage = "queued"
+            return job
+
+        return self._mutate_job(job_id, change)
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """A queued job is cancelled now; a running one is flagged and stops at its next epoch."""
+
+        def change(job: JobRecord) -> JobRecord | None:
+            if job.status == "cancelled":
+                return None
+            if job.status in TERMINAL:
+                raise ConflictError("job_id", job_id, f"job already {job.status}, nothing to cancel")
+            job.cancel_requested = True
+            if job.status == "queued":
+                job.status = "cancelled"
+                job.progress.stage = "cancelled"
+                job.timings.finished_at = utcnow()
+            return job
+
+        return self._mutate_job(job_id, change)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        raw = self.redis.get(_job_key(job_id))
+        return raw is not None and JobRecord.model_validate_json(raw).cancel_requested

@@ -1,0 +1,166 @@
+"""Datasets: upload an interactions file or generate the built-in synthetic one; list; show.
+
+Preparation (parse, filter, split, popularity groups) runs in the threadpool during the
+request: it needs numpy and pyarrow only, never torch, and a malformed file is answered
+at once with a 422 that names the file, line and field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from service.auth import WriteAccess
+from service.config import Settings
+from service.deps import RegistryDep, SettingsDep
+from service.registry import DatasetRecord
+from service.schemas import (
+    DatasetList,
+    DatasetOut,
+    Id,
+    SyntheticDatasetRequest,
+    UploadOptions,
+)
+from service.uploads import FILE_FIELD, UploadError, receive_upload
+from training.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {
+                        FILE_FIELD: {"type": "string", "format": "binary"},
+                        **UploadOptions.model_json_schema()["properties"],
+                    },
+                }
+            },
+            "application/json": {"schema": SyntheticDatasetRequest.model_json_schema()},
+        },
+    }
+}
+
+
+def new_dataset_id() -> str:
+    return f"ds-{secrets.token_hex(6)}"
+
+
+def _validated(model: type[BaseModel], data: Any, loc: tuple[str, ...]) -> Any:
+    """Validate like FastAPI does for a body, so a 422 names the field the same way."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {**err, "loc": (*loc, *err["loc"])}
+            for err in exc.errors(include_url=False, include_context=False)
+        ]
+        raise RequestValidationError(errors) from exc
+
+
+def _prepare_upload(
+    path: Path, opts: UploadOptions, dataset_id: str, settings: Settings
+) -> DatasetRecord:
+    from training.prepare import prepare_dataset  # numpy/pyarrow; kept off the import path
+
+    try:
+        dataset = prepare_dataset(
+            path, fmt=opts.format, split=opts.split, seed=opts.seed, holdout=opts.holdout,
+            min_user_interactions=opts.min_user_interactions,
+            min_item_interactions=opts.min_item_interactions, name=opts.name or path.name,
+        )  # fmt: skip
+    except DataError as exc:
+        raise DataError(f"{FILE_FIELD}: {exc}".replace(str(path), path.name)) from exc
+    out = dataset.save(settings.datasets_dir.resolve() / dataset_id)
+    return DatasetRecord(
+        id=dataset_id, name=dataset.name, source="upload", fingerprint=dataset.fingerprint,
+        path=str(out), options={"filename": path.name, **opts.model_dump(exclude={"name"})},
+        statistics=dataset.statistics(),
+    )  # fmt: skip
+
+
+def _generate(req: SyntheticDatasetRequest, dataset_id: str, settings: Settings) -> DatasetRecord:
+    from training.synthetic import SYNTHETIC_DEFAULTS, generate_synthetic
+
+    params = req.synthetic.model_dump(exclude_none=True)
+    name = req.name or "synthetic"
+    try:
+        dataset = generate_synthetic(**params, name=name)
+    except ValueError as exc:
+        raise DataError(f"synthetic: {exc}") from exc
+    out = dataset.save(settings.datasets_dir.resolve() / dataset_id)
+    return DatasetRecord(
+        id=dataset_id, name=name, source="synthetic", fingerprint=dataset.fingerprint,
+        path=str(out), options={**SYNTHETIC_DEFAULTS, **params}, statistics=dataset.statistics(),
+    )  # fmt: skip
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[WriteAccess],
+    openapi_extra=_BODY_DOC,
+    responses={413: {"description": "upload larger than upload_max_bytes"}},
+)
+async def create_dataset(request: Request, settings: SettingsDep, registry: RegistryDep) -> DatasetOut:
+    """Register a dataset: multipart upload (field `file`) or JSON {"synthetic": {...}}."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    dataset_id = new_dataset_id()
+    if ctype == "multipart/form-data":
+        staging = settings.uploads_dir.resolve() / dataset_id
+        try:
+            upload = await receive_upload(request, staging, settings.upload_max_bytes)
+            opts = _validated(UploadOptions, upload.fields, ("body",))
+            if upload.path is None:  # receive_upload refuses a body without one
+                raise UploadError(422, f"{FILE_FIELD}: missing")
+            record = await run_in_threadpool(_prepare_upload, upload.path, opts, dataset_id, settings)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    elif ctype == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            raise UploadError(422, f"body: invalid JSON ({exc})") from exc
+        req = _validated(SyntheticDatasetRequest, body, ("body",))
+        record = await run_in_threadpool(_generate, req, dataset_id, settings)
+    else:
+        raise UploadError(
+            415, f"Content-Type: {ctype or 'none'} not accepted; send multipart/form-data "
+                 f"(field '{FILE_FIELD}') or application/json ({{\"synthetic\": {{...}}}})",
+        )  # fmt: skip
+    await run_in_threadpool(registry.add_dataset, record)
+    logger.info("dataset %s registered (%s, %s users x %s items)", record.id, record.source,
+                record.statistics.get("users"), record.statistics.get("items"))
+    return DatasetOut.of(record)
+
+
+@router.get("")
+def list_datasets(
+    registry: RegistryDep,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> DatasetList:
+    """List datasets, newest first."""
+    items, total = registry.list_datasets(limit=limit, offset=offset)
+    return DatasetList(items=[DatasetOut.of(r) for r in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{dataset_id}")
+def get_dataset(dataset_id: Id, registry: RegistryDep) -> DatasetOut:
+    """One dataset: statistics, split sizes and popularity groups."""
+    return DatasetOut.of(registry.get_dataset(dataset_id))

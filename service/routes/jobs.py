@@ -1,0 +1,146 @@
+"""Jobs: submit teacher training or distillation, list, show status, cancel.
+
+Submitting validates the hyper-parameters (training.config models) and the ids it names,
+writes the job record, then sends a task carrying only the job id. The request path
+never trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any
+
+from celery import Celery
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from kombu.exceptions import OperationalError
+
+from service.auth import WriteAccess
+from service.config import Settings
+from service.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
+from service.errors import ServiceUnavailableError
+from service.metrics import ServiceMetrics
+from service.registry import JobKind, JobRecord, JobState, Registry
+from service.schemas import (
+    DistillJobRequest,
+    Id,
+    JobAccepted,
+    JobList,
+    JobRequest,
+    JobStatus,
+    TeacherJobRequest,
+)
+from worker.celery_app import TASK_BY_KIND, queue_for
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def status_url(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+def submit(
+    job: JobRecord,
+    *,
+    registry: Registry,
+    celery_app: Celery,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    response: Response,
+) -> JobAccepted:
+    """Record the job, then enqueue it; a broker failure fails the job and answers 503."""
+    registry.create_job(job)
+    try:
+        celery_app.send_task(
+            TASK_BY_KIND[job.kind], args=[job.id], task_id=job.id,
+            queue=queue_for(job.kind, settings),
+        )  # fmt: skip
+    except (OperationalError, ConnectionError, OSError) as exc:
+        registry.finish_job(job.id, "failed", error=f"could not enqueue: {exc}")
+        raise ServiceUnavailableError("job queue (broker)") from exc
+    metrics.jobs_submitted.labels(job.kind).inc()
+    logger.info("job %s (%s) queued on %s", job.id, job.kind, queue_for(job.kind, settings))
+    response.headers["Location"] = status_url(job.id)
+    return JobAccepted(id=job.id, kind=job.kind, status=job.status, status_url=status_url(job.id))
+
+
+def _teacher_job(req: TeacherJobRequest, registry: Registry) -> JobRecord:
+    registry.get_dataset(req.dataset_id, field="dataset_id")  # 404 naming dataset_id
+    job_id = new_job_id()
+    config = req.model_dump(mode="json", exclude={"kind", "dataset_id"})
+    return JobRecord(
+        id=job_id, kind="teacher", output_model_id=f"teacher-{job_id[:12]}",
+        params={"dataset_id": req.dataset_id, "config": config},
+    )  # fmt: skip
+
+
+def _distill_job(req: DistillJobRequest, registry: Registry) -> JobRecord:
+    teacher = registry.get_model(req.teacher_id, field="teacher_id")  # 404 naming teacher_id
+    if teacher.kind != "teacher":
+        raise HTTPException(
+            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            detail=f"teacher_id={req.teacher_id!r}: model is a {teacher.kind}, not a teacher",
+        )
+    job_id = new_job_id()
+    config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish"})
+    params: dict[str, Any] = {
+        "teacher_id": req.teacher_id,
+        "dataset_id": teacher.lineage.get("dataset_id"),
+        "config": config,
+        "publish": req.publish,
+    }
+    return JobRecord(
+        id=job_id, kind="distill", output_model_id=f"student-{req.method}-{job_id[:12]}",
+        params=params,
+    )  # fmt: skip
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteAccess])
+def create_job(
+    req: Annotated[JobRequest, Body()],
+    response: Response,
+    registry: RegistryDep,
+    celery_app: CeleryDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> JobAccepted:
+    """Submit a job: {"kind": "teacher", "dataset_id", ...} or {"kind": "distill", "teacher_id", ...}."""
+    if isinstance(req, TeacherJobRequest):
+        job = _teacher_job(req, registry)
+    else:
+        job = _distill_job(req, registry)
+    return submit(job, registry=registry, celery_app=celery_app, settings=settings,
+                  metrics=metrics, response=response)  # fmt: skip
+
+
+@router.get("")
+def list_jobs(
+    registry: RegistryDep,
+    status_: Annotated[JobState | None, Query(alias="status")] = None,
+    kind: JobKind | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> JobList:
+    """List jobs, newest first, optionally filtered by status and kind."""
+    items, total = registry.list_jobs(status=status_, kind=kind, limit=limit, offset=offset)
+    return JobList(items=[JobStatus.of(j) for j in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: Id, registry: RegistryDep) -> JobStatus:
+    """A job's status, progress (epoch of epochs), latest metrics, timings and result."""
+    return JobStatus.of(registry.get_job(job_id))
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteAccess])
+def cancel_job(job_id: Id, registry: RegistryDep) -> JobStatus:
+    """Cancel: a queued job never starts; a running one stops at its next epoch boundary."""
+    job = registry.request_cancel(job_id)
+    logger.info("job %s: cancel requested (now %s)", job_id, job.status)
+    return JobStatus.of(job)

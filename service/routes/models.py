@@ -1,0 +1,79 @@
+"""Models: list, show, quality report, publish (as a light job on the worker)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter, Query, Response, status
+
+from service.auth import WriteAccess
+from service.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
+from service.registry import ConflictError, JobRecord, NotFoundError
+from service.routes.jobs import new_job_id, submit
+from service.schemas import Id, JobAccepted, ModelList, ModelOut, QualityReport
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("")
+def list_models(
+    registry: RegistryDep,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> ModelList:
+    """List models (teachers and students), newest first."""
+    items, total = registry.list_models(limit=limit, offset=offset)
+    active = registry.get_active()
+    active_id = active.model_id if active else None
+    return ModelList(
+        items=[ModelOut.of(m, active=m.id == active_id) for m in items],
+        total=total, limit=limit, offset=offset,
+    )  # fmt: skip
+
+
+@router.get("/{model_id}")
+def get_model(model_id: Id, registry: RegistryDep) -> ModelOut:
+    """One model: kind, method, parameters, lineage and headline metrics."""
+    model = registry.get_model(model_id)
+    active = registry.get_active()
+    return ModelOut.of(model, active=active is not None and active.model_id == model_id)
+
+
+@router.get("/{model_id}/report")
+def get_report(model_id: Id, registry: RegistryDep) -> QualityReport:
+    """The model's full quality report (a student's includes its teacher and the deltas)."""
+    model = registry.get_model(model_id)
+    path = Path(model.path) / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise NotFoundError("model_id", model_id, "quality report for this model") from exc
+    return QualityReport.model_validate(report)
+
+
+@router.post("/{model_id}/publish", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteAccess])
+def publish_model(
+    model_id: Id,
+    response: Response,
+    registry: RegistryDep,
+    celery_app: CeleryDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> JobAccepted:
+    """Publish a model: build its serving bundle, then move the active pointer (a job)."""
+    registry.get_model(model_id)  # 404 naming model_id
+    job_id = new_job_id()
+    holder = registry.claim_publish(model_id, job_id, ttl_s=settings.job_soft_time_limit_s)
+    if holder is not None:
+        raise ConflictError("model_id", model_id, f"already being published by job {holder}")
+    job = JobRecord(id=job_id, kind="publish", params={"model_id": model_id})
+    try:
+        return submit(job, registry=registry, celery_app=celery_app, settings=settings,
+                      metrics=metrics, response=response)  # fmt: skip
+    except Exception:
+        registry.release_publish(model_id, job_id)
+        raise

@@ -1,0 +1,192 @@
+"""Request and response models of the REST API (datasets, jobs, models, operations).
+
+Hyper-parameters are not redefined here: job requests extend training.config's
+TeacherConfig and DistillConfig, so the edge validates exactly what the worker will.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.registry import (
+    DatasetRecord,
+    JobKind,
+    JobProgress,
+    JobRecord,
+    JobState,
+    JobTimings,
+    ModelRecord,
+)
+from training.config import DistillConfig, TeacherConfig
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class _Forbid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- datasets --------------------------------------------------------------------------
+
+
+class UploadOptions(_Forbid):
+    """Form fields sent beside the uploaded `file`."""
+
+    format: Literal["auto", "csv", "tsv", "parquet", "recbole", "movielens", "lines"] = "auto"
+    split: Literal["auto", "random", "temporal", "given"] = Field(
+        "auto", description="auto: the file's split column when it has one, else random"
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    holdout: float = Field(0.2, gt=0, lt=1, description="share of each user's items held out")
+    min_user_interactions: int = Field(1, ge=1, le=100_000)
+    min_item_interactions: int = Field(1, ge=1, le=100_000)
+    name: str | None = Field(None, min_length=1, max_length=200)
+
+
+class SyntheticParams(_Forbid):
+    """The built-in long-tail generator; unset fields take training.synthetic's defaults."""
+
+    n_users: int | None = Field(None, ge=2, le=1_000_000)
+    n_items: int | None = Field(None, ge=10, le=1_000_000)
+    dim: int | None = Field(None, ge=2, le=512, description="true preference dimension")
+    skew: float | None = Field(None, ge=0, le=5, description="exposure popularity skew, 0 = none")
+    interactions_per_user: float | None = Field(None, gt=0, le=10_000)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    holdout: float | None = Field(None, gt=0, lt=1)
+    temperature: float | None = Field(None, gt=0, le=100)
+    quality_std: float | None = Field(None, ge=0, le=100)
+
+
+class SyntheticDatasetRequest(_Forbid):
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    name: str | None = Field(None, min_length=1, max_length=200)
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    source: Literal["upload", "synthetic"]
+    fingerprint: str
+    options: dict[str, Any]
+    statistics: dict[str, Any] = Field(description="sizes, split and popularity groups")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: DatasetRecord) -> DatasetOut:
+        return cls.model_validate(record.model_dump(exclude={"path"}))
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut]
+    total: int
+    limit: int
+    offset: int
+
+
+# -- jobs --------------------------------------------------------------------------------
+
+
+class TeacherJobRequest(TeacherConfig):
+    """Train a teacher: TeacherConfig's fields plus the dataset to train on."""
+
+    kind: Literal["teacher"]
+    dataset_id: Id
+
+
+class DistillJobRequest(DistillConfig):
+    """Distil a student: DistillConfig's fields plus the teacher and whether to publish."""
+
+    kind: Literal["distill"]
+    teacher_id: Id
+    publish: bool = Field(False, description="publish the student when the job succeeds")
+
+
+JobRequest = Annotated[TeacherJobRequest | DistillJobRequest, Field(discriminator="kind")]
+
+
+class JobAccepted(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobState
+    status_url: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobState
+    progress: JobProgress
+    metrics: dict[str, float]
+    error: str | None
+    model_id: str | None = Field(description="the resulting model, once the job succeeded")
+    timings: JobTimings
+    attempts: int = Field(description="times a worker started it; above 1 after a retry")
+    cancel_requested: bool
+    params: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobStatus:
+        return cls.model_validate(record.model_dump(exclude={"output_model_id"}))
+
+
+class JobList(BaseModel):
+    items: list[JobStatus]
+    total: int
+    limit: int
+    offset: int
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+class ModelOut(BaseModel):
+    id: str
+    kind: Literal["teacher", "student"]
+    method: str | None
+    model: str
+    dim: int
+    parameters: dict[str, Any]
+    lineage: dict[str, str | None]
+    metrics: dict[str, float] = Field(description="headline @20 figures of its quality report")
+    job_id: str | None
+    created_at: datetime
+    active: bool = Field(description="this model answers /v1/recommendations")
+
+    @classmethod
+    def of(cls, record: ModelRecord, *, active: bool) -> ModelOut:
+        return cls.model_validate({**record.model_dump(exclude={"path"}), "active": active})
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class QualityReport(BaseModel):
+    """training.evaluation's report: protocol, metrics, per-group rows; deltas for a student."""
+
+    model_config = ConfigDict(extra="allow")
+
+    protocol: dict[str, Any]
+    users_evaluated: int
+    metrics: dict[str, float | None]
+    groups: list[dict[str, Any]]
+
+
+# -- operations --------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    redis: bool
+    index_loaded: bool
+    model_id: str | None = None

@@ -1,0 +1,254 @@
+"""Thin Celery tasks: read the job, call training.pipelines, register the model.
+
+Every task takes only a job id; the job's parameters live in the registry, which is the
+one source of truth for its status. Jobs are idempotent by job id: a job's model goes to
+settings.models_dir / <its model id>, written atomically by the pipeline, so a redelivered
+message finds the finished model instead of training twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from service.bundle import BundleError, build_bundle, load_bundle
+from service.config import Settings
+from service.registry import ActiveModel, JobRecord, ModelRecord, Registry
+from training import pipelines
+from training.checkpoint import ModelArtifact
+from training.config import DistillConfig, TeacherConfig
+from training.dataset import Dataset
+from training.device import resolve_device
+from training.errors import JobCancelled, TrainingDivergedError
+from training.evaluation import HEADLINE
+from training.progress import ProgressEvent
+from worker.celery_app import DISTILL, PUBLISH, TRAIN_TEACHER, settings_of
+from worker.progress import JobReporter, StopCheck
+
+logger = logging.getLogger(__name__)
+
+# Retrying cannot fix these: the same input fails the same way.
+DETERMINISTIC: tuple[type[BaseException], ...] = (
+    ValueError, LookupError, TrainingDivergedError, BundleError, FileNotFoundError,
+    PermissionError,
+)  # fmt: skip
+# Infrastructure hiccups: worth a retry with backoff.
+TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+HEADLINE_K = 20
+
+_registries: dict[str, Registry] = {}
+
+
+def registry_for(settings: Settings) -> Registry:
+    """One registry client per Redis URL and worker process."""
+    url = settings.redis_url or ""
+    if url not in _registries:
+        _registries[url] = Registry.from_url(url)
+    return _registries[url]
+
+
+@dataclass
+class JobContext:
+    """What a job body needs: its record, settings, registry and training callbacks."""
+
+    job: JobRecord
+    settings: Settings
+    registry: Registry
+    reporter: JobReporter
+    stop: StopCheck
+    saved_model_id: str | None = None  # set once the model is registered
+
+    @property
+    def model_id(self) -> str:
+        if not self.job.output_model_id:
+            raise ValueError(f"job {self.job.id} has no output_model_id")
+        return self.job.output_model_id
+
+    @property
+    def model_dir(self) -> Path:
+        return self.settings.models_dir.resolve() / self.model_id
+
+
+def headline_metrics(report: dict[str, Any] | None, k: int = HEADLINE_K) -> dict[str, float]:
+    """The @k figures of a quality report that a model listing shows."""
+    metrics = (report or {}).get("metrics") or {}
+    out: dict[str, float] = {}
+    for name in HEADLINE:
+        value = metrics.get(f"{name}@{k}")
+        if isinstance(value, (int, float)):
+            out[f"{name}@{k}"] = float(value)
+    return out
+
+
+def _load_dataset(ctx: JobContext, dataset_id: str) -> Dataset:
+    record = ctx.registry.get_dataset(dataset_id)
+    return Dataset.load(Path(record.path))
+
+
+def _register(ctx: JobContext, artifact: ModelArtifact, *, dataset_id: str,
+              teacher_id: str | None) -> ModelRecord:  # fmt: skip
+    manifest = artifact.manifest
+    record = ModelRecord(
+        id=ctx.model_id,
+        kind=manifest["kind"],
+        method=manifest.get("method"),
+        model=manifest["model"],
+        dim=int(manifest["dim"]),
+        parameters=manifest.get("config", {}),
+        lineage={"dataset_id": dataset_id, "teacher_id": teacher_id},
+        metrics=headline_metrics(artifact.report),
+        path=str(ctx.model_dir),
+        job_id=ctx.job.id,
+    )
+    return ctx.registry.add_model(record)
+
+
+def _finished_before(ctx: JobContext) -> ModelArtifact | None:
+    """The model of an earlier delivery of this job that saved it but was not recorded."""
+    if ctx.registry.has_model(ctx.model_id) or (ctx.model_dir / "manifest.json").is_file():
+        try:
+            return ModelArtifact.load(ctx.model_dir)
+        except ValueError:
+            shutil.rmtree(ctx.model_dir, ignore_errors=True)
+    return None
+
+
+def _teacher_body(ctx: JobContext) -> str:
+    params = ctx.job.params
+    cfg = TeacherConfig.model_validate(params["config"])  # validated again: payloads can be old
+    dataset_id = str(params["dataset_id"])
+    artifact = _finished_before(ctx)
+    if artifact is None:
+        dataset = _load_dataset(ctx, dataset_id)
+        artifact = pipelines.train_teacher(
+            dataset, cfg, ctx.model_dir, device=resolve_device(ctx.settings.device),
+            on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
+        )  # fmt: skip
+    _register(ctx, artifact, dataset_id=dataset_id, teacher_id=None)
+    return ctx.model_id
+
+
+def _distill_body(ctx: JobContext) -> str:
+    params = ctx.job.params
+    cfg = DistillConfig.model_validate(params["config"])
+    teacher = ctx.registry.get_model(str(params["teacher_id"]), field="teacher_id")
+    dataset_id = str(teacher.lineage.get("dataset_id"))
+    artifact = _finished_before(ctx)
+    if artifact is None:
+        dataset = _load_dataset(ctx, dataset_id)
+        artifact = pipelines.distill_student(
+            dataset, Path(teacher.path), cfg, ctx.model_dir,
+            device=resolve_device(ctx.settings.device),
+            on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
+        )  # fmt: skip
+    _register(ctx, artifact, dataset_id=dataset_id, teacher_id=teacher.id)
+    ctx.saved_model_id = ctx.model_id
+    if params.get("publish"):
+        try:
+            publish_model(ctx, ctx.model_id)
+        except BundleError as exc:
+            raise BundleError(f"model {ctx.model_id} was trained, but publishing it failed: {exc}") from exc
+    return ctx.model_id
+
+
+def publish_model(ctx: JobContext, model_id: str) -> ActiveModel:
+    """Build the serving bundle, load it back to validate, then move the active pointer."""
+    settings = ctx.settings
+    model = ctx.registry.get_model(model_id)
+    dataset_id = str(model.lineage.get("dataset_id"))
+    bundle_dir = settings.bundles_dir.resolve() / f"{model_id}-{ctx.job.id[:8]}"
+    ctx.reporter(ProgressEvent(stage="publish", message=f"building {settings.index_factory} index"))
+    if not (bundle_dir / "meta.json").is_file():
+        build_bundle(
+            Path(model.path), _load_dataset(ctx, dataset_id), bundle_dir, model_id=model_id,
+            index_factory=settings.index_factory, nprobe=settings.nprobe,
+            ef_search=settings.hnsw_ef_search,
+        )  # fmt: skip
+    load_bundle(bundle_dir, nprobe=settings.nprobe, ef_search=settings.hnsw_ef_search)
+    active = ActiveModel(model_id=model_id, bundle_dir=str(bundle_dir))
+    ctx.registry.set_active(active)
+    logger.info("job %s: published model %s from %s", ctx.job.id, model_id, bundle_dir)
+    return active
+
+
+def _publish_body(ctx: JobContext) -> str:
+    model_id = str(ctx.job.params["model_id"])
+    try:
+        publish_model(ctx, model_id)
+    finally:
+        ctx.registry.release_publish(model_id, ctx.job.id)
+    return model_id
+
+
+def _retry_delay(retries: int) -> int:
+    return int(min(60, 2 ** (retries + 1)))
+
+
+def run_job(task: Task, job_id: str, body: Callable[[JobContext], str]) -> dict[str, Any]:
+    """Run one job body with the registry bookkeeping around it; returns a summary."""
+    settings = settings_of(task.app)
+    registry = registry_for(settings)
+    job, should_run = registry.start_job(job_id)
+    if not should_run:
+        logger.info("job %s is %s: not running it", job_id, job.status)
+        return {"job_id": job_id, "status": job.status, "model_id": job.model_id}
+    logger.info("job %s (%s) started, attempt %d", job_id, job.kind, job.attempts)
+    stop = StopCheck(registry, job_id, settings.job_soft_time_limit_s)
+    ctx = JobContext(job, settings, registry, JobReporter(registry, job_id, task), stop)
+    status, model_id, error = "failed", None, None
+    try:
+        model_id = body(ctx)
+        status = "succeeded"
+    except JobCancelled:
+        if stop.timed_out and not stop.cancelled:
+            error = f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
+        else:
+            status = "cancelled"
+        if job.output_model_id and not registry.has_model(job.output_model_id):
+            shutil.rmtree(ctx.model_dir, ignore_errors=True)  # pipelines leave none; be sure
+    except SoftTimeLimitExceeded:
+        error = f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
+    except DETERMINISTIC as exc:
+        error = str(exc) or type(exc).__name__
+        logger.warning("job %s failed: %s", job_id, error)
+    except TRANSIENT as exc:
+        retries = int(task.request.retries or 0)
+        if retries < settings.job_max_retries:
+            logger.warning("job %s: transient error (%r), retry %d", job_id, exc, retries + 1)
+            registry.requeue_job(job_id, repr(exc))
+            raise task.retry(exc=exc, countdown=_retry_delay(retries)) from exc
+        error = f"gave up after {retries} retries: {exc!r}"
+    except Exception as exc:  # a bug: record it, never retry it
+        logger.exception("job %s: unexpected error", job_id)
+        error = f"{type(exc).__name__}: {exc}"
+    model_id = model_id or ctx.saved_model_id
+    finished = registry.finish_job(job_id, status, model_id=model_id, error=error)  # type: ignore[arg-type]
+    logger.info("job %s %s in %.1fs%s", job_id, status, finished.timings.elapsed_s or 0.0,
+                f": {error}" if error else "")
+    return {"job_id": job_id, "status": status, "model_id": model_id, "error": error}
+
+
+@shared_task(bind=True, name=TRAIN_TEACHER)
+def train_teacher(self: Task, job_id: str) -> dict[str, Any]:
+    """Train a teacher on a registered dataset."""
+    return run_job(self, job_id, _teacher_body)
+
+
+@shared_task(bind=True, name=DISTILL)
+def distill(self: Task, job_id: str) -> dict[str, Any]:
+    """Distil a registered teacher into a student (and publish it if asked)."""
+    return run_job(self, job_id, _distill_body)
+
+
+@shared_task(bind=True, name=PUBLISH)
+def publish(self: Task, job_id: str) -> dict[str, Any]:
+    """Publish a registered model: serving bundle, then the active pointer."""
+    return run_job(self, job_id, _publish_body)
