@@ -88,8 +88,8 @@ def _excluded_name(split: str) -> str:
 
 
 # -- ranking -----------------------------------------------------------------------------
-def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Exact top-k with the tie rule, for one chunk.
+def _topk_exact(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact top-k with the tie rule over full rows (the slow path, for tied or short rows).
 
     torch.topk picks an arbitrary subset of equal scores, so it only gives the K-th score
     here; the kept set is every item above it plus the lowest-index items equal to it, and
@@ -122,6 +122,33 @@ def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     vals[rows, pos] = scores[rows, cols]
     order = torch.sort(vals, dim=1, descending=True, stable=True).indices
     return ids.gather(1, order)
+
+
+def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k of one chunk with the tie rule: equal scores, lower item index first.
+
+    Fast path: torch.topk for k + 1 items. Where the k-th score is strictly above the
+    (k+1)-th, the chosen set is exact whatever topk did with ties, and only the order
+    inside it needs fixing (sort by index, then a stable sort by score). Rows with a tie
+    across the cut, or with fewer than k candidates left, go to `_topk_exact`.
+
+    Args:
+        scores: (b, n_items) float32, -inf for excluded items.
+    Returns:
+        (b, k) int64 item ids, best first, -1 padded.
+    """
+    b, n_items = scores.shape
+    if k >= n_items:
+        return _topk_exact(scores, k)
+    vals, idx = torch.topk(scores, k + 1, dim=1, sorted=True)  # (b, k + 1)
+    by_index, perm = torch.sort(idx[:, :k], dim=1)
+    order = torch.sort(vals[:, :k].gather(1, perm), dim=1, descending=True, stable=True).indices
+    ids = by_index.gather(1, order)
+    slow = (vals[:, k - 1] == vals[:, k]) | (vals[:, k - 1] == float("-inf"))
+    if bool(slow.any()):
+        r = slow.nonzero().squeeze(1)
+        ids[r] = _topk_exact(scores[r], k)
+    return ids
 
 
 def _rows_f32(

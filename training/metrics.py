@@ -315,7 +315,7 @@ def bootstrap_ci(
     means = np.empty(n)
     for start in range(0, n, batch):
         stop = min(n, start + batch)
-        idx = rng.integers(0, size, size=(stop - start, size))
+        idx = rng.integers(0, size, size=(stop - start, size), dtype=np.int32)
         means[start:stop] = values[idx].mean(axis=1)
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)

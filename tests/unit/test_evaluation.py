@@ -123,6 +123,10 @@ def test_topk_tie_break_lower_index_first():
     ie = np.array([[1], [2], [2], [2], [0], [2]], dtype=np.float32)
     assert topk_from_embeddings(ue, ie, np.array([0]), None, 2).tolist() == [[1, 2]]
     assert topk_from_embeddings(ue, ie, np.array([0]), None, 5).tolist() == [[1, 2, 3, 5, 0]]
+    # a tie inside the list but not across the cut (the fast path): scores [5, 2, 9, 2, 0, 9]
+    ie = np.array([[5], [2], [9], [2], [0], [9]], dtype=np.float32)
+    assert topk_from_embeddings(ue, ie, np.array([0]), None, 3).tolist() == [[2, 5, 0]]
+    assert topk_from_embeddings(ue, ie, np.array([0]), None, 4).tolist() == [[2, 5, 0, 1]]
     # integer embeddings: many exact ties, still the same as the (score, index) full sort
     rng = np.random.default_rng(3)
     ue, ie = (
@@ -133,6 +137,25 @@ def test_topk_tie_break_lower_index_first():
     for chunk in (3, 64):
         top = topk_from_embeddings(ue, ie, np.arange(40), excl, 12, chunk=chunk)
         np.testing.assert_array_equal(top, brute_topk(ue @ ie.T, excl, 12))
+
+
+DEVICES = ["cpu"] + [pytest.param("cuda", marks=pytest.mark.gpu)] * torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_topk_same_lists_on_every_device(device):
+    # float scores (fast path) and integer scores (ties across the cut: exact path)
+    rng = np.random.default_rng(6)
+    excl = sp.random(50, 40, density=0.3, format="csr", random_state=1)
+    for ue, ie in (
+        (rng.normal(size=(50, 4)), rng.normal(size=(40, 4))),
+        (rng.integers(-1, 2, (50, 2)), rng.integers(-1, 2, (40, 2))),
+    ):
+        ue, ie = ue.astype(np.float32), ie.astype(np.float32)
+        top = topk_from_embeddings(
+            ue, ie, np.arange(50), excl, 15, chunk=8, device=torch.device(device)
+        )
+        np.testing.assert_array_equal(top, brute_topk(ue @ ie.T, excl, 15))
 
 
 def test_topk_pads_with_minus_one_and_takes_torch_tensors():
