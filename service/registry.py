@@ -368,7 +368,10 @@ class Registry:
         def change(job: JobRecord) -> JobRecord | None:
             if job.status != "running":
                 return None
-            job.progress = progress
+            update = progress.model_dump()
+            if progress.epochs == 0:  # a stage event (evaluate, publish): keep epoch of epochs
+                update.update(epoch=job.progress.epoch, epochs=job.progress.epochs)
+            job.progress = JobProgress.model_validate(update)
             if metrics:
                 job.metrics = {**job.metrics, **metrics}
             return job

@@ -69,9 +69,9 @@ class JobReporter:
             self.task.update_state(
                 state="PROGRESS", meta={"job_id": self.job_id, **event.model_dump(mode="json")}
             )
-        if event.epochs:
-            logger.info("job %s %s epoch %d/%d %s", self.job_id, event.stage, event.epoch,
-                        event.epochs, {k: round(v, 4) for k, v in metrics.items()})
+        if event.epochs:  # the trainer logs the epoch itself; this line is for debugging
+            logger.debug("job %s %s epoch %d/%d %s", self.job_id, event.stage, event.epoch,
+                         event.epochs, {k: round(v, 4) for k, v in metrics.items()})
         else:
             logger.info("job %s stage %s %s", self.job_id, event.stage, event.message)
 

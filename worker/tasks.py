@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
 
 from service.bundle import BundleError, build_bundle, load_bundle
 from service.config import Settings
@@ -188,6 +189,17 @@ def _publish_body(ctx: JobContext) -> str:
     return model_id
 
 
+def describe_error(exc: BaseException) -> str:
+    """One readable line: a pydantic error names the field, the reason and the value."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(x) for x in err["loc"]) or exc.title
+            parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+        return "; ".join(parts)
+    return str(exc) or type(exc).__name__
+
+
 def _retry_delay(retries: int) -> int:
     return int(min(60, 2 ** (retries + 1)))
 
@@ -217,7 +229,7 @@ def run_job(task: Task, job_id: str, body: Callable[[JobContext], str]) -> dict[
     except SoftTimeLimitExceeded:
         error = f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
     except DETERMINISTIC as exc:
-        error = str(exc) or type(exc).__name__
+        error = describe_error(exc)
         logger.warning("job %s failed: %s", job_id, error)
     except TRANSIENT as exc:
         retries = int(task.request.retries or 0)
