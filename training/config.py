@@ -23,7 +23,7 @@ class OptimConfig(_Strict):
     """What every training run shares: optimiser, schedule, early stopping."""
 
     lr: float = Field(0.005, gt=0, le=1.0, description="Adam learning rate")
-    decay: float = Field(1e-4, ge=0, le=1.0, description="L2 weight on the batch's embeddings")
+    decay: float = Field(0.01, ge=0, le=1.0, description="L2 weight on the batch's embeddings")
     batch_size: int = Field(4096, ge=16, le=1_000_000)
     epochs: int = Field(60, ge=1, le=10_000, description="upper bound; early stopping ends sooner")
     patience: int = Field(5, ge=1, le=1000, description="validation checks without improvement")
@@ -64,6 +64,7 @@ class RRDOptions(_Strict):
 
 
 class DistillConfig(OptimConfig):
+    lr: float = Field(0.01, gt=0, le=1.0, description="Adam learning rate")
     method: MethodName = "unkd"
     student_model: ModelName = "mf"
     dim: int = Field(10, ge=1, le=4096)

@@ -1,0 +1,352 @@
+"""Serving latency: publish a synthetic student, then measure search, HTTP floor and endpoint.
+
+For each embedding size (default dim 10, the student; `--dim 10 100` adds the teacher-sized
+index beside it) over a synthetic catalogue (default 100,000 items):
+  1. t_search: median in-process faiss search per query (k + the user's seen count),
+     pinned to the server core;
+  2. the HTTP floor: a bare ASGI app on the same server stack returning a fixed 20-item
+     JSON body: requests/s and server CPU time per request (t_floor) at 16 connections;
+  3. the endpoint GET /v1/recommendations/{user}?k=20&exclude_seen=true for random known
+     users: requests/s and p50/p99 at 16 connections, and p50/p99 at 4 connections.
+wrk runs pinned to one core and the server to another (taskset). Targets: the endpoint
+reaches >= 65 % of 1 / (t_floor + t_search) requests/s, and its p99 at 4 connections is
+under 5 ms. Prints a table, writes --json, exits 1 on a miss (2 when wrk is missing).
+
+    python bench/serve.py [--items 1000000] [--dim 10 100] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import table  # noqa: E402
+
+K = 20
+TARGET_SHARE = 0.65
+TARGET_P99_MS = 5.0
+N_WRK_USERS = 2000  # distinct random users the load generator cycles through
+
+
+# -- synthetic student --------------------------------------------------------------------
+
+
+def synthetic_dataset(n_users: int, n_items: int, seen_mean: float, seed: int):  # type: ignore[no-untyped-def]
+    """Users with Poisson(seen_mean)+1 training items drawn from a long-tailed popularity."""
+    from training.dataset import Dataset
+
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(seen_mean, n_users) + 1
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    items = rng.choice(n_items, size=int(counts.sum()), p=pop / pop.sum())
+    pairs = np.unique(np.stack([np.repeat(np.arange(n_users), counts), items], axis=1), axis=0)
+    test = np.stack([np.arange(min(n_users, 100)), rng.integers(0, n_items, min(n_users, 100))], axis=1)
+    return Dataset(
+        name=f"bench-{n_items}",
+        user_ids=np.char.add("u", np.arange(n_users).astype(str)),
+        item_ids=np.char.add("item-", np.arange(n_items).astype(str)),
+        train=pairs, valid=np.zeros((0, 2), np.int64), test=test,
+    )  # fmt: skip
+
+
+def publish_student(dataset, dim: int, factory: str, root: Path, seed: int) -> tuple[Path, float]:  # type: ignore[no-untyped-def]
+    """Random embeddings saved as a model directory, then build_bundle. Returns (dir, seconds)."""
+    from service.bundle import build_bundle
+    from training.checkpoint import ModelArtifact
+
+    rng = np.random.default_rng(seed + dim)
+    model_dir = ModelArtifact(
+        user_emb=(rng.standard_normal((dataset.n_users, dim)) / np.sqrt(dim)).astype(np.float32),
+        item_emb=(rng.standard_normal((dataset.n_items, dim)) / np.sqrt(dim)).astype(np.float32),
+        manifest={"kind": "student", "dim": dim, "dataset": {"fingerprint": dataset.fingerprint}},
+    ).save(root / f"model-d{dim}")
+    t0 = time.perf_counter()
+    out = root / f"bundle-d{dim}"
+    build_bundle(model_dir, dataset, out, model_id=f"synthetic-d{dim}", index_factory=factory)
+    return out, time.perf_counter() - t0
+
+
+def time_search(bundle_dir: Path, core: int, n: int, seed: int) -> dict[str, float]:
+    """Median ms per single-user query: raw faiss search, and recommend() with filtering."""
+    import faiss
+
+    from service.bundle import load_bundle
+
+    faiss.omp_set_num_threads(1)
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        b = load_bundle(bundle_dir)
+        users = np.random.default_rng(seed).integers(0, b.n_users, n)
+        seen = np.diff(b.seen_indptr)
+        raw, rec = [], []
+        for u in users:
+            q = b.user_emb[u : u + 1]
+            t0 = time.perf_counter()
+            b.index.search(q, min(b.n_items, K + int(seen[u])))
+            t1 = time.perf_counter()
+            b.recommend(np.array([u]), K, exclude_seen=True)
+            t2 = time.perf_counter()
+            raw.append(t1 - t0)
+            rec.append(t2 - t1)
+    finally:
+        os.sched_setaffinity(0, previous)
+    return {"t_search_ms": 1e3 * float(np.median(raw)), "t_recommend_ms": 1e3 * float(np.median(rec))}
+
+
+# -- servers (run in a child process pinned to the server core) -----------------------------
+
+
+def floor_app(body: bytes):  # type: ignore[no-untyped-def]
+    """A bare ASGI app answering every request with the same JSON body."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def endpoint_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
+    """The recommendations router over a static IndexStore (no Redis needed)."""
+    from fastapi import FastAPI
+
+    from service.config import Settings
+    from service.index_store import IndexStore
+    from service.routes.recommendations import router
+
+    settings = Settings(data_dir=bundle_dir.parent)
+    app = FastAPI()
+    app.include_router(router)
+    app.state.settings = settings
+    app.state.index_store = IndexStore(settings, None)
+    meta = json.loads((bundle_dir / "meta.json").read_text())
+    app.state.index_store.load_now({"model_id": meta["model_id"], "bundle_dir": str(bundle_dir)})
+    return app
+
+
+def fixed_body() -> bytes:
+    items = [{"item_id": f"item-{i}", "group": i % 4, "score": 1.0 / (i + 1.37)} for i in range(K)]
+    return json.dumps({"user_id": "u123", "model_id": "synthetic-d10", "items": items}).encode()
+
+
+def serve(kind: str, bundle_dir: str | None, port: int) -> None:
+    import faiss
+    import uvicorn
+
+    faiss.omp_set_num_threads(1)
+    app = floor_app(fixed_body()) if kind == "floor" else endpoint_app(Path(str(bundle_dir)))
+    # the same server stack for both apps: uvicorn defaults, no access log
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+
+
+class Server:
+    """`python bench/serve.py --serve ...` under taskset; CPU time read from /proc."""
+
+    def __init__(self, kind: str, bundle_dir: Path | None, port: int, core: int, log: Path) -> None:
+        cmd = ["taskset", "-c", str(core), sys.executable, __file__, "--serve", kind, "--port", str(port)]
+        if bundle_dir is not None:
+            cmd += ["--bundle", str(bundle_dir)]
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, path: str, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit(f"server not ready after {timeout_s}s; see {self.log.name}")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+# -- load generator ------------------------------------------------------------------------
+
+
+def wrk_script(path: Path, user_ids: list[str]) -> Path:
+    users = ",".join(f'"{u}"' for u in user_ids)
+    path.write_text(
+        f"local users = {{{users}}}\n"
+        "local n = #users\n"
+        "request = function()\n"
+        f'  return wrk.format("GET", "/v1/recommendations/" .. users[math.random(n)] .. "?k={K}&exclude_seen=true")\n'
+        "end\n"
+    )
+    return path
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def run_wrk(server: Server, connections: int, seconds: float, core: int, script: Path | None) -> dict[str, float]:
+    """One wrk run; requests/s, p50/p99 ms, errors and the server's CPU ms per request."""
+    cmd = ["taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    cpu0 = server.cpu_s()
+    done = subprocess.run(cmd + [server.url + "/"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stdout} {done.stderr}")
+    out = done.stdout
+    cpu1 = server.cpu_s()
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    pct = {p: _ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": pct["50"],
+        "p99_ms": pct["99"],
+        "requests": requests,
+        "errors": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0),
+        "cpu_ms_per_req": 1e3 * (cpu1 - cpu0) / max(1, requests),
+    }
+
+
+def check_answer(server: Server, bundle_dir: Path, user: int) -> None:
+    """One real answer before the load: 20 unseen items, the documented fields."""
+    from service.bundle import load_bundle
+
+    b = load_bundle(bundle_dir)
+    with urllib.request.urlopen(f"{server.url}/v1/recommendations/u{user}?k={K}&exclude_seen=true") as r:
+        body = json.loads(r.read())
+    got = [it["item_id"] for it in body["items"]]
+    seen = set(b.item_external(b.seen(user)).tolist())
+    if len(got) != K or seen & set(got) or body["model_id"] != b.model_id:
+        raise SystemExit(f"endpoint answered wrongly for u{user}: {body}")
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    import faiss
+    import fastapi
+    import uvicorn
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return {"python": platform.python_version(), "cpu": cpu, "cpus": os.cpu_count(), "numpy": np.__version__,
+            "faiss": faiss.__version__, "fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__}  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--dim", type=int, nargs="+", default=[10], help="one row per embedding size")
+    ap.add_argument("--factory", default="Flat", help="faiss factory string of the published index")
+    ap.add_argument("--seen-mean", type=float, default=20.0, help="mean training items per user")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    ap.add_argument("--search-queries", type=int, default=2000)
+    ap.add_argument("--server-core", type=int, default=1)
+    ap.add_argument("--wrk-core", type=int, default=0)
+    ap.add_argument("--port", type=int, default=18_731)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work-dir", type=Path, default=None, help="keep bundles and server logs here")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--serve", choices=["floor", "endpoint"], help=argparse.SUPPRESS)
+    ap.add_argument("--bundle", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve, args.bundle, args.port)
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk not found: install it with `apt-get install wrk` (Debian package)", file=sys.stderr)
+        return 2
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    warm = min(3.0, args.duration)
+
+    floor_srv = Server("floor", None, args.port, args.server_core, work / "floor.log")
+    try:
+        floor_srv.wait_ready("/")
+        run_wrk(floor_srv, 16, warm, args.wrk_core, None)
+        floor = run_wrk(floor_srv, 16, args.duration, args.wrk_core, None)
+        floor4 = run_wrk(floor_srv, 4, args.duration, args.wrk_core, None)
+    finally:
+        floor_srv.stop()
+
+    dataset = synthetic_dataset(args.users, args.items, args.seen_mean, args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    script = wrk_script(work / "users.lua", [f"u{u}" for u in rng.integers(0, args.users, N_WRK_USERS)])
+    rows: list[dict[str, Any]] = []
+    for i, dim in enumerate(args.dim):
+        bundle_dir, build_s = publish_student(dataset, dim, args.factory, work, args.seed)
+        search = time_search(bundle_dir, args.server_core, args.search_queries, args.seed)
+        srv = Server("endpoint", bundle_dir, args.port + 1 + i, args.server_core, work / f"endpoint-d{dim}.log")
+        try:
+            srv.wait_ready("/v1/serving")
+            check_answer(srv, bundle_dir, 0)
+            run_wrk(srv, 16, warm, args.wrk_core, script)
+            at16 = run_wrk(srv, 16, args.duration, args.wrk_core, script)
+            at4 = run_wrk(srv, 4, args.duration, args.wrk_core, script)
+        finally:
+            srv.stop()
+        ceiling = 1e3 / (floor["cpu_ms_per_req"] + search["t_search_ms"])
+        share = at16["rps"] / ceiling
+        errors = at16["errors"] + at4["errors"]
+        ok = share >= TARGET_SHARE and at4["p99_ms"] < TARGET_P99_MS and errors == 0
+        rows.append({"dim": dim, "items": args.items, "factory": args.factory, "build_s": build_s, **search,
+                     "t_floor_ms": floor["cpu_ms_per_req"], "ceiling_rps": ceiling, "share": share,
+                     "at16": at16, "at4": at4, "errors": errors, "pass": ok})  # fmt: skip
+
+    headers = ["dim", "items", "index", "t_search ms", "t_floor ms", "ceiling req/s", "endpoint req/s",
+               "% of ceiling", "CPU ms/req", "p50/p99 @16 ms", "p50/p99 @4 ms", "result"]  # fmt: skip
+    body = [[r["dim"], r["items"], r["factory"], r["t_search_ms"], r["t_floor_ms"], round(r["ceiling_rps"]),
+             round(r["at16"]["rps"]), f"{100 * r['share']:.0f} %", r["at16"]["cpu_ms_per_req"],
+             f"{r['at16']['p50_ms']:.2f} / {r['at16']['p99_ms']:.2f}",
+             f"{r['at4']['p50_ms']:.2f} / {r['at4']['p99_ms']:.2f}",
+             "ok" if r["pass"] else "MISS"] for r in rows]  # fmt: skip
+    print(table(headers, body))
+    print(f"HTTP floor (bare ASGI, fixed {K}-item body): {floor['rps']:.0f} req/s at 16 connections, "
+          f"{floor['cpu_ms_per_req']:.3f} ms server CPU/request, p50/p99 at 4 connections "
+          f"{floor4['p50_ms']:.2f} / {floor4['p99_ms']:.2f} ms")  # fmt: skip
+    print(f"targets: endpoint >= {100 * TARGET_SHARE:.0f} % of 1/(t_floor + t_search); "
+          f"p99 at 4 connections < {TARGET_P99_MS} ms; no errors. Files in {work}")  # fmt: skip
+    result = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()},
+              "floor": {"at16": floor, "at4": floor4}, "rows": rows}  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(r["pass"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Teacher and student pipelines end to end on tiny synthetic data: quality, artifacts,
+lineage, cancellation, and the bad inputs each refused with a clear message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.checkpoint import ModelArtifact
+from training.config import DistillConfig, TeacherConfig
+from training.dataset import Dataset
+from training.errors import ConfigError, FingerprintMismatchError, JobCancelled
+from training.evaluation import evaluate_topk, evaluated_users, most_popular_topk
+from training.pipelines import distill_student, evaluate_model, train_teacher
+from training.synthetic import generate_synthetic
+
+CPU = torch.device("cpu")
+FAST = {"epochs": 25, "batch_size": 512, "patience": 5}
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return generate_synthetic(n_users=400, n_items=200, dim=8, skew=1.0, interactions_per_user=25, seed=3)
+
+
+@pytest.fixture(scope="module")
+def teacher(data: Dataset, tmp_path_factory: pytest.TempPathFactory) -> ModelArtifact:
+    out = tmp_path_factory.mktemp("models") / "teacher"
+    return train_teacher(data, TeacherConfig(dim=32, **FAST), out, device=CPU)
+
+
+def test_mf_teacher_beats_most_popular(data: Dataset, teacher: ModelArtifact) -> None:
+    users = evaluated_users(data)
+    pop = evaluate_topk(data, most_popular_topk(data, users, 50))
+    ours = teacher.report["metrics"]
+    assert ours["ndcg@20"] > 1.1 * pop["metrics"]["ndcg@20"], (ours["ndcg@20"], pop["metrics"]["ndcg@20"])
+    assert ours["recall@20"] > pop["metrics"]["recall@20"]
+
+
+def test_teacher_artifact_is_self_describing(teacher: ModelArtifact) -> None:
+    loaded = ModelArtifact.load(teacher.path)
+    np.testing.assert_array_equal(loaded.item_emb, teacher.item_emb)
+    m = loaded.manifest
+    assert m["kind"] == "teacher" and m["model"] == "mf" and m["dim"] == 32
+    assert m["config"]["dim"] == 32 and m["dataset"]["fingerprint"]
+    hist = m["training"]["history"]
+    assert 1 <= m["training"]["best_epoch"] <= len(hist)
+    best = max(h["valid_ndcg@20"] for h in hist if "valid_ndcg@20" in h)
+    assert hist[m["training"]["best_epoch"] - 1]["valid_ndcg@20"] == best, "best checkpoint kept"
+    assert json.loads((teacher.path / "report.json").read_text())["metrics"]["ndcg@20"] > 0
+
+
+@pytest.mark.parametrize("method", ["none", "rd", "cd", "rrd", "unkd"])
+def test_each_method_distils_a_student_with_lineage(data, teacher, tmp_path, method) -> None:
+    cfg = DistillConfig(method=method, dim=8, **FAST)
+    art = distill_student(data, teacher.path, cfg, tmp_path / method, device=CPU)
+    assert art.user_emb.shape == (data.n_users, 8)
+    m = art.manifest
+    assert m["kind"] == "student" and m["method"] == method
+    assert m["lineage"]["teacher"]["id"] == teacher.manifest["id"]
+    report = art.report
+    assert report["teacher"]["metrics"]["ndcg@20"] == teacher.report["metrics"]["ndcg@20"]
+    delta = report["deltas"]["ndcg@20"]
+    assert delta == pytest.approx(report["metrics"]["ndcg@20"] - teacher.report["metrics"]["ndcg@20"])
+    assert "overlap@20" in report["metrics"]
+
+
+def test_same_seed_same_model(data, tmp_path) -> None:
+    cfg = TeacherConfig(dim=8, epochs=3, batch_size=512)
+    a = train_teacher(data, cfg, tmp_path / "a", device=CPU)
+    b = train_teacher(data, cfg, tmp_path / "b", device=CPU)
+    np.testing.assert_allclose(a.item_emb, b.item_emb, rtol=1e-5, atol=1e-6)
+
+
+def test_cancellation_leaves_no_model(data, tmp_path) -> None:
+    calls = {"n": 0}
+
+    def stop_after_two() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(JobCancelled):
+        train_teacher(data, TeacherConfig(dim=8, **FAST), tmp_path / "t", device=CPU,
+                      should_stop=stop_after_two)
+    assert not (tmp_path / "t").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [], "no half-written temporary directory left"
+
+
+def test_progress_events_report_epochs(data, tmp_path) -> None:
+    events = []
+    train_teacher(data, TeacherConfig(dim=8, epochs=3, batch_size=512), tmp_path / "t", device=CPU,
+                  on_progress=events.append)
+    train = [e for e in events if e.stage == "train"]
+    assert [e.epoch for e in train] == [1, 2, 3] and all(e.epochs == 3 for e in train)
+    assert all(e.loss is not None and "valid_ndcg@20" in e.metrics for e in train)
+    assert train[-1].elapsed_s >= train[0].elapsed_s
+
+
+def test_student_on_another_dataset_is_refused(teacher, tmp_path) -> None:
+    other = generate_synthetic(n_users=400, n_items=200, dim=8, skew=1.0, interactions_per_user=25, seed=4)
+    with pytest.raises(FingerprintMismatchError, match="trained on dataset"):
+        distill_student(other, teacher.path, DistillConfig(dim=8, epochs=1), tmp_path / "s", device=CPU)
+    with pytest.raises(FingerprintMismatchError):
+        evaluate_model(other, teacher.path)
+
+
+def test_bad_dimension_and_method_are_refused(data, teacher, tmp_path) -> None:
+    with pytest.raises(ValueError, match="dim"):
+        TeacherConfig(dim=0)
+    with pytest.raises(ValueError, match="method"):
+        DistillConfig(method="distill-harder")
+    with pytest.raises(ConfigError, match="dim=0"):
+        from training.models import build_model
+
+        build_model("mf", 3, 3, 0, data.csr("train"), device=CPU)
+    assert not (tmp_path / "s").exists()
+
+
+def test_evaluate_model_matches_the_saved_report(data, teacher) -> None:
+    report = evaluate_model(data, teacher.path)
+    assert report["metrics"]["ndcg@20"] == pytest.approx(teacher.report["metrics"]["ndcg@20"])
+
+
+def test_lightgcn_teacher_trains(data, tmp_path) -> None:
+    art = train_teacher(data, TeacherConfig(model="lightgcn", dim=16, n_layers=2, epochs=5, batch_size=1024),
+                        tmp_path / "lg", device=CPU)
+    assert art.manifest["model"] == "lightgcn" and np.isfinite(art.item_emb).all()
+    assert art.report["metrics"]["recall@20"] > 0
