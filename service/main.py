@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI
 
 from service.config import Settings, get_settings
@@ -42,6 +44,32 @@ def configure_logging(level: str) -> None:
     _logging_configured = True
 
 
+def _start_index_store(store: IndexStore, retry_s: float) -> threading.Event:
+    """Start the serving index watcher; while Redis is down, keep trying in the background.
+
+    The API comes up either way: /healthz answers, /readyz and the registry routes say 503
+    until Redis is back. Returns the event that ends the retry loop.
+    """
+    stop = threading.Event()
+    try:
+        store.start()
+        return stop
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("Redis unreachable at startup (%s); retrying every %.1fs", exc, retry_s)
+
+    def retry() -> None:
+        while not stop.wait(retry_s):
+            try:
+                store.start()
+                logger.info("Redis reachable: serving index watcher started")
+                return
+            except (redis.RedisError, OSError):
+                continue
+
+    threading.Thread(target=retry, name="index-store-start", daemon=True).start()
+    return stop
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Connect the registry, build the Celery client, start the index watcher; undo on exit."""
@@ -57,13 +85,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = celery_app
     app.state.index_store = store
     app.state.metrics.watch_registry(lambda: registry)
-    store.start()
-    logger.info("API ready: redis %s, queues %s/%s, data %s", registry.redis.connection_pool
-                .connection_kwargs.get("host"), settings.train_queue, settings.light_queue,
+    stop_retry = _start_index_store(store, settings.reload_poll_s)
+    logger.info("API up: queues %s/%s, data dir %s", settings.train_queue, settings.light_queue,
                 settings.data_dir)
     try:
         yield
     finally:
+        stop_retry.set()
         store.stop()
         app.state.metrics.watch_registry(lambda: None)
         celery_app.close()

@@ -29,7 +29,6 @@ from training.config import DistillConfig, TeacherConfig
 from training.dataset import Dataset
 from training.device import resolve_device
 from training.errors import JobCancelled, TrainingDivergedError
-from training.evaluation import HEADLINE
 from training.progress import ProgressEvent
 from worker.celery_app import DISTILL, PUBLISH, TRAIN_TEACHER, settings_of
 from worker.progress import JobReporter, StopCheck
@@ -44,6 +43,9 @@ DETERMINISTIC: tuple[type[BaseException], ...] = (
 # Infrastructure hiccups: worth a retry with backoff.
 TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
 HEADLINE_K = 20
+# Report metrics a model record shows (at K = HEADLINE_K); the full report has the rest.
+HEADLINE = ("recall", "ndcg", "precision", "hit", "ips_recall", "ips_ndcg", "oracle_ndcg",
+            "overlap", "arp", "aplt", "head_share", "coverage", "gini", "pop_rsp", "pop_reo")
 
 _registries: dict[str, Registry] = {}
 

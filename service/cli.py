@@ -1,0 +1,147 @@
+"""`unkd`: run the service (up, api, worker), the demo, and the offline training commands.
+
+    unkd up [--host 127.0.0.1] [--port 8000] [--data-dir DIR]   Redis (if needed) + worker + API
+    unkd api                                                    the API alone (Docker, many hosts)
+    unkd worker [-Q train,light]                                one Celery worker
+    unkd demo                                                   the whole story in ~3 minutes
+    unkd data prepare | train-teacher | distill | evaluate      offline, no service needed
+
+Every command reads the same UNKD_* settings; flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from service.config import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = get_settings()
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": Path(data_dir)})
+    return settings
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from service.stack import LocalStack
+
+    settings = _settings(args)
+    stack = LocalStack(settings, host=args.host, port=args.port)
+    try:
+        stack.start()
+    except (RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    redis_note = (
+        f"local redis-server on 127.0.0.1:{stack.redis.port} (data in {stack.redis.directory})"
+        if stack.redis is not None else "UNKD_REDIS_URL"
+    )  # fmt: skip
+    print(f"unkd is up (data dir {stack.data_dir})")
+    print(f"  API      {stack.api_url}/v1")
+    print(f"  docs     {stack.api_url}/docs")
+    print(f"  metrics  {stack.api_url}/metrics")
+    print(f"  redis    {redis_note}")
+    print(f"  worker   queues {settings.train_queue},{settings.light_queue} (pid {stack.worker.pid if stack.worker else '-'})")
+    print("Ctrl-C stops everything.", flush=True)
+    reason = stack.wait()
+    print(f"stopping ({reason}) ...", flush=True)
+    stack.stop()
+    print("stopped.")
+    return 0 if reason in ("SIGINT", "SIGTERM") else 1
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    if not settings.redis_url:
+        print("error: UNKD_REDIS_URL is not set (the API needs Redis; `unkd up` starts one)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    from service.main import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                log_level=settings.log_level.lower(), proxy_headers=True)  # fmt: skip
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.redis_url:
+        print("error: UNKD_REDIS_URL is not set (the worker needs the stack's Redis)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    from worker.celery_app import make_celery
+
+    queues = args.queues or f"{settings.train_queue},{settings.light_queue}"
+    app = make_celery(settings)
+    argv = ["worker", f"--pool={args.pool}", "-Q", queues, f"--concurrency={args.concurrency}",
+            f"--loglevel={settings.log_level}"]  # fmt: skip
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    return run_demo(_settings(args), data_dir=args.data_dir, port=args.port, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unkd", description="UnKD distillation service: REST jobs, Celery workers, FAISS serving."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start Redis (if UNKD_REDIS_URL is unset), a worker and the API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", help="datasets, models, bundles, local Redis (UNKD_DATA_DIR)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("api", help="run the API alone (uvicorn), against UNKD_REDIS_URL")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("worker", help="run one Celery worker, against UNKD_REDIS_URL")
+    p.add_argument("-Q", "--queues", help="comma-separated (default: UNKD_TRAIN_QUEUE,UNKD_LIGHT_QUEUE)")
+    p.add_argument("--pool", default="solo", help="solo (one job at a time, GPU-safe) | prefork | threads")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--hostname", help="Celery node name, e.g. gpu0@%%h")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("demo", help="local stack, synthetic data, teacher, 3 students, publish, compare")
+    p.add_argument("--data-dir", help="keep everything here (default: a temporary directory)")
+    p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    p.set_defaults(func=cmd_demo)
+
+    from training.cli import register  # light: heavy imports happen inside its handlers
+
+    register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.command in ("up", "api", "worker") else logging.WARNING,
+                        format=LOG_FORMAT, stream=sys.stderr)  # fmt: skip
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The local stack behind `unkd up` and `unkd demo`: Redis (when UNKD_REDIS_URL is unset),
+one Celery worker and the API, each its own process, stopped cleanly together.
+
+Children run in their own session, so a Ctrl-C in the terminal reaches only this process,
+which then stops them in order: API first (no new jobs), then the worker (warm shutdown,
+then cold: an interrupted job goes back to the queue and shows attempts = 2 when it runs
+again), then Redis (which saves its append-only file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from service.config import Settings
+from service.redis_server import RedisServer
+
+logger = logging.getLogger(__name__)
+
+API_START_TIMEOUT_S = 60.0
+WORKER_WARM_STOP_S = 10.0
+
+
+def _stop_process(name: str, proc: subprocess.Popen[bytes], *, soft: signal.Signals,
+                  timeout_s: float, hard: signal.Signals | None = None) -> None:  # fmt: skip
+    """Send `soft`, wait; then `hard` (if any), wait; then kill."""
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((soft, timeout_s), (hard, 5.0)):
+        if sig is None:
+            continue
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=wait_s)
+            logger.info("%s (pid %d) stopped", name, proc.pid)
+            return
+        except subprocess.TimeoutExpired:
+            logger.warning("%s (pid %d) still running after %s", name, proc.pid, sig.name)
+    proc.kill()
+    proc.wait()
+
+
+class LocalStack:
+    """Redis + worker + API on this machine.
+
+    Args:
+        settings: redis_url None starts a Redis under data_dir/redis; queues, device and
+            the rest reach the children through UNKD_* variables.
+        host, port: where the API listens.
+        data_dir: datasets, models, bundles and the local Redis' files.
+        log_dir: None lets the children write to this terminal; else api.log/worker.log.
+    """
+
+    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
+                 data_dir: Path | None = None, log_dir: Path | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.host, self.port = host, port
+        self.data_dir = Path(data_dir or settings.data_dir).resolve()
+        self.log_dir = log_dir
+        self.redis: RedisServer | None = None
+        self.redis_url = settings.redis_url
+        self.api: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self._logs: list[IO[bytes]] = []
+
+    @property
+    def api_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "UNKD_REDIS_URL": self.redis_url or "", "UNKD_DATA_DIR": str(self.data_dir),
+            "UNKD_TRAIN_QUEUE": self.settings.train_queue,
+            "UNKD_LIGHT_QUEUE": self.settings.light_queue, "PYTHONUNBUFFERED": "1",
+        })  # fmt: skip
+        return env
+
+    def _output(self, name: str) -> IO[bytes] | None:
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(fh)
+        return fh
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        out = self._output(name)
+        proc = subprocess.Popen(args, env=self.child_env(), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        logger.info("%s started (pid %d)", name, proc.pid)
+        return proc
+
+    def start(self) -> LocalStack:
+        """Start what is missing and return once the API answers /healthz."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.redis_url is None:
+                self.redis = RedisServer(self.data_dir / "redis").start()
+                self.redis_url = self.redis.url
+            queues = f"{self.settings.train_queue},{self.settings.light_queue}"
+            self.worker = self._spawn("worker", [
+                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+                "--pool=solo", "-Q", queues, "--loglevel=INFO", "--without-gossip",
+                "--without-mingle", "--hostname", f"unkd-{os.getpid()}@%h",
+            ])  # fmt: skip
+            self.api = self._spawn("api", [
+                sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+                "--host", self.host, "--port", str(self.port), "--log-level", "warning",
+            ])  # fmt: skip
+            self._wait_api()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_api(self) -> None:
+        deadline = time.monotonic() + API_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.api is not None and self.api.poll() is not None:
+                raise RuntimeError(
+                    f"the API exited with code {self.api.returncode} (port {self.port} in use?)"
+                )
+            try:
+                if httpx.get(f"{self.api_url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the API did not answer {self.api_url}/healthz in {API_START_TIMEOUT_S:.0f}s")
+
+    def failed_child(self) -> str | None:
+        """The name of a child process that exited on its own, if any."""
+        for name, proc in (("api", self.api), ("worker", self.worker)):
+            if proc is not None and proc.poll() is not None:
+                return f"{name} exited with code {proc.returncode}"
+        return None
+
+    def wait(self) -> str:
+        """Block until SIGINT/SIGTERM or a child exits; returns why."""
+        stop_reason: list[str] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            stop_reason.append(signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stop_reason:
+                failed = self.failed_child()
+                if failed:
+                    return failed
+                time.sleep(0.2)
+            return stop_reason[0]
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop(self) -> None:
+        """API, then worker (warm, then cold shutdown), then Redis. Safe to call twice."""
+        if self.api is not None:
+            _stop_process("api", self.api, soft=signal.SIGTERM, timeout_s=10.0)
+            self.api = None
+        if self.worker is not None:
+            _stop_process("worker", self.worker, soft=signal.SIGTERM,
+                          timeout_s=WORKER_WARM_STOP_S, hard=signal.SIGQUIT)  # fmt: skip
+            self.worker = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        for fh in self._logs:
+            fh.close()
+        self._logs.clear()
