@@ -110,7 +110,7 @@ class LocalStack:
             queues = f"{self.settings.train_queue},{self.settings.light_queue}"
             self.worker = self._spawn("worker", [
                 sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                "--pool=solo", "-Q", queues, "--loglevel=INFO", "--without-gossip",
+                "--pool=solo", "--concurrency=1", "-Q", queues, "--loglevel=INFO", "--without-gossip",
                 "--without-mingle", "--hostname", f"unkd-{os.getpid()}@%h",
             ])  # fmt: skip
             self.api = self._spawn("api", [

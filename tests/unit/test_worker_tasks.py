@@ -1,0 +1,205 @@
+"""Task bodies called as plain functions with training.pipelines monkeypatched: status
+bookkeeping, progress, cancellation, no retry for deterministic errors, retry (and
+attempts > 1) for transient ones, idempotent redelivery. Real Redis, no Celery worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from celery.exceptions import Retry
+
+from service.config import Settings
+from service.redis_server import RedisServer
+from service.registry import DatasetRecord, JobProgress, JobRecord, Registry
+from training import pipelines
+from training.checkpoint import ModelArtifact
+from training.errors import ConfigError, JobCancelled
+from training.progress import ProgressEvent
+from training.synthetic import generate_synthetic
+from worker import tasks
+from worker.celery_app import make_celery
+from worker.progress import JobReporter, StopCheck
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("tasks-redis"), appendonly=False) as s:
+        yield s
+
+
+@pytest.fixture()
+def settings(server: RedisServer, tmp_path: Path) -> Settings:
+    return Settings(redis_url=server.url, data_dir=tmp_path, device="cpu", job_max_retries=2)
+
+
+@pytest.fixture()
+def registry(settings: Settings) -> Iterator[Registry]:
+    reg = tasks.registry_for(settings)
+    reg.redis.flushdb()
+    yield reg
+
+
+@pytest.fixture()
+def dataset(settings: Settings, registry: Registry):
+    ds = generate_synthetic(n_users=20, n_items=30, interactions_per_user=6, dim=4)
+    path = ds.save(settings.datasets_dir / "ds-1")
+    registry.add_dataset(DatasetRecord(id="ds-1", name="s", source="synthetic",
+                                       fingerprint=ds.fingerprint, path=str(path)))  # fmt: skip
+    return ds
+
+
+class FakeTask:
+    """What run_job uses of a bound Celery task."""
+
+    def __init__(self, settings: Settings, retries: int = 0) -> None:
+        self.app = make_celery(settings, set_as_current=False)
+        self.request = SimpleNamespace(id=None, retries=retries)
+        self.retries: list[int] = []
+
+    def retry(self, exc: BaseException, countdown: int) -> Retry:
+        self.retries.append(countdown)
+        return Retry(exc=exc, when=countdown)
+
+
+def teacher_job(registry: Registry, job_id: str = "j1", **config: Any) -> JobRecord:
+    job = JobRecord(id=job_id, kind="teacher", output_model_id=f"teacher-{job_id}",
+                    params={"dataset_id": "ds-1", "config": {"dim": 4, "epochs": 3, **config}})  # fmt: skip
+    return registry.create_job(job)
+
+
+def fake_train(calls: list[str], behaviour: str = "ok"):
+    def train_teacher(dataset, cfg, out_dir, *, device, on_progress, should_stop, model_id):
+        calls.append(model_id)
+        for epoch in range(1, cfg.epochs + 1):
+            if should_stop():
+                raise JobCancelled(f"cancelled before epoch {epoch}")
+            on_progress(ProgressEvent(stage="train", epoch=epoch, epochs=cfg.epochs, loss=1.0 / epoch))
+            on_progress(ProgressEvent(stage="train", epoch=epoch, epochs=cfg.epochs, loss=1.0 / epoch,
+                                      metrics={"valid_ndcg@20": 0.1 * epoch}))
+        if behaviour == "config":
+            raise ConfigError("dim=4: not allowed here")
+        if behaviour == "disk":
+            raise OSError(28, "No space left on device")
+        rng = np.random.default_rng(0)
+        art = ModelArtifact(
+            rng.random((dataset.n_users, cfg.dim), dtype=np.float32),
+            rng.random((dataset.n_items, cfg.dim), dtype=np.float32),
+            {"kind": "teacher", "model": cfg.model, "method": None, "dim": cfg.dim,
+             "config": cfg.model_dump(mode="json"), "dataset": {"fingerprint": dataset.fingerprint}},
+            {"metrics": {"recall@20": 0.5, "ndcg@20": 0.25, "arp@20": None}},
+        )  # fmt: skip
+        art.save(out_dir)
+        return art
+
+    return train_teacher
+
+
+def test_teacher_job_succeeds(monkeypatch, settings, registry, dataset) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
+    teacher_job(registry)
+    summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    assert summary == {"job_id": "j1", "status": "succeeded", "model_id": "teacher-j1", "error": None}
+    job = registry.get_job("j1")
+    assert job.status == "succeeded" and job.attempts == 1 and job.model_id == "teacher-j1"
+    assert (job.progress.epoch, job.progress.epochs) == (3, 3)
+    assert job.metrics == {"loss": pytest.approx(1 / 3), "valid_ndcg@20": pytest.approx(0.3)}
+    model = registry.get_model("teacher-j1")
+    assert model.metrics == {"recall@20": 0.5, "ndcg@20": 0.25}  # None dropped
+    assert model.lineage == {"dataset_id": "ds-1", "teacher_id": None} and model.job_id == "j1"
+    assert Path(model.path) == settings.models_dir.resolve() / "teacher-j1"
+
+    # The same message delivered again: nothing runs twice.
+    tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    assert calls == ["teacher-j1"] and registry.get_job("j1").attempts == 1
+
+
+def test_deterministic_error_fails_without_retry(monkeypatch, settings, registry, dataset) -> None:
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "config"))
+    teacher_job(registry)
+    task = FakeTask(settings)
+    summary = tasks.run_job(task, "j1", tasks._teacher_body)
+    assert summary["status"] == "failed" and summary["error"] == "dim=4: not allowed here"
+    assert task.retries == [] and registry.get_job("j1").error == "dim=4: not allowed here"
+
+
+def test_invalid_payload_names_the_field(monkeypatch, settings, registry, dataset) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
+    teacher_job(registry, lr=-1)
+    tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    job = registry.get_job("j1")
+    assert job.status == "failed" and calls == []
+    assert job.error == "lr: Input should be greater than 0 (got -1)"
+
+
+def test_transient_error_is_retried_and_counts_attempts(monkeypatch, settings, registry, dataset) -> None:
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "disk"))
+    teacher_job(registry)
+    task = FakeTask(settings)
+    with pytest.raises(Retry):
+        tasks.run_job(task, "j1", tasks._teacher_body)
+    job = registry.get_job("j1")
+    assert job.status == "queued" and "No space left" in (job.error or "") and task.retries == [2]
+
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train([]))
+    tasks.run_job(FakeTask(settings, retries=1), "j1", tasks._teacher_body)
+    job = registry.get_job("j1")
+    assert job.status == "succeeded" and job.attempts == 2 and job.error is None
+
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "disk"))
+    teacher_job(registry, job_id="j2")
+    summary = tasks.run_job(FakeTask(settings, retries=2), "j2", tasks._teacher_body)
+    assert summary["status"] == "failed" and summary["error"].startswith("gave up after 2 retries")
+
+
+def test_cancel_running_job_leaves_no_model(monkeypatch, settings, registry, dataset) -> None:
+    def train(dataset, cfg, out_dir, *, should_stop, on_progress, **_: Any):
+        on_progress(ProgressEvent(stage="train", epoch=1, epochs=cfg.epochs))
+        registry.request_cancel("j1")  # the API's DELETE arrives during epoch 1
+        if should_stop():
+            raise JobCancelled("cancelled before epoch 2")
+        raise AssertionError("should have stopped")
+
+    monkeypatch.setattr(pipelines, "train_teacher", train)
+    teacher_job(registry)
+    summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    job = registry.get_job("j1")
+    assert summary["status"] == job.status == "cancelled" and job.model_id is None
+    assert not (settings.models_dir / "teacher-j1").exists()
+
+
+def test_cancelled_before_start_never_runs(monkeypatch, settings, registry, dataset) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
+    teacher_job(registry)
+    registry.request_cancel("j1")
+    assert tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)["status"] == "cancelled"
+    assert calls == [] and registry.get_job("j1").attempts == 0
+
+
+def test_reporter_writes_at_most_once_per_epoch(registry: Registry) -> None:
+    registry.create_job(JobRecord(id="r", kind="teacher"))
+    registry.start_job("r")
+    reporter = JobReporter(registry, "r")
+    for _ in range(5):
+        reporter(ProgressEvent(stage="train", epoch=1, epochs=2, loss=0.5))
+    reporter(ProgressEvent(stage="train", epoch=1, epochs=2, metrics={"valid_ndcg@20": 0.2}))
+    reporter(ProgressEvent(stage="train", epoch=1, epochs=2, metrics={"valid_ndcg@20": 0.3}))
+    reporter(ProgressEvent(stage="train", epoch=2, epochs=2, loss=float("nan")))
+    assert (reporter.events, reporter.writes) == (8, 3)
+    job = registry.get_job("r")
+    assert job.progress == JobProgress(stage="train", epoch=2, epochs=2)
+    assert job.metrics == {"loss": 0.5, "valid_ndcg@20": 0.2}  # NaN is not recorded
+
+
+def test_stop_check_time_limit(registry: Registry) -> None:
+    registry.create_job(JobRecord(id="t", kind="teacher"))
+    assert StopCheck(registry, "t", time_limit_s=3600)() is False
+    late = StopCheck(registry, "t", time_limit_s=-1)
+    assert late() is True and late.timed_out and not late.cancelled
