@@ -23,13 +23,17 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated; when set, mutating endpoints need one"
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="worker training device; auto: CUDA when torch sees a GPU"
+    )
     index_factory: str = Field("Flat", description="FAISS factory string: Flat, IVF1024,Flat, HNSW32")
-    nprobe: int = Field(16, ge=1, le=65536)
-    hnsw_ef_search: int = Field(128, ge=1, le=65536)
-    max_k: int = Field(200, ge=1, le=10_000)
-    max_batch_users: int = Field(1000, ge=1, le=100_000)
-    upload_max_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    nprobe: int = Field(16, ge=1, le=65536, description="IVF lists searched per query")
+    hnsw_ef_search: int = Field(128, ge=1, le=65536, description="HNSW search breadth")
+    max_k: int = Field(200, ge=1, le=10_000, description="largest k a recommendations request may ask")
+    max_batch_users: int = Field(1000, ge=1, le=100_000, description="users per batch request")
+    upload_max_bytes: int = Field(
+        200 * 1024 * 1024, ge=1024, description="dataset upload limit, enforced while streaming"
+    )
     job_soft_time_limit_s: int = Field(
         6 * 3600, ge=10, description="a job still training after this fails at its next epoch"
     )
@@ -40,7 +44,9 @@ class Settings(BaseSettings):
         3, ge=0, le=100, description="retries of a job after a transient error (Redis, disk)"
     )
     result_expires_s: int = Field(7 * 24 * 3600, ge=60, description="Celery result TTL")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="API and worker log level"
+    )
 
     @field_validator("redis_url")
     @classmethod

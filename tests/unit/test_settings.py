@@ -67,3 +67,9 @@ def test_celery_app_from_settings() -> None:
 def test_celery_app_needs_a_redis_url() -> None:
     with pytest.raises(RuntimeError, match="UNKD_REDIS_URL"):
         make_celery(Settings(redis_url=None))
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`UNKD_{name.upper()}`" not in doc]
+    assert not missing, f"settings missing from docs/service.md: {missing}"
