@@ -94,8 +94,8 @@ def recommend_user(
     idx = bundle.user_index(user_id)
     if idx is None:
         raise HTTPException(404, f"unknown user_id {user_id!r} (model {bundle.model_id})")
-    scores, items = bundle.recommend(np.array([idx], dtype=np.int64), k, exclude_seen)
-    return Response(_body(bundle, user_id, scores[0], items[0]), media_type="application/json")
+    scores, items = bundle.recommend_one(idx, k, exclude_seen)
+    return Response(_body(bundle, user_id, scores, items), media_type="application/json")
 
 
 @router.post(

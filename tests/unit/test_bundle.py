@@ -23,11 +23,12 @@ def flat(tmp_path_factory: pytest.TempPathFactory):
 
 def test_round_trip_gives_identical_search_results(flat) -> None:
     path, ds, model = flat
+    first, second = load_bundle(path), load_bundle(path)
+    # searched after loading: load_bundle sets the process-wide BLAS batch threshold
     reference = faiss.IndexFlatIP(model.dim)
     reference.add(np.ascontiguousarray(model.item_emb))
     xq = np.ascontiguousarray(model.user_emb)
     d_ref, i_ref = reference.search(xq, 15)
-    first, second = load_bundle(path), load_bundle(path)
     for b in (first, second):
         d, i = b.index.search(xq, 15)
         np.testing.assert_array_equal(i, i_ref)

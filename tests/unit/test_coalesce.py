@@ -1,0 +1,124 @@
+"""Request coalescing: every caller gets its own row, batches form under overlap, errors reach all."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bundle_fixtures import make_bundle
+
+from service.bundle import load_bundle
+from service.coalesce import Coalescer
+
+
+def slow_topk(delay_s: float = 0.005):
+    """A batch function whose answer encodes (user, k, exclude_seen); slow enough to overlap."""
+    calls: list[int] = []
+
+    def fn(users: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(users))
+        time.sleep(delay_s)
+        items = users[:, None] * 1000 + np.arange(k)[None, :] + (500 if exclude_seen else 0)
+        return items.astype(np.float32), items.astype(np.int64)
+
+    return fn, calls
+
+
+def hammer(coalescer: Coalescer, n_threads: int, per_thread: int) -> list[str]:
+    errors: list[str] = []
+
+    def worker(t: int) -> None:
+        for j in range(per_thread):
+            user, k, ex = t * 100 + j, 3 + (t % 3), bool(j % 2)
+            _, items = coalescer.one(user, k, ex)
+            want = user * 1000 + np.arange(k) + (500 if ex else 0)
+            if items.tolist() != want.tolist():
+                errors.append(f"user {user}: {items.tolist()} != {want.tolist()}")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=30)
+        assert not th.is_alive(), "a caller never returned (lost leadership hand-off)"
+    return errors
+
+
+def test_uncontended_call_runs_alone() -> None:
+    fn, calls = slow_topk(0)
+    c = Coalescer(fn)
+    scores, items = c.one(7, 4, True)
+    assert items.tolist() == [7500, 7501, 7502, 7503] and calls == [1]
+
+
+def test_concurrent_callers_each_get_their_own_answer_in_fewer_batches() -> None:
+    fn, calls = slow_topk()
+    c = Coalescer(fn, max_batch=8)
+    assert hammer(c, n_threads=12, per_thread=15) == []
+    assert c.requests == 12 * 15 == sum(calls)
+    assert c.batches < c.requests  # overlapping requests were merged
+    assert max(calls) <= 8  # ... but never beyond max_batch
+
+
+def test_an_error_reaches_every_caller_of_the_batch_and_the_next_batch_runs() -> None:
+    gate = threading.Event()
+    state = {"fail": True}
+
+    def fn(users: np.ndarray, k: int, exclude_seen: bool):
+        gate.wait(5)
+        if state["fail"]:
+            raise RuntimeError("index exploded")
+        return np.zeros((len(users), k), np.float32), np.zeros((len(users), k), np.int64)
+
+    c = Coalescer(fn)
+    outcomes: list[str] = []
+
+    def call() -> None:
+        try:
+            c.one(1, 2, True)
+            outcomes.append("ok")
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for th in threads:
+        th.start()
+    time.sleep(0.05)
+    gate.set()
+    for th in threads:
+        th.join(timeout=10)
+    assert len(outcomes) == 4 and "index exploded" in outcomes
+    state["fail"] = False
+    _, items = c.one(3, 2, False)  # leadership was released: the coalescer still works
+    assert items.shape == (2,)
+
+
+def test_bundle_recommend_one_matches_recommend_under_concurrency(tmp_path: Path) -> None:
+    path, ds, _ = make_bundle(tmp_path, n_users=60, n_items=400)
+    b = load_bundle(path)
+    expected = b.recommend(np.arange(ds.n_users), 10, exclude_seen=True)[1]
+    errors: list[int] = []
+
+    def worker(offset: int) -> None:
+        for u in range(offset, ds.n_users, 4):
+            _, items = b.recommend_one(u, 10, True)
+            if items.tolist() != expected[u].tolist():
+                errors.append(u)
+
+    threads = [threading.Thread(target=worker, args=(o,)) for o in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=30)
+    assert errors == []
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_small_max_batch_still_serves_everyone(max_batch: int) -> None:
+    fn, calls = slow_topk(0.001)
+    c = Coalescer(fn, max_batch=max_batch)
+    assert hammer(c, n_threads=6, per_thread=10) == []
+    assert max(calls) <= max_batch
