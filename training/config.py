@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ModelName = Literal["mf", "lightgcn"]
 MethodName = Literal["none", "rd", "cd", "rrd", "unkd"]
@@ -63,6 +63,9 @@ class RRDOptions(_Strict):
     rank_lambda: float = Field(10.0, gt=0, description="sampling P(r) ∝ exp(-r/rank_lambda) in top_l")
 
 
+METHOD_DECAY: dict[str, float] = {"unkd": 0.003, "rrd": 0.003}
+
+
 class DistillConfig(OptimConfig):
     lr: float = Field(0.01, gt=0, le=1.0, description="Adam learning rate")
     method: MethodName = "unkd"
@@ -74,6 +77,15 @@ class DistillConfig(OptimConfig):
     rd: RDOptions = Field(default_factory=RDOptions)
     cd: CDOptions = Field(default_factory=CDOptions)
     rrd: RRDOptions = Field(default_factory=RRDOptions)
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> DistillConfig:
+        # A ranking-distillation term already regularises the student, so these methods do
+        # best with less weight decay (bench/quality.py: UnKD NDCG@20 on ML-100K rises from
+        # 0.364 at decay 0.01 to 0.376 at 0.003). An explicit decay always wins.
+        if "decay" not in self.model_fields_set and self.method in METHOD_DECAY:
+            self.decay = METHOD_DECAY[self.method]
+        return self
 
 
 class EvalConfig(_Strict):
