@@ -1,13 +1,16 @@
 """Recommendation and serving-status routes over HTTP (httpx via TestClient).
 
-The router is mounted on a bare FastAPI app with a static IndexStore loaded from a tiny
-bundle, so these tests need neither Redis nor the rest of the service.
+Most tests mount the router on a bare FastAPI app with a static IndexStore loaded from a
+tiny bundle; the last ones run the whole app (create_app) against the real Redis of
+tests/api/conftest.py and publish by moving the active pointer.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +18,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from service import keys
 from service.config import Settings
 from service.index_store import IndexStore
+from service.main import create_app
 from service.routes.recommendations import router
 
 # The bundle helpers live beside the unit tests that use them most.
@@ -42,18 +47,18 @@ def make_client(root: Path) -> tuple[TestClient, IndexStore]:
 
 
 @pytest.fixture()
-def client(bundles, tmp_path: Path) -> TestClient:
+def static_client(bundles, tmp_path: Path) -> TestClient:
     c, store = make_client(tmp_path)
     path, _, _ = bundles["A"]
     store.load_now({"model_id": "A", "bundle_dir": str(path), "published_at": "t0"})
     return c
 
 
-def test_get_recommendations_excludes_seen_and_matches_brute_force(client, bundles) -> None:
+def test_get_recommendations_excludes_seen_and_matches_brute_force(static_client, bundles) -> None:
     path, ds, model = bundles["A"]
     seen = ds.csr("train")
     for u in (0, 7, 19):
-        r = client.get(f"/v1/recommendations/u{u}", params={"k": 12})
+        r = static_client.get(f"/v1/recommendations/u{u}", params={"k": 12})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["user_id"] == f"u{u}" and body["model_id"] == "A"
@@ -69,33 +74,33 @@ def test_get_recommendations_excludes_seen_and_matches_brute_force(client, bundl
         assert [it["group"] for it in body["items"]] == groups[items].tolist()
 
 
-def test_exclude_seen_false_and_default_k(client, bundles) -> None:
+def test_exclude_seen_false_and_default_k(static_client, bundles) -> None:
     _, _, model = bundles["A"]
-    r = client.get("/v1/recommendations/u3", params={"exclude_seen": "false"})
+    r = static_client.get("/v1/recommendations/u3", params={"exclude_seen": "false"})
     assert r.status_code == 200
     items = [int(it["item_id"][1:]) for it in r.json()["items"]]
     _, ref_i = brute_force_topk(model.user_emb, model.item_emb, np.array([3]), 20, None)
     assert items == ref_i[0].tolist()  # default k = 20, seen items allowed
 
 
-def test_unknown_user_is_404_naming_it(client) -> None:
-    r = client.get("/v1/recommendations/nobody-42")
+def test_unknown_user_is_404_naming_it(static_client) -> None:
+    r = static_client.get("/v1/recommendations/nobody-42")
     assert r.status_code == 404
     assert "nobody-42" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("k", [0, MAX_K + 1, -3])
-def test_k_out_of_range_is_422_naming_k(client, k: int) -> None:
-    r = client.get("/v1/recommendations/u1", params={"k": k})
+def test_k_out_of_range_is_422_naming_k(static_client, k: int) -> None:
+    r = static_client.get("/v1/recommendations/u1", params={"k": k})
     assert r.status_code == 422
     (err,) = r.json()["detail"]
     assert err["loc"] == ["query", "k"] and f"between 1 and {MAX_K}" in err["msg"]
-    assert client.get("/v1/recommendations/u1", params={"k": "many"}).status_code == 422
+    assert static_client.get("/v1/recommendations/u1", params={"k": "many"}).status_code == 422
 
 
-def test_model_parameter_must_name_the_served_model(client) -> None:
-    assert client.get("/v1/recommendations/u1", params={"model": "A"}).status_code == 200
-    r = client.get("/v1/recommendations/u1", params={"model": "B"})
+def test_model_parameter_must_name_the_served_model(static_client) -> None:
+    assert static_client.get("/v1/recommendations/u1", params={"model": "A"}).status_code == 200
+    r = static_client.get("/v1/recommendations/u1", params={"model": "B"})
     assert r.status_code == 409
     assert "'B' is not the served model" in r.json()["detail"] and "'A'" in r.json()["detail"]
 
@@ -109,41 +114,41 @@ def test_nothing_published_is_503(tmp_path: Path) -> None:
     assert status.status_code == 200 and status.json()["ready"] is False
 
 
-def test_batch_answers_in_request_order(client) -> None:
-    r = client.post("/v1/recommendations", json={"user_ids": ["u5", "u2", "u5"], "k": 4})
+def test_batch_answers_in_request_order(static_client) -> None:
+    r = static_client.post("/v1/recommendations", json={"user_ids": ["u5", "u2", "u5"], "k": 4})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model_id"] == "A"
     assert [res["user_id"] for res in body["results"]] == ["u5", "u2", "u5"]
     assert all(len(res["items"]) == 4 for res in body["results"])
-    single = client.get("/v1/recommendations/u2", params={"k": 4}).json()
+    single = static_client.get("/v1/recommendations/u2", params={"k": 4}).json()
     assert body["results"][1] == single
 
 
-def test_batch_errors(client) -> None:
-    too_many = client.post("/v1/recommendations", json={"user_ids": [f"u{i}" for i in range(MAX_BATCH + 1)]})
+def test_batch_errors(static_client) -> None:
+    too_many = static_client.post("/v1/recommendations", json={"user_ids": [f"u{i}" for i in range(MAX_BATCH + 1)]})
     assert too_many.status_code == 422
     assert too_many.json()["detail"][0]["loc"] == ["body", "user_ids"]
     assert f"at most {MAX_BATCH}" in too_many.json()["detail"][0]["msg"]
-    unknown = client.post("/v1/recommendations", json={"user_ids": ["u1", "ghost", "u2"]})
+    unknown = static_client.post("/v1/recommendations", json={"user_ids": ["u1", "ghost", "u2"]})
     assert unknown.status_code == 404 and "'ghost'" in unknown.json()["detail"]
-    bad_k = client.post("/v1/recommendations", json={"user_ids": ["u1"], "k": 0})
+    bad_k = static_client.post("/v1/recommendations", json={"user_ids": ["u1"], "k": 0})
     assert bad_k.status_code == 422 and bad_k.json()["detail"][0]["loc"] == ["body", "k"]
-    assert client.post("/v1/recommendations", json={"user_ids": []}).status_code == 422
-    wrong_model = client.post("/v1/recommendations", json={"user_ids": ["u1"], "model": "B"})
+    assert static_client.post("/v1/recommendations", json={"user_ids": []}).status_code == 422
+    wrong_model = static_client.post("/v1/recommendations", json={"user_ids": ["u1"], "model": "B"})
     assert wrong_model.status_code == 409
 
 
-def test_serving_status(client, bundles) -> None:
+def test_serving_status(static_client, bundles) -> None:
     _, ds, model = bundles["A"]
-    body = client.get("/v1/serving").json()
+    body = static_client.get("/v1/serving").json()
     assert body["ready"] is True and body["model_id"] == "A" and body["index_type"] == "Flat"
     assert (body["n_items"], body["n_users"], body["dim"]) == (ds.n_items, ds.n_users, model.dim)
     assert body["loaded_at"] and body["published_at"] == "t0"
 
 
-def test_openapi_documents_the_response_fields(client) -> None:
-    spec = client.get("/openapi.json").json()
+def test_openapi_documents_the_response_fields(static_client) -> None:
+    spec = static_client.get("/openapi.json").json()
     get = spec["paths"]["/v1/recommendations/{user_id}"]["get"]
     ref = get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     assert ref.endswith("/Recommendations")
@@ -178,3 +183,44 @@ def test_no_request_fails_during_swaps(bundles, tmp_path: Path) -> None:
         t.join()
     assert failures == []
     assert set(answered) <= {"A", "B"} and len(answered) > 0
+
+
+def publish(redis_client, model_id: str, bundle_dir: Path) -> None:
+    pointer = json.dumps({"model_id": model_id, "bundle_dir": str(bundle_dir), "published_at": time.time()})
+    redis_client.set(keys.ACTIVE_MODEL, pointer)
+    redis_client.publish(keys.SERVING_EVENTS, pointer)
+
+
+def wait_serving(c: TestClient, model_id: str, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if c.get("/v1/serving").json().get("model_id") == model_id:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_create_app_serves_what_is_published_and_swaps(settings, redis_client, bundles) -> None:
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/v1/recommendations/u1")
+        assert r.status_code == 503
+        publish(redis_client, "A", bundles["A"][0])
+        assert wait_serving(c, "A")
+        body = c.get("/v1/recommendations/u1", params={"k": 5}).json()
+        assert body["model_id"] == "A" and len(body["items"]) == 5
+        assert c.get("/v1/recommendations/u1", params={"model": "B"}).status_code == 409
+        assert "ghost" in c.get("/v1/recommendations/ghost").json()["detail"]
+        assert c.get("/v1/recommendations/u1", params={"k": 10_000}).json()["detail"][0]["loc"] == ["query", "k"]
+        publish(redis_client, "B", bundles["B"][0])  # rolling forward is publishing another
+        assert wait_serving(c, "B")
+        assert c.get("/v1/recommendations/u1", params={"model": "B"}).json()["model_id"] == "B"
+
+
+def test_create_app_keeps_serving_when_a_published_bundle_is_broken(settings, redis_client, bundles, tmp_path) -> None:
+    with TestClient(create_app(settings)) as c:
+        publish(redis_client, "A", bundles["A"][0])
+        assert wait_serving(c, "A")
+        publish(redis_client, "C", tmp_path / "no-bundle-here")
+        time.sleep(3 * settings.reload_poll_s)
+        assert c.get("/v1/serving").json()["model_id"] == "A"
+        assert c.get("/v1/recommendations/u2").status_code == 200

@@ -1,0 +1,142 @@
+"""docker-compose.yml and the Dockerfiles agree with the Settings, the CLI and the app."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = re.compile(r"^\$\{(?P<name>\w+)(:-(?P<default>.*))?\}$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def env_of(compose: dict[str, Any], service: str) -> dict[str, str]:
+    env = compose["services"][service].get("environment", {})
+    assert isinstance(env, dict), f"{service}: environment as a mapping"
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_services_and_profiles(compose) -> None:
+    services = compose["services"]
+    assert set(services) == {"redis", "api", "worker", "flower"}
+    assert services["flower"]["profiles"] == ["monitoring"]
+    for name in ("redis", "api", "worker"):
+        assert "profiles" not in services[name], f"{name} must start by default"
+        assert "healthcheck" in services[name], f"{name} needs a health check"
+
+
+def test_redis_persists_and_others_wait_for_it(compose) -> None:
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in redis["volumes"])
+    for name in ("api", "worker", "flower"):
+        assert compose["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("service", ["api", "worker"])
+def test_unkd_variables_are_settings_fields_with_valid_defaults(compose, service: str) -> None:
+    env = env_of(compose, service)
+    fields = Settings.model_fields
+    values: dict[str, str] = {}
+    for key, raw in env.items():
+        assert key.startswith("UNKD_"), f"{service}: {key} is not a UNKD_ setting"
+        field = key.removeprefix("UNKD_").lower()
+        assert field in fields, f"{service}: {key} matches no field of service.config.Settings"
+        m = DEFAULT.match(raw)
+        if m is not None:
+            assert m.group("name") == key, f"{service}: {key} takes its value from {m.group('name')}"
+            raw = m.group("default") or ""
+        values[field] = raw
+    for required in ("redis_url", "data_dir"):
+        assert required in values, f"{service}: UNKD_{required.upper()} missing"
+    settings = Settings.model_validate(values)  # the defaults pass the validators
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert "api_keys" in values or service == "worker"
+
+
+def test_api_and_worker_share_the_artifact_volume(compose) -> None:
+    mounts = {}
+    for name in ("api", "worker"):
+        svc = compose["services"][name]
+        data_dir = env_of(compose, name)["UNKD_DATA_DIR"]
+        (volume,) = [v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == data_dir]
+        mounts[name] = volume
+    assert mounts["api"] == mounts["worker"] and mounts["api"] in compose["volumes"]
+
+
+def test_worker_reserves_a_gpu(compose) -> None:
+    devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_api_port_healthcheck_and_routes(compose) -> None:
+    api = compose["services"]["api"]
+    command = api["command"]
+    port = command[command.index("--port") + 1]
+    assert f"{port}:{port}" in api["ports"] and port == "8000"
+    assert command[command.index("--host") + 1] == "0.0.0.0"  # reachable from outside the container
+    probe = " ".join(api["healthcheck"]["test"])
+    path = re.search(rf"127\.0\.0\.1:{port}(/\w+)", probe)
+    assert path is not None, "the API health check must call the API on its port"
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    app = create_app(Settings(redis_url="redis://unused:6379/0"))
+    # no `with`: the lifespan (Redis, Celery) does not run; liveness must not need them
+    assert TestClient(app).get(path.group(1)).status_code == 200
+
+
+def test_commands_are_cli_subcommands(compose) -> None:
+    try:
+        from service.cli import build_parser
+    except ImportError as exc:  # pragma: no cover - until service/cli.py exists
+        pytest.skip(f"service/cli.py has no build_parser yet ({exc})")
+    parser = build_parser()
+    for name in ("api", "worker"):
+        command = compose["services"][name]["command"]
+        assert command[0] == "unkd"
+        args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown option
+        assert args.command == name
+
+
+@pytest.mark.parametrize("image", ["api", "worker"])
+def test_dockerfiles_match_compose(compose, image: str) -> None:
+    text = (REPO / "docker" / f"{image}.Dockerfile").read_text()
+    cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
+    assert cmd is not None
+    assert yaml.safe_load(cmd.group(1)) == compose["services"][image]["command"]
+    assert compose["services"][image]["build"]["dockerfile"] == f"docker/{image}.Dockerfile"
+    assert "--uid 10001" in text  # same owner for the shared volume
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+, as in both images
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    deps = " ".join(pyproject["project"]["dependencies"])
+    assert "torch" in deps and "faiss-cpu" in deps  # what the images filter out
+    if image == "api":
+        assert "startswith('torch')" in text and "EXPOSE 8000" in text
+    else:
+        assert "startswith(('torch', 'faiss-cpu'))" in text
+        assert "['optional-dependencies']['gpu']" in text
+        assert any("faiss-gpu" in d for d in pyproject["project"]["optional-dependencies"]["gpu"])
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()]
+    ignored = {ln for ln in lines if ln and not ln.startswith("#")}
+    assert {".git", ".venv", "data"} <= ignored
+    for copied in ("training", "worker", "service", "pyproject.toml", "README.md"):
+        assert copied not in ignored
+    assert not any(ln.startswith("!") for ln in ignored)
