@@ -153,8 +153,8 @@ class RedisServer:
             return
         if self._proc.poll() is None:
             try:
-                client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                                     socket_timeout=timeout_s)
+                client = redis.Redis(host="127.0.0.1", port=self.port or 0,
+                                     password=self.password, socket_timeout=timeout_s)
                 client.shutdown(save=True)
             except redis.exceptions.ConnectionError:
                 pass  # SHUTDOWN closes the connection: the expected answer

@@ -169,7 +169,7 @@ class Registry:
         pipe.zrevrange(index, offset, offset + limit - 1)
         pipe.zcard(index)
         ids, total = pipe.execute()
-        return list(ids), int(total)
+        return [str(i) for i in ids], int(total)
 
     def _load_many(self, key: Callable[[str], str], ids: list[str], model: type[Any]) -> list[Any]:
         if not ids:
@@ -242,7 +242,7 @@ class Registry:
             holder = self.redis.get(key)
             if holder is None:
                 continue
-            raw = self.redis.get(_job_key(holder))
+            raw = self.redis.get(_job_key(str(holder)))
             if raw is not None and JobRecord.model_validate_json(raw).status not in TERMINAL:
                 return str(holder)
             self.redis.delete(key)
@@ -281,10 +281,10 @@ class Registry:
     ) -> tuple[list[JobRecord], int]:
         """Newest first, optionally filtered by status and/or kind."""
         if status and kind:
-            ranked = self.redis.zinter(
+            ranked: list[tuple[str, float]] = self.redis.zinter(  # type: ignore[assignment]
                 [_status_index(status), _kind_index(kind)], aggregate="MAX", withscores=True
             )
-            ids = [job_id for job_id, _ in sorted(ranked, key=lambda pair: -pair[1])]
+            ids = [str(job_id) for job_id, _ in sorted(ranked, key=lambda pair: -pair[1])]
             page, total = ids[offset : offset + limit], len(ids)
         else:
             index = _status_index(status) if status else _kind_index(kind) if kind else _JOBS
@@ -295,7 +295,7 @@ class Registry:
         """(kind, status) -> number of jobs that ever reached that status (monotonic)."""
         counts: dict[tuple[str, str], int] = {}
         for field, value in self.redis.hgetall(_JOB_STATS).items():
-            kind, _, status = field.partition(":")
+            kind, _, status = str(field).partition(":")
             counts[(kind, status)] = int(value)
         return counts
 
@@ -330,7 +330,9 @@ class Registry:
                 pipe.hincrby(_JOB_STATS, f"{new.kind}:{new.status}", 1)
             return new
 
-        result: JobRecord = self.redis.transaction(txn, key, value_from_callable=True)
+        result = self.redis.transaction(txn, key, value_from_callable=True)  # type: ignore[arg-type]
+        if not isinstance(result, JobRecord):
+            raise TypeError(f"job {job_id}: transaction returned {type(result).__name__}")
         return result
 
     def start_job(self, job_id: str) -> tuple[JobRecord, bool]:

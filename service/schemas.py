@@ -61,7 +61,7 @@ class SyntheticParams(_Forbid):
 
 
 class SyntheticDatasetRequest(_Forbid):
-    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    synthetic: SyntheticParams = Field(default_factory=lambda: SyntheticParams())
     name: str | None = Field(None, min_length=1, max_length=200)
 
 

@@ -84,7 +84,7 @@ def _distill_job(req: DistillJobRequest, registry: Registry) -> JobRecord:
     teacher = registry.get_model(req.teacher_id, field="teacher_id")  # 404 naming teacher_id
     if teacher.kind != "teacher":
         raise HTTPException(
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status_code=422,
             detail=f"teacher_id={req.teacher_id!r}: model is a {teacher.kind}, not a teacher",
         )
     job_id = new_job_id()
