@@ -47,10 +47,11 @@ EXACT_FACTORY = "Flat"
 # the faiss search of the whole batch to k + their history (one heavy user would make
 # every user in the batch pay for a huge result heap).
 SEEN_SEARCH_BUDGET = 2048
-# faiss 1.15 scans the item matrix once per query unless a batch reaches
-# distance_compute_blas_threshold (default 128000), when it switches to a BLAS matrix
-# product that reads the matrix once per block of queries. Single queries are fastest on
-# the scan; coalesced batches of 4+ are 1.5x (dim 10) to 4x (dim 100) cheaper per query on BLAS.
+# Flat search scans the item matrix once per query, or, when nq * d reaches
+# faiss.cvar.distance_compute_blas_threshold (faiss 1.15: default 128000, compared with nq * d
+# as measured), switches to a BLAS product that reads the matrix once per block of queries.
+# Single queries are fastest on the scan; coalesced batches of 4+ are 1.5x (dim 10) to 4x
+# (dim 100) cheaper per query on BLAS, so load_bundle sets the threshold to 4 * d.
 SERVING_BLAS_MIN_BATCH = 4
 VALIDATION_USERS = 256
 VALIDATION_K = 10
@@ -286,7 +287,7 @@ def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Servin
         if got != want:
             raise BundleError(f"{path}: {what} is {got}, meta says {want}")
     _set_search_params(index, nprobe, ef_search)
-    faiss.cvar.distance_compute_blas_threshold = SERVING_BLAS_MIN_BATCH  # process-wide: serving only
+    faiss.cvar.distance_compute_blas_threshold = SERVING_BLAS_MIN_BATCH * d  # process-wide: serving only
     return ServingBundle(path, meta, index, arrays, item_emb)
 
 

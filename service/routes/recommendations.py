@@ -6,7 +6,9 @@ return that body as a Response (FastAPI passes it through untouched) because enc
 pydantic model with jsonable_encoder costs more CPU than the search itself; the declared
 response_model still documents the shape in OpenAPI.
 
-Routes are plain `def`: the search runs in the threadpool, never on the event loop.
+Routes are plain `def`: the search runs in the threadpool, never on the event loop. The
+single-user GET uses ScalarQueryRoute (service/lean_route.py) to skip FastAPI's per-request
+parameter introspection, the largest cost left after the search on that path.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from service.bundle import ServingBundle
 from service.config import Settings
 from service.index_store import IndexStore
+from service.lean_route import ScalarQueryRoute
 from service.serving_schemas import (
     Recommendations,
     RecommendationsBatch,
@@ -75,12 +78,6 @@ def _body(bundle: ServingBundle, user_id: str, scores: np.ndarray, items: np.nda
     )
 
 
-@router.get(
-    "/v1/recommendations/{user_id}",
-    response_model=Recommendations,
-    responses=_ERRORS,
-    summary="Top-k items for one user",
-)
 def recommend_user(
     request: Request,
     user_id: str,
@@ -96,6 +93,19 @@ def recommend_user(
         raise HTTPException(404, f"unknown user_id {user_id!r} (model {bundle.model_id})")
     scores, items = bundle.recommend_one(idx, k, exclude_seen)
     return Response(_body(bundle, user_id, scores, items), media_type="application/json")
+
+
+# The hot path: ScalarQueryRoute parses k / exclude_seen / model without FastAPI's
+# per-request dependency solving; OpenAPI and error bodies stay as FastAPI makes them.
+router.add_api_route(
+    "/v1/recommendations/{user_id}",
+    recommend_user,
+    methods=["GET"],
+    response_model=Recommendations,
+    responses=_ERRORS,
+    summary="Top-k items for one user",
+    route_class_override=ScalarQueryRoute,
+)
 
 
 @router.post(

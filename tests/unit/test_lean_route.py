@@ -1,0 +1,120 @@
+"""ScalarQueryRoute: FastAPI's parameters, defaults, 422 bodies and OpenAPI, cheaper handler."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
+from fastapi.testclient import TestClient
+
+from service.lean_route import ScalarQueryRoute
+
+
+def echo(
+    request: Request,
+    user_id: str,
+    k: int = Query(20, description="how many"),
+    exclude_seen: bool = True,
+    model: str | None = None,
+    temperature: float = 1.0,
+    needed: int = Query(...),
+) -> Response:
+    """Echo the parsed values."""
+    assert isinstance(request, Request)
+    values = {"user_id": user_id, "k": k, "exclude_seen": exclude_seen, "model": model,
+              "temperature": temperature, "needed": needed}  # fmt: skip
+    return Response(json.dumps(values), media_type="application/json")
+
+
+def app_with(route_class: type | None) -> FastAPI:
+    router = APIRouter()
+    kwargs = {"route_class_override": route_class} if route_class else {}
+    router.add_api_route("/echo/{user_id}", echo, methods=["GET"], **kwargs)
+    app = FastAPI()
+    app.include_router(router)
+    return app
+
+
+@pytest.fixture(scope="module")
+def clients() -> tuple[TestClient, TestClient]:
+    return TestClient(app_with(ScalarQueryRoute)), TestClient(app_with(None))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "needed=1",
+        "needed=2&k=5&exclude_seen=false&model=m1&temperature=0.5",
+        "needed=3&exclude_seen=0",
+        "needed=3&exclude_seen=YES",
+        "needed=3&exclude_seen=off&unknown=ignored",
+        "needed=3&model=a%20b",
+    ],
+)
+def test_same_answers_as_fastapi(clients, query: str) -> None:
+    lean, plain = clients
+    a, b = lean.get(f"/echo/u%201?{query}"), plain.get(f"/echo/u%201?{query}")
+    assert a.status_code == b.status_code == 200
+    assert a.json() == b.json()
+
+
+@pytest.mark.parametrize(
+    "query, loc, kind",
+    [
+        ("", "needed", "missing"),
+        ("needed=x", "needed", "int_parsing"),
+        ("needed=1&k=1.5", "k", "int_parsing"),
+        ("needed=1&exclude_seen=maybe", "exclude_seen", "bool_parsing"),
+        ("needed=1&temperature=hot", "temperature", "float_parsing"),
+    ],
+)
+def test_bad_values_give_fastapis_422(clients, query: str, loc: str, kind: str) -> None:
+    lean, plain = clients
+    a, b = lean.get(f"/echo/u1?{query}"), plain.get(f"/echo/u1?{query}")
+    assert a.status_code == b.status_code == 422
+    (err,) = a.json()["detail"]
+    assert err["loc"] == ["query", loc] and err["type"] == kind
+    assert b.json()["detail"][0]["loc"] == err["loc"] and b.json()["detail"][0]["type"] == kind
+
+
+def test_openapi_is_unchanged(clients) -> None:
+    lean, plain = clients
+    assert lean.get("/openapi.json").json()["paths"] == plain.get("/openapi.json").json()["paths"]
+
+
+def needs_body(payload: dict = Body(...)) -> Response:  # noqa: B008
+    return Response()
+
+
+def needs_dependency(x: int = Depends(lambda: 1)) -> Response:  # noqa: B008
+    return Response()
+
+
+async def is_async(k: int = 1) -> Response:
+    return Response()
+
+
+def list_query(ids: list[str] = Query([])) -> Response:  # noqa: B008
+    return Response()
+
+
+def int_path(user_id: int) -> Response:
+    return Response()
+
+
+@pytest.mark.parametrize(
+    "endpoint, path, message",
+    [
+        (needs_body, "/b", "only take a Request"),
+        (needs_dependency, "/d", "only take a Request"),
+        (is_async, "/a", "plain def"),
+        (list_query, "/l", "only int, float, bool, str"),
+        (int_path, "/p/{user_id}", "must be str"),
+    ],
+)
+def test_unsuitable_endpoints_are_refused_at_startup(endpoint, path: str, message: str) -> None:
+    router = APIRouter()
+    methods = ["POST"] if endpoint is needs_body else ["GET"]
+    with pytest.raises(TypeError, match=message):
+        router.add_api_route(path, endpoint, methods=methods, route_class_override=ScalarQueryRoute)
