@@ -108,6 +108,9 @@ class RedisServer:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                # Its own session: a Ctrl-C meant for `unkd up` must not stop Redis before
+                # the worker and the API, which still need it while they shut down.
+                start_new_session=True,
             )
             self.port = port
             ok, last_error = self._wait_ready(timeout_s)

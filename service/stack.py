@@ -2,9 +2,10 @@
 one Celery worker and the API, each its own process, stopped cleanly together.
 
 Children run in their own session, so a Ctrl-C in the terminal reaches only this process,
-which then stops them in order: API first (no new jobs), then the worker (warm shutdown,
-then cold: an interrupted job goes back to the queue and shows attempts = 2 when it runs
-again), then Redis (which saves its append-only file).
+which then stops them in order: API first (no new jobs), then the worker (warm shutdown:
+a running job stops at its next epoch boundary and goes back to the queue, to run again
+with attempts = 2 on the next start; cold shutdown if that takes too long), then Redis
+(which saves its append-only file).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from service.redis_server import RedisServer
 logger = logging.getLogger(__name__)
 
 API_START_TIMEOUT_S = 60.0
-WORKER_WARM_STOP_S = 10.0
+# A job notices a warm shutdown at its next epoch boundary and goes back to the queue.
+WORKER_WARM_STOP_S = 30.0
 
 
 def _stop_process(name: str, proc: subprocess.Popen[bytes], *, soft: signal.Signals,

@@ -76,8 +76,18 @@ class JobReporter:
             logger.info("job %s stage %s %s", self.job_id, event.stage, event.message)
 
 
+def worker_stopping() -> bool:
+    """True once this Celery worker received a warm or cold shutdown signal."""
+    from celery.worker import state  # set by the worker's signal handlers
+
+    # Identity checks: a warm shutdown sets should_stop to EX_OK, which is 0 (== False).
+    return any(flag is not None and flag is not False
+               for flag in (state.should_stop, state.should_terminate))
+
+
 class StopCheck:
-    """should_stop for a job: True once a cancel was requested or the time limit passed.
+    """should_stop for a job: True once a cancel was requested, the time limit passed, or
+    the worker is shutting down (the job then goes back to the queue).
 
     Reads the job record (one GET) at each epoch boundary. The time limit is enforced
     here because Celery's soft time limit is not available with --pool=solo.
@@ -90,6 +100,7 @@ class StopCheck:
         self.time_limit_s = time_limit_s
         self.cancelled = False
         self.timed_out = False
+        self.shutdown = False
 
     def __call__(self) -> bool:
         if self.registry.cancel_requested(self.job_id):
@@ -99,4 +110,7 @@ class StopCheck:
             self.timed_out = True
             logger.warning("job %s: over its time limit of %.0fs, stopping", self.job_id,
                            self.time_limit_s)
-        return self.cancelled or self.timed_out
+        elif worker_stopping():
+            self.shutdown = True
+            logger.warning("job %s: worker shutting down, handing the job back", self.job_id)
+        return self.cancelled or self.timed_out or self.shutdown

@@ -13,11 +13,11 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from service.bundle import BundleError, build_bundle, load_bundle
@@ -31,7 +31,7 @@ from training.device import resolve_device
 from training.errors import JobCancelled, TrainingDivergedError
 from training.progress import ProgressEvent
 from worker.celery_app import DISTILL, PUBLISH, TRAIN_TEACHER, settings_of
-from worker.progress import JobReporter, StopCheck
+from worker.progress import JobReporter, StopCheck, worker_stopping
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +206,13 @@ def _retry_delay(retries: int) -> int:
     return int(min(60, 2 ** (retries + 1)))
 
 
+def _hand_back(registry: Registry, job_id: str) -> NoReturn:
+    """The worker is stopping: queue the job again and return its message to the broker."""
+    registry.requeue_job(job_id, "worker shut down mid-job")
+    logger.warning("job %s: handed back to the queue (worker shutting down)", job_id)
+    raise Reject("worker shutting down", requeue=True)
+
+
 def run_job(task: Task, job_id: str, body: Callable[[JobContext], str]) -> dict[str, Any]:
     """Run one job body with the registry bookkeeping around it; returns a summary."""
     settings = settings_of(task.app)
@@ -222,12 +229,14 @@ def run_job(task: Task, job_id: str, body: Callable[[JobContext], str]) -> dict[
         model_id = body(ctx)
         status = "succeeded"
     except JobCancelled:
-        if stop.timed_out and not stop.cancelled:
-            error = f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
-        else:
-            status = "cancelled"
         if job.output_model_id and not registry.has_model(job.output_model_id):
             shutil.rmtree(ctx.model_dir, ignore_errors=True)  # pipelines leave none; be sure
+        if stop.cancelled:
+            status = "cancelled"
+        elif stop.shutdown:
+            _hand_back(registry, job_id)
+        else:
+            error = f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
     except SoftTimeLimitExceeded:
         error = f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
     except DETERMINISTIC as exc:
@@ -241,6 +250,8 @@ def run_job(task: Task, job_id: str, body: Callable[[JobContext], str]) -> dict[
             raise task.retry(exc=exc, countdown=_retry_delay(retries)) from exc
         error = f"gave up after {retries} retries: {exc!r}"
     except Exception as exc:  # a bug: record it, never retry it
+        if worker_stopping():  # a cold shutdown interrupted the job: not the job's fault
+            _hand_back(registry, job_id)
         logger.exception("job %s: unexpected error", job_id)
         error = f"{type(exc).__name__}: {exc}"
     model_id = model_id or ctx.saved_model_id

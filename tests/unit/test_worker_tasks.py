@@ -203,3 +203,35 @@ def test_stop_check_time_limit(registry: Registry) -> None:
     assert StopCheck(registry, "t", time_limit_s=3600)() is False
     late = StopCheck(registry, "t", time_limit_s=-1)
     assert late() is True and late.timed_out and not late.cancelled
+
+
+def test_worker_shutdown_hands_the_job_back(monkeypatch, settings, registry, dataset) -> None:
+    from celery.exceptions import Reject
+
+    import worker.progress
+
+    calls: list[str] = []
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
+    monkeypatch.setattr(worker.progress, "worker_stopping", lambda: True)  # SIGTERM arrived
+    teacher_job(registry)
+    with pytest.raises(Reject) as info:
+        tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    assert info.value.requeue is True
+    job = registry.get_job("j1")
+    assert job.status == "queued" and job.attempts == 1 and "worker shut down" in (job.error or "")
+    assert not (settings.models_dir / "teacher-j1").exists()
+
+    monkeypatch.setattr(worker.progress, "worker_stopping", lambda: False)  # the next worker
+    tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    job = registry.get_job("j1")
+    assert job.status == "succeeded" and job.attempts == 2 and job.error is None
+
+
+def test_worker_stopping_reads_celery_state(monkeypatch) -> None:
+    from celery.worker import state
+
+    from worker.progress import worker_stopping
+
+    assert worker_stopping() is False
+    monkeypatch.setattr(state, "should_stop", 0)  # EX_OK: a warm shutdown
+    assert worker_stopping() is True
