@@ -47,7 +47,7 @@ def watch_jobs(
 ) -> dict[str, dict[str, Any]]:
     """Poll GET /v1/jobs/{id} for each job (label -> id) with one tqdm bar each."""
     bars = {
-        label: tqdm(total=1, desc=f"{label:>14}", unit="epoch", position=i, leave=True,
+        label: tqdm(total=None, desc=f"{label:>14}", unit="epoch", position=i, leave=True,
                     dynamic_ncols=True, file=sys.stderr)  # fmt: skip
         for i, label in enumerate(jobs)
     }
