@@ -16,21 +16,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel, Field
 
 from service import keys
+from service.records import (
+    JOB_KINDS,
+    JOB_STATES,
+    TERMINAL,
+    ActiveModel,
+    ConflictError,
+    DatasetRecord,
+    JobKind,
+    JobProgress,
+    JobRecord,
+    JobState,
+    JobTimings,
+    ModelRecord,
+    NotFoundError,
+    utcnow,
+)
+
+__all__ = [
+    "JOB_KINDS", "JOB_STATES", "TERMINAL", "ActiveModel", "ConflictError", "DatasetRecord",
+    "JobKind", "JobProgress", "JobRecord", "JobState", "JobTimings", "ModelRecord", "NotFoundError",
+    "Registry", "utcnow",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
-
-JobKind = Literal["teacher", "distill", "publish"]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JOB_KINDS: tuple[str, ...] = ("teacher", "distill", "publish")
-JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 _DATASETS = f"{keys.PREFIX}:datasets"
 _MODELS = f"{keys.PREFIX}:models"
@@ -57,90 +72,6 @@ def _status_index(status: str) -> str:
 def _kind_index(kind: str) -> str:
     return f"{keys.PREFIX}:jobs:kind:{kind}"
 
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class NotFoundError(LookupError):
-    """An id that names nothing. `field` is the request field or path parameter at fault."""
-
-    def __init__(self, field: str, value: str, what: str) -> None:
-        self.field, self.value, self.what = field, value, what
-        super().__init__(f"{field}={value!r}: no such {what}")
-
-
-class ConflictError(RuntimeError):
-    """The request is valid but conflicts with the current state of the record."""
-
-    def __init__(self, field: str, value: str, reason: str) -> None:
-        self.field, self.value, self.reason = field, value, reason
-        super().__init__(f"{field}={value!r}: {reason}")
-
-
-# -- records ---------------------------------------------------------------------------
-
-
-class DatasetRecord(BaseModel):
-    id: str
-    name: str
-    source: Literal["upload", "synthetic"]
-    fingerprint: str
-    path: str
-    options: dict[str, Any] = Field(default_factory=dict, description="format, split, seed, …")
-    statistics: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-class ModelRecord(BaseModel):
-    id: str
-    kind: Literal["teacher", "student"]
-    method: str | None = Field(None, description="distillation method; None for a teacher")
-    model: str
-    dim: int
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    lineage: dict[str, str | None] = Field(default_factory=dict, description="dataset_id, teacher_id")
-    metrics: dict[str, float] = Field(default_factory=dict, description="headline metrics")
-    path: str
-    job_id: str | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-class JobProgress(BaseModel):
-    stage: str = "queued"
-    epoch: int = 0
-    epochs: int = 0
-    message: str = ""
-
-
-class JobTimings(BaseModel):
-    queued_at: datetime = Field(default_factory=utcnow)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    elapsed_s: float | None = None
-
-
-class JobRecord(BaseModel):
-    id: str
-    kind: JobKind
-    status: JobState = "queued"
-    params: dict[str, Any] = Field(default_factory=dict)
-    output_model_id: str | None = Field(None, description="id the job's model gets (idempotent)")
-    progress: JobProgress = Field(default_factory=JobProgress)
-    metrics: dict[str, float] = Field(default_factory=dict)
-    timings: JobTimings = Field(default_factory=JobTimings)
-    error: str | None = None
-    model_id: str | None = None
-    attempts: int = 0
-    cancel_requested: bool = False
-
-
-class ActiveModel(BaseModel):
-    """The serving pointer at service.keys.ACTIVE_MODEL, also the SERVING_EVENTS message."""
-
-    model_id: str
-    bundle_dir: str
-    published_at: datetime = Field(default_factory=utcnow)
 
 
 def _score(when: datetime) -> float:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.registry import (
+from service.records import (
     DatasetRecord,
     JobKind,
     JobProgress,
