@@ -287,6 +287,13 @@ def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Servin
         if got != want:
             raise BundleError(f"{path}: {what} is {got}, meta says {want}")
     _set_search_params(index, nprobe, ef_search)
+    if not meta.get("exact", True) and (
+        nprobe < meta.get("nprobe", 0) or ef_search < meta.get("ef_search", 0)
+    ):
+        logger.warning(
+            "%s: searched with nprobe=%d ef_search=%d, below the nprobe=%s ef_search=%s its recall "
+            "was validated with", path, nprobe, ef_search, meta.get("nprobe"), meta.get("ef_search"),
+        )  # fmt: skip
     faiss.cvar.distance_compute_blas_threshold = SERVING_BLAS_MIN_BATCH * d  # process-wide: serving only
     return ServingBundle(path, meta, index, arrays, item_emb)
 
