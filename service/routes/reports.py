@@ -1,0 +1,182 @@
+"""Report pages and the dashboard: HTML views over the registry and the model directories.
+
+    GET /v1/models/{id}/report.html     one model's quality report (self-contained page)
+    GET /v1/compare?models=a,b,c        the figures of several models side by side (JSON)
+    GET /v1/compare.html?models=a,b,c   the same as a page, best value per row marked
+    GET /                               the dashboard (service/static/dashboard.html)
+    GET /static/{name}                  the dashboard's script and the shared stylesheet
+
+Links between pages are relative, so the pages also work behind a path prefix. Report
+pages carry a Content-Security-Policy that allows no script and no fetch at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import BaseModel
+
+from service.deps import RegistryDep
+from service.registry import NotFoundError, Registry
+from service.report_figures import (
+    MixedDatasetsError,
+    ModelView,
+    check_same_dataset,
+    comparison,
+    view_from_record,
+)
+from service.report_render import STATIC, render_compare_page, render_report_page
+from service.schemas import Id
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["reports"])
+
+MAX_COMPARE = 12
+_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+DASHBOARD_CSP = "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+STATIC_FILES = {"dashboard.js": "text/javascript", "report.css": "text/css"}
+ModelsParam = Annotated[str, Query(description="comma-separated model ids, e.g. a,b,c", min_length=1)]
+
+
+class CompareRow(BaseModel):
+    key: str
+    label: str
+    better: Literal["higher", "lower", "one", ""]
+    values: dict[str, float | None]
+    best: list[str]
+
+
+class CompareModel(BaseModel):
+    id: str
+    kind: str | None
+    method: str | None
+    model: str | None
+    dim: int | None
+    teacher_id: str | None
+    created_at: str | None
+
+
+class CompareDataset(BaseModel):
+    id: str | None
+    name: str | None
+    fingerprint: str | None
+
+
+class Comparison(BaseModel):
+    """Figures of several models of one dataset; `best` lists the best model(s) per row."""
+
+    k: int
+    dataset: CompareDataset
+    models: list[CompareModel]
+    rows: list[CompareRow]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("unreadable %s: %s", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_view(registry: Registry, model_id: str, *, field: str, href: str | None = None) -> ModelView:
+    """A registered model with its report (404 without one), manifest and dataset name."""
+    record = registry.get_model(model_id, field=field)
+    model_dir = Path(record.path)
+    report = _read_json(model_dir / "report.json")
+    if report is None:
+        raise NotFoundError(field, model_id, "quality report for this model")
+    dataset_id = record.lineage.get("dataset_id")
+    dataset_name = None
+    if dataset_id:
+        try:
+            dataset_name = registry.get_dataset(dataset_id).name
+        except NotFoundError:
+            dataset_name = None
+    active = registry.get_active()
+    data = {**record.model_dump(mode="json"), "active": active is not None and active.model_id == model_id}
+    return view_from_record(data, report, manifest=_read_json(model_dir / "manifest.json"),
+                            dataset_name=dataset_name, href=href)  # fmt: skip
+
+
+def _model_ids(models: str) -> list[str]:
+    """Split ?models=a,b,c: ids in order, duplicates dropped, each checked like a path id."""
+    ids = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
+    if not ids:
+        raise HTTPException(status_code=422, detail="models: give at least one model id (models=a,b,c)")
+    if len(ids) > MAX_COMPARE:
+        raise HTTPException(status_code=422, detail=f"models: at most {MAX_COMPARE} models, got {len(ids)}")
+    for mid in ids:
+        if not _ID.match(mid):
+            raise HTTPException(status_code=422, detail=f"models: {mid[:140]!r} is not a model id")
+    return ids
+
+
+def _compare_views(registry: Registry, models: str) -> list[ModelView]:
+    views = [load_view(registry, mid, field="models") for mid in _model_ids(models)]
+    try:
+        check_same_dataset(views)
+    except MixedDatasetsError as exc:
+        raise HTTPException(status_code=422, detail=f"models: {exc}") from exc
+    return views
+
+
+def _html(page: str) -> HTMLResponse:
+    return HTMLResponse(page, headers={"Content-Security-Policy": REPORT_CSP, "Cache-Control": "no-cache"})
+
+
+@router.get("/v1/models/{model_id}/report.html", response_class=HTMLResponse,
+            responses={200: {"content": {"text/html": {}}}, 404: {"description": "no such model or report"}})  # fmt: skip
+def report_page(model_id: Id, registry: RegistryDep) -> HTMLResponse:
+    """The model's quality report as a page: headline table, bias charts, training curve."""
+    view = load_view(registry, model_id, field="model_id")
+
+    def link(mid: str) -> str | None:  # sibling: /v1/models/<mid>/report.html
+        return f"../{quote(mid, safe='')}/report.html" if registry.has_model(mid) else None
+
+    return _html(render_report_page(view, link=link, dashboard_href="../../../"))
+
+
+@router.get("/v1/compare", responses={404: {"description": "no such model"},
+                                      422: {"description": "bad ids, or models of different datasets"}})  # fmt: skip
+def compare(models: ModelsParam, registry: RegistryDep) -> Comparison:
+    """Several models of one dataset side by side, with the best value of each row."""
+    return Comparison.model_validate(comparison(_compare_views(registry, models)))
+
+
+@router.get("/v1/compare.html", response_class=HTMLResponse,
+            responses={200: {"content": {"text/html": {}}}, 404: {"description": "no such model"},
+                       422: {"description": "bad ids, or models of different datasets"}})  # fmt: skip
+def compare_page(models: ModelsParam, registry: RegistryDep) -> HTMLResponse:
+    """The comparison as a page: one table with the best value per row marked, two charts."""
+    views = _compare_views(registry, models)
+    return _html(render_compare_page(views, link=lambda mid: f"models/{quote(mid, safe='')}/report.html",
+                                     dashboard_href="../"))  # fmt: skip
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def dashboard() -> FileResponse:
+    """Datasets, live jobs, models with their reports, the served model, publish."""
+    return FileResponse(STATIC / "dashboard.html", media_type="text/html",
+                        headers={"Content-Security-Policy": DASHBOARD_CSP, "Cache-Control": "no-cache"})  # fmt: skip
+
+
+@router.get("/static/{name}", include_in_schema=False)
+def static_file(name: str) -> FileResponse:
+    """The dashboard's script and the shared stylesheet (a fixed list, nothing else)."""
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise HTTPException(status_code=404, detail=f"name={name!r}: no such static file")
+    return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "no-cache"})

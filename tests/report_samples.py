@@ -1,0 +1,110 @@
+"""Quality reports and model directories for the report-page tests, without training.
+
+The reports have the shape of training.evaluation's (protocol, metrics at K in 10/20/50,
+head-first group rows, ci; for students teacher/deltas/bias_amplification/retention via
+training.report.attach_teacher's layout) with seeded made-up numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+KS = (10, 20, 50)
+NAMES = ("recall", "ndcg", "precision", "hit", "mrecall", "mndcg", "ips_recall", "ips_ndcg", "arp",
+         "narp", "aplt", "head_share", "coverage", "gini", "pop_rsp", "pop_reo", "dtr", "novelty")  # fmt: skip
+GROUP_ITEMS = (24, 43, 70, 163)
+
+
+def sample_report(seed: int, *, n_groups: int = 4) -> dict[str, Any]:
+    """A teacher-style report (no "teacher" part) with seeded values."""
+    rng = random.Random(seed)
+    metrics: dict[str, float | None] = {}
+    for k in KS:
+        for name in NAMES:
+            scale = 100.0 if name == "arp" else 1.0
+            metrics[f"{name}@{k}"] = round(rng.uniform(0.05, 0.6) * scale, 6)
+    metrics["dtr@50"] = None  # undefined figures are null in real reports
+    groups = []
+    for g in range(n_groups):
+        row: dict[str, Any] = {
+            "group": g, "items": GROUP_ITEMS[g % len(GROUP_ITEMS)] * (1 + g // 4),
+            "catalog_share": round(0.1 + 0.2 * g / n_groups, 4), "train_share": 1 / n_groups,
+            "test_share": round(1 / n_groups + rng.uniform(-0.02, 0.02), 6), "users": 150 - 10 * g,
+        }  # fmt: skip
+        for k in KS:
+            row[f"exposure_share@{k}"] = round(rng.uniform(0.05, 0.5), 6)
+        for k in KS:
+            row[f"recall@{k}"] = round(rng.uniform(0.02, 0.4), 6)
+        for k in KS:
+            row[f"ndcg@{k}"] = round(rng.uniform(0.02, 0.3), 6)
+        groups.append(row)
+    return {
+        "protocol": {"split": "test", "ks": list(KS), "groups": n_groups, "ips_gamma": 0.5,
+                     "head_mass": 0.8, "excluded": "train+valid"},  # fmt: skip
+        "users_evaluated": 200,
+        "metrics": metrics,
+        "groups": groups,
+        "ci": {"recall@20": [0.1, 0.2], "ndcg@20": [0.05, 0.15]},
+    }
+
+
+def student_report(seed: int, teacher: dict[str, Any]) -> dict[str, Any]:
+    """A student report with its teacher attached (the layout of attach_teacher)."""
+    out = sample_report(seed, n_groups=len(teacher["groups"]))
+    sm, tm = out["metrics"], teacher["metrics"]
+    out["teacher"] = {"metrics": dict(tm), "groups": [dict(g) for g in teacher["groups"]]}
+    out["deltas"] = {n: None if sm[n] is None or tm.get(n) is None else sm[n] - tm[n] for n in sm}
+    out["bias_amplification"] = {f"arp@{k}": sm[f"arp@{k}"] / tm[f"arp@{k}"] - 1 for k in KS}
+    out["retention"] = {f"ndcg@{k}": sm[f"ndcg@{k}"] / tm[f"ndcg@{k}"] for k in KS}
+    return out
+
+
+def sample_manifest(model_id: str, *, kind: str, method: str | None, dim: int, epochs: int = 6,
+                    dataset: str = "synthetic", fingerprint: str = "f" * 32,
+                    teacher_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """A manifest.json with a training history of `epochs` epochs (loss falls, NDCG rises)."""
+    history = [
+        {"epoch": e, "loss": round(0.7 - 0.05 * e, 6), "seconds": 0.1,
+         "valid_recall@20": round(0.05 + 0.02 * e, 6), "valid_ndcg@20": round(0.03 + 0.015 * e, 6)}
+        for e in range(1, epochs + 1)
+    ]  # fmt: skip
+    teacher = {"id": teacher_id, "model": "mf", "dim": 64, "path": None} if teacher_id else None
+    return {
+        "id": model_id, "kind": kind, "model": "mf", "method": method, "dim": dim,
+        "config": {"lr": 0.01, "dim": dim, "epochs": epochs, "lambda_kd": 1.0,
+                   "unkd": {"groups": 4, "mu": 20.0}, "rd": {"top_k": 10}},
+        "dataset": {"name": dataset, "fingerprint": fingerprint},
+        "lineage": {"dataset": fingerprint, "teacher": teacher},
+        "created_at": "2026-01-02T03:04:05+00:00", "device": "cpu",
+        "training": {"best_epoch": epochs - 1, "epochs_run": epochs, "seconds": 1.5, "history": history},
+    }  # fmt: skip
+
+
+def write_model_dir(path: Path, report: dict[str, Any], manifest: dict[str, Any] | None) -> Path:
+    """report.json (and manifest.json) in `path`; no embeddings: pages never read them."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "report.json").write_text(json.dumps(report))
+    if manifest is not None:
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+def sample_family(root: Path, *, methods: tuple[str, ...] = ("unkd", "rd", "none"),
+                  fingerprint: str = "f" * 32, dataset: str = "synthetic") -> dict[str, Path]:  # fmt: skip
+    """A teacher and one student per method under `root`: {model id: model dir}."""
+    teacher = sample_report(0)
+    dirs = {"teacher-1": write_model_dir(
+        root / "teacher-1", teacher,
+        sample_manifest("teacher-1", kind="teacher", method=None, dim=64, fingerprint=fingerprint,
+                        dataset=dataset))}  # fmt: skip
+    for i, method in enumerate(methods, start=1):
+        mid = f"student-{method}-1"
+        dirs[mid] = write_model_dir(
+            root / mid, student_report(i, teacher),
+            sample_manifest(mid, kind="student", method=method, dim=10, teacher_id="teacher-1",
+                            fingerprint=fingerprint, dataset=dataset),
+        )  # fmt: skip
+    return dirs
