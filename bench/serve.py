@@ -86,13 +86,14 @@ def time_search(bundle_dir: Path, core: int, n: int, seed: int) -> dict[str, flo
     and per query in a batch of 16, as coalesced requests are searched under load."""
     import faiss
 
-    from service.bundle import load_bundle
+    from service.bundle import load_bundle, use_blas_for_batches
 
     faiss.omp_set_num_threads(1)
     previous = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {core})
     try:
         b = load_bundle(bundle_dir)
+        use_blas_for_batches(b.index.d)  # as IndexStore does in the server
         users = np.random.default_rng(seed).integers(0, b.n_users, n)
         seen = np.diff(b.seen_indptr)
         raw, rec = [], []

@@ -51,7 +51,8 @@ SEEN_SEARCH_BUDGET = 2048
 # faiss.cvar.distance_compute_blas_threshold (faiss 1.15: default 128000, compared with nq * d
 # as measured), switches to a BLAS product that reads the matrix once per block of queries.
 # Single queries are fastest on the scan; coalesced batches of 4+ are 1.5x (dim 10) to 4x
-# (dim 100) cheaper per query on BLAS, so load_bundle sets the threshold to 4 * d.
+# (dim 100) cheaper per query on BLAS. The setting is process-wide, so the serving process
+# (IndexStore) applies it with use_blas_for_batches, not load_bundle.
 SERVING_BLAS_MIN_BATCH = 4
 VALIDATION_USERS = 256
 VALIDATION_K = 10
@@ -238,6 +239,11 @@ def build_bundle(
     return meta
 
 
+def use_blas_for_batches(d: int, min_batch: int = SERVING_BLAS_MIN_BATCH) -> None:
+    """Make faiss take its BLAS path for batches of `min_batch`+ queries of dimension d."""
+    faiss.cvar.distance_compute_blas_threshold = min_batch * d
+
+
 # -- load and search ----------------------------------------------------------------------
 
 
@@ -294,7 +300,6 @@ def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Servin
             "%s: searched with nprobe=%d ef_search=%d, below the nprobe=%s ef_search=%s its recall "
             "was validated with", path, nprobe, ef_search, meta.get("nprobe"), meta.get("ef_search"),
         )  # fmt: skip
-    faiss.cvar.distance_compute_blas_threshold = SERVING_BLAS_MIN_BATCH * d  # process-wide: serving only
     return ServingBundle(path, meta, index, arrays, item_emb)
 
 
@@ -322,7 +327,8 @@ class ServingBundle:
         self.item_ids: np.ndarray = arrays["item_ids"]  # (n_items,) str
         self.groups = arrays["groups"].astype(np.int64)  # (n_items,)
         if item_emb is None:  # exact: the flat index already holds the vectors, view them
-            xb = faiss.rev_swig_ptr(faiss.downcast_index(index).get_xb(), self.n_items * index.d)
+            flat = faiss.downcast_index(index)  # IndexFlatIP
+            xb = faiss.rev_swig_ptr(flat.get_xb(), self.n_items * index.d)  # type: ignore[attr-defined]
             item_emb = xb.reshape(self.n_items, index.d)
         self.item_emb = item_emb  # (n_items, d) float32, for the exact fallback
         # Built once at load so a request does a dict lookup and string concatenation only.

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service import keys
-from service.bundle import BundleError, ServingBundle, load_bundle
+from service.bundle import BundleError, ServingBundle, load_bundle, use_blas_for_batches
 from service.config import Settings
 
 if TYPE_CHECKING:
@@ -120,6 +120,7 @@ class IndexStore:
                 raise BundleError(
                     f"{bundle_dir}: holds model {bundle.model_id}, pointer names {pointer.get('model_id')}"
                 )
+            use_blas_for_batches(bundle.index.d)  # coalesced batches read the matrix once
             previous = self.current
             self._state = LoadedBundle(bundle, dict(pointer), datetime.now(timezone.utc))  # the swap
             self._failed = None

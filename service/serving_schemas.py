@@ -30,7 +30,7 @@ class RecommendationsBatchRequest(BaseModel):
     user_ids: list[str] = Field(min_length=1, description="external user ids; at most settings.max_batch_users")
     k: int = Field(20, description="items per user, 1 .. settings.max_k")
     exclude_seen: bool = Field(True, description="leave out each user's training items")
-    model: str | None = Field(None, description="answer only if this model is the one being served")
+    model: str | None = Field(default=None, description="answer only if this model is the one being served")
 
 
 class RecommendationsBatch(BaseModel):
@@ -41,7 +41,7 @@ class RecommendationsBatch(BaseModel):
 class ServingStatus(BaseModel):
     ready: bool = Field(description="a bundle is loaded and answering")
     model_id: str | None = None
-    index_type: str | None = Field(None, description="FAISS factory string: Flat (exact), IVF…, HNSW…")
+    index_type: str | None = Field(default=None, description="FAISS factory string: Flat (exact), IVF…, HNSW…")
     exact: bool | None = None
     metric: str | None = None
     dim: int | None = None

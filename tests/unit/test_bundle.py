@@ -24,7 +24,7 @@ def flat(tmp_path_factory: pytest.TempPathFactory):
 def test_round_trip_gives_identical_search_results(flat) -> None:
     path, ds, model = flat
     first, second = load_bundle(path), load_bundle(path)
-    # searched after loading: load_bundle sets the process-wide BLAS batch threshold
+    # both searched under the same process-wide faiss settings (IndexStore may change them)
     reference = faiss.IndexFlatIP(model.dim)
     reference.add(np.ascontiguousarray(model.item_emb))
     xq = np.ascontiguousarray(model.user_emb)

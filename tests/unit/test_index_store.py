@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import redis
 from bundle_fixtures import make_bundle
 
 from service import keys
-from service.bundle import BundleError
+from service.bundle import SERVING_BLAS_MIN_BATCH, BundleError
 from service.config import Settings
 from service.index_store import IndexStore
 from service.redis_server import RedisServer
@@ -106,6 +107,8 @@ def test_relative_bundle_dir_resolves_against_data_dir(bundles: dict[str, Path])
     store = IndexStore(Settings(data_dir=bundles["A"].parent), None)
     store.load_now(pointer("A", "A"))
     assert store.current is not None and store.current.model_id == "A"
+    # the serving process sends coalesced batches of 4+ queries down faiss's BLAS path
+    assert faiss.cvar.distance_compute_blas_threshold == SERVING_BLAS_MIN_BATCH * store.current.index.d
 
 
 # -- with a real Redis -----------------------------------------------------------------------
