@@ -20,7 +20,7 @@ from service.errors import install_error_handlers
 from service.index_store import IndexStore
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.registry import Registry
-from service.routes import datasets, jobs, models, ops, recommendations
+from service.routes import datasets, jobs, models, ops, recommendations, reports
 from worker.celery_app import make_celery
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for router in (datasets.router, jobs.router, models.router, recommendations.router, ops.router):
+    for router in (datasets.router, jobs.router, models.router, recommendations.router, ops.router,
+                   reports.router):  # fmt: skip
         app.include_router(router)
     return app
