@@ -5,6 +5,7 @@
     unkd worker [-Q train,light]                                one Celery worker
     unkd demo                                                   the whole story in ~3 minutes
     unkd data prepare | train-teacher | distill | evaluate      offline, no service needed
+    unkd report MODEL_DIR [--compare DIR …] --out report.html   report / comparison page, offline
 
 Every command reads the same UNKD_* settings; flags override them.
 """
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     from training.cli import register  # light: heavy imports happen inside its handlers
 
     register(sub)
+    from service.report_cli import register as register_report  # light: no torch, no web stack
+
+    register_report(sub)
     return parser
 
 

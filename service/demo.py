@@ -2,7 +2,7 @@
 
 Synthetic long-tail data -> teacher -> unkd, rd and none students (progress bars from the
 job status) -> publish the UnKD student -> recommendations for three users -> the quality
-table that shows what UnKD changes -> stop the stack.
+table that shows what UnKD changes -> the comparison page (HTML) -> stop the stack.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from service.config import Settings
 from service.redis_server import free_port
+from service.report_cli import write_api_comparison
 from service.stack import LocalStack
 
 # Epoch caps keep the demo under three minutes on two CPU cores; early stopping may end sooner.
@@ -114,7 +115,7 @@ def quality_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(out)
 
 
-def _story(http: httpx.Client, stack: LocalStack) -> None:
+def _story(http: httpx.Client, stack: LocalStack, report_path: Path) -> None:
     t0 = time.monotonic()
     print("\n[1/5] registering the built-in synthetic long-tail dataset", flush=True)
     ds = _check(http.post("/v1/datasets", json={"synthetic": {}, "name": "demo-synthetic"}), 201)
@@ -157,6 +158,8 @@ def _story(http: httpx.Client, stack: LocalStack) -> None:
         report = _check(http.get(f"/v1/models/{status['model_id']}/report"), 200)
         rows.append((f"{label} (dim {STUDENT['dim']})", report))
     print(quality_table(rows))
+    ids = [teacher_id, *(status["model_id"] for status in students.values())]
+    print(f"\ncomparison page: {write_api_comparison(http, ids, report_path)}")
     print(f"\ndone in {time.monotonic() - t0:.0f}s; the published model is {unkd_id}")
 
 
@@ -168,6 +171,8 @@ def run_demo(settings: Settings, *, data_dir: str | None, port: int, keep: bool)
     """Start the stack, tell the story, stop the stack; 0 on success."""
     root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="unkd-demo-"))
     stack = LocalStack(settings, port=port or free_port(), data_dir=root, log_dir=root / "logs")
+    # The page outlives a temporary data directory, which is removed at the end.
+    report_path = root / "compare.html" if data_dir or keep else Path(tempfile.gettempdir()) / f"{root.name}-compare.html"
     headers = {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
     print(f"starting the local stack in {root} (logs in {root / 'logs'}) ...", flush=True)
     code = 1
@@ -176,7 +181,7 @@ def run_demo(settings: Settings, *, data_dir: str | None, port: int, keep: bool)
         stack.start()
         print(f"API at {stack.api_url}/docs", flush=True)
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=60.0) as http:
-            _story(http, stack)
+            _story(http, stack, report_path)
         code = 0
     except (DemoError, RuntimeError, httpx.HTTPError) as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)

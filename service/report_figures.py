@@ -153,15 +153,25 @@ def view_from_record(record: dict[str, Any], report: dict[str, Any], *,
     )  # fmt: skip
 
 
+def _read_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def load_model_dir(path: Path) -> ModelView:
     """Read a model directory's report.json (required) and manifest.json (optional)."""
     path = Path(path)
     report_path = path / "report.json"
     if not report_path.is_file():
         raise FileNotFoundError(f"{path}: no report.json (not a model directory, or not evaluated)")
-    report = json.loads(report_path.read_text())
+    report = _read_object(report_path)
     manifest_path = path / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    manifest = _read_object(manifest_path) if manifest_path.is_file() else None
     return view_from_manifest(manifest, report, model_id=None if manifest else path.name)
 
 

@@ -19,9 +19,9 @@ from typing import Any
 from service.charts import render_bar_chart, render_line_chart
 from service.report_figures import (
     ModelView,
-    comparison,
     compare_exposure_chart,
     compare_group_recall_chart,
+    comparison,
     exposure_chart,
     group_recall_chart,
     headline_rows,

@@ -119,3 +119,13 @@ def test_dashboard_and_static(client: TestClient) -> None:
     assert client.get("/static/report.css").headers["content-type"].startswith("text/css")
     for name in ("dashboard.html", "..%2Fmain.py", "nope.js"):
         assert client.get(f"/static/{name}").status_code == 404
+
+
+def test_demo_comparison_through_the_api(client: TestClient, registry: Registry, tmp_path: Path) -> None:
+    from service.report_cli import write_api_comparison
+
+    ids = register_family(registry, tmp_path / "m", "ds-1", name="demo-synthetic")
+    out = write_api_comparison(client, ids, tmp_path / "out" / "compare.html")
+    page = out.read_text()
+    assert "Comparison · demo-synthetic" in page and "<a href" not in page
+    assert page.count('<rect class="bar') == 4 * len(ids) + 4 * (len(ids) + 1)

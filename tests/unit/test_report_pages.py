@@ -12,14 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from service.charts import BarChart, LineChart, Series, fmt_value, nice_ticks, render_bar_chart, render_line_chart
+from service.charts import (
+    BarChart,
+    LineChart,
+    Series,
+    fmt_value,
+    nice_ticks,
+    render_bar_chart,
+    render_line_chart,
+)
 from service.report_figures import (
     MixedDatasetsError,
     better,
     check_same_dataset,
-    comparison,
     compare_exposure_chart,
     compare_group_recall_chart,
+    comparison,
     exposure_chart,
     group_recall_chart,
     headline_rows,
