@@ -12,6 +12,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from service.registry import DatasetRecord, ModelRecord, Registry
+
 KS = (10, 20, 50)
 NAMES = ("recall", "ndcg", "precision", "hit", "mrecall", "mndcg", "ips_recall", "ips_ndcg", "arp",
          "narp", "aplt", "head_share", "coverage", "gini", "pop_rsp", "pop_reo", "dtr", "novelty")  # fmt: skip
@@ -108,3 +110,26 @@ def sample_family(root: Path, *, methods: tuple[str, ...] = ("unkd", "rd", "none
                             fingerprint=fingerprint, dataset=dataset),
         )  # fmt: skip
     return dirs
+
+
+def _headline(model_dir: Path) -> dict[str, float]:
+    metrics = json.loads((model_dir / "report.json").read_text())["metrics"]
+    return {k: metrics[k] for k in ("recall@20", "ndcg@20", "head_share@20", "arp@20")}
+
+
+def register_family(registry: Registry, root: Path, dataset_id: str, *, name: str = "synthetic",
+                    methods: tuple[str, ...] = ("unkd", "rd", "none"), suffix: str = "") -> list[str]:  # fmt: skip
+    """A dataset, a teacher and its students in the registry; returns the model ids."""
+    registry.add_dataset(DatasetRecord(id=dataset_id, name=name, source="synthetic",
+                                       fingerprint=dataset_id, path="/nowhere"))  # fmt: skip
+    ids = []
+    for mid, path in sample_family(root, methods=methods, fingerprint=dataset_id, dataset=name).items():
+        kind = "teacher" if mid.startswith("teacher") else "student"
+        method = None if kind == "teacher" else mid.split("-")[1]
+        registry.add_model(ModelRecord(
+            id=mid + suffix, kind=kind, method=method, model="mf", dim=64 if kind == "teacher" else 10,
+            parameters={"dim": 10}, path=str(path), metrics=_headline(path),
+            lineage={"dataset_id": dataset_id, "teacher_id": None if kind == "teacher" else "teacher-1" + suffix},
+        ))  # fmt: skip
+        ids.append(mid + suffix)
+    return ids

@@ -77,7 +77,10 @@
       let result = "–";
       if (job.model_id) result = el("a", { href: reportHref(job.model_id), text: job.model_id });
       else if (job.error) result = el("span", { class: "err-text", text: job.error });
-      const what = job.params && (job.params.config || {}).method ? ` (${job.params.config.method})` : "";
+      const params = job.params || {};
+      let what = "";
+      if (job.kind === "publish" && params.model_id) what = ` ${params.model_id}`;
+      else if ((params.config || {}).method) what = ` (${params.config.method})`;
       return el("tr", { "data-job-id": job.id, "data-status": job.status },
         el("td", { class: "mono", title: job.id, text: job.id.slice(0, 12) }),
         el("td", { text: job.kind + what }),

@@ -8,31 +8,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.registry import ActiveModel, DatasetRecord, ModelRecord, Registry
-from tests.report_samples import sample_family
+from service.registry import ActiveModel, ModelRecord, Registry
+from tests.report_samples import register_family
 
 
 @pytest.fixture()
 def registry(settings: Settings) -> Registry:
     return Registry.from_url(settings.redis_url or "")
-
-
-def register_family(registry: Registry, root: Path, dataset_id: str, *, name: str = "synthetic",
-                    methods: tuple[str, ...] = ("unkd", "rd", "none"), suffix: str = "") -> list[str]:  # fmt: skip
-    """A dataset, a teacher and its students in the registry; returns the model ids."""
-    registry.add_dataset(DatasetRecord(id=dataset_id, name=name, source="synthetic",
-                                       fingerprint=dataset_id, path="/nowhere"))  # fmt: skip
-    ids = []
-    for mid, path in sample_family(root, methods=methods, fingerprint=dataset_id, dataset=name).items():
-        kind = "teacher" if mid.startswith("teacher") else "student"
-        method = None if kind == "teacher" else mid.split("-")[1]
-        registry.add_model(ModelRecord(
-            id=mid + suffix, kind=kind, method=method, model="mf", dim=64 if kind == "teacher" else 10,
-            parameters={"dim": 10}, path=str(path), metrics={"recall@20": 0.3},
-            lineage={"dataset_id": dataset_id, "teacher_id": None if kind == "teacher" else "teacher-1" + suffix},
-        ))  # fmt: skip
-        ids.append(mid + suffix)
-    return ids
 
 
 def test_report_page(client: TestClient, registry: Registry, tmp_path: Path) -> None:
