@@ -44,6 +44,24 @@ class Settings(BaseSettings):
         3, ge=0, le=100, description="retries of a job after a transient error (Redis, disk)"
     )
     result_expires_s: int = Field(7 * 24 * 3600, ge=60, description="Celery result TTL")
+    job_heartbeat_s: float = Field(
+        10.0, gt=0, le=600,
+        description="a running job refreshes its heartbeat this often; any worker requeues a "
+        "running job whose heartbeat is 3 intervals old (its worker died)",
+    )  # fmt: skip
+    max_job_memory_mb: int = Field(
+        16 * 1024, ge=1,
+        description="a job estimated to need more (embeddings, optimiser state, teacher "
+        "candidates) is refused at submission (422) and failed by the worker",
+    )  # fmt: skip
+    redis_timeout_s: float = Field(
+        5.0, gt=0, le=300,
+        description="registry socket timeout: a hung Redis answers 503 after this, never hangs a request",
+    )  # fmt: skip
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024,
+        description="largest JSON request body (uploads have upload_max_bytes); larger: 413",
+    )  # fmt: skip
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="API and worker log level"
     )

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.index_store import IndexStore
+from service.limits import BodyLimitMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.registry import Registry
 from service.routes import datasets, jobs, models, ops, recommendations, reports
@@ -78,7 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError(
             "UNKD_REDIS_URL is not set: the API needs the stack's Redis (`unkd up` starts one)"
         )
-    registry = Registry.from_url(settings.redis_url)
+    registry = Registry.from_url(settings.redis_url, timeout_s=settings.redis_timeout_s)
     celery_app = make_celery(settings, set_as_current=False)
     store = IndexStore(settings, registry.redis)
     app.state.registry = registry
@@ -112,7 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
     install_error_handlers(app)
     for router in (datasets.router, jobs.router, models.router, recommendations.router, ops.router,
                    reports.router):  # fmt: skip

@@ -85,8 +85,13 @@ class Registry:
         self.redis = client
 
     @classmethod
-    def from_url(cls, url: str) -> Registry:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+    def from_url(cls, url: str, *, timeout_s: float | None = None) -> Registry:
+        """A client for `url`; `timeout_s` bounds connects and replies (a hung Redis then
+        raises TimeoutError, which the API answers with 503, instead of hanging a request)."""
+        return cls(redis.Redis.from_url(
+            url, decode_responses=True, health_check_interval=30,
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        ))  # fmt: skip
 
     def ping(self) -> bool:
         return bool(self.redis.ping())

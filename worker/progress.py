@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from service.registry import JobProgress, Registry
@@ -93,17 +94,23 @@ class StopCheck:
     here because Celery's soft time limit is not available with --pool=solo.
     """
 
-    def __init__(self, registry: Registry, job_id: str, time_limit_s: float) -> None:
+    def __init__(self, registry: Registry, job_id: str, time_limit_s: float,
+                 lease_lost: Callable[[], bool] | None = None) -> None:  # fmt: skip
         self.registry = registry
         self.job_id = job_id
         self.deadline = time.monotonic() + time_limit_s
         self.time_limit_s = time_limit_s
+        self.lease_lost = lease_lost or (lambda: False)
         self.cancelled = False
         self.timed_out = False
         self.shutdown = False
+        self.lost = False
 
     def __call__(self) -> bool:
-        if self.registry.cancel_requested(self.job_id):
+        if self.lease_lost():  # a reaper may have requeued the job: another run owns it now
+            self.lost = True
+            logger.error("job %s: heartbeat lease lost, stopping without saving", self.job_id)
+        elif self.registry.cancel_requested(self.job_id):
             self.cancelled = True
             logger.info("job %s: cancel requested, stopping at this epoch boundary", self.job_id)
         elif time.monotonic() > self.deadline:
@@ -113,4 +120,4 @@ class StopCheck:
         elif worker_stopping():
             self.shutdown = True
             logger.warning("job %s: worker shutting down, handing the job back", self.job_id)
-        return self.cancelled or self.timed_out or self.shutdown
+        return self.lost or self.cancelled or self.timed_out or self.shutdown

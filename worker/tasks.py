@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import redis
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
@@ -24,14 +24,16 @@ from service.bundle import BundleError, build_bundle, load_bundle
 from service.config import Settings
 from service.registry import ActiveModel, JobRecord, ModelRecord, Registry
 from training import pipelines
+from training.budget import check_distill, check_teacher
 from training.checkpoint import ModelArtifact
 from training.config import DistillConfig, TeacherConfig
 from training.dataset import Dataset
 from training.device import resolve_device
 from training.errors import JobCancelled, TrainingDivergedError
 from training.progress import ProgressEvent
-from worker.celery_app import DISTILL, PUBLISH, TRAIN_TEACHER, settings_of
+from worker.celery_app import DISTILL, PUBLISH, TASK_BY_KIND, TRAIN_TEACHER, queue_for, settings_of
 from worker.progress import JobReporter, StopCheck, worker_stopping
+from worker.recovery import JobLease, Reaper
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def registry_for(settings: Settings) -> Registry:
     """One registry client per Redis URL and worker process."""
     url = settings.redis_url or ""
     if url not in _registries:
-        _registries[url] = Registry.from_url(url)
+        _registries[url] = Registry.from_url(url, timeout_s=settings.redis_timeout_s)
     return _registries[url]
 
 
@@ -114,8 +116,19 @@ def _register(ctx: JobContext, artifact: ModelArtifact, *, dataset_id: str,
     return ctx.registry.add_model(record)
 
 
+def _remove_stale_temp(ctx: JobContext) -> None:
+    """Temp dirs of an earlier attempt killed while saving (hidden, never a visible model).
+
+    Safe to remove: this worker holds the job's lease, so no other attempt is writing.
+    """
+    for tmp in ctx.model_dir.parent.glob(f".{ctx.model_id}.tmp-*"):
+        logger.info("job %s: removing %s left by an interrupted attempt", ctx.job.id, tmp.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _finished_before(ctx: JobContext) -> ModelArtifact | None:
     """The model of an earlier delivery of this job that saved it but was not recorded."""
+    _remove_stale_temp(ctx)
     if ctx.registry.has_model(ctx.model_id) or (ctx.model_dir / "manifest.json").is_file():
         try:
             return ModelArtifact.load(ctx.model_dir)
@@ -131,6 +144,7 @@ def _teacher_body(ctx: JobContext) -> str:
     artifact = _finished_before(ctx)
     if artifact is None:
         dataset = _load_dataset(ctx, dataset_id)
+        check_teacher(dataset.n_users, dataset.n_items, cfg, ctx.settings.max_job_memory_mb * 2**20)
         artifact = pipelines.train_teacher(
             dataset, cfg, ctx.model_dir, device=resolve_device(ctx.settings.device),
             on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
@@ -147,6 +161,8 @@ def _distill_body(ctx: JobContext) -> str:
     artifact = _finished_before(ctx)
     if artifact is None:
         dataset = _load_dataset(ctx, dataset_id)
+        check_distill(dataset.n_users, dataset.n_items, cfg, teacher.dim,
+                      ctx.settings.max_job_memory_mb * 2**20)  # fmt: skip
         artifact = pipelines.distill_student(
             dataset, Path(teacher.path), cfg, ctx.model_dir,
             device=resolve_device(ctx.settings.device),
@@ -217,12 +233,24 @@ def run_job(task: Task, job_id: str, body: Callable[[JobContext], str]) -> dict[
     """Run one job body with the registry bookkeeping around it; returns a summary."""
     settings = settings_of(task.app)
     registry = registry_for(settings)
+    lease = JobLease(registry.redis, job_id, settings)
+    if not lease.acquire():  # a redelivery while the first worker still runs it
+        logger.warning("job %s: another worker holds its lease; not running it twice", job_id)
+        return {"job_id": job_id, "status": "running", "model_id": None}
+    try:
+        return _run_leased(task, job_id, body, settings, registry, lease)
+    finally:
+        lease.release()
+
+
+def _run_leased(task: Task, job_id: str, body: Callable[[JobContext], str], settings: Settings,
+                registry: Registry, lease: JobLease) -> dict[str, Any]:  # fmt: skip
     job, should_run = registry.start_job(job_id)
     if not should_run:
         logger.info("job %s is %s: not running it", job_id, job.status)
         return {"job_id": job_id, "status": job.status, "model_id": job.model_id}
     logger.info("job %s (%s) started, attempt %d", job_id, job.kind, job.attempts)
-    stop = StopCheck(registry, job_id, settings.job_soft_time_limit_s)
+    stop = StopCheck(registry, job_id, settings.job_soft_time_limit_s, lambda: lease.lost)
     ctx = JobContext(job, settings, registry, JobReporter(registry, job_id, task), stop)
     status, model_id, error = "failed", None, None
     try:
@@ -231,12 +259,17 @@ def run_job(task: Task, job_id: str, body: Callable[[JobContext], str]) -> dict[
     except JobCancelled:
         if job.output_model_id and not registry.has_model(job.output_model_id):
             shutil.rmtree(ctx.model_dir, ignore_errors=True)  # pipelines leave none; be sure
+        if stop.lost:  # a reaper requeued the job: the run that took it over records it
+            return {"job_id": job_id, "status": "lost", "model_id": None}
         if stop.cancelled:
             status = "cancelled"
         elif stop.shutdown:
             _hand_back(registry, job_id)
         else:
             error = f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
+    except MemoryError as exc:  # freed on return; the worker lives on for the next job
+        error = f"out of memory: {describe_error(exc)}"
+        logger.error("job %s: %s", job_id, error)
     except SoftTimeLimitExceeded:
         error = f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
     except DETERMINISTIC as exc:
@@ -277,3 +310,31 @@ def distill(self: Task, job_id: str) -> dict[str, Any]:
 def publish(self: Task, job_id: str) -> dict[str, Any]:
     """Publish a registered model: serving bundle, then the active pointer."""
     return run_job(self, job_id, _publish_body)
+
+
+def _resend(app: Celery, settings: Settings) -> Callable[[str, str], None]:
+    def resend(job_id: str, kind: str) -> None:
+        app.send_task(TASK_BY_KIND[kind], args=[job_id], task_id=job_id, queue=queue_for(kind, settings))
+
+    return resend
+
+
+_reaper: Reaper | None = None
+
+
+@signals.worker_ready.connect
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    """Requeue the jobs of workers that died (now, then every heartbeat interval)."""
+    global _reaper
+    app = getattr(sender, "app", None)
+    if app is None or _reaper is not None:
+        return
+    settings = settings_of(app)
+    _reaper = Reaper(app, settings, registry_for(settings), _resend(app, settings))
+    _reaper.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop()
