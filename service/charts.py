@@ -13,6 +13,7 @@ with ``data-series``, ``data-category`` / ``data-x`` and ``data-value`` attribut
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 
@@ -143,7 +144,7 @@ def _frame(chart_id: str, kind: str, title: str, height: float, body: str) -> st
     )
 
 
-def _y_axis(ticks: list[float], y_of, left: float, right: float, percent: bool, label: str,
+def _y_axis(ticks: list[float], y_of: Callable[[float], float], left: float, right: float, percent: bool, label: str,
             top: float, bottom: float) -> str:  # fmt: skip
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
     parts = []
@@ -190,7 +191,7 @@ def render_bar_chart(chart: BarChart) -> str:
         for s_idx, s in enumerate(chart.series):
             v = s.values[c] if c < len(s.values) else None
             ok = v is not None and math.isfinite(v)
-            y = y_of(max(0.0, v)) if ok else bottom  # type: ignore[arg-type]
+            y = y_of(max(0.0, v)) if v is not None and ok else bottom
             x = x0 + s_idx * bar_w
             tip = f"{s.name} · {category.replace(chr(10), ' ')}: {fmt_value(v, chart.percent)}"
             body.append(

@@ -211,6 +211,16 @@ def test_real_report_from_training_evaluation(tiny_dataset) -> None:
     assert rows["pop_reo@20"].value == report["metrics"]["pop_reo@20"] and rows["pop_reo@20"].delta == 0
 
 
+def test_minimal_and_empty_reports_still_render() -> None:
+    minimal = {"protocol": {"ks": [20]}, "users_evaluated": 3, "metrics": {"recall@20": 0.5},
+               "groups": [{"group": 0, "recall@20": 0.7}], "teacher": {"metrics": {}}}  # fmt: skip
+    view = view_from_record({"id": "m"}, minimal)
+    assert len(svg_bars(_only_svg(render_report_page(view), "group-recall"))) == 1
+    empty = view_from_manifest(None, {}, model_id="x")
+    assert "<!DOCTYPE html>" in render_report_page(empty)
+    assert "<!DOCTYPE html>" in render_compare_page([view, empty]) and render_compare_page([])
+
+
 def test_chart_helpers() -> None:
     assert nice_ticks(0, 0.27) == [0.0, 0.1, 0.2, 0.3]
     assert nice_ticks(1.365, 1.39) == [1.365, 1.37, 1.375, 1.38, 1.385, 1.39]
