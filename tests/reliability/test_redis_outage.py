@@ -1,0 +1,158 @@
+"""Redis killed (SIGKILL, no chance to save) and restarted, then frozen (SIGSTOP), while
+the API serves: recommendations never fail, the registry endpoints answer 503 quickly
+with a clear message and recover by themselves, and every record written before the
+outage is still there afterwards (append-only file, fsync every second).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service.config import Settings
+from service.redis_server import RedisServer
+from service.registry import JobRecord, Registry
+from tests.reliability.conftest import (
+    LiveAPI,
+    observe,
+    publish_direct,
+    seed_dataset,
+    seed_model,
+    wait_until,
+)
+from tests.reliability.load import Load
+
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
+
+OUTAGE_S = 3.0
+AOF_FSYNC_S = 1.2  # appendfsync everysec: a write is on disk at most ~1s later
+
+
+@pytest.fixture()
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis this test may kill; shipped configuration (append-only on)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    if server.pid is not None:
+        try:
+            os.kill(server.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    server.stop()
+
+
+def snapshot(client: redis.Redis) -> dict[str, object]:
+    """Every unkd:* key with its value, whatever its type (strings, sorted sets, hashes)."""
+    read = {"string": client.get, "hash": client.hgetall,
+            "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}  # fmt: skip
+    return {k: read[client.type(k)](k) for k in client.keys("unkd:*")}
+
+
+def _kill(server: RedisServer) -> None:
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    server._terminate()  # reap the process; the object keeps port and password for start()
+
+
+def _registry_answers(client: httpx.Client, job_id: str) -> list[tuple[str, int, str, float]]:
+    """(request, status, detail, seconds) of the endpoints that need Redis."""
+    calls = [
+        ("GET /v1/jobs/{id}", lambda: client.get(f"/v1/jobs/{job_id}")),
+        ("GET /v1/jobs", lambda: client.get("/v1/jobs")),
+        ("GET /v1/models", lambda: client.get("/v1/models")),
+        ("GET /v1/datasets", lambda: client.get("/v1/datasets")),
+        ("POST /v1/jobs", lambda: client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-rel0"})),
+    ]  # fmt: skip
+    out = []
+    for name, call in calls:
+        t0 = time.monotonic()
+        r = call()
+        out.append((name, r.status_code, r.json().get("detail", ""), time.monotonic() - t0))
+    return out
+
+
+def test_redis_killed_and_frozen_while_serving(
+    own_redis: RedisServer, make_settings: Callable[..., Settings],
+    live_api: Callable[[Settings], LiveAPI],
+) -> None:  # fmt: skip
+    settings = make_settings(redis_url=own_redis.url)
+    registry = Registry.from_url(own_redis.url)
+    dataset = seed_dataset(settings, registry)
+    seed_model(settings, registry, dataset, "student-a")
+    publish_direct(settings, registry, dataset, "student-a")
+    registry.create_job(JobRecord(id="job-before-outage", kind="teacher", params={"dataset_id": "ds-rel0"}))
+    before = snapshot(registry.redis)
+    registry.close()
+
+    api = live_api(settings)
+    client = httpx.Client(base_url=api.url, timeout=30)
+    wait_until(lambda: client.get("/readyz").status_code == 200, 20, "the API to be ready")
+    users = [str(u) for u in dataset.user_ids[:50]]
+    time.sleep(AOF_FSYNC_S)
+
+    with Load(api.url, lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=5",
+              threads=3, max_seconds=40) as load:  # fmt: skip
+        time.sleep(0.5)
+        # -- kill: the process dies without a SHUTDOWN save -----------------------------------
+        t_down = time.monotonic()
+        _kill(own_redis)
+        down = _registry_answers(client, "job-before-outage")
+        ready = client.get("/readyz")
+        metrics = client.get("/metrics").text
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))
+        own_redis.start()
+        t_up = time.monotonic()
+        recovered = wait_until(lambda: client.get("/v1/jobs/job-before-outage").status_code == 200,
+                               15, "the job endpoint to recover by itself")  # fmt: skip
+        t_recovered = time.monotonic()
+        # -- freeze: the process is alive but answers nothing ---------------------------------
+        assert own_redis.pid is not None
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        t_frozen = time.monotonic()
+        frozen = _registry_answers(client, "job-before-outage")[:1]
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_frozen)))
+        os.kill(own_redis.pid, signal.SIGCONT)
+        t_thawed = time.monotonic()
+        wait_until(lambda: client.get("/v1/jobs/job-before-outage").status_code == 200, 15,
+                   "the job endpoint to recover after the freeze")  # fmt: skip
+        time.sleep(0.5)
+
+    for name, status, detail, _ in down + frozen:
+        assert status == 503, (name, status, detail)
+        assert "Redis" in detail and "retry later" in detail, (name, detail)
+    slowest = max(seconds for *_, seconds in down + frozen)
+    assert slowest < settings.redis_timeout_s * 4 + 2, (down, frozen)  # bounded, never hangs
+    assert ready.status_code == 503 and ready.json() == {
+        "status": "not ready", "redis": False, "index_loaded": True, "model_id": "student-a"}
+    assert "unkd_registry_up 0.0" in metrics
+    assert recovered
+
+    assert load.failed == [], load.failed[:5]
+    served_down = load.served_between(t_down, t_up)
+    served_frozen = load.served_between(t_frozen, t_thawed)
+    assert served_down > 0 and served_frozen > 0, (served_down, served_frozen)
+
+    after_registry = Registry.from_url(own_redis.url)
+    after = snapshot(after_registry.redis)
+    after_registry.close()
+    lost = sorted(k for k in before if after.get(k) != before[k])
+    assert lost == [], f"records lost or changed across the Redis kill: {lost}"
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/v1/models/student-a").json()["active"] is True
+    client.close()
+    observe(
+        "redis_kill_restart_freeze",
+        fault=f"Redis SIGKILLed for {OUTAGE_S:.0f}s, restarted, then SIGSTOPped for {OUTAGE_S:.0f}s",
+        requests_served=load.served, requests_failed=len(load.failed),
+        served_while_killed=served_down, served_while_frozen=served_frozen,
+        registry_answers_while_down=sorted({s for _, s, _, _ in down + frozen}),
+        slowest_503_s=round(slowest, 2), seconds_to_recover=round(t_recovered - t_up, 2),
+        records_before=len(before), records_lost=len(lost), jobs_lost=0,
+    )  # fmt: skip
