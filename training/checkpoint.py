@@ -11,6 +11,7 @@ embeddings, so evaluation, distillation and the serving index share one represen
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,10 @@ class ModelArtifact:
             raise DataError(f"{path}: not a model directory ({MANIFEST} and {EMBEDDINGS} expected)")
         manifest = read_json(path / MANIFEST)
         report = read_json(path / REPORT) if (path / REPORT).is_file() else None
-        with np.load(path / EMBEDDINGS, allow_pickle=False) as z:
-            user_emb, item_emb = z["user_emb"], z["item_emb"]
+        try:
+            with np.load(path / EMBEDDINGS, allow_pickle=False) as z:
+                user_emb, item_emb = z["user_emb"], z["item_emb"]
+        except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as exc:
+            # A truncated or corrupted file must fail with its name, not a bare zip error.
+            raise DataError(f"{path / EMBEDDINGS}: unreadable model embeddings ({exc})") from exc
         return cls(user_emb=user_emb, item_emb=item_emb, manifest=manifest, report=report, path=path)

@@ -10,6 +10,7 @@ prints the table of docs/reliability.md from it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -285,4 +287,43 @@ def registry_of() -> Iterator[Callable[[Settings], Registry]]:
         registry.close()
 
 
+@dataclass
+class Stack:
+    """One worker process and one live API sharing a data dir, for the whole session."""
+
+    settings: Settings  # the API's
+    worker_settings: Settings  # the worker's: a tiny job memory budget (see test_failing_jobs)
+    registry: Registry
+    worker: WorkerProcess
+    api: LiveAPI
+    dataset: Dataset
+    dataset_id: str = "ds-rel0"
+
+
+STACK_WORKER_MEMORY_MB = 2
+
+
+@pytest.fixture(scope="session")
+def stack(rel_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    queue = f"stack-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        redis_url=rel_redis.url, data_dir=root / "data", device="cpu", train_queue=f"{queue}-train",
+        light_queue=f"{queue}-light", reload_poll_s=0.2, job_heartbeat_s=0.5, job_max_retries=0,
+        redis_timeout_s=2.0,
+    )  # fmt: skip
+    worker_settings = settings.model_copy(update={"max_job_memory_mb": STACK_WORKER_MEMORY_MB})
+    registry = Registry.from_url(rel_redis.url)
+    dataset = seed_dataset(settings, registry)
+    worker = WorkerProcess(worker_settings, root / "worker.log", "steady").start()
+    api = LiveAPI(create_app(settings)).start()
+    try:
+        yield Stack(settings, worker_settings, registry, worker, api, dataset)
+    finally:
+        api.stop()
+        worker.stop()
+        registry.close()
+
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # two shared cores: no thread oversubscription
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per load request otherwise
