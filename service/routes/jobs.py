@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from celery import Celery
@@ -20,7 +21,7 @@ from service.config import Settings
 from service.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
 from service.errors import ServiceUnavailableError
 from service.metrics import ServiceMetrics
-from service.registry import JobKind, JobRecord, JobState, Registry
+from service.registry import DatasetRecord, JobKind, JobRecord, JobState, Registry
 from service.schemas import (
     DistillJobRequest,
     Id,
@@ -30,6 +31,7 @@ from service.schemas import (
     JobStatus,
     TeacherJobRequest,
 )
+from training.budget import MemoryBudgetError, check_distill, check_teacher
 from worker.celery_app import TASK_BY_KIND, queue_for
 
 logger = logging.getLogger(__name__)
@@ -70,8 +72,27 @@ def submit(
     return JobAccepted(id=job.id, kind=job.kind, status=job.status, status_url=status_url(job.id))
 
 
-def _teacher_job(req: TeacherJobRequest, registry: Registry) -> JobRecord:
-    registry.get_dataset(req.dataset_id, field="dataset_id")  # 404 naming dataset_id
+def _within_budget(check: Callable[[], int]) -> None:
+    """Refuse (422, naming the field) a job whose memory estimate exceeds the budget."""
+    try:
+        check()
+    except MemoryBudgetError as exc:
+        loc = ["body", *exc.field.split(".")]
+        value = exc.needed // 2**20
+        raise HTTPException(422, [{"type": "value_error", "loc": loc, "msg": str(exc),
+                                   "input": f"~{value} MiB"}]) from exc  # fmt: skip
+
+
+def _sizes(record: DatasetRecord) -> tuple[int, int]:
+    stats = record.statistics
+    return int(stats.get("users", 0)), int(stats.get("items", 0))
+
+
+def _teacher_job(req: TeacherJobRequest, registry: Registry, settings: Settings) -> JobRecord:
+    dataset = registry.get_dataset(req.dataset_id, field="dataset_id")  # 404 naming dataset_id
+    users, items = _sizes(dataset)
+    limit = settings.max_job_memory_mb * 2**20
+    _within_budget(lambda: check_teacher(users, items, req, limit))
     job_id = new_job_id()
     config = req.model_dump(mode="json", exclude={"kind", "dataset_id"})
     return JobRecord(
@@ -80,13 +101,18 @@ def _teacher_job(req: TeacherJobRequest, registry: Registry) -> JobRecord:
     )  # fmt: skip
 
 
-def _distill_job(req: DistillJobRequest, registry: Registry) -> JobRecord:
+def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings) -> JobRecord:
     teacher = registry.get_model(req.teacher_id, field="teacher_id")  # 404 naming teacher_id
     if teacher.kind != "teacher":
         raise HTTPException(
             status_code=422,
             detail=f"teacher_id={req.teacher_id!r}: model is a {teacher.kind}, not a teacher",
         )
+    dataset_id = teacher.lineage.get("dataset_id")
+    if dataset_id:
+        users, items = _sizes(registry.get_dataset(dataset_id, field="teacher_id"))
+        limit = settings.max_job_memory_mb * 2**20
+        _within_budget(lambda: check_distill(users, items, req, teacher.dim, limit))
     job_id = new_job_id()
     config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish"})
     params: dict[str, Any] = {
@@ -112,9 +138,9 @@ def create_job(
 ) -> JobAccepted:
     """Submit a job: {"kind": "teacher", "dataset_id", ...} or {"kind": "distill", "teacher_id", ...}."""
     if isinstance(req, TeacherJobRequest):
-        job = _teacher_job(req, registry)
+        job = _teacher_job(req, registry, settings)
     else:
-        job = _distill_job(req, registry)
+        job = _distill_job(req, registry, settings)
     return submit(job, registry=registry, celery_app=celery_app, settings=settings,
                   metrics=metrics, response=response)  # fmt: skip
 
