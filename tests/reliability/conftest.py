@@ -66,6 +66,26 @@ def rel_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
 
 
 @pytest.fixture()
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis this test may kill, freeze and restart; shipped configuration (append-only on)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    if server.pid is not None:
+        try:
+            os.kill(server.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    server.stop()
+
+
+def kill_redis(server: RedisServer) -> None:
+    """SIGKILL: no SHUTDOWN save; only what the append-only file holds survives."""
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    server._terminate()  # reap it; the object keeps port and password for start()
+
+
+@pytest.fixture()
 def make_settings(rel_redis: RedisServer, tmp_path: Path) -> Callable[..., Settings]:
     """Settings of one test: its own data dir and queues, fast heartbeat and reloads."""
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from service.redis_server import RedisServer
 from service.registry import JobRecord, Registry
 from tests.reliability.conftest import (
     LiveAPI,
+    kill_redis,
     observe,
     publish_direct,
     seed_dataset,
@@ -35,30 +35,11 @@ OUTAGE_S = 3.0
 AOF_FSYNC_S = 1.2  # appendfsync everysec: a write is on disk at most ~1s later
 
 
-@pytest.fixture()
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis this test may kill; shipped configuration (append-only on)."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    if server.pid is not None:
-        try:
-            os.kill(server.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-    server.stop()
-
-
 def snapshot(client: redis.Redis) -> dict[str, object]:
     """Every unkd:* key with its value, whatever its type (strings, sorted sets, hashes)."""
     read = {"string": client.get, "hash": client.hgetall,
             "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}  # fmt: skip
     return {k: read[client.type(k)](k) for k in client.keys("unkd:*")}
-
-
-def _kill(server: RedisServer) -> None:
-    assert server.pid is not None
-    os.kill(server.pid, signal.SIGKILL)
-    server._terminate()  # reap the process; the object keeps port and password for start()
 
 
 def _registry_answers(client: httpx.Client, job_id: str) -> list[tuple[str, int, str, float]]:
@@ -102,7 +83,7 @@ def test_redis_killed_and_frozen_while_serving(
         time.sleep(0.5)
         # -- kill: the process dies without a SHUTDOWN save -----------------------------------
         t_down = time.monotonic()
-        _kill(own_redis)
+        kill_redis(own_redis)
         down = _registry_answers(client, "job-before-outage")
         ready = client.get("/readyz")
         metrics = client.get("/metrics").text

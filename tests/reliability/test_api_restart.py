@@ -1,0 +1,151 @@
+"""API restart: a fresh API process (uvicorn, as `unkd api` runs it) loads the active model
+before it reports ready, and never says ready without one; restarted while Redis is down,
+it comes up not ready (503) and loads the model by itself once Redis is back.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.config import Settings
+from service.redis_server import RedisServer, free_port
+from service.registry import Registry
+from tests.reliability.conftest import (
+    ROOT,
+    kill_redis,
+    observe,
+    publish_direct,
+    seed_dataset,
+    seed_model,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
+
+START_TIMEOUT_S = 40.0
+
+
+class ApiProcess:
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings, self.log = settings, log
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ApiProcess:
+        env = {
+            "PATH": "/usr/bin:/bin", "UNKD_REDIS_URL": self.settings.redis_url or "",
+            "UNKD_DATA_DIR": str(self.settings.data_dir), "UNKD_RELOAD_POLL_S": "0.2",
+            "UNKD_REDIS_TIMEOUT_S": "1", "OMP_NUM_THREADS": "1",
+        }  # fmt: skip
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def readiness_until_ready(self) -> list[tuple[int, dict]]:
+        """Poll /readyz from the moment of spawning; (status, body) of every answer
+        (0 = connection refused) until the first 200."""
+        seen: list[tuple[int, dict]] = []
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while time.monotonic() < deadline:
+                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
+                try:
+                    r = client.get("/readyz")
+                    seen.append((r.status_code, r.json()))
+                    if r.status_code == 200:
+                        return seen
+                except httpx.TransportError:
+                    seen.append((0, {}))
+                time.sleep(0.02)
+        pytest.fail(f"API not ready after {START_TIMEOUT_S}s: {seen[-3:]}\n{self.log.read_text()[-2000:]}")
+
+
+@pytest.fixture()
+def api_processes(tmp_path: Path) -> Iterator[Callable[[Settings], ApiProcess]]:
+    started: list[ApiProcess] = []
+
+    def start(settings: Settings) -> ApiProcess:
+        api = ApiProcess(settings, tmp_path / f"api-{len(started)}.log").start()
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        api.kill()
+
+
+def test_api_restart_reports_ready_only_with_the_model_loaded(
+    own_redis: RedisServer, make_settings: Callable[..., Settings],
+    api_processes: Callable[[Settings], ApiProcess],
+) -> None:  # fmt: skip
+    settings = make_settings(redis_url=own_redis.url)
+    registry = Registry.from_url(own_redis.url)
+    dataset = seed_dataset(settings, registry)
+    seed_model(settings, registry, dataset, "student-restart")
+    publish_direct(settings, registry, dataset, "student-restart")
+    registry.close()
+    user = str(dataset.user_ids[0])
+
+    # 1. A normal (re)start: refused or 503 until the model is loaded, then 200 with it.
+    first = api_processes(settings)
+    seen = first.readiness_until_ready()
+    assert seen[-1] == (200, {"status": "ready", "redis": True, "index_loaded": True,
+                              "model_id": "student-restart"})  # fmt: skip
+    early = seen[:-1]
+    assert all(status in (0, 503) for status, _ in early), early
+    assert all(not body.get("index_loaded") for status, body in early if status == 503), early
+    r = httpx.get(f"{first.url}/v1/recommendations/{user}", params={"k": 5})
+    assert r.status_code == 200 and r.json()["model_id"] == "student-restart", r.text
+    first.kill()
+
+    # 2. Restarted while Redis is down: up, alive, not ready; ready on its own once Redis is back.
+    kill_redis(own_redis)
+    second = api_processes(settings)
+    down = wait_until(lambda: _get(second.url, "/readyz"), START_TIMEOUT_S, "the API to answer")
+    assert down == (503, {"status": "not ready", "redis": False, "index_loaded": False, "model_id": None})
+    assert _get(second.url, "/healthz")[0] == 200
+    rec_down = httpx.get(f"{second.url}/v1/recommendations/{user}", params={"k": 5})
+    assert rec_down.status_code == 503 and "no model is being served yet" in rec_down.json()["detail"]
+    t_redis = time.monotonic()
+    own_redis.start()
+    ready = wait_until(lambda: (a := _get(second.url, "/readyz")) and a[0] == 200 and a, 30,
+                       "the API to load the model once Redis is back")  # fmt: skip
+    seconds_to_ready = time.monotonic() - t_redis
+    assert ready[1]["model_id"] == "student-restart"
+    r = httpx.get(f"{second.url}/v1/recommendations/{user}", params={"k": 5})
+    assert r.status_code == 200 and r.json()["model_id"] == "student-restart", r.text
+    observe(
+        "api_restart", fault="API process SIGKILLed and restarted; restarted again while Redis was down",
+        readiness_answers_before_ready=len(early), ready_without_model=0,
+        not_ready_503_while_redis_down=True, seconds_to_ready_after_redis=round(seconds_to_ready, 2),
+        requests_failed_after_ready=0,
+    )  # fmt: skip
+
+
+def _get(base: str, path: str) -> tuple[int, dict] | None:
+    try:
+        r = httpx.get(base + path, timeout=5)
+    except httpx.TransportError:
+        return None
+    return r.status_code, r.json()
