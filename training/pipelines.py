@@ -16,9 +16,9 @@ from training.checkpoint import ModelArtifact
 from training.config import DistillConfig, EvalConfig, TeacherConfig
 from training.dataset import Dataset
 from training.distill import build_distiller
+from training.errors import JobCancelled
 from training.evaluation import attach_teacher, evaluate_embeddings
 from training.models import build_model
-from training.errors import JobCancelled
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.trainer import FitResult, fit
 

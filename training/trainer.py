@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from training.config import OptimConfig
-from training.distill.base import Distiller, KDBatch, bpr_loss
+from training.distill.base import Distiller, KDBatch
 from training.errors import JobCancelled, TrainingDivergedError
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 
@@ -106,7 +107,11 @@ def fit(
     pairs = torch.from_numpy(np.asarray(train_pairs, dtype=np.int64))
     n_train = len(pairs)
     n_batches = max(1, math.ceil(n_train / cfg.batch_size))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # MF reads rows with sparse gradients: SparseAdam touches only the rows of a batch, so a
+    # step costs O(batch × d) however large the catalogue. LightGCN's gradients are dense.
+    sparse = bool(getattr(model, "sparse", False))
+    opt_cls = torch.optim.SparseAdam if sparse else torch.optim.Adam
+    opt = opt_cls(list(model.parameters()), lr=cfg.lr)
 
     best_ndcg, best_epoch, bad = -1.0, 0, 0
     best_state: dict[str, torch.Tensor] | None = None
@@ -128,14 +133,17 @@ def fit(
         for b in range(n_batches):
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             u, i, j = (pairs[idx, 0].to(device), pairs[idx, 1].to(device), neg[idx].to(device))
-            user_emb, item_emb = model.embeddings()
-            loss = bpr_loss(user_emb, item_emb, u, i, j)
-            ego_u, ego_i = model.ego_embeddings()
-            reg = (ego_u[u].square().sum() + ego_i[i].square().sum() + ego_i[j].square().sum())
+            emb = model.lookup()
+            pu, pi, pj = emb.user(u), emb.item(i), emb.item(j)
+            loss = -F.logsigmoid((pu * pi).sum(-1) - (pu * pj).sum(-1)).mean()
+            ego = emb if sparse else model.ego_lookup()
+            if not sparse:
+                pu, pi, pj = ego.user(u), ego.item(i), ego.item(j)
+            reg = pu.square().sum() + pi.square().sum() + pj.square().sum()
             loss = loss + cfg.decay * 0.5 * reg / len(idx)
             if kd_slices and len(next(iter(kd_slices[b].values()))):
                 kd = {key: t.to(device) for key, t in kd_slices[b].items()}
-                loss = loss + lambda_kd * distiller.loss(user_emb, item_emb, kd)  # type: ignore[union-attr]
+                loss = loss + lambda_kd * distiller.loss(emb, kd)  # type: ignore[union-attr]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

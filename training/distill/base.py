@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import DistillConfig
+from training.models.lookup import Lookup
 
 KDBatch = dict[str, torch.Tensor]  # tensors sharing their first dimension (one row per sample)
 
@@ -50,24 +51,24 @@ class Distiller(ABC):
         """All of this epoch's samples; the trainer slices them across its mini-batches."""
 
     @abstractmethod
-    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
-        """Scalar loss of one slice, given the student's (n_users, d) and (n_items, d) embeddings."""
+    def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:
+        """Scalar loss of one slice of samples, reading the student's rows through `emb`."""
 
     def candidate_bytes(self) -> int:
         """Memory held by precomputed teacher rankings (for the benchmarks)."""
         return 0
 
 
-def pair_scores(user_emb: torch.Tensor, item_emb: torch.Tensor, u: torch.Tensor,
-                i: torch.Tensor) -> torch.Tensor:
+def pair_scores(emb: Lookup, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     """s(u, i) for aligned index tensors of any shape (u broadcast against i)."""
-    return (user_emb[u] * item_emb[i]).sum(-1)
+    return (emb.user(u) * emb.item(i)).sum(-1)
 
 
-def bpr_loss(user_emb: torch.Tensor, item_emb: torch.Tensor, u: torch.Tensor, i: torch.Tensor,
-             j: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def bpr_loss(emb: Lookup, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
     """mean of -log σ(s(u,i) - s(u,j)), optionally weighted per row."""
-    diff = pair_scores(user_emb, item_emb, u, i) - pair_scores(user_emb, item_emb, u, j)
+    pu = emb.user(u)  # read once, used for both items
+    diff = (pu * emb.item(i)).sum(-1) - (pu * emb.item(j)).sum(-1)
     loss = -F.logsigmoid(diff)
     if weight is not None:
         loss = loss * weight

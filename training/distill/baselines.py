@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from training.distill.base import Distiller, KDBatch, bpr_loss, pair_scores
 from training.distill.ranking import CandidateLists, sample_ranks, teacher_candidates
+from training.models.lookup import DenseLookup, Lookup
 
 
 def _single_list(d: Distiller, top_l: int) -> CandidateLists:
@@ -36,14 +37,14 @@ class RankingDistillation(Distiller):
         k = int(self.cands.widths[0])
         u = torch.arange(self.n_users).repeat_interleave(k)
         r = torch.arange(k).repeat(self.n_users)
-        i = self.cands.items[u, r]
+        i = self.cands.items[u, r].long()
         keep = i >= 0
         u, r, i = u[keep], r[keep], i[keep]
         j = torch.randint(0, self.n_items, u.shape, generator=generator)
         return {"u": u, "i": i, "j": j, "w": self.rank_weight[r]}
 
-    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
-        return bpr_loss(user_emb, item_emb, batch["u"], batch["i"], batch["j"], batch["w"])
+    def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:
+        return bpr_loss(emb, batch["u"], batch["i"], batch["j"], batch["w"])
 
     def candidate_bytes(self) -> int:
         return self.cands.nbytes()
@@ -64,14 +65,15 @@ class CollaborativeDistillation(Distiller):
         n = self.cands.lengths[u, 0]
         keep = n >= 1
         u, n = u[keep], n[keep]
-        i = self.cands.items[u, sample_ranks(n, opts.rank_lambda, generator)]
+        i = self.cands.items[u, sample_ranks(n, opts.rank_lambda, generator)].long()
         with torch.no_grad():
-            t = pair_scores(self.teacher_user, self.teacher_item, u.to(self.device), i.to(self.device))
+            teacher = DenseLookup(self.teacher_user, self.teacher_item)
+            t = pair_scores(teacher, u.to(self.device), i.to(self.device))
             label = torch.sigmoid(t / opts.temperature).cpu()
         return {"u": u, "i": i, "y": label}
 
-    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
-        s = pair_scores(user_emb, item_emb, batch["u"], batch["i"])
+    def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:
+        s = pair_scores(emb, batch["u"], batch["i"])
         return F.binary_cross_entropy_with_logits(s, batch["y"])
 
     def candidate_bytes(self) -> int:
@@ -104,16 +106,16 @@ class RelaxedRankingDistillation(Distiller):
         keys = self.log_p.unsqueeze(0) + gumbel
         keys[torch.arange(width).unsqueeze(0) >= self.cands.lengths[:, :1]] = -torch.inf
         ranks = torch.topk(keys, k, dim=1).indices.sort(dim=1).values  # teacher order
-        interesting = torch.gather(self.cands.items, 1, ranks)
+        interesting = torch.gather(self.cands.items, 1, ranks).long()
         users = torch.arange(self.n_users)
         keep = self.cands.lengths[:, 0] >= k
         boring = torch.randint(0, self.n_items, (self.n_users, opts.uninteresting), generator=generator)
         return {"u": users[keep], "pos": interesting[keep], "neg": boring[keep]}
 
-    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
-        u = batch["u"].unsqueeze(1)
-        s_pos = pair_scores(user_emb, item_emb, u, batch["pos"])  # (b, K)
-        s_neg = pair_scores(user_emb, item_emb, u, batch["neg"])  # (b, L)
+    def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:
+        pu = emb.user(batch["u"]).unsqueeze(1)  # (b, 1, d)
+        s_pos = (pu * emb.item(batch["pos"])).sum(-1)  # (b, K)
+        s_neg = (pu * emb.item(batch["neg"])).sum(-1)  # (b, L)
         # log Σ over {pos_k, ..., pos_K} ∪ neg: reverse cumulative logsumexp, then add the negatives.
         tail = torch.logcumsumexp(s_pos.flip(1), dim=1).flip(1)
         denom = torch.logaddexp(tail, torch.logsumexp(s_neg, dim=1, keepdim=True))

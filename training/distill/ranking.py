@@ -13,7 +13,7 @@ import torch
 class CandidateLists:
     """For every user, the teacher's best unobserved items of each group, best first.
 
-    All groups live side by side in one (n_users, sum_g L_g) int64 tensor: group g occupies
+    All groups live side by side in one (n_users, sum_g L_g) int32 tensor: group g occupies
     columns offsets[g] : offsets[g] + widths[g]. lengths[u, g] says how many of those
     columns are real items for user u (a user who saw most of a small group has fewer);
     the rest hold -1.
@@ -21,7 +21,7 @@ class CandidateLists:
 
     def __init__(self, items: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor,
                  widths: torch.Tensor) -> None:
-        self.items = items  # (n_users, sum L_g) int64
+        self.items = items  # (n_users, sum L_g) int32 item ids, -1 = none
         self.lengths = lengths  # (n_users, G) int64
         self.offsets = offsets  # (G,) int64
         self.widths = widths  # (G,) int64
@@ -63,38 +63,48 @@ def teacher_candidates(
     device = user_emb.device
     n_users, n_items = train.shape
     n_groups = int(groups.max()) + 1
-    members = [torch.from_numpy(np.flatnonzero(groups == g)).to(device) for g in range(n_groups)]
-    widths = torch.tensor([min(top_l, len(m)) for m in members], dtype=torch.int64)
+    # Lay items out group by group so each group's scores are a contiguous column slice
+    # (a view, not a gathered copy of chunk × |group| floats).
+    order = np.argsort(groups, kind="stable")
+    position = np.empty(n_items, dtype=np.int64)
+    position[order] = np.arange(n_items)
+    group_sizes = np.bincount(groups, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]])
+    widths = torch.from_numpy(np.minimum(top_l, group_sizes).astype(np.int64))
     offsets = torch.cumsum(widths, 0) - widths
     total = int(widths.sum())
-    out = torch.full((n_users, total), -1, dtype=torch.int64)
+    # int32 ids: the lists are the largest thing UnKD keeps (users × G × L).
+    out = torch.full((n_users, total), -1, dtype=torch.int32)
 
     # Unobserved items per (user, group): group size minus the user's training items in it.
     seen_per_group = np.zeros((n_users, n_groups), dtype=np.int64)
     coo = train.tocoo()
     np.add.at(seen_per_group, (coo.row, groups[coo.col]), 1)
-    group_sizes = np.bincount(groups, minlength=n_groups)
-    lengths = np.minimum(group_sizes[None, :] - seen_per_group, widths.numpy()[None, :])
+    lengths = torch.from_numpy(np.minimum(group_sizes[None, :] - seen_per_group, widths.numpy()[None, :]))
+    group_of_col = torch.repeat_interleave(torch.arange(n_groups), widths)
+    rank_of_col = torch.arange(total) - offsets[group_of_col]
 
+    order_t = torch.from_numpy(order).to(device)
+    items_by_group = item_emb[order_t]
     with torch.no_grad():
         for start in range(0, n_users, chunk):
             rows = np.arange(start, min(start + chunk, n_users))
-            scores = user_emb[start : start + len(rows)] @ item_emb.T  # (b, n_items)
+            scores = user_emb[start : start + len(rows)] @ items_by_group.T  # (b, n_items)
             r, c = _seen_mask_rows(train, rows)
-            scores[r.to(device), c.to(device)] = -math.inf
-            for g, idx in enumerate(members):  # a handful of groups, once per chunk: not per epoch
-                w = int(widths[g])
+            scores[r.to(device), torch.from_numpy(position).to(device)[c.to(device)]] = -math.inf
+            block = torch.empty((len(rows), total), dtype=torch.int64, device=device)
+            for g in range(n_groups):  # a handful of groups, once per chunk: not per epoch
+                w, lo = int(widths[g]), int(starts[g])
                 if w == 0:
                     continue
-                top = torch.topk(scores[:, idx], w, dim=1, sorted=True).indices
-                out[start : start + len(rows), offsets[g] : offsets[g] + w] = idx[top].cpu()
-    lengths_t = torch.from_numpy(lengths)
-    # Columns past a user's length point at seen items (scored -inf): blank them out.
-    col = torch.arange(total).unsqueeze(0)
-    group_of_col = torch.repeat_interleave(torch.arange(n_groups), widths)
-    valid = (col - offsets[group_of_col]) < lengths_t[:, group_of_col]
-    out[~valid] = -1
-    return CandidateLists(out, lengths_t, offsets, widths)
+                top = torch.topk(scores[:, lo : lo + int(group_sizes[g])], w, dim=1, sorted=True).indices
+                block[:, offsets[g] : offsets[g] + w] = order_t[top + lo]
+            # Columns past a user's length point at seen items (scored -inf): blank them out.
+            past = rank_of_col.unsqueeze(0) >= lengths[start : start + len(rows)][:, group_of_col]
+            block = block.cpu()
+            block[past] = -1
+            out[start : start + len(rows)] = block.to(torch.int32)
+    return CandidateLists(out, lengths, offsets, widths)
 
 
 def sample_ranks(lengths: torch.Tensor, mu: float, generator: torch.Generator) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 
 from training.distill.base import Distiller, KDBatch, bpr_loss
 from training.distill.ranking import CandidateLists, sample_ranks, teacher_candidates
+from training.models.lookup import Lookup
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ def sample_unkd_pairs(
         r2[clash] = sample_ranks(n[clash], mu, generator)
         clash = r1 == r2
     base = cands.offsets[g]
-    pos = cands.items[u, base + torch.minimum(r1, r2)]
-    neg = cands.items[u, base + torch.maximum(r1, r2)]
+    pos = cands.items[u, base + torch.minimum(r1, r2)].long()
+    neg = cands.items[u, base + torch.maximum(r1, r2)].long()
     return {"u": u, "i": pos, "j": neg}
 
 
@@ -73,8 +74,8 @@ class UnKD(Distiller):
         opts = self.cfg.unkd
         return sample_unkd_pairs(self.cands, opts.pairs_per_user, opts.mu, epoch, generator)
 
-    def loss(self, user_emb: torch.Tensor, item_emb: torch.Tensor, batch: KDBatch) -> torch.Tensor:
-        return bpr_loss(user_emb, item_emb, batch["u"], batch["i"], batch["j"])
+    def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:
+        return bpr_loss(emb, batch["u"], batch["i"], batch["j"])
 
     def candidate_bytes(self) -> int:
         return self.cands.nbytes()

@@ -8,6 +8,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from training.models.lookup import DenseLookup, Lookup
+
 
 def normalized_adjacency(train: sp.csr_matrix, device: torch.device) -> torch.Tensor:
     """D^-1/2 A D^-1/2 of the bipartite graph A = [[0, R], [R^T, 0]] as a sparse tensor.
@@ -32,6 +34,8 @@ def normalized_adjacency(train: sp.csr_matrix, device: torch.device) -> torch.Te
 
 
 class LightGCN(nn.Module):
+    sparse = False  # propagation touches every row: dense gradients, plain Adam
+
     def __init__(
         self,
         n_users: int,
@@ -67,5 +71,10 @@ class LightGCN(nn.Module):
         out = out / (self.n_layers + 1)
         return out[: self.n_users], out[self.n_users :]
 
-    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user.weight, self.item.weight
+    def lookup(self) -> Lookup:
+        """Rows for one training step: propagate once, then index."""
+        return DenseLookup(*self.embeddings())
+
+    def ego_lookup(self) -> Lookup:
+        """Rows the weight decay applies to: the layer-0 (ego) embeddings."""
+        return DenseLookup(self.user.weight, self.item.weight)

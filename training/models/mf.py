@@ -5,14 +5,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.models.lookup import EmbeddingLookup, Lookup
+
 
 class MF(nn.Module):
-    """Plain MF scored by a dot product, trained with BPR by training.trainer."""
+    """Plain MF scored by a dot product, trained with BPR by training.trainer.
+
+    Embeddings have sparse gradients: train with torch.optim.SparseAdam.
+    """
+
+    sparse = True
 
     def __init__(self, n_users: int, n_items: int, dim: int, *, init_std: float = 0.1) -> None:
         super().__init__()
-        self.user = nn.Embedding(n_users, dim)
-        self.item = nn.Embedding(n_items, dim)
+        self.user = nn.Embedding(n_users, dim, sparse=True)
+        self.item = nn.Embedding(n_items, dim, sparse=True)
         nn.init.normal_(self.user.weight, std=init_std)
         nn.init.normal_(self.item.weight, std=init_std)
 
@@ -20,6 +27,10 @@ class MF(nn.Module):
         """Final embeddings, with gradients: (n_users, d), (n_items, d)."""
         return self.user.weight, self.item.weight
 
-    def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The parameters the weight decay applies to (same as embeddings() for MF)."""
-        return self.user.weight, self.item.weight
+    def lookup(self) -> Lookup:
+        """Rows for one training step (sparse gradients)."""
+        return EmbeddingLookup(self.user, self.item)
+
+    def ego_lookup(self) -> Lookup:
+        """Rows the weight decay applies to (the same parameters for MF)."""
+        return EmbeddingLookup(self.user, self.item)
