@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.records import (
     DatasetRecord,
@@ -23,6 +23,9 @@ from service.records import (
 from training.config import DistillConfig, TeacherConfig
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
+# List offsets beyond this are refused (422): Redis ranges are 64-bit, and no listing is
+# that long, so a larger offset is only ever an attack or a bug.
+MAX_OFFSET = 1_000_000_000
 
 
 class _Forbid(BaseModel):
@@ -46,6 +49,10 @@ class UploadOptions(_Forbid):
     name: str | None = Field(None, min_length=1, max_length=200)
 
 
+MAX_SYNTHETIC_CELLS = 50_000_000  # ~1-2 s of generation on one core
+MAX_SYNTHETIC_INTERACTIONS = 5_000_000
+
+
 class SyntheticParams(_Forbid):
     """The built-in long-tail generator; unset fields take training.synthetic's defaults."""
 
@@ -58,6 +65,23 @@ class SyntheticParams(_Forbid):
     holdout: float | None = Field(None, gt=0, lt=1)
     temperature: float | None = Field(None, gt=0, le=100)
     quality_std: float | None = Field(None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> SyntheticParams:
+        # Generation runs inside the request and scores every (user, item) cell once, so
+        # each bound alone is not enough: 1M users x 1M items would be hours of CPU.
+        from training.synthetic import SYNTHETIC_DEFAULTS
+
+        users = self.n_users or SYNTHETIC_DEFAULTS["n_users"]
+        items = self.n_items or SYNTHETIC_DEFAULTS["n_items"]
+        per_user = self.interactions_per_user or SYNTHETIC_DEFAULTS["interactions_per_user"]
+        if users * items > MAX_SYNTHETIC_CELLS:
+            raise ValueError(f"n_users x n_items = {users * items:,} exceeds {MAX_SYNTHETIC_CELLS:,}; "
+                             "lower n_users or n_items")  # fmt: skip
+        if users * min(per_user, items / 2) > MAX_SYNTHETIC_INTERACTIONS:
+            raise ValueError(f"n_users x interactions_per_user exceeds {MAX_SYNTHETIC_INTERACTIONS:,} "
+                             "interactions; lower n_users or interactions_per_user")  # fmt: skip
+        return self
 
 
 class SyntheticDatasetRequest(_Forbid):

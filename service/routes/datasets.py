@@ -24,6 +24,7 @@ from service.config import Settings
 from service.deps import RegistryDep, SettingsDep
 from service.registry import DatasetRecord
 from service.schemas import (
+    MAX_OFFSET,
     DatasetList,
     DatasetOut,
     Id,
@@ -153,7 +154,7 @@ async def create_dataset(request: Request, settings: SettingsDep, registry: Regi
 def list_datasets(
     registry: RegistryDep,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> DatasetList:
     """List datasets, newest first."""
     items, total = registry.list_datasets(limit=limit, offset=offset)

@@ -23,6 +23,7 @@ from service.errors import ServiceUnavailableError
 from service.metrics import ServiceMetrics
 from service.registry import DatasetRecord, JobKind, JobRecord, JobState, Registry
 from service.schemas import (
+    MAX_OFFSET,
     DistillJobRequest,
     Id,
     JobAccepted,
@@ -151,7 +152,7 @@ def list_jobs(
     status_: Annotated[JobState | None, Query(alias="status")] = None,
     kind: JobKind | None = None,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> JobList:
     """List jobs, newest first, optionally filtered by status and kind."""
     items, total = registry.list_jobs(status=status_, kind=kind, limit=limit, offset=offset)

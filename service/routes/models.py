@@ -12,7 +12,7 @@ from service.auth import WriteAccess
 from service.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
 from service.registry import ConflictError, JobRecord, NotFoundError
 from service.routes.jobs import new_job_id, submit
-from service.schemas import Id, JobAccepted, ModelList, ModelOut, QualityReport
+from service.schemas import MAX_OFFSET, Id, JobAccepted, ModelList, ModelOut, QualityReport
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 def list_models(
     registry: RegistryDep,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> ModelList:
     """List models (teachers and students), newest first."""
     items, total = registry.list_models(limit=limit, offset=offset)
