@@ -324,7 +324,10 @@ def _read_delimited(
     header_lines = 0  # lines up to and including the header; pyarrow counts blank ones too
     if header:
         header_lines, line = _first_line(path)
-        names = next(csv.reader([line], delimiter=delimiter)) if quoting else line.split(delimiter)
+        try:
+            names = next(csv.reader([line], delimiter=delimiter)) if quoting else line.split(delimiter)
+        except csv.Error as exc:  # binary garbage: a stray CR inside the "header"
+            raise DataError(f"{path}: line {header_lines}: unreadable header ({exc})") from None
         names = [n.strip() for n in names]
     if not names:
         raise DataError(f"{path}: empty file (no interactions)")
