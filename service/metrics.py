@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 
@@ -124,5 +125,7 @@ class MetricsMiddleware:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
             method = scope.get("method", "GET")
+            if method not in KNOWN_METHODS:  # any token is a valid method: keep labels bounded
+                method = "OTHER"
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)
             self.metrics.requests.labels(method, template, str(status_holder[0])).inc()

@@ -150,6 +150,11 @@ def test_resource_bounds_answer_4xx_naming_the_field(secured: tuple[TestClient, 
         assert _loc(r)[: len(loc)] == loc, (name, r.json())  # type: ignore[attr-defined]
     budget = client.post("/v1/jobs", headers=h, json={**teacher, "dim": 4096}).json()["detail"][0]["msg"]
     assert "max_job_memory_mb=16 MiB" in budget
+    # Any token is a valid HTTP method: made-up ones must not grow the metrics label set.
+    for i in range(30):
+        assert client.request(f"X{i}SCAN", f"/scan/{i}").status_code in (404, 405)
+    metrics = client.get("/metrics").text
+    assert "X0SCAN" not in metrics and 'method="OTHER",route="<unmatched>",status="404"} 30.0' in metrics
     page = client.get("/v1/models", params={"limit": 1, "offset": 1}).json()
     assert len(page["items"]) == 1 and page["total"] == 2 and page["offset"] == 1
     observe("resource_bounds", attack="oversized k, batches, bodies, pages, ids, hyper-parameters, "
