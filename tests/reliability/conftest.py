@@ -9,6 +9,7 @@ prints the table of docs/reliability.md from it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 import uvicorn
 from fastapi import FastAPI
 
@@ -85,14 +87,27 @@ def kill_redis(server: RedisServer) -> None:
     server._terminate()  # reap it; the object keeps port and password for start()
 
 
+_test_dbs = itertools.cycle(range(1, 16))  # database 0 belongs to the session `stack`
+
+
 @pytest.fixture()
-def make_settings(rel_redis: RedisServer, tmp_path: Path) -> Callable[..., Settings]:
-    """Settings of one test: its own data dir and queues, fast heartbeat and reloads."""
+def test_redis_url(rel_redis: RedisServer) -> str:
+    """A Redis database of its own for one test, emptied first: listings see only its records."""
+    url = f"{rel_redis.url.rsplit('/', 1)[0]}/{next(_test_dbs)}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@pytest.fixture()
+def make_settings(test_redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings of one test: its own data dir, queues and Redis database; fast heartbeat and reloads."""
 
     def make(**overrides: Any) -> Settings:
         queue = f"rel-{uuid.uuid4().hex[:8]}"
         values: dict[str, Any] = {
-            "redis_url": rel_redis.url, "data_dir": tmp_path / "data", "device": "cpu",
+            "redis_url": test_redis_url, "data_dir": tmp_path / "data", "device": "cpu",
             "train_queue": f"{queue}-train", "light_queue": f"{queue}-light",
             "reload_poll_s": 0.2, "job_heartbeat_s": 0.5, "job_max_retries": 0,
             "redis_timeout_s": 2.0,

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.bundle import build_bundle
 from service.registry import ActiveModel, JobRecord
 from tests.reliability.conftest import Stack, observe, publish_direct, seed_model, wait_until
 from tests.reliability.load import Load
@@ -117,12 +118,8 @@ def test_broken_bundles_never_replace_the_serving_model(stack: Stack) -> None:
         # A bundle already on disk for this publish job, corrupted after it was built: the
         # worker must verify it (checksums) before it moves the pointer.
         job_id = "publish-corrupt-bundle-0001"
-        bundle = publish_direct(settings, registry, stack.dataset, "student-badbundle")
         planted = settings.bundles_dir.resolve() / f"student-badbundle-{job_id[:8]}"
-        shutil.copytree(bundle, planted)
-        shutil.rmtree(bundle)
-        registry.set_active(ActiveModel(model_id="student-good",
-                                        bundle_dir=str(settings.bundles_dir.resolve() / "student-good")))
+        build_bundle(models_dir / "student-badbundle", stack.dataset, planted, model_id="student-badbundle")
         _corrupt(planted / "items.faiss")
         registry.create_job(JobRecord(id=job_id, kind="publish", params={"model_id": "student-badbundle"}))
         celery_app = make_celery(settings, set_as_current=False)
