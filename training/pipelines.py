@@ -39,6 +39,16 @@ def _training_summary(result: FitResult, seconds: float) -> dict[str, Any]:
     }
 
 
+def _student_report(dataset: Dataset, user_emb: Any, item_emb: Any, teacher: ModelArtifact,
+                    cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
+    """A student's report with its teacher's figures, the deltas and list overlap."""
+    report = evaluate_embeddings(dataset, user_emb, item_emb, cfg=cfg, device=device,
+                                 reference=(teacher.user_emb, teacher.item_emb))
+    teacher_report = teacher.report or evaluate_embeddings(
+        dataset, teacher.user_emb, teacher.item_emb, cfg=cfg, device=device)
+    return attach_teacher(report, teacher_report)
+
+
 def _emit(on_progress: ProgressCallback | None, stage: str, message: str = "") -> None:
     if on_progress is not None:
         on_progress(ProgressEvent(stage=stage, message=message))
@@ -122,12 +132,8 @@ def distill_student(
                  should_stop=should_stop, stage="train")
     train_s = time.perf_counter() - t0
     _emit(on_progress, "evaluate")
-    ecfg = eval_cfg or EvalConfig()
-    report = evaluate_embeddings(dataset, result.user_emb, result.item_emb, cfg=ecfg, device=device,
-                                 reference=(teacher_art.user_emb, teacher_art.item_emb))
-    teacher_report = teacher_art.report or evaluate_embeddings(
-        dataset, teacher_art.user_emb, teacher_art.item_emb, cfg=ecfg, device=device)
-    report = attach_teacher(report, teacher_report)
+    report = _student_report(dataset, result.user_emb, result.item_emb, teacher_art,
+                             eval_cfg or EvalConfig(), device)
     tm = teacher_art.manifest
     manifest = {
         "id": model_id or out_dir.name,
@@ -164,12 +170,9 @@ def evaluate_model(
     art.check_dataset(dataset.fingerprint)
     ecfg = eval_cfg or EvalConfig()
     dev = device or torch.device("cpu")
-    report = evaluate_embeddings(dataset, art.user_emb, art.item_emb, cfg=ecfg, device=dev)
-    teacher_path = (art.manifest.get("lineage") or {}).get("teacher") or {}
-    if teacher_path.get("path") and Path(teacher_path["path"]).is_dir():
-        teacher = ModelArtifact.load(Path(teacher_path["path"]))
-        report = evaluate_embeddings(dataset, art.user_emb, art.item_emb, cfg=ecfg, device=dev,
-                                     reference=(teacher.user_emb, teacher.item_emb))
-        report = attach_teacher(report, teacher.report or evaluate_embeddings(
-            dataset, teacher.user_emb, teacher.item_emb, cfg=ecfg, device=dev))
-    return report
+    lineage_teacher = (art.manifest.get("lineage") or {}).get("teacher") or {}
+    teacher_dir = Path(lineage_teacher["path"]) if lineage_teacher.get("path") else None
+    if teacher_dir is None or not teacher_dir.is_dir():  # a teacher, or its teacher was moved
+        return evaluate_embeddings(dataset, art.user_emb, art.item_emb, cfg=ecfg, device=dev)
+    return _student_report(dataset, art.user_emb, art.item_emb, ModelArtifact.load(teacher_dir),
+                           ecfg, dev)

@@ -4,7 +4,6 @@ lineage, cancellation, and the bad inputs each refused with a clear message."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
