@@ -10,9 +10,10 @@ from __future__ import annotations
 from training.config import DistillConfig, TeacherConfig
 
 FLOAT_BYTES = 4
-INDEX_BYTES = 8
-# Adam keeps, for every parameter, the value, its gradient and two moment estimates.
-ADAM_COPIES = 4
+INDEX_BYTES = 4  # teacher candidate lists are int32 (training/distill/ranking.py)
+# (Sparse)Adam keeps, for every parameter, the value and two dense moment estimates; the
+# gradient of a sparse embedding is only the batch's rows, so it is not counted.
+ADAM_COPIES = 3
 
 
 class MemoryBudgetError(ValueError):
