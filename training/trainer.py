@@ -136,8 +136,8 @@ def fit(
             emb = model.lookup()
             pu, pi, pj = emb.user(u), emb.item(i), emb.item(j)
             loss = -F.logsigmoid((pu * pi).sum(-1) - (pu * pj).sum(-1)).mean()
-            ego = emb if sparse else model.ego_lookup()
-            if not sparse:
+            if not sparse:  # LightGCN: decay the layer-0 (ego) rows, not the propagated ones
+                ego = model.ego_lookup()
                 pu, pi, pj = ego.user(u), ego.item(i), ego.item(j)
             reg = pu.square().sum() + pi.square().sum() + pj.square().sum()
             loss = loss + cfg.decay * 0.5 * reg / len(idx)
