@@ -85,3 +85,19 @@ def test_bad_inputs_fail_with_a_clear_message(csv_file: Path, tmp_path: Path) ->
     assert r.returncode == 0, r.stderr
     r = unkd("evaluate", str(csv_file), "--model", str(tmp_path / "t2"), cwd=repo)
     assert r.returncode == 2 and "trained on dataset" in r.stderr
+
+
+def test_synthetic_dataset_and_help_on_every_command(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    r = unkd("data", "synthetic", "--out", str(tmp_path / "syn"), "--n-users", "120", "--n-items",
+             "80", "--skew", "1.5", cwd=repo)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["users"] == 120
+
+    from training.dataset import Dataset
+
+    ds = Dataset.load(tmp_path / "syn")
+    assert ds.truth is not None and ds.info["generator"]["skew"] == 1.5
+    for cmd in (["data", "prepare"], ["data", "synthetic"], ["train-teacher"], ["distill"], ["evaluate"]):
+        r = unkd(*cmd, "--help", cwd=repo)
+        assert r.returncode == 0 and "usage:" in r.stdout, cmd
