@@ -410,6 +410,10 @@ class ServingBundle:
         """
         return self._coalescer.one(int(user_idx), k, exclude_seen)
 
+    async def recommend_one_async(self, user_idx: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """`recommend_one` for the event loop: awaits the search thread, never blocks on faiss."""
+        return await self._coalescer.one_async(int(user_idx), k, exclude_seen)
+
     def _exact_row(self, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force top-k for one user over every item: (k,) scores and (k,) items."""
         scores = np.asarray(self.item_emb @ self.user_emb[user], dtype=np.float32)  # (n_items,)

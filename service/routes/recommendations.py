@@ -6,9 +6,11 @@ return that body as a Response (FastAPI passes it through untouched) because enc
 pydantic model with jsonable_encoder costs more CPU than the search itself; the declared
 response_model still documents the shape in OpenAPI.
 
-Routes are plain `def`: the search runs in the threadpool, never on the event loop. The
-single-user GET uses ScalarQueryRoute (service/lean_route.py) to skip FastAPI's per-request
-parameter introspection, the largest cost left after the search on that path.
+The single-user GET is `async def`: it hands the user to the bundle's search thread
+(service/coalesce.py) and awaits the result, so the event loop never waits on faiss, no
+threadpool hop is paid, and requests that arrive together share one search. It uses
+ScalarQueryRoute (service/lean_route.py) to skip FastAPI's per-request parameter
+introspection. The other routes are plain `def` and run in the threadpool.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _body(bundle: ServingBundle, user_id: str, scores: np.ndarray, items: np.nda
     )
 
 
-def recommend_user(
+async def recommend_user(
     request: Request,
     user_id: str,
     k: int = Query(20, description="items to return, 1 .. settings.max_k"),
@@ -91,7 +93,7 @@ def recommend_user(
     idx = bundle.user_index(user_id)
     if idx is None:
         raise HTTPException(404, f"unknown user_id {user_id!r} (model {bundle.model_id})")
-    scores, items = bundle.recommend_one(idx, k, exclude_seen)
+    scores, items = await bundle.recommend_one_async(idx, k, exclude_seen)
     return Response(_body(bundle, user_id, scores, items), media_type="application/json")
 
 
