@@ -149,6 +149,26 @@ def _looks_like_lines(lines: list[str]) -> bool:
     return bool(lines)
 
 
+_FORMAT_BY_SUFFIX = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".inter": "recbole",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "lines",
+}
+
+
+def _format_by_name(path: Path) -> str | None:
+    """The format a file's name or suffix announces, if any."""
+    name, suffix = path.name.lower(), path.suffix.lower()
+    if suffix in _FORMAT_BY_SUFFIX:
+        return _FORMAT_BY_SUFFIX[suffix]
+    if name in ("u.data", "ratings.dat") or suffix in (".data", ".dat"):
+        return "movielens"
+    return None
+
+
 def detect_format(path: Path) -> str:
     """Pick the format of `path` from its suffix or name, else from its first line."""
     path = Path(path)
@@ -156,18 +176,9 @@ def detect_format(path: Path) -> str:
     with open(path, "rb") as fh:
         if fh.read(4) == b"PAR1":
             return "parquet"
-    name, suffix = path.name.lower(), path.suffix.lower()
-    by_suffix = {
-        ".parquet": "parquet",
-        ".pq": "parquet",
-        ".inter": "recbole",
-        ".csv": "csv",
-        ".tsv": "tsv",
-    }
-    if suffix in by_suffix:
-        return by_suffix[suffix]
-    if name in ("u.data", "ratings.dat") or suffix in (".data", ".dat"):
-        return "movielens"
+    by_name = _format_by_name(path)
+    if by_name is not None and by_name != "lines":  # ".txt" is too common to trust on reading
+        return by_name
     head = _head(path)
     line = head[0] if head else _first_line(path)[1]
     if "::" in line:
@@ -429,19 +440,9 @@ def read_interactions(path: str | Path, fmt: str = "auto") -> RawInteractions:
 
 # -- writing -------------------------------------------------------------------------------
 def _format_for_path(path: Path) -> str:
-    name, suffix = path.name.lower(), path.suffix.lower()
-    by_suffix = {
-        ".parquet": "parquet",
-        ".pq": "parquet",
-        ".inter": "recbole",
-        ".csv": "csv",
-        ".tsv": "tsv",
-        ".txt": "lines",
-    }
-    if suffix in by_suffix:
-        return by_suffix[suffix]
-    if name in ("u.data", "ratings.dat") or suffix in (".data", ".dat"):
-        return "movielens"
+    by_name = _format_by_name(path)
+    if by_name is not None:
+        return by_name
     raise DataError(
         f"{path}: cannot tell the format from the file name; pass fmt= one of {FORMATS}"
     )
