@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.config import METHODS, DistillConfig, TeacherConfig
+from training.config import METHOD_DEFAULTS, METHODS, DistillConfig, TeacherConfig
 
 
 def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -68,22 +68,24 @@ def _load(data: str) -> Any:
 
 
 def _optim_args(p: argparse.ArgumentParser, defaults: type[TeacherConfig] | type[DistillConfig]) -> None:
+    # Defaults are None so that unset flags stay unset: a method's own defaults
+    # (training.config.METHOD_DEFAULTS) then apply, exactly as for an API job.
     f = defaults.model_fields
-    p.add_argument("--epochs", type=int, default=f["epochs"].default, help="maximum epochs (early stopping)")
-    p.add_argument("--lr", type=float, default=f["lr"].default, help="Adam learning rate")
-    p.add_argument("--decay", type=float, default=f["decay"].default, help="L2 weight decay")
-    p.add_argument("--batch-size", type=int, default=f["batch_size"].default)
-    p.add_argument("--patience", type=int, default=f["patience"].default)
-    p.add_argument("--seed", type=int, default=f["seed"].default)
+    p.add_argument("--epochs", type=int, help=f"maximum epochs, early stopping ends sooner (default {f['epochs'].default})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {f['lr'].default})")
+    p.add_argument("--decay", type=float, help=f"L2 weight decay (default {f['decay'].default}; see METHOD_DEFAULTS)")
+    p.add_argument("--batch-size", type=int, help=f"default {f['batch_size'].default}")
+    p.add_argument("--patience", type=int, help=f"default {f['patience'].default}")
+    p.add_argument("--seed", type=int, help=f"default {f['seed'].default}")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
 def _optim_values(a: argparse.Namespace) -> dict[str, Any]:
-    return {"epochs": a.epochs, "lr": a.lr, "decay": a.decay, "batch_size": a.batch_size,
-            "patience": a.patience, "seed": a.seed}
+    """The optimisation flags the user gave (unset ones keep the config's defaults)."""
+    names = ("epochs", "lr", "decay", "batch_size", "patience", "seed")
+    return {n: getattr(a, n) for n in names if getattr(a, n) is not None}
 
 
-@_friendly
 def cmd_prepare(a: argparse.Namespace) -> int:
     from training.prepare import prepare_dataset
 
@@ -129,10 +131,11 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from training.evaluation import render_table
     from training.pipelines import distill_student
 
+    extra = {"lambda_kd": a.lambda_kd} if a.lambda_kd is not None else {}
     cfg = DistillConfig(
-        method=a.method, dim=a.dim, student_model=a.student_model, lambda_kd=a.lambda_kd,
+        method=a.method, dim=a.dim, student_model=a.student_model,
         unkd={"groups": a.groups, "pairs_per_user": a.pairs_per_user, "mu": a.mu, "top_l": a.top_l},
-        **_optim_values(a),
+        **extra, **_optim_values(a),
     )
     ds = _load(a.data)
     bar = _Bar(f"{a.method} student {a.student_model}-{a.dim}")
@@ -197,7 +200,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dim", type=int, default=d["dim"].default)
     p.add_argument("--student-model", choices=["mf", "lightgcn"], default="mf")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--lambda-kd", type=float, default=d["lambda_kd"].default, help="weight of the KD loss")
+    p.add_argument("--lambda-kd", type=float,
+                   help=f"weight of the KD loss (default {d['lambda_kd'].default}; "
+                        f"unkd: {METHOD_DEFAULTS['unkd']['lambda_kd']})")
     p.add_argument("--groups", type=int, default=u.groups, help="UnKD popularity groups G")
     p.add_argument("--pairs-per-user", type=int, default=u.pairs_per_user, help="UnKD pairs per user per epoch")
     p.add_argument("--mu", type=float, default=u.mu, help="UnKD rank-sampling temperature")
