@@ -86,6 +86,7 @@ def _optim_values(a: argparse.Namespace) -> dict[str, Any]:
     return {n: getattr(a, n) for n in names if getattr(a, n) is not None}
 
 
+@_friendly
 def cmd_prepare(a: argparse.Namespace) -> int:
     from training.prepare import prepare_dataset
 
