@@ -85,13 +85,14 @@ def teacher_candidates(
     rank_of_col = torch.arange(total) - offsets[group_of_col]
 
     order_t = torch.from_numpy(order).to(device)
+    position_t = torch.from_numpy(position).to(device)  # item id -> column in items_by_group
     items_by_group = item_emb[order_t]
     with torch.no_grad():
         for start in range(0, n_users, chunk):
             rows = np.arange(start, min(start + chunk, n_users))
             scores = user_emb[start : start + len(rows)] @ items_by_group.T  # (b, n_items)
             r, c = _seen_mask_rows(train, rows)
-            scores[r.to(device), torch.from_numpy(position).to(device)[c.to(device)]] = -math.inf
+            scores[r.to(device), position_t[c.to(device)]] = -math.inf
             block = torch.empty((len(rows), total), dtype=torch.int64, device=device)
             for g in range(n_groups):  # a handful of groups, once per chunk: not per epoch
                 w, lo = int(widths[g]), int(starts[g])
