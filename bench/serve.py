@@ -66,7 +66,7 @@ def synthetic_dataset(n_users: int, n_items: int, seen_mean: float, seed: int): 
 
 def publish_student(dataset, dim: int, factory: str, root: Path, seed: int) -> tuple[Path, float]:  # type: ignore[no-untyped-def]
     """Random embeddings saved as a model directory, then build_bundle. Returns (dir, seconds)."""
-    from service.bundle import build_bundle
+    from service.core.bundle_format import build_bundle
     from training.checkpoint import ModelArtifact
 
     rng = np.random.default_rng(seed + dim)
@@ -86,7 +86,7 @@ def time_search(bundle_dir: Path, core: int, n: int, seed: int) -> dict[str, flo
     and per query in a batch of 16, as coalesced requests are searched under load."""
     import faiss
 
-    from service.bundle import load_bundle, use_blas_for_batches
+    from service.serving.bundle import load_bundle, use_blas_for_batches
 
     faiss.omp_set_num_threads(1)
     previous = os.sched_getaffinity(0)
@@ -138,9 +138,9 @@ def endpoint_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
     """The recommendations router over a static IndexStore (no Redis needed)."""
     from fastapi import FastAPI
 
-    from service.config import Settings
-    from service.index_store import IndexStore
-    from service.routes.recommendations import router
+    from service.core.config import Settings
+    from service.serving.index_store import IndexStore
+    from service.serving.routes import router
 
     settings = Settings(data_dir=bundle_dir.parent)
     app = FastAPI()
@@ -262,7 +262,7 @@ def coalescing(server: Server) -> dict[str, int]:
 
 def check_answer(server: Server, bundle_dir: Path, user: int) -> None:
     """One real answer before the load: 20 unseen items, the documented fields."""
-    from service.bundle import load_bundle
+    from service.serving.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
     with urllib.request.urlopen(f"{server.url}/v1/recommendations/u{user}?k={K}&exclude_seen=true") as r:

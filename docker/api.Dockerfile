@@ -24,7 +24,7 @@ COPY training ./training
 COPY worker ./worker
 COPY service ./service
 RUN pip install --no-deps . \
- && python -c "import service.main, sys; assert 'torch' not in sys.modules, 'the API must not import torch'"
+ && python -c "import service.api.app, sys; assert 'torch' not in sys.modules, 'the API must not import torch'"
 
 # Same uid as the worker image: both write to the shared artifact volume at /data.
 RUN useradd --uid 10001 --create-home unkd && mkdir -p /data && chown unkd:unkd /data

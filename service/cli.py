@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from service.config import Settings, get_settings
+from service.core.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from service.stack import LocalStack
+    from service.stack.local import LocalStack
 
     settings = _settings(args)
     stack = LocalStack(settings, host=args.host, port=args.port)
@@ -68,7 +68,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         print("error: UNKD_REDIS_URL is not set (the API needs Redis; `unkd up` starts one)",
               file=sys.stderr)  # fmt: skip
         return 2
-    from service.main import create_app
+    from service.api.app import create_app
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
                 log_level=settings.log_level.lower(), proxy_headers=True)  # fmt: skip
@@ -81,20 +81,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print("error: UNKD_REDIS_URL is not set (the worker needs the stack's Redis)",
               file=sys.stderr)  # fmt: skip
         return 2
-    from worker.celery_app import make_celery
+    import os
+
+    from service.core.config import settings_env
+    from service.stack.local import worker_argv
 
     queues = args.queues or f"{settings.train_queue},{settings.light_queue}"
-    app = make_celery(settings)
-    argv = ["worker", f"--pool={args.pool}", "-Q", queues, f"--concurrency={args.concurrency}",
-            f"--loglevel={settings.log_level}"]  # fmt: skip
-    if args.hostname:
-        argv += ["--hostname", args.hostname]
-    app.worker_main(argv)
-    return 0
+    argv = worker_argv(queues, hostname=args.hostname or "celery@%h", loglevel=settings.log_level,
+                       pool=args.pool, concurrency=args.concurrency, alone=False)  # fmt: skip
+    # The worker is its own entry point (worker.celery_app): replace this process with it.
+    os.execve(argv[0], argv, {**os.environ, **settings_env(settings)})
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from service.stack.demo import run_demo
 
     return run_demo(_settings(args), data_dir=args.data_dir, port=args.port, keep=args.keep)
 
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     from training.cli import register  # light: heavy imports happen inside its handlers
 
     register(sub)
-    from service.report_cli import register as register_report  # light: no torch, no web stack
+    from service.reports.cli import register as register_report  # light: no torch, no web stack
 
     register_report(sub)
     return parser

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from service.registry import DatasetRecord, ModelRecord, Registry
+from service.core.registry import DatasetRecord, ModelRecord, Registry
 
 KS = (10, 20, 50)
 NAMES = ("recall", "ndcg", "precision", "hit", "mrecall", "mndcg", "ips_recall", "ips_ndcg", "arp",

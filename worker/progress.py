@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service.registry import JobProgress, Registry
+from service.core.registry import JobProgress, Registry
 from training.progress import ProgressEvent
 
 logger = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.exceptions import LockError
 
-from service import keys
-from service.config import Settings
-from service.registry import Registry
+from service.core import keys
+from service.core.config import Settings
+from service.core.registry import Registry
 
 if TYPE_CHECKING:
     from celery import Celery

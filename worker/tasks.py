@@ -20,9 +20,10 @@ from celery import Celery, Task, shared_task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
-from service.bundle import BundleError, build_bundle, load_bundle
-from service.config import Settings
-from service.registry import ActiveModel, JobRecord, ModelRecord, Registry
+from service.core.bundle_format import BundleError, build_bundle, read_bundle
+from service.core.config import Settings
+from service.core.queue import DISTILL, PUBLISH, TASK_BY_KIND, TRAIN_TEACHER, queue_for, settings_of
+from service.core.registry import ActiveModel, JobRecord, ModelRecord, Registry
 from training import pipelines
 from training.budget import check_distill, check_teacher
 from training.checkpoint import ModelArtifact
@@ -31,7 +32,6 @@ from training.dataset import Dataset
 from training.device import resolve_device
 from training.errors import JobCancelled, TrainingDivergedError
 from training.progress import ProgressEvent
-from worker.celery_app import DISTILL, PUBLISH, TASK_BY_KIND, TRAIN_TEACHER, queue_for, settings_of
 from worker.progress import JobReporter, StopCheck, worker_stopping
 from worker.recovery import JobLease, Reaper
 
@@ -191,7 +191,7 @@ def publish_model(ctx: JobContext, model_id: str) -> ActiveModel:
             index_factory=settings.index_factory, nprobe=settings.nprobe,
             ef_search=settings.hnsw_ef_search,
         )  # fmt: skip
-    load_bundle(bundle_dir, nprobe=settings.nprobe, ef_search=settings.hnsw_ef_search)
+    read_bundle(bundle_dir, nprobe=settings.nprobe, ef_search=settings.hnsw_ef_search)
     active = ActiveModel(model_id=model_id, bundle_dir=str(bundle_dir))
     ctx.registry.set_active(active)
     logger.info("job %s: published model %s from %s", ctx.job.id, model_id, bundle_dir)

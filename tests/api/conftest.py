@@ -14,9 +14,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.config import Settings
-from service.main import create_app
-from service.redis_server import RedisServer
+from service.api.app import create_app
+from service.core.config import Settings
+from service.stack.redis_server import RedisServer
 
 API_KEY = "test-key-0123456789"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from service.core.config import Settings
 
 
 def interactions_csv(n_users: int = 30, n_items: int = 25, per_user: int = 6) -> bytes:

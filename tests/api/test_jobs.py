@@ -7,8 +7,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.config import Settings
-from service.registry import DatasetRecord, ModelRecord, Registry
+from service.core.config import Settings
+from service.core.registry import DatasetRecord, ModelRecord, Registry
 
 
 @pytest.fixture()

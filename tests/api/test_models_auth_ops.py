@@ -10,8 +10,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.config import Settings
-from service.registry import ActiveModel, DatasetRecord, ModelRecord, Registry
+from service.core.config import Settings
+from service.core.registry import ActiveModel, DatasetRecord, ModelRecord, Registry
 from tests.api.conftest import API_KEY
 
 
@@ -117,7 +117,7 @@ def test_metrics(client: TestClient, model_id: str) -> None:
 
 
 def test_redis_down_is_503_and_not_ready(make_settings) -> None:
-    from service.main import create_app
+    from service.api.app import create_app
 
     app = create_app(make_settings(redis_url="redis://127.0.0.1:1/0"))
     with TestClient(app) as client:  # the API starts anyway

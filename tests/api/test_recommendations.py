@@ -18,11 +18,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service import keys
-from service.config import Settings
-from service.index_store import IndexStore
-from service.main import create_app
-from service.routes.recommendations import router
+from service.api.app import create_app
+from service.core import keys
+from service.core.config import Settings
+from service.serving.index_store import IndexStore
+from service.serving.routes import router
 
 # The bundle helpers live beside the unit tests that use them most.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
-from service.registry import ActiveModel, ModelRecord, Registry
+from service.core.config import Settings
+from service.core.registry import ActiveModel, ModelRecord, Registry
 from tests.report_samples import register_family
 
 
@@ -104,7 +104,7 @@ def test_dashboard_and_static(client: TestClient) -> None:
 
 
 def test_demo_comparison_through_the_api(client: TestClient, registry: Registry, tmp_path: Path) -> None:
-    from service.report_cli import write_api_comparison
+    from service.reports.cli import write_api_comparison
 
     ids = register_family(registry, tmp_path / "m", "ds-1", name="demo-synthetic")
     out = write_api_comparison(client, ids, tmp_path / "out" / "compare.html")

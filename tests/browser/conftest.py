@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
-from service.main import create_app
-from service.redis_server import free_port
+from service.api.app import create_app
+from service.core.config import Settings
+from service.stack.redis_server import free_port
 from tests.api.conftest import make_settings, redis_client, redis_server  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from service.config import Settings
-from service.registry import JobProgress, JobRecord, Registry
+from service.core.config import Settings
+from service.core.registry import JobProgress, JobRecord, Registry
 from tests.browser.conftest import API_KEY, ARTIFACTS, LiveServer
 from tests.report_samples import register_family
 

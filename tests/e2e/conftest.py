@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
-from service.main import create_app
-from service.redis_server import RedisServer
+from service.api.app import create_app
+from service.core.config import Settings
+from service.stack.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_START_TIMEOUT_S = 60

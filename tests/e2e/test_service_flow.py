@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
-from service.registry import JobRecord, Registry
+from service.core.config import Settings
+from service.core.queue import TRAIN_TEACHER, make_celery
+from service.core.registry import JobRecord, Registry
 from tests.e2e.conftest import wait_for
 from training.dataset import Dataset
-from worker.celery_app import TRAIN_TEACHER, make_celery
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -31,11 +31,11 @@ import redis
 import uvicorn
 from fastapi import FastAPI
 
-from service.bundle import build_bundle
-from service.config import Settings
-from service.main import create_app
-from service.redis_server import RedisServer, free_port
-from service.registry import ActiveModel, DatasetRecord, ModelRecord, Registry
+from service.api.app import create_app
+from service.core.bundle_format import build_bundle
+from service.core.config import Settings
+from service.core.registry import ActiveModel, DatasetRecord, ModelRecord, Registry
+from service.stack.redis_server import RedisServer, free_port
 from tests.e2e.conftest import worker_env
 from training.checkpoint import ModelArtifact
 from training.dataset import Dataset

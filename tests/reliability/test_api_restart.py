@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.config import Settings
-from service.redis_server import RedisServer, free_port
-from service.registry import Registry
+from service.core.config import Settings
+from service.core.registry import Registry
+from service.stack.redis_server import RedisServer, free_port
 from tests.reliability.conftest import (
     ROOT,
     kill_redis,
@@ -51,7 +51,7 @@ class ApiProcess:
         }  # fmt: skip
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+                [sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
                  "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
                 cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
             )  # fmt: skip

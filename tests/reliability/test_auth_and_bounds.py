@@ -20,9 +20,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import auth
-from service.config import Settings
-from service.main import create_app
-from service.registry import Registry
+from service.api.app import create_app
+from service.core.config import Settings
+from service.core.registry import Registry
 from tests.reliability.conftest import observe, publish_direct, seed_dataset, seed_model
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(60)]

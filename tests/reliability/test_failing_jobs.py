@@ -13,9 +13,9 @@ import shutil
 import httpx
 import pytest
 
-from service.registry import JobRecord
+from service.core.queue import TRAIN_TEACHER, make_celery
+from service.core.registry import JobRecord
 from tests.reliability.conftest import STACK_WORKER_MEMORY_MB, Stack, observe, wait_until
-from worker.celery_app import TRAIN_TEACHER, make_celery
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
 

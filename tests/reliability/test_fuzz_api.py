@@ -25,8 +25,8 @@ import schemathesis
 from hypothesis import HealthCheck, Phase
 from schemathesis import GenerationMode
 
-from service.config import Settings
-from service.registry import Registry
+from service.core.config import Settings
+from service.core.registry import Registry
 from tests.reliability.conftest import LiveAPI, observe, publish_direct, seed_dataset, seed_model
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]

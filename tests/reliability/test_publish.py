@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.bundle import build_bundle
-from service.registry import ActiveModel, JobRecord
+from service.core.bundle_format import build_bundle
+from service.core.queue import PUBLISH, make_celery
+from service.core.registry import ActiveModel, JobRecord
 from tests.reliability.conftest import Stack, observe, publish_direct, seed_model, wait_until
 from tests.reliability.load import Load
-from worker.celery_app import PUBLISH, make_celery
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
 

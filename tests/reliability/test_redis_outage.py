@@ -15,9 +15,9 @@ import httpx
 import pytest
 import redis
 
-from service.config import Settings
-from service.redis_server import RedisServer
-from service.registry import JobRecord, Registry
+from service.core.config import Settings
+from service.core.registry import JobRecord, Registry
+from service.stack.redis_server import RedisServer
 from tests.reliability.conftest import (
     LiveAPI,
     kill_redis,

@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.config import Settings
-from service.registry import Registry
+from service.core.config import Settings
+from service.core.registry import Registry
 from tests.reliability.conftest import LiveAPI, observe, wait_until
 from training.dataset import Dataset
 

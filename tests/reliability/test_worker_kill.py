@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import Settings
-from service.main import create_app
-from service.registry import Registry
+from service.api.app import create_app
+from service.core.config import Settings
+from service.core.registry import Registry
 from tests.reliability.conftest import WorkerProcess, observe, seed_dataset, seed_model, wait_until
 from training.checkpoint import ModelArtifact
 

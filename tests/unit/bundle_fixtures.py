@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.bundle import build_bundle
+from service.core.bundle_format import build_bundle
 from training.checkpoint import ModelArtifact
 from training.dataset import Dataset
 

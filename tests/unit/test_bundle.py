@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from bundle_fixtures import brute_force_topk, make_bundle, make_dataset, make_model_dir
 
-import service.bundle as bundle_mod
-from service.bundle import BundleError, build_bundle, load_bundle
+import service.serving.bundle as bundle_mod
+from service.core.bundle_format import BundleError, build_bundle
+from service.serving.bundle import load_bundle
 
 faiss.omp_set_num_threads(1)
 

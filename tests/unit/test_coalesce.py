@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from bundle_fixtures import make_bundle
 
-from service.bundle import load_bundle
-from service.coalesce import Coalescer
+from service.serving.bundle import load_bundle
+from service.serving.coalescer import Coalescer
 
 
 def slow_topk(delay_s: float = 0.005):

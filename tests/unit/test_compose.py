@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.config import Settings
+from service.core.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = re.compile(r"^\$\{(?P<name>\w+)(:-(?P<default>.*))?\}$")
@@ -54,7 +54,7 @@ def test_unkd_variables_are_settings_fields_with_valid_defaults(compose, service
     for key, raw in env.items():
         assert key.startswith("UNKD_"), f"{service}: {key} is not a UNKD_ setting"
         field = key.removeprefix("UNKD_").lower()
-        assert field in fields, f"{service}: {key} matches no field of service.config.Settings"
+        assert field in fields, f"{service}: {key} matches no field of service.core.config.Settings"
         m = DEFAULT.match(raw)
         if m is not None:
             assert m.group("name") == key, f"{service}: {key} takes its value from {m.group('name')}"
@@ -93,7 +93,7 @@ def test_api_port_healthcheck_and_routes(compose) -> None:
     assert path is not None, "the API health check must call the API on its port"
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
+    from service.api.app import create_app
 
     app = create_app(Settings(redis_url="redis://unused:6379/0"))
     # no `with`: the lifespan (Redis, Celery) does not run; liveness must not need them

@@ -19,11 +19,12 @@ import pytest
 import redis
 from bundle_fixtures import make_bundle
 
-from service import keys
-from service.bundle import SERVING_BLAS_MIN_BATCH, BundleError
-from service.config import Settings
-from service.index_store import IndexStore
-from service.redis_server import RedisServer
+from service.core import keys
+from service.core.bundle_format import BundleError
+from service.core.config import Settings
+from service.serving.bundle import SERVING_BLAS_MIN_BATCH
+from service.serving.index_store import IndexStore
+from service.stack.redis_server import RedisServer
 
 USERS = np.arange(20)
 
@@ -153,7 +154,7 @@ def test_start_loads_the_active_model_and_follows_publishes(watched, bundles) ->
 
 def test_watcher_keeps_serving_when_the_pointer_is_broken(watched, tmp_path, caplog) -> None:
     store, client = watched
-    caplog.set_level(logging.ERROR, logger="service.index_store")
+    caplog.set_level(logging.ERROR, logger="service.serving.index_store")
     publish(client, pointer("C", tmp_path / "missing"))
     assert wait_for(lambda: "cannot load published model C" in caplog.text)
     assert serving(store) == "A"
@@ -164,7 +165,7 @@ def test_watcher_keeps_serving_when_the_pointer_is_broken(watched, tmp_path, cap
 
 def test_redis_outage_does_not_break_serving(watched, redis_server, bundles, caplog) -> None:
     store, client = watched
-    caplog.set_level(logging.INFO, logger="service.index_store")
+    caplog.set_level(logging.INFO, logger="service.serving.index_store")
     port, password = redis_server.port, redis_server.password
     redis_server.stop()
     assert wait_for(lambda: "Redis unreachable" in caplog.text)

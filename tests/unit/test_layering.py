@@ -21,7 +21,7 @@ def loaded_after(statement: str, modules: list[str]) -> dict[str, bool]:
 
 
 def test_api_imports_without_torch() -> None:
-    loaded = loaded_after("import service.main; service.main.create_app", ["torch", "fastapi"])
+    loaded = loaded_after("import service.api.app; service.api.app.create_app", ["torch", "fastapi"])
     assert loaded == {"torch": False, "fastapi": True}
 
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from fastapi.testclient import TestClient
 
-from service.lean_route import ScalarQueryRoute
+from service.serving.lean_route import ScalarQueryRoute
 
 
 def echo(

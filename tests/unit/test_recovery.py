@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from service.registry import JobRecord
+from service.core.registry import JobRecord
 from tests.unit.test_worker_tasks import (  # noqa: F401 - fixtures
     FakeTask,
     dataset,

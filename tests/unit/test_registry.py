@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from service import keys
-from service.redis_server import RedisServer
-from service.registry import (
+from service.core import keys
+from service.core.registry import (
     ActiveModel,
     ConflictError,
     DatasetRecord,
@@ -22,6 +21,7 @@ from service.registry import (
     NotFoundError,
     Registry,
 )
+from service.stack.redis_server import RedisServer
 
 
 @pytest.fixture(scope="module")

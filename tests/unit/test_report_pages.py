@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.charts import (
+from service.reports.charts import (
     BarChart,
     LineChart,
     Series,
@@ -21,7 +21,7 @@ from service.charts import (
     render_bar_chart,
     render_line_chart,
 )
-from service.report_figures import (
+from service.reports.figures import (
     MixedDatasetsError,
     better,
     check_same_dataset,
@@ -36,7 +36,7 @@ from service.report_figures import (
     view_from_manifest,
     view_from_record,
 )
-from service.report_render import render_compare_page, render_report_page
+from service.reports.render import render_compare_page, render_report_page
 from tests.report_samples import sample_family, sample_manifest, sample_report, student_report
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -234,7 +234,7 @@ def test_chart_helpers() -> None:
 
 
 def test_renderer_imports_no_web_framework_or_torch() -> None:
-    code = ("import sys, service.report_render, service.report_figures, service.charts; "
+    code = ("import sys, service.reports.render, service.reports.figures, service.reports.charts; "
             "print(sorted(m for m in ('fastapi', 'starlette', 'torch', 'numpy') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings, get_settings
-from worker.celery_app import make_celery, queue_for, settings_of
+from service.core.config import Settings, get_settings
+from service.core.queue import make_celery, queue_for, settings_of
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

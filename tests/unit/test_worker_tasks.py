@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from celery.exceptions import Retry
 
-from service.config import Settings
-from service.redis_server import RedisServer
-from service.registry import DatasetRecord, JobProgress, JobRecord, Registry
+from service.core.config import Settings
+from service.core.queue import make_celery
+from service.core.registry import DatasetRecord, JobProgress, JobRecord, Registry
+from service.stack.redis_server import RedisServer
 from training import pipelines
 from training.checkpoint import ModelArtifact
 from training.errors import ConfigError, JobCancelled
 from training.progress import ProgressEvent
 from training.synthetic import generate_synthetic
 from worker import tasks
-from worker.celery_app import make_celery
 from worker.progress import JobReporter, StopCheck
 
 

@@ -1,6 +1,6 @@
 """Records of the registry and its errors: plain pydantic models, no Redis, no FastAPI.
 
-The API's response models (service/schemas.py) are built from these; the worker writes them.
+The API's response models (service/api/schemas.py) are built from these; the worker writes them.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class JobRecord(BaseModel):
 
 
 class ActiveModel(BaseModel):
-    """The serving pointer at service.keys.ACTIVE_MODEL, also the SERVING_EVENTS message."""
+    """The serving pointer at service.core.keys.ACTIVE_MODEL, also the SERVING_EVENTS message."""
 
     model_id: str
     bundle_dir: str

@@ -1,7 +1,7 @@
 """Request and response models of the serving endpoints (recommendations, serving status).
 
 The recommendation routes answer with pre-serialised JSON of exactly these shapes (see
-service/routes/recommendations.py); the models document them in OpenAPI and validate
+service/serving/routes.py); the models document them in OpenAPI and validate
 batch requests.
 """
 

@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 
-from service.registry import ConflictError, NotFoundError
-from service.uploads import UploadError
+from service.api.uploads import UploadError
+from service.core.registry import ConflictError, NotFoundError
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The FastAPI app: create_app(settings) and the lifespan that connects Redis, Celery and
 the serving index.
 
-    uvicorn --factory service.main:create_app        (settings from UNKD_* variables)
+    uvicorn --factory service.api.app:create_app        (settings from UNKD_* variables)
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from contextlib import asynccontextmanager
 import redis
 from fastapi import FastAPI
 
-from service.config import Settings, get_settings
-from service.errors import install_error_handlers
-from service.index_store import IndexStore
-from service.limits import BodyLimitMiddleware
-from service.metrics import MetricsMiddleware, ServiceMetrics
-from service.registry import Registry
-from service.routes import datasets, jobs, models, ops, recommendations, reports
-from worker.celery_app import make_celery
+from service.api.errors import install_error_handlers
+from service.api.limits import BodyLimitMiddleware
+from service.api.prometheus import MetricsMiddleware, ServiceMetrics
+from service.api.routes import datasets, jobs, models, ops, reports
+from service.core.config import Settings, get_settings
+from service.core.queue import make_celery
+from service.core.registry import Registry
+from service.serving import routes as serving_routes
+from service.serving.index_store import IndexStore
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
     install_error_handlers(app)
-    for router in (datasets.router, jobs.router, models.router, recommendations.router, ops.router,
+    for router in (datasets.router, jobs.router, models.router, serving_routes.router, ops.router,
                    reports.router):  # fmt: skip
         app.include_router(router)
     return app

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import redis
 
-from service import keys
-from service.records import (
+from service.core import keys
+from service.core.records import (
     JOB_KINDS,
     JOB_STATES,
     TERMINAL,

@@ -21,8 +21,8 @@ from typing import IO
 
 import httpx
 
-from service.config import Settings
-from service.redis_server import RedisServer
+from service.core.config import Settings, settings_env
+from service.stack.redis_server import RedisServer
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,25 @@ def _stop_process(name: str, proc: subprocess.Popen[bytes], *, soft: signal.Sign
             logger.warning("%s (pid %d) still running after %s", name, proc.pid, sig.name)
     proc.kill()
     proc.wait()
+
+
+def worker_argv(
+    queues: str, *, hostname: str, loglevel: str = "INFO", pool: str = "solo",
+    concurrency: int = 1, alone: bool = True,
+) -> list[str]:
+    """The command line of one Celery worker process, the same for `unkd up`, `unkd worker`
+    and the tests. The worker reads its settings from the UNKD_* environment.
+
+    Args:
+        alone: the only worker of its stack (local stack, tests): skip gossip and the
+            startup sync with other workers, which only cost time there.
+    """
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        f"--pool={pool}", f"--concurrency={concurrency}", "-Q", queues, f"--loglevel={loglevel}",
+        "--hostname", hostname,
+    ]  # fmt: skip
+    return argv + (["--without-gossip", "--without-mingle"] if alone else [])
 
 
 class LocalStack:
@@ -79,13 +98,8 @@ class LocalStack:
         return f"http://{host}:{self.port}"
 
     def child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
-            "UNKD_REDIS_URL": self.redis_url or "", "UNKD_DATA_DIR": str(self.data_dir),
-            "UNKD_TRAIN_QUEUE": self.settings.train_queue,
-            "UNKD_LIGHT_QUEUE": self.settings.light_queue, "PYTHONUNBUFFERED": "1",
-        })  # fmt: skip
-        return env
+        settings = self.settings.model_copy(update={"redis_url": self.redis_url, "data_dir": self.data_dir})
+        return {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
 
     def _output(self, name: str) -> IO[bytes] | None:
         if self.log_dir is None:
@@ -110,13 +124,11 @@ class LocalStack:
                 self.redis = RedisServer(self.data_dir / "redis").start()
                 self.redis_url = self.redis.url
             queues = f"{self.settings.train_queue},{self.settings.light_queue}"
-            self.worker = self._spawn("worker", [
-                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                "--pool=solo", "--concurrency=1", "-Q", queues, "--loglevel=INFO", "--without-gossip",
-                "--without-mingle", "--hostname", f"unkd-{os.getpid()}@%h",
-            ])  # fmt: skip
+            self.worker = self._spawn("worker", worker_argv(
+                queues, hostname=f"unkd-{os.getpid()}@%h", loglevel="INFO"
+            ))
             self.api = self._spawn("api", [
-                sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+                sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
                 "--host", self.host, "--port", str(self.port), "--log-level", "warning",
             ])  # fmt: skip
             self._wait_api()

@@ -4,7 +4,7 @@ FastAPI reads a JSON body whole before validation, so a client could otherwise s
 gigabyte of `user_ids` and have it buffered and parsed before any bound is checked. This
 pure ASGI middleware answers 413 up front when Content-Length is over the limit, and
 stops a chunked body the moment it passes it. Multipart uploads are left to
-service/uploads.py, which streams them to disk under settings.upload_max_bytes.
+service/api/uploads.py, which streams them to disk under settings.upload_max_bytes.
 """
 
 from __future__ import annotations

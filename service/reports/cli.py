@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render the page(s) and write them to --out; 2 with one clear line on bad input."""
-    from service.report_figures import load_model_dir
-    from service.report_render import render_compare_page, render_report_page
+    from service.reports.figures import load_model_dir
+    from service.reports.render import render_compare_page, render_report_page
 
     try:
         views = [load_model_dir(Path(p)) for p in [args.model_dir, *(args.compare or [])]]
@@ -50,8 +50,8 @@ def write_api_comparison(http: httpx.Client, model_ids: list[str], out: Path) ->
     Rendered here rather than fetched from /v1/compare.html so that the saved file has
     no links into an API that may be gone when it is opened.
     """
-    from service.report_figures import view_from_record
-    from service.report_render import render_compare_page
+    from service.reports.figures import view_from_record
+    from service.reports.render import render_compare_page
 
     views = []
     names: dict[str, str] = {}

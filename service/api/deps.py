@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
-from service.config import Settings
-from service.metrics import ServiceMetrics
-from service.registry import Registry
+from service.api.prometheus import ServiceMetrics
+from service.core.config import Settings
+from service.core.registry import Registry
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from service.index_store import IndexStore
+    from service.serving.index_store import IndexStore
 
 
 def get_app_settings(request: Request) -> Settings:

@@ -115,3 +115,21 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The UNKD_* variables that rebuild `settings` in a child process (API, worker).
+
+    Every field is written, so a child sees exactly these settings whatever its own
+    environment or .env holds. None becomes an empty value (which Settings reads as unset).
+    """
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            text = ""
+        elif isinstance(value, list):
+            text = ",".join(str(v) for v in value)
+        else:
+            text = str(value)
+        env[f"UNKD_{name.upper()}"] = text
+    return env

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from service.config import Settings
-from service.redis_server import free_port
-from service.report_cli import write_api_comparison
-from service.stack import LocalStack
+from service.core.config import Settings
+from service.reports.cli import write_api_comparison
+from service.stack.local import LocalStack
+from service.stack.redis_server import free_port
 
 # The project's defaults (the teacher and students of bench/quality.py): on the built-in
 # synthetic data the whole demo takes about a minute on two CPU cores.

@@ -7,9 +7,9 @@ pydantic model with jsonable_encoder costs more CPU than the search itself; the 
 response_model still documents the shape in OpenAPI.
 
 The single-user GET is `async def`: it hands the user to the bundle's search thread
-(service/coalesce.py) and awaits the result, so the event loop never waits on faiss, no
+(service/serving/coalescer.py) and awaits the result, so the event loop never waits on faiss, no
 threadpool hop is paid, and requests that arrive together share one search. It uses
-ScalarQueryRoute (service/lean_route.py) to skip FastAPI's per-request parameter
+ScalarQueryRoute (service/serving/lean_route.py) to skip FastAPI's per-request parameter
 introspection. The other routes are plain `def` and run in the threadpool.
 """
 
@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from service.bundle import ServingBundle
-from service.config import Settings
-from service.index_store import IndexStore
-from service.lean_route import ScalarQueryRoute
-from service.serving_schemas import (
+from service.core.config import Settings
+from service.serving.bundle import ServingBundle
+from service.serving.index_store import IndexStore
+from service.serving.lean_route import ScalarQueryRoute
+from service.serving.schemas import (
     Recommendations,
     RecommendationsBatch,
     RecommendationsBatchRequest,

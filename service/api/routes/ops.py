@@ -7,8 +7,8 @@ import logging
 import redis
 from fastapi import APIRouter, Response, status
 
-from service.deps import IndexStoreDep, MetricsDep, RegistryDep
-from service.schemas import Health, Readiness
+from service.api.deps import IndexStoreDep, MetricsDep, RegistryDep
+from service.api.schemas import Health, Readiness
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from service.charts import render_bar_chart, render_line_chart
-from service.report_figures import (
+from service.reports.charts import render_bar_chart, render_line_chart
+from service.reports.figures import (
     ModelView,
     compare_exposure_chart,
     compare_group_recall_chart,
@@ -36,7 +36,7 @@ ARROWS = {"higher": "↑", "lower": "↓", "one": "→1", "": ""}
 
 @lru_cache(maxsize=1)
 def page_css() -> str:
-    """The shared stylesheet, read once (service/static/report.css, shipped as package data)."""
+    """The shared stylesheet, read once (service/reports/static/report.css, shipped as package data)."""
     return (STATIC / "report.css").read_text(encoding="utf-8")
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.charts import GREY, PALETTE, BarChart, LineChart, Series
+from service.reports.charts import GREY, PALETTE, BarChart, LineChart, Series
 
 TEST_SHARE_COLOR = "#52606d"
 MODEL_COLOR = PALETTE[0]

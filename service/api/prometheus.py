@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from service.registry import Registry
+    from service.core.registry import Registry
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service import keys
-from service.bundle import BundleError, ServingBundle, load_bundle, use_blas_for_batches
-from service.config import Settings
+from service.core import keys
+from service.core.bundle_format import BundleError
+from service.core.config import Settings
+from service.serving.bundle import ServingBundle, load_bundle, use_blas_for_batches
 
 if TYPE_CHECKING:
     import redis

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from fastapi import APIRouter, Query, Response, status
 
-from service.auth import WriteAccess
-from service.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
-from service.registry import ConflictError, JobRecord, NotFoundError
-from service.routes.jobs import new_job_id, submit
-from service.schemas import MAX_OFFSET, Id, JobAccepted, ModelList, ModelOut, QualityReport
+from service.api.auth import WriteAccess
+from service.api.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
+from service.api.routes.jobs import new_job_id, submit
+from service.api.schemas import MAX_OFFSET, Id, JobAccepted, ModelList, ModelOut, QualityReport
+from service.core.registry import ConflictError, JobRecord, NotFoundError
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The serving bundle: build (worker), validate, save, load and search (API).
+"""The serving bundle on disk: build (worker), validate, write, read and verify (API).
 
 One directory per published model version, written atomically:
 
@@ -12,8 +12,8 @@ One directory per published model version, written atomically:
     groups.npy         (n_items,) int32       popularity group, 0 = head
     meta.json          model_id, d, metric, factory, sizes, created_at, sha256 of every file
 
-Imports faiss and numpy only (no FastAPI, no torch): the Celery worker builds bundles with
-it and the API loads them with it.
+Imports faiss, numpy and training's artifact helpers only (no FastAPI, no serving code):
+the worker builds bundles with it, the API reads them with it (service.serving.bundle).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
+from faiss.contrib.evaluation import knn_intersection_measure
 
-from service.coalesce import Coalescer
 from training.artifacts import atomic_dir, write_json_atomic
 from training.checkpoint import ModelArtifact
 
@@ -43,17 +43,6 @@ INDEX_FILE = "items.faiss"
 META_FILE = "meta.json"
 ARRAY_FILES = ("user_emb", "seen_indptr", "seen_indices", "user_ids", "item_ids", "groups")
 EXACT_FACTORY = "Flat"
-# Users who saw more items than this are scored by the exact fallback instead of widening
-# the faiss search of the whole batch to k + their history (one heavy user would make
-# every user in the batch pay for a huge result heap).
-SEEN_SEARCH_BUDGET = 2048
-# Flat search scans the item matrix once per query, or, when nq * d reaches
-# faiss.cvar.distance_compute_blas_threshold (faiss 1.15: default 128000, compared with nq * d
-# as measured), switches to a BLAS product that reads the matrix once per block of queries.
-# Single queries are fastest on the scan; coalesced batches of 4+ are 1.5x (dim 10) to 4x
-# (dim 100) cheaper per query on BLAS. The setting is process-wide, so the serving process
-# (IndexStore) applies it with use_blas_for_batches, not load_bundle.
-SERVING_BLAS_MIN_BATCH = 4
 VALIDATION_USERS = 256
 VALIDATION_K = 10
 
@@ -73,11 +62,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _is_exact(factory: str) -> bool:
+def is_exact(factory: str) -> bool:
     return factory.replace(" ", "") == EXACT_FACTORY
 
 
-def _set_search_params(index: faiss.Index, nprobe: int, ef_search: int) -> None:
+def set_search_params(index: faiss.Index, nprobe: int, ef_search: int) -> None:
     """Set nprobe (IVF) or efSearch (HNSW) explicitly; exact indexes have neither."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -136,7 +125,7 @@ def _validate_index(
         raise BundleError(f"index holds {index.ntotal} vectors, expected n_items={n_items}")
     if index.d != d or user_emb.shape[1] != d:
         raise BundleError(f"dimension mismatch: index d={index.d}, items d={d}, users d={user_emb.shape[1]}")
-    if _is_exact(factory):
+    if is_exact(factory):
         return 1.0
     rng = np.random.default_rng(seed)
     sample = rng.choice(len(user_emb), size=min(VALIDATION_USERS, len(user_emb)), replace=False)
@@ -144,10 +133,9 @@ def _validate_index(
     k = min(VALIDATION_K, n_items)
     exact = faiss.IndexFlatIP(d)
     exact.add(item_emb)
-    _, truth = exact.search(xq, k)
+    _, truth = exact.search(xq, k)  # (n_sample, k), no -1: k <= n_items
     _, found = index.search(xq, k)
-    hits = sum(len(np.intersect1d(t, f[f >= 0])) for t, f in zip(truth, found, strict=True))
-    recall = hits / truth.size
+    recall = float(knn_intersection_measure(truth, found))
     if recall < min_recall:
         raise BundleError(
             f"{factory!r}: recall@{k}={recall:.3f} against exact search is below {min_recall}; "
@@ -193,7 +181,7 @@ def build_bundle(
         raise BundleError(f"model {model_id}: embeddings contain NaN or infinite values")
 
     index = _build_index(item_emb, index_factory)
-    _set_search_params(index, nprobe, ef_search)
+    set_search_params(index, nprobe, ef_search)
     recall = _validate_index(index, item_emb, user_emb, index_factory, min_recall)
     seen = dataset.csr("train")
     arrays: dict[str, np.ndarray] = {
@@ -204,7 +192,7 @@ def build_bundle(
         "item_ids": dataset.item_ids.astype(str),
         "groups": dataset.groups(n_groups).astype(np.int32),
     }
-    exact = _is_exact(index_factory)
+    exact = is_exact(index_factory)
     if not exact:
         arrays["item_emb"] = item_emb
     meta: dict[str, Any] = {
@@ -239,15 +227,21 @@ def build_bundle(
     return meta
 
 
-def use_blas_for_batches(d: int, min_batch: int = SERVING_BLAS_MIN_BATCH) -> None:
-    """Make faiss take its BLAS path for batches of `min_batch`+ queries of dimension d."""
-    faiss.cvar.distance_compute_blas_threshold = min_batch * d
+# -- read ------------------------------------------------------------------------------
 
 
-# -- load and search ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class BundleFiles:
+    """A bundle read from disk and verified: checksums, shapes and meta agree."""
+
+    path: Path
+    meta: dict[str, Any]
+    index: faiss.Index
+    arrays: dict[str, np.ndarray]  # ARRAY_FILES by name
+    item_emb: np.ndarray | None  # (n_items, d) float32 memory map; None for the exact index
 
 
-def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> ServingBundle:
+def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> BundleFiles:
     """Read and verify a bundle (checksums, shapes); set the search parameters explicitly."""
     path = Path(path)
     meta_path = path / META_FILE
@@ -292,7 +286,7 @@ def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Servin
     for what, (got, want) in checks.items():
         if got != want:
             raise BundleError(f"{path}: {what} is {got}, meta says {want}")
-    _set_search_params(index, nprobe, ef_search)
+    set_search_params(index, nprobe, ef_search)
     if not meta.get("exact", True) and (
         nprobe < meta.get("nprobe", 0) or ef_search < meta.get("ef_search", 0)
     ):
@@ -300,140 +294,4 @@ def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Servin
             "%s: searched with nprobe=%d ef_search=%d, below the nprobe=%s ef_search=%s its recall "
             "was validated with", path, nprobe, ef_search, meta.get("nprobe"), meta.get("ef_search"),
         )  # fmt: skip
-    return ServingBundle(path, meta, index, arrays, item_emb)
-
-
-class ServingBundle:
-    """A loaded bundle: immutable once built, searched concurrently by request threads."""
-
-    def __init__(
-        self,
-        path: Path,
-        meta: dict[str, Any],
-        index: faiss.Index,
-        arrays: dict[str, np.ndarray],
-        item_emb: np.ndarray | None,
-    ) -> None:
-        self.path = path
-        self.meta = meta
-        self.model_id: str = str(meta["model_id"])
-        self.index = index
-        self.n_users = int(meta["n_users"])
-        self.n_items = int(meta["n_items"])
-        self.exact = bool(meta.get("exact", True))
-        self.user_emb = np.ascontiguousarray(arrays["user_emb"], dtype=np.float32)  # (n_users, d)
-        self.seen_indptr = arrays["seen_indptr"].astype(np.int64)  # (n_users + 1,)
-        self.seen_indices = arrays["seen_indices"].astype(np.int64)  # (n_train,)
-        self.item_ids: np.ndarray = arrays["item_ids"]  # (n_items,) str
-        self.groups = arrays["groups"].astype(np.int64)  # (n_items,)
-        if item_emb is None:  # exact: the flat index already holds the vectors, view them
-            flat = faiss.downcast_index(index)  # IndexFlatIP
-            xb = faiss.rev_swig_ptr(flat.get_xb(), self.n_items * index.d)  # type: ignore[attr-defined]
-            item_emb = xb.reshape(self.n_items, index.d)
-        self.item_emb = item_emb  # (n_items, d) float32, for the exact fallback
-        # Built once at load so a request does a dict lookup and string concatenation only.
-        self._user_index = {uid: i for i, uid in enumerate(arrays["user_ids"].tolist())}
-        # Concurrent single-user requests share one batched search (see service.coalesce).
-        self._coalescer = Coalescer(self.recommend)
-        self._item_json_head = [
-            f'{{"item_id":{encode_basestring_ascii(iid)},"group":{g},"score":'
-            for iid, g in zip(self.item_ids.tolist(), self.groups.tolist(), strict=True)
-        ]
-
-    def user_index(self, external_id: str) -> int | None:
-        return self._user_index.get(external_id)
-
-    def item_external(self, idx: int | np.ndarray) -> str | np.ndarray:
-        if isinstance(idx, np.ndarray):
-            return self.item_ids[idx]
-        return str(self.item_ids[idx])
-
-    def group_of(self, idx: int | np.ndarray) -> int | np.ndarray:
-        if isinstance(idx, np.ndarray):
-            return self.groups[idx]
-        return int(self.groups[idx])
-
-    def seen(self, user_idx: int) -> np.ndarray:
-        """(n_seen,) int64 training items of one user, sorted."""
-        return self.seen_indices[self.seen_indptr[user_idx] : self.seen_indptr[user_idx + 1]]
-
-    def recommend(self, user_idx: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items for a batch of users with one faiss search.
-
-        The search asks for k + the largest seen count in the batch, so dropping seen items
-        still leaves k per row; rows that come up short (an approximate index returned
-        fewer, or the user's history exceeds SEEN_SEARCH_BUDGET) are rescored exactly.
-
-        Args:
-            user_idx: (n,) int internal user indices.
-        Returns:
-            scores (n, k) float32 best first, item_idx (n, k) int64; rows with fewer than k
-            candidates are padded with -inf / -1.
-        """
-        users = np.asarray(user_idx, dtype=np.int64).reshape(-1).tolist()
-        n = len(users)
-        out_scores = np.full((n, k), -np.inf, dtype=np.float32)
-        out_items = np.full((n, k), -1, dtype=np.int64)
-        if n == 0 or k <= 0:
-            return out_scores, out_items
-        indptr = self.seen_indptr
-        bounds = [(int(indptr[u]), int(indptr[u + 1])) if exclude_seen else (0, 0) for u in users]
-        light = [row for row, (s, e) in enumerate(bounds) if e - s <= SEEN_SEARCH_BUDGET]
-        short = [row for row, (s, e) in enumerate(bounds) if e - s > SEEN_SEARCH_BUDGET]
-        if light:
-            k_search = min(self.n_items, k + max(bounds[row][1] - bounds[row][0] for row in light))
-            rows = users if len(light) == n else [users[row] for row in light]
-            scores, items = self.index.search(self.user_emb[rows], k_search)  # (m, k_search)
-            for j, row in enumerate(light):
-                # Per-row filtering in plain Python: for the ~k + |seen| hits of a row a set
-                # lookup costs a few microseconds, less than the fixed cost of numpy calls.
-                s, e = bounds[row]
-                hits = items[j].tolist()
-                if e > s:
-                    seen = set(self.seen_indices[s:e].tolist())
-                    keep = [c for c, i in enumerate(hits) if i >= 0 and i not in seen][:k]
-                else:
-                    keep = [c for c, i in enumerate(hits[:k]) if i >= 0]
-                out_items[row, : len(keep)] = items[j, keep]
-                out_scores[row, : len(keep)] = scores[j, keep]
-                if len(keep) < min(k, self.n_items - (e - s)):
-                    short.append(row)
-        for row in short:  # rare: heavy users, or an approximate index that came up short
-            out_scores[row], out_items[row] = self._exact_row(users[row], k, exclude_seen)
-        return out_scores, out_items
-
-    def recommend_one(self, user_idx: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """`recommend` for one user, batched with whatever other requests overlap it.
-
-        Returns:
-            (k,) float32 scores and (k,) int64 items, padded like `recommend`.
-        """
-        return self._coalescer.one(int(user_idx), k, exclude_seen)
-
-    async def recommend_one_async(self, user_idx: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """`recommend_one` for the event loop: awaits the search thread, never blocks on faiss."""
-        return await self._coalescer.one_async(int(user_idx), k, exclude_seen)
-
-    def _exact_row(self, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Brute-force top-k for one user over every item: (k,) scores and (k,) items."""
-        scores = np.asarray(self.item_emb @ self.user_emb[user], dtype=np.float32)  # (n_items,)
-        if exclude_seen:
-            scores[self.seen(user)] = -np.inf
-        kk = min(k, self.n_items)
-        top = np.argpartition(-scores, kk - 1)[:kk]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        top = top[np.isfinite(scores[top])]
-        out_s = np.full(k, -np.inf, dtype=np.float32)
-        out_i = np.full(k, -1, dtype=np.int64)
-        out_s[: len(top)], out_i[: len(top)] = scores[top], top
-        return out_s, out_i
-
-    def items_json(self, scores: np.ndarray, items: np.ndarray) -> str:
-        """One result row as a JSON array of {"item_id", "group", "score"}; -1 slots dropped.
-
-        Args:
-            scores: (k,) float32, items: (k,) int64, one row of `recommend`.
-        """
-        heads = self._item_json_head
-        parts = [heads[i] + repr(s) + "}" for i, s in zip(items.tolist(), scores.tolist(), strict=True) if i >= 0]
-        return "[" + ",".join(parts) + "]"
+    return BundleFiles(path, meta, index, arrays, item_emb)

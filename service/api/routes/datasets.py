@@ -19,11 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.auth import WriteAccess
-from service.config import Settings
-from service.deps import RegistryDep, SettingsDep
-from service.registry import DatasetRecord
-from service.schemas import (
+from service.api.auth import WriteAccess
+from service.api.deps import RegistryDep, SettingsDep
+from service.api.schemas import (
     MAX_OFFSET,
     DatasetList,
     DatasetOut,
@@ -31,7 +29,9 @@ from service.schemas import (
     SyntheticDatasetRequest,
     UploadOptions,
 )
-from service.uploads import FILE_FIELD, UploadError, receive_upload
+from service.api.uploads import FILE_FIELD, UploadError, receive_upload
+from service.core.config import Settings
+from service.core.registry import DatasetRecord
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
     GET /v1/models/{id}/report.html     one model's quality report (self-contained page)
     GET /v1/compare?models=a,b,c        the figures of several models side by side (JSON)
     GET /v1/compare.html?models=a,b,c   the same as a page, best value per row marked
-    GET /                               the dashboard (service/static/dashboard.html)
+    GET /                               the dashboard (service/reports/static/dashboard.html)
     GET /static/{name}                  the dashboard's script and the shared stylesheet
 
 Links between pages are relative, so the pages also work behind a path prefix. Report
@@ -23,17 +23,17 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 
-from service.deps import RegistryDep
-from service.registry import NotFoundError, Registry
-from service.report_figures import (
+from service.api.deps import RegistryDep
+from service.api.schemas import Id
+from service.core.registry import NotFoundError, Registry
+from service.reports.figures import (
     MixedDatasetsError,
     ModelView,
     check_same_dataset,
     comparison,
     view_from_record,
 )
-from service.report_render import STATIC, render_compare_page, render_report_page
-from service.schemas import Id
+from service.reports.render import STATIC, render_compare_page, render_report_page
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.records import (
+from service.core.records import (
     DatasetRecord,
     JobKind,
     JobProgress,

@@ -16,13 +16,11 @@ from celery import Celery
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from kombu.exceptions import OperationalError
 
-from service.auth import WriteAccess
-from service.config import Settings
-from service.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
-from service.errors import ServiceUnavailableError
-from service.metrics import ServiceMetrics
-from service.registry import DatasetRecord, JobKind, JobRecord, JobState, Registry
-from service.schemas import (
+from service.api.auth import WriteAccess
+from service.api.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
+from service.api.errors import ServiceUnavailableError
+from service.api.prometheus import ServiceMetrics
+from service.api.schemas import (
     MAX_OFFSET,
     DistillJobRequest,
     Id,
@@ -32,8 +30,10 @@ from service.schemas import (
     JobStatus,
     TeacherJobRequest,
 )
+from service.core.config import Settings
+from service.core.queue import TASK_BY_KIND, queue_for
+from service.core.registry import DatasetRecord, JobKind, JobRecord, JobState, Registry
 from training.budget import MemoryBudgetError, check_distill, check_teacher
-from worker.celery_app import TASK_BY_KIND, queue_for
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,82 @@
+"""The Celery app's client side: task names, queues, and the app both sides build.
+
+Light: Celery only (no torch, no FastAPI). The API builds `make_celery(settings)` to send
+tasks by name; the worker (worker/celery_app.py) builds the same app with its task module
+included and runs it:
+
+    celery -A worker.celery_app worker -Q train,light --pool=solo
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.core.config import Settings, get_settings
+
+TRAIN_TEACHER = "unkd.train_teacher"
+DISTILL = "unkd.distill"
+PUBLISH = "unkd.publish"
+TASK_BY_KIND: dict[str, str] = {"teacher": TRAIN_TEACHER, "distill": DISTILL, "publish": PUBLISH}
+
+
+def queue_for(kind: str, settings: Settings) -> str:
+    """Training jobs go to the GPU-bound train queue, publishing to the light queue."""
+    return settings.light_queue if kind == "publish" else settings.train_queue
+
+
+def make_celery(
+    settings: Settings, *, set_as_current: bool = True, include: list[str] | None = None
+) -> Celery:
+    """A Celery app whose broker and result backend are settings.redis_url.
+
+    Args:
+        include: task modules the app imports when a worker starts (the worker passes
+            its own; the API sends by name and includes none).
+    """
+    if not settings.redis_url:
+        raise RuntimeError("UNKD_REDIS_URL is not set: the worker needs the stack's Redis")
+    app = Celery(
+        "unkd",
+        broker=settings.redis_url,
+        backend=settings.redis_url,
+        include=include or [],
+        set_as_current=set_as_current,
+    )
+    # acks_late + reject_on_worker_lost: a job whose worker dies is delivered again (the
+    # job record counts the attempt). The broker redelivers an unacknowledged message after
+    # visibility_timeout, which must exceed the longest job or a running job would be
+    # handed to a second worker.
+    visibility = settings.job_soft_time_limit_s + 600
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        result_expires=settings.result_expires_s,
+        task_default_queue=settings.light_queue,
+        task_routes={
+            TRAIN_TEACHER: {"queue": settings.train_queue},
+            DISTILL: {"queue": settings.train_queue},
+            PUBLISH: {"queue": settings.light_queue},
+        },
+        task_soft_time_limit=settings.job_soft_time_limit_s,
+        task_time_limit=settings.job_soft_time_limit_s + 300,
+        broker_transport_options={"visibility_timeout": visibility},
+        result_backend_transport_options={"visibility_timeout": visibility},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    # Kept on the instance, not in app.conf, which `celery inspect conf` would show.
+    app.unkd_settings = settings  # type: ignore[attr-defined]
+    return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The Settings an app was built with (tasks use these, not the environment)."""
+    settings = getattr(app, "unkd_settings", None)
+    return settings if isinstance(settings, Settings) else get_settings()
