@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from service import auth
+from service.api import auth
 from service.api.app import create_app
 from service.core.config import Settings
 from service.core.registry import Registry
