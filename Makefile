@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench-quality bench-scale bench-serve clean
+.PHONY: venv demo test lint imports typecheck bench-quality bench-scale bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,24 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/unkd demo
 
-test: $(STAMP)
+# The package contracts and the type check run first: a broken layer fails in seconds.
+test: $(STAMP) imports typecheck
+	@echo "== tests (pytest $(PYTEST_ARGS)) =="
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) imports typecheck
+	@echo "== ruff =="
 	$(BIN)/ruff check training service worker tests bench
+
+# Who may import whom: the contracts in pyproject.toml [tool.importlinter].
+imports: $(STAMP)
+	@echo "== import contracts (lint-imports) =="
+	$(BIN)/lint-imports --no-cache
+
+# mypy with the pydantic plugin over training, worker and service (pyproject.toml [tool.mypy]).
+typecheck: $(STAMP)
+	@echo "== type check (mypy) =="
+	$(BIN)/mypy
 
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py
@@ -37,4 +50,4 @@ bench-serve: $(STAMP)
 	$(BIN)/python bench/serve.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache

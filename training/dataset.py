@@ -153,7 +153,10 @@ class Dataset:
             arrays["truth_user_factors"] = self.truth.user_factors
             arrays["truth_item_factors"] = self.truth.item_factors
         with atomic_dir(out_dir) as tmp:
-            np.savez(tmp / "arrays.npz", **arrays)
+            # numpy's stub lets **arrays fill `allow_pickle: bool`. Passing allow_pickle=False
+            # is no way out: numpy 1.x (the range allows 1.24) has no such parameter and would
+            # store an array of that name.
+            np.savez(tmp / "arrays.npz", **arrays)  # type: ignore[arg-type]
             write_json_atomic(tmp / "manifest.json", self.manifest())
         return out_dir
 

@@ -17,11 +17,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from training.config import OptimConfig
 from training.distill.base import Distiller, KDBatch
 from training.errors import JobCancelled, TrainingDivergedError
+from training.models.base import Ranker
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _kd_slices(batch: KDBatch, n_batches: int, generator: torch.Generator) -> li
 
 
 def fit(
-    model: nn.Module,
+    model: Ranker,
     train_pairs: np.ndarray,
     train: sp.csr_matrix,
     valid: sp.csr_matrix,
@@ -109,7 +109,7 @@ def fit(
     n_batches = max(1, math.ceil(n_train / cfg.batch_size))
     # MF reads rows with sparse gradients: SparseAdam touches only the rows of a batch, so a
     # step costs O(batch × d) however large the catalogue. LightGCN's gradients are dense.
-    sparse = bool(getattr(model, "sparse", False))
+    sparse = model.sparse
     opt_cls = torch.optim.SparseAdam if sparse else torch.optim.Adam
     opt = opt_cls(list(model.parameters()), lr=cfg.lr)
 
@@ -141,9 +141,9 @@ def fit(
                 pu, pi, pj = ego.user(u), ego.item(i), ego.item(j)
             reg = pu.square().sum() + pi.square().sum() + pj.square().sum()
             loss = loss + cfg.decay * 0.5 * reg / len(idx)
-            if kd_slices and len(next(iter(kd_slices[b].values()))):
+            if distiller is not None and kd_slices and len(next(iter(kd_slices[b].values()))):
                 kd = {key: t.to(device) for key, t in kd_slices[b].items()}
-                loss = loss + lambda_kd * distiller.loss(emb, kd)  # type: ignore[union-attr]
+                loss = loss + lambda_kd * distiller.loss(emb, kd)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

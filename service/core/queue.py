@@ -72,7 +72,7 @@ def make_celery(
         task_send_sent_event=True,
     )
     # Kept on the instance, not in app.conf, which `celery inspect conf` would show.
-    app.unkd_settings = settings  # type: ignore[attr-defined]
+    app.unkd_settings = settings
     return app
 
 

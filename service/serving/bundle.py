@@ -4,7 +4,7 @@ and the JSON text of an answer. The on-disk format is service.core.bundle_format
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
 import faiss

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import scipy.sparse as sp
 import torch
-from torch import nn
 
 from training.errors import ConfigError
+from training.models.base import Ranker
 from training.models.lightgcn import LightGCN
 from training.models.mf import MF
 
-__all__ = ["MF", "LightGCN", "build_model"]
+__all__ = ["MF", "LightGCN", "Ranker", "build_model"]
 
 
 def build_model(
     name: str, n_users: int, n_items: int, dim: int, train: sp.csr_matrix, *, n_layers: int = 3,
     device: torch.device,
-) -> nn.Module:
+) -> Ranker:
     """Model factory: "mf" or "lightgcn", placed on `device`."""
     if dim <= 0:
         raise ConfigError(f"dim={dim}: the embedding dimension must be > 0")

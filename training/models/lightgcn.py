@@ -3,11 +3,14 @@ over the symmetrically normalised user–item graph; scored by a dot product."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
+from training.models.base import Ranker
 from training.models.lookup import DenseLookup, Lookup
 
 
@@ -33,7 +36,7 @@ def normalized_adjacency(train: sp.csr_matrix, device: torch.device) -> torch.Te
     return adj.coalesce().to(device)
 
 
-class LightGCN(nn.Module):
+class LightGCN(Ranker):
     sparse = False  # propagation touches every row: dense gradients, plain Adam
 
     def __init__(
@@ -55,7 +58,7 @@ class LightGCN(nn.Module):
         nn.init.normal_(self.item.weight, std=init_std)
         self.adj = normalized_adjacency(train, device or torch.device("cpu"))
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> LightGCN:
         # Keep the (non-parameter) adjacency on the same device as the embeddings.
         super()._apply(fn, recurse)
         self.adj = fn(self.adj)

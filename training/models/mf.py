@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.models.base import Ranker
 from training.models.lookup import EmbeddingLookup, Lookup
 
 
-class MF(nn.Module):
+class MF(Ranker):
     """Plain MF scored by a dot product, trained with BPR by training.trainer.
 
     Embeddings have sparse gradients: train with torch.optim.SparseAdam.
