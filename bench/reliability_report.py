@@ -5,6 +5,11 @@
 
 Each row is one fault or attack, the test that injects it, and the figures that test
 recorded: requests served and failed, jobs lost, and the result that matters for it.
+
+Exit status: 0 when every expected row was run and recorded all its figures; 1 when the
+artifact is missing, or when any row was not run (its test was skipped, deselected or
+failed before recording) or lacks a figure. The table is printed either way, with those
+rows marked, and stderr names them, so a partial run cannot pass for the whole table.
 """
 
 from __future__ import annotations
@@ -72,6 +77,21 @@ def _num(figures: dict[str, Any], key: str) -> str:
     return "–" if value is None else str(value)
 
 
+def incomplete_rows(data: dict[str, Any]) -> list[str]:
+    """'key (test): why' for every expected row that was not run or lacks a figure."""
+    out = []
+    for key, test, template in ROWS:
+        figures = data.get(key)
+        if not isinstance(figures, dict):
+            out.append(f"{key} ({test}): not run")
+            continue
+        try:
+            template.format(**figures)
+        except KeyError as exc:
+            out.append(f"{key} ({test}): artifact lacks {exc}")
+    return out
+
+
 def render(data: dict[str, Any]) -> str:
     lines = [
         "| Fault or attack | Test (tests/reliability/) | Served | Failed | Jobs lost | Observed |",
@@ -79,7 +99,7 @@ def render(data: dict[str, Any]) -> str:
     ]
     for key, test, template in ROWS:
         figures = data.get(key)
-        if figures is None:
+        if not isinstance(figures, dict):
             lines.append(f"| {key} | `{test}` | – | – | – | not run |")
             continue
         try:
@@ -94,14 +114,24 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifact", nargs="?", type=Path, default=DEFAULT)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("artifact", nargs="?", type=Path, default=DEFAULT,
+                        help=f"what the reliability tests recorded (default: {DEFAULT.relative_to(ROOT)})")  # fmt: skip
     args = parser.parse_args(argv)
     if not args.artifact.is_file():
         print(f"{args.artifact} not found: run `.venv/bin/python -m pytest tests/reliability` first",
               file=sys.stderr)  # fmt: skip
         return 1
-    print(render(json.loads(args.artifact.read_text())))
+    data = json.loads(args.artifact.read_text())
+    print(render(data))
+    missing = incomplete_rows(data)
+    if missing:
+        print(f"{len(missing)} of {len(ROWS)} rows incomplete in {args.artifact}; run all of "
+              "`.venv/bin/python -m pytest tests/reliability` and report again:", file=sys.stderr)  # fmt: skip
+        for line in missing:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,7 +7,7 @@ return a JSON-serialisable dict (plain floats, ints, lists; null where undefined
 Protocol: users with >= 1 positive in the split are evaluated; for split="valid" the
 training items are excluded, for split="test" training *and* validation items are
 excluded (the validation positives are known interactions, not candidates). On equal
-scores the lower item index ranks first, exactly (see `_topk_rows`).
+scores the lower item index ranks first, exactly (`training.topk` ranks every list).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from training.metrics import (
 )
 from training.popularity import head_tail_split, popularity_groups
 from training.report import _num, attach_teacher, render_table
+from training.topk import CPU, TIE_BREAK, topk_from_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,9 @@ __all__ = [
     "exclusion_csr",
     "most_popular_topk",
     "render_table",
-    "topk_from_embeddings",
+    "topk_from_embeddings",  # re-exported from training.topk, where it lives
 ]
 
-CPU = torch.device("cpu")
-TIE_BREAK = "equal scores: lower item index ranks first (exact, incl. ties at the K-th score)"
 DEFINITIONS = {
     "recall": "|L∩T|/|T| averaged over users (denominator |T|, not min(K,|T|))",
     "ndcg": "binary gain, disc(k)=1/log2(k+1), IDCG over min(K,|T|) slots",
@@ -98,129 +97,7 @@ def _excluded_name(split: str) -> str:
     return "train" if split == "valid" else "train+valid"
 
 
-# -- ranking -----------------------------------------------------------------------------
-def _topk_exact(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Exact top-k with the tie rule over full rows (the slow path, for tied or short rows).
-
-    torch.topk picks an arbitrary subset of equal scores, so it only gives the K-th score
-    here; the kept set is every item above it plus the lowest-index items equal to it, and
-    a stable descending sort of that set (built in ascending item order) orders ties by index.
-
-    Args:
-        scores: (b, n_items) float32, -inf for excluded items.
-    Returns:
-        (b, k) int64 item ids, best first, -1 where fewer than k items are left.
-    """
-    b, n_items = scores.shape
-    kk = min(k, n_items)
-    kth = torch.topk(scores, kk, dim=1, sorted=False).values.amin(dim=1, keepdim=True)  # (b, 1)
-    finite = scores > float("-inf")
-    above = scores > kth
-    tied = (scores == kth) & finite
-    need = kk - above.sum(dim=1)  # (b,) tied items still to take
-    over = tied.sum(dim=1) > need
-    if bool(over.any()):  # only rows with surplus ties pay for the cumsum
-        r = over.nonzero().squeeze(1)
-        t = tied[r]
-        tied[r] = t & (t.to(torch.int32).cumsum(dim=1, dtype=torch.int32) <= need[r, None])
-    keep = above | tied  # <= kk per row; fewer only when excluded items leave fewer
-    rows, cols = keep.nonzero(as_tuple=True)  # row-major: cols ascending within a row
-    counts = keep.sum(dim=1)
-    pos = torch.arange(len(rows), device=scores.device) - (torch.cumsum(counts, 0) - counts)[rows]
-    ids = torch.full((b, k), -1, dtype=torch.int64, device=scores.device)
-    vals = torch.full((b, k), float("-inf"), dtype=scores.dtype, device=scores.device)
-    ids[rows, pos] = cols
-    vals[rows, pos] = scores[rows, cols]
-    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
-    return ids.gather(1, order)
-
-
-def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Top-k of one chunk with the tie rule: equal scores, lower item index first.
-
-    Fast path: torch.topk for k + 1 items. Where the k-th score is strictly above the
-    (k+1)-th, the chosen set is exact whatever topk did with ties, and only the order
-    inside it needs fixing (sort by index, then a stable sort by score). Rows with a tie
-    across the cut, or with fewer than k candidates left, go to `_topk_exact`.
-
-    Args:
-        scores: (b, n_items) float32, -inf for excluded items.
-    Returns:
-        (b, k) int64 item ids, best first, -1 padded.
-    """
-    b, n_items = scores.shape
-    if k >= n_items:
-        return _topk_exact(scores, k)
-    vals, idx = torch.topk(scores, k + 1, dim=1, sorted=True)  # (b, k + 1)
-    by_index, perm = torch.sort(idx[:, :k], dim=1)
-    order = torch.sort(vals[:, :k].gather(1, perm), dim=1, descending=True, stable=True).indices
-    ids = by_index.gather(1, order)
-    slow = (vals[:, k - 1] == vals[:, k]) | (vals[:, k - 1] == float("-inf"))
-    if bool(slow.any()):
-        r = slow.nonzero().squeeze(1)
-        ids[r] = _topk_exact(scores[r], k)
-    return ids
-
-
-def _rows_f32(
-    emb: np.ndarray | torch.Tensor, rows: np.ndarray, device: torch.device
-) -> torch.Tensor:
-    """emb[rows] as float32 on `device`, without copying the whole matrix there."""
-    if isinstance(emb, torch.Tensor):
-        idx = torch.as_tensor(rows, dtype=torch.int64, device=emb.device)
-        return emb.detach()[idx].to(device=device, dtype=torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(emb[rows], dtype=np.float32)).to(device)
-
-
-def topk_from_embeddings(
-    user_emb: np.ndarray | torch.Tensor,
-    item_emb: np.ndarray | torch.Tensor,
-    users: np.ndarray,
-    exclude_csr: sp.csr_matrix | None,
-    k: int,
-    *,
-    chunk: int = 1024,
-    device: torch.device = CPU,
-) -> np.ndarray:
-    """Top-k items by dot product, excluded items masked, in user chunks.
-
-    Memory is O(chunk · n_items): the score matrix is never built for all users at once.
-
-    Args:
-        user_emb: (n_users, d); item_emb: (n_items, d). numpy or torch, cast to float32.
-        users: (n,) int user ids (rows of user_emb).
-        exclude_csr: (n_users, n_items) CSR indexed by user id; its items get -inf. None = none.
-        k: list length; lists are -1 padded when fewer than k items remain.
-    Returns:
-        (n, k) int64 item ids, best first; equal scores: lower item index first.
-    """
-    if k < 1:
-        raise ValueError(f"k={k} must be >= 1")
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk} must be >= 1")
-    users = np.asarray(users, dtype=np.int64)
-    items = torch.as_tensor(item_emb).detach().to(device=device, dtype=torch.float32)
-    if not bool(torch.isfinite(items).all()):
-        raise ValueError("item_emb holds NaN or inf")
-    out = np.empty((len(users), k), dtype=np.int64)
-    with torch.inference_mode():
-        for start in range(0, len(users), chunk):
-            batch = users[start : start + chunk]
-            u = _rows_f32(user_emb, batch, device)  # (b, d)
-            if not bool(torch.isfinite(u).all()):
-                raise ValueError(f"user_emb holds NaN or inf in users {batch[0]}..{batch[-1]}")
-            scores = u @ items.T  # (b, n_items)
-            if exclude_csr is not None:
-                sub = exclude_csr[batch]
-                r = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
-                scores[
-                    torch.as_tensor(r, device=device),
-                    torch.as_tensor(sub.indices, dtype=torch.int64, device=device),
-                ] = float("-inf")
-            out[start : start + len(batch)] = _topk_rows(scores, k).cpu().numpy()
-    return out
-
-
+# -- baseline ranker -----------------------------------------------------------------------
 def most_popular_topk(
     dataset: Dataset, users: np.ndarray, k: int, *, split: str = "test"
 ) -> np.ndarray:

@@ -68,8 +68,10 @@ def test_concurrent_callers_each_get_their_own_answer_in_fewer_batches() -> None
 def test_an_error_reaches_every_caller_of_the_batch_and_the_next_batch_runs() -> None:
     gate = threading.Event()
     state = {"fail": True}
+    sizes: list[int] = []  # callers per batch_fn call
 
-    def fn(users: np.ndarray, k: int, exclude_seen: bool):
+    def fn(users: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        sizes.append(len(users))
         gate.wait(5)
         if state["fail"]:
             raise RuntimeError("index exploded")
@@ -88,11 +90,17 @@ def test_an_error_reaches_every_caller_of_the_batch_and_the_next_batch_runs() ->
     threads = [threading.Thread(target=call) for _ in range(4)]
     for th in threads:
         th.start()
-    time.sleep(0.05)
+    # Hold the first batch until every caller is either in it or queued behind it, so the
+    # queued ones are answered by one shared (failing) batch.
+    deadline = time.monotonic() + 10
+    while not (sizes and sizes[0] + len(c._pending) == 4) and time.monotonic() < deadline:
+        time.sleep(0.005)
     gate.set()
     for th in threads:
         th.join(timeout=10)
-    assert len(outcomes) == 4 and "index exploded" in outcomes
+        assert not th.is_alive(), "a caller never returned"
+    assert outcomes == ["index exploded"] * 4  # every caller, not just one
+    assert sum(sizes) == 4 and len(sizes) <= 2  # ... of batches that several callers shared
     state["fail"] = False
     _, items = c.one(3, 2, False)  # the search thread survived the error: the coalescer still works
     assert items.shape == (2,)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from service.cli import build_parser
 from service.core.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,10 +102,6 @@ def test_api_port_healthcheck_and_routes(compose) -> None:
 
 
 def test_commands_are_cli_subcommands(compose) -> None:
-    try:
-        from service.cli import build_parser
-    except ImportError as exc:  # pragma: no cover - until service/cli.py exists
-        pytest.skip(f"service/cli.py has no build_parser yet ({exc})")
     parser = build_parser()
     for name in ("api", "worker"):
         command = compose["services"][name]["command"]

@@ -1,4 +1,4 @@
-"""training.evaluation: chunked top-k, the report's shape, teacher comparison."""
+"""training.evaluation and training.topk: chunked top-k, the report's shape, teacher comparison."""
 
 from __future__ import annotations
 
@@ -96,6 +96,16 @@ def brute_topk(scores: np.ndarray, excl: sp.csr_matrix, k: int) -> np.ndarray:
 
 
 # -- top-k ---------------------------------------------------------------------------------
+def test_topk_lives_in_training_topk_and_evaluation_re_exports_it() -> None:
+    import training.evaluation as evaluation
+    import training.topk as topk
+
+    # training.trainer and older callers import it from training.evaluation
+    assert evaluation.topk_from_embeddings is topk.topk_from_embeddings
+    assert {"topk_from_embeddings", "attach_teacher", "render_table"} <= set(evaluation.__all__)
+    assert all(hasattr(evaluation, name) for name in evaluation.__all__)
+
+
 def test_topk_excludes_training_items_and_matches_a_full_sort():
     ds = make_dataset()
     ue, ie = embeddings(ds, 1)

@@ -1,10 +1,16 @@
 """Task bodies called as plain functions with training.pipelines monkeypatched: status
 bookkeeping, progress, cancellation, no retry for deterministic errors, retry (and
-attempts > 1) for transient ones, idempotent redelivery. Real Redis, no Celery worker."""
+attempts > 1) for transient ones, idempotent redelivery. Real Redis, no Celery worker.
+
+The fake pipelines leave on disk what an interrupted real one can (a model directory cut
+short, atomic_dir's temp sibling of a killed save), so "no model left" checks the
+worker's cleanup rather than a directory that was never written."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +24,8 @@ from service.core.queue import make_celery
 from service.core.registry import DatasetRecord, JobProgress, JobRecord, Registry
 from service.stack.redis_server import RedisServer
 from training import pipelines
-from training.checkpoint import ModelArtifact
+from training.artifacts import atomic_dir
+from training.checkpoint import EMBEDDINGS, MANIFEST, ModelArtifact
 from training.errors import ConfigError, JobCancelled
 from training.progress import ProgressEvent
 from training.synthetic import generate_synthetic
@@ -72,9 +79,41 @@ def teacher_job(registry: Registry, job_id: str = "j1", **config: Any) -> JobRec
     return registry.create_job(job)
 
 
-def fake_train(calls: list[str], behaviour: str = "ok"):
-    def train_teacher(dataset, cfg, out_dir, *, device, on_progress, should_stop, model_id):
+def write_partial_model(out_dir: Path) -> None:
+    """A model directory cut short: the embeddings are written, the manifest is not."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / EMBEDDINGS, user_emb=np.zeros((2, 4), np.float32),
+             item_emb=np.zeros((3, 4), np.float32))  # fmt: skip
+    assert (out_dir / EMBEDDINGS).is_file() and not (out_dir / MANIFEST).exists()
+
+
+# atomic_dir contexts entered and never left, as a worker killed inside ModelArtifact.save
+# leaves them; holding them keeps their cleanup (run when a generator is collected) from running.
+_killed_saves: list[AbstractContextManager[Path]] = []
+
+
+def write_killed_save(out_dir: Path) -> Path:
+    """What a worker killed inside ModelArtifact.save leaves: atomic_dir's hidden temp sibling."""
+    save = atomic_dir(out_dir)
+    tmp = save.__enter__()
+    _killed_saves.append(save)
+    np.savez(tmp / EMBEDDINGS, user_emb=np.zeros((2, 4), np.float32))
+    assert tmp.parent == out_dir.parent and tmp.name.startswith(f".{out_dir.name}.tmp-")
+    return tmp
+
+
+def fake_train(calls: list[str], behaviour: str = "ok", leave: str | None = None,
+               left: list[Path] | None = None) -> Callable[..., ModelArtifact]:  # fmt: skip
+    """A train_teacher stand-in. `leave`: "partial" writes a partial model directory before
+    the first stop check, "killed-save" an interrupted save's temp dir; `left` collects them."""
+    written = left if left is not None else []
+
+    def train_teacher(dataset: Any, cfg: Any, out_dir: Path, *, device: Any, on_progress: Any,
+                      should_stop: Any, model_id: str) -> ModelArtifact:  # fmt: skip
         calls.append(model_id)
+        if leave == "partial":
+            write_partial_model(out_dir)
+            written.append(out_dir)
         for epoch in range(1, cfg.epochs + 1):
             if should_stop():
                 raise JobCancelled(f"cancelled before epoch {epoch}")
@@ -84,6 +123,8 @@ def fake_train(calls: list[str], behaviour: str = "ok"):
         if behaviour == "config":
             raise ConfigError("dim=4: not allowed here")
         if behaviour == "disk":
+            if leave == "killed-save":
+                written.append(write_killed_save(out_dir))
             raise OSError(28, "No space left on device")
         rng = np.random.default_rng(0)
         art = ModelArtifact(
@@ -139,18 +180,23 @@ def test_invalid_payload_names_the_field(monkeypatch, settings, registry, datase
 
 
 def test_transient_error_is_retried_and_counts_attempts(monkeypatch, settings, registry, dataset) -> None:
-    monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "disk"))
+    left: list[Path] = []
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "disk", leave="killed-save", left=left))
     teacher_job(registry)
     task = FakeTask(settings)
     with pytest.raises(Retry):
         tasks.run_job(task, "j1", tasks._teacher_body)
     job = registry.get_job("j1")
     assert job.status == "queued" and "No space left" in (job.error or "") and task.retries == [2]
+    assert len(left) == 1  # the failed attempt left a half-written save behind
 
     monkeypatch.setattr(pipelines, "train_teacher", fake_train([]))
     tasks.run_job(FakeTask(settings, retries=1), "j1", tasks._teacher_body)
     job = registry.get_job("j1")
     assert job.status == "succeeded" and job.attempts == 2 and job.error is None
+    # The retry removed the failed attempt's temp dir: only the finished model is left.
+    assert not left[0].exists() and list(settings.models_dir.iterdir()) == [settings.models_dir / "teacher-j1"]
+    assert ModelArtifact.load(settings.models_dir / "teacher-j1").dim == 4
 
     monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "disk"))
     teacher_job(registry, job_id="j2")
@@ -158,10 +204,20 @@ def test_transient_error_is_retried_and_counts_attempts(monkeypatch, settings, r
     assert summary["status"] == "failed" and summary["error"].startswith("gave up after 2 retries")
 
 
-def test_cancel_running_job_leaves_no_model(monkeypatch, settings, registry, dataset) -> None:
-    def train(dataset, cfg, out_dir, *, should_stop, on_progress, **_: Any):
+@pytest.mark.parametrize("stop", ["cancel", "time_limit"])
+def test_stopped_running_job_leaves_no_model(monkeypatch: pytest.MonkeyPatch, settings: Settings,
+                                             registry: Registry, dataset: Any, stop: str) -> None:
+    written: list[Path] = []
+
+    def train(dataset: Any, cfg: Any, out_dir: Path, *, should_stop: Any, on_progress: Any,
+              **_: Any) -> ModelArtifact:  # fmt: skip
         on_progress(ProgressEvent(stage="train", epoch=1, epochs=cfg.epochs))
-        registry.request_cancel("j1")  # the API's DELETE arrives during epoch 1
+        write_partial_model(out_dir)  # epoch 1 wrote part of the model directory
+        written.append(out_dir)
+        if stop == "cancel":
+            registry.request_cancel("j1")  # the API's DELETE arrives during epoch 1
+        else:
+            should_stop.deadline = time.monotonic() - 1  # epoch 1 ran past the time limit
         if should_stop():
             raise JobCancelled("cancelled before epoch 2")
         raise AssertionError("should have stopped")
@@ -170,7 +226,13 @@ def test_cancel_running_job_leaves_no_model(monkeypatch, settings, registry, dat
     teacher_job(registry)
     summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
     job = registry.get_job("j1")
-    assert summary["status"] == job.status == "cancelled" and job.model_id is None
+    if stop == "cancel":
+        assert summary["status"] == job.status == "cancelled" and job.error is None
+    else:
+        assert summary["status"] == job.status == "failed"
+        assert job.error == f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
+    assert job.model_id is None and not registry.has_model("teacher-j1")
+    assert written == [settings.models_dir.resolve() / "teacher-j1"]  # the fake did write there
     assert not (settings.models_dir / "teacher-j1").exists()
 
 
@@ -211,7 +273,8 @@ def test_worker_shutdown_hands_the_job_back(monkeypatch, settings, registry, dat
     import worker.progress
 
     calls: list[str] = []
-    monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
+    left: list[Path] = []
+    monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls, leave="partial", left=left))
     monkeypatch.setattr(worker.progress, "worker_stopping", lambda: True)  # SIGTERM arrived
     teacher_job(registry)
     with pytest.raises(Reject) as info:
@@ -219,6 +282,7 @@ def test_worker_shutdown_hands_the_job_back(monkeypatch, settings, registry, dat
     assert info.value.requeue is True
     job = registry.get_job("j1")
     assert job.status == "queued" and job.attempts == 1 and "worker shut down" in (job.error or "")
+    assert left == [settings.models_dir.resolve() / "teacher-j1"]  # written before the stop check
     assert not (settings.models_dir / "teacher-j1").exists()
 
     monkeypatch.setattr(worker.progress, "worker_stopping", lambda: False)  # the next worker
