@@ -23,6 +23,7 @@ from training.distill.base import Distiller, KDBatch
 from training.errors import JobCancelled, TrainingDivergedError
 from training.models.base import Ranker
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
+from training.topk import topk_from_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def validation_metrics(
     k: int = VALID_K, chunk: int = 2048,
 ) -> dict[str, float]:
     """Recall@k and NDCG@k on the validation split, training items excluded, in user chunks."""
-    from training.evaluation import topk_from_embeddings  # the one top-k path of the project
-
     users = np.flatnonzero(np.diff(valid.indptr) > 0)
     if len(users) == 0:
         return {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
