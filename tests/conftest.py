@@ -1,6 +1,7 @@
-"""Fixtures shared by every test: tiny synthetic data and the MovieLens-100K file.
+"""Fixtures shared by every test: tiny synthetic data and the MovieLens-100K file, and
+(tests/support/fixtures.py) the session's Redis, worker processes and the live API.
 
-Kept free of Redis, FastAPI and Celery; tests/api and tests/e2e add their own conftest.
+Importing them loads no FastAPI and no Celery; each suite's conftest adds its own settings.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import pytest
 
 from training.dataset import Dataset
 from training.synthetic import generate_synthetic
+
+pytest_plugins = ["tests.support.fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {

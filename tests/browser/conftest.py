@@ -1,5 +1,5 @@
-"""Browser-test fixtures: headless Chromium over CDP, and the API served by uvicorn in a
-thread against the real Redis of tests/api (its fixtures are imported here).
+"""Browser-test fixtures: headless Chromium over CDP, and the API served by uvicorn in its
+own process (tests/support's live_api) against a database of the session's real Redis.
 
 Every test here is marked `browser` (pytestmark) and skips, saying why, where no Chromium is installed
 (CI installs Debian's package in .ci/run). Screenshots go to <repo>/test-artifacts/.
@@ -7,17 +7,14 @@ Every test here is marked `browser` (pytestmark) and skips, saying why, where no
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from service.api.app import create_app
 from service.core.config import Settings
-from service.stack.redis_server import free_port
-from tests.api.conftest import make_settings, redis_client, redis_server  # noqa: F401 (fixtures)
+from tests.support.config import make_test_settings
+from tests.support.live_api import LiveAPI
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -39,40 +36,13 @@ def browser() -> Iterator[object]:
     b.close()
 
 
-class LiveServer:
-    """create_app(settings) under uvicorn on 127.0.0.1 in a daemon thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="on")  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn-browser-test", daemon=True)
-
-    def start(self, timeout_s: float = 20.0) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start on port {self.port}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+@pytest.fixture()
+def live_settings(redis_url: str, tmp_path: Path) -> Settings:
+    """The API's settings: its own Redis database and data dir, an API key, fast reloads."""
+    return make_test_settings("browser", redis_url=redis_url, data_dir=tmp_path / "data",
+                              api_keys=[API_KEY], upload_max_bytes=64 * 1024, reload_poll_s=0.2)  # fmt: skip
 
 
 @pytest.fixture()
-def live_settings(make_settings) -> Settings:  # noqa: F811 (the imported fixture)
-    return make_settings(api_keys=[API_KEY])
-
-
-@pytest.fixture()
-def live_server(live_settings: Settings) -> Iterator[LiveServer]:
-    server = LiveServer(live_settings).start()
-    yield server
-    server.stop()
+def live_server(live_settings: Settings, live_api: Callable[..., LiveAPI]) -> LiveAPI:
+    return live_api(live_settings)

@@ -13,8 +13,9 @@ import pytest
 
 from service.core.config import Settings
 from service.core.registry import JobProgress, JobRecord, Registry
-from tests.browser.conftest import API_KEY, ARTIFACTS, LiveServer
+from tests.browser.conftest import API_KEY, ARTIFACTS
 from tests.report_samples import register_family
+from tests.support.live_api import LiveAPI
 
 pytestmark = pytest.mark.browser
 
@@ -38,7 +39,7 @@ def registry(live_settings: Settings) -> Registry:
     return Registry.from_url(live_settings.redis_url or "")
 
 
-def test_report_and_comparison_pages_render(browser: Any, live_server: LiveServer, registry: Registry,
+def test_report_and_comparison_pages_render(browser: Any, live_server: LiveAPI, registry: Registry,
                                             tmp_path: Path) -> None:  # fmt: skip
     ids = register_family(registry, tmp_path / "models", "ds-1", name="synthetic long-tail")
     report = json.loads((tmp_path / "models" / "student-unkd-1" / "report.json").read_text())
@@ -77,7 +78,7 @@ def _running_job(registry: Registry, epoch: int) -> str:
 
 
 def test_dashboard_follows_progress_publishes_and_compares(
-    browser: Any, live_server: LiveServer, registry: Registry, tmp_path: Path
+    browser: Any, live_server: LiveAPI, registry: Registry, tmp_path: Path
 ) -> None:
     ids = register_family(registry, tmp_path / "models", "ds-1", name="synthetic long-tail")
     done = _running_job(registry, 10)

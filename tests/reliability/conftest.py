@@ -1,6 +1,7 @@
 """Fault-injection fixtures: real redis-server processes, real Celery worker processes that
-tests kill, the API served by uvicorn on a loopback port, and models published without
-training (random embeddings over a tiny synthetic dataset) so serving tests start fast.
+tests kill, the API served by uvicorn in its own process on a loopback port (all three from
+tests/support), and models published without training (random embeddings over a tiny
+synthetic dataset) so serving tests start fast.
 
 Every test writes what it observed (requests served and failed, jobs lost, ...) with
 `observe(name, **figures)` into test-artifacts/reliability.json; bench/reliability_report.py
@@ -9,17 +10,11 @@ prints the table of docs/reliability.md from it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +22,26 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
-import uvicorn
-from fastapi import FastAPI
 
-from service.api.app import create_app
 from service.core.bundle_format import build_bundle
 from service.core.config import Settings
 from service.core.registry import ActiveModel, DatasetRecord, ModelRecord, Registry
-from service.stack.redis_server import RedisServer, free_port
-from tests.e2e.conftest import worker_env
+from tests.support.config import make_test_settings
+from tests.support.fixtures import watch_log
+from tests.support.live_api import LiveAPI
+from tests.support.redis_dbs import RedisDatabases
+from tests.support.workers import WorkerProcess
 from training.checkpoint import ModelArtifact
 from training.dataset import Dataset
 from training.synthetic import generate_synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACT = ROOT / "test-artifacts" / "reliability.json"
-WORKER_START_TIMEOUT_S = 60.0
+# Fast heartbeats and reloads, no retries, a short Redis timeout: faults show within seconds.
+RELIABILITY_SETTINGS: dict[str, Any] = {
+    "device": "cpu", "reload_poll_s": 0.2, "job_heartbeat_s": 0.5, "job_max_retries": 0,
+    "redis_timeout_s": 2.0,
+}  # fmt: skip
 _artifact_lock = threading.Lock()
 
 
@@ -56,199 +54,18 @@ def observe(test: str, **figures: Any) -> None:
         ARTIFACT.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-# -- Redis -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def rel_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One append-only Redis for the tests that do not stop it."""
-    server = RedisServer(tmp_path_factory.mktemp("rel-redis")).start()
-    yield server
-    server.stop()
+# -- Redis, settings, processes: tests/support (redis_url, own_redis, start_worker, live_api) --
 
 
 @pytest.fixture()
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis this test may kill, freeze and restart; shipped configuration (append-only on)."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    if server.pid is not None:
-        try:
-            os.kill(server.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-    server.stop()
-
-
-def kill_redis(server: RedisServer) -> None:
-    """SIGKILL: no SHUTDOWN save; only what the append-only file holds survives."""
-    assert server.pid is not None
-    os.kill(server.pid, signal.SIGKILL)
-    server._terminate()  # reap it; the object keeps port and password for start()
-
-
-_test_dbs = itertools.cycle(range(1, 16))  # database 0 belongs to the session `stack`
-
-
-@pytest.fixture()
-def test_redis_url(rel_redis: RedisServer) -> str:
-    """A Redis database of its own for one test, emptied first: listings see only its records."""
-    url = f"{rel_redis.url.rsplit('/', 1)[0]}/{next(_test_dbs)}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
-
-
-@pytest.fixture()
-def make_settings(test_redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
+def make_settings(redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
     """Settings of one test: its own data dir, queues and Redis database; fast heartbeat and reloads."""
 
     def make(**overrides: Any) -> Settings:
-        queue = f"rel-{uuid.uuid4().hex[:8]}"
-        values: dict[str, Any] = {
-            "redis_url": test_redis_url, "data_dir": tmp_path / "data", "device": "cpu",
-            "train_queue": f"{queue}-train", "light_queue": f"{queue}-light",
-            "reload_poll_s": 0.2, "job_heartbeat_s": 0.5, "job_max_retries": 0,
-            "redis_timeout_s": 2.0,
-        }  # fmt: skip
-        values.update(overrides)
-        return Settings(**values)
+        return make_test_settings("rel", **{**RELIABILITY_SETTINGS, "redis_url": redis_url,
+                                            "data_dir": tmp_path / "data", **overrides})  # fmt: skip
 
     return make
-
-
-# -- worker processes ----------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """`celery -A worker.celery_app worker --pool=solo` on the settings' queues."""
-
-    def __init__(self, settings: Settings, log: Path, name: str = "w") -> None:
-        self.settings, self.log, self.name = settings, log, name
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def env(self) -> dict[str, str]:
-        env = worker_env(self.settings)
-        env.update({
-            "UNKD_JOB_HEARTBEAT_S": str(self.settings.job_heartbeat_s),
-            "UNKD_MAX_JOB_MEMORY_MB": str(self.settings.max_job_memory_mb),
-            "UNKD_JOB_SOFT_TIME_LIMIT_S": str(self.settings.job_soft_time_limit_s),
-        })  # fmt: skip
-        return env
-
-    def start(self) -> WorkerProcess:
-        queues = f"{self.settings.train_queue},{self.settings.light_queue}"
-        offset = self.log.stat().st_size if self.log.is_file() else 0
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
-                 "-Q", queues, "--loglevel=INFO", "--without-gossip", "--without-mingle",
-                 "--hostname", f"{self.name}-{uuid.uuid4().hex[:6]}@%h"],
-                cwd=ROOT, env=self.env(), stdout=fh, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while b" ready." not in self.log.read_bytes()[offset:]:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail(f"celery worker did not start:\n{self.tail()}")
-            time.sleep(0.1)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler runs, the job's message stays unacknowledged."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if not self.alive():
-            return
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def tail(self, n: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.is_file() else ""
-
-
-@pytest.fixture()
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start worker processes; every one still alive is stopped after the test."""
-    started: list[WorkerProcess] = []
-
-    def start(settings: Settings, name: str = "w") -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{name}.log", name).start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
-# -- the API on a loopback port ------------------------------------------------------------
-
-
-class LiveAPI:
-    """create_app(settings) under uvicorn in a thread of this process, on 127.0.0.1."""
-
-    def __init__(self, app: FastAPI, port: int | None = None) -> None:
-        self.app = app
-        self.port = port or free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=5)  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="live-api", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> LiveAPI:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-
-
-@pytest.fixture()
-def live_api() -> Iterator[Callable[[Settings], LiveAPI]]:
-    started: list[LiveAPI] = []
-
-    def start(settings: Settings) -> LiveAPI:
-        api = LiveAPI(create_app(settings)).start()
-        started.append(api)
-        return api
-
-    yield start
-    for api in started:
-        api.stop()
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- data, models and published bundles without training ---------------------------------------
@@ -339,20 +156,21 @@ STACK_WORKER_MEMORY_MB = 2
 
 
 @pytest.fixture(scope="session")
-def stack(rel_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest, redis_databases: RedisDatabases,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # fmt: skip
     root = tmp_path_factory.mktemp("stack")
-    queue = f"stack-{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        redis_url=rel_redis.url, data_dir=root / "data", device="cpu", train_queue=f"{queue}-train",
-        light_queue=f"{queue}-light", reload_poll_s=0.2, job_heartbeat_s=0.5, job_max_retries=0,
-        redis_timeout_s=2.0,
-    )  # fmt: skip
+    redis_url = redis_databases.reserve()
+    settings = make_test_settings("stack", **RELIABILITY_SETTINGS, redis_url=redis_url, data_dir=root / "data")
     worker_settings = settings.model_copy(update={"max_job_memory_mb": STACK_WORKER_MEMORY_MB})
-    registry = Registry.from_url(rel_redis.url)
+    registry = Registry.from_url(redis_url)
     dataset = seed_dataset(settings, registry)
-    worker = WorkerProcess(worker_settings, root / "worker.log", "steady").start()
-    api = LiveAPI(create_app(settings)).start()
+    worker = WorkerProcess(worker_settings, root / "worker.log", "steady")
+    api = LiveAPI(settings, root / "api.log")
+    watch_log(request, "stack worker", worker.log)
+    watch_log(request, "stack API", api.log)
     try:
+        worker.start()
+        api.start()
         yield Stack(settings, worker_settings, registry, worker, api, dataset)
     finally:
         api.stop()

@@ -5,101 +5,47 @@ it comes up not ready (503) and loads the model by itself once Redis is back.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from service.core.config import Settings
 from service.core.registry import Registry
-from service.stack.redis_server import RedisServer, free_port
-from tests.reliability.conftest import (
-    ROOT,
-    kill_redis,
-    observe,
-    publish_direct,
-    seed_dataset,
-    seed_model,
-    wait_until,
-)
+from service.stack.redis_server import RedisServer
+from tests.reliability.conftest import observe, publish_direct, seed_dataset, seed_model, wait_until
+from tests.support.live_api import LiveAPI
+from tests.support.redis_dbs import kill_redis
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
 
 START_TIMEOUT_S = 40.0
 
 
-class ApiProcess:
-    def __init__(self, settings: Settings, log: Path) -> None:
-        self.settings, self.log = settings, log
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ApiProcess:
-        env = {
-            "PATH": "/usr/bin:/bin", "UNKD_REDIS_URL": self.settings.redis_url or "",
-            "UNKD_DATA_DIR": str(self.settings.data_dir), "UNKD_RELOAD_POLL_S": "0.2",
-            "UNKD_REDIS_TIMEOUT_S": "1", "OMP_NUM_THREADS": "1",
-        }  # fmt: skip
-        with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-                cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def readiness_until_ready(self) -> list[tuple[int, dict]]:
-        """Poll /readyz from the moment of spawning; (status, body) of every answer
-        (0 = connection refused) until the first 200."""
-        seen: list[tuple[int, dict]] = []
-        deadline = time.monotonic() + START_TIMEOUT_S
-        with httpx.Client(base_url=self.url, timeout=5) as client:
-            while time.monotonic() < deadline:
-                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
-                try:
-                    r = client.get("/readyz")
-                    seen.append((r.status_code, r.json()))
-                    if r.status_code == 200:
-                        return seen
-                except httpx.TransportError:
-                    seen.append((0, {}))
-                time.sleep(0.02)
-        pytest.fail(f"API not ready after {START_TIMEOUT_S}s: {seen[-3:]}\n{self.log.read_text()[-2000:]}")
-
-
-@pytest.fixture()
-def api_processes(tmp_path: Path) -> Iterator[Callable[[Settings], ApiProcess]]:
-    started: list[ApiProcess] = []
-
-    def start(settings: Settings) -> ApiProcess:
-        api = ApiProcess(settings, tmp_path / f"api-{len(started)}.log").start()
-        started.append(api)
-        return api
-
-    yield start
-    for api in started:
-        api.kill()
+def readiness_until_ready(api: LiveAPI) -> list[tuple[int, dict]]:
+    """Poll /readyz of a just-spawned API; (status, body) of every answer
+    (0 = connection refused) until the first 200."""
+    seen: list[tuple[int, dict]] = []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with httpx.Client(base_url=api.url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            assert api.alive(), api.tail(2000)
+            try:
+                r = client.get("/readyz")
+                seen.append((r.status_code, r.json()))
+                if r.status_code == 200:
+                    return seen
+            except httpx.TransportError:
+                seen.append((0, {}))
+            time.sleep(0.02)
+    pytest.fail(f"API not ready after {START_TIMEOUT_S}s: {seen[-3:]}\n{api.tail(2000)}")
 
 
 def test_api_restart_reports_ready_only_with_the_model_loaded(
-    own_redis: RedisServer, make_settings: Callable[..., Settings],
-    api_processes: Callable[[Settings], ApiProcess],
+    own_redis: RedisServer, make_settings: Callable[..., Settings], live_api: Callable[..., LiveAPI],
 ) -> None:  # fmt: skip
-    settings = make_settings(redis_url=own_redis.url)
+    settings = make_settings(redis_url=own_redis.url, redis_timeout_s=1.0)
     registry = Registry.from_url(own_redis.url)
     dataset = seed_dataset(settings, registry)
     seed_model(settings, registry, dataset, "student-restart")
@@ -108,8 +54,8 @@ def test_api_restart_reports_ready_only_with_the_model_loaded(
     user = str(dataset.user_ids[0])
 
     # 1. A normal (re)start: refused or 503 until the model is loaded, then 200 with it.
-    first = api_processes(settings)
-    seen = first.readiness_until_ready()
+    first = live_api(settings, ready=None)  # spawned: every answer from the start is watched
+    seen = readiness_until_ready(first)
     assert seen[-1] == (200, {"status": "ready", "redis": True, "index_loaded": True,
                               "model_id": "student-restart"})  # fmt: skip
     early = seen[:-1]
@@ -121,7 +67,7 @@ def test_api_restart_reports_ready_only_with_the_model_loaded(
 
     # 2. Restarted while Redis is down: up, alive, not ready; ready on its own once Redis is back.
     kill_redis(own_redis)
-    second = api_processes(settings)
+    second = live_api(settings, ready=None)
     down = wait_until(lambda: _get(second.url, "/readyz"), START_TIMEOUT_S, "the API to answer")
     assert down == (503, {"status": "not ready", "redis": False, "index_loaded": False, "model_id": None})
     assert _get(second.url, "/healthz")[0] == 200

@@ -18,16 +18,10 @@ import redis
 from service.core.config import Settings
 from service.core.registry import JobRecord, Registry
 from service.stack.redis_server import RedisServer
-from tests.reliability.conftest import (
-    LiveAPI,
-    kill_redis,
-    observe,
-    publish_direct,
-    seed_dataset,
-    seed_model,
-    wait_until,
-)
+from tests.reliability.conftest import observe, publish_direct, seed_dataset, seed_model, wait_until
 from tests.reliability.load import Load
+from tests.support.live_api import LiveAPI
+from tests.support.redis_dbs import kill_redis
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
 
@@ -61,7 +55,7 @@ def _registry_answers(client: httpx.Client, job_id: str) -> list[tuple[str, int,
 
 def test_redis_killed_and_frozen_while_serving(
     own_redis: RedisServer, make_settings: Callable[..., Settings],
-    live_api: Callable[[Settings], LiveAPI],
+    live_api: Callable[..., LiveAPI],
 ) -> None:  # fmt: skip
     settings = make_settings(redis_url=own_redis.url)
     registry = Registry.from_url(own_redis.url)

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.core.config import Settings
 from service.core.registry import Registry
-from tests.reliability.conftest import WorkerProcess, observe, seed_dataset, seed_model, wait_until
+from tests.reliability.conftest import observe, seed_dataset, seed_model, wait_until
+from tests.support.workers import WorkerProcess
 from training.checkpoint import ModelArtifact
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
