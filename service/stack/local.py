@@ -69,6 +69,15 @@ def worker_argv(
     return argv + (["--without-gossip", "--without-mingle"] if alone else [])
 
 
+def api_argv(host: str, port: int, *, log_level: str = "warning", graceful_s: float | None = None) -> list[str]:
+    """The command line of one API process (uvicorn's factory mode: settings from UNKD_*)."""
+    argv = [
+        sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
+        "--host", host, "--port", str(port), "--log-level", log_level,
+    ]  # fmt: skip
+    return argv + (["--timeout-graceful-shutdown", str(graceful_s)] if graceful_s is not None else [])
+
+
 class LocalStack:
     """Redis + worker + API on this machine.
 
@@ -127,10 +136,7 @@ class LocalStack:
             self.worker = self._spawn("worker", worker_argv(
                 queues, hostname=f"unkd-{os.getpid()}@%h", loglevel="INFO"
             ))
-            self.api = self._spawn("api", [
-                sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
-                "--host", self.host, "--port", str(self.port), "--log-level", "warning",
-            ])  # fmt: skip
+            self.api = self._spawn("api", api_argv(self.host, self.port))
             self._wait_api()
         except BaseException:
             self.stop()

@@ -167,6 +167,16 @@ class RedisServer:
         self._terminate(timeout_s)
         logger.info("redis-server on port %s stopped", self.port)
 
+    def kill(self) -> None:
+        """SIGKILL, no SHUTDOWN save: only what the append-only file holds survives (a crash).
+
+        The object keeps its port and password, so `start()` brings the same server back.
+        """
+        if self._proc is None:
+            raise RuntimeError("redis-server is not running")
+        self._proc.kill()
+        self._terminate()
+
     def _terminate(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         if proc is None:

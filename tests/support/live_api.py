@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from service.core.config import Settings
+from service.stack.local import api_argv
 from service.stack.redis_server import free_port
 from tests.support.processes import ROOT, child_env, kill_process, log_tail, stop_process
 
 API_START_TIMEOUT_S = 60.0  # imports included, on two shared cores
 API_STOP_TIMEOUT_S = 15.0
 GRACEFUL_SHUTDOWN_S = 5  # uvicorn: open connections get this long once it is told to stop
-
-
-def api_argv(port: int, host: str = "127.0.0.1") -> list[str]:
-    """`uvicorn service.api.app:create_app --factory`: the settings come from UNKD_*."""
-    return [
-        sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
-        "--host", host, "--port", str(port), "--log-level", "warning",
-        "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_S),
-    ]  # fmt: skip
 
 
 class LiveAPI:
@@ -59,7 +50,7 @@ class LiveAPI:
         """Start the process and return at once (a test may watch it come up)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(api_argv(self.port), cwd=ROOT, env=child_env(self.settings),
+            self.proc = subprocess.Popen(api_argv("127.0.0.1", self.port, graceful_s=GRACEFUL_SHUTDOWN_S), cwd=ROOT, env=child_env(self.settings),
                                          stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
         return self
 

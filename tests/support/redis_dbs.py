@@ -67,14 +67,8 @@ class RedisDatabases:
 
 
 def kill_redis(server: RedisServer) -> None:
-    """SIGKILL: no SHUTDOWN save; only what the append-only file holds survives.
-
-    The object keeps its port and password, so `server.start()` brings the same server back.
-    """
-    if server.pid is None:
-        raise RuntimeError("kill_redis: the server is not running")
-    os.kill(server.pid, signal.SIGKILL)
-    server._terminate()  # reap it (RedisServer has no public kill)
+    """SIGKILL the server (see RedisServer.kill); `server.start()` brings it back."""
+    server.kill()
 
 
 def resume_redis(server: RedisServer) -> None:

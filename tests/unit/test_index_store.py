@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -116,15 +116,8 @@ def test_relative_bundle_dir_resolves_against_data_dir(bundles: dict[str, Path])
 
 
 @pytest.fixture()
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis", appendonly=False).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture()
-def watched(redis_server: RedisServer, bundles: dict[str, Path], tmp_path: Path):
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=2.0)
+def watched(own_redis: RedisServer, bundles: dict[str, Path], tmp_path: Path):
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=2.0)
     client.set(keys.ACTIVE_MODEL, json.dumps(pointer("A", bundles["A"])))
     store = IndexStore(Settings(data_dir=tmp_path, reload_poll_s=0.1), client)
     store.start()
@@ -163,18 +156,14 @@ def test_watcher_keeps_serving_when_the_pointer_is_broken(watched, tmp_path, cap
     assert serving(store) == "A"
 
 
-def test_redis_outage_does_not_break_serving(watched, redis_server, bundles, caplog) -> None:
+def test_redis_outage_does_not_break_serving(watched, own_redis, bundles, caplog) -> None:
     store, client = watched
     caplog.set_level(logging.INFO, logger="service.serving.index_store")
-    port, password = redis_server.port, redis_server.password
-    redis_server.stop()
+    own_redis.stop()
     assert wait_for(lambda: "Redis unreachable" in caplog.text)
     _, items = store.current.recommend(USERS, 5, exclude_seen=True)  # type: ignore[union-attr]
     assert (items >= 0).all()
-    revived = RedisServer(redis_server.directory, port=port, password=password, appendonly=False).start()
-    try:
-        publish(client, pointer("B", bundles["B"]), notify=False)
-        assert wait_for(lambda: serving(store) == "B")
-        assert "Redis reachable again" in caplog.text
-    finally:
-        revived.stop()
+    own_redis.start()  # same port and password
+    publish(client, pointer("B", bundles["B"]), notify=False)
+    assert wait_for(lambda: serving(store) == "B")
+    assert "Redis reachable again" in caplog.text
