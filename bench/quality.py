@@ -75,16 +75,18 @@ def run_dataset(name: str, work: Path, device, seeds: int) -> dict[str, Any]:  #
         for seed in range(seeds):
             cfg = DistillConfig(dim=10, seed=seed, **kw)
             art = distill_student(ds, teacher, cfg, work / f"{name}-student", device=device)
-            reports.append(art.report)
-            secs.append(art.manifest["training"]["seconds_per_epoch"])
+            assert art.report is not None and art.manifest.training is not None
+            reports.append(art.report.model_dump(mode="json"))
+            secs.append(art.manifest.training.seconds_per_epoch)
         return mean_report(reports), sum(secs) / len(secs)
 
-    n_groups = len(teacher.report["groups"])
+    assert teacher.report is not None and teacher.manifest.training is not None
+    t_report = teacher.report.model_dump(mode="json")
+    n_groups = len(t_report["groups"])
     headers = ["model", f"Recall@{K}", f"NDCG@{K} (± std over seeds)",
                *[f"R@{K} G{g + 1}" for g in range(n_groups)], "head share", "ARP", "PopRSP", "s/epoch"]
-    rows = [row_of(mean_report([teacher.report]), "teacher MF-100",
-                   teacher.manifest["training"]["seconds_per_epoch"])]
-    results: dict[str, Any] = {"teacher": teacher.report["metrics"], "students": {}, "sweep": {}}
+    rows = [row_of(mean_report([t_report]), "teacher MF-100", teacher.manifest.training.seconds_per_epoch)]
+    results: dict[str, Any] = {"teacher": t_report["metrics"], "students": {}, "sweep": {}}
     for method in METHODS:
         summary, spe = students(method=method)
         rows.append(row_of(summary, f"student {method}", spe))

@@ -68,12 +68,13 @@ def publish_student(dataset, dim: int, factory: str, root: Path, seed: int) -> t
     """Random embeddings saved as a model directory, then build_bundle. Returns (dir, seconds)."""
     from service.core.bundle_format import build_bundle
     from training.checkpoint import ModelArtifact
+    from training.manifest import DatasetInfo, ModelManifest
 
     rng = np.random.default_rng(seed + dim)
     model_dir = ModelArtifact(
         user_emb=(rng.standard_normal((dataset.n_users, dim)) / np.sqrt(dim)).astype(np.float32),
         item_emb=(rng.standard_normal((dataset.n_items, dim)) / np.sqrt(dim)).astype(np.float32),
-        manifest={"kind": "student", "dim": dim, "dataset": {"fingerprint": dataset.fingerprint}},
+        manifest=ModelManifest(kind="student", model="mf", dim=dim, dataset=DatasetInfo(fingerprint=dataset.fingerprint)),
     ).save(root / f"model-d{dim}")
     t0 = time.perf_counter()
     out = root / f"bundle-d{dim}"

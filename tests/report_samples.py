@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from service.core.registry import DatasetRecord, ModelRecord, Registry
+from training.config import DistillConfig, TeacherConfig
+from training.manifest import (
+    MANIFEST,
+    REPORT,
+    DatasetInfo,
+    EpochRecord,
+    Lineage,
+    ModelManifest,
+    QualityReport,
+    TeacherInfo,
+    TrainingSummary,
+    build_manifest,
+)
 
 KS = (10, 20, 50)
 NAMES = ("recall", "ndcg", "precision", "hit", "mrecall", "mndcg", "ips_recall", "ips_ndcg", "arp",
@@ -45,7 +59,9 @@ def sample_report(seed: int, *, n_groups: int = 4) -> dict[str, Any]:
         groups.append(row)
     return {
         "protocol": {"split": "test", "ks": list(KS), "groups": n_groups, "ips_gamma": 0.5,
-                     "head_mass": 0.8, "excluded": "train+valid"},  # fmt: skip
+                     "head_mass": 0.8, "excluded": "train+valid", "users": "users with >= 1 positive in test",
+                     "tie_break": "lower item index first", "ci": "bootstrap, K=20",
+                     "definitions": {"recall": "|L∩T|/|T|"}},  # fmt: skip
         "users_evaluated": 200,
         "metrics": metrics,
         "groups": groups,
@@ -60,37 +76,40 @@ def student_report(seed: int, teacher: dict[str, Any]) -> dict[str, Any]:
     out["teacher"] = {"metrics": dict(tm), "groups": [dict(g) for g in teacher["groups"]]}
     out["deltas"] = {n: None if sm[n] is None or tm.get(n) is None else sm[n] - tm[n] for n in sm}
     out["bias_amplification"] = {f"arp@{k}": sm[f"arp@{k}"] / tm[f"arp@{k}"] - 1 for k in KS}
-    out["retention"] = {f"ndcg@{k}": sm[f"ndcg@{k}"] / tm[f"ndcg@{k}"] for k in KS}
+    out["retention"] = {f"ndcg@{k}": sm[f"ndcg@{k}"] / tm[f"ndcg@{k}"] for k in KS} | {
+        "groups": [{"group": g["group"], "recall@20": 1.0} for g in out["groups"]]}
     return out
 
 
 def sample_manifest(model_id: str, *, kind: str, method: str | None, dim: int, epochs: int = 6,
                     dataset: str = "synthetic", fingerprint: str = "f" * 32,
-                    teacher_id: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """A manifest.json with a training history of `epochs` epochs (loss falls, NDCG rises)."""
+                    teacher_id: str | None = None) -> ModelManifest:  # fmt: skip
+    """A manifest with a training history of `epochs` epochs (loss falls, NDCG rises)."""
     history = [
-        {"epoch": e, "loss": round(0.7 - 0.05 * e, 6), "seconds": 0.1,
-         "valid_recall@20": round(0.05 + 0.02 * e, 6), "valid_ndcg@20": round(0.03 + 0.015 * e, 6)}
+        EpochRecord.model_validate(
+            {"epoch": e, "loss": round(0.7 - 0.05 * e, 6), "seconds": 0.1,
+             "valid_recall@20": round(0.05 + 0.02 * e, 6), "valid_ndcg@20": round(0.03 + 0.015 * e, 6)})
         for e in range(1, epochs + 1)
     ]  # fmt: skip
-    teacher = {"id": teacher_id, "model": "mf", "dim": 64, "path": None} if teacher_id else None
-    return {
-        "id": model_id, "kind": kind, "model": "mf", "method": method, "dim": dim,
-        "config": {"lr": 0.01, "dim": dim, "epochs": epochs, "lambda_kd": 1.0,
-                   "unkd": {"groups": 4, "mu": 20.0}, "rd": {"top_k": 10}},
-        "dataset": {"name": dataset, "fingerprint": fingerprint},
-        "lineage": {"dataset": fingerprint, "teacher": teacher},
-        "created_at": "2026-01-02T03:04:05+00:00", "device": "cpu",
-        "training": {"best_epoch": epochs - 1, "epochs_run": epochs, "seconds": 1.5, "history": history},
-    }  # fmt: skip
+    config = (TeacherConfig(dim=dim, epochs=epochs, lr=0.01) if kind == "teacher" else
+              DistillConfig(method=method or "none", dim=dim, epochs=epochs, lambda_kd=1.0))  # fmt: skip
+    training = TrainingSummary(best_epoch=epochs - 1, epochs_run=epochs, seconds=1.5,
+                               seconds_per_epoch=0.25, history=history)  # fmt: skip
+    return build_manifest(
+        config, model_id=model_id, dataset=DatasetInfo(name=dataset, fingerprint=fingerprint),
+        lineage=Lineage(teacher_id=teacher_id), training=training, device="cpu",
+        created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+        teacher=TeacherInfo(model="mf", dim=64) if teacher_id else None,
+    )  # fmt: skip
 
 
-def write_model_dir(path: Path, report: dict[str, Any], manifest: dict[str, Any] | None) -> Path:
-    """report.json (and manifest.json) in `path`; no embeddings: pages never read them."""
+def write_model_dir(path: Path, report: dict[str, Any], manifest: ModelManifest | None) -> Path:
+    """report.json (and manifest.json) in `path`, as ModelArtifact.save writes them; no
+    embeddings: pages never read them. The report is validated first (fixtures stay real)."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "report.json").write_text(json.dumps(report))
+    (path / REPORT).write_text(json.dumps(QualityReport.model_validate(report).model_dump(mode="json")))
     if manifest is not None:
-        (path / "manifest.json").write_text(json.dumps(manifest))
+        (path / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json")))
     return path
 
 
@@ -113,7 +132,7 @@ def sample_family(root: Path, *, methods: tuple[str, ...] = ("unkd", "rd", "none
 
 
 def _headline(model_dir: Path) -> dict[str, float]:
-    metrics = json.loads((model_dir / "report.json").read_text())["metrics"]
+    metrics = json.loads((model_dir / REPORT).read_text())["metrics"]
     return {k: metrics[k] for k in ("recall@20", "ndcg@20", "head_share@20", "arp@20")}
 
 
@@ -129,7 +148,7 @@ def register_family(registry: Registry, root: Path, dataset_id: str, *, name: st
         registry.add_model(ModelRecord(
             id=mid + suffix, kind=kind, method=method, model="mf", dim=64 if kind == "teacher" else 10,
             parameters={"dim": 10}, path=str(path), metrics=_headline(path),
-            lineage={"dataset_id": dataset_id, "teacher_id": None if kind == "teacher" else "teacher-1" + suffix},
+            lineage=Lineage(dataset_id=dataset_id, teacher_id=None if kind == "teacher" else "teacher-1" + suffix),
         ))  # fmt: skip
         ids.append(mid + suffix)
     return ids

@@ -1,9 +1,12 @@
 """A model directory: final embeddings, a self-describing manifest, and its quality report.
 
     <model_dir>/embeddings.npz   user_emb (n_users, d) float32, item_emb (n_items, d) float32
-    <model_dir>/manifest.json    kind, model, method, dim, config, dataset fingerprint, lineage,
-                                 training history, timings
-    <model_dir>/report.json      the quality report (training.evaluation)
+    <model_dir>/manifest.json    training.manifest.ModelManifest: kind, model, method, dim,
+                                 config, dataset, lineage, training history, timings
+    <model_dir>/report.json      training.manifest.QualityReport (training.evaluation)
+
+`ModelArtifact.save` is the one place both JSON files are written; `ModelArtifact.load`
+reads them through training.manifest's readers, the one place each is parsed.
 
 Every model (MF or LightGCN, teacher or student) scores with a dot product of its final
 embeddings, so evaluation, distillation and the serving index share one representation.
@@ -14,24 +17,31 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from training.artifacts import atomic_dir, read_json, write_json_atomic
+from training.artifacts import atomic_dir, write_json_atomic
 from training.errors import DataError, FingerprintMismatchError
+from training.manifest import (
+    MANIFEST,
+    REPORT,
+    ModelManifest,
+    QualityReport,
+    read_manifest,
+    read_report,
+)
+
+__all__ = ["EMBEDDINGS", "MANIFEST", "REPORT", "ModelArtifact"]
 
 EMBEDDINGS = "embeddings.npz"
-MANIFEST = "manifest.json"
-REPORT = "report.json"
 
 
 @dataclass
 class ModelArtifact:
     user_emb: np.ndarray  # (n_users, d) float32
     item_emb: np.ndarray  # (n_items, d) float32
-    manifest: dict[str, Any]
-    report: dict[str, Any] | None = None
+    manifest: ModelManifest
+    report: QualityReport | None = None
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -40,13 +50,13 @@ class ModelArtifact:
 
     @property
     def dataset_fingerprint(self) -> str:
-        return str(self.manifest["dataset"]["fingerprint"])
+        return self.manifest.dataset.fingerprint
 
     def check_dataset(self, fingerprint: str) -> None:
         """Refuse to use this model with a dataset other than the one it was trained on."""
         if fingerprint != self.dataset_fingerprint:
             raise FingerprintMismatchError(
-                f"model {self.path or self.manifest.get('id')} was trained on dataset "
+                f"model {self.path or self.manifest.id} was trained on dataset "
                 f"{self.dataset_fingerprint}, not on {fingerprint}"
             )
 
@@ -59,19 +69,20 @@ class ModelArtifact:
                 user_emb=np.ascontiguousarray(self.user_emb, dtype=np.float32),
                 item_emb=np.ascontiguousarray(self.item_emb, dtype=np.float32),
             )
-            write_json_atomic(tmp / MANIFEST, self.manifest)
+            write_json_atomic(tmp / MANIFEST, self.manifest.model_dump(mode="json"))
             if self.report is not None:
-                write_json_atomic(tmp / REPORT, self.report)
+                write_json_atomic(tmp / REPORT, self.report.model_dump(mode="json"))
         self.path = out_dir
         return out_dir
 
     @classmethod
     def load(cls, path: Path) -> ModelArtifact:
+        """Read a model directory; DataError naming the file when a part is missing or bad."""
         path = Path(path)
         if not (path / MANIFEST).is_file() or not (path / EMBEDDINGS).is_file():
             raise DataError(f"{path}: not a model directory ({MANIFEST} and {EMBEDDINGS} expected)")
-        manifest = read_json(path / MANIFEST)
-        report = read_json(path / REPORT) if (path / REPORT).is_file() else None
+        manifest = read_manifest(path)
+        report = read_report(path) if (path / REPORT).is_file() else None
         try:
             with np.load(path / EMBEDDINGS, allow_pickle=False) as z:
                 user_emb, item_emb = z["user_emb"], z["item_emb"]

@@ -121,7 +121,7 @@ def cmd_train_teacher(a: argparse.Namespace) -> int:
         art = train_teacher(ds, cfg, Path(a.out), device=resolve_device(a.device), on_progress=bar)
     finally:
         bar.close()
-    print(render_table(art.report or {}))
+    print(render_table(art.report))
     print(f"saved to {a.out}")
     return 0
 
@@ -135,7 +135,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
     extra = {"lambda_kd": a.lambda_kd} if a.lambda_kd is not None else {}
     cfg = DistillConfig(
         method=a.method, dim=a.dim, student_model=a.student_model,
-        unkd={"groups": a.groups, "pairs_per_user": a.pairs_per_user, "mu": a.mu, "top_l": a.top_l},
+        # a dict, not UnKDOptions(...): its errors then name the field as unkd.<field>
+        unkd={"groups": a.groups, "pairs_per_user": a.pairs_per_user, "mu": a.mu, "top_l": a.top_l},  # type: ignore[arg-type]
         **extra, **_optim_values(a),
     )
     ds = _load(a.data)
@@ -145,7 +146,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
                               on_progress=bar)
     finally:
         bar.close()
-    print(render_table(art.report or {}))
+    print(render_table(art.report))
     print(f"saved to {a.out}")
     return 0
 
@@ -157,11 +158,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from training.pipelines import evaluate_model
 
     report = evaluate_model(_load(a.data), Path(a.model), device=resolve_device(a.device))
-    print(json.dumps(report, indent=2) if a.json else render_table(report))
+    print(json.dumps(report.model_dump(mode="json"), indent=2) if a.json else render_table(report))
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the offline commands to the `unkd` parser."""
     data = sub.add_parser("data", help="prepare datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)

@@ -8,8 +8,8 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 
 from training.checkpoint import ModelArtifact
@@ -18,6 +18,15 @@ from training.dataset import Dataset
 from training.distill import build_distiller
 from training.errors import JobCancelled
 from training.evaluation import attach_teacher, evaluate_embeddings
+from training.manifest import (
+    DatasetInfo,
+    EpochRecord,
+    Lineage,
+    QualityReport,
+    TeacherInfo,
+    TrainingSummary,
+    build_manifest,
+)
 from training.models import build_model
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.trainer import FitResult, fit
@@ -25,33 +34,75 @@ from training.trainer import FitResult, fit
 logger = logging.getLogger(__name__)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _training_summary(result: FitResult, seconds: float, *, candidates_s: float | None = None,
+                      candidate_bytes: int | None = None) -> TrainingSummary:  # fmt: skip
+    return TrainingSummary(
+        best_epoch=result.best_epoch,
+        epochs_run=result.epochs_run,
+        seconds=round(seconds, 3),
+        seconds_per_epoch=round(result.seconds_per_epoch, 4),
+        history=[EpochRecord.model_validate(row) for row in result.history],
+        candidates_seconds=None if candidates_s is None else round(candidates_s, 3),
+        candidate_bytes=candidate_bytes,
+    )
 
 
-def _training_summary(result: FitResult, seconds: float) -> dict[str, Any]:
-    return {
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "seconds": round(seconds, 3),
-        "seconds_per_epoch": round(result.seconds_per_epoch, 4),
-        "history": result.history,
-    }
+def _report(dataset: Dataset, user_emb: np.ndarray, item_emb: np.ndarray, cfg: EvalConfig,
+            device: torch.device) -> QualityReport:  # fmt: skip
+    return QualityReport.model_validate(
+        evaluate_embeddings(dataset, user_emb, item_emb, cfg=cfg, device=device))
 
 
-def _student_report(dataset: Dataset, user_emb: Any, item_emb: Any, teacher: ModelArtifact,
-                    cfg: EvalConfig, device: torch.device) -> dict[str, Any]:
+def _student_report(dataset: Dataset, user_emb: np.ndarray, item_emb: np.ndarray,
+                    teacher: ModelArtifact, cfg: EvalConfig, device: torch.device) -> QualityReport:  # fmt: skip
     """A student's report with its teacher's figures, the deltas and list overlap."""
     report = evaluate_embeddings(dataset, user_emb, item_emb, cfg=cfg, device=device,
                                  reference=(teacher.user_emb, teacher.item_emb))
-    teacher_report = teacher.report or evaluate_embeddings(
-        dataset, teacher.user_emb, teacher.item_emb, cfg=cfg, device=device)
-    return attach_teacher(report, teacher_report)
+    teacher_report = teacher.report or _report(dataset, teacher.user_emb, teacher.item_emb, cfg, device)
+    return QualityReport.model_validate(
+        attach_teacher(report, teacher_report.model_dump(mode="json")))
 
 
 def _emit(on_progress: ProgressCallback | None, stage: str, message: str = "") -> None:
     if on_progress is not None:
         on_progress(ProgressEvent(stage=stage, message=message))
+
+
+def _save(
+    cfg: TeacherConfig | DistillConfig,
+    dataset: Dataset,
+    result: FitResult,
+    report: QualityReport,
+    out_dir: Path,
+    *,
+    training: TrainingSummary,
+    device: torch.device,
+    model_id: str | None,
+    dataset_id: str | None,
+    should_stop: ShouldStop | None,
+    teacher: ModelArtifact | None = None,
+) -> ModelArtifact:
+    """Build the manifest of a teacher or a student, and save the model unless cancelled."""
+    lineage, teacher_info = Lineage(dataset_id=dataset_id), None
+    if teacher is not None:  # a student: where its teacher is, to compare against later
+        tm = teacher.manifest
+        lineage.teacher_id = tm.id
+        teacher_info = TeacherInfo(model=tm.model, dim=tm.dim, path=str(teacher.path) if teacher.path else None)
+    manifest = build_manifest(
+        cfg,
+        model_id=model_id or out_dir.name,
+        dataset=DatasetInfo(name=dataset.name, fingerprint=dataset.fingerprint),
+        lineage=lineage,
+        training=training,
+        device=str(device),
+        created_at=datetime.now(timezone.utc).replace(microsecond=0),
+        teacher=teacher_info,
+    )
+    artifact = ModelArtifact(result.user_emb, result.item_emb, manifest, report)
+    if should_stop is not None and should_stop():  # cancelled during evaluation: write nothing
+        raise JobCancelled("cancelled before the model was saved")
+    artifact.save(out_dir)
+    return artifact
 
 
 def train_teacher(
@@ -63,9 +114,14 @@ def train_teacher(
     on_progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
     model_id: str | None = None,
+    dataset_id: str | None = None,
     eval_cfg: EvalConfig | None = None,
 ) -> ModelArtifact:
-    """Train an MF or LightGCN teacher with BPR, evaluate it, and save it to `out_dir`."""
+    """Train an MF or LightGCN teacher with BPR, evaluate it, and save it to `out_dir`.
+
+    model_id and dataset_id are the registry's ids in the service (manifest id, lineage);
+    offline the id is the directory's name and the dataset has none.
+    """
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     train = dataset.csr("train")
@@ -75,26 +131,10 @@ def train_teacher(
                  on_progress=on_progress, should_stop=should_stop, stage="train")
     train_s = time.perf_counter() - t0
     _emit(on_progress, "evaluate")
-    report = evaluate_embeddings(dataset, result.user_emb, result.item_emb,
-                                 cfg=eval_cfg or EvalConfig(), device=device)
-    manifest = {
-        "id": model_id or out_dir.name,
-        "kind": "teacher",
-        "model": cfg.model,
-        "method": None,
-        "dim": cfg.dim,
-        "config": cfg.model_dump(mode="json"),
-        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint},
-        "lineage": {"dataset": dataset.fingerprint, "teacher": None},
-        "created_at": _now(),
-        "device": str(device),
-        "training": _training_summary(result, train_s),
-    }
-    artifact = ModelArtifact(result.user_emb, result.item_emb, manifest, report)
-    if should_stop is not None and should_stop():  # cancelled during evaluation: write nothing
-        raise JobCancelled("cancelled before the model was saved")
-    artifact.save(out_dir)
-    logger.info("teacher %s saved to %s (%.1fs)", manifest["id"], out_dir, train_s)
+    report = _report(dataset, result.user_emb, result.item_emb, eval_cfg or EvalConfig(), device)
+    artifact = _save(cfg, dataset, result, report, out_dir, training=_training_summary(result, train_s),
+                     device=device, model_id=model_id, dataset_id=dataset_id, should_stop=should_stop)  # fmt: skip
+    logger.info("teacher %s saved to %s (%.1fs)", artifact.manifest.id, out_dir, train_s)
     return artifact
 
 
@@ -108,6 +148,7 @@ def distill_student(
     on_progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
     model_id: str | None = None,
+    dataset_id: str | None = None,
     eval_cfg: EvalConfig | None = None,
 ) -> ModelArtifact:
     """Distil `teacher` into a small student with cfg.method and save it to `out_dir`."""
@@ -134,45 +175,27 @@ def distill_student(
     _emit(on_progress, "evaluate")
     report = _student_report(dataset, result.user_emb, result.item_emb, teacher_art,
                              eval_cfg or EvalConfig(), device)
-    tm = teacher_art.manifest
-    manifest = {
-        "id": model_id or out_dir.name,
-        "kind": "student",
-        "model": cfg.student_model,
-        "method": cfg.method,
-        "dim": cfg.dim,
-        "config": cfg.model_dump(mode="json"),
-        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint},
-        "lineage": {
-            "dataset": dataset.fingerprint,
-            "teacher": {"id": tm.get("id"), "model": tm.get("model"), "dim": tm.get("dim"),
-                        "path": str(teacher_art.path) if teacher_art.path else None},
-        },
-        "created_at": _now(),
-        "device": str(device),
-        "training": {**_training_summary(result, train_s), "candidates_seconds": round(candidates_s, 3),
-                     "candidate_bytes": distiller.candidate_bytes() if distiller else 0},
-    }
-    artifact = ModelArtifact(result.user_emb, result.item_emb, manifest, report)
-    if should_stop is not None and should_stop():
-        raise JobCancelled("cancelled before the model was saved")
-    artifact.save(out_dir)
-    logger.info("student %s (%s) saved to %s (%.1fs)", manifest["id"], cfg.method, out_dir, train_s)
+    training = _training_summary(result, train_s, candidates_s=candidates_s,
+                                 candidate_bytes=distiller.candidate_bytes() if distiller else 0)  # fmt: skip
+    artifact = _save(cfg, dataset, result, report, out_dir, training=training, device=device,
+                     model_id=model_id, dataset_id=dataset_id, should_stop=should_stop,
+                     teacher=teacher_art)  # fmt: skip
+    logger.info("student %s (%s) saved to %s (%.1fs)", artifact.manifest.id, cfg.method, out_dir, train_s)
     return artifact
 
 
 def evaluate_model(
     dataset: Dataset, model: ModelArtifact | Path, *, device: torch.device | None = None,
     eval_cfg: EvalConfig | None = None,
-) -> dict[str, Any]:
+) -> QualityReport:
     """The quality report of a saved model on `dataset` (its own dataset, checked by fingerprint)."""
     art = model if isinstance(model, ModelArtifact) else ModelArtifact.load(Path(model))
     art.check_dataset(dataset.fingerprint)
     ecfg = eval_cfg or EvalConfig()
     dev = device or torch.device("cpu")
-    lineage_teacher = (art.manifest.get("lineage") or {}).get("teacher") or {}
-    teacher_dir = Path(lineage_teacher["path"]) if lineage_teacher.get("path") else None
+    teacher = art.manifest.teacher
+    teacher_dir = Path(teacher.path) if teacher is not None and teacher.path else None
     if teacher_dir is None or not teacher_dir.is_dir():  # a teacher, or its teacher was moved
-        return evaluate_embeddings(dataset, art.user_emb, art.item_emb, cfg=ecfg, device=dev)
+        return _report(dataset, art.user_emb, art.item_emb, ecfg, dev)
     return _student_report(dataset, art.user_emb, art.item_emb, ModelArtifact.load(teacher_dir),
                            ecfg, dev)

@@ -1,14 +1,18 @@
 """Comparing and showing quality reports: teacher deltas and the CLI table.
 
-Works on the plain dicts built by `training.evaluation` (also importable from there).
+Works on the plain dicts built by `training.evaluation` (also importable from there);
+training.pipelines validates the result into a `training.manifest.QualityReport`.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from training.manifest import QualityReport
 
 
 def _num(x: Any) -> float | None:
@@ -108,10 +112,12 @@ HEADLINE = (
 )
 
 
-def render_table(report: dict[str, Any]) -> str:
+def render_table(report: QualityReport | Mapping[str, Any] | None) -> str:
     """Plain-text tables for the CLI: metrics by K (with teacher and Δ when attached),
     then one row per popularity group at the main K."""
-    if not report.get("metrics"):
+    if isinstance(report, QualityReport):
+        report = report.model_dump(mode="json")
+    if not report or not report.get("metrics"):
         return "no quality report"
     proto = report["protocol"]
     ks = proto["ks"]

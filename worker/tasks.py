@@ -31,6 +31,7 @@ from training.config import DistillConfig, TeacherConfig
 from training.dataset import Dataset
 from training.device import resolve_device
 from training.errors import JobCancelled, TrainingDivergedError
+from training.manifest import MANIFEST, Lineage
 from training.progress import ProgressEvent
 from worker.progress import JobReporter, StopCheck, worker_stopping
 from worker.recovery import JobLease, Reaper
@@ -44,10 +45,6 @@ DETERMINISTIC: tuple[type[BaseException], ...] = (
 )  # fmt: skip
 # Infrastructure hiccups: worth a retry with backoff.
 TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
-HEADLINE_K = 20
-# Report metrics a model record shows (at K = HEADLINE_K); the full report has the rest.
-HEADLINE = ("recall", "ndcg", "precision", "hit", "ips_recall", "ips_ndcg", "oracle_ndcg",
-            "overlap", "arp", "aplt", "head_share", "coverage", "gini", "pop_rsp", "pop_reo")
 
 _registries: dict[str, Registry] = {}
 
@@ -82,17 +79,6 @@ class JobContext:
         return self.settings.models_dir.resolve() / self.model_id
 
 
-def headline_metrics(report: dict[str, Any] | None, k: int = HEADLINE_K) -> dict[str, float]:
-    """The @k figures of a quality report that a model listing shows."""
-    metrics = (report or {}).get("metrics") or {}
-    out: dict[str, float] = {}
-    for name in HEADLINE:
-        value = metrics.get(f"{name}@{k}")
-        if isinstance(value, (int, float)):
-            out[f"{name}@{k}"] = float(value)
-    return out
-
-
 def _load_dataset(ctx: JobContext, dataset_id: str) -> Dataset:
     record = ctx.registry.get_dataset(dataset_id)
     return Dataset.load(Path(record.path))
@@ -100,19 +86,10 @@ def _load_dataset(ctx: JobContext, dataset_id: str) -> Dataset:
 
 def _register(ctx: JobContext, artifact: ModelArtifact, *, dataset_id: str,
               teacher_id: str | None) -> ModelRecord:  # fmt: skip
-    manifest = artifact.manifest
-    record = ModelRecord(
-        id=ctx.model_id,
-        kind=manifest["kind"],
-        method=manifest.get("method"),
-        model=manifest["model"],
-        dim=int(manifest["dim"]),
-        parameters=manifest.get("config", {}),
-        lineage={"dataset_id": dataset_id, "teacher_id": teacher_id},
-        metrics=headline_metrics(artifact.report),
-        path=str(ctx.model_dir),
-        job_id=ctx.job.id,
-    )
+    record = ModelRecord.of(
+        artifact.manifest, artifact.report, model_id=ctx.model_id, path=str(ctx.model_dir),
+        lineage=Lineage(dataset_id=dataset_id, teacher_id=teacher_id), job_id=ctx.job.id,
+    )  # fmt: skip
     return ctx.registry.add_model(record)
 
 
@@ -129,7 +106,7 @@ def _remove_stale_temp(ctx: JobContext) -> None:
 def _finished_before(ctx: JobContext) -> ModelArtifact | None:
     """The model of an earlier delivery of this job that saved it but was not recorded."""
     _remove_stale_temp(ctx)
-    if ctx.registry.has_model(ctx.model_id) or (ctx.model_dir / "manifest.json").is_file():
+    if ctx.registry.has_model(ctx.model_id) or (ctx.model_dir / MANIFEST).is_file():
         try:
             return ModelArtifact.load(ctx.model_dir)
         except ValueError:
@@ -148,6 +125,7 @@ def _teacher_body(ctx: JobContext) -> str:
         artifact = pipelines.train_teacher(
             dataset, cfg, ctx.model_dir, device=resolve_device(ctx.settings.device),
             on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
+            dataset_id=dataset_id,
         )  # fmt: skip
     _register(ctx, artifact, dataset_id=dataset_id, teacher_id=None)
     return ctx.model_id
@@ -157,7 +135,7 @@ def _distill_body(ctx: JobContext) -> str:
     params = ctx.job.params
     cfg = DistillConfig.model_validate(params["config"])
     teacher = ctx.registry.get_model(str(params["teacher_id"]), field="teacher_id")
-    dataset_id = str(teacher.lineage.get("dataset_id"))
+    dataset_id = str(teacher.lineage.dataset_id)
     artifact = _finished_before(ctx)
     if artifact is None:
         dataset = _load_dataset(ctx, dataset_id)
@@ -167,6 +145,7 @@ def _distill_body(ctx: JobContext) -> str:
             dataset, Path(teacher.path), cfg, ctx.model_dir,
             device=resolve_device(ctx.settings.device),
             on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
+            dataset_id=dataset_id,
         )  # fmt: skip
     _register(ctx, artifact, dataset_id=dataset_id, teacher_id=teacher.id)
     ctx.saved_model_id = ctx.model_id
@@ -182,7 +161,7 @@ def publish_model(ctx: JobContext, model_id: str) -> ActiveModel:
     """Build the serving bundle, load it back to validate, then move the active pointer."""
     settings = ctx.settings
     model = ctx.registry.get_model(model_id)
-    dataset_id = str(model.lineage.get("dataset_id"))
+    dataset_id = str(model.lineage.dataset_id)
     bundle_dir = settings.bundles_dir.resolve() / f"{model_id}-{ctx.job.id[:8]}"
     ctx.reporter(ProgressEvent(stage="publish", message=f"building {settings.index_factory} index"))
     if not (bundle_dir / "meta.json").is_file():

@@ -18,9 +18,11 @@ from service.core.records import (
     JobRecord,
     JobState,
     JobTimings,
+    ModelInfo,
     ModelRecord,
 )
 from training.config import DistillConfig, TeacherConfig
+from training.manifest import QualityReport as QualityReport  # GET /v1/models/{id}/report
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
 # List offsets beyond this are refused (422): Redis ranges are 64-bit, and no listing is
@@ -166,17 +168,9 @@ class JobList(BaseModel):
 # -- models ------------------------------------------------------------------------------
 
 
-class ModelOut(BaseModel):
-    id: str
-    kind: Literal["teacher", "student"]
-    method: str | None
-    model: str
-    dim: int
-    parameters: dict[str, Any]
-    lineage: dict[str, str | None]
-    metrics: dict[str, float] = Field(description="headline @20 figures of its quality report")
-    job_id: str | None
-    created_at: datetime
+class ModelOut(ModelInfo):
+    """A registered model: the record less its directory, plus whether it is served."""
+
     active: bool = Field(description="this model answers /v1/recommendations")
 
     @classmethod
@@ -189,17 +183,6 @@ class ModelList(BaseModel):
     total: int
     limit: int
     offset: int
-
-
-class QualityReport(BaseModel):
-    """training.evaluation's report: protocol, metrics, per-group rows; deltas for a student."""
-
-    model_config = ConfigDict(extra="allow")
-
-    protocol: dict[str, Any]
-    users_evaluated: int
-    metrics: dict[str, float | None]
-    groups: list[dict[str, Any]]
 
 
 # -- operations --------------------------------------------------------------------------

@@ -168,8 +168,7 @@ def build_bundle(
         the bundle's meta (also written to meta.json).
     """
     artifact = ModelArtifact.load(Path(model_dir))
-    if "dataset" in artifact.manifest:
-        artifact.check_dataset(dataset.fingerprint)
+    artifact.check_dataset(dataset.fingerprint)
     item_emb = np.ascontiguousarray(artifact.item_emb, dtype=np.float32)  # (n_items, d)
     user_emb = np.ascontiguousarray(artifact.user_emb, dtype=np.float32)  # (n_users, d)
     if item_emb.shape[0] != dataset.n_items or user_emb.shape[0] != dataset.n_users:

@@ -3,8 +3,9 @@
     unkd report MODEL_DIR --out report.html                   one model's report
     unkd report MODEL_DIR --compare DIR [DIR …] --out c.html  several models side by side
 
-Reads only each directory's report.json and manifest.json (no Redis, no API, no torch);
-the pages are the ones the API serves, without links between them.
+Reads only each directory's report.json and manifest.json, through training.manifest's
+readers (no Redis, no API, no torch); the pages are the ones the API serves, without links
+between them.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render the page(s) and write them to --out; 2 with one clear line on bad input."""
-    from service.reports.figures import load_model_dir
     from service.reports.render import render_compare_page, render_report_page
+    from service.reports.views import load_model_dir
 
     try:
         views = [load_model_dir(Path(p)) for p in [args.model_dir, *(args.compare or [])]]
@@ -34,7 +35,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             page = render_compare_page(views)
         else:
             page = render_report_page(views[0])
-    except (OSError, ValueError) as exc:  # missing report.json, bad JSON, a model twice
+    except (OSError, ValueError) as exc:  # missing report.json, bad or invalid JSON, a model twice
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -50,24 +51,28 @@ def write_api_comparison(http: httpx.Client, model_ids: list[str], out: Path) ->
     Rendered here rather than fetched from /v1/compare.html so that the saved file has
     no links into an API that may be gone when it is opened.
     """
-    from service.reports.figures import view_from_record
+    from service.core.records import ModelInfo
     from service.reports.render import render_compare_page
+    from service.reports.views import view_from_record
+    from training.manifest import QualityReport
 
     views = []
     names: dict[str, str] = {}
     for mid in model_ids:
-        record = http.get(f"/v1/models/{mid}").raise_for_status().json()
-        report = http.get(f"/v1/models/{mid}/report").raise_for_status().json()
-        dataset_id = (record.get("lineage") or {}).get("dataset_id")
+        body = http.get(f"/v1/models/{mid}").raise_for_status().json()  # ModelOut
+        record = ModelInfo.model_validate(body)
+        report = QualityReport.model_validate(http.get(f"/v1/models/{mid}/report").raise_for_status().json())
+        dataset_id = record.lineage.dataset_id
         if dataset_id and dataset_id not in names:
             names[dataset_id] = http.get(f"/v1/datasets/{dataset_id}").raise_for_status().json()["name"]
-        views.append(view_from_record(record, report, dataset_name=names.get(dataset_id or "")))
+        views.append(view_from_record(record, report, active=body["active"] is True,
+                                      dataset_name=names.get(dataset_id or "")))  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_compare_page(views), encoding="utf-8")
     return out
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add `report` to the `unkd` parser (service/cli.py)."""
     p = sub.add_parser("report", help="write a model's quality-report page (or a comparison) as HTML")
     p.add_argument("model_dir", help="model directory (report.json, manifest.json)")

@@ -1,6 +1,6 @@
 """HTML pages of quality reports: one model's report and the comparison of several models.
 
-Pure functions from ``report_figures.ModelView`` to one self-contained page: the CSS is
+Pure functions from ``service.reports.views.ModelView`` to one self-contained page: the CSS is
 inlined, the charts are inline SVG, there is no script and nothing is fetched, so a
 saved page opens anywhere. Every string that comes from a report, a manifest or a
 request (model ids, dataset names, parameters) goes through ``html.escape``.
@@ -18,7 +18,6 @@ from typing import Any
 
 from service.reports.charts import render_bar_chart, render_line_chart
 from service.reports.figures import (
-    ModelView,
     compare_exposure_chart,
     compare_group_recall_chart,
     comparison,
@@ -28,6 +27,8 @@ from service.reports.figures import (
     main_k,
     training_charts,
 )
+from service.reports.views import ModelView
+from training.manifest import QualityReport
 
 STATIC = Path(__file__).resolve().parent / "static"
 Linker = Callable[[str], str | None]  # model id -> href of its report page, None = no link
@@ -56,14 +57,10 @@ def _delta_class(direction: str, delta: float | None) -> str:
     return "good" if (delta > 0) == (direction == "higher") else "bad"
 
 
-def _when(stamp: str | None) -> str:
-    if not stamp:
+def _when(when: datetime | None) -> str:
+    if when is None:
         return "–"
-    try:
-        dt = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return escape(str(stamp))
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _link(text: str, href: str | None) -> str:
@@ -85,17 +82,16 @@ def _crumbs(dashboard_href: str | None) -> str:
     return f'<div class="crumbs">{inner}</div>'
 
 
-def _protocol_note(report: dict[str, Any]) -> str:
-    p = report.get("protocol") or {}
+def _protocol_note(report: QualityReport) -> str:
+    p = report.protocol
     parts = [
-        f"split {p.get('split', '?')}",
-        f"{report.get('users_evaluated', '?')} users",
-        f"{p.get('groups', '?')} popularity groups",
-        f"excluded: {p.get('excluded', '?')}",
+        f"split {p.split}",
+        f"{report.users_evaluated} users",
+        f"{p.groups} popularity groups",
+        f"excluded: {p.excluded}",
+        f"IPS γ = {p.ips_gamma}",
     ]
-    if p.get("ips_gamma") is not None:
-        parts.append(f"IPS γ = {p['ips_gamma']}")
-    return escape(" · ".join(str(x) for x in parts))
+    return escape(" · ".join(parts))
 
 
 # -- one model ---------------------------------------------------------------------------
@@ -104,15 +100,15 @@ def _protocol_note(report: dict[str, Any]) -> str:
 def _headline_table(view: ModelView) -> str:
     rows = headline_rows(view)
     student = view.has_teacher
-    ci = view.report.get("ci") or {}
+    ci = view.report.ci
     head = '<tr><th>metric</th><th></th><th class="num">this model</th>'
     if student:
         head += '<th class="num">teacher</th><th class="num">Δ vs teacher</th>'
     out = [f'<table class="headline"><thead>{head}</tr></thead><tbody>']
     for r in rows:
         cell = fmt_metric(r.key, r.value)
-        if r.key in ci and ci[r.key] and None not in ci[r.key]:
-            lo, hi = ci[r.key]
+        lo, hi = ci.get(r.key, (None, None))
+        if lo is not None and hi is not None:
             cell += f'<span class="ci">[{lo:.4f}, {hi:.4f}]</span>'
         tr = (f'<tr data-metric="{escape(r.key, quote=True)}"><td>{escape(r.label)}</td>'
               f'<td class="dir" title="better: {r.better}">{ARROWS[r.better]}</td>'
@@ -130,14 +126,15 @@ def _headline_table(view: ModelView) -> str:
 
 
 def _bias_note(view: ModelView, k: int) -> str:
-    bias = view.report.get("bias_amplification") or {}
+    bias = view.report.bias_amplification or {}
     if not bias:
         return ""
     parts = []
     for key, label in ((f"arp@{k}", "ΔARP (ratio − 1)"), (f"head_share@{k}", "Δ head share"),
                        (f"gini@{k}", "ΔGini")):  # fmt: skip
-        if bias.get(key) is not None:
-            parts.append(f"{label} {bias[key]:+.4f}")
+        value = bias.get(key)
+        if value is not None:
+            parts.append(f"{label} {value:+.4f}")
     return f'<p class="note">Bias amplification vs teacher @{k}: {escape(", ".join(parts))}</p>' if parts else ""
 
 
@@ -178,16 +175,16 @@ def _lineage(view: ModelView, link: Linker | None) -> str:
         ("teacher", teacher),
         ("built", escape(_when(view.created_at))),
     ]
-    if t:
+    if t is not None:
         pairs += [
-            ("training time", escape(f"{t.get('seconds', '–')} s on {view.device or '?'}")),
-            ("epochs", escape(f"{t.get('epochs_run', '–')} run, best {t.get('best_epoch', '–')}")),
+            ("training time", escape(f"{t.seconds} s on {view.device or '?'}")),
+            ("epochs", escape(f"{t.epochs_run} run, best {t.best_epoch}")),
         ]
     return _kv(pairs, raw_values=True)
 
 
 def _all_metrics(view: ModelView) -> str:
-    metrics = view.report.get("metrics") or {}
+    metrics = view.report.metrics
     ks = sorted({int(k.split("@")[1]) for k in metrics if "@" in k})
     names = list(dict.fromkeys(k.split("@")[0] for k in metrics if "@" in k))
     head = "".join(f'<th class="num">@{k}</th>' for k in ks)
@@ -197,11 +194,11 @@ def _all_metrics(view: ModelView) -> str:
         + "</tr>"
         for n in names
     )
-    groups = view.report.get("groups") or []
-    gkeys = [k for k in (groups[0] if groups else {}) if k not in ("group",)]
+    groups = [g.model_dump() for g in view.report.groups]
+    gkeys = [k for k in (groups[0] if groups else {}) if k != "group"]
     ghead = "".join(f'<th class="num">{escape(k)}</th>' for k in gkeys)
     grows = "".join(
-        f"<tr><td>G{escape(str(g.get('group')))}</td>"
+        f"<tr><td>G{escape(str(g['group']))}</td>"
         + "".join(f'<td class="num">{_cell(g.get(k))}</td>' for k in gkeys)
         + "</tr>"
         for g in groups

@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 from service.core.config import Settings
 from service.core.registry import ActiveModel, DatasetRecord, ModelRecord, Registry
 from tests.api.conftest import API_KEY
+from tests.report_samples import sample_report
+from training.manifest import Lineage
 
 
 @pytest.fixture()
@@ -24,14 +26,16 @@ def registry(settings: Settings) -> Registry:
 def model_id(registry: Registry, tmp_path: Path) -> str:
     model_dir = tmp_path / "models" / "student-unkd-1"
     model_dir.mkdir(parents=True)
-    report = {"protocol": {"ks": [20]}, "users_evaluated": 3, "metrics": {"recall@20": 0.5},
-              "groups": [{"group": 0, "recall@20": 0.7}], "teacher": {"metrics": {}}}  # fmt: skip
+    group = {"group": 0, "items": 5, "catalog_share": 1.0, "train_share": 1.0, "test_share": 1.0, "users": 3}
+    report = {"protocol": sample_report(0)["protocol"] | {"ks": [20], "groups": 1}, "users_evaluated": 3,
+              "metrics": {"recall@20": 0.5}, "groups": [group | {"recall@20": 0.7}],
+              "teacher": {"metrics": {}, "groups": []}}  # fmt: skip
     (model_dir / "report.json").write_text(json.dumps(report))
     registry.add_dataset(DatasetRecord(id="ds-1", name="d", source="synthetic", fingerprint="f",
                                        path="/nowhere"))  # fmt: skip
     registry.add_model(ModelRecord(
         id="student-unkd-1", kind="student", method="unkd", model="mf", dim=10,
-        parameters={"lambda_kd": 1.0}, lineage={"dataset_id": "ds-1", "teacher_id": "teacher-1"},
+        parameters={"lambda_kd": 1.0}, lineage=Lineage(dataset_id="ds-1", teacher_id="teacher-1"),
         metrics={"recall@20": 0.5}, path=str(model_dir), job_id="j1",
     ))  # fmt: skip
     return "student-unkd-1"
@@ -46,7 +50,8 @@ def test_models_list_show_report(client: TestClient, model_id: str, registry: Re
     assert model["metrics"] == {"recall@20": 0.5} and model["active"] is False
     assert "path" not in model
     report = client.get(f"/v1/models/{model_id}/report").json()
-    assert report["groups"][0]["recall@20"] == 0.7 and "teacher" in report  # extra keys kept
+    assert report["groups"][0]["recall@20"] == 0.7 and "teacher" in report  # a student's parts kept
+    assert "deltas" not in report  # absent parts stay absent, not null
     registry.set_active(ActiveModel(model_id=model_id, bundle_dir="/nowhere"))
     assert client.get(f"/v1/models/{model_id}").json()["active"] is True
     r = client.get("/v1/models/m-nope/report")

@@ -33,6 +33,7 @@ from tests.support.redis_dbs import RedisDatabases
 from tests.support.workers import WorkerProcess
 from training.checkpoint import ModelArtifact
 from training.dataset import Dataset
+from training.manifest import DatasetInfo, Lineage, ModelManifest
 from training.synthetic import generate_synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,13 +94,13 @@ def seed_model(settings: Settings, registry: Registry, dataset: Dataset, model_i
     artifact = ModelArtifact(
         user_emb=rng.standard_normal((dataset.n_users, dim)).astype(np.float32),
         item_emb=rng.standard_normal((dataset.n_items, dim)).astype(np.float32),
-        manifest={"id": model_id, "kind": kind, "model": "mf", "method": None if kind == "teacher" else "unkd",
-                  "dim": dim, "config": {}, "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint}},
+        manifest=ModelManifest(id=model_id, kind=kind, model="mf", method=None if kind == "teacher" else "unkd",  # type: ignore[arg-type]
+                               dim=dim, dataset=DatasetInfo(name=dataset.name, fingerprint=dataset.fingerprint)),
     )  # fmt: skip
     out = artifact.save(settings.models_dir.resolve() / model_id)
     registry.add_model(ModelRecord(
-        id=model_id, kind=kind, method=artifact.manifest["method"], model="mf", dim=dim,  # type: ignore[arg-type]
-        lineage={"dataset_id": dataset_id, "teacher_id": None},
+        id=model_id, kind=kind, method=artifact.manifest.method, model="mf", dim=dim,  # type: ignore[arg-type]
+        lineage=Lineage(dataset_id=dataset_id),
         path=str(out),
     ))  # fmt: skip
     return artifact

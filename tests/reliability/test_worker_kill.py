@@ -103,7 +103,7 @@ def _kill_mid_job(
     assert requeued
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2 and done["model_id"] == model_id and done["error"] is None, done
-    assert ModelArtifact.load(settings.models_dir / model_id).manifest["id"] == model_id
+    assert ModelArtifact.load(settings.models_dir / model_id).manifest.id == model_id
     assert client.get(f"/v1/models/{model_id}").status_code == 200
     assert watch.partial == [], watch.partial
     assert not list(settings.models_dir.glob(f".{model_id}.tmp-*")), "temp dirs left behind"

@@ -12,6 +12,7 @@ import numpy as np
 from service.core.bundle_format import build_bundle
 from training.checkpoint import ModelArtifact
 from training.dataset import Dataset
+from training.manifest import DatasetInfo, ModelManifest
 
 
 def make_dataset(
@@ -43,7 +44,9 @@ def make_model_dir(root: Path, dataset: Dataset, dim: int = 8, seed: int = 0) ->
     artifact = ModelArtifact(
         user_emb=rng.standard_normal((dataset.n_users, dim)).astype(np.float32),
         item_emb=rng.standard_normal((dataset.n_items, dim)).astype(np.float32),
-        manifest={"kind": "student", "dim": dim, "dataset": {"fingerprint": dataset.fingerprint}},
+        # the least a model directory needs: made from embeddings, not trained here
+        manifest=ModelManifest(kind="student", model="mf", dim=dim,
+                               dataset=DatasetInfo(fingerprint=dataset.fingerprint)),
     )
     return artifact.save(Path(root) / f"model-{seed}")
 

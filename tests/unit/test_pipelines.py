@@ -14,6 +14,7 @@ from training.config import DistillConfig, TeacherConfig
 from training.dataset import Dataset
 from training.errors import ConfigError, FingerprintMismatchError, JobCancelled
 from training.evaluation import evaluate_topk, evaluated_users, most_popular_topk
+from training.manifest import Lineage, TeacherInfo
 from training.pipelines import distill_student, evaluate_model, train_teacher
 from training.synthetic import generate_synthetic
 
@@ -35,7 +36,8 @@ def teacher(data: Dataset, tmp_path_factory: pytest.TempPathFactory) -> ModelArt
 def test_mf_teacher_beats_most_popular(data: Dataset, teacher: ModelArtifact) -> None:
     users = evaluated_users(data)
     pop = evaluate_topk(data, most_popular_topk(data, users, 50))
-    ours = teacher.report["metrics"]
+    assert teacher.report is not None
+    ours = teacher.report.metrics
     assert ours["ndcg@20"] > 1.1 * pop["metrics"]["ndcg@20"], (ours["ndcg@20"], pop["metrics"]["ndcg@20"])
     assert ours["recall@20"] > pop["metrics"]["recall@20"]
 
@@ -44,28 +46,37 @@ def test_teacher_artifact_is_self_describing(teacher: ModelArtifact) -> None:
     loaded = ModelArtifact.load(teacher.path)
     np.testing.assert_array_equal(loaded.item_emb, teacher.item_emb)
     m = loaded.manifest
-    assert m["kind"] == "teacher" and m["model"] == "mf" and m["dim"] == 32
-    assert m["config"]["dim"] == 32 and m["dataset"]["fingerprint"]
-    hist = m["training"]["history"]
-    assert 1 <= m["training"]["best_epoch"] <= len(hist)
-    best = max(h["valid_ndcg@20"] for h in hist if "valid_ndcg@20" in h)
-    assert hist[m["training"]["best_epoch"] - 1]["valid_ndcg@20"] == best, "best checkpoint kept"
+    assert m == teacher.manifest and loaded.report == teacher.report
+    assert m.kind == "teacher" and m.model == "mf" and m.dim == 32 and m.method is None
+    assert isinstance(m.config, TeacherConfig) and m.config.dim == 32 and m.dataset.fingerprint
+    assert m.lineage == Lineage(dataset_id=None, teacher_id=None) and m.teacher is None
+    assert m.training is not None
+    hist = m.training.history
+    assert 1 <= m.training.best_epoch <= len(hist)
+    best = max(h.figures["valid_ndcg@20"] or 0.0 for h in hist)
+    assert hist[m.training.best_epoch - 1].figures["valid_ndcg@20"] == best, "best checkpoint kept"
+    on_disk = json.loads((teacher.path / "manifest.json").read_text())
+    assert on_disk["lineage"] == {"dataset_id": None, "teacher_id": None} and "teacher" not in on_disk
+    assert "candidates_seconds" not in on_disk["training"]
     assert json.loads((teacher.path / "report.json").read_text())["metrics"]["ndcg@20"] > 0
 
 
 @pytest.mark.parametrize("method", ["none", "rd", "cd", "rrd", "unkd"])
 def test_each_method_distils_a_student_with_lineage(data, teacher, tmp_path, method) -> None:
     cfg = DistillConfig(method=method, dim=8, **FAST)
-    art = distill_student(data, teacher.path, cfg, tmp_path / method, device=CPU)
+    art = distill_student(data, teacher.path, cfg, tmp_path / method, device=CPU, dataset_id="ds-1")
     assert art.user_emb.shape == (data.n_users, 8)
     m = art.manifest
-    assert m["kind"] == "student" and m["method"] == method
-    assert m["lineage"]["teacher"]["id"] == teacher.manifest["id"]
-    report = art.report
-    assert report["teacher"]["metrics"]["ndcg@20"] == teacher.report["metrics"]["ndcg@20"]
-    delta = report["deltas"]["ndcg@20"]
-    assert delta == pytest.approx(report["metrics"]["ndcg@20"] - teacher.report["metrics"]["ndcg@20"])
-    assert "overlap@20" in report["metrics"]
+    assert m.kind == "student" and m.method == method and isinstance(m.config, DistillConfig)
+    assert m.lineage == Lineage(dataset_id="ds-1", teacher_id=teacher.manifest.id)
+    assert m.teacher == TeacherInfo(model="mf", dim=32, path=str(teacher.path))
+    assert m.training is not None and m.training.candidate_bytes is not None
+    report, t_report = art.report, teacher.report
+    assert report is not None and report.teacher is not None and t_report is not None
+    assert report.teacher.metrics["ndcg@20"] == t_report.metrics["ndcg@20"]
+    delta = (report.deltas or {})["ndcg@20"]
+    assert delta == pytest.approx((report.metrics["ndcg@20"] or 0) - (t_report.metrics["ndcg@20"] or 0))
+    assert "overlap@20" in report.metrics and report.retention is not None
 
 
 def test_same_seed_same_model(data, tmp_path) -> None:
@@ -121,11 +132,12 @@ def test_bad_dimension_and_method_are_refused(data, teacher, tmp_path) -> None:
 
 def test_evaluate_model_matches_the_saved_report(data, teacher) -> None:
     report = evaluate_model(data, teacher.path)
-    assert report["metrics"]["ndcg@20"] == pytest.approx(teacher.report["metrics"]["ndcg@20"])
+    assert teacher.report is not None
+    assert report.metrics["ndcg@20"] == pytest.approx(teacher.report.metrics["ndcg@20"])
 
 
 def test_lightgcn_teacher_trains(data, tmp_path) -> None:
     art = train_teacher(data, TeacherConfig(model="lightgcn", dim=16, n_layers=2, epochs=5, batch_size=1024),
                         tmp_path / "lg", device=CPU)
-    assert art.manifest["model"] == "lightgcn" and np.isfinite(art.item_emb).all()
-    assert art.report["metrics"]["recall@20"] > 0
+    assert art.manifest.model == "lightgcn" and np.isfinite(art.item_emb).all()
+    assert art.report is not None and (art.report.metrics["recall@20"] or 0) > 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from service.core.records import ModelInfo
 from service.reports.charts import (
     BarChart,
     LineChart,
@@ -22,22 +23,27 @@ from service.reports.charts import (
     render_line_chart,
 )
 from service.reports.figures import (
-    MixedDatasetsError,
     better,
-    check_same_dataset,
     compare_exposure_chart,
     compare_group_recall_chart,
     comparison,
     exposure_chart,
     group_recall_chart,
     headline_rows,
-    load_model_dir,
     training_charts,
+)
+from service.reports.render import render_compare_page, render_report_page
+from service.reports.views import (
+    MixedDatasetsError,
+    ModelView,
+    check_same_dataset,
+    load_model_dir,
     view_from_manifest,
     view_from_record,
 )
-from service.reports.render import render_compare_page, render_report_page
 from tests.report_samples import sample_family, sample_manifest, sample_report, student_report
+from training.errors import DataError
+from training.manifest import Lineage, QualityReport
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -58,14 +64,20 @@ def teacher_report() -> dict:
 
 
 @pytest.fixture()
-def student(teacher_report: dict):
+def raw_student(teacher_report: dict) -> dict:
+    """The student's report.json as a plain dict: the numbers charts must show."""
+    return student_report(1, teacher_report)
+
+
+@pytest.fixture()
+def student(raw_student: dict) -> ModelView:
     manifest = sample_manifest("student-unkd-1", kind="student", method="unkd", dim=10, teacher_id="teacher-1")
-    return view_from_manifest(manifest, student_report(1, teacher_report))
+    return view_from_manifest(manifest, QualityReport.model_validate(raw_student))
 
 
-def test_group_recall_chart_plots_the_report_numbers(student) -> None:
+def test_group_recall_chart_plots_the_report_numbers(student, raw_student) -> None:
     chart = group_recall_chart(student)
-    report = student.report
+    report = raw_student
     assert [s.name for s in chart.series] == ["teacher-1", "student-unkd-1"]
     assert chart.series[0].values == tuple(g["recall@20"] for g in report["teacher"]["groups"])
     assert chart.series[1].values == tuple(g["recall@20"] for g in report["groups"])
@@ -79,9 +91,9 @@ def test_group_recall_chart_plots_the_report_numbers(student) -> None:
             assert drawn[(s.name, cat.split("\n")[0])] == value
 
 
-def test_exposure_chart_sets_slot_shares_against_test_shares(student) -> None:
+def test_exposure_chart_sets_slot_shares_against_test_shares(student, raw_student) -> None:
     chart = exposure_chart(student)
-    report = student.report
+    report = raw_student
     assert [s.name for s in chart.series] == ["share of test positives", "teacher's slots",
                                               "student-unkd-1's slots"]  # fmt: skip
     assert chart.series[0].values == tuple(g["test_share"] for g in report["groups"])
@@ -91,7 +103,8 @@ def test_exposure_chart_sets_slot_shares_against_test_shares(student) -> None:
 
 
 def test_teacher_charts_have_no_teacher_series(teacher_report: dict) -> None:
-    view = view_from_manifest(sample_manifest("t", kind="teacher", method=None, dim=64), teacher_report)
+    view = view_from_manifest(sample_manifest("t", kind="teacher", method=None, dim=64),
+                              QualityReport.model_validate(teacher_report))  # fmt: skip
     assert len(group_recall_chart(view).series) == 1 and len(exposure_chart(view).series) == 2
     assert len(svg_bars(render_bar_chart(exposure_chart(view)))) == 4 * 2
     assert all(r.teacher is None and r.delta is None for r in headline_rows(view))
@@ -99,7 +112,7 @@ def test_teacher_charts_have_no_teacher_series(teacher_report: dict) -> None:
 
 def test_other_k_and_group_count(teacher_report: dict) -> None:
     report = sample_report(3, n_groups=6)
-    view = view_from_manifest(None, report, model_id="m")
+    view = view_from_manifest(None, QualityReport.model_validate(report), model_id="m")
     chart = group_recall_chart(view, k=50)
     assert chart.series[0].values == tuple(g["recall@50"] for g in report["groups"])
     assert len(svg_bars(render_bar_chart(chart))) == 6
@@ -107,26 +120,27 @@ def test_other_k_and_group_count(teacher_report: dict) -> None:
 
 def test_training_curve_plots_the_history(student) -> None:
     loss, valid = training_charts(student)
-    history = student.training["history"]
+    assert student.training is not None
+    history = [r.model_dump() for r in student.training.history]
     assert loss.x == tuple(float(r["epoch"]) for r in history)
     assert loss.series[0].values == tuple(r["loss"] for r in history)
     assert valid.series[0].name == "NDCG@20"
     assert valid.series[0].values == tuple(r["valid_ndcg@20"] for r in history)
-    assert loss.marker_x == student.training["best_epoch"]
+    assert loss.marker_x == student.training.best_epoch
     points = svg_points(render_line_chart(valid))
     assert len(points) == len(history) * 2
     assert [float(p.get("data-value")) for p in points[: len(history)]] == list(valid.series[0].values)
 
 
 def test_no_history_no_curve(teacher_report: dict) -> None:
-    view = view_from_manifest(None, teacher_report, model_id="m")
+    view = view_from_manifest(None, QualityReport.model_validate(teacher_report), model_id="m")
     assert training_charts(view) == []
     assert "No training history recorded" in render_report_page(view)
 
 
-def test_headline_rows_and_directions(student) -> None:
+def test_headline_rows_and_directions(student, raw_student) -> None:
     rows = {r.key: r for r in headline_rows(student)}
-    report = student.report
+    report = raw_student
     assert set(rows) >= {"recall@10", "recall@20", "recall@50", "ndcg@50", "ips_recall@20",
                          "ips_ndcg@20", "arp@20", "coverage@20", "gini@20", "pop_rsp@20", "pop_reo@20"}  # fmt: skip
     for key, row in rows.items():
@@ -140,7 +154,9 @@ def test_headline_rows_and_directions(student) -> None:
 
 
 def test_comparison_marks_the_best_per_row(tmp_path: Path) -> None:
-    views = [load_model_dir(p) for p in sample_family(tmp_path).values()]
+    dirs = sample_family(tmp_path)
+    views = [load_model_dir(p) for p in dirs.values()]
+    raw = [json.loads((p / "report.json").read_text()) for p in dirs.values()]
     data = comparison(views)
     assert [m["id"] for m in data["models"]] == ["teacher-1", "student-unkd-1", "student-rd-1", "student-none-1"]
     rows = {r["key"]: r for r in data["rows"]}
@@ -150,7 +166,7 @@ def test_comparison_marks_the_best_per_row(tmp_path: Path) -> None:
     assert rows["gini@20"]["best"] == [min(gini, key=lambda m: gini[m])]
     amp = rows["bias_amplification.arp@20"]
     assert amp["values"]["teacher-1"] is None and len(amp["best"]) == 1
-    for g, group in enumerate(views[1].report["groups"]):
+    for g, group in enumerate(raw[1]["groups"]):
         assert rows[f"group{g}.recall@20"]["values"]["student-unkd-1"] == group["recall@20"]
     assert json.loads(json.dumps(data)) == data  # JSON-ready as it is
 
@@ -160,9 +176,10 @@ def test_comparison_marks_the_best_per_row(tmp_path: Path) -> None:
     assert len(bars) == 4 * len(views)
     assert len(svg_bars(_only_svg(page, "exposure"))) == 4 * (len(views) + 1)
     chart = compare_group_recall_chart(views, 20)
-    assert chart.series[2].values == tuple(g["recall@20"] for g in views[2].report["groups"])
+    assert chart.series[2].values == tuple(g["recall@20"] for g in raw[2]["groups"])
     assert compare_exposure_chart(views, 20).series[0].values == tuple(
-        g["test_share"] for g in views[0].report["groups"])
+        g["test_share"] for g in raw[0]["groups"])
+    assert data["models"][0]["created_at"] == "2026-01-02T03:04:05Z"
 
 
 def _only_svg(page: str, chart_id: str) -> str:
@@ -177,18 +194,20 @@ def test_mixed_datasets_are_refused_naming_the_model(tmp_path: Path) -> None:
     views = [load_model_dir(a["student-unkd-1"]), load_model_dir(b["student-rd-1"])]
     with pytest.raises(MixedDatasetsError, match="'student-rd-1' was trained on dataset 'eeee"):
         comparison(views)
-    rec = {"id": "x", "kind": "student", "model": "mf", "dim": 8, "lineage": {"dataset_id": "ds-1"}}
-    r1 = view_from_record(rec, sample_report(1))
-    r2 = view_from_record({**rec, "id": "y", "lineage": {"dataset_id": "ds-2"}}, sample_report(2))
+    rec = ModelInfo(id="x", kind="student", model="mf", dim=8, lineage=Lineage(dataset_id="ds-1"))
+    r1 = view_from_record(rec, QualityReport.model_validate(sample_report(1)))
+    r2 = view_from_record(rec.model_copy(update={"id": "y", "lineage": Lineage(dataset_id="ds-2")}),
+                          QualityReport.model_validate(sample_report(2)))  # fmt: skip
     with pytest.raises(MixedDatasetsError, match="'y' was trained on dataset 'ds-2', not on 'ds-1'"):
         check_same_dataset([r1, r2])
 
 
 def test_pages_escape_user_input_and_are_self_contained(teacher_report: dict) -> None:
     evil = '<script>alert("x")</script>&'
-    rec = {"id": "m<1>", "kind": "student", "method": "unkd", "model": "mf", "dim": 8,
-           "lineage": {"dataset_id": evil, "teacher_id": evil}, "parameters": {"note": evil}}  # fmt: skip
-    view = view_from_record(rec, student_report(1, teacher_report), dataset_name=evil)
+    rec = ModelInfo(id="m<1>", kind="student", method="unkd", model="mf", dim=8,
+                    lineage=Lineage(dataset_id=evil, teacher_id=evil), parameters={"note": evil})  # fmt: skip
+    report = QualityReport.model_validate(student_report(1, teacher_report))
+    view = view_from_record(rec, report, dataset_name=evil)
     for page in (render_report_page(view, link=lambda m: f"/r/{m}"), render_compare_page([view, view])):
         assert "<script" not in page and "m<1>" not in page
         assert "&lt;script&gt;" in page and "m&lt;1&gt;" in page
@@ -201,7 +220,7 @@ def test_real_report_from_training_evaluation(tiny_dataset) -> None:
 
     users_lists = most_popular_topk(tiny_dataset, __import__("numpy").arange(tiny_dataset.n_users), 50)
     report = evaluate_topk(tiny_dataset, users_lists)
-    student = attach_teacher(report, report)
+    student = QualityReport.model_validate(attach_teacher(report, report))
     view = view_from_manifest(None, student, model_id="most-popular")
     chart = exposure_chart(view)
     assert chart.series[-1].values == tuple(g["exposure_share@20"] for g in report["groups"])
@@ -211,14 +230,29 @@ def test_real_report_from_training_evaluation(tiny_dataset) -> None:
     assert rows["pop_reo@20"].value == report["metrics"]["pop_reo@20"] and rows["pop_reo@20"].delta == 0
 
 
+PROTOCOL = sample_report(0)["protocol"] | {"ks": [20], "groups": 1}
+GROUP = {"group": 0, "items": 5, "catalog_share": 1.0, "train_share": 1.0, "test_share": 1.0, "users": 3}
+
+
 def test_minimal_and_empty_reports_still_render() -> None:
-    minimal = {"protocol": {"ks": [20]}, "users_evaluated": 3, "metrics": {"recall@20": 0.5},
-               "groups": [{"group": 0, "recall@20": 0.7}], "teacher": {"metrics": {}}}  # fmt: skip
-    view = view_from_record({"id": "m"}, minimal)
+    minimal = QualityReport.model_validate({
+        "protocol": PROTOCOL, "users_evaluated": 3, "metrics": {"recall@20": 0.5},
+        "groups": [GROUP | {"recall@20": 0.7}], "teacher": {"metrics": {}, "groups": []}})  # fmt: skip
+    view = view_from_record(ModelInfo(id="m", kind="student", model="mf", dim=4), minimal)
+    assert not view.has_teacher  # a teacher part without groups draws no teacher bars
     assert len(svg_bars(_only_svg(render_report_page(view), "group-recall"))) == 1
-    empty = view_from_manifest(None, {}, model_id="x")
+    empty = view_from_manifest(None, QualityReport(protocol=PROTOCOL, users_evaluated=0, metrics={}, groups=[]),
+                               model_id="x")  # fmt: skip
     assert "<!DOCTYPE html>" in render_report_page(empty)
     assert "<!DOCTYPE html>" in render_compare_page([view, empty]) and render_compare_page([])
+
+
+def test_invalid_report_names_the_file_and_field(tmp_path: Path) -> None:
+    bad = sample_report(0)
+    bad["groups"][1]["recall@20"] = "high"
+    (tmp_path / "report.json").write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"report\.json: .*'groups\.1\.recall@20'"):
+        load_model_dir(tmp_path)
 
 
 def test_chart_helpers() -> None:

@@ -9,7 +9,7 @@ worker's cleanup rather than a directory that was never written."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,33 +22,26 @@ from celery.exceptions import Retry
 from service.core.config import Settings
 from service.core.queue import make_celery
 from service.core.registry import DatasetRecord, JobProgress, JobRecord, Registry
-from service.stack.redis_server import RedisServer
+from tests.report_samples import sample_report
 from training import pipelines
 from training.artifacts import atomic_dir
 from training.checkpoint import EMBEDDINGS, MANIFEST, ModelArtifact
 from training.errors import ConfigError, JobCancelled
+from training.manifest import DatasetInfo, Lineage, ModelManifest, QualityReport
 from training.progress import ProgressEvent
 from training.synthetic import generate_synthetic
 from worker import tasks
 from worker.progress import JobReporter, StopCheck
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("tasks-redis"), appendonly=False) as s:
-        yield s
+@pytest.fixture()
+def settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(redis_url=redis_url, data_dir=tmp_path, device="cpu", job_max_retries=2)
 
 
 @pytest.fixture()
-def settings(server: RedisServer, tmp_path: Path) -> Settings:
-    return Settings(redis_url=server.url, data_dir=tmp_path, device="cpu", job_max_retries=2)
-
-
-@pytest.fixture()
-def registry(settings: Settings) -> Iterator[Registry]:
-    reg = tasks.registry_for(settings)
-    reg.redis.flushdb()
-    yield reg
+def registry(settings: Settings) -> Registry:
+    return tasks.registry_for(settings)  # redis_url: an emptied database of its own
 
 
 @pytest.fixture()
@@ -109,7 +102,7 @@ def fake_train(calls: list[str], behaviour: str = "ok", leave: str | None = None
     written = left if left is not None else []
 
     def train_teacher(dataset: Any, cfg: Any, out_dir: Path, *, device: Any, on_progress: Any,
-                      should_stop: Any, model_id: str) -> ModelArtifact:  # fmt: skip
+                      should_stop: Any, model_id: str, dataset_id: str) -> ModelArtifact:  # fmt: skip
         calls.append(model_id)
         if leave == "partial":
             write_partial_model(out_dir)
@@ -127,12 +120,14 @@ def fake_train(calls: list[str], behaviour: str = "ok", leave: str | None = None
                 written.append(write_killed_save(out_dir))
             raise OSError(28, "No space left on device")
         rng = np.random.default_rng(0)
+        report = sample_report(0) | {"metrics": {"recall@20": 0.5, "ndcg@20": 0.25, "arp@20": None}}
         art = ModelArtifact(
             rng.random((dataset.n_users, cfg.dim), dtype=np.float32),
             rng.random((dataset.n_items, cfg.dim), dtype=np.float32),
-            {"kind": "teacher", "model": cfg.model, "method": None, "dim": cfg.dim,
-             "config": cfg.model_dump(mode="json"), "dataset": {"fingerprint": dataset.fingerprint}},
-            {"metrics": {"recall@20": 0.5, "ndcg@20": 0.25, "arp@20": None}},
+            ModelManifest(id=model_id, kind="teacher", model=cfg.model, dim=cfg.dim, config=cfg,
+                          dataset=DatasetInfo(fingerprint=dataset.fingerprint),
+                          lineage=Lineage(dataset_id=dataset_id)),
+            QualityReport.model_validate(report),
         )  # fmt: skip
         art.save(out_dir)
         return art
@@ -152,7 +147,7 @@ def test_teacher_job_succeeds(monkeypatch, settings, registry, dataset) -> None:
     assert job.metrics == {"loss": pytest.approx(1 / 3), "valid_ndcg@20": pytest.approx(0.3)}
     model = registry.get_model("teacher-j1")
     assert model.metrics == {"recall@20": 0.5, "ndcg@20": 0.25}  # None dropped
-    assert model.lineage == {"dataset_id": "ds-1", "teacher_id": None} and model.job_id == "j1"
+    assert model.lineage == Lineage(dataset_id="ds-1", teacher_id=None) and model.job_id == "j1"
     assert Path(model.path) == settings.models_dir.resolve() / "teacher-j1"
 
     # The same message delivered again: nothing runs twice.

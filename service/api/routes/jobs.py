@@ -109,7 +109,7 @@ def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings)
             status_code=422,
             detail=f"teacher_id={req.teacher_id!r}: model is a {teacher.kind}, not a teacher",
         )
-    dataset_id = teacher.lineage.get("dataset_id")
+    dataset_id = teacher.lineage.dataset_id
     if dataset_id:
         users, items = _sizes(registry.get_dataset(dataset_id, field="teacher_id"))
         limit = settings.max_job_memory_mb * 2**20
@@ -118,7 +118,7 @@ def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings)
     config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish"})
     params: dict[str, Any] = {
         "teacher_id": req.teacher_id,
-        "dataset_id": teacher.lineage.get("dataset_id"),
+        "dataset_id": teacher.lineage.dataset_id,
         "config": config,
         "publish": req.publish,
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from service.api.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
 from service.api.routes.jobs import new_job_id, submit
 from service.api.schemas import MAX_OFFSET, Id, JobAccepted, ModelList, ModelOut, QualityReport
 from service.core.registry import ConflictError, JobRecord, NotFoundError
+from training.errors import DataError
+from training.manifest import read_report
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,12 @@ def get_model(model_id: Id, registry: RegistryDep) -> ModelOut:
 def get_report(model_id: Id, registry: RegistryDep) -> QualityReport:
     """The model's full quality report (a student's includes its teacher and the deltas)."""
     model = registry.get_model(model_id)
-    path = Path(model.path) / "report.json"
     try:
-        report = json.loads(path.read_text())
+        return read_report(Path(model.path))
     except FileNotFoundError as exc:
         raise NotFoundError("model_id", model_id, "quality report for this model") from exc
-    return QualityReport.model_validate(report)
+    except DataError as exc:  # a broken file on our side: a 500, not the client's 422
+        raise RuntimeError(f"model {model_id}: unreadable quality report") from exc
 
 
 @router.post("/{model_id}/publish", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteAccess])

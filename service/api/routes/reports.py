@@ -12,11 +12,11 @@ pages carry a Content-Security-Policy that allows no script and no fetch at all.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Query
@@ -26,16 +26,24 @@ from pydantic import BaseModel
 from service.api.deps import RegistryDep
 from service.api.schemas import Id
 from service.core.registry import NotFoundError, Registry
-from service.reports.figures import (
+from service.reports.figures import comparison
+from service.reports.render import STATIC, render_compare_page, render_report_page
+from service.reports.views import (
     MixedDatasetsError,
     ModelView,
     check_same_dataset,
-    comparison,
     view_from_record,
 )
-from service.reports.render import STATIC, render_compare_page, render_report_page
+from training.errors import DataError
+from training.manifest import (
+    MANIFEST,
+    REPORT,
+    read_manifest,
+    read_report,
+)
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 router = APIRouter(tags=["reports"])
 
@@ -80,25 +88,26 @@ class Comparison(BaseModel):
     rows: list[CompareRow]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_optional(read: Callable[[Path], _T], model_dir: Path, name: str) -> _T | None:
+    """A model file through its training.manifest reader; None when it is missing or cannot
+    be read (logged): a page shows what it can rather than failing on a broken file."""
     try:
-        data = json.loads(path.read_text())
+        return read(model_dir)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        logger.warning("unreadable %s: %s", path, exc)
+    except (OSError, DataError) as exc:
+        logger.warning("unreadable %s: %s", model_dir / name, exc)
         return None
-    return data if isinstance(data, dict) else None
 
 
 def load_view(registry: Registry, model_id: str, *, field: str, href: str | None = None) -> ModelView:
     """A registered model with its report (404 without one), manifest and dataset name."""
     record = registry.get_model(model_id, field=field)
     model_dir = Path(record.path)
-    report = _read_json(model_dir / "report.json")
+    report = _read_optional(read_report, model_dir, REPORT)
     if report is None:
         raise NotFoundError(field, model_id, "quality report for this model")
-    dataset_id = record.lineage.get("dataset_id")
+    dataset_id = record.lineage.dataset_id
     dataset_name = None
     if dataset_id:
         try:
@@ -106,8 +115,8 @@ def load_view(registry: Registry, model_id: str, *, field: str, href: str | None
         except NotFoundError:
             dataset_name = None
     active = registry.get_active()
-    data = {**record.model_dump(mode="json"), "active": active is not None and active.model_id == model_id}
-    return view_from_record(data, report, manifest=_read_json(model_dir / "manifest.json"),
+    return view_from_record(record, report, manifest=_read_optional(read_manifest, model_dir, MANIFEST),
+                            active=active is not None and active.model_id == model_id,
                             dataset_name=dataset_name, href=href)  # fmt: skip
 
 
