@@ -24,16 +24,9 @@ from service.core.registry import (
 from service.stack.redis_server import RedisServer
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("registry-redis"), appendonly=False) as s:
-        yield s
-
-
 @pytest.fixture()
-def registry(server: RedisServer) -> Iterator[Registry]:
-    reg = Registry.from_url(server.url)
-    reg.redis.flushdb()
+def registry(redis_url: str) -> Iterator[Registry]:
+    reg = Registry.from_url(redis_url)  # an emptied database of its own
     yield reg
     reg.close()
 
@@ -50,9 +43,9 @@ def test_redis_server_persists_across_restart(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "appendonly.aof").is_file()
 
 
-def test_redis_server_needs_its_password(server: RedisServer) -> None:
+def test_redis_server_needs_its_password(redis_server: RedisServer) -> None:
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=server.port).ping()
+        redis.Redis(host="127.0.0.1", port=redis_server.port).ping()
 
 
 def test_dataset_and_model_records(registry: Registry) -> None:
