@@ -10,7 +10,8 @@ endpoint still runs in the threadpool, an `async def` one is awaited on the even
 (it must not block it).
 
 Only endpoints that fit are accepted (checked at startup, not per request): an optional
-`Request` parameter, `str` path parameters, query parameters of type int,
+`Request` parameter, `str` path parameters (any convertor, `{name:path}` included: the
+value arrives as the router matched it), query parameters of type int,
 float, bool or str (optionally `| None`), no body, headers, cookies or dependencies, and a
 `Response` as the return value. Bad query values raise RequestValidationError with
 FastAPI's error shape, so clients see the usual 422 body.

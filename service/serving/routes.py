@@ -11,15 +11,20 @@ The single-user GET is `async def`: it hands the user to the bundle's search thr
 threadpool hop is paid, and requests that arrive together share one search. It uses
 ScalarQueryRoute (service/serving/lean_route.py) to skip FastAPI's per-request parameter
 introspection. The other routes are plain `def` and run in the threadpool.
+
+User ids are any text, "/" included: the ASGI server decodes `%2F` before routing, so the
+single-user route takes the whole rest of the path (`{user_id:ext_id}`, never empty, so
+`/v1/recommendations/` still falls through to the batch route's trailing-slash redirect).
 """
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from service.core.config import Settings
 from service.serving.bundle import ServingBundle
@@ -33,6 +38,15 @@ from service.serving.schemas import (
 )
 
 router = APIRouter(tags=["recommendations"])
+
+
+class ExternalIdConvertor(PathConvertor):
+    """The rest of the path, "/" included, at least one character: an external id."""
+
+    regex = ".+"
+
+
+register_url_convertor("ext_id", ExternalIdConvertor())
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown user id"},
@@ -100,7 +114,7 @@ async def recommend_user(
 # The hot path: ScalarQueryRoute parses k / exclude_seen / model without FastAPI's
 # per-request dependency solving; OpenAPI and error bodies stay as FastAPI makes them.
 router.add_api_route(
-    "/v1/recommendations/{user_id}",
+    "/v1/recommendations/{user_id:ext_id}",
     recommend_user,
     methods=["GET"],
     response_model=Recommendations,

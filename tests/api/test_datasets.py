@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.core.config import Settings
@@ -50,6 +51,52 @@ def test_malformed_upload_names_the_file_and_line(client: TestClient) -> None:
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert detail.startswith("file: ") and "bad.csv" in detail and "rating" in detail, detail
+
+
+# A PNG's signature and IHDR chunk, then binary; latin-1 "café" in each text format.
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10" + bytes(range(256))
+LATIN1 = [  # (format, file name, content, line of the byte 0xe9)
+    ("csv", "log.csv", b"user,item\nu1,i1\ncaf\xe9,i2\n", 3),
+    ("tsv", "log.tsv", b"user\titem\nu1\ti1\ncaf\xe9\ti2\n", 3),
+    ("recbole", "ml.inter", b"user_id:token\titem_id:token\nu1\ti1\ncaf\xe9\ti2\n", 3),
+    ("movielens", "u.data", b"1\t10\t5\t100\n2\tcaf\xe9\t3\t200\n", 2),
+    ("movielens", "ratings.dat", b"1::10::5::100\n2::caf\xe9::3::200\n", 2),
+    ("lines", "train.txt", b"2 a b\n1 caf\xe9\n", 2),
+]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "recbole", "movielens", "lines", "auto"])
+def test_binary_upload_is_422_naming_the_file_and_line(client: TestClient, settings: Settings,
+                                                       fmt: str) -> None:  # fmt: skip
+    r = client.post("/v1/datasets", files={"file": ("photo.png", PNG)}, data={"format": fmt})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("file: photo.png: line 1, byte offset 0: b'\\x89' is not valid UTF-8"), detail
+    assert client.get("/v1/datasets").json()["total"] == 0
+    assert not any(settings.uploads_dir.glob("*/*"))
+
+
+@pytest.mark.parametrize(("fmt", "name", "content", "line"), LATIN1, ids=[c[1] for c in LATIN1])
+@pytest.mark.parametrize("declared", [True, False])
+def test_latin1_upload_is_422_naming_the_line(client: TestClient, fmt: str, name: str,
+                                              content: bytes, line: int, declared: bool) -> None:  # fmt: skip
+    data = {"format": fmt} if declared else {}
+    r = client.post("/v1/datasets", files={"file": (name, content)}, data=data)
+    assert r.status_code == 422, r.text
+    offset = content.index(b"\xe9")
+    assert r.json()["detail"] == (
+        f"file: {name}: line {line}, byte offset {offset}: b'\\xe9' is not valid UTF-8; "
+        "text interaction files must be UTF-8 (binary data only as Parquet)"
+    )
+
+
+def test_garbage_parquet_upload_is_422_naming_the_file(client: TestClient, settings: Settings) -> None:
+    for body in (PNG, b"PAR1" + PNG + b"PAR1"):
+        r = client.post("/v1/datasets", files={"file": ("x.parquet", body)})
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert detail.startswith("file: x.parquet: cannot read as parquet"), detail
+        assert str(settings.uploads_dir.resolve()) not in detail  # no server path leaks
 
 
 def test_upload_without_file_field(client: TestClient) -> None:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -20,13 +21,15 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.core import keys
+from service.core.bundle_format import build_bundle
 from service.core.config import Settings
 from service.serving.index_store import IndexStore
 from service.serving.routes import router
+from training.dataset import Dataset
 
 # The bundle helpers live beside the unit tests that use them most.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from bundle_fixtures import brute_force_topk, make_bundle  # noqa: E402
+from bundle_fixtures import brute_force_topk, make_bundle, make_dataset, make_model_dir  # noqa: E402
 
 MAX_K, MAX_BATCH = 50, 5
 
@@ -87,6 +90,50 @@ def test_unknown_user_is_404_naming_it(static_client) -> None:
     r = static_client.get("/v1/recommendations/nobody-42")
     assert r.status_code == 404
     assert "nobody-42" in r.json()["detail"]
+
+
+# Ids with "/", asked for percent-encoded ("a%2Fb"): the ASGI server decodes %2F before
+# routing. (A literal "%" is left out: starlette's TestClient unquotes the path twice.)
+SLASH_IDS = ["a/b", "/leading", "trailing/", "x//y", "../up"]
+
+
+@pytest.fixture(scope="module")
+def slash_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle whose users are SLASH_IDS plus u0, u1."""
+    root = tmp_path_factory.mktemp("slash-bundle")
+    tiny = make_dataset(n_users=len(SLASH_IDS) + 2, seed=3)
+    ds = Dataset(name="slashes", user_ids=np.array([*SLASH_IDS, "u0", "u1"]), item_ids=tiny.item_ids,
+                 train=tiny.train, valid=tiny.valid, test=tiny.test)  # fmt: skip
+    out = root / "bundle"
+    build_bundle(make_model_dir(root, ds), ds, out, model_id="S")
+    return out
+
+
+@pytest.mark.parametrize("user_id", SLASH_IDS)
+def test_ids_with_slashes_are_reachable(slash_bundle: Path, tmp_path: Path, user_id: str) -> None:
+    c, store = make_client(tmp_path)
+    store.load_now({"model_id": "S", "bundle_dir": str(slash_bundle), "published_at": "t0"})
+    batch = c.post("/v1/recommendations", json={"user_ids": [user_id], "k": 3}).json()["results"][0]
+    r = c.get(f"/v1/recommendations/{quote(user_id, safe='')}", params={"k": 3})
+    assert r.status_code == 200, r.text
+    assert r.json() == batch and r.json()["user_id"] == user_id
+    # Unencoded slashes reach the same id (a "../" segment would be resolved by the client).
+    raw = c.get(f"/v1/recommendations/{user_id.replace('../', '..%2F')}", params={"k": 3})
+    assert raw.json() == batch
+
+
+def test_slash_ids_do_not_shadow_other_paths(slash_bundle: Path, tmp_path: Path) -> None:
+    c, store = make_client(tmp_path)
+    store.load_now({"model_id": "S", "bundle_dir": str(slash_bundle), "published_at": "t0"})
+    unknown = c.get("/v1/recommendations/no%2Fsuch")
+    assert unknown.status_code == 404 and "'no/such'" in unknown.json()["detail"]
+    assert c.get("/v1/recommendations/a%2Fb%2F").status_code == 404  # "a/b/" is another id
+    # An empty id is no id: the trailing slash still redirects to the batch route.
+    for method in ("GET", "POST"):
+        r = c.request(method, "/v1/recommendations/", follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"].endswith("/v1/recommendations")
+    assert c.post("/v1/recommendations", json={"user_ids": ["a/b", "u0"]}).status_code == 200
+    assert c.get("/v1/serving").json()["model_id"] == "S"
 
 
 @pytest.mark.parametrize("k", [0, MAX_K + 1, -3])
@@ -210,6 +257,7 @@ def test_create_app_serves_what_is_published_and_swaps(settings, redis_client, b
         assert body["model_id"] == "A" and len(body["items"]) == 5
         assert c.get("/v1/recommendations/u1", params={"model": "B"}).status_code == 409
         assert "ghost" in c.get("/v1/recommendations/ghost").json()["detail"]
+        assert "'gh/ost'" in c.get("/v1/recommendations/gh%2Fost").json()["detail"]  # routed, 404
         assert c.get("/v1/recommendations/u1", params={"k": 10_000}).json()["detail"][0]["loc"] == ["query", "k"]
         publish(redis_client, "B", bundles["B"][0])  # rolling forward is publishing another
         assert wait_serving(c, "B")

@@ -87,6 +87,50 @@ def test_bad_inputs_fail_with_a_clear_message(csv_file: Path, tmp_path: Path) ->
     assert r.returncode == 2 and "trained on dataset" in r.stderr
 
 
+# A PNG's signature and IHDR chunk, then binary; latin-1 "café" mid-file in each text format.
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10" + bytes(range(256))
+LATIN1 = [  # (format, file name, content, line of the byte 0xe9)
+    ("csv", "log.csv", b"user,item\nu1,i1\ncaf\xe9,i2\nu3,i3\n", 3),
+    ("tsv", "log.tsv", b"user\titem\nu1\ti1\ncaf\xe9\ti2\n", 3),
+    ("recbole", "ml.inter", b"user_id:token\titem_id:token\nu1\ti1\ncaf\xe9\ti2\n", 3),
+    ("movielens", "u.data", b"1\t10\t5\t100\n2\tcaf\xe9\t3\t200\n", 2),
+    ("movielens", "ratings.dat", b"1::10::5::100\n2::caf\xe9::3::200\n", 2),
+    ("lines", "train.txt", b"2 a b\n1 caf\xe9\n", 2),
+]
+BAD = b"\xe9"
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str], *named: str) -> None:
+    """Exit status 2, nothing on stdout, one `error: ...` line on stderr naming `named`."""
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert all(n in lines[0] for n in named), (named, r.stderr)
+
+
+@pytest.mark.parametrize(("fmt", "name", "content", "line"), LATIN1, ids=[c[1] for c in LATIN1])
+def test_undecodable_input_is_one_line_naming_file_and_line(tmp_path: Path, fmt: str, name: str,
+                                                           content: bytes, line: int) -> None:  # fmt: skip
+    repo = Path(__file__).resolve().parents[2]
+    png = tmp_path / "file.png"  # the fuzzer's case: a picture declared as interactions
+    png.write_bytes(PNG)
+    r = unkd("data", "prepare", str(png), "--format", fmt, "--out", str(tmp_path / "a"), cwd=repo)
+    assert_one_line_error(r, str(png), "line 1, byte offset 0", "UTF-8")
+    latin1 = tmp_path / name
+    latin1.write_bytes(content)
+    r = unkd("data", "prepare", str(latin1), "--out", str(tmp_path / "b"), cwd=repo)
+    assert_one_line_error(r, str(latin1), f"line {line}, byte offset {content.index(BAD)}")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_garbage_parquet_is_one_line(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    path = tmp_path / "log.parquet"
+    path.write_bytes(b"PAR1" + PNG + b"PAR1")
+    r = unkd("data", "prepare", str(path), "--out", str(tmp_path / "x"), cwd=repo)
+    assert_one_line_error(r, str(path), "cannot read as parquet")
+
+
 def test_synthetic_dataset_and_help_on_every_command(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     r = unkd("data", "synthetic", "--out", str(tmp_path / "syn"), "--n-users", "120", "--n-items",

@@ -45,6 +45,7 @@ def app_with(route_class: type | None) -> FastAPI:
     kwargs = {"route_class_override": route_class} if route_class else {}
     router.add_api_route("/echo/{user_id}", echo, methods=["GET"], **kwargs)
     router.add_api_route("/echo-async/{user_id}", echo_async, methods=["GET"], **kwargs)
+    router.add_api_route("/echo-path/{user_id:path}", echo, methods=["GET"], **kwargs)
     app = FastAPI()
     app.include_router(router)
     return app
@@ -72,6 +73,14 @@ def test_same_answers_as_fastapi(clients, query: str) -> None:
         a, b = lean.get(f"{path}/u%201?{query}"), plain.get(f"{path}/u%201?{query}")
         assert a.status_code == b.status_code == 200
         assert a.json() == b.json()
+
+
+@pytest.mark.parametrize("raw, user_id", [("a%2Fb", "a/b"), ("a/b/c", "a/b/c"), ("%2Flead", "/lead")])
+def test_path_converter_parameters_arrive_whole(clients, raw: str, user_id: str) -> None:
+    lean, plain = clients
+    a, b = lean.get(f"/echo-path/{raw}?needed=1"), plain.get(f"/echo-path/{raw}?needed=1")
+    assert a.status_code == b.status_code == 200
+    assert a.json() == b.json() and a.json()["user_id"] == user_id
 
 
 @pytest.mark.parametrize(
