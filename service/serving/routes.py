@@ -43,7 +43,7 @@ router = APIRouter(tags=["recommendations"])
 class ExternalIdConvertor(PathConvertor):
     """The rest of the path, "/" included, at least one character: an external id."""
 
-    regex = ".+"
+    regex = r"[\s\S]+"  # any character, a newline (%0A) included: ids are opaque strings
 
 
 register_url_convertor("ext_id", ExternalIdConvertor())

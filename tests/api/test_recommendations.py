@@ -94,7 +94,7 @@ def test_unknown_user_is_404_naming_it(static_client) -> None:
 
 # Ids with "/", asked for percent-encoded ("a%2Fb"): the ASGI server decodes %2F before
 # routing. (A literal "%" is left out: starlette's TestClient unquotes the path twice.)
-SLASH_IDS = ["a/b", "/leading", "trailing/", "x//y", "../up"]
+SLASH_IDS = ["a/b", "/leading", "trailing/", "x//y", "../up", "line\nbreak/é"]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_ids_with_slashes_are_reachable(slash_bundle: Path, tmp_path: Path, user
     assert r.status_code == 200, r.text
     assert r.json() == batch and r.json()["user_id"] == user_id
     # Unencoded slashes reach the same id (a "../" segment would be resolved by the client).
-    raw = c.get(f"/v1/recommendations/{user_id.replace('../', '..%2F')}", params={"k": 3})
+    raw = c.get(f"/v1/recommendations/{quote(user_id.replace('../', '..%2F'), safe='/%')}", params={"k": 3})
     assert raw.json() == batch
 
 

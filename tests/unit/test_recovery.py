@@ -16,7 +16,6 @@ from tests.unit.test_worker_tasks import (  # noqa: F401 - fixtures
     dataset,
     fake_train,
     registry,
-    server,
     settings,
     teacher_job,
 )
