@@ -84,10 +84,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import os
 
     from service.core.config import settings_env
-    from service.stack.local import worker_argv
+    from service.stack.local import celery_worker_argv
 
     queues = args.queues or f"{settings.train_queue},{settings.light_queue}"
-    argv = worker_argv(queues, hostname=args.hostname or "celery@%h", loglevel=settings.log_level,
+    argv = celery_worker_argv(queues, hostname=args.hostname or "celery@%h", loglevel=settings.log_level,
                        pool=args.pool, concurrency=args.concurrency, alone=False)  # fmt: skip
     # The worker is its own entry point (worker.celery_app): replace this process with it.
     os.execve(argv[0], argv, {**os.environ, **settings_env(settings)})

@@ -50,7 +50,7 @@ def _stop_process(name: str, proc: subprocess.Popen[bytes], *, soft: signal.Sign
     proc.wait()
 
 
-def worker_argv(
+def celery_worker_argv(
     queues: str, *, hostname: str, loglevel: str = "INFO", pool: str = "solo",
     concurrency: int = 1, alone: bool = True,
 ) -> list[str]:
@@ -133,7 +133,7 @@ class LocalStack:
                 self.redis = RedisServer(self.data_dir / "redis").start()
                 self.redis_url = self.redis.url
             queues = f"{self.settings.train_queue},{self.settings.light_queue}"
-            self.worker = self._spawn("worker", worker_argv(
+            self.worker = self._spawn("worker", celery_worker_argv(
                 queues, hostname=f"unkd-{os.getpid()}@%h", loglevel="INFO"
             ))
             self.api = self._spawn("api", api_argv(self.host, self.port))

@@ -4,7 +4,7 @@
   `kill_redis` / `resume_redis` for the fault tests.
 - ``config``: `make_test_settings`, Settings with queue names no other test uses.
 - ``processes``: the environment of a child (`settings_env(settings)`), stopping one, log tails.
-- ``workers``: `WorkerProcess`, a real ``celery -A worker.celery_app worker`` (`worker_argv`).
+- ``workers``: `WorkerProcess`, a real ``celery -A worker.celery_app worker`` (`celery_worker_argv`).
 - ``live_api``: `LiveAPI`, ``uvicorn service.api.app:create_app --factory`` on a loopback port.
 - ``fixtures``: the pytest fixtures over them, a plugin that tests/conftest.py loads for
   every suite, and the hook that adds process logs to the report of a failing test.

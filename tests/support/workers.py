@@ -1,4 +1,4 @@
-"""A real Celery worker process, launched as `unkd up` launches it (service.stack.local.worker_argv)."""
+"""A real Celery worker process, launched as `unkd up` launches it (service.stack.local.celery_worker_argv)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from service.core.config import Settings
-from service.stack.local import worker_argv
+from service.stack.local import celery_worker_argv
 from tests.support.processes import ROOT, child_env, kill_process, log_tail, stop_process
 
 WORKER_START_TIMEOUT_S = 60.0
@@ -34,7 +34,7 @@ class WorkerProcess:
     def start(self, timeout_s: float = WORKER_START_TIMEOUT_S) -> WorkerProcess:
         """Spawn the worker and return once it logs ` ready.`; RuntimeError with its log if not."""
         queues = f"{self.settings.train_queue},{self.settings.light_queue}"
-        argv = worker_argv(
+        argv = celery_worker_argv(
             queues, hostname=f"{self.name}-{uuid.uuid4().hex[:6]}@%h", loglevel="INFO"
         )
         self.log.parent.mkdir(parents=True, exist_ok=True)
