@@ -37,11 +37,13 @@ def unkd_run(ds, teacher_user, teacher_item, epochs: int, device) -> dict[str, A
     from training.config import DistillConfig
     from training.distill import build_distiller
     from training.models import build_model
+    from training.scoring import EmbeddingScorer
     from training.trainer import fit
 
     cfg = DistillConfig(method="unkd", dim=10, epochs=epochs, eval_every=1000, patience=1000)
     train = ds.csr("train")
-    dist = build_distiller(cfg, torch.as_tensor(teacher_user), torch.as_tensor(teacher_item), train, device)
+    teacher = EmbeddingScorer(torch.as_tensor(teacher_user), torch.as_tensor(teacher_item), device)
+    dist = build_distiller(cfg, teacher, train, device)
     t0 = time.perf_counter()
     dist.prepare()
     cand_s = time.perf_counter() - t0

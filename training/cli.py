@@ -9,12 +9,22 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.config import METHOD_DEFAULTS, METHODS, DistillConfig, TeacherConfig
+from training.budget import EASE_MAX_ITEMS
+from training.config import (
+    METHOD_DEFAULTS,
+    METHODS,
+    TEACHER_MODELS,
+    ALSOptions,
+    DistillConfig,
+    EASEOptions,
+    TeacherConfig,
+)
 
 
 def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -61,6 +71,87 @@ class _Bar:
         self.bar.close()
 
 
+class _TrialBar:
+    """A tqdm bar over the trials of a tuning study (`--tune N`); the postfix follows the
+    running trial's epochs and the best validation NDCG so far."""
+
+    def __init__(self, desc: str, trials: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=trials, desc=desc, unit="trial", file=sys.stderr, leave=True)
+        self.best: float | None = None
+
+    def epoch(self, event: Any) -> None:
+        if event.stage == "train" and event.epochs:
+            best = "–" if self.best is None else f"{self.best:.4f}"
+            self.bar.set_postfix_str(f"epoch {event.epoch}/{event.epochs} · best ndcg@20 {best}")
+
+    def trial(self, trial: Any, finished: int) -> None:
+        value = trial.user_attrs.get("valid_ndcg")
+        if value is not None and (self.best is None or value > self.best):
+            self.best = value
+        self.bar.n = finished
+        self.bar.set_postfix_str(f"trial {trial.number} {trial.state.name.lower()}")
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _tuned(a: argparse.Namespace, ds: Any, cfg: TeacherConfig | DistillConfig,
+           teacher_dir: Path | None = None) -> Any:  # fmt: skip
+    """`--tune N`: a study of N trials (training.tuning) in this process; the best model
+    on validation is saved to --out with the trials in its report."""
+    import optuna
+
+    from training.checkpoint import ModelArtifact
+    from training.config import MAX_TRIALS, TuneOptions
+    from training.device import resolve_device
+    from training.errors import ConfigError
+    from training.pipelines import distill_student, train_teacher
+    from training.tuning import StudySetup, tune, validation_figures
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the bar says it; no per-trial lines
+    if not 1 <= a.tune <= MAX_TRIALS:
+        raise ConfigError(f"--tune {a.tune}: the number of trials must be 1 to {MAX_TRIALS}")
+    options = TuneOptions(trials=a.tune)
+    device = resolve_device(a.device)
+    out = Path(a.out)
+    teacher = ModelArtifact.load(teacher_dir) if teacher_dir is not None else None
+
+    def train(c: Any, trial_out: Path, on_progress: Any, should_stop: Any) -> Any:
+        if teacher is None:
+            return train_teacher(ds, c, trial_out, device=device, on_progress=on_progress,
+                                 should_stop=should_stop, model_id=out.name)  # fmt: skip
+        return distill_student(ds, teacher, c, trial_out, device=device, on_progress=on_progress,
+                               should_stop=should_stop, model_id=out.name)  # fmt: skip
+
+    bound = None
+    if teacher is not None:
+        teacher.check_dataset(ds.fingerprint)
+        bound = validation_figures(ds, teacher, device=device).head_share
+    work = out.parent / f".{out.name}.tune-{os.getpid()}"
+    setup = StudySetup(ds, cfg, options, train, work, teacher_head_share=bound, device=device)
+    bar = _TrialBar(f"tuning {out.name}", options.trials)
+    try:
+        return tune(setup, out, model_id=out.name, on_trial=bar.trial, on_progress=bar.epoch)
+    finally:
+        bar.close()
+
+
+def _saved(a: argparse.Namespace, art: Any) -> int:
+    from training.evaluation import render_table
+
+    print(render_table(art.report))
+    tuning = art.report.tuning if art.report is not None else None
+    if tuning is not None:
+        best = next(t for t in tuning.trials if t.number == tuning.best_trial)
+        print(f"tuned: trial {best.number} of {len(tuning.trials)} kept, valid ndcg@20 "
+              f"{best.valid_ndcg:.4f}, params {json.dumps(best.params)}")  # fmt: skip
+    print(f"saved to {a.out}")
+    return 0
+
+
 def _load(data: str) -> Any:
     from training.prepare import load_dataset
 
@@ -78,6 +169,17 @@ def _optim_args(p: argparse.ArgumentParser, defaults: type[TeacherConfig] | type
     p.add_argument("--patience", type=int, help=f"default {f['patience'].default}")
     p.add_argument("--seed", type=int, help=f"default {f['seed'].default}")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--tune", type=int, metavar="N",
+                   help="tune on the validation split: train N configurations (Optuna TPE, "
+                        "pruned), keep the best (docs/tuning.md)")
+
+
+def _teacher_options(a: argparse.Namespace) -> dict[str, Any]:
+    """The als / ease flags the user gave, as nested option dicts (errors name als.<field>)."""
+    als = {k: v for k, v in (("regularization", a.als_reg), ("alpha", a.als_alpha),
+                             ("iterations", a.als_iterations)) if v is not None}  # fmt: skip
+    ease = {"l2": a.ease_l2} if a.ease_l2 is not None else {}
+    return {**({"als": als} if als else {}), **({"ease": ease} if ease else {})}
 
 
 def _optim_values(a: argparse.Namespace) -> dict[str, Any]:
@@ -114,8 +216,11 @@ def cmd_train_teacher(a: argparse.Namespace) -> int:
     from training.evaluation import render_table
     from training.pipelines import train_teacher
 
-    cfg = TeacherConfig(model=a.model, dim=a.dim, n_layers=a.layers, **_optim_values(a))
+    cfg = TeacherConfig(model=a.model, dim=a.dim, n_layers=a.layers, **_teacher_options(a),
+                        **_optim_values(a))  # fmt: skip
     ds = _load(a.data)
+    if a.tune is not None:
+        return _saved(a, _tuned(a, ds, cfg))
     bar = _Bar(f"teacher {a.model}-{a.dim}")
     try:
         art = train_teacher(ds, cfg, Path(a.out), device=resolve_device(a.device), on_progress=bar)
@@ -140,6 +245,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
         **extra, **_optim_values(a),
     )
     ds = _load(a.data)
+    if a.tune is not None:
+        return _saved(a, _tuned(a, ds, cfg, Path(a.teacher)))
     bar = _Bar(f"{a.method} student {a.student_model}-{a.dim}")
     try:
         art = distill_student(ds, Path(a.teacher), cfg, Path(a.out), device=resolve_device(a.device),
@@ -184,11 +291,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_synthetic)
 
-    p = sub.add_parser("train-teacher", help="train a teacher (MF or LightGCN) with BPR")
+    als, ease = ALSOptions(), EASEOptions()
+    p = sub.add_parser("train-teacher", help="train a teacher: mf or lightgcn (BPR), als (implicit) or ease")
     p.add_argument("data", help="dataset artifact directory or raw interactions file")
-    p.add_argument("--model", choices=["mf", "lightgcn"], default="mf")
-    p.add_argument("--dim", type=int, default=TeacherConfig.model_fields["dim"].default)
+    p.add_argument("--model", choices=list(TEACHER_MODELS), default="mf",
+                   help="mf | lightgcn (BPR) | als (implicit ALS) | ease (closed form, catalogues "
+                        f"up to {EASE_MAX_ITEMS:,} items) (docs/teachers.md)")
+    p.add_argument("--dim", type=int, default=TeacherConfig.model_fields["dim"].default,
+                   help="embedding size of mf, lightgcn and als (ease has none)")
     p.add_argument("--layers", type=int, default=3, help="LightGCN layers")
+    p.add_argument("--als-alpha", type=float, help=f"ALS confidence of an interaction (default {als.alpha})")
+    p.add_argument("--als-reg", type=float, help=f"ALS regularization (default {als.regularization})")
+    p.add_argument("--als-iterations", type=int, help=f"ALS iterations (default {als.iterations})")
+    p.add_argument("--ease-l2", type=float, help=f"EASE λ (default {ease.l2})")
     p.add_argument("--out", required=True, help="model directory to write")
     _optim_args(p, TeacherConfig)
     p.set_defaults(func=cmd_train_teacher)

@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ModelName = Literal["mf", "lightgcn"]
+ModelName = Literal["mf", "lightgcn"]  # embedding models: what a student is (and served)
+TeacherModelName = Literal["mf", "lightgcn", "als", "ease"]  # training.teachers
+TEACHER_MODELS: tuple[str, ...] = ("mf", "lightgcn", "als", "ease")
 MethodName = Literal["none", "rd", "cd", "rrd", "unkd"]
 METHODS: tuple[str, ...] = ("none", "rd", "cd", "rrd", "unkd")
 
@@ -31,10 +33,34 @@ class OptimConfig(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
+class ALSOptions(_Strict):
+    """implicit's AlternatingLeastSquares. Defaults: the best worst case over ML-100K and
+    Amazon-Beauty of validation NDCG@20 relative to each dataset's best, at dim 100
+    (0.957 and 1.0; implicit's own 0.01 / 1.0 reach 0.75 and 0.64). docs/teachers.md."""
+
+    regularization: float = Field(100.0, ge=0, le=100_000, description="L2 weight on the factors")
+    alpha: float = Field(40.0, gt=0, le=100_000,
+                         description="confidence of an observed interaction; unobserved ones weigh 1")
+    iterations: int = Field(15, ge=1, le=1000, description="alternating least-squares sweeps")
+
+
+class EASEOptions(_Strict):
+    """EASE (Steck, WWW 2019), closed form: B = I - P diag(1/diag P), P = (XᵀX + λI)⁻¹.
+    λ = 200 is within 1.2 % of the best validation NDCG@20 on ML-100K and Amazon-Beauty."""
+
+    l2: float = Field(200.0, gt=0, le=1e8, description="λ, the L2 weight on B")
+
+
 class TeacherConfig(OptimConfig):
-    model: ModelName = "mf"
+    """A teacher. mf and lightgcn train with BPR (the OptimConfig fields); als and ease use
+    their own options (`als`, `ease`) and ignore the optimiser's; `dim` is the embedding
+    size of mf, lightgcn and als (EASE has no embeddings)."""
+
+    model: TeacherModelName = "mf"
     dim: int = Field(100, ge=1, le=4096)
     n_layers: int = Field(3, ge=1, le=8, description="LightGCN propagation layers")
+    als: ALSOptions = Field(default_factory=ALSOptions)
+    ease: EASEOptions = Field(default_factory=EASEOptions)
 
 
 class UnKDOptions(_Strict):
@@ -101,3 +127,16 @@ class EvalConfig(_Strict):
     ips_gamma: float = Field(0.5, ge=0, le=1)
     head_mass: float = Field(0.8, gt=0, lt=1, description="short-head share for APLT/ACLT")
     user_chunk: int = Field(1024, ge=1)
+
+
+MAX_TRIALS = 200
+
+
+class TuneOptions(_Strict):
+    """Tune a job's hyper-parameters on the validation split (training.tuning, docs/tuning.md):
+    `trials` configurations are trained and the best by validation NDCG@20 is kept (for a
+    student: among those whose validation head share is at most its teacher's)."""
+
+    trials: int = Field(ge=1, le=MAX_TRIALS, description="configurations to train to the end or to pruning")
+    prune: bool = Field(True, description="stop a trial whose validation NDCG trails the median of earlier trials at the same epoch")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the TPE sampler")

@@ -1,8 +1,10 @@
 """Full-catalogue top-K evaluation and the quality report (DESIGN.md, METRICS.md).
 
-Two entry points share one path: `evaluate_embeddings` ranks with dot-product
-embeddings, `evaluate_topk` takes lists from any ranker (FAISS index, baseline). Both
-return a JSON-serialisable dict (plain floats, ints, lists; null where undefined).
+Entry points share one path: `evaluate_scorer` ranks with any model that scores a block of
+users against all items (training.scoring: embeddings, EASE), `evaluate_embeddings` is
+that path for dot-product embeddings, and `evaluate_topk` takes lists from any ranker
+(FAISS index, baseline). All return a JSON-serialisable dict (plain floats, ints, lists;
+null where undefined).
 
 Protocol: users with >= 1 positive in the split are evaluated; for split="valid" the
 training items are excluded, for split="test" training *and* validation items are
@@ -32,13 +34,15 @@ from training.metrics import (
 )
 from training.popularity import head_tail_split, popularity_groups
 from training.report import _num, attach_teacher, render_table
-from training.topk import CPU, TIE_BREAK, topk_from_embeddings
+from training.scoring import EmbeddingScorer, TeacherScorer
+from training.topk import CPU, TIE_BREAK, topk_from_embeddings, topk_from_scorer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "attach_teacher",  # re-exported: callers import the report helpers from here
     "evaluate_embeddings",
+    "evaluate_scorer",
     "evaluate_topk",
     "evaluated_users",
     "exclusion_csr",
@@ -278,6 +282,43 @@ def _group_rows(
     return rows
 
 
+def evaluate_scorer(
+    dataset: Dataset,
+    scorer: TeacherScorer,
+    *,
+    cfg: EvalConfig | None = None,
+    split: str = "test",
+    reference: TeacherScorer | None = None,
+) -> dict[str, Any]:
+    """Rank every evaluated user with any scorer (training.scoring) and build the report.
+
+    The one ranking path of the reports: embeddings (`evaluate_embeddings`) and EASE alike
+    go through `topk_from_scorer`, so lists exclude the same items and break ties the same way.
+
+    Args:
+        scorer: the model (teacher or student) to evaluate, on its own device.
+        reference: a teacher's scorer, to add overlap@K against its lists.
+    """
+    cfg = cfg or EvalConfig()
+    if scorer.n_items != dataset.n_items or scorer.n_users != dataset.n_users:
+        raise ValueError(
+            f"model scores ({scorer.n_users}, {scorer.n_items}) users x items, dataset has "
+            f"(n_users={dataset.n_users}, n_items={dataset.n_items})"
+        )
+    users = evaluated_users(dataset, split)
+    excl = exclusion_csr(dataset, split)
+    kmax = max(cfg.ks)
+    t0 = time.perf_counter()
+    lists = topk_from_scorer(scorer, users, excl, kmax, chunk=cfg.user_chunk)
+    ref_lists = None
+    if reference is not None:
+        ref_lists = topk_from_scorer(reference, users, excl, kmax, chunk=cfg.user_chunk)
+    logger.info("top-%d for %d users x %d items in %.2fs", kmax, len(users), dataset.n_items,
+                time.perf_counter() - t0)  # fmt: skip
+    return evaluate_topk(dataset, lists, cfg=cfg, split=split, reference_topk=ref_lists,
+                         device=scorer.device)  # fmt: skip
+
+
 def evaluate_embeddings(
     dataset: Dataset,
     user_emb: np.ndarray | torch.Tensor,
@@ -286,39 +327,21 @@ def evaluate_embeddings(
     cfg: EvalConfig | None = None,
     split: str = "test",
     device: torch.device = CPU,
-    reference: tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor] | None = None,
+    reference: TeacherScorer | tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Rank every evaluated user by user_emb @ item_emb.T and build the quality report.
+    """Rank every evaluated user by user_emb @ item_emb.T and build the quality report
+    (`evaluate_scorer` with an EmbeddingScorer).
 
     Args:
         user_emb: (n_users, d); item_emb: (n_items, d).
-        reference: (teacher_user_emb, teacher_item_emb) to add overlap@K against its lists.
+        reference: a teacher's scorer, or its (user_emb, item_emb), to add overlap@K.
     """
-    cfg = cfg or EvalConfig()
     if len(item_emb) != dataset.n_items or len(user_emb) != dataset.n_users:
         raise ValueError(
             f"embeddings ({len(user_emb)}, {len(item_emb)}) rows do not match dataset "
             f"(n_users={dataset.n_users}, n_items={dataset.n_items})"
         )
-    users = evaluated_users(dataset, split)
-    excl = exclusion_csr(dataset, split)
-    kmax = max(cfg.ks)
-    t0 = time.perf_counter()
-    lists = topk_from_embeddings(
-        user_emb, item_emb, users, excl, kmax, chunk=cfg.user_chunk, device=device
-    )
-    ref_lists = None
-    if reference is not None:
-        ref_lists = topk_from_embeddings(
-            *reference, users, excl, kmax, chunk=cfg.user_chunk, device=device
-        )
-    logger.info(
-        "top-%d for %d users x %d items in %.2fs",
-        kmax,
-        len(users),
-        dataset.n_items,
-        time.perf_counter() - t0,
-    )
-    return evaluate_topk(
-        dataset, lists, cfg=cfg, split=split, reference_topk=ref_lists, device=device
-    )
+    if isinstance(reference, tuple):
+        reference = EmbeddingScorer(*reference, device=device)
+    return evaluate_scorer(dataset, EmbeddingScorer(user_emb, item_emb, device=device), cfg=cfg,
+                           split=split, reference=reference)  # fmt: skip

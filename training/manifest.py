@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from training.artifacts import read_json
-from training.config import DistillConfig, MethodName, ModelName, TeacherConfig
+from training.config import DistillConfig, MethodName, TeacherConfig, TeacherModelName
 from training.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -99,7 +99,7 @@ class Lineage(_Closed):
 class TeacherInfo(_Closed):
     """A student's teacher as it was at distillation time (its id is in `Lineage`)."""
 
-    model: ModelName
+    model: TeacherModelName
     dim: int = Field(ge=1)
     path: str | None = Field(None, description="its model directory, to compare against")
 
@@ -120,9 +120,28 @@ class TrainingSummary(_Closed):
     seconds: float = Field(ge=0, description="wall time of the whole fit")
     seconds_per_epoch: float = Field(ge=0)
     history: list[EpochRecord] = Field(default_factory=list)
+    backend: str | None = Field(None, exclude_if=_absent,
+                                description="what fitted it, when not our trainer: implicit.cpu, "
+                                "implicit.gpu (als), torch (ease)")
     # Students only: ranking the teacher's candidates before the first epoch.
     candidates_seconds: float | None = Field(None, ge=0, exclude_if=_absent)
     candidate_bytes: int | None = Field(None, ge=0, exclude_if=_absent)
+
+
+class WeightsInfo(_Closed):
+    """What a model without embeddings (an EASE teacher) keeps instead of embeddings.npz."""
+
+    file: str = Field(pattern=r"^[A-Za-z0-9_.\-]+\.npz$", description="a file of the model directory")
+    arrays: dict[str, str] = Field(description="array name -> shape, dtype and meaning")
+    scoring: str = Field(description="how a user's scores over all items are computed")
+
+
+NO_EMBEDDINGS = "EASE teachers have no embeddings to serve: distil a student"
+EASE_WEIGHTS = WeightsInfo(
+    file="ease.npz",
+    arrays={"B": "(n_items, n_items) float32 item-item weights, zero diagonal"},
+    scoring="score(u) = X_u @ B, X_u = u's training interactions (binary) of the model's dataset",
+)
 
 
 class ModelManifest(_Closed):
@@ -134,9 +153,12 @@ class ModelManifest(_Closed):
 
     id: str | None = Field(None, description="model id (the registry's in the service)")
     kind: ModelKind
-    model: ModelName = Field(description="architecture of the embeddings: mf or lightgcn")
+    model: TeacherModelName = Field(
+        description="teachers: mf, lightgcn, als (embeddings) or ease (weights); students: mf or lightgcn")
     method: MethodName | None = Field(None, description="distillation method; None for a teacher")
-    dim: int = Field(ge=1)
+    dim: int = Field(ge=1, description="embedding size; for ease, n_items (the length of B's rows)")
+    weights: WeightsInfo | None = Field(
+        None, exclude_if=_absent, description="a model without embeddings: what it keeps instead")
     config: TeacherConfig | DistillConfig | None = Field(None, description="hyper-parameters")
     dataset: DatasetInfo
     lineage: Lineage = Field(default_factory=Lineage)
@@ -166,7 +188,16 @@ class ModelManifest(_Closed):
     def _teacher_has_no_method(self) -> ModelManifest:
         if self.kind == "teacher" and (self.method is not None or self.teacher is not None):
             raise ValueError("a teacher has no distillation method and no teacher")
+        if self.kind == "student" and self.model not in ("mf", "lightgcn"):
+            raise ValueError(f"model={self.model!r}: a student is embeddings (mf or lightgcn)")
+        if (self.model == "ease") != (self.weights is not None):
+            raise ValueError("weights describe an ease model's file, and only an ease model's")
         return self
+
+    @property
+    def has_embeddings(self) -> bool:
+        """False for a model that keeps other weights (EASE): nothing to serve from it."""
+        return self.weights is None
 
 
 def build_manifest(
@@ -179,18 +210,25 @@ def build_manifest(
     device: str,
     created_at: datetime,
     teacher: TeacherInfo | None = None,
+    n_items: int | None = None,
 ) -> ModelManifest:
     """The manifest of a model trained with `cfg` (teacher or student alike): kind,
-    architecture, method and dim follow from the config."""
+    architecture, method and dim follow from the config; an ease teacher's dim is n_items
+    and its manifest names its weights file."""
     kind: ModelKind
+    model: TeacherModelName
     method: MethodName | None
     if isinstance(cfg, DistillConfig):
         kind, model, method = "student", cfg.student_model, cfg.method
     else:
         kind, model, method = "teacher", cfg.model, None
+    ease = model == "ease"
+    if ease and n_items is None:
+        raise ValueError("an ease teacher's manifest needs n_items (its dim)")
     return ModelManifest(
-        id=model_id, kind=kind, model=model, method=method, dim=cfg.dim, config=cfg,
-        dataset=dataset, lineage=lineage, teacher=teacher, created_at=created_at,
+        id=model_id, kind=kind, model=model, method=method,
+        dim=n_items if ease and n_items else cfg.dim, weights=EASE_WEIGHTS if ease else None,
+        config=cfg, dataset=dataset, lineage=lineage, teacher=teacher, created_at=created_at,
         device=device, training=training,
     )  # fmt: skip
 
@@ -251,9 +289,45 @@ class Retention(_Figures):
     groups: list[RetentionRow] = Field(default_factory=list)
 
 
+TrialState = Literal["complete", "pruned", "fail", "running", "waiting"]
+
+
+class TrialRecord(_Closed):
+    """One trial of a tuning study (training.tuning): the configuration it tried and what it
+    measured on the validation split."""
+
+    number: int = Field(ge=0, description="Optuna's trial number, in order of creation")
+    state: TrialState
+    params: dict[str, float | int | str | bool] = Field(
+        default_factory=dict, description="the tuned fields, dotted for nested options (unkd.mu)"
+    )
+    valid_ndcg: Figure = Field(None, description="validation NDCG@20 of its kept epoch (pruned: the last measured)")
+    valid_head_share: Figure = Field(None, description="validation head-group share@20")
+    feasible: bool | None = Field(None, description="head share within the constraint; None: none")
+    epochs: int | None = Field(None, ge=0, description="epochs run (the last reported when pruned)")
+    seconds: float | None = Field(None, ge=0)
+    note: str | None = Field(None, exclude_if=_absent, description="why it failed or was retried")
+
+
+class TuningSummary(_Closed):
+    """How a tuned model's configuration was chosen: every trial, on the validation split only."""
+
+    objective: str = Field(description='what was maximised, e.g. "valid ndcg@20"')
+    constraint: str | None = Field(None, description="what a kept trial had to satisfy")
+    teacher_valid_head_share: Figure = Field(None, exclude_if=_absent)
+    trials_requested: int = Field(ge=1)
+    best_trial: int = Field(ge=0, description="number of the trial whose model this is")
+    best_feasible: bool = Field(True, description="False: no trial met the constraint; the least violating was kept")
+    sampler: str
+    pruner: str | None = None
+    seconds: float | None = Field(None, ge=0, description="wall time of the whole study")
+    trials: list[TrialRecord] = Field(default_factory=list)
+
+
 class QualityReport(_Open):
     """report.json: the quality report of one model (training.evaluation,
-    training.report.attach_teacher). The last four parts exist for students only."""
+    training.report.attach_teacher). teacher, deltas, bias_amplification and retention
+    exist for students only; tuning for models chosen by a tuning study (training.tuning)."""
 
     protocol: EvalProtocol
     users_evaluated: int = Field(ge=0)
@@ -270,6 +344,9 @@ class QualityReport(_Open):
         None, exclude_if=_absent, description="ARP ratio − 1, Δ head share, ΔGini"
     )
     retention: Retention | None = Field(None, exclude_if=_absent)
+    tuning: TuningSummary | None = Field(
+        None, exclude_if=_absent, description="the trials that chose this model's configuration"
+    )
 
     @property
     def main_k(self) -> int:

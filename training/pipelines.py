@@ -9,7 +9,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from training.checkpoint import ModelArtifact
@@ -17,48 +16,33 @@ from training.config import DistillConfig, EvalConfig, TeacherConfig
 from training.dataset import Dataset
 from training.distill import build_distiller
 from training.errors import JobCancelled
-from training.evaluation import attach_teacher, evaluate_embeddings
+from training.evaluation import attach_teacher, evaluate_scorer
 from training.manifest import (
     DatasetInfo,
-    EpochRecord,
     Lineage,
     QualityReport,
     TeacherInfo,
-    TrainingSummary,
     build_manifest,
 )
 from training.models import build_model
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
-from training.trainer import FitResult, fit
+from training.scoring import EmbeddingScorer, TeacherScorer
+from training.teachers import FittedModel, fit_teacher, load_scorer, summary_of
+from training.trainer import fit
 
 logger = logging.getLogger(__name__)
 
 
-def _training_summary(result: FitResult, seconds: float, *, candidates_s: float | None = None,
-                      candidate_bytes: int | None = None) -> TrainingSummary:  # fmt: skip
-    return TrainingSummary(
-        best_epoch=result.best_epoch,
-        epochs_run=result.epochs_run,
-        seconds=round(seconds, 3),
-        seconds_per_epoch=round(result.seconds_per_epoch, 4),
-        history=[EpochRecord.model_validate(row) for row in result.history],
-        candidates_seconds=None if candidates_s is None else round(candidates_s, 3),
-        candidate_bytes=candidate_bytes,
-    )
+def _report(dataset: Dataset, scorer: TeacherScorer, cfg: EvalConfig) -> QualityReport:
+    return QualityReport.model_validate(evaluate_scorer(dataset, scorer, cfg=cfg))
 
 
-def _report(dataset: Dataset, user_emb: np.ndarray, item_emb: np.ndarray, cfg: EvalConfig,
-            device: torch.device) -> QualityReport:  # fmt: skip
-    return QualityReport.model_validate(
-        evaluate_embeddings(dataset, user_emb, item_emb, cfg=cfg, device=device))
-
-
-def _student_report(dataset: Dataset, user_emb: np.ndarray, item_emb: np.ndarray,
-                    teacher: ModelArtifact, cfg: EvalConfig, device: torch.device) -> QualityReport:  # fmt: skip
+def _student_report(dataset: Dataset, student: TeacherScorer, teacher: ModelArtifact,
+                    cfg: EvalConfig, device: torch.device) -> QualityReport:  # fmt: skip
     """A student's report with its teacher's figures, the deltas and list overlap."""
-    report = evaluate_embeddings(dataset, user_emb, item_emb, cfg=cfg, device=device,
-                                 reference=(teacher.user_emb, teacher.item_emb))
-    teacher_report = teacher.report or _report(dataset, teacher.user_emb, teacher.item_emb, cfg, device)
+    teacher_scorer = load_scorer(teacher, dataset.csr("train"), device)
+    report = evaluate_scorer(dataset, student, cfg=cfg, reference=teacher_scorer)
+    teacher_report = teacher.report or _report(dataset, teacher_scorer, cfg)
     return QualityReport.model_validate(
         attach_teacher(report, teacher_report.model_dump(mode="json")))
 
@@ -71,11 +55,10 @@ def _emit(on_progress: ProgressCallback | None, stage: str, message: str = "") -
 def _save(
     cfg: TeacherConfig | DistillConfig,
     dataset: Dataset,
-    result: FitResult,
+    fitted: FittedModel,
     report: QualityReport,
     out_dir: Path,
     *,
-    training: TrainingSummary,
     device: torch.device,
     model_id: str | None,
     dataset_id: str | None,
@@ -93,12 +76,14 @@ def _save(
         model_id=model_id or out_dir.name,
         dataset=DatasetInfo(name=dataset.name, fingerprint=dataset.fingerprint),
         lineage=lineage,
-        training=training,
+        training=fitted.training,
         device=str(device),
         created_at=datetime.now(timezone.utc).replace(microsecond=0),
         teacher=teacher_info,
+        n_items=dataset.n_items,
     )
-    artifact = ModelArtifact(result.user_emb, result.item_emb, manifest, report)
+    artifact = ModelArtifact(fitted.user_emb, fitted.item_emb, manifest, report,
+                             item_item=fitted.item_item)  # fmt: skip
     if should_stop is not None and should_stop():  # cancelled during evaluation: write nothing
         raise JobCancelled("cancelled before the model was saved")
     artifact.save(out_dir)
@@ -117,23 +102,23 @@ def train_teacher(
     dataset_id: str | None = None,
     eval_cfg: EvalConfig | None = None,
 ) -> ModelArtifact:
-    """Train an MF or LightGCN teacher with BPR, evaluate it, and save it to `out_dir`.
+    """Fit a teacher (mf, lightgcn, als or ease; training.teachers), evaluate it, and save
+    it to `out_dir`.
 
     model_id and dataset_id are the registry's ids in the service (manifest id, lineage);
     offline the id is the directory's name and the dataset has none.
+
+    Raises:
+        EASETooLargeError: an ease teacher over more than EASE_MAX_ITEMS items (before any work).
     """
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    train = dataset.csr("train")
-    model = build_model(cfg.model, dataset.n_users, dataset.n_items, cfg.dim, train,
-                        n_layers=cfg.n_layers, device=device)
-    result = fit(model, dataset.train, train, dataset.csr("valid"), cfg, device=device,
-                 on_progress=on_progress, should_stop=should_stop, stage="train")
+    fitted = fit_teacher(dataset, cfg, device=device, on_progress=on_progress, should_stop=should_stop)
     train_s = time.perf_counter() - t0
     _emit(on_progress, "evaluate")
-    report = _report(dataset, result.user_emb, result.item_emb, eval_cfg or EvalConfig(), device)
-    artifact = _save(cfg, dataset, result, report, out_dir, training=_training_summary(result, train_s),
-                     device=device, model_id=model_id, dataset_id=dataset_id, should_stop=should_stop)  # fmt: skip
+    report = _report(dataset, fitted.scorer(dataset.csr("train"), device), eval_cfg or EvalConfig())
+    artifact = _save(cfg, dataset, fitted, report, out_dir, device=device, model_id=model_id,
+                     dataset_id=dataset_id, should_stop=should_stop)  # fmt: skip
     logger.info("teacher %s saved to %s (%.1fs)", artifact.manifest.id, out_dir, train_s)
     return artifact
 
@@ -151,20 +136,19 @@ def distill_student(
     dataset_id: str | None = None,
     eval_cfg: EvalConfig | None = None,
 ) -> ModelArtifact:
-    """Distil `teacher` into a small student with cfg.method and save it to `out_dir`."""
+    """Distil `teacher` (any teacher: used through its scorer) into a small student with
+    cfg.method and save it to `out_dir`."""
     out_dir = Path(out_dir)
     teacher_art = teacher if isinstance(teacher, ModelArtifact) else ModelArtifact.load(Path(teacher))
     teacher_art.check_dataset(dataset.fingerprint)
     t0 = time.perf_counter()
     train = dataset.csr("train")
-    t_user = torch.from_numpy(teacher_art.user_emb)
-    t_item = torch.from_numpy(teacher_art.item_emb)
-    distiller = build_distiller(cfg, t_user, t_item, train, device)
+    distiller = build_distiller(cfg, load_scorer(teacher_art, train, device), train, device)
     candidates_s = 0.0
     if distiller is not None:
         _emit(on_progress, "candidates", "ranking the teacher's candidates")
         tc = time.perf_counter()
-        distiller.prepare()
+        distiller.prepare(should_stop)
         candidates_s = time.perf_counter() - tc
     student = build_model(cfg.student_model, dataset.n_users, dataset.n_items, cfg.dim, train,
                           n_layers=cfg.n_layers, device=device)
@@ -173,13 +157,13 @@ def distill_student(
                  should_stop=should_stop, stage="train")
     train_s = time.perf_counter() - t0
     _emit(on_progress, "evaluate")
-    report = _student_report(dataset, result.user_emb, result.item_emb, teacher_art,
-                             eval_cfg or EvalConfig(), device)
-    training = _training_summary(result, train_s, candidates_s=candidates_s,
-                                 candidate_bytes=distiller.candidate_bytes() if distiller else 0)  # fmt: skip
-    artifact = _save(cfg, dataset, result, report, out_dir, training=training, device=device,
-                     model_id=model_id, dataset_id=dataset_id, should_stop=should_stop,
-                     teacher=teacher_art)  # fmt: skip
+    report = _student_report(dataset, EmbeddingScorer(result.user_emb, result.item_emb, device),
+                             teacher_art, eval_cfg or EvalConfig(), device)  # fmt: skip
+    training = summary_of(result, train_s, candidates_s=candidates_s,
+                          candidate_bytes=distiller.candidate_bytes() if distiller else 0)  # fmt: skip
+    fitted = FittedModel(training, user_emb=result.user_emb, item_emb=result.item_emb)
+    artifact = _save(cfg, dataset, fitted, report, out_dir, device=device, model_id=model_id,
+                     dataset_id=dataset_id, should_stop=should_stop, teacher=teacher_art)  # fmt: skip
     logger.info("student %s (%s) saved to %s (%.1fs)", artifact.manifest.id, cfg.method, out_dir, train_s)
     return artifact
 
@@ -195,7 +179,7 @@ def evaluate_model(
     dev = device or torch.device("cpu")
     teacher = art.manifest.teacher
     teacher_dir = Path(teacher.path) if teacher is not None and teacher.path else None
+    scorer = load_scorer(art, dataset.csr("train"), dev)
     if teacher_dir is None or not teacher_dir.is_dir():  # a teacher, or its teacher was moved
-        return _report(dataset, art.user_emb, art.item_emb, ecfg, dev)
-    return _student_report(dataset, art.user_emb, art.item_emb, ModelArtifact.load(teacher_dir),
-                           ecfg, dev)
+        return _report(dataset, scorer, ecfg)
+    return _student_report(dataset, scorer, ModelArtifact.load(teacher_dir), ecfg, dev)

@@ -1,8 +1,9 @@
-"""Exact top-K by dot product, in user chunks, with the project's tie rule.
+"""Exact top-K of a scorer (training.scoring), in user chunks, with the project's tie rule.
 
 The one top-K path of the project: the quality report (`training.evaluation`), validation
 during training (`training.trainer`) and the most-popular baseline all rank here, so every
-list breaks ties the same way: equal scores, lower item index first, exactly, including ties
+list breaks ties the same way (`topk_from_scorer`; dot-product embeddings are one scorer,
+`topk_from_embeddings`): equal scores, lower item index first, exactly, including ties
 at the K-th score. Memory is O(chunk · n_items): the score matrix is never built for all
 users at once. Excluded items (a CSR per user) get -inf; lists are -1 padded when fewer
 than K items remain.
@@ -14,9 +15,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["CPU", "TIE_BREAK", "topk_from_embeddings"]
+from training.scoring import CPU, EmbeddingScorer, TeacherScorer
 
-CPU = torch.device("cpu")
+__all__ = ["CPU", "TIE_BREAK", "topk_from_embeddings", "topk_from_scorer", "topk_rows"]
+
 TIE_BREAK = "equal scores: lower item index ranks first (exact, incl. ties at the K-th score)"
 
 
@@ -56,7 +58,7 @@ def _topk_exact(scores: torch.Tensor, k: int) -> torch.Tensor:
     return ids.gather(1, order)
 
 
-def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
+def topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Top-k of one chunk with the tie rule: equal scores, lower item index first.
 
     Fast path: torch.topk for k + 1 items. Where the k-th score is strictly above the
@@ -83,14 +85,50 @@ def _topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
     return ids
 
 
-def _rows_f32(
-    emb: np.ndarray | torch.Tensor, rows: np.ndarray, device: torch.device
-) -> torch.Tensor:
-    """emb[rows] as float32 on `device`, without copying the whole matrix there."""
-    if isinstance(emb, torch.Tensor):
-        idx = torch.as_tensor(rows, dtype=torch.int64, device=emb.device)
-        return emb.detach()[idx].to(device=device, dtype=torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(emb[rows], dtype=np.float32)).to(device)
+def topk_from_scorer(
+    scorer: TeacherScorer,
+    users: np.ndarray,
+    exclude_csr: sp.csr_matrix | None,
+    k: int,
+    *,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """Top-k items of any scorer (training.scoring), excluded items masked, in user chunks.
+
+    Memory is O(chunk · n_items): the score matrix is never built for all users at once.
+
+    Args:
+        scorer: scores a block of users against every item, on its own device.
+        users: (n,) int user ids.
+        exclude_csr: (n_users, n_items) CSR indexed by user id; its items get -inf. None = none.
+        k: list length; lists are -1 padded when fewer than k items remain.
+    Returns:
+        (n, k) int64 item ids, best first; equal scores: lower item index first.
+    Raises:
+        ValueError: k or chunk < 1, or the scorer returns NaN or inf.
+    """
+    if k < 1:
+        raise ValueError(f"k={k} must be >= 1")
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be >= 1")
+    users = np.asarray(users, dtype=np.int64)
+    device = scorer.device
+    out = np.empty((len(users), k), dtype=np.int64)
+    with torch.inference_mode():
+        for start in range(0, len(users), chunk):
+            batch = users[start : start + chunk]
+            scores = scorer.score(torch.from_numpy(batch))  # (b, n_items) on device
+            if not bool(torch.isfinite(scores).all()):
+                raise ValueError(f"scores hold NaN or inf in users {batch[0]}..{batch[-1]}")
+            if exclude_csr is not None:
+                sub = exclude_csr[batch]
+                r = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
+                scores[
+                    torch.as_tensor(r, device=device),
+                    torch.as_tensor(sub.indices, dtype=torch.int64, device=device),
+                ] = float("-inf")
+            out[start : start + len(batch)] = topk_rows(scores, k).cpu().numpy()
+    return out
 
 
 def topk_from_embeddings(
@@ -103,9 +141,7 @@ def topk_from_embeddings(
     chunk: int = 1024,
     device: torch.device = CPU,
 ) -> np.ndarray:
-    """Top-k items by dot product, excluded items masked, in user chunks.
-
-    Memory is O(chunk · n_items): the score matrix is never built for all users at once.
+    """Top-k items by dot product: `topk_from_scorer` with an EmbeddingScorer (one path).
 
     Args:
         user_emb: (n_users, d); item_emb: (n_items, d). numpy or torch, cast to float32.
@@ -117,26 +153,5 @@ def topk_from_embeddings(
     """
     if k < 1:
         raise ValueError(f"k={k} must be >= 1")
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk} must be >= 1")
-    users = np.asarray(users, dtype=np.int64)
-    items = torch.as_tensor(item_emb).detach().to(device=device, dtype=torch.float32)
-    if not bool(torch.isfinite(items).all()):
-        raise ValueError("item_emb holds NaN or inf")
-    out = np.empty((len(users), k), dtype=np.int64)
-    with torch.inference_mode():
-        for start in range(0, len(users), chunk):
-            batch = users[start : start + chunk]
-            u = _rows_f32(user_emb, batch, device)  # (b, d)
-            if not bool(torch.isfinite(u).all()):
-                raise ValueError(f"user_emb holds NaN or inf in users {batch[0]}..{batch[-1]}")
-            scores = u @ items.T  # (b, n_items)
-            if exclude_csr is not None:
-                sub = exclude_csr[batch]
-                r = np.repeat(np.arange(len(batch)), np.diff(sub.indptr))
-                scores[
-                    torch.as_tensor(r, device=device),
-                    torch.as_tensor(sub.indices, dtype=torch.int64, device=device),
-                ] = float("-inf")
-            out[start : start + len(batch)] = _topk_rows(scores, k).cpu().numpy()
-    return out
+    scorer = EmbeddingScorer(user_emb, item_emb, device=device)
+    return topk_from_scorer(scorer, users, exclude_csr, k, chunk=chunk)

@@ -23,11 +23,14 @@ from training.distill.base import Distiller, KDBatch
 from training.errors import JobCancelled, TrainingDivergedError
 from training.models.base import Ranker
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
+from training.sampling import TrainingPairs, draw_unobserved
 from training.topk import topk_from_embeddings
 
 logger = logging.getLogger(__name__)
 
 VALID_K = 20
+# An epoch of a large job runs for minutes: a cancel is honoured every this many batches.
+CANCEL_CHECK_BATCHES = 16
 
 
 @dataclass
@@ -47,9 +50,14 @@ class FitResult:
 
 def validation_metrics(
     user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix, valid: sp.csr_matrix,
-    k: int = VALID_K, chunk: int = 2048,
+    k: int = VALID_K, chunk: int = 2048, head_items: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Recall@k and NDCG@k on the validation split, training items excluded, in user chunks."""
+    """Recall@k and NDCG@k on the validation split, training items excluded, in user chunks.
+
+    Args:
+        head_items: (n_items,) bool, the head popularity group: adds head_share@k, the
+            share of recommended slots that go to it.
+    """
     users = np.flatnonzero(np.diff(valid.indptr) > 0)
     if len(users) == 0:
         return {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
@@ -61,10 +69,14 @@ def validation_metrics(
     n_pos = np.diff(sub.indptr)
     disc = 1.0 / np.log2(np.arange(2, k + 2))
     idcg = np.cumsum(disc)[np.minimum(n_pos, k) - 1]
-    return {
+    out = {
         f"recall@{k}": float((hit.sum(1) / n_pos).mean()),
         f"ndcg@{k}": float(((hit * disc).sum(1) / idcg).mean()),
     }
+    if head_items is not None:
+        slots = top[top >= 0]
+        out[f"head_share@{k}"] = float(head_items[slots].mean()) if len(slots) else 0.0
+    return out
 
 
 def _kd_slices(batch: KDBatch, n_batches: int, generator: torch.Generator) -> list[KDBatch]:
@@ -90,30 +102,47 @@ def fit(
     on_progress: ProgressCallback | None = None,
     should_stop: ShouldStop | None = None,
     stage: str = "train",
+    head_items: np.ndarray | None = None,
+    max_head_share: float | None = None,
 ) -> FitResult:
     """Train `model` and return its best-epoch embeddings.
+
+    The best epoch is the one with the highest validation NDCG@20; with max_head_share, the
+    highest among the checks whose validation head share is at most that (a student must
+    not expose the head group more than its teacher). Checks above the cap do not count
+    against the patience until one meets it; if none does, the best NDCG overall is kept.
 
     Args:
         train_pairs: (n_train, 2) int64 [user, item] training interactions.
         train, valid: (n_users, n_items) CSR of the training and validation splits.
+        head_items: (n_items,) bool head-group mask: validation also reports head_share@20.
+        max_head_share: the cap on validation head_share@20 (needs head_items).
     Raises:
         JobCancelled: should_stop() returned True at an epoch boundary.
         TrainingDivergedError: the loss became NaN or infinite.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    n_items = train.shape[1]
     pairs = torch.from_numpy(np.asarray(train_pairs, dtype=np.int64))
     n_train = len(pairs)
     n_batches = max(1, math.ceil(n_train / cfg.batch_size))
+    # Negatives re-drawn where they hit a training item of the user (MovieLens: 6 % of pairs).
+    positives = TrainingPairs(train)
     # MF reads rows with sparse gradients: SparseAdam touches only the rows of a batch, so a
     # step costs O(batch × d) however large the catalogue. LightGCN's gradients are dense.
     sparse = model.sparse
     opt_cls = torch.optim.SparseAdam if sparse else torch.optim.Adam
     opt = opt_cls(list(model.parameters()), lr=cfg.lr)
 
+    if max_head_share is not None and head_items is None:
+        raise ValueError("max_head_share needs head_items (the head group's mask)")
+    capped = max_head_share
     best_ndcg, best_epoch, bad = -1.0, 0, 0
     best_state: dict[str, torch.Tensor] | None = None
+    # Without a cap every check is eligible, so met_cap turns True at the first one.
+    met_cap = False
+    fallback_ndcg, fallback_epoch = -1.0, 0
+    fallback_state: dict[str, torch.Tensor] | None = None
     result = FitResult(np.empty(0), np.empty(0), 0, 0)
     started = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
@@ -122,7 +151,7 @@ def fit(
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(n_train, generator=gen)
-        neg = torch.randint(0, n_items, (n_train,), generator=gen)
+        neg = draw_unobserved(positives, pairs[:, 0], (n_train,), gen)
         kd_slices: list[KDBatch] = []
         if distiller is not None:
             kd_slices = _kd_slices(distiller.sample_epoch(epoch, gen), n_batches, gen)
@@ -130,6 +159,8 @@ def fit(
 
         total = 0.0
         for b in range(n_batches):
+            if b and b % CANCEL_CHECK_BATCHES == 0 and should_stop is not None and should_stop():
+                raise JobCancelled(f"cancelled in epoch {epoch}, batch {b}/{n_batches}")
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             u, i, j = (pairs[idx, 0].to(device), pairs[idx, 1].to(device), neg[idx].to(device))
             emb = model.lookup()
@@ -160,12 +191,18 @@ def fit(
             model.eval()
             with torch.no_grad():
                 user_emb, item_emb = model.embeddings()
-                metrics = validation_metrics(user_emb, item_emb, train, valid)
+                metrics = validation_metrics(user_emb, item_emb, train, valid, head_items=head_items)
             row.update({f"valid_{k}": v for k, v in metrics.items()})
-            if metrics[f"ndcg@{VALID_K}"] > best_ndcg:
-                best_ndcg, best_epoch, bad = metrics[f"ndcg@{VALID_K}"], epoch, 0
+            ndcg = metrics[f"ndcg@{VALID_K}"]
+            eligible = capped is None or metrics[f"head_share@{VALID_K}"] <= capped
+            if eligible and (not met_cap or ndcg > best_ndcg):
+                best_ndcg, best_epoch, bad = ndcg, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
-            else:
+                met_cap = True
+            elif not met_cap and ndcg > fallback_ndcg:  # nothing under the cap yet
+                fallback_ndcg, fallback_epoch = ndcg, epoch
+                fallback_state = copy.deepcopy(model.state_dict())
+            elif met_cap:
                 bad += 1
                 stop = bad >= cfg.patience
         result.history.append(row)
@@ -180,6 +217,10 @@ def fit(
         if stop:
             break
 
+    if best_state is None and fallback_state is not None:
+        logger.warning("%s: no validation check met head_share@%d <= %.4f; keeping the best NDCG "
+                       "(epoch %d)", stage, VALID_K, capped, fallback_epoch)  # fmt: skip
+        best_state, best_epoch = fallback_state, fallback_epoch
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

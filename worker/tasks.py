@@ -114,7 +114,16 @@ def _finished_before(ctx: JobContext) -> ModelArtifact | None:
     return None
 
 
+def _tuned_body(ctx: JobContext) -> str:
+    """A job with params["tune"]: trials on every worker, the best kept (worker/tuning.py)."""
+    from worker.tuning import tune_body  # it imports this module
+
+    return tune_body(ctx)
+
+
 def _teacher_body(ctx: JobContext) -> str:
+    if ctx.job.params.get("tune"):
+        return _tuned_body(ctx)
     params = ctx.job.params
     cfg = TeacherConfig.model_validate(params["config"])  # validated again: payloads can be old
     dataset_id = str(params["dataset_id"])
@@ -132,6 +141,8 @@ def _teacher_body(ctx: JobContext) -> str:
 
 
 def _distill_body(ctx: JobContext) -> str:
+    if ctx.job.params.get("tune"):
+        return _tuned_body(ctx)
     params = ctx.job.params
     cfg = DistillConfig.model_validate(params["config"])
     teacher = ctx.registry.get_model(str(params["teacher_id"]), field="teacher_id")
@@ -140,7 +151,7 @@ def _distill_body(ctx: JobContext) -> str:
     if artifact is None:
         dataset = _load_dataset(ctx, dataset_id)
         check_distill(dataset.n_users, dataset.n_items, cfg, teacher.dim,
-                      ctx.settings.max_job_memory_mb * 2**20)  # fmt: skip
+                      ctx.settings.max_job_memory_mb * 2**20, teacher_model=teacher.model)  # fmt: skip
         artifact = pipelines.distill_student(
             dataset, Path(teacher.path), cfg, ctx.model_dir,
             device=resolve_device(ctx.settings.device),

@@ -21,7 +21,7 @@ from service.core.records import (
     ModelInfo,
     ModelRecord,
 )
-from training.config import DistillConfig, TeacherConfig
+from training.config import DistillConfig, TeacherConfig, TuneOptions
 from training.manifest import QualityReport as QualityReport  # GET /v1/models/{id}/report
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -120,6 +120,9 @@ class TeacherJobRequest(TeacherConfig):
 
     kind: Literal["teacher"]
     dataset_id: Id
+    tune: TuneOptions | None = Field(
+        None, description="tune on the validation split: {'trials': N} (docs/tuning.md)"
+    )
 
 
 class DistillJobRequest(DistillConfig):
@@ -128,6 +131,9 @@ class DistillJobRequest(DistillConfig):
     kind: Literal["distill"]
     teacher_id: Id
     publish: bool = Field(False, description="publish the student when the job succeeds")
+    tune: TuneOptions | None = Field(
+        None, description="tune on the validation split: {'trials': N} (docs/tuning.md)"
+    )
 
 
 JobRequest = Annotated[TeacherJobRequest | DistillJobRequest, Field(discriminator="kind")]

@@ -31,7 +31,8 @@ import numpy as np
 from faiss.contrib.evaluation import knn_intersection_measure
 
 from training.artifacts import atomic_dir, write_json_atomic
-from training.checkpoint import ModelArtifact
+from training.checkpoint import NO_EMBEDDINGS, ModelArtifact
+from training.manifest import MANIFEST, read_manifest
 
 if TYPE_CHECKING:
     from training.dataset import Dataset
@@ -166,11 +167,17 @@ def build_bundle(
         min_recall: recall@10 an approximate index must reach against exact search.
     Returns:
         the bundle's meta (also written to meta.json).
+    Raises:
+        BundleError: among others, for a model without embeddings (an EASE teacher), before
+            its weights are read.
     """
+    if (Path(model_dir) / MANIFEST).is_file() and not read_manifest(Path(model_dir)).has_embeddings:
+        raise BundleError(f"model {model_id}: {NO_EMBEDDINGS}")
     artifact = ModelArtifact.load(Path(model_dir))
     artifact.check_dataset(dataset.fingerprint)
-    item_emb = np.ascontiguousarray(artifact.item_emb, dtype=np.float32)  # (n_items, d)
-    user_emb = np.ascontiguousarray(artifact.user_emb, dtype=np.float32)  # (n_users, d)
+    user_emb, item_emb = artifact.embeddings()
+    item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)  # (n_items, d)
+    user_emb = np.ascontiguousarray(user_emb, dtype=np.float32)  # (n_users, d)
     if item_emb.shape[0] != dataset.n_items or user_emb.shape[0] != dataset.n_users:
         raise BundleError(
             f"model {model_id}: embeddings cover {user_emb.shape[0]} users x {item_emb.shape[0]} items, "

@@ -16,6 +16,8 @@ from service.core.config import Settings, get_settings
 TRAIN_TEACHER = "unkd.train_teacher"
 DISTILL = "unkd.distill"
 PUBLISH = "unkd.publish"
+# A tuning job's helpers: run trials of its study on every worker (worker/tuning.py).
+TUNE_TRIALS = "unkd.tune_trials"
 TASK_BY_KIND: dict[str, str] = {"teacher": TRAIN_TEACHER, "distill": DISTILL, "publish": PUBLISH}
 
 
@@ -61,6 +63,7 @@ def make_celery(
             TRAIN_TEACHER: {"queue": settings.train_queue},
             DISTILL: {"queue": settings.train_queue},
             PUBLISH: {"queue": settings.light_queue},
+            TUNE_TRIALS: {"queue": settings.train_queue},
         },
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_soft_time_limit_s + 300,

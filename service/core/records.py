@@ -108,6 +108,9 @@ class JobProgress(BaseModel):
     epoch: int = 0
     epochs: int = 0
     message: str = ""
+    # A tuning job: trials finished (completed or pruned) of the trials asked.
+    trial: int = Field(0, ge=0)
+    trials: int = Field(0, ge=0)
 
 
 class JobTimings(BaseModel):

@@ -309,6 +309,10 @@ class Registry:
             update = progress.model_dump()
             if progress.epochs == 0:  # a stage event (evaluate, publish): keep epoch of epochs
                 update.update(epoch=job.progress.epoch, epochs=job.progress.epochs)
+            if progress.trials == 0:  # not from a trial: a tuning job keeps its trial count
+                update.update(trial=job.progress.trial, trials=job.progress.trials)
+            elif progress.trials == job.progress.trials:  # workers race: finished never falls
+                update.update(trial=max(progress.trial, job.progress.trial))
             job.progress = JobProgress.model_validate(update)
             if metrics:
                 job.metrics = {**job.metrics, **metrics}

@@ -285,3 +285,100 @@ def render_line_chart(chart: LineChart) -> str:
         body.extend(points)
     body.append(f'<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="{MUTED}"/>')
     return _frame(chart.chart_id, "lines", chart.title, height, "".join(body))
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    y: float
+    label: str  # the tooltip's name of the point ("trial 3")
+
+
+@dataclass(frozen=True)
+class PointSeries:
+    name: str
+    points: tuple[Point, ...]
+    color: str
+    radius: float = 3.5
+
+
+@dataclass(frozen=True)
+class ScatterChart:
+    """Points over two numeric axes, with an optional front (a step line through the
+    points no other beats on both axes) and a marked x (a bound)."""
+
+    chart_id: str
+    title: str
+    series: tuple[PointSeries, ...]
+    x_label: str
+    y_label: str
+    front: tuple[tuple[float, float], ...] = ()
+    marker_x: float | None = None
+    marker_label: str = ""
+    x_percent: bool = False
+
+    @property
+    def point_count(self) -> int:
+        return sum(len(s.points) for s in self.series)
+
+
+def render_scatter_chart(chart: ScatterChart) -> str:
+    """The scatter chart as one ``<svg>`` element: each point a ``<circle class="point">``
+    with data-series, data-x and data-value (its y), the front a ``<polyline class="front">``."""
+    left, right = 64.0, WIDTH - 12.0
+    legend_series = tuple(Series(s.name, (), s.color) for s in chart.series)
+    legend, legend_h = _legend(legend_series, 40, left, right)
+    top = 40 + legend_h + 8
+    plot_h = 190.0
+    bottom = top + plot_h
+    height = bottom + 40
+    pts = [p for s in chart.series for p in s.points if math.isfinite(p.x) and math.isfinite(p.y)]
+    xs = [p.x for p in pts] + ([chart.marker_x] if chart.marker_x is not None else [])
+    ys = [p.y for p in pts]
+    x_lo, x_hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    y_lo, y_hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
+    x_ticks = nice_ticks(x_lo - ((x_hi - x_lo) * 0.08 or 0.01), x_hi + ((x_hi - x_lo) * 0.08 or 0.01))
+    y_ticks = nice_ticks(y_lo - ((y_hi - y_lo) * 0.08 or 0.01), y_hi + ((y_hi - y_lo) * 0.08 or 0.01))
+
+    def x_of(x: float) -> float:
+        return left + (right - left) * (x - x_ticks[0]) / ((x_ticks[-1] - x_ticks[0]) or 1.0)
+
+    def y_of(v: float) -> float:
+        return bottom - plot_h * (v - y_ticks[0]) / ((y_ticks[-1] - y_ticks[0]) or 1.0)
+
+    body = [legend, _y_axis(y_ticks, y_of, left, right, False, chart.y_label, top, bottom)]
+    x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
+    for t in x_ticks:
+        body.append(f'<text x="{x_of(t):.1f}" y="{bottom + 16:.1f}" text-anchor="middle" '
+                    f'fill="{MUTED}">{_tick_label(t, x_step, chart.x_percent)}</text>')  # fmt: skip
+    body.append(f'<text x="{(left + right) / 2:.1f}" y="{bottom + 34:.1f}" text-anchor="middle" '
+                f'fill="{MUTED}">{escape(chart.x_label)}</text>')  # fmt: skip
+    if chart.marker_x is not None:
+        mx = x_of(chart.marker_x)
+        flip = mx > right - 120
+        body.append(
+            f'<line class="marker" x1="{mx:.1f}" x2="{mx:.1f}" y1="{top}" y2="{bottom}" '
+            f'stroke="{MUTED}" stroke-dasharray="4 3"/>'
+            f'<text x="{mx - 4 if flip else mx + 4:.1f}" y="{top + 12:.1f}" font-size="11" '
+            f'fill="{MUTED}" text-anchor="{"end" if flip else "start"}">{escape(chart.marker_label)}</text>'
+        )
+    if len(chart.front) > 1:
+        steps = []
+        for i, (fx, fy) in enumerate(chart.front):
+            if i:
+                steps.append(f"{x_of(fx):.1f},{y_of(chart.front[i - 1][1]):.1f}")
+            steps.append(f"{x_of(fx):.1f},{y_of(fy):.1f}")
+        body.append(f'<polyline class="front" fill="none" stroke="{MUTED}" stroke-width="1.5" '
+                    f'points="{" ".join(steps)}"/>')  # fmt: skip
+    for s in chart.series:
+        for p in s.points:
+            if not (math.isfinite(p.x) and math.isfinite(p.y)):
+                continue
+            tip = f"{p.label}: {chart.y_label} {fmt_value(p.y)}, {chart.x_label} {fmt_value(p.x, chart.x_percent)}"
+            body.append(
+                f'<circle class="point" data-series="{_attr(s.name)}" data-x="{p.x!r}" '
+                f'data-value="{p.y!r}" cx="{x_of(p.x):.1f}" cy="{y_of(p.y):.1f}" r="{s.radius}" '
+                f'fill="{_attr(s.color)}" fill-opacity="0.85"><title>{escape(tip)}</title></circle>'
+            )
+    body.append(f'<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="{MUTED}"/>')
+    return _frame(chart.chart_id, "scatter", chart.title, height, "".join(body))

@@ -15,9 +15,18 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from service.reports.charts import GREY, PALETTE, BarChart, LineChart, Series
+from service.reports.charts import (
+    GREY,
+    PALETTE,
+    BarChart,
+    LineChart,
+    Point,
+    PointSeries,
+    ScatterChart,
+    Series,
+)
 from service.reports.views import ModelView, check_same_dataset
-from training.manifest import GroupRow, QualityReport
+from training.manifest import GroupRow, QualityReport, TrialRecord
 
 TEST_SHARE_COLOR = "#52606d"
 MODEL_COLOR = PALETTE[0]
@@ -180,6 +189,51 @@ def training_charts(view: ModelView) -> list[LineChart]:
         charts.append(LineChart("training-valid", "Validation", epochs, tuple(valid_series),
                                 "epoch", "validation metric", marker, label))  # fmt: skip
     return charts
+
+
+# -- a tuned model's trials ----------------------------------------------------------------
+
+
+def pareto_front(points: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """The (head share, NDCG) points no other point beats on both (lower share, higher
+    NDCG), by increasing head share."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return tuple(front)
+
+
+def tuning_front_chart(view: ModelView) -> ScatterChart | None:
+    """Validation NDCG@20 against validation head share@20 of the completed trials: the
+    accuracy-vs-popularity front, the kept trial, and a student's bound (its teacher's share)."""
+    tuning = view.report.tuning
+    if tuning is None:
+        return None
+
+    def point(t: TrialRecord) -> Point | None:
+        if t.state != "complete" or t.valid_ndcg is None or t.valid_head_share is None:
+            return None
+        return Point(t.valid_head_share, t.valid_ndcg, f"trial {t.number}")
+
+    kept: list[Point] = []
+    within: list[Point] = []
+    over: list[Point] = []
+    for t in tuning.trials:
+        if (p := point(t)) is None:
+            continue
+        (kept if t.number == tuning.best_trial else over if t.feasible is False else within).append(p)
+    series = [PointSeries("trials", tuple(within), PALETTE[0])]
+    if over:
+        series.append(PointSeries("over the teacher's head share", tuple(over), PALETTE[3]))
+    series.append(PointSeries(f"kept: trial {tuning.best_trial}", tuple(kept), PALETTE[2], radius=5.5))
+    bound = tuning.teacher_valid_head_share
+    return ScatterChart(
+        "tuning-front", "Trials: validation accuracy vs head-group share", tuple(series),
+        "validation head share@20", "validation NDCG@20",
+        front=pareto_front([(p.x, p.y) for p in kept + within + over]),
+        marker_x=bound, marker_label="teacher" if bound is not None else "", x_percent=True,
+    )  # fmt: skip
 
 
 # -- several models on one dataset --------------------------------------------------------

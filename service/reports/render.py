@@ -16,7 +16,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from service.reports.charts import render_bar_chart, render_line_chart
+from service.reports.charts import render_bar_chart, render_line_chart, render_scatter_chart
 from service.reports.figures import (
     compare_exposure_chart,
     compare_group_recall_chart,
@@ -26,6 +26,7 @@ from service.reports.figures import (
     headline_rows,
     main_k,
     training_charts,
+    tuning_front_chart,
 )
 from service.reports.views import ModelView
 from training.manifest import QualityReport
@@ -215,6 +216,45 @@ def _cell(value: Any) -> str:
     return escape("–" if value is None else str(value))
 
 
+def _short(value: Any) -> str:
+    """A parameter or a duration: three significant digits (a decay of 1e-05 stays visible)."""
+    return f"{value:.3g}" if isinstance(value, float) else _cell(value)
+
+
+def _tuning(view: ModelView) -> str:
+    """The trials that chose this model (report.tuning): the front chart and the table."""
+    tuning, chart = view.report.tuning, tuning_front_chart(view)
+    if tuning is None or chart is None:
+        return ""
+    names = list(dict.fromkeys(k for t in tuning.trials for k in t.params))
+    head = "".join(f'<th class="num">{escape(n)}</th>' for n in names)
+    rows = []
+    for t in tuning.trials:
+        kept = t.number == tuning.best_trial
+        cells = "".join(f'<td class="num">{_short(t.params.get(n))}</td>' for n in names)
+        rows.append(
+            f'<tr data-trial="{t.number}" data-state="{escape(t.state, quote=True)}"'
+            f'{" class=best" if kept else ""}><td>{t.number}{" ★" if kept else ""}</td>'
+            f"<td>{escape(t.state)}</td>{cells}<td class=num>{_cell(t.valid_ndcg)}</td>"
+            f"<td class=num>{_cell(t.valid_head_share)}</td><td class=num>{_cell(t.epochs)}</td>"
+            f"<td class=num>{_short(t.seconds)}</td><td>{escape(t.note or '')}</td></tr>"
+        )
+    how = f"{len(tuning.trials)} trials, {tuning.sampler}, pruner {tuning.pruner or 'none'}; objective {tuning.objective}"
+    if tuning.constraint:
+        how += f"; constraint {tuning.constraint}"
+    if not tuning.best_feasible:
+        how += ". No trial met the constraint: the least violating one was kept"
+    return (
+        f'<section class="card"><h2>Tuning</h2>{render_scatter_chart(chart)}'
+        f'<p class="note">{escape(how)}. Chosen on the validation split only; the line is '
+        "the front of trials no other beats on both axes.</p>"
+        '<details><summary>All trials</summary><div style="overflow-x:auto"><table class="trials">'
+        f"<thead><tr><th>trial</th><th>state</th>{head}<th class=num>valid NDCG@20</th>"
+        "<th class=num>valid head share@20</th><th class=num>epochs</th><th class=num>s</th>"
+        f'<th>note</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div></details></section>'
+    )
+
+
 def render_report_page(view: ModelView, *, link: Linker | None = None,
                        dashboard_href: str | None = None) -> str:  # fmt: skip
     """One model's quality report as a self-contained HTML page.
@@ -249,6 +289,7 @@ def render_report_page(view: ModelView, *, link: Linker | None = None,
         '<p class="note">A popularity-debiased model\'s bars follow the share of test positives; '
         "a biased one over-fills the head group.</p></section></div>"
         f'<section class="card"><h2>Training curve</h2>{training}</section>'
+        f"{_tuning(view)}"
         '<div class="grid2">'
         f'<section class="card"><h2>Parameters</h2>{_kv(_flat_params(view.parameters, view.method)) if view.parameters else "<p class=note>none recorded</p>"}</section>'
         f'<section class="card"><h2>Lineage and build</h2>{_lineage(view, link)}</section></div>'

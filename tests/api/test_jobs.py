@@ -42,7 +42,9 @@ def test_submit_teacher_job(client: TestClient, dataset_id: str, settings: Setti
 
     status = client.get(accepted["status_url"]).json()
     assert status["status"] == "queued" and status["attempts"] == 0 and status["model_id"] is None
-    assert status["progress"] == {"stage": "queued", "epoch": 0, "epochs": 0, "message": ""}
+    assert status["progress"] == {"stage": "queued", "epoch": 0, "epochs": 0, "message": "",
+                                  "trial": 0, "trials": 0}  # fmt: skip
+    assert "tune" not in status["params"] and "tune" not in status["params"]["config"]
     assert status["params"]["dataset_id"] == dataset_id
     assert status["params"]["config"]["model"] == "lightgcn" and status["params"]["config"]["epochs"] == 7
     assert status["timings"]["queued_at"] and status["timings"]["started_at"] is None
@@ -70,6 +72,14 @@ def test_submit_distill_job(client: TestClient, teacher_id: str) -> None:
         ({"kind": "distill", "teacher_id": "t", "unkd": {"groups": 0}},
          ["body", "distill", "unkd", "groups"]),
         ({"kind": "quantum", "dataset_id": "ds-1"}, ["body"]),
+        ({"kind": "teacher", "dataset_id": "ds-1", "tune": {"trials": 0}},
+         ["body", "teacher", "tune", "trials"]),
+        ({"kind": "teacher", "dataset_id": "ds-1", "tune": {"trials": 201}},
+         ["body", "teacher", "tune", "trials"]),
+        ({"kind": "teacher", "dataset_id": "ds-1", "tune": {}}, ["body", "teacher", "tune", "trials"]),
+        ({"kind": "distill", "teacher_id": "t", "tune": {"trials": 5, "sampler": "grid"}},
+         ["body", "distill", "tune", "sampler"]),
+        ({"kind": "distill", "teacher_id": "t", "tune": 5}, ["body", "distill", "tune"]),
     ],
 )  # fmt: skip
 def test_out_of_range_parameters_name_the_field(
@@ -78,6 +88,23 @@ def test_out_of_range_parameters_name_the_field(
     r = client.post("/v1/jobs", json=payload)
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == loc
+
+
+def test_submit_tuning_jobs(client: TestClient, dataset_id: str, teacher_id: str, settings: Settings,
+                           redis_client: redis.Redis) -> None:  # fmt: skip
+    """"tune": {"trials": N} makes a tuning job: same task and queue, the options in params."""
+    r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "dim": 16,
+                                      "tune": {"trials": 12}})  # fmt: skip
+    assert r.status_code == 202, r.text
+    params = client.get(r.json()["status_url"]).json()["params"]
+    assert params["tune"] == {"trials": 12, "prune": True, "seed": 0}
+    assert "tune" not in params["config"] and params["config"]["dim"] == 16
+    r = client.post("/v1/jobs", json={"kind": "distill", "teacher_id": teacher_id, "method": "unkd",
+                                      "tune": {"trials": 3, "prune": False, "seed": 7}})  # fmt: skip
+    assert r.status_code == 202, r.text
+    params = client.get(r.json()["status_url"]).json()["params"]
+    assert params["tune"] == {"trials": 3, "prune": False, "seed": 7} and "tune" not in params["config"]
+    assert redis_client.llen(settings.train_queue) == 2
 
 
 def test_unknown_ids_are_404_naming_the_field(client: TestClient, registry: Registry,
@@ -133,3 +160,48 @@ def test_cancel_finished_job_is_a_conflict(client: TestClient, registry: Registr
     r = client.delete(f"/v1/jobs/{job_id}")
     assert r.status_code == 409
     assert r.json() == {"detail": f"job_id={job_id!r}: job already succeeded, nothing to cancel"}
+
+
+def test_teacher_jobs_accept_als_and_ease_with_their_options(client: TestClient, dataset_id: str) -> None:
+    r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "model": "als",
+                                      "dim": 64, "als": {"alpha": 40, "iterations": 20}})  # fmt: skip
+    assert r.status_code == 202, r.text
+    config = client.get(r.json()["status_url"]).json()["params"]["config"]
+    assert config["model"] == "als" and config["als"] == {"regularization": 100.0, "alpha": 40.0,
+                                                          "iterations": 20}  # fmt: skip
+    r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "model": "ease",
+                                      "ease": {"l2": 200}})  # fmt: skip
+    assert r.status_code == 202, r.text
+    r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "model": "ease",
+                                      "ease": {"l2": 0}})  # fmt: skip
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "teacher", "ease", "l2"]
+
+
+def test_ease_over_its_catalogue_limit_is_a_422_naming_model_and_als(
+    client: TestClient, registry: Registry, redis_client: redis.Redis, settings: Settings
+) -> None:
+    from training.budget import EASE_MAX_ITEMS
+
+    registry.add_dataset(DatasetRecord(id="ds-big", name="big", source="synthetic", fingerprint="g",
+                                       path="/nowhere",
+                                       statistics={"users": 1000, "items": EASE_MAX_ITEMS + 1}))  # fmt: skip
+    r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-big", "model": "ease"})
+    assert r.status_code == 422, r.text
+    err = r.json()["detail"][0]
+    assert err["loc"] == ["body", "model"] and err["input"] == "ease"
+    assert f"over EASE's limit of {EASE_MAX_ITEMS:,} items" in err["msg"] and "use model='als'" in err["msg"]
+    assert redis_client.llen(settings.train_queue) == 0, "nothing was queued"
+    r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-big", "model": "als"})
+    assert r.status_code == 202, r.text
+
+
+def test_publishing_an_ease_teacher_is_a_409(client: TestClient, registry: Registry,
+                                             dataset_id: str) -> None:  # fmt: skip
+    registry.add_model(ModelRecord(id="teacher-ease", kind="teacher", model="ease", dim=1682,
+                                   path="/nowhere", lineage={"dataset_id": dataset_id}))  # fmt: skip
+    r = client.post("/v1/models/teacher-ease/publish")
+    assert r.status_code == 409
+    assert r.json() == {"detail": "model_id='teacher-ease': EASE teachers have no embeddings to "
+                                  "serve: distil a student"}  # fmt: skip
+    r = client.post("/v1/jobs", json={"kind": "distill", "teacher_id": "teacher-ease", "method": "unkd"})
+    assert r.status_code == 202, r.text  # distilling it is the way to serve it

@@ -15,6 +15,7 @@ from training.distill.ranking import rank_probabilities, sample_ranks, teacher_c
 from training.distill.unkd import group_budget, sample_unkd_pairs
 from training.models import MF
 from training.popularity import popularity_groups
+from training.scoring import EmbeddingScorer
 
 
 def _random_problem(n_users: int = 60, n_items: int = 80, d: int = 8, seed: int = 0):
@@ -36,7 +37,7 @@ def _random_problem(n_users: int = 60, n_items: int = 80, d: int = 8, seed: int 
 
 def test_candidates_are_unobserved_group_members_in_teacher_order():
     train, t_user, t_item, groups = _random_problem()
-    cands = teacher_candidates(t_user, t_item, train, groups, top_l=10, chunk=7)
+    cands = teacher_candidates(EmbeddingScorer(t_user, t_item), train, groups, top_l=10, chunk=7)
     scores = (t_user @ t_item.T).numpy()
     for u in range(train.shape[0]):
         seen = set(train[u].indices)
@@ -53,14 +54,14 @@ def test_candidates_are_unobserved_group_members_in_teacher_order():
 
 def test_candidates_do_not_depend_on_the_user_chunk():
     train, t_user, t_item, groups = _random_problem()
-    a = teacher_candidates(t_user, t_item, train, groups, top_l=12, chunk=5)
-    b = teacher_candidates(t_user, t_item, train, groups, top_l=12, chunk=1000)
+    a = teacher_candidates(EmbeddingScorer(t_user, t_item), train, groups, top_l=12, chunk=5)
+    b = teacher_candidates(EmbeddingScorer(t_user, t_item), train, groups, top_l=12, chunk=1000)
     assert torch.equal(a.items, b.items) and torch.equal(a.lengths, b.lengths)
 
 
 def test_unkd_pairs_stay_within_a_group_and_follow_the_teacher():
     train, t_user, t_item, groups = _random_problem()
-    cands = teacher_candidates(t_user, t_item, train, groups, top_l=20)
+    cands = teacher_candidates(EmbeddingScorer(t_user, t_item), train, groups, top_l=20)
     gen = torch.Generator().manual_seed(1)
     pairs = sample_unkd_pairs(cands, pairs_per_user=30, mu=5.0, epoch=1, generator=gen)
     u, i, j = (pairs[k].numpy() for k in ("u", "i", "j"))
@@ -106,7 +107,7 @@ def test_each_distillation_loss_falls_when_optimised(method):
     train, t_user, t_item, _ = _random_problem()
     cfg = DistillConfig(method=method, dim=8, unkd={"top_l": 20, "mu": 5.0},
                         rrd={"top_l": 20, "interesting": 5, "uninteresting": 10})
-    dist = build_distiller(cfg, t_user, t_item, train, torch.device("cpu"))
+    dist = build_distiller(cfg, EmbeddingScorer(t_user, t_item), train, torch.device("cpu"))
     dist.prepare()
     torch.manual_seed(0)
     student = MF(train.shape[0], train.shape[1], 8)
@@ -126,6 +127,6 @@ def test_each_distillation_loss_falls_when_optimised(method):
 
 def test_none_method_has_no_distiller_and_unknown_method_is_refused():
     train, t_user, t_item, _ = _random_problem()
-    assert build_distiller(DistillConfig(method="none"), t_user, t_item, train, torch.device("cpu")) is None
+    assert build_distiller(DistillConfig(method="none"), EmbeddingScorer(t_user, t_item), train, torch.device("cpu")) is None
     with pytest.raises(ValueError, match="method"):
         DistillConfig(method="bogus")

@@ -16,6 +16,7 @@ from training.distill.baselines import (
 from training.distill.unkd import UnKD
 from training.errors import ConfigError
 from training.popularity import item_popularity, popularity_groups
+from training.scoring import TeacherScorer
 
 _REGISTRY: dict[str, type[Distiller]] = {
     "rd": RankingDistillation,
@@ -27,16 +28,22 @@ _REGISTRY: dict[str, type[Distiller]] = {
 
 def build_distiller(
     cfg: DistillConfig,
-    teacher_user: torch.Tensor,
-    teacher_item: torch.Tensor,
+    teacher: TeacherScorer,
     train: sp.csr_matrix,
     device: torch.device,
 ) -> Distiller | None:
-    """The distiller of cfg.method, or None for `none` (a student trained on the data only)."""
+    """The distiller of cfg.method, or None for `none` (a student trained on the data only).
+
+    Args:
+        teacher: the teacher as a scorer (training.scoring: EmbeddingScorer for mf,
+            lightgcn and als, ItemItemScorer for ease; training.teachers.load_scorer).
+        train: (n_users, n_items) CSR of training interactions.
+        device: where the student trains.
+    """
     if cfg.method not in METHODS:
         raise ConfigError(f"method={cfg.method!r}: expected one of {', '.join(METHODS)}")
     if cfg.method == "none":
         return None
     pop = item_popularity(train.tocoo().col, train.shape[1])
     groups = popularity_groups(pop, cfg.unkd.groups)
-    return _REGISTRY[cfg.method](cfg, teacher_user, teacher_item, train, np.asarray(groups), device)
+    return _REGISTRY[cfg.method](cfg, teacher, train, np.asarray(groups), device)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from training.config import DistillConfig
 from training.models.lookup import Lookup
+from training.progress import ShouldStop
+from training.scoring import TeacherScorer
 
 KDBatch = dict[str, torch.Tensor]  # tensors sharing their first dimension (one row per sample)
 
@@ -21,6 +23,9 @@ class Distiller(ABC):
     prepare() runs once (the teacher's rankings, in user chunks); sample_epoch() draws the
     epoch's samples for all users at once; loss() scores one slice of them. No Python loop
     over users, groups or pairs anywhere in an epoch.
+
+    The teacher is used only through its scorer (training.scoring.TeacherScorer), a block
+    of users at a time, so any teacher (mf, lightgcn, als, ease) can be distilled.
     """
 
     name: str = ""
@@ -28,23 +33,22 @@ class Distiller(ABC):
     def __init__(
         self,
         cfg: DistillConfig,
-        teacher_user: torch.Tensor,
-        teacher_item: torch.Tensor,
+        teacher: TeacherScorer,
         train: sp.csr_matrix,
         groups: np.ndarray,
         device: torch.device,
     ) -> None:
         self.cfg = cfg
-        self.teacher_user = teacher_user.to(device)
-        self.teacher_item = teacher_item.to(device)
+        self.teacher = teacher
         self.train = train
         self.groups = groups
         self.device = device
         self.n_users, self.n_items = train.shape
 
     @abstractmethod
-    def prepare(self) -> None:
-        """One-off work before the first epoch (teacher candidate lists)."""
+    def prepare(self, should_stop: ShouldStop | None = None) -> None:
+        """One-off work before the first epoch (teacher candidate lists, in user chunks;
+        should_stop is checked between chunks and raises JobCancelled)."""
 
     @abstractmethod
     def sample_epoch(self, epoch: int, generator: torch.Generator) -> KDBatch:

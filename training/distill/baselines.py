@@ -1,5 +1,6 @@
 """The standard distillers the reports compare UnKD against. All are teacher-agnostic and
-use the teacher only through its ranking (and, for CD, its scores)."""
+use the teacher only through its scorer: its ranking (and, for CD, the scores of the items
+it ranked, kept beside the lists)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import torch.nn.functional as F
 
 from training.distill.base import Distiller, KDBatch, bpr_loss, pair_scores
 from training.distill.ranking import CandidateLists, sample_ranks, teacher_candidates
-from training.models.lookup import DenseLookup, Lookup
+from training.models.lookup import Lookup
+from training.progress import ShouldStop
+from training.sampling import TrainingPairs, draw_unobserved
 
 
-def _single_list(d: Distiller, top_l: int) -> CandidateLists:
+def _single_list(d: Distiller, top_l: int, should_stop: ShouldStop | None,
+                 with_scores: bool = False) -> CandidateLists:  # fmt: skip
     """The teacher's top-L unobserved items over the whole catalogue (one 'group')."""
-    return teacher_candidates(
-        d.teacher_user, d.teacher_item, d.train, np.zeros(d.n_items, dtype=np.int64), top_l
-    )
+    return teacher_candidates(d.teacher, d.train, np.zeros(d.n_items, dtype=np.int64), top_l,
+                              with_scores=with_scores, should_stop=should_stop)  # fmt: skip
 
 
 class RankingDistillation(Distiller):
@@ -26,9 +29,9 @@ class RankingDistillation(Distiller):
 
     name = "rd"
 
-    def prepare(self) -> None:
+    def prepare(self, should_stop: ShouldStop | None = None) -> None:
         opts = self.cfg.rd
-        self.cands = _single_list(self, opts.top_k)
+        self.cands = _single_list(self, opts.top_k, should_stop)
         k = int(self.cands.widths[0])
         w = torch.exp(-torch.arange(k, dtype=torch.float32) / opts.rank_lambda)
         self.rank_weight = w / w.sum() * k  # mean weight 1: comparable to the BPR term
@@ -56,8 +59,8 @@ class CollaborativeDistillation(Distiller):
 
     name = "cd"
 
-    def prepare(self) -> None:
-        self.cands = _single_list(self, self.cfg.cd.top_l)
+    def prepare(self, should_stop: ShouldStop | None = None) -> None:
+        self.cands = _single_list(self, self.cfg.cd.top_l, should_stop, with_scores=True)
 
     def sample_epoch(self, epoch: int, generator: torch.Generator) -> KDBatch:
         opts = self.cfg.cd
@@ -65,11 +68,11 @@ class CollaborativeDistillation(Distiller):
         n = self.cands.lengths[u, 0]
         keep = n >= 1
         u, n = u[keep], n[keep]
-        i = self.cands.items[u, sample_ranks(n, opts.rank_lambda, generator)].long()
-        with torch.no_grad():
-            teacher = DenseLookup(self.teacher_user, self.teacher_item)
-            t = pair_scores(teacher, u.to(self.device), i.to(self.device))
-            label = torch.sigmoid(t / opts.temperature).cpu()
+        r = sample_ranks(n, opts.rank_lambda, generator)
+        i = self.cands.items[u, r].long()
+        if self.cands.scores is None:
+            raise RuntimeError("CD's candidate lists were ranked without the teacher's scores")
+        label = torch.sigmoid(self.cands.scores[u, r] / opts.temperature)  # t(u, i), kept at prepare
         return {"u": u, "i": i, "y": label}
 
     def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:
@@ -86,14 +89,16 @@ class RelaxedRankingDistillation(Distiller):
     'uninteresting' ones from the rest of the catalogue; a Plackett–Luce loss keeps the
     interesting items on top, in the teacher's order, and ignores the order of the rest.
 
-    Uninteresting items are drawn uniformly from the catalogue: with L ≪ n_items the chance of
-    hitting an interesting or training item is small, and it avoids a full per-user ranking."""
+    Uninteresting items are drawn uniformly from the items that are neither training items
+    of the user nor in its top_l list (vectorised rejection, training.sampling), which
+    avoids a full per-user ranking."""
 
     name = "rrd"
 
-    def prepare(self) -> None:
+    def prepare(self, should_stop: ShouldStop | None = None) -> None:
         opts = self.cfg.rrd
-        self.cands = _single_list(self, opts.top_l)
+        self.cands = _single_list(self, opts.top_l, should_stop)
+        self.train_pairs = TrainingPairs(self.train)
         width = int(self.cands.widths[0])
         self.log_p = -torch.arange(width, dtype=torch.float32) / opts.rank_lambda  # (top_l,)
 
@@ -109,7 +114,9 @@ class RelaxedRankingDistillation(Distiller):
         interesting = torch.gather(self.cands.items, 1, ranks).long()
         users = torch.arange(self.n_users)
         keep = self.cands.lengths[:, 0] >= k
-        boring = torch.randint(0, self.n_items, (self.n_users, opts.uninteresting), generator=generator)
+        # Uninteresting: unobserved and below the top ranks the interesting ones come from.
+        boring = draw_unobserved(self.train_pairs, users.unsqueeze(1), (self.n_users, opts.uninteresting),
+                                 generator, also_excluded=self.cands.items[:, :width].long())  # fmt: skip
         return {"u": users[keep], "pos": interesting[keep], "neg": boring[keep]}
 
     def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""One-off teacher rankings, computed in user chunks so memory never grows as users × items,
-and the rank sampler every distiller shares."""
+"""One-off teacher rankings, computed in user chunks through the teacher's scorer so memory
+never grows as users × items, and the rank sampler every distiller shares."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from training.errors import JobCancelled
+from training.progress import ShouldStop
+from training.scoring import TeacherScorer
+from training.topk import topk_rows
+
 
 class CandidateLists:
     """For every user, the teacher's best unobserved items of each group, best first.
@@ -16,22 +21,25 @@ class CandidateLists:
     All groups live side by side in one (n_users, sum_g L_g) int32 tensor: group g occupies
     columns offsets[g] : offsets[g] + widths[g]. lengths[u, g] says how many of those
     columns are real items for user u (a user who saw most of a small group has fewer);
-    the rest hold -1.
+    the rest hold -1. `scores`, when asked for, holds the teacher's score of each listed
+    item in the same layout (0 where the item is -1).
     """
 
     def __init__(self, items: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor,
-                 widths: torch.Tensor) -> None:
+                 widths: torch.Tensor, scores: torch.Tensor | None = None) -> None:  # fmt: skip
         self.items = items  # (n_users, sum L_g) int32 item ids, -1 = none
         self.lengths = lengths  # (n_users, G) int64
         self.offsets = offsets  # (G,) int64
         self.widths = widths  # (G,) int64
+        self.scores = scores  # (n_users, sum L_g) float32 teacher scores, or None
 
     @property
     def n_groups(self) -> int:
         return int(self.offsets.numel())
 
     def nbytes(self) -> int:
-        return self.items.element_size() * self.items.numel()
+        extra = 0 if self.scores is None else self.scores.element_size() * self.scores.numel()
+        return self.items.element_size() * self.items.numel() + extra
 
 
 def _seen_mask_rows(train: sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,32 +50,39 @@ def _seen_mask_rows(train: sp.csr_matrix, rows: np.ndarray) -> tuple[torch.Tenso
 
 
 def teacher_candidates(
-    user_emb: torch.Tensor,
-    item_emb: torch.Tensor,
+    teacher: TeacherScorer,
     train: sp.csr_matrix,
     groups: np.ndarray,
     top_l: int,
     *,
     chunk: int = 1024,
+    with_scores: bool = False,
+    should_stop: ShouldStop | None = None,
 ) -> CandidateLists:
     """Rank every group's unobserved items by teacher score and keep the top L per user.
 
+    The teacher is used only through its scorer, one block of users at a time, on its own
+    device. Within a group, equal scores rank the lower item index first (training.topk's
+    rule), so an EASE teacher's many exact ties give the same lists on every run.
+
     Args:
-        user_emb: (n_users, d) teacher user embeddings (on the device to compute on).
-        item_emb: (n_items, d) teacher item embeddings.
+        teacher: scores a block of users against every item (training.scoring).
         train: (n_users, n_items) CSR of training interactions (excluded from the lists).
         groups: (n_items,) group of each item; pass zeros for one list over all items.
         top_l: maximum list length per (user, group).
-        chunk: users scored at once; peak memory ~ chunk × n_items floats.
+        chunk: users scored at once; peak memory ~ 2 × chunk × n_items floats.
+        with_scores: also keep the teacher's score of every listed item (CD's soft labels).
+        should_stop: checked before every chunk; JobCancelled when it says stop.
     """
-    device = user_emb.device
     n_users, n_items = train.shape
+    if (teacher.n_users, teacher.n_items) != (n_users, n_items):
+        raise ValueError(f"teacher scores {teacher.n_users} users x {teacher.n_items} items, "
+                         f"training data has {n_users} x {n_items}")  # fmt: skip
+    device = teacher.device
     n_groups = int(groups.max()) + 1
-    # Lay items out group by group so each group's scores are a contiguous column slice
-    # (a view, not a gathered copy of chunk × |group| floats).
+    # Lay items out group by group (ascending item id inside a group, so the tie rule
+    # carries over) and score each group as a contiguous column slice.
     order = np.argsort(groups, kind="stable")
-    position = np.empty(n_items, dtype=np.int64)
-    position[order] = np.arange(n_items)
     group_sizes = np.bincount(groups, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]])
     widths = torch.from_numpy(np.minimum(top_l, group_sizes).astype(np.int64))
@@ -75,37 +90,39 @@ def teacher_candidates(
     total = int(widths.sum())
     # int32 ids: the lists are the largest thing UnKD keeps (users × G × L).
     out = torch.full((n_users, total), -1, dtype=torch.int32)
+    out_scores = torch.zeros((n_users, total), dtype=torch.float32) if with_scores else None
 
     # Unobserved items per (user, group): group size minus the user's training items in it.
     seen_per_group = np.zeros((n_users, n_groups), dtype=np.int64)
     coo = train.tocoo()
     np.add.at(seen_per_group, (coo.row, groups[coo.col]), 1)
     lengths = torch.from_numpy(np.minimum(group_sizes[None, :] - seen_per_group, widths.numpy()[None, :]))
-    group_of_col = torch.repeat_interleave(torch.arange(n_groups), widths)
-    rank_of_col = torch.arange(total) - offsets[group_of_col]
 
     order_t = torch.from_numpy(order).to(device)
-    position_t = torch.from_numpy(position).to(device)  # item id -> column in items_by_group
-    items_by_group = item_emb[order_t]
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, n_users, chunk):
+            if should_stop is not None and should_stop():
+                raise JobCancelled(f"cancelled while ranking the teacher's candidates (user {start})")
             rows = np.arange(start, min(start + chunk, n_users))
-            scores = user_emb[start : start + len(rows)] @ items_by_group.T  # (b, n_items)
+            scores = teacher.score(torch.from_numpy(rows))  # (b, n_items), item order
+            if not bool(torch.isfinite(scores).all()):
+                raise ValueError(f"teacher scores hold NaN or inf in users {rows[0]}..{rows[-1]}")
             r, c = _seen_mask_rows(train, rows)
-            scores[r.to(device), position_t[c.to(device)]] = -math.inf
-            block = torch.empty((len(rows), total), dtype=torch.int64, device=device)
+            scores[r.to(device), c.to(device)] = -math.inf
+            by_group = scores.index_select(1, order_t)  # (b, n_items), group-contiguous
+            block = torch.full((len(rows), total), -1, dtype=torch.int64, device=device)
             for g in range(n_groups):  # a handful of groups, once per chunk: not per epoch
                 w, lo = int(widths[g]), int(starts[g])
                 if w == 0:
                     continue
-                top = torch.topk(scores[:, lo : lo + int(group_sizes[g])], w, dim=1, sorted=True).indices
-                block[:, offsets[g] : offsets[g] + w] = order_t[top + lo]
-            # Columns past a user's length point at seen items (scored -inf): blank them out.
-            past = rank_of_col.unsqueeze(0) >= lengths[start : start + len(rows)][:, group_of_col]
-            block = block.cpu()
-            block[past] = -1
-            out[start : start + len(rows)] = block.to(torch.int32)
-    return CandidateLists(out, lengths, offsets, widths)
+                top = topk_rows(by_group[:, lo : lo + int(group_sizes[g])], w)  # -1 past the end
+                block[:, offsets[g] : offsets[g] + w] = torch.where(top >= 0, order_t[top.clamp(min=0) + lo], -1)
+            block_cpu = block.cpu()
+            out[start : start + len(rows)] = block_cpu.to(torch.int32)
+            if out_scores is not None:
+                picked = scores.gather(1, block.clamp(min=0)).cpu()
+                out_scores[start : start + len(rows)] = torch.where(block_cpu >= 0, picked, 0.0)
+    return CandidateLists(out, lengths, offsets, widths, out_scores)
 
 
 def sample_ranks(lengths: torch.Tensor, mu: float, generator: torch.Generator) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from training.distill.base import Distiller, KDBatch, bpr_loss
 from training.distill.ranking import CandidateLists, sample_ranks, teacher_candidates
 from training.models.lookup import Lookup
+from training.progress import ShouldStop
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def sample_unkd_pairs(
     r1 = sample_ranks(n, mu, generator)
     r2 = sample_ranks(n, mu, generator)
     clash = r1 == r2
-    while bool(clash.any()):  # redraw only the collisions; a few rounds, shrinking fast
+    while bool(clash.any()):  # redraw both ranks of a collision: i.i.d. given r1 != r2
+        r1[clash] = sample_ranks(n[clash], mu, generator)
         r2[clash] = sample_ranks(n[clash], mu, generator)
         clash = r1 == r2
     base = cands.offsets[g]
@@ -60,11 +62,10 @@ def sample_unkd_pairs(
 class UnKD(Distiller):
     name = "unkd"
 
-    def prepare(self) -> None:
+    def prepare(self, should_stop: ShouldStop | None = None) -> None:
         opts = self.cfg.unkd
-        self.cands = teacher_candidates(
-            self.teacher_user, self.teacher_item, self.train, self.groups, opts.top_l
-        )
+        self.cands = teacher_candidates(self.teacher, self.train, self.groups, opts.top_l,
+                                        should_stop=should_stop)  # fmt: skip
         logger.info(
             "UnKD candidates: %d users x %s per group (%.1f MB)",
             self.n_users, self.cands.widths.tolist(), self.cands.nbytes() / 2**20,

@@ -33,7 +33,7 @@ from service.api.schemas import (
 from service.core.config import Settings
 from service.core.queue import TASK_BY_KIND, queue_for
 from service.core.registry import DatasetRecord, JobKind, JobRecord, JobState, Registry
-from training.budget import MemoryBudgetError, check_distill, check_teacher
+from training.budget import EASETooLargeError, MemoryBudgetError, check_distill, check_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,13 @@ def submit(
 
 
 def _within_budget(check: Callable[[], int]) -> None:
-    """Refuse (422, naming the field) a job whose memory estimate exceeds the budget."""
+    """Refuse (422, naming the field) a job whose memory estimate exceeds the budget, or an
+    EASE teacher over a catalogue above EASE_MAX_ITEMS (naming `model` and `als`)."""
     try:
         check()
+    except EASETooLargeError as exc:
+        raise HTTPException(422, [{"type": "value_error", "loc": ["body", exc.field], "msg": str(exc),
+                                   "input": "ease"}]) from exc  # fmt: skip
     except MemoryBudgetError as exc:
         loc = ["body", *exc.field.split(".")]
         value = exc.needed // 2**20
@@ -95,10 +99,12 @@ def _teacher_job(req: TeacherJobRequest, registry: Registry, settings: Settings)
     limit = settings.max_job_memory_mb * 2**20
     _within_budget(lambda: check_teacher(users, items, req, limit))
     job_id = new_job_id()
-    config = req.model_dump(mode="json", exclude={"kind", "dataset_id"})
+    config = req.model_dump(mode="json", exclude={"kind", "dataset_id", "tune"})
+    params: dict[str, Any] = {"dataset_id": req.dataset_id, "config": config}
+    if req.tune is not None:  # a tuning job (worker/tuning.py)
+        params["tune"] = req.tune.model_dump(mode="json")
     return JobRecord(
-        id=job_id, kind="teacher", output_model_id=f"teacher-{job_id[:12]}",
-        params={"dataset_id": req.dataset_id, "config": config},
+        id=job_id, kind="teacher", output_model_id=f"teacher-{job_id[:12]}", params=params,
     )  # fmt: skip
 
 
@@ -113,15 +119,17 @@ def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings)
     if dataset_id:
         users, items = _sizes(registry.get_dataset(dataset_id, field="teacher_id"))
         limit = settings.max_job_memory_mb * 2**20
-        _within_budget(lambda: check_distill(users, items, req, teacher.dim, limit))
+        _within_budget(lambda: check_distill(users, items, req, teacher.dim, limit, teacher.model))
     job_id = new_job_id()
-    config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish"})
+    config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish", "tune"})
     params: dict[str, Any] = {
         "teacher_id": req.teacher_id,
         "dataset_id": teacher.lineage.dataset_id,
         "config": config,
         "publish": req.publish,
     }
+    if req.tune is not None:
+        params["tune"] = req.tune.model_dump(mode="json")
     return JobRecord(
         id=job_id, kind="distill", output_model_id=f"student-{req.method}-{job_id[:12]}",
         params=params,

@@ -13,7 +13,7 @@ from service.api.routes.jobs import new_job_id, submit
 from service.api.schemas import MAX_OFFSET, Id, JobAccepted, ModelList, ModelOut, QualityReport
 from service.core.registry import ConflictError, JobRecord, NotFoundError
 from training.errors import DataError
-from training.manifest import read_report
+from training.manifest import NO_EMBEDDINGS, read_report
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ def publish_model(
     metrics: MetricsDep,
 ) -> JobAccepted:
     """Publish a model: build its serving bundle, then move the active pointer (a job)."""
-    registry.get_model(model_id)  # 404 naming model_id
+    model = registry.get_model(model_id)  # 404 naming model_id
+    if model.model == "ease":  # nothing to index: refused before a job is queued
+        raise ConflictError("model_id", model_id, NO_EMBEDDINGS)
     job_id = new_job_id()
     holder = registry.claim_publish(model_id, job_id, ttl_s=settings.job_soft_time_limit_s)
     if holder is not None:

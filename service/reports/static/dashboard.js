@@ -58,11 +58,13 @@
 
   function progressCell(job) {
     const p = job.progress || {};
-    let fraction = p.epochs ? p.epoch / p.epochs : 0;
+    // A tuning job counts finished trials; the epoch is that of the latest running trial.
+    let fraction = p.trials ? p.trial / p.trials : p.epochs ? p.epoch / p.epochs : 0;
     if (job.status === "succeeded") fraction = 1;
     const bar = el("span");
     bar.style.width = `${Math.round(Math.min(1, Math.max(0, fraction)) * 100)}%`;
-    const text = p.epochs ? `epoch ${p.epoch}/${p.epochs} · ${p.stage}` : p.stage || job.status;
+    let text = p.epochs ? `epoch ${p.epoch}/${p.epochs} · ${p.stage}` : p.stage || job.status;
+    if (p.trials) text = `trial ${p.trial}/${p.trials}` + (p.epochs && job.status === "running" ? ` · epoch ${p.epoch}/${p.epochs}` : "") + ` · ${p.stage}`;
     return el("td", { "data-progress": fraction.toFixed(4) },
       el("div", { class: "progress", title: p.message || "" }, bar),
       el("div", { class: "progress-text", text }));
@@ -74,6 +76,7 @@
       const metrics = [];
       if (typeof m.loss === "number") metrics.push(`loss ${num(m.loss)}`);
       if (typeof m["valid_ndcg@20"] === "number") metrics.push(`NDCG@20 ${num(m["valid_ndcg@20"])}`);
+      if (typeof m["best_valid_ndcg@20"] === "number") metrics.push(`best NDCG@20 ${num(m["best_valid_ndcg@20"])}`);
       let result = "–";
       if (job.model_id) result = el("a", { href: reportHref(job.model_id), text: job.model_id });
       else if (job.error) result = el("span", { class: "err-text", text: job.error });
@@ -81,6 +84,7 @@
       let what = "";
       if (job.kind === "publish" && params.model_id) what = ` ${params.model_id}`;
       else if ((params.config || {}).method) what = ` (${params.config.method})`;
+      if (params.tune) what += ` · tuned, ${params.tune.trials} trials`;
       return el("tr", { "data-job-id": job.id, "data-status": job.status },
         el("td", { class: "mono", title: job.id, text: job.id.slice(0, 12) }),
         el("td", { text: job.kind + what }),
@@ -109,9 +113,12 @@
       } });
       box.checked = state.selected.has(m.id);
       const datasetId = (m.lineage || {}).dataset_id;
+      // An EASE teacher has no embeddings to index (the API answers 409): distil it instead.
       const action = m.active
         ? el("span", { class: "badge live", text: "serving" })
-        : el("button", { class: "publish", "data-model-id": m.id, text: "Publish", onclick: (ev) => publish(m.id, ev.target) });
+        : m.model === "ease"
+          ? el("span", { class: "muted", title: "EASE teachers have no embeddings to serve: distil a student", text: "distil to serve" })
+          : el("button", { class: "publish", "data-model-id": m.id, text: "Publish", onclick: (ev) => publish(m.id, ev.target) });
       const metrics = m.metrics || {};
       return el("tr", { "data-model-id": m.id },
         el("td", {}, box),

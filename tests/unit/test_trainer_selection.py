@@ -1,0 +1,71 @@
+"""The trainer's epoch selection under a head-share cap (a student must not expose the
+head group more than its teacher) and its negatives (never a training item of the user)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import OptimConfig
+from training.dataset import Dataset
+from training.models import build_model
+from training.sampling import TrainingPairs, draw_unobserved
+from training.trainer import fit
+
+CPU = torch.device("cpu")
+
+
+def _fit(ds: Dataset, **kw: object):  # type: ignore[no-untyped-def]
+    cfg = OptimConfig(epochs=12, eval_every=1, patience=50, lr=0.02, batch_size=512, seed=0)
+    model = build_model("mf", ds.n_users, ds.n_items, 8, ds.csr("train"), device=CPU)
+    head = np.asarray(ds.groups(4)) == 0
+    return fit(model, ds.train, ds.csr("train"), ds.csr("valid"), cfg, device=CPU, head_items=head, **kw)
+
+
+def test_validation_reports_head_share(tiny_dataset: Dataset) -> None:
+    res = _fit(tiny_dataset)
+    shares = [row["valid_head_share@20"] for row in res.history]
+    assert all(0.0 <= s <= 1.0 for s in shares) and len(set(shares)) > 1
+
+
+def test_cap_picks_the_best_epoch_under_it(tiny_dataset: Dataset) -> None:
+    free = _fit(tiny_dataset)
+    shares = sorted(row["valid_head_share@20"] for row in free.history)
+    cap = shares[len(shares) // 2]  # about half the checks are under it
+    capped = _fit(tiny_dataset, max_head_share=cap)
+    under = [r for r in capped.history if r["valid_head_share@20"] <= cap]
+    best = max(under, key=lambda r: r["valid_ndcg@20"])
+    assert capped.best_epoch == best["epoch"]
+    chosen = next(r for r in capped.history if r["epoch"] == capped.best_epoch)
+    assert chosen["valid_head_share@20"] <= cap
+
+
+def test_unreachable_cap_keeps_the_best_ndcg_and_says_so(tiny_dataset: Dataset, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="training.trainer")
+    res = _fit(tiny_dataset, max_head_share=-1.0)
+    best = max(res.history, key=lambda r: r["valid_ndcg@20"])
+    assert res.best_epoch == best["epoch"]
+    assert "no validation check met head_share@20" in caplog.text
+
+
+def test_cap_needs_the_head_mask(tiny_dataset: Dataset) -> None:
+    cfg = OptimConfig(epochs=1)
+    model = build_model("mf", tiny_dataset.n_users, tiny_dataset.n_items, 4, tiny_dataset.csr("train"), device=CPU)
+    with pytest.raises(ValueError, match="head_items"):
+        fit(model, tiny_dataset.train, tiny_dataset.csr("train"), tiny_dataset.csr("valid"), cfg,
+            device=CPU, max_head_share=0.5)  # fmt: skip
+
+
+def test_negatives_are_never_training_items(tiny_dataset: Dataset) -> None:
+    train = tiny_dataset.csr("train")
+    pairs = TrainingPairs(train)
+    users = torch.from_numpy(tiny_dataset.train[:, 0].astype(np.int64))
+    neg = draw_unobserved(pairs, users, tuple(users.shape), torch.Generator().manual_seed(0))
+    hits = np.asarray(train[users.numpy().copy(), neg.numpy().copy()]).ravel()
+    assert hits.sum() == 0
+    # the check itself: every training pair is found
+    items = torch.from_numpy(tiny_dataset.train[:, 1].astype(np.int64))
+    assert bool(pairs.contains(users, items).all())

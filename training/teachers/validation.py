@@ -1,0 +1,35 @@
+"""Validation Recall@K and NDCG@K of any scorer, as the trainer measures an embedding model:
+users with a validation positive, training items excluded, lists from training.topk."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.metrics import discounts, row_membership
+from training.scoring import TeacherScorer
+from training.topk import topk_from_scorer
+
+VALID_K = 20  # the figure teachers and students are selected on (training.trainer.VALID_K)
+
+
+def scorer_validation(scorer: TeacherScorer, train: sp.csr_matrix, valid: sp.csr_matrix,
+                      k: int = VALID_K, chunk: int = 2048) -> dict[str, float]:  # fmt: skip
+    """{"recall@k", "ndcg@k"} on the validation split (binary gain, IDCG over min(k, |T_u|)).
+
+    Args:
+        train, valid: (n_users, n_items) CSR; training items are excluded from the lists.
+    """
+    users = np.flatnonzero(np.diff(valid.indptr) > 0)
+    if len(users) == 0:
+        return {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
+    top = topk_from_scorer(scorer, users, train, k, chunk=chunk)  # (n, k)
+    sub = valid[users]
+    hit = row_membership(top, sub, valid.shape[1])  # (n, k) bool
+    n_pos = np.diff(sub.indptr)
+    disc = discounts(k)
+    idcg = np.cumsum(disc)[np.minimum(n_pos, k) - 1]
+    return {
+        f"recall@{k}": float((hit.sum(1) / n_pos).mean()),
+        f"ndcg@{k}": float(((hit * disc).sum(1) / idcg).mean()),
+    }

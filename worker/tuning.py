@@ -1,0 +1,345 @@
+"""Tuning jobs: the trials of one Optuna study run on every worker that is up (docs/tuning.md).
+
+A teacher or distill job whose params carry "tune" runs as a tuning job:
+
+- The job's own task, the *coordinator* (`tune_body`, under `run_job` and its heartbeat
+  lease like any job), creates the study in Redis: an Optuna JournalStorage on
+  JournalRedisBackend, keys `unkd:tune:<job id>:*`. It sends `trials - 1` helper tasks
+  (`unkd.tune_trials`) to the train queue, then runs trials itself.
+- Every task, coordinator or helper, loops: under a short Redis lock
+  (`unkd:tune:<job id>:lock`) it fails the stale trials and, while finished + running
+  trials are fewer than asked, asks the study for a trial and takes the trial's lease;
+  it trains the trial outside the lock, tells the study, and writes the job's progress
+  {trial: finished trials, trials}. A helper returns when no trial is left to start.
+- A trial's configuration is sampled as it is asked, under the lock. A running trial
+  holds a lease (worker.recovery.JobLease on `<job id>:trial-<n>`, key
+  `unkd:job:<job id>:trial-<n>:lease`, 3 heartbeats). A RUNNING trial whose lease is
+  gone lost its worker (SIGKILL, OOM): it is failed and its configuration enqueued once
+  more, so the study still ends with N finished trials.
+- When no trial is left to start, the coordinator waits for the running ones, failing
+  stale ones as it polls, keeps the best trial's model (training.tuning.keep_best),
+  registers it and publishes it when the distill job asks.
+- A killed coordinator's job lease expires and a Reaper requeues the job; the next worker
+  runs the coordinator again, which loads the same study and carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from celery import Task, current_app, shared_task
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from service.core import keys
+from service.core.config import Settings
+from service.core.queue import TUNE_TRIALS, settings_of
+from service.core.registry import TERMINAL, JobProgress, JobRecord, Registry
+from training import pipelines, tuning
+from training.budget import check_distill, check_teacher
+from training.checkpoint import ModelArtifact
+from training.config import DistillConfig, TeacherConfig, TuneOptions
+from training.dataset import Dataset
+from training.device import resolve_device
+from training.errors import JobCancelled
+from training.progress import ProgressEvent
+from training.tuning_space import suggest
+from worker.progress import StopCheck
+from worker.recovery import JobLease, lease_key, lease_ttl_s
+from worker.tasks import JobContext, _finished_before, _register, publish_model, registry_for
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.5  # how often the coordinator looks at the trials still running
+LOCK_WAIT_S = 120  # how long a task waits for the ask lock before it gives up (transient)
+
+
+def study_prefix(job_id: str) -> str:
+    """Redis key prefix of a tuning job's study (Optuna's journal: log_number, log:<n>, snapshot)."""
+    return f"{keys.PREFIX}:tune:{job_id}"
+
+
+def trial_lease_id(job_id: str, number: int) -> str:
+    return f"{job_id}:trial-{number}"
+
+
+def work_dir(settings: Settings, job_id: str) -> Path:
+    """Where the trials' models go: hidden, beside the models, on the disk every worker shares."""
+    return settings.models_dir.resolve() / f".tune-{job_id}"
+
+
+def _optuna_logging() -> None:
+    """Optuna's records through the worker's logging (one format, one stream)."""
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+# -- one study as a worker sees it --------------------------------------------------------
+
+
+@dataclass
+class TuningRun:
+    """A tuning job's study and what its trials need, built by any task of the job."""
+
+    job: JobRecord
+    settings: Settings
+    registry: Registry
+    setup: tuning.StudySetup
+    study: optuna.Study
+
+    @property
+    def trials(self) -> int:
+        return self.setup.options.trials
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The study's ask lock. Held for a journal read and an ask, so it expires with a
+        lease's TTL: a holder killed inside it blocks the others no longer than its trial
+        takes to be found lost."""
+        lock = self.registry.redis.lock(f"{study_prefix(self.job.id)}:lock",
+                                        timeout=lease_ttl_s(self.settings),
+                                        blocking_timeout=LOCK_WAIT_S)  # fmt: skip
+        if not lock.acquire():
+            raise TimeoutError(f"job {self.job.id}: tuning lock not acquired in {LOCK_WAIT_S}s")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def fail_stale(self, trials: list[FrozenTrial]) -> None:
+        """RUNNING trials whose lease expired lost their worker: fail them, retry their
+        configuration once. Called under the lock, where leases are taken."""
+        for t in trials:
+            if t.state != TrialState.RUNNING:
+                continue
+            if self.registry.redis.exists(lease_key(trial_lease_id(self.job.id, t.number))):
+                continue
+            self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            retried = tuning.retry(self.study, t, "its worker was lost")
+            logger.warning("job %s: trial %d lost its worker (no heartbeat); %s", self.job.id,
+                           t.number, "its configuration is tried again" if retried else "not retried")  # fmt: skip
+
+    def next_trial(self) -> tuple[Trial | None, JobLease | None, bool]:
+        """Under the lock: fail stale trials, then ask for a trial when the study lacks one.
+
+        Returns (trial, its lease, done): done once N trials finished and none runs.
+        """
+        with self.locked():
+            trials = self.study.get_trials(deepcopy=False)
+            self.fail_stale(trials)
+            trials = self.study.get_trials(deepcopy=False)
+            n_done = tuning.finished(trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if n_done + running >= self.trials or len(trials) >= tuning.max_trials(self.setup.options):
+                return None, None, running == 0
+            trial = self.study.ask()
+            # Sampled now, not when training starts: a trial lost at any point after this
+            # has its configuration in the study, to be tried again.
+            suggest(trial, self.setup.base)
+            logger.info("job %s: trial %d started (%d of %d finished)", self.job.id, trial.number,
+                        n_done, self.trials)  # fmt: skip
+            lease = JobLease(self.registry.redis, trial_lease_id(self.job.id, trial.number), self.settings)
+            if not lease.acquire():  # cannot happen under the lock; be safe
+                self.study.tell(trial, state=TrialState.FAIL)
+                return None, None, False
+        return trial, lease, False
+
+    def progress(self, message: str, epoch: int = 0, epochs: int = 0) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        best = tuning.select_best(trials)
+        metrics = {} if best is None or best.value is None else {"best_valid_ndcg@20": float(best.value)}
+        p = JobProgress(stage="tune", trial=tuning.finished(trials), trials=self.trials,
+                        epoch=epoch, epochs=epochs, message=message)  # fmt: skip
+        self.registry.update_progress(self.job.id, p, metrics)
+
+    def run_one(self, trial: Trial, lease: JobLease, stop: StopCheck) -> FrozenTrial | None:
+        """Train one trial (its lease beating), tell the study, write the job's progress.
+
+        Returns None when the trial was taken from this worker (its lease expired while it
+        stalled: another task failed it and enqueued it again). Raises JobCancelled when
+        the job is to stop (cancelled, out of time, worker shutting down, job lease lost).
+        """
+        trial_stop = _TrialStop(stop, lease)
+
+        def on_progress(event: ProgressEvent) -> None:
+            if event.stage == "train" and event.epochs and event.metrics:  # once per checked epoch
+                self.progress(f"trial {trial.number}", event.epoch, event.epochs)
+
+        try:
+            frozen = tuning.run_trial(self.study, trial, self.setup, on_progress=on_progress,
+                                      should_stop=trial_stop)  # fmt: skip
+        except JobCancelled:
+            lost = trial_stop.trial_lost or stop.shutdown or stop.lost
+            if lost:  # not the configuration's fault: try it again (once, whoever notices)
+                tuning.retry(self.study, self.study.get_trials(deepcopy=False)[trial.number],
+                             "its worker stopped")  # fmt: skip
+            if trial_stop.trial_lost:  # stalled past its lease: this job goes on
+                logger.warning("job %s: trial %d lost its lease (stalled)", self.job.id, trial.number)
+                return None
+            raise
+        finally:
+            lease.release()
+        self.progress(f"trial {frozen.number} {frozen.state.name.lower()}")
+        return frozen
+
+    def cleanup(self) -> None:
+        """Remove the trials' models; let the study's keys expire (the report has the trials)."""
+        shutil.rmtree(self.setup.work_dir, ignore_errors=True)
+        client = self.registry.redis
+        for key in client.scan_iter(match=f"{study_prefix(self.job.id)}:*", count=500):
+            client.expire(key, self.settings.result_expires_s)
+
+
+def open_run(job: JobRecord, settings: Settings, registry: Registry, *, create: bool,
+             seed_offset: int) -> TuningRun:  # fmt: skip
+    """The study of a tuning job and the trainer of its trials (dataset, teacher, device)."""
+    _optuna_logging()
+    params = job.params
+    options = TuneOptions.model_validate(params["tune"])
+    device = resolve_device(settings.device)
+    budget = settings.max_job_memory_mb * 2**20
+    model_id = str(job.output_model_id)
+    cfg: TeacherConfig | DistillConfig
+    teacher: ModelArtifact | None = None
+    if job.kind == "teacher":
+        cfg = TeacherConfig.model_validate(params["config"])
+        dataset_id = str(params["dataset_id"])
+        dataset = Dataset.load(Path(registry.get_dataset(dataset_id).path))
+        check_teacher(dataset.n_users, dataset.n_items, cfg, budget)
+    else:
+        cfg = DistillConfig.model_validate(params["config"])
+        record = registry.get_model(str(params["teacher_id"]), field="teacher_id")
+        dataset_id = str(record.lineage.dataset_id)
+        dataset = Dataset.load(Path(registry.get_dataset(dataset_id).path))
+        check_distill(dataset.n_users, dataset.n_items, cfg, record.dim, budget, teacher_model=record.model)
+        teacher = ModelArtifact.load(Path(record.path))
+
+    def train(c: Any, out: Path, on_progress: Any, should_stop: Any) -> ModelArtifact:
+        if teacher is None:
+            return pipelines.train_teacher(dataset, c, out, device=device, on_progress=on_progress,
+                                           should_stop=should_stop, model_id=model_id,
+                                           dataset_id=dataset_id)  # fmt: skip
+        return pipelines.distill_student(dataset, teacher, c, out, device=device,
+                                         on_progress=on_progress, should_stop=should_stop,
+                                         model_id=model_id, dataset_id=dataset_id)  # fmt: skip
+
+    setup = tuning.StudySetup(dataset, cfg, options, train, work_dir(settings, job.id), device=device)
+    storage = tuning.make_storage(settings.redis_url, prefix=study_prefix(job.id))
+    study = tuning.open_study(setup, storage, job.id, create=create, seed_offset=seed_offset)
+    if teacher is not None:  # the constraint's bound, measured once per study
+        bound = study.user_attrs.get("teacher_valid_head_share")
+        if bound is None:
+            bound = tuning.validation_figures(dataset, teacher, groups=setup.groups, device=device).head_share
+            study.set_user_attr("teacher_valid_head_share", bound)
+        setup.teacher_head_share = float(bound)
+    return TuningRun(job, settings, registry, setup, study)
+
+
+class _TrialStop:
+    """should_stop of one trial: the job's StopCheck, or this trial's lease lost."""
+
+    def __init__(self, stop: StopCheck, lease: JobLease) -> None:
+        self.stop, self.lease = stop, lease
+        self.trial_lost = False
+
+    def __call__(self) -> bool:
+        if self.lease.lost:
+            self.trial_lost = True
+            return True
+        return self.stop()
+
+
+# -- the coordinator (the job's own task) --------------------------------------------------
+
+
+def _send_helpers(ctx: JobContext, run: TuningRun) -> None:
+    """trials - 1 helper tasks on the train queue: every idle worker takes one and runs
+    trials; the ones taken after the study is full return at once."""
+    app = getattr(ctx.reporter.task, "app", None) or current_app
+    for slot in range(1, run.trials):
+        app.send_task(TUNE_TRIALS, args=[run.job.id, slot], queue=run.settings.train_queue)
+
+
+def tune_body(ctx: JobContext) -> str:
+    """Run a tuning job to its model: trials here and on every worker, then the best kept."""
+    artifact = _finished_before(ctx)
+    if artifact is None:
+        t0 = time.perf_counter()
+        run = open_run(ctx.job, ctx.settings, ctx.registry, create=True,
+                       seed_offset=1009 * max(0, ctx.job.attempts - 1))  # fmt: skip
+        try:
+            run.progress("study open")
+            _send_helpers(ctx, run)
+            while True:
+                trial, lease, done = run.next_trial()
+                if trial is not None and lease is not None:
+                    run.run_one(trial, lease, ctx.stop)
+                elif done:
+                    break
+                elif ctx.stop():
+                    raise JobCancelled("stopped while waiting for the running trials")
+                else:
+                    time.sleep(POLL_S)
+            ctx.reporter(ProgressEvent(stage="keep", message="keeping the best trial's model"))
+            artifact = tuning.keep_best(run.setup, run.study, ctx.model_dir, model_id=ctx.model_id,
+                                        seconds=time.perf_counter() - t0)  # fmt: skip
+        except JobCancelled:
+            if ctx.stop.cancelled:
+                run.cleanup()
+            raise
+        except (ValueError, LookupError):  # deterministic: the job fails, its trials go
+            run.cleanup()
+            raise
+        run.cleanup()
+    params = ctx.job.params
+    if ctx.job.kind == "teacher":
+        _register(ctx, artifact, dataset_id=str(params["dataset_id"]), teacher_id=None)
+        return ctx.model_id
+    teacher = ctx.registry.get_model(str(params["teacher_id"]), field="teacher_id")
+    _register(ctx, artifact, dataset_id=str(teacher.lineage.dataset_id), teacher_id=teacher.id)
+    ctx.saved_model_id = ctx.model_id
+    if params.get("publish"):
+        publish_model(ctx, ctx.model_id)
+    return ctx.model_id
+
+
+# -- helpers (every other worker) ------------------------------------------------------------
+
+
+def run_helper(task: Task, job_id: str, slot: int) -> dict[str, Any]:
+    """Run trials of the job's study until none is left to start; never the job's ending."""
+    settings = settings_of(task.app)
+    registry = registry_for(settings)
+    job = registry.get_job(job_id)
+    if job.status in TERMINAL or not job.params.get("tune"):
+        return {"job_id": job_id, "trials": 0}
+    try:
+        run = open_run(job, settings, registry, create=False, seed_offset=7919 * slot)
+    except KeyError:  # the study is gone (expired): the job finished long ago
+        return {"job_id": job_id, "trials": 0}
+    stop = StopCheck(registry, job_id, settings.job_soft_time_limit_s)
+    ran = 0
+    while registry.get_job(job_id).status not in TERMINAL:
+        trial, lease, _ = run.next_trial()
+        if trial is None or lease is None:
+            break
+        try:
+            run.run_one(trial, lease, stop)
+        except JobCancelled:
+            break
+        ran += 1
+    logger.info("job %s: helper %d ran %d trials", job_id, slot, ran)
+    return {"job_id": job_id, "trials": ran}
+
+
+@shared_task(bind=True, name=TUNE_TRIALS)
+def tune_trials(self: Task, job_id: str, slot: int) -> dict[str, Any]:
+    """Run trials of a tuning job's study on this worker (sent by the job's coordinator)."""
+    return run_helper(self, job_id, slot)
