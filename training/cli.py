@@ -237,7 +237,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from training.evaluation import render_table
     from training.pipelines import distill_student
 
-    extra = {"lambda_kd": a.lambda_kd} if a.lambda_kd is not None else {}
+    extra: dict[str, Any] = {"lambda_kd": a.lambda_kd} if a.lambda_kd is not None else {}
+    extra.update({k: v for k, v in (("warm_start", a.warm_start), ("head_share_cap", a.head_share_cap))
+                  if v is not None})  # fmt: skip
     cfg = DistillConfig(
         method=a.method, dim=a.dim, student_model=a.student_model,
         # a dict, not UnKDOptions(...): its errors then name the field as unkd.<field>
@@ -320,6 +322,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda-kd", type=float,
                    help=f"weight of the KD loss (default {d['lambda_kd'].default}; "
                         f"unkd: {METHOD_DEFAULTS['unkd']['lambda_kd']})")
+    p.add_argument("--warm-start", choices=["none", "als"],
+                   help="als: start the MF student from ALS factors of its size (default none)")
+    p.add_argument("--head-share-cap", choices=["none", "teacher"],
+                   help="teacher: choose the epoch among those whose validation head share is at "
+                        "most the teacher's (default none)")
     p.add_argument("--groups", type=int, default=u.groups, help="UnKD popularity groups G")
     p.add_argument("--pairs-per-user", type=int, default=u.pairs_per_user, help="UnKD pairs per user per epoch")
     p.add_argument("--mu", type=float, default=u.mu, help="UnKD rank-sampling temperature")

@@ -107,6 +107,14 @@ class DistillConfig(OptimConfig):
     dim: int = Field(10, ge=1, le=4096)
     n_layers: int = Field(3, ge=1, le=8)
     lambda_kd: float = Field(1.0, ge=0, le=1000, description="weight of the distillation loss")
+    warm_start: Literal["none", "als"] = Field(
+        "none", description="als: start an MF student from ALS factors of its own size, fitted on "
+        "the training split (docs/quality.md: keeps ALS-10's accuracy while UnKD lowers its head share)",
+    )  # fmt: skip
+    head_share_cap: Literal["none", "teacher"] = Field(
+        "none", description="teacher: keep the best validation epoch among those whose validation "
+        "head share@20 is at most the teacher's",
+    )  # fmt: skip
     unkd: UnKDOptions = Field(default_factory=UnKDOptions)
     rd: RDOptions = Field(default_factory=RDOptions)
     cd: CDOptions = Field(default_factory=CDOptions)

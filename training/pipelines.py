@@ -9,13 +9,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from training.checkpoint import ModelArtifact
 from training.config import DistillConfig, EvalConfig, TeacherConfig
 from training.dataset import Dataset
 from training.distill import build_distiller
-from training.errors import JobCancelled
+from training.errors import ConfigError, JobCancelled
 from training.evaluation import attach_teacher, evaluate_scorer
 from training.manifest import (
     DatasetInfo,
@@ -25,9 +27,13 @@ from training.manifest import (
     build_manifest,
 )
 from training.models import build_model
+from training.models.base import Ranker
+from training.models.mf import MF
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.scoring import EmbeddingScorer, TeacherScorer
 from training.teachers import FittedModel, fit_teacher, load_scorer, summary_of
+from training.teachers.als import fit_als
+from training.teachers.validation import VALID_K, scorer_validation
 from training.trainer import fit
 
 logger = logging.getLogger(__name__)
@@ -123,6 +129,18 @@ def train_teacher(
     return artifact
 
 
+def _warm_start_from_als(student: Ranker, cfg: DistillConfig, train: sp.csr_matrix,
+                         valid: sp.csr_matrix, device: torch.device,
+                         on_progress: ProgressCallback | None, should_stop: ShouldStop | None) -> None:  # fmt: skip
+    """Set an MF student's embeddings to ALS factors of its size (ALS defaults, cfg.seed)."""
+    if not isinstance(student, MF):
+        raise ConfigError(f"warm_start='als' needs student_model='mf', not {cfg.student_model!r}")
+    _emit(on_progress, "warm_start", f"fitting ALS-{cfg.dim} to start the student from")
+    als = fit_als(train, valid, TeacherConfig(model="als", dim=cfg.dim, seed=cfg.seed),
+                  device=device, should_stop=should_stop)  # fmt: skip
+    student.set_embeddings(torch.from_numpy(als.user_emb), torch.from_numpy(als.item_emb))
+
+
 def distill_student(
     dataset: Dataset,
     teacher: ModelArtifact | Path,
@@ -143,18 +161,28 @@ def distill_student(
     teacher_art.check_dataset(dataset.fingerprint)
     t0 = time.perf_counter()
     train = dataset.csr("train")
-    distiller = build_distiller(cfg, load_scorer(teacher_art, train, device), train, device)
+    scorer = load_scorer(teacher_art, train, device)
+    distiller = build_distiller(cfg, scorer, train, device)
     candidates_s = 0.0
     if distiller is not None:
         _emit(on_progress, "candidates", "ranking the teacher's candidates")
         tc = time.perf_counter()
         distiller.prepare(should_stop)
         candidates_s = time.perf_counter() - tc
+    valid = dataset.csr("valid")
+    head_items, cap = None, None
+    if cfg.head_share_cap == "teacher":
+        head_items = np.asarray(dataset.groups(cfg.unkd.groups)) == 0
+        cap = scorer_validation(scorer, train, valid, head_items=head_items)[f"head_share@{VALID_K}"]
+        logger.info("student epochs are chosen under the teacher's validation head share %.4f", cap)
     student = build_model(cfg.student_model, dataset.n_users, dataset.n_items, cfg.dim, train,
                           n_layers=cfg.n_layers, device=device)
-    result = fit(student, dataset.train, train, dataset.csr("valid"), cfg, device=device,
+    if cfg.warm_start == "als":
+        _warm_start_from_als(student, cfg, train, valid, device, on_progress, should_stop)
+    result = fit(student, dataset.train, train, valid, cfg, device=device,
                  distiller=distiller, lambda_kd=cfg.lambda_kd, on_progress=on_progress,
-                 should_stop=should_stop, stage="train")
+                 should_stop=should_stop, stage="train", head_items=head_items,
+                 max_head_share=cap)  # fmt: skip
     train_s = time.perf_counter() - t0
     _emit(on_progress, "evaluate")
     report = _student_report(dataset, EmbeddingScorer(result.user_emb, result.item_emb, device),

@@ -4,6 +4,7 @@ lineage, cancellation, and the bad inputs each refused with a clear message."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from training.errors import ConfigError, FingerprintMismatchError, JobCancelled
 from training.evaluation import evaluate_topk, evaluated_users, most_popular_topk
 from training.manifest import Lineage, TeacherInfo
 from training.pipelines import distill_student, evaluate_model, train_teacher
+from training.scoring import EmbeddingScorer
 from training.synthetic import generate_synthetic
 
 CPU = torch.device("cpu")
@@ -141,3 +143,33 @@ def test_lightgcn_teacher_trains(data, tmp_path) -> None:
                         tmp_path / "lg", device=CPU)
     assert art.manifest.model == "lightgcn" and np.isfinite(art.item_emb).all()
     assert art.report is not None and (art.report.metrics["recall@20"] or 0) > 0
+
+
+def test_unkd_recipe_options_warm_start_and_head_share_cap(
+    data: Dataset, teacher: ModelArtifact, tmp_path: Path
+) -> None:
+    """warm_start='als' + head_share_cap='teacher' (docs/quality.md): the kept epoch's
+    validation head share is at most the teacher's whenever any check met it."""
+    from training.teachers.validation import scorer_validation
+
+    cfg = DistillConfig(dim=8, warm_start="als", head_share_cap="teacher", lr=0.001, lambda_kd=1.0,
+                        eval_every=1, **FAST)  # fmt: skip
+    art = distill_student(data, teacher, cfg, tmp_path / "s", device=CPU)
+    assert art.manifest.config is not None and art.manifest.config.warm_start == "als"  # type: ignore[union-attr]
+    history = art.manifest.training.history  # type: ignore[union-attr]
+    head = np.asarray(data.groups(4)) == 0
+    scorer = EmbeddingScorer(teacher.user_emb, teacher.item_emb)
+    cap = scorer_validation(scorer, data.csr("train"), data.csr("valid"), head_items=head)["head_share@20"]
+    rows = [r.model_dump() for r in history]
+    under = [r for r in rows if r["valid_head_share@20"] <= cap]
+    best = art.manifest.training.best_epoch  # type: ignore[union-attr]
+    if under:
+        assert best == max(under, key=lambda r: r["valid_ndcg@20"])["epoch"]
+    else:
+        assert best == max(rows, key=lambda r: r["valid_ndcg@20"])["epoch"]
+
+
+def test_als_warm_start_needs_an_mf_student(data: Dataset, teacher: ModelArtifact, tmp_path: Path) -> None:
+    cfg = DistillConfig(dim=8, warm_start="als", student_model="lightgcn", **FAST)
+    with pytest.raises(ConfigError, match="warm_start='als' needs student_model='mf'"):
+        distill_student(data, teacher, cfg, tmp_path / "s", device=CPU)

@@ -28,6 +28,17 @@ class MF(Ranker):
         """Final embeddings, with gradients: (n_users, d), (n_items, d)."""
         return self.user.weight, self.item.weight
 
+    def set_embeddings(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
+        """Start from given factors: (n_users, d) and (n_items, d)."""
+        if user_emb.shape != self.user.weight.shape or item_emb.shape != self.item.weight.shape:
+            raise ValueError(
+                f"factors {tuple(user_emb.shape)}, {tuple(item_emb.shape)} do not fit "
+                f"{tuple(self.user.weight.shape)}, {tuple(self.item.weight.shape)}"
+            )
+        with torch.no_grad():
+            self.user.weight.copy_(user_emb)
+            self.item.weight.copy_(item_emb)
+
     def lookup(self) -> Lookup:
         """Rows for one training step (sparse gradients)."""
         return EmbeddingLookup(self.user, self.item)

@@ -14,11 +14,13 @@ VALID_K = 20  # the figure teachers and students are selected on (training.train
 
 
 def scorer_validation(scorer: TeacherScorer, train: sp.csr_matrix, valid: sp.csr_matrix,
-                      k: int = VALID_K, chunk: int = 2048) -> dict[str, float]:  # fmt: skip
+                      k: int = VALID_K, chunk: int = 2048,
+                      head_items: np.ndarray | None = None) -> dict[str, float]:  # fmt: skip
     """{"recall@k", "ndcg@k"} on the validation split (binary gain, IDCG over min(k, |T_u|)).
 
     Args:
         train, valid: (n_users, n_items) CSR; training items are excluded from the lists.
+        head_items: (n_items,) bool head-group mask: adds head_share@k as the trainer does.
     """
     users = np.flatnonzero(np.diff(valid.indptr) > 0)
     if len(users) == 0:
@@ -29,7 +31,11 @@ def scorer_validation(scorer: TeacherScorer, train: sp.csr_matrix, valid: sp.csr
     n_pos = np.diff(sub.indptr)
     disc = discounts(k)
     idcg = np.cumsum(disc)[np.minimum(n_pos, k) - 1]
-    return {
+    out = {
         f"recall@{k}": float((hit.sum(1) / n_pos).mean()),
         f"ndcg@{k}": float(((hit * disc).sum(1) / idcg).mean()),
     }
+    if head_items is not None:
+        slots = top[top >= 0]
+        out[f"head_share@{k}"] = float(head_items[slots].mean()) if len(slots) else 0.0
+    return out
