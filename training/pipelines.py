@@ -33,8 +33,8 @@ from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.scoring import EmbeddingScorer, TeacherScorer
 from training.teachers import FittedModel, fit_teacher, load_scorer, summary_of
 from training.teachers.als import fit_als
-from training.teachers.validation import VALID_K, scorer_validation
 from training.trainer import fit
+from training.validation import VALID_K, scorer_validation
 
 logger = logging.getLogger(__name__)
 

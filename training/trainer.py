@@ -24,11 +24,11 @@ from training.errors import JobCancelled, TrainingDivergedError
 from training.models.base import Ranker
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.sampling import TrainingPairs, draw_unobserved
-from training.topk import topk_from_embeddings
+from training.scoring import EmbeddingScorer
+from training.validation import VALID_K, scorer_validation
 
 logger = logging.getLogger(__name__)
 
-VALID_K = 20
 # An epoch of a large job runs for minutes: a cancel is honoured every this many batches.
 CANCEL_CHECK_BATCHES = 16
 
@@ -52,31 +52,14 @@ def validation_metrics(
     user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix, valid: sp.csr_matrix,
     k: int = VALID_K, chunk: int = 2048, head_items: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Recall@k and NDCG@k on the validation split, training items excluded, in user chunks.
+    """Recall@k and NDCG@k of embeddings on the validation split (training.validation).
 
     Args:
         head_items: (n_items,) bool, the head popularity group: adds head_share@k, the
             share of recommended slots that go to it.
     """
-    users = np.flatnonzero(np.diff(valid.indptr) > 0)
-    if len(users) == 0:
-        return {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0}
-    top = topk_from_embeddings(user_emb, item_emb, users, train, k, chunk=chunk, device=user_emb.device)
-    sub = valid[users]
-    # hit[u, r]: is the r-th recommended item a validation positive of u?  (CSR lookup, vectorised)
-    hit = np.asarray(sub[np.arange(len(users))[:, None], np.maximum(top, 0)].todense()) > 0
-    hit &= top >= 0
-    n_pos = np.diff(sub.indptr)
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    idcg = np.cumsum(disc)[np.minimum(n_pos, k) - 1]
-    out = {
-        f"recall@{k}": float((hit.sum(1) / n_pos).mean()),
-        f"ndcg@{k}": float(((hit * disc).sum(1) / idcg).mean()),
-    }
-    if head_items is not None:
-        slots = top[top >= 0]
-        out[f"head_share@{k}"] = float(head_items[slots].mean()) if len(slots) else 0.0
-    return out
+    scorer = EmbeddingScorer(user_emb, item_emb, device=user_emb.device)
+    return scorer_validation(scorer, train, valid, k=k, chunk=chunk, head_items=head_items)
 
 
 def _kd_slices(batch: KDBatch, n_batches: int, generator: torch.Generator) -> list[KDBatch]:

@@ -29,10 +29,12 @@ import torch
 
 import training.metrics as metrics_mod
 import training.trainer as trainer_mod
+import training.validation as validation_mod
 from training.config import EvalConfig, OptimConfig
 from training.dataset import Dataset
 from training.evaluation import evaluate_embeddings, evaluate_topk
 from training.models import MF
+from training.scoring import EmbeddingScorer
 
 KS = (10, 20, 50)
 N_ITEMS = 200
@@ -189,6 +191,15 @@ def _mutant_module(
     return mod
 
 
+def _on_embeddings(scorer_fn: Callable) -> Callable:
+    """A scorer_validation variant called the way the trainer's validation_metrics is."""
+
+    def fn(user_emb: torch.Tensor, item_emb: torch.Tensor, *args: object, **kw: object) -> dict[str, float]:
+        return scorer_fn(EmbeddingScorer(user_emb, item_emb), *args, **kw)
+
+    return fn
+
+
 def _mutant_function(fn: Callable, old: str, new: str) -> Callable:
     """fn re-defined from its own source with `old` replaced, in fn's module globals."""
     src = inspect.getsource(fn)
@@ -319,7 +330,7 @@ def test_validation_ndcg_is_the_report_ndcg_for_users_with_more_than_20_positive
 
 def test_validation_check_catches_idcg_over_k_slots():
     """Mutant: validation IDCG over K slots whatever |T_u| (the classic wrong normaliser)."""
-    mutant = _mutant_function(trainer_mod.validation_metrics, "np.minimum(n_pos, k) - 1", "k - 1")
+    mutant = _on_embeddings(_mutant_function(validation_mod.scorer_validation, "np.minimum(n_pos, k) - 1", "k - 1"))
     ds, user_emb, item_emb = _many_valid_positives()
     with pytest.raises(AssertionError, match="validation NDCG@20"):
         _check_validation_matches_report(mutant, ds, user_emb, item_emb)
@@ -327,7 +338,7 @@ def test_validation_check_catches_idcg_over_k_slots():
 
 def test_validation_check_catches_training_items_left_in_the_lists():
     """Mutant: validation ranks without excluding the training items."""
-    mutant = _mutant_function(trainer_mod.validation_metrics, "users, train, k", "users, None, k")
+    mutant = _on_embeddings(_mutant_function(validation_mod.scorer_validation, "users, train, k", "users, None, k"))
     ds, user_emb, item_emb = _many_valid_positives()
     with pytest.raises(AssertionError, match="validation"):
         _check_validation_matches_report(mutant, ds, user_emb, item_emb)

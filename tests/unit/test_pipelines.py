@@ -150,7 +150,7 @@ def test_unkd_recipe_options_warm_start_and_head_share_cap(
 ) -> None:
     """warm_start='als' + head_share_cap='teacher' (docs/quality.md): the kept epoch's
     validation head share is at most the teacher's whenever any check met it."""
-    from training.teachers.validation import scorer_validation
+    from training.validation import scorer_validation
 
     cfg = DistillConfig(dim=8, warm_start="als", head_share_cap="teacher", lr=0.001, lambda_kd=1.0,
                         eval_every=1, **FAST)  # fmt: skip

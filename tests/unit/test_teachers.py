@@ -24,9 +24,9 @@ from training.scoring import EmbeddingScorer, ItemItemScorer, TeacherScorer
 from training.teachers import load_scorer
 from training.teachers.als import als_backend
 from training.teachers.ease import ease_weights
-from training.teachers.validation import scorer_validation
 from training.topk import topk_from_embeddings, topk_from_scorer
 from training.trainer import validation_metrics
+from training.validation import scorer_validation
 
 CPU = torch.device("cpu")
 DEVICES = ["cpu"] + [pytest.param("cuda", marks=pytest.mark.gpu)] * torch.cuda.is_available()

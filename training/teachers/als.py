@@ -28,7 +28,7 @@ from training.config import TeacherConfig
 from training.errors import JobCancelled, TrainingDivergedError
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.scoring import EmbeddingScorer
-from training.teachers.validation import VALID_K, scorer_validation
+from training.validation import VALID_K, scorer_validation
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from training.config import EASEOptions
 from training.errors import ConfigError, JobCancelled
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.scoring import ItemItemScorer
-from training.teachers.validation import VALID_K, scorer_validation
+from training.validation import VALID_K, scorer_validation
 
 logger = logging.getLogger(__name__)
 

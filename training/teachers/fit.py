@@ -19,8 +19,8 @@ from training.manifest import EpochRecord, TrainingSummary
 from training.models import build_model
 from training.progress import ProgressCallback, ShouldStop
 from training.scoring import EmbeddingScorer, ItemItemScorer, TeacherScorer
-from training.teachers.validation import VALID_K
 from training.trainer import FitResult, fit
+from training.validation import VALID_K
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Validation Recall@K and NDCG@K of any scorer, as the trainer measures an embedding model:
+"""Validation Recall@K and NDCG@K of any scorer (teachers, and the trainer's embeddings):
 users with a validation positive, training items excluded, lists from training.topk."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from training.metrics import discounts, row_membership
 from training.scoring import TeacherScorer
 from training.topk import topk_from_scorer
 
-VALID_K = 20  # the figure teachers and students are selected on (training.trainer.VALID_K)
+VALID_K = 20  # the figure teachers and students are selected on
 
 
 def scorer_validation(scorer: TeacherScorer, train: sp.csr_matrix, valid: sp.csr_matrix,
