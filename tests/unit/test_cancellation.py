@@ -24,6 +24,7 @@ from training.distill import build_distiller
 from training.distill.base import Distiller
 from training.errors import JobCancelled
 from training.models import MF
+from training.scoring import EmbeddingScorer
 from training.trainer import fit
 
 CPU = torch.device("cpu")
@@ -111,28 +112,16 @@ def test_fit_stops_inside_an_epoch(tiny_dataset, steps_per_epoch):
 N_USERS, N_ITEMS, DIM = 5000, 60, 4  # several user chunks whatever the chunk size (~1024)
 
 
-class CountingScorer:
-    """A teacher scorer (training.scoring contract) that counts the blocks it scores."""
+class CountingScorer(EmbeddingScorer):
+    """The embedding teacher scorer, counting the blocks it scores."""
 
     def __init__(self, user_emb: torch.Tensor, item_emb: torch.Tensor) -> None:
-        self.user_emb, self.item_emb = user_emb, item_emb
+        super().__init__(user_emb, item_emb)
         self.calls = 0
-
-    @property
-    def n_users(self) -> int:
-        return int(self.user_emb.shape[0])
-
-    @property
-    def n_items(self) -> int:
-        return int(self.item_emb.shape[0])
-
-    @property
-    def device(self) -> torch.device:
-        return CPU
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.user_emb[users.to(torch.int64).cpu()] @ self.item_emb.T
+        return super().score(users)
 
 
 def _candidate_problem() -> tuple[sp.csr_matrix, torch.Tensor, torch.Tensor]:
