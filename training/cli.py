@@ -158,15 +158,28 @@ def _load(data: str) -> Any:
     return load_dataset(Path(data))
 
 
+def _decay(text: str) -> float | str:
+    """--decay: a number, or auto (the density rule, training.defaults)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def _optim_args(p: argparse.ArgumentParser, defaults: type[TeacherConfig] | type[DistillConfig]) -> None:
     # Defaults are None so that unset flags stay unset: a method's own defaults
     # (training.config.METHOD_DEFAULTS) then apply, exactly as for an API job.
     f = defaults.model_fields
     p.add_argument("--epochs", type=int, help=f"maximum epochs, early stopping ends sooner (default {f['epochs'].default})")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {f['lr'].default})")
-    p.add_argument("--decay", type=float, help=f"L2 weight decay (default {f['decay'].default}; see METHOD_DEFAULTS)")
+    p.add_argument("--decay", type=_decay,
+                   help=f"L2 weight decay, a number or auto (0.015 x density^-1/4) (default "
+                        f"{f['decay'].default}; see METHOD_DEFAULTS)")
     p.add_argument("--batch-size", type=int, help=f"default {f['batch_size'].default}")
-    p.add_argument("--patience", type=int, help=f"default {f['patience'].default}")
+    p.add_argument("--patience", type=int, help=f"validation checks without improvement (default {f['patience'].default})")
+    p.add_argument("--eval-every", type=int, help=f"epochs between validation checks (default {f['eval_every'].default})")
     p.add_argument("--seed", type=int, help=f"default {f['seed'].default}")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--tune", type=int, metavar="N",
@@ -184,7 +197,7 @@ def _teacher_options(a: argparse.Namespace) -> dict[str, Any]:
 
 def _optim_values(a: argparse.Namespace) -> dict[str, Any]:
     """The optimisation flags the user gave (unset ones keep the config's defaults)."""
-    names = ("epochs", "lr", "decay", "batch_size", "patience", "seed")
+    names = ("epochs", "lr", "decay", "batch_size", "patience", "eval_every", "seed")
     return {n: getattr(a, n) for n in names if getattr(a, n) is not None}
 
 
@@ -323,10 +336,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"weight of the KD loss (default {d['lambda_kd'].default}; "
                         f"unkd: {METHOD_DEFAULTS['unkd']['lambda_kd']})")
     p.add_argument("--warm-start", choices=["none", "als"],
-                   help="als: start the MF student from ALS factors of its size (default none)")
+                   help="als: start the MF student from ALS factors of its size (default: als for "
+                        "the distillation methods, none for the plain student)")
     p.add_argument("--head-share-cap", choices=["none", "teacher"],
                    help="teacher: choose the epoch among those whose validation head share is at "
-                        "most the teacher's (default none)")
+                        "most the teacher's (default: teacher for unkd, else none)")
     p.add_argument("--groups", type=int, default=u.groups, help="UnKD popularity groups G")
     p.add_argument("--pairs-per-user", type=int, default=u.pairs_per_user, help="UnKD pairs per user per epoch")
     p.add_argument("--mu", type=float, default=u.mu, help="UnKD rank-sampling temperature")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import OptimConfig
+from training.defaults import decay_of
 from training.distill.base import Distiller, KDBatch
 from training.errors import JobCancelled, TrainingDivergedError
 from training.models.base import Ranker
@@ -92,8 +93,9 @@ def fit(
 
     The best epoch is the one with the highest validation NDCG@20; with max_head_share, the
     highest among the checks whose validation head share is at most that (a student must
-    not expose the head group more than its teacher). Checks above the cap do not count
-    against the patience until one meets it; if none does, the best NDCG overall is kept.
+    not expose the head group more than its teacher); if none is, the best NDCG overall.
+    Training stops after `patience` checks that improve neither the kept epoch nor the best
+    NDCG seen, once some check met the cap (until then, at the epoch budget).
 
     Args:
         train_pairs: (n_train, 2) int64 [user, item] training interactions.
@@ -116,6 +118,7 @@ def fit(
     sparse = model.sparse
     opt_cls = torch.optim.SparseAdam if sparse else torch.optim.Adam
     opt = opt_cls(list(model.parameters()), lr=cfg.lr)
+    decay = decay_of(cfg, train)  # a number, or the density rule for "auto"
 
     if max_head_share is not None and head_items is None:
         raise ValueError("max_head_share needs head_items (the head group's mask)")
@@ -124,6 +127,7 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     # Without a cap every check is eligible, so met_cap turns True at the first one.
     met_cap = False
+    peak_ndcg = -1.0  # the best validation NDCG of any check, under the cap or not
     fallback_ndcg, fallback_epoch = -1.0, 0
     fallback_state: dict[str, torch.Tensor] | None = None
     result = FitResult(np.empty(0), np.empty(0), 0, 0)
@@ -153,7 +157,7 @@ def fit(
                 ego = model.ego_lookup()
                 pu, pi, pj = ego.user(u), ego.item(i), ego.item(j)
             reg = pu.square().sum() + pi.square().sum() + pj.square().sum()
-            loss = loss + cfg.decay * 0.5 * reg / len(idx)
+            loss = loss + decay * 0.5 * reg / len(idx)
             if distiller is not None and kd_slices and len(next(iter(kd_slices[b].values()))):
                 kd = {key: t.to(device) for key, t in kd_slices[b].items()}
                 loss = loss + lambda_kd * distiller.loss(emb, kd)
@@ -178,16 +182,21 @@ def fit(
             row.update({f"valid_{k}": v for k, v in metrics.items()})
             ndcg = metrics[f"ndcg@{VALID_K}"]
             eligible = capped is None or metrics[f"head_share@{VALID_K}"] <= capped
+            # Patience counts checks that improve neither the kept epoch nor the best NDCG seen:
+            # a student still getting more accurate (a random start is under any cap at first,
+            # a warm one may be above it for a while) keeps training.
+            improved = ndcg > peak_ndcg
+            peak_ndcg = max(peak_ndcg, ndcg)
             if eligible and (not met_cap or ndcg > best_ndcg):
-                best_ndcg, best_epoch, bad = ndcg, epoch, 0
+                best_ndcg, best_epoch = ndcg, epoch
                 best_state = copy.deepcopy(model.state_dict())
-                met_cap = True
+                met_cap, improved = True, True
             elif not met_cap and ndcg > fallback_ndcg:  # nothing under the cap yet
                 fallback_ndcg, fallback_epoch = ndcg, epoch
                 fallback_state = copy.deepcopy(model.state_dict())
-            elif met_cap:
-                bad += 1
-                stop = bad >= cfg.patience
+            bad = 0 if improved else bad + 1
+            # Until a check meets the cap, only the epoch budget ends the run.
+            stop = met_cap and bad >= cfg.patience
         result.history.append(row)
         logger.info("%s epoch %d/%d loss %.4f %s", stage, epoch, cfg.epochs, mean_loss,
                     {k: round(v, 4) for k, v in row.items() if k.startswith("valid_")})

@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from training.checkpoint import ModelArtifact
 from training.config import EvalConfig, TuneOptions
 from training.dataset import Dataset
+from training.defaults import resolve
 from training.errors import TrainingDivergedError
 from training.evaluation import evaluate_scorer
 from training.manifest import TrialRecord, TuningSummary
@@ -87,6 +88,10 @@ class StudySetup:
     groups: int = 4
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     pruner: BasePruner | None = None
+
+    def __post_init__(self) -> None:
+        # "auto" fields as numbers: the first trial is the job's own configuration.
+        self.base = resolve(self.base, self.dataset.csr("train"))
 
     def default_pruner(self) -> BasePruner:
         if not self.options.prune:

@@ -32,7 +32,7 @@ class Param:
     integer: bool = False
 
 
-_BPR = (Param("lr", 1e-3, 5e-2), Param("decay", 1e-5, 1e-1))
+_BPR = (Param("lr", 3e-4, 5e-2), Param("decay", 1e-5, 3e-1))
 TEACHER_SPACES: dict[str, tuple[Param, ...]] = {
     "mf": _BPR,
     "lightgcn": _BPR,

@@ -2,10 +2,11 @@
 fields the caller left unset.
 
 The expected values are written out here, not read from training.config: they are the ones
-README.md documents (the "Distillers" paragraph and the bench/quality.py findings: weight
-decay 0.01 for teachers and plain students, 0.001 and λ_KD = 3 for UnKD, λ_KD = 1 for the
-untuned baselines) and training/config.py's comment on METHOD_DEFAULTS (RRD: decay 0.003).
-Changing a default without changing the docs and this table fails here.
+docs/quality.md documents ("The product's defaults"): weight decay by the density rule
+("auto") for plain students and 0.01 for BPR teachers; every distillation method starts
+from ALS factors with lr 0.001; UnKD takes decay 0.001, λ_KD = 1 and its epoch under the
+teacher's head share; RRD decay 0.003. Changing a default without changing the docs and
+this table fails here.
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ from training.cli import register
 from training.config import METHODS, DistillConfig, EvalConfig, TeacherConfig, UnKDOptions
 
 # method: (decay, lambda_kd) a student gets when the caller sets neither.
-DOCUMENTED_STUDENT_DEFAULTS: dict[str, tuple[float, float]] = {
-    "none": (0.01, 1.0),
-    "rd": (0.01, 1.0),
-    "cd": (0.01, 1.0),
+DOCUMENTED_STUDENT_DEFAULTS: dict[str, tuple[float | str, float]] = {
+    "none": ("auto", 1.0),
+    "rd": ("auto", 1.0),
+    "cd": ("auto", 1.0),
     "rrd": (0.003, 1.0),
-    "unkd": (0.001, 3.0),
+    "unkd": (0.001, 1.0),
+}
+# method: (lr, warm_start, head_share_cap) of an MF student.
+DOCUMENTED_RECIPE: dict[str, tuple[float, str, str]] = {
+    "none": (0.01, "none", "none"),
+    "rd": (0.001, "als", "none"),
+    "cd": (0.001, "als", "none"),
+    "rrd": (0.001, "als", "none"),
+    "unkd": (0.001, "als", "teacher"),
 }
 
 
@@ -37,9 +46,21 @@ def test_student_defaults_are_the_documented_ones(method: str) -> None:
     assert (cfg.decay, cfg.lambda_kd) == DOCUMENTED_STUDENT_DEFAULTS[method]
 
 
+@pytest.mark.parametrize("method", sorted(DOCUMENTED_RECIPE))
+def test_student_recipes_are_the_documented_ones(method: str) -> None:
+    cfg = DistillConfig(method=method)
+    assert (cfg.lr, cfg.warm_start, cfg.head_share_cap) == DOCUMENTED_RECIPE[method]
+    assert (cfg.eval_every, cfg.patience, cfg.epochs) == (5, 4, 400)
+
+
+def test_a_lightgcn_student_keeps_its_random_start() -> None:
+    cfg = DistillConfig(method="unkd", student_model="lightgcn")
+    assert (cfg.warm_start, cfg.lr) == ("none", 0.01)
+
+
 def test_the_default_method_is_unkd_with_its_defaults() -> None:
     cfg = DistillConfig()
-    assert (cfg.method, cfg.decay, cfg.lambda_kd) == ("unkd", 0.001, 3.0)
+    assert (cfg.method, cfg.decay, cfg.lambda_kd) == ("unkd", 0.001, 1.0)
 
 
 def test_teacher_and_unkd_defaults_are_the_documented_ones() -> None:
@@ -61,16 +82,16 @@ def test_explicit_values_win_over_method_defaults(method: str) -> None:
 
 
 def test_an_explicit_value_equal_to_the_base_default_is_kept() -> None:
-    # Set, not merely equal to OptimConfig's 0.01 / DistillConfig's 1.0: UnKD must not override it.
-    cfg = DistillConfig(method="unkd", decay=0.01, lambda_kd=1.0)
-    assert (cfg.decay, cfg.lambda_kd) == (0.01, 1.0)
+    # Set, not merely equal to a base default (DistillConfig's lr 0.01): UnKD must not override it.
+    cfg = DistillConfig(method="unkd", decay=0.01, lambda_kd=3.0, lr=0.01)
+    assert (cfg.decay, cfg.lambda_kd, cfg.lr) == (0.01, 3.0, 0.01)
 
 
 def test_a_config_round_trips_through_json() -> None:
     cfg = DistillConfig(method="unkd", dim=12)
     again = DistillConfig.model_validate(cfg.model_dump(mode="json"))
     assert again == cfg
-    assert (again.decay, again.lambda_kd) == (0.001, 3.0)
+    assert (again.decay, again.lambda_kd) == (0.001, 1.0)
 
 
 def test_cli_leaves_unset_flags_to_the_method_defaults() -> None:
@@ -82,3 +103,7 @@ def test_cli_leaves_unset_flags_to_the_method_defaults() -> None:
     assert _optim_values(a) == {} and a.lambda_kd is None
     a = parser.parse_args(["distill", "data", "--teacher", "t", "--out", "o", "--decay", "0.2"])
     assert _optim_values(a) == {"decay": 0.2}
+    a = parser.parse_args(["distill", "data", "--teacher", "t", "--out", "o", "--decay", "auto"])
+    assert _optim_values(a) == {"decay": "auto"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["distill", "data", "--teacher", "t", "--out", "o", "--decay", "lots"])

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 import torch
 from scipy import stats
 
+import training.distill.base as base_mod
 import training.distill.baselines as baselines_mod
 import training.distill.unkd as unkd_mod
 from training.config import DistillConfig
@@ -345,7 +346,7 @@ def test_unkd_invariant_checks_catch_broken_variants(prob, unkd_batches, monkeyp
     monkeypatch.undo()
     # candidate lists that forgot to drop the user's training items
     monkeypatch.setattr(
-        unkd_mod, "teacher_candidates", _forgetting_training_items(unkd_mod.teacher_candidates)
+        base_mod, "teacher_candidates", _forgetting_training_items(base_mod.teacher_candidates)
     )
     with pytest.raises(AssertionError, match="training item"):
         _check_unkd_invariants(prob, _epochs(_unkd(prob), range(1, 3)))
@@ -390,9 +391,9 @@ def test_rd_checks_catch_broken_variants(prob, monkeypatch):
     with pytest.raises(AssertionError, match="exp"):
         _check_rd(prob, reversed_w)
     monkeypatch.setattr(
-        baselines_mod,
+        base_mod,
         "teacher_candidates",
-        _forgetting_training_items(baselines_mod.teacher_candidates),
+        _forgetting_training_items(base_mod.teacher_candidates),
     )
     broken = _epochs(_rd(prob), range(1, 2))[0]
     with pytest.raises(AssertionError, match="training item"):

@@ -21,7 +21,7 @@ from training.scoring import EmbeddingScorer
 from training.synthetic import generate_synthetic
 
 CPU = torch.device("cpu")
-FAST = {"epochs": 25, "batch_size": 512, "patience": 5}
+FAST = {"epochs": 25, "batch_size": 512, "patience": 5, "eval_every": 1}
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +104,8 @@ def test_cancellation_leaves_no_model(data, tmp_path) -> None:
 
 def test_progress_events_report_epochs(data, tmp_path) -> None:
     events = []
-    train_teacher(data, TeacherConfig(dim=8, epochs=3, batch_size=512), tmp_path / "t", device=CPU,
-                  on_progress=events.append)
+    train_teacher(data, TeacherConfig(dim=8, epochs=3, batch_size=512, eval_every=1), tmp_path / "t",
+                  device=CPU, on_progress=events.append)
     train = [e for e in events if e.stage == "train"]
     assert [e.epoch for e in train] == [1, 2, 3] and all(e.epochs == 3 for e in train)
     assert all(e.loss is not None and "valid_ndcg@20" in e.metrics for e in train)
@@ -153,7 +153,7 @@ def test_unkd_recipe_options_warm_start_and_head_share_cap(
     from training.validation import scorer_validation
 
     cfg = DistillConfig(dim=8, warm_start="als", head_share_cap="teacher", lr=0.001, lambda_kd=1.0,
-                        eval_every=1, **FAST)  # fmt: skip
+                        **FAST)  # fmt: skip
     art = distill_student(data, teacher, cfg, tmp_path / "s", device=CPU)
     assert art.manifest.config is not None and art.manifest.config.warm_start == "als"  # type: ignore[union-attr]
     history = art.manifest.training.history  # type: ignore[union-attr]
@@ -173,3 +173,60 @@ def test_als_warm_start_needs_an_mf_student(data: Dataset, teacher: ModelArtifac
     cfg = DistillConfig(dim=8, warm_start="als", student_model="lightgcn", **FAST)
     with pytest.raises(ConfigError, match="warm_start='als' needs student_model='mf'"):
         distill_student(data, teacher, cfg, tmp_path / "s", device=CPU)
+
+
+def test_auto_decay_is_the_density_rule_and_the_manifest_keeps_the_number(
+    data: Dataset, teacher: ModelArtifact, tmp_path: Path
+) -> None:
+    from training.defaults import density_decay
+
+    train = data.csr("train")
+    density = train.nnz / (train.shape[0] * train.shape[1])
+    assert density_decay(train) == pytest.approx(0.015 * density**-0.25)
+    cfg = DistillConfig(method="none", dim=8, **FAST)
+    assert cfg.decay == "auto"
+    art = distill_student(data, teacher, cfg, tmp_path / "s", device=CPU)
+    kept = art.manifest.config
+    assert kept is not None and kept.decay == pytest.approx(density_decay(train), abs=1e-5)
+
+
+def test_density_rule_grows_as_data_gets_sparser() -> None:
+    import scipy.sparse as sp
+
+    from training.defaults import DECAY_RANGE, density_decay
+
+    def of(n: int, nnz: int) -> float:
+        cells = np.random.default_rng(0).choice(n * n, size=nnz, replace=False)
+        return density_decay(sp.csr_matrix((np.ones(nnz), (cells // n, cells % n)), shape=(n, n)))
+
+    # MovieLens-100K's density (6.3 %) gives 0.03, Amazon-Beauty's (0.07 %) about 0.09.
+    dense, sparse = of(100, 630), of(1000, 730)
+    assert dense == pytest.approx(0.030, abs=0.001) and sparse == pytest.approx(0.092, abs=0.002)
+    assert of(10_000, 1) == DECAY_RANGE[1]  # capped
+
+
+def test_trials_of_one_teacher_rank_its_candidates_once(
+    data: Dataset, teacher: ModelArtifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.distill import ranking
+
+    built: list[int] = []
+    real = ranking.teacher_candidates
+
+    def counting(*args: object, **kw: object) -> ranking.CandidateLists:
+        built.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ranking, "teacher_candidates", counting)
+    monkeypatch.setattr(ranking, "CANDIDATE_CACHE", ranking.CandidateCache())
+    import training.distill.base as base
+
+    monkeypatch.setattr(base, "teacher_candidates", counting)
+    monkeypatch.setattr(base, "CANDIDATE_CACHE", ranking.CANDIDATE_CACHE)
+    fast = {**FAST, "epochs": 2, "warm_start": "none"}
+    a = distill_student(data, teacher, DistillConfig(dim=8, lr=0.01, **fast), tmp_path / "a", device=CPU)
+    b = distill_student(data, teacher, DistillConfig(dim=8, lr=0.02, lambda_kd=2.0, **fast), tmp_path / "b", device=CPU)
+    assert len(built) == 1  # the second student reused the lists
+    assert not np.array_equal(a.user_emb, b.user_emb)
+    distill_student(data, teacher, DistillConfig(dim=8, unkd={"top_l": 50}, **fast), tmp_path / "c", device=CPU)  # type: ignore[arg-type]
+    assert len(built) == 2  # other list options: ranked again

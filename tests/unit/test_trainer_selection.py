@@ -69,3 +69,38 @@ def test_negatives_are_never_training_items(tiny_dataset: Dataset) -> None:
     # the check itself: every training pair is found
     items = torch.from_numpy(tiny_dataset.train[:, 1].astype(np.int64))
     assert bool(pairs.contains(users, items).all())
+
+
+def _expected_stop(history: list[dict[str, float]], cap: float, patience: int) -> int:
+    """When the documented rule ends a capped run, replayed over an uncapped run's checks:
+    `patience` checks in a row that improve neither the best NDCG under the cap nor the best
+    NDCG of any check, counted once some check met the cap."""
+    best_capped, peak, bad, met = -1.0, -1.0, 0, False
+    for row in history:
+        ndcg, under = row["valid_ndcg@20"], row["valid_head_share@20"] <= cap
+        improved = ndcg > peak
+        peak = max(peak, ndcg)
+        if under and (not met or ndcg > best_capped):
+            best_capped, met, improved = ndcg, True, True
+        bad = 0 if improved else bad + 1
+        if met and bad >= patience:
+            return int(row["epoch"])
+    return int(history[-1]["epoch"])
+
+
+def test_patience_spares_a_student_still_getting_more_accurate(tiny_dataset: Dataset) -> None:
+    # A random start is under any cap at first: if checks above the cap counted against the
+    # patience while NDCG still rose, the run would stop with the first, weakest epochs.
+    free = _fit(tiny_dataset)
+    first = free.history[0]["valid_head_share@20"]
+    later = [r for r in free.history[1:] if r["valid_head_share@20"] > first]
+    assert later, "the fixture's head share should rise above its first check's"
+    cfg = OptimConfig(epochs=12, eval_every=1, patience=2, lr=0.02, batch_size=512, seed=0)
+    model = build_model("mf", tiny_dataset.n_users, tiny_dataset.n_items, 8, tiny_dataset.csr("train"), device=CPU)
+    head = np.asarray(tiny_dataset.groups(4)) == 0
+    capped = fit(model, tiny_dataset.train, tiny_dataset.csr("train"), tiny_dataset.csr("valid"), cfg,
+                 device=CPU, head_items=head, max_head_share=first)  # fmt: skip
+    assert capped.epochs_run == _expected_stop(free.history, first, patience=2)
+    # Same trajectory as the free run up to the stop, so the kept epoch is the best under the cap.
+    under = [r for r in capped.history if r["valid_head_share@20"] <= first]
+    assert capped.best_epoch == max(under, key=lambda r: r["valid_ndcg@20"])["epoch"]

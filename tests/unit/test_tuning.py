@@ -173,7 +173,7 @@ def test_search_spaces() -> None:
     study = optuna.create_study(direction="maximize")
     cfg = suggest(study.ask(), DistillConfig(method="cd", dim=12))
     assert isinstance(cfg, DistillConfig) and cfg.dim == 12 and 0.2 <= cfg.cd.temperature <= 5.0
-    assert given_params(DistillConfig(method="unkd")) == {"lr": 0.01, "decay": 0.001, "lambda_kd": 3.0, "unkd.mu": 20.0}
+    assert given_params(DistillConfig(method="unkd")) == {"lr": 0.001, "decay": 0.001, "lambda_kd": 1.0, "unkd.mu": 20.0}
     assert "decay" not in given_params(TeacherConfig(decay=0.5))  # outside the range: sampled
 
 

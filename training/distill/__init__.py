@@ -31,6 +31,8 @@ def build_distiller(
     teacher: TeacherScorer,
     train: sp.csr_matrix,
     device: torch.device,
+    *,
+    cache_key: str | None = None,
 ) -> Distiller | None:
     """The distiller of cfg.method, or None for `none` (a student trained on the data only).
 
@@ -39,6 +41,8 @@ def build_distiller(
             lightgcn and als, ItemItemScorer for ease; training.teachers.load_scorer).
         train: (n_users, n_items) CSR of training interactions.
         device: where the student trains.
+        cache_key: names the teacher (id, version, data, device): candidate lists built for
+            it are kept in this process (training.distill.ranking.CANDIDATE_CACHE).
     """
     if cfg.method not in METHODS:
         raise ConfigError(f"method={cfg.method!r}: expected one of {', '.join(METHODS)}")
@@ -46,4 +50,4 @@ def build_distiller(
         return None
     pop = item_popularity(train.tocoo().col, train.shape[1])
     groups = popularity_groups(pop, cfg.unkd.groups)
-    return _REGISTRY[cfg.method](cfg, teacher, train, np.asarray(groups), device)
+    return _REGISTRY[cfg.method](cfg, teacher, train, np.asarray(groups), device, cache_key)

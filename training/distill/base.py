@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import DistillConfig
+from training.distill.ranking import CANDIDATE_CACHE, CandidateLists, candidates_key, teacher_candidates
 from training.models.lookup import Lookup
 from training.progress import ShouldStop
 from training.scoring import TeacherScorer
@@ -37,8 +38,10 @@ class Distiller(ABC):
         train: sp.csr_matrix,
         groups: np.ndarray,
         device: torch.device,
+        cache_key: str | None = None,
     ) -> None:
         self.cfg = cfg
+        self.cache_key = cache_key  # names the teacher: candidate lists shared in-process
         self.teacher = teacher
         self.train = train
         self.groups = groups
@@ -61,6 +64,20 @@ class Distiller(ABC):
     def candidate_bytes(self) -> int:
         """Memory held by precomputed teacher rankings (for the benchmarks)."""
         return 0
+
+    def candidates(self, groups: np.ndarray, top_l: int, should_stop: ShouldStop | None,
+                   with_scores: bool = False) -> CandidateLists:  # fmt: skip
+        """The teacher's top-L unobserved items per (user, group), from the process's cache
+        when this teacher (cache_key) was ranked with the same options before."""
+
+        def build() -> CandidateLists:
+            return teacher_candidates(self.teacher, self.train, groups, top_l,
+                                      with_scores=with_scores, should_stop=should_stop)  # fmt: skip
+
+        if self.cache_key is None:
+            return build()
+        key = candidates_key(self.cache_key, self.train, groups, top_l, with_scores)
+        return CANDIDATE_CACHE.get_or_build(key, build)
 
 
 def pair_scores(emb: Lookup, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from training.distill.base import Distiller, KDBatch, bpr_loss, pair_scores
-from training.distill.ranking import CandidateLists, sample_ranks, teacher_candidates
+from training.distill.ranking import CandidateLists, sample_ranks
 from training.models.lookup import Lookup
 from training.progress import ShouldStop
 from training.sampling import TrainingPairs, draw_unobserved
@@ -18,8 +18,7 @@ from training.sampling import TrainingPairs, draw_unobserved
 def _single_list(d: Distiller, top_l: int, should_stop: ShouldStop | None,
                  with_scores: bool = False) -> CandidateLists:  # fmt: skip
     """The teacher's top-L unobserved items over the whole catalogue (one 'group')."""
-    return teacher_candidates(d.teacher, d.train, np.zeros(d.n_items, dtype=np.int64), top_l,
-                              with_scores=with_scores, should_stop=should_stop)  # fmt: skip
+    return d.candidates(np.zeros(d.n_items, dtype=np.int64), top_l, should_stop, with_scores)
 
 
 class RankingDistillation(Distiller):

@@ -13,7 +13,7 @@ import logging
 import torch
 
 from training.distill.base import Distiller, KDBatch, bpr_loss
-from training.distill.ranking import CandidateLists, sample_ranks, teacher_candidates
+from training.distill.ranking import CandidateLists, sample_ranks
 from training.models.lookup import Lookup
 from training.progress import ShouldStop
 
@@ -64,8 +64,7 @@ class UnKD(Distiller):
 
     def prepare(self, should_stop: ShouldStop | None = None) -> None:
         opts = self.cfg.unkd
-        self.cands = teacher_candidates(self.teacher, self.train, self.groups, opts.top_l,
-                                        should_stop=should_stop)  # fmt: skip
+        self.cands = self.candidates(self.groups, opts.top_l, should_stop)
         logger.info(
             "UnKD candidates: %d users x %s per group (%.1f MB)",
             self.n_users, self.cands.widths.tolist(), self.cands.nbytes() / 2**20,
