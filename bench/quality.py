@@ -214,9 +214,9 @@ def check(name: str, res: dict[str, Any]) -> tuple[list[str], list[str]]:
     rows: dict[str, Row] = res["rows"]
     misses: list[str] = []
     notes: list[str] = []
-    best_teacher = max((rows[k] for k in ("EASE (ours)", "ALS-100 (ours)")), key=lambda r: r.mean)
+    # The best teacher is the one chosen on validation, the one that teaches the students.
+    best_teacher = teacher = rows[res["teacher"]]
     als100, als10, bpr10 = rows["implicit ALS-100"], rows["implicit ALS-10"], rows["implicit BPR-10"]
-    teacher = rows[res["teacher"]]
 
     def verdict(ok: bool, text: str) -> None:
         (notes if ok else misses).append(f"{name}: {text}")

@@ -113,8 +113,9 @@ def fit(
     n_batches = max(1, math.ceil(n_train / cfg.batch_size))
     # Negatives re-drawn where they hit a training item of the user (MovieLens: 6 % of pairs).
     positives = TrainingPairs(train)
-    # MF reads rows with sparse gradients: SparseAdam touches only the rows of a batch, so a
-    # step costs O(batch × d) however large the catalogue. LightGCN's gradients are dense.
+    # A large MF table reads rows with sparse gradients: SparseAdam touches only the rows of a
+    # batch, so a step costs O(batch × d) however large the catalogue. A small MF table
+    # (training.models.mf.DENSE_MAX_PARAMS) and LightGCN train dense, with Adam.
     sparse = model.sparse
     opt_cls = torch.optim.SparseAdam if sparse else torch.optim.Adam
     opt = opt_cls(list(model.parameters()), lr=cfg.lr)
@@ -153,7 +154,7 @@ def fit(
             emb = model.lookup()
             pu, pi, pj = emb.user(u), emb.item(i), emb.item(j)
             loss = -F.logsigmoid((pu * pi).sum(-1) - (pu * pj).sum(-1)).mean()
-            if not sparse:  # LightGCN: decay the layer-0 (ego) rows, not the propagated ones
+            if not sparse:  # LightGCN: decay the layer-0 (ego) rows, not the propagated ones (MF: the same rows)
                 ego = model.ego_lookup()
                 pu, pi, pj = ego.user(u), ego.item(i), ego.item(j)
             reg = pu.square().sum() + pi.square().sum() + pj.square().sum()

@@ -20,7 +20,7 @@ def slow_topk(delay_s: float = 0.005):
     """A batch function whose answer encodes (user, k, exclude_seen); slow enough to overlap."""
     calls: list[int] = []
 
-    def fn(users: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    def fn(users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         calls.append(len(users))
         time.sleep(delay_s)
         items = users[:, None] * 1000 + np.arange(k)[None, :] + (500 if exclude_seen else 0)
@@ -70,7 +70,7 @@ def test_an_error_reaches_every_caller_of_the_batch_and_the_next_batch_runs() ->
     state = {"fail": True}
     sizes: list[int] = []  # callers per batch_fn call
 
-    def fn(users: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    def fn(users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         sizes.append(len(users))
         gate.wait(5)
         if state["fail"]:

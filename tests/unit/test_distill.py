@@ -110,7 +110,7 @@ def test_each_distillation_loss_falls_when_optimised(method):
     dist = build_distiller(cfg, EmbeddingScorer(t_user, t_item), train, torch.device("cpu"))
     dist.prepare()
     torch.manual_seed(0)
-    student = MF(train.shape[0], train.shape[1], 8)
+    student = MF(train.shape[0], train.shape[1], 8, sparse=True)  # the large-table path
     opt = torch.optim.SparseAdam(list(student.parameters()), lr=0.05)
     gen = torch.Generator().manual_seed(0)
     losses = []

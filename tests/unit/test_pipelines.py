@@ -230,3 +230,19 @@ def test_trials_of_one_teacher_rank_its_candidates_once(
     assert not np.array_equal(a.user_emb, b.user_emb)
     distill_student(data, teacher, DistillConfig(dim=8, unkd={"top_l": 50}, **fast), tmp_path / "c", device=CPU)  # type: ignore[arg-type]
     assert len(built) == 2  # other list options: ranked again
+
+
+def test_small_mf_tables_train_dense_and_large_ones_sparse() -> None:
+    from training.models.mf import DENSE_MAX_PARAMS, MF
+
+    small = MF(100, 50, 10)
+    assert not small.sparse and not small.user.sparse
+    rows = DENSE_MAX_PARAMS // 10 + 1
+    large = MF(rows, 1, 10)
+    assert large.sparse and large.user.sparse and large.item.sparse
+    grad_of = {}
+    for name, model in (("small", small), ("large", MF(rows, 1, 10))):
+        model.lookup().user(torch.tensor([0])).sum().backward()
+        grad_of[name] = model.user.weight.grad
+    assert grad_of["large"] is not None and grad_of["large"].is_sparse
+    assert grad_of["small"] is not None and not grad_of["small"].is_sparse
