@@ -7,7 +7,8 @@ Selection uses the validation split only; the test split only reports.
 - Sampler: TPE (`TPESampler`, constant liar so that trials running in parallel on several
   workers do not all sample the same point). The first trial is the job's own
   configuration (enqueued), so tuning never keeps something worse on validation than
-  the defaults.
+  the defaults; a method with a second default (tuning_space.SECOND_GUESSES: UnKD) tries
+  it next.
 - Objective: validation NDCG@20 of the trial's kept (best-epoch) model.
 - Pruning: the trainer's per-epoch validation NDCG@20 reaches the trial through the
   `on_progress` callback (`trial.report`); a trial the `MedianPruner` judges behind is
@@ -45,13 +46,13 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from training.checkpoint import ModelArtifact
 from training.config import EvalConfig, TuneOptions
 from training.dataset import Dataset
-from training.defaults import resolve
+from training.defaults import density_decay, resolve
 from training.errors import TrainingDivergedError
 from training.evaluation import evaluate_scorer
 from training.manifest import TrialRecord, TuningSummary
 from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.teachers.fit import load_scorer
-from training.tuning_space import Config, TuningError, given_params, suggest
+from training.tuning_space import Config, TuningError, given_params, second_guesses, suggest
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ def open_study(setup: StudySetup, storage: BaseStorage, name: str, *, create: bo
                                 sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(given_params(setup.base), user_attrs={"note": "the job's own configuration"})
+        auto_decay = density_decay(setup.dataset.csr("train"))
+        for params in second_guesses(setup.base, auto_decay):
+            study.enqueue_trial(params, user_attrs={"note": "the method's second default"})
     return study
 
 

@@ -43,8 +43,8 @@ def test_meta_describes_the_bundle(flat) -> None:
     assert meta["model_id"] == "m1" and meta["metric"] == "inner_product" and meta["factory"] == "Flat"
     assert (meta["n_items"], meta["n_users"], meta["d"]) == (ds.n_items, ds.n_users, model.dim)
     expected = {"items.faiss", "user_emb.npy", "seen_indptr.npy", "seen_indices.npy",
-                "user_ids.npy", "item_ids.npy", "groups.npy"}  # fmt: skip
-    assert set(meta["files"]) == expected
+                "user_ids.npy", "item_ids.npy", "groups.npy", "item_popularity.npy"}  # fmt: skip
+    assert set(meta["files"]) == expected and meta["format_version"] == 2
     assert all(len(h) == 64 for h in meta["files"].values())
     b = load_bundle(path)
     np.testing.assert_array_equal(b.group_of(np.arange(ds.n_items)), ds.groups(4))

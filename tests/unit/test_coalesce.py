@@ -148,7 +148,7 @@ def test_async_callers_share_batches_and_get_their_own_rows() -> None:
 
 
 def test_async_caller_gets_the_batch_error() -> None:
-    def fn(users: np.ndarray, k: int, exclude_seen: bool):
+    def fn(users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None):
         raise RuntimeError("index exploded")
 
     c = Coalescer(fn)
@@ -166,3 +166,31 @@ def test_idle_search_thread_exits_and_restarts() -> None:
     assert not c._running
     _, items = c.one(2, 2, False)  # the next call starts a new thread
     assert items.tolist() == [2000, 2001] and calls == [1, 1]
+
+
+def test_queries_travel_with_their_rows() -> None:
+    """Per-row queries (filters, vectors) reach the batch function beside their users; a batch
+    without any gets None, so plain requests keep the plain path."""
+    got: list[tuple[list[int], list | None]] = []
+    gate = threading.Event()
+
+    def fn(users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None):
+        gate.wait(5)
+        got.append((users.tolist(), queries))
+        return np.zeros((len(users), k), np.float32), np.zeros((len(users), k), np.int64)
+
+    c = Coalescer(fn)
+    gate.set()
+    c.one(1, 2, True)
+    assert got == [([1], None)]
+    gate.clear()
+    got.clear()
+    threads = [threading.Thread(target=c.one, args=(u, 2, True, None if u % 2 else f"q{u}")) for u in range(4)]
+    for th in threads:
+        th.start()
+    time.sleep(0.1)
+    gate.set()
+    for th in threads:
+        th.join(timeout=10)
+    rows = {u: q for users, queries in got for u, q in zip(users, queries or [None] * len(users), strict=True)}
+    assert rows == {0: "q0", 1: None, 2: "q2", 3: None}

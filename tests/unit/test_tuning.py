@@ -31,7 +31,7 @@ from training.tuning import (
     tune,
     validation_figures,
 )
-from training.tuning_space import given_params, space_for, suggest
+from training.tuning_space import SECOND_GUESSES, given_params, second_guesses, space_for, suggest
 
 CPU = torch.device("cpu")
 FAST = {"dim": 8, "epochs": 6, "batch_size": 256, "patience": 10}
@@ -218,3 +218,23 @@ def test_report_page_draws_the_trials_front() -> None:
     assert page.count('data-series="kept: trial 0"') == 2  # legend and point
     assert '<tr data-trial="4" data-state="pruned">' in page and "★" in page
     assert pareto_front([]) == () and tuning_front_chart(ModelView(id="m", report=QualityReport.model_validate(sample_report(1)))) is None
+
+
+def test_unkd_studies_try_the_second_default_right_after_the_first(tiny_dataset: Dataset, tmp_path: Path) -> None:
+    from training.defaults import density_decay
+
+    cfg = DistillConfig(method="unkd", dim=8)
+    auto = density_decay(tiny_dataset.csr("train"))
+    (guess,) = second_guesses(cfg, auto)
+    assert guess == {**given_params(cfg), "lr": 0.01, "lambda_kd": 3.0, "decay": auto}
+    assert second_guesses(DistillConfig(method="none"), auto) == []
+    assert second_guesses(TeacherConfig(), auto) == []
+    assert set(SECOND_GUESSES) == {"unkd"}
+
+    def never(*_: object) -> ModelArtifact:
+        raise AssertionError("no trial runs in this test")
+
+    setup = StudySetup(tiny_dataset, cfg, TuneOptions(trials=4), never, tmp_path / "w")
+    study = open_study(setup, InMemoryStorage(), "s")
+    waiting = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [given_params(setup.base), guess]

@@ -1,0 +1,135 @@
+"""Filtered and vector rows of a loaded bundle against brute force, on every path of the
+width rule: the widened search, the exact scan of a small allow-list, the exact scan after
+a search that came up short, and an approximate index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from bundle_fixtures import make_bundle, make_dataset
+
+from service.core.bundle_format import BundleError, build_bundle
+from service.serving.bundle import ServingBundle, load_bundle
+from service.serving.filters import EXACT_SCAN_ITEMS, RowQuery, resolve_filters
+from training.checkpoint import ModelArtifact
+from training.manifest import DatasetInfo, ModelManifest
+
+faiss.omp_set_num_threads(1)
+K = 25
+
+
+def reference(b: ServingBundle, model: ModelArtifact, users: np.ndarray, banned: list[int],
+              allowed: np.ndarray | None) -> list[list[int]]:  # fmt: skip
+    """Brute-force lists in float64: seen + banned masked, only allowed items, tie rule."""
+    out = []
+    for u in users.tolist():
+        s = model.item_emb.astype(np.float64) @ model.user_emb[u].astype(np.float64)
+        s[b.seen(u)] = -np.inf
+        s[banned] = -np.inf
+        if allowed is not None:
+            s[~allowed] = -np.inf
+        order = np.lexsort((np.arange(len(s)), -s))
+        out.append([int(i) for i in order[np.isfinite(s[order])][:K]])
+    return out
+
+
+def served_lists(b: ServingBundle, users: np.ndarray, query: RowQuery) -> list[list[int]]:
+    _, items = b.recommend(users, K, True, [query] * len(users))
+    return [[int(i) for i in row if i >= 0] for row in items]
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory):
+    path, ds, model = make_bundle(tmp_path_factory.mktemp("big"), n_users=40, n_items=6000, max_seen=40, seed=3)
+    return load_bundle(path), ds, model
+
+
+@pytest.mark.parametrize(
+    "exclude, include, groups, path",
+    [
+        (range(0, 6000, 97), None, None, "search"),
+        (None, None, [3], "search"),
+        (None, None, [0, 1], "scan"),
+        ([5, 6, 7], range(0, 6000, 2), None, "scan"),  # 3000 items <= EXACT_SCAN_ITEMS
+        (None, range(1, 6000, 1), [3], "search"),  # include (5999 items) within a group
+        (None, [10, 20, 30, 40, 999_999], None, "scan"),
+    ],
+)
+def test_filtered_rows_match_brute_force(big, exclude, include, groups, path: str) -> None:
+    b, ds, model = big
+    ids = lambda r: None if r is None else [f"i{i}" for i in r]  # noqa: E731
+    filters = resolve_filters(b, ids(exclude), ids(include), groups)
+    allowed = None
+    if filters.allowed is not None:
+        allowed = np.zeros(ds.n_items, dtype=bool)
+        allowed[filters.allowed.idx] = True
+    users = np.arange(ds.n_users)
+    scans = b.exact_scans
+    got = served_lists(b, users, filters.query())
+    assert got == reference(b, model, users, filters.banned.tolist(), allowed)
+    assert all(len(row) == K for row in got) or include is not None
+    if path == "search" and (filters.allowed is None or len(filters.allowed.idx) > EXACT_SCAN_ITEMS):
+        assert b.exact_scans == scans
+    if path == "scan":
+        assert b.exact_scans == scans + len(users)
+
+
+def test_a_search_that_comes_up_short_is_finished_by_an_exact_scan(tmp_path: Path) -> None:
+    # Tail items get tiny vectors: a tail-only shelf's widened search finds only head items.
+    ds = make_dataset(n_users=20, n_items=6000, max_seen=40, seed=4)
+    rng = np.random.default_rng(4)
+    item_emb = rng.standard_normal((ds.n_items, 8)).astype(np.float32)
+    tail = ds.groups(4) == 3
+    item_emb[tail] *= 1e-3
+    model = ModelArtifact(user_emb=rng.standard_normal((ds.n_users, 8)).astype(np.float32), item_emb=item_emb,
+                          manifest=ModelManifest(kind="student", model="mf", dim=8,
+                                                 dataset=DatasetInfo(fingerprint=ds.fingerprint)))  # fmt: skip
+    build_bundle(model.save(tmp_path / "model"), ds, tmp_path / "bundle", model_id="short")
+    b = load_bundle(tmp_path / "bundle")
+    filters = resolve_filters(b, None, None, [3])
+    assert filters.allowed is not None and len(filters.allowed.idx) > EXACT_SCAN_ITEMS  # searched first
+    users = np.arange(ds.n_users)
+    got = served_lists(b, users, filters.query())
+    assert got == reference(b, model, users, [], tail)
+    assert all(len(row) == K for row in got)
+    assert b.exact_scans == len(users)  # every row came up short and was scanned
+
+
+def test_approximate_index_with_filters_and_a_vector_query(tmp_path: Path) -> None:
+    path, ds, model = make_bundle(tmp_path, factory="IVF16,Flat", n_users=30, n_items=6000, nprobe=16)
+    b = load_bundle(path, nprobe=16)  # every list probed: exact, and item_emb is a memory map
+    users = np.arange(ds.n_users)
+    for groups in ([3], [0]):
+        filters = resolve_filters(b, ["i1", "i2"], None, groups)
+        allowed = np.isin(b.groups, groups)
+        assert served_lists(b, users, filters.query()) == reference(b, model, users, [1, 2], allowed)
+    # a folded-in history searches like a user vector, without the user's seen items
+    history = b.seen(0)
+    _, items = b.recommend(np.array([-1]), K, False, [RowQuery(history, None, history)])
+    u = b.fold_in(history).astype(np.float64)
+    s = model.item_emb.astype(np.float64) @ u
+    s[history] = -np.inf
+    assert items[0].tolist() == np.lexsort((np.arange(len(s)), -s))[:K].tolist()
+
+
+def test_format_1_bundle_still_loads_and_counts_popularity_from_seen_items(tmp_path: Path) -> None:
+    path, ds, _ = make_bundle(tmp_path)
+    fresh = load_bundle(path)
+    assert fresh.popularity_source == "bundle"
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["files"]["item_popularity.npy"]
+    (path / "item_popularity.npy").unlink()
+    (path / "meta.json").write_text(json.dumps({**meta, "format_version": 2}))
+    with pytest.raises(BundleError, match="no checksum for item_popularity.npy"):
+        load_bundle(path)
+    (path / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
+    old = load_bundle(path)
+    assert old.popularity_source == "seen items"
+    np.testing.assert_array_equal(old.item_popularity, ds.popularity())
+    none = np.zeros(0, dtype=np.int64)
+    for kind in ("popular", "debiased"):
+        np.testing.assert_array_equal(old.fallback(kind, 12, none, None)[1], fresh.fallback(kind, 12, none, None)[1])
