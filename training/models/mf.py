@@ -12,8 +12,9 @@ from training.models.lookup import EmbeddingLookup, Lookup
 # Up to this many parameters, dense gradients and plain Adam are faster than sparse ones and
 # SparseAdam (Amazon-Beauty, dim 10, 345k parameters: a UnKD epoch 0.55-0.80 s against
 # 1.0-1.07 s), and as accurate (plain BPR-10 test NDCG@20 0.0446 against 0.0445). Above it,
-# a dense step's cost grows with the whole table while a sparse one's stays O(batch x d).
-DENSE_MAX_PARAMS = 2_000_000
+# a dense step's cost grows with the whole table while a sparse one's stays O(batch x d);
+# bench/scale.py's 100k x 50k table at dim 10 (1.5 M) stays sparse, as measured there.
+DENSE_MAX_PARAMS = 1_000_000
 
 
 class MF(Ranker):
