@@ -226,14 +226,14 @@ def check(name: str, res: dict[str, Any]) -> tuple[list[str], list[str]]:
             f"ALS-100 {als100.mean:.4f} (target >= 0.98)")
     if "our BPR-10 (plain)" in rows:
         plain = rows["our BPR-10 (plain)"]
-        win = " (beyond 2 SE)" if beyond_2se(plain, bpr10) else " (within 2 SE)"
+        win = " (difference beyond 2 SE)" if beyond_2se(plain, bpr10) else " (difference within 2 SE)"
         verdict(plain.mean >= bpr10.mean, f"T2 plain {plain.mean:.4f} vs implicit BPR-10 {bpr10.mean:.4f}{win}")
     if "our UNKD-10" in rows:
         unkd = rows["our UNKD-10"]
         ratio = unkd.mean / als10.mean
         verdict(ratio >= 0.95 and unkd.head_share < als10.head_share and unkd.head_share < teacher.head_share,
                 f"T3 UnKD-10 {unkd.mean:.4f} = {ratio:.3f} x ALS-10 {als10.mean:.4f} (target >= 0.95"
-                f"{', beyond 2 SE' if beyond_2se(unkd, als10) else ', within 2 SE'}); head share "
+                f"{'; difference beyond 2 SE' if beyond_2se(unkd, als10) else '; difference within 2 SE'}); head share "
                 f"{unkd.head_share:.3f} vs ALS-10 {als10.head_share:.3f} and teacher {teacher.head_share:.3f}")  # fmt: skip
         if name == "amazon-beauty" and unkd.trial_seconds:
             per = sum(unkd.trial_seconds) / len(unkd.trial_seconds)

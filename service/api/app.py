@@ -22,6 +22,7 @@ from service.api.routes import datasets, jobs, models, ops, reports
 from service.core.config import Settings, get_settings
 from service.core.queue import make_celery
 from service.core.registry import Registry
+from service.serving import item_routes
 from service.serving import routes as serving_routes
 from service.serving.index_store import IndexStore
 
@@ -117,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
     install_error_handlers(app)
-    for router in (datasets.router, jobs.router, models.router, serving_routes.router, ops.router,
-                   reports.router):  # fmt: skip
+    for router in (datasets.router, jobs.router, models.router, serving_routes.router,
+                   item_routes.router, ops.router, reports.router):  # fmt: skip
         app.include_router(router)
     return app

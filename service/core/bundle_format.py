@@ -10,7 +10,12 @@ One directory per published model version, written atomically:
     user_ids.npy       (n_users,) unicode     external ids (no pickle)
     item_ids.npy       (n_items,) unicode
     groups.npy         (n_items,) int32       popularity group, 0 = head
+    item_popularity.npy (n_items,) int64      training interactions per item (format 2+;
+                                              the popular and debiased fallbacks rank by it)
     meta.json          model_id, d, metric, factory, sizes, created_at, sha256 of every file
+
+Format 1 bundles (no item_popularity.npy) still load: `BundleFiles.optional` lacks the
+array and the reader counts the same numbers from the seen matrix (every training pair).
 
 Imports faiss, numpy and training's artifact helpers only (no FastAPI, no serving code):
 the worker builds bundles with it, the API reads them with it (service.serving.bundle).
@@ -21,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,10 +44,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_FILE = "items.faiss"
 META_FILE = "meta.json"
 ARRAY_FILES = ("user_emb", "seen_indptr", "seen_indices", "user_ids", "item_ids", "groups")
+# Arrays added after format 1: read, and checksummed, when the bundle lists them.
+OPTIONAL_ARRAY_FILES = ("item_popularity",)
 EXACT_FACTORY = "Flat"
 VALIDATION_USERS = 256
 VALIDATION_K = 10
@@ -197,6 +204,7 @@ def build_bundle(
         "user_ids": dataset.user_ids.astype(str),
         "item_ids": dataset.item_ids.astype(str),
         "groups": dataset.groups(n_groups).astype(np.int32),
+        "item_popularity": dataset.popularity().astype(np.int64),
     }
     exact = is_exact(index_factory)
     if not exact:
@@ -245,6 +253,7 @@ class BundleFiles:
     index: faiss.Index
     arrays: dict[str, np.ndarray]  # ARRAY_FILES by name
     item_emb: np.ndarray | None  # (n_items, d) float32 memory map; None for the exact index
+    optional: dict[str, np.ndarray] = field(default_factory=dict)  # OPTIONAL_ARRAY_FILES present
 
 
 def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> BundleFiles:
@@ -262,6 +271,8 @@ def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Bundle
     required = [INDEX_FILE] + [f"{n}.npy" for n in ARRAY_FILES]
     if not meta.get("exact", True):
         required.append("item_emb.npy")
+    if int(meta.get("format_version", 1)) >= 2:
+        required += [f"{n}.npy" for n in OPTIONAL_ARRAY_FILES]
     for name in required:
         if name not in files:
             raise BundleError(f"{meta_path}: no checksum for {name}")
@@ -274,9 +285,13 @@ def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Bundle
     try:
         index = faiss.read_index(str(path / INDEX_FILE))
         arrays = {n: np.load(path / f"{n}.npy", allow_pickle=False) for n in ARRAY_FILES}
+        optional = {
+            n: np.load(path / f"{n}.npy", allow_pickle=False)
+            for n in OPTIONAL_ARRAY_FILES if f"{n}.npy" in files
+        }  # fmt: skip
         item_emb = None
         if not meta.get("exact", True):
-            # mmap: only the rare exact fallback reads it, so it costs no resident memory
+            # mmap: only exact scans, fold-in and similar items read it, so it costs no resident memory
             item_emb = np.load(path / "item_emb.npy", mmap_mode="r", allow_pickle=False)
     except (RuntimeError, ValueError, OSError) as exc:
         raise BundleError(f"{path}: cannot read bundle files ({exc})") from exc
@@ -288,6 +303,7 @@ def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Bundle
         "user_ids length": (len(arrays["user_ids"]), n_users),
         "item_ids length": (len(arrays["item_ids"]), n_items),
         "groups length": (len(arrays["groups"]), n_items),
+        **{f"{n} length": (len(a), n_items) for n, a in optional.items()},
     }
     for what, (got, want) in checks.items():
         if got != want:
@@ -300,4 +316,4 @@ def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Bundle
             "%s: searched with nprobe=%d ef_search=%d, below the nprobe=%s ef_search=%s its recall "
             "was validated with", path, nprobe, ef_search, meta.get("nprobe"), meta.get("ef_search"),
         )  # fmt: skip
-    return BundleFiles(path, meta, index, arrays, item_emb)
+    return BundleFiles(path, meta, index, arrays, item_emb, optional)

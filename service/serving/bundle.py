@@ -1,9 +1,15 @@
 """The loaded serving bundle: top-k search for batches of users, seen-item filtering,
-and the JSON text of an answer. The on-disk format is service.core.bundle_format.
+filtered and vector queries (service.serving.filters), and the JSON text of an answer.
+The on-disk format is service.core.bundle_format.
+
+Every list follows the tie rule of service.serving.ranking (equal scores, lower item index
+first), the rule of the quality reports.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import cached_property
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
@@ -12,6 +18,19 @@ import numpy as np
 
 from service.core.bundle_format import BundleFiles, read_bundle
 from service.serving.coalescer import Coalescer
+from service.serving.fallback import PopularityTable
+from service.serving.fallback import candidates as fallback_candidates
+from service.serving.fallback import debiased as debiased_list
+from service.serving.fallback import popular as popular_list
+from service.serving.filters import (
+    EXACT_SCAN_ITEMS,
+    Allowed,
+    RowQuery,
+    qualifying_hits,
+    search_width,
+)
+from service.serving.foldin import FOLD_IN_LAMBDA, fold_in, mean_sq_norm
+from service.serving.ranking import exact_topk, inner_products, padded, settle_hits
 
 # Users who saw more items than this are scored by the exact fallback instead of widening
 # the faiss search of the whole batch to k + their history (one heavy user would make
@@ -55,22 +74,48 @@ class ServingBundle:
         self.seen_indices = arrays["seen_indices"].astype(np.int64)  # (n_train,)
         self.item_ids: np.ndarray = arrays["item_ids"]  # (n_items,) str
         self.groups = arrays["groups"].astype(np.int64)  # (n_items,)
+        self.n_groups = int(meta.get("n_groups", int(self.groups.max(initial=0)) + 1))
+        # Training interactions per item: written at publish since bundle format 2; a format-1
+        # bundle holds the same counts as its seen matrix (every training pair), so count them.
+        pop = files.optional.get("item_popularity")
+        self.popularity_source = "bundle" if pop is not None else "seen items"
+        self.item_popularity = (
+            np.asarray(pop, dtype=np.int64) if pop is not None
+            else np.bincount(self.seen_indices, minlength=self.n_items).astype(np.int64)
+        )  # fmt: skip
         if item_emb is None:  # exact: the flat index already holds the vectors, view them
             flat = faiss.downcast_index(index)  # IndexFlatIP
             xb = faiss.rev_swig_ptr(flat.get_xb(), self.n_items * index.d)  # type: ignore[attr-defined]
             item_emb = xb.reshape(self.n_items, index.d)
-        self.item_emb = item_emb  # (n_items, d) float32, for the exact fallback
+        self.item_emb = item_emb  # (n_items, d) float32, for exact scans and fold-in
         # Built once at load so a request does a dict lookup and string concatenation only.
         self._user_index = {uid: i for i, uid in enumerate(arrays["user_ids"].tolist())}
-        # Concurrent single-user requests share one batched search (see service.serving.coalescer).
+        self._item_index = {iid: i for i, iid in enumerate(self.item_ids.tolist())}
+        # Concurrent single-row requests share one batched search (see service.serving.coalescer).
         self._coalescer = Coalescer(self.recommend)
         self._item_json_head = [
             f'{{"item_id":{encode_basestring_ascii(iid)},"group":{g},"score":'
             for iid, g in zip(self.item_ids.tolist(), self.groups.tolist(), strict=True)
         ]
+        # Fallbacks answer on the event loop (no search): their popularity order is sorted here,
+        # when the bundle loads off the request path, not by the first request.
+        self.popularity = PopularityTable.build(self.item_popularity, self.groups, self.n_groups)
+        self._group_allowed: dict[tuple[int, ...], Allowed | None] = {}
+        self.exact_scans = 0  # rows scored over every candidate (statistics, read by tests)
 
+    # -- ids, groups, filters -------------------------------------------------------------
     def user_index(self, external_id: str) -> int | None:
         return self._user_index.get(external_id)
+
+    def item_index(self, external_id: str) -> int | None:
+        return self._item_index.get(external_id)
+
+    def item_indices(self, external_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """(m,) int64 indices of the known ids, in request order, and the unknown ids."""
+        lookup = self._item_index
+        found = [lookup.get(i) for i in external_ids]
+        known = np.array([i for i in found if i is not None], dtype=np.int64)
+        return known, [e for e, i in zip(external_ids, found, strict=True) if i is None]
 
     def item_external(self, idx: int | np.ndarray) -> str | np.ndarray:
         if isinstance(idx, np.ndarray):
@@ -82,19 +127,99 @@ class ServingBundle:
             return self.groups[idx]
         return int(self.groups[idx])
 
+    def allowed_groups(self, groups: tuple[int, ...]) -> Allowed | None:
+        """The allow-list of some popularity groups (None when that is every group); cached,
+        since there are only 2^G of them."""
+        if groups not in self._group_allowed:
+            if len(groups) == self.n_groups:
+                self._group_allowed[groups] = None
+            else:
+                mask = np.isin(self.groups, groups)
+                idx = np.flatnonzero(mask)
+                self._group_allowed[groups] = Allowed(
+                    idx, mask if len(idx) > EXACT_SCAN_ITEMS else None, groups
+                )
+        return self._group_allowed[groups]
+
+    def allowed_items(self, include: np.ndarray, groups: tuple[int, ...] | None) -> Allowed:
+        """The allow-list of an include list (sorted unique indices), within `groups` if given."""
+        if groups is not None and len(groups) < self.n_groups:
+            include = include[np.isin(self.groups[include], groups)]
+        mask = None
+        if len(include) > EXACT_SCAN_ITEMS:
+            mask = np.zeros(self.n_items, dtype=bool)
+            mask[include] = True
+        return Allowed(include, mask, groups or tuple(range(self.n_groups)), include)
+
     def seen(self, user_idx: int) -> np.ndarray:
         """(n_seen,) int64 training items of one user, sorted."""
         return self.seen_indices[self.seen_indptr[user_idx] : self.seen_indptr[user_idx + 1]]
 
-    def recommend(self, user_idx: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items for a batch of users with one faiss search.
+    # -- built on first use, on the search thread --------------------------------------------
+    @cached_property
+    def fold_in_lambda(self) -> float:
+        """FOLD_IN_LAMBDA in this model's units (mean squared item norm), on first use."""
+        return FOLD_IN_LAMBDA * max(mean_sq_norm(self.item_emb), 1e-12)
 
-        The search asks for k + the largest seen count in the batch, so dropping seen items
-        still leaves k per row; rows that come up short (an approximate index returned
-        fewer, or the user's history exceeds SEEN_SEARCH_BUDGET) are rescored exactly.
+    @cached_property
+    def _cosine(self) -> tuple[np.ndarray, faiss.IndexFlatIP]:
+        """Unit-norm item vectors and an exact inner-product index over them (similar items).
+
+        One more (n_items, d) float32 copy, built on the first similar-items request; a
+        zero vector stays zero (cosine 0 with everything).
+        """
+        emb = np.asarray(self.item_emb, dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", emb, emb))
+        unit = np.ascontiguousarray(emb / np.where(norms > 0, norms, 1.0)[:, None], dtype=np.float32)
+        index = faiss.IndexFlatIP(unit.shape[1])
+        index.add(unit)
+        return unit, index
+
+    def fallback(self, kind: str, k: int, banned: np.ndarray, allowed: Allowed | None) -> tuple[np.ndarray, np.ndarray]:
+        """A list for a user the model does not know (service.serving.fallback).
 
         Args:
-            user_idx: (n,) int internal user indices.
+            kind: "popular" or "debiased".
+            banned: sorted int64 items never returned.
+        Returns:
+            (k,) float32 scores (each item's share of training interactions) and (k,) int64
+            items, padded like `recommend`.
+        """
+        table = self.popularity
+        groups = allowed.groups if allowed is not None else tuple(range(self.n_groups))
+        include = allowed.include if allowed is not None else None
+        per_group = fallback_candidates(table, self.groups, k, banned, groups, include)
+        if kind == "popular":
+            items = popular_list(table, per_group, k)
+        elif kind == "debiased":
+            items = debiased_list(table, per_group, groups, k)
+        else:
+            raise ValueError(f"fallback={kind!r}: expected 'popular' or 'debiased'")
+        out_s, out_i = padded(k)
+        out_s[: len(items)], out_i[: len(items)] = table.share[items], items
+        return out_s, out_i
+
+    def fold_in(self, history: np.ndarray) -> np.ndarray:
+        """(d,) float32 user vector of a history of item indices (service.serving.foldin)."""
+        return fold_in(self.item_emb, history, self.fold_in_lambda)
+
+    # -- search -----------------------------------------------------------------------------
+    def recommend(
+        self,
+        user_idx: np.ndarray,
+        k: int,
+        exclude_seen: bool,
+        queries: Sequence[RowQuery | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items for a batch of rows: users, optionally with filters or their own query.
+
+        Plain rows (no RowQuery) share one faiss search asking for k + 1 + the largest seen
+        count in the batch; rows with a RowQuery are searched as wide as their filters need
+        (service.serving.filters.search_width) or scored exactly.
+
+        Args:
+            user_idx: (n,) int internal user indices; -1 for a row whose RowQuery has a vector.
+            queries: None, or one RowQuery or None per row.
         Returns:
             scores (n, k) float32 best first, item_idx (n, k) int64; rows with fewer than k
             candidates are padded with -inf / -1.
@@ -105,57 +230,159 @@ class ServingBundle:
         out_items = np.full((n, k), -1, dtype=np.int64)
         if n == 0 or k <= 0:
             return out_scores, out_items
+        if queries is None:
+            self._plain_rows(users, list(range(n)), k, exclude_seen, out_scores, out_items)
+            return out_scores, out_items
+        plain = [row for row, q in enumerate(queries) if q is None]
+        if plain:
+            self._plain_rows(users, plain, k, exclude_seen, out_scores, out_items)
+        filtered = [(row, q) for row, q in enumerate(queries) if q is not None]
+        if filtered:
+            self._query_rows(users, filtered, k, exclude_seen, out_scores, out_items)
+        return out_scores, out_items
+
+    def _plain_rows(
+        self, users: list[int], rows: list[int], k: int, exclude_seen: bool,
+        out_scores: np.ndarray, out_items: np.ndarray,
+    ) -> None:  # fmt: skip
+        """The hot path: one search for the rows, seen items dropped in plain Python.
+
+        The search reaches one item beyond k + the row's seen count, so a row whose hits hold
+        no equal scores is exact as faiss ordered it; a row with equal scores among its hits
+        (rare outside tied embeddings) is settled by the tie rule in numpy.
+        """
         indptr = self.seen_indptr
-        bounds = [(int(indptr[u]), int(indptr[u + 1])) if exclude_seen else (0, 0) for u in users]
-        light = [row for row, (s, e) in enumerate(bounds) if e - s <= SEEN_SEARCH_BUDGET]
-        short = [row for row, (s, e) in enumerate(bounds) if e - s > SEEN_SEARCH_BUDGET]
+        bounds = [(int(indptr[users[r]]), int(indptr[users[r] + 1])) if exclude_seen else (0, 0) for r in rows]
+        light = [j for j, (s, e) in enumerate(bounds) if e - s <= SEEN_SEARCH_BUDGET]
+        short = [rows[j] for j, (s, e) in enumerate(bounds) if e - s > SEEN_SEARCH_BUDGET]
         if light:
-            k_search = min(self.n_items, k + max(bounds[row][1] - bounds[row][0] for row in light))
-            rows = users if len(light) == n else [users[row] for row in light]
-            scores, items = self.index.search(self.user_emb[rows], k_search)  # (m, k_search)
-            for j, row in enumerate(light):
+            k_search = min(self.n_items, k + 1 + max(bounds[j][1] - bounds[j][0] for j in light))
+            sub = [users[rows[j]] for j in light]
+            scores, items = self.index.search(self.user_emb[sub], k_search)  # (m, k_search)
+            # Equal scores among real hits (-1 padding of an approximate index aside): one numpy
+            # pass per batch finds the rows that need the tie rule.
+            tied = ((scores[:, 1:] == scores[:, :-1]) & (items[:, 1:] >= 0)).any(axis=1).tolist()
+            searched_all = k_search >= self.n_items
+            for m, j in enumerate(light):
+                row = rows[j]
+                s, e = bounds[j]
+                if tied[m]:  # rare outside tied embeddings: settled by the tie rule in numpy
+                    ok = ~np.isin(items[m], self.seen_indices[s:e])
+                    settled = settle_hits(scores[m], items[m], ok, k, searched_all)
+                    if settled is None:
+                        short.append(row)
+                    else:
+                        out_scores[row], out_items[row] = settled
+                    continue
                 # Per-row filtering in plain Python: for the ~k + |seen| hits of a row a set
                 # lookup costs a few microseconds, less than the fixed cost of numpy calls.
-                s, e = bounds[row]
-                hits = items[j].tolist()
+                hits = items[m].tolist()
                 if e > s:
                     seen = set(self.seen_indices[s:e].tolist())
                     keep = [c for c, i in enumerate(hits) if i >= 0 and i not in seen][:k]
                 else:
                     keep = [c for c, i in enumerate(hits[:k]) if i >= 0]
-                out_items[row, : len(keep)] = items[j, keep]
-                out_scores[row, : len(keep)] = scores[j, keep]
+                out_items[row, : len(keep)] = items[m, keep]
+                out_scores[row, : len(keep)] = scores[m, keep]
                 if len(keep) < min(k, self.n_items - (e - s)):
                     short.append(row)
-        for row in short:  # rare: heavy users, or an approximate index that came up short
-            out_scores[row], out_items[row] = self._exact_row(users[row], k, exclude_seen)
-        return out_scores, out_items
+        for row in short:  # rare: heavy users, ties at the cut, an approximate index came up short
+            u = users[row]
+            banned = self.seen(u) if exclude_seen else None
+            out_scores[row], out_items[row] = self._scan(self.user_emb[u], banned, None, k, cosine=False)
 
-    def recommend_one(self, user_idx: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """`recommend` for one user, batched with whatever other requests overlap it.
+    def _query_rows(
+        self, users: list[int], rows: list[tuple[int, RowQuery]], k: int, exclude_seen: bool,
+        out_scores: np.ndarray, out_items: np.ndarray,
+    ) -> None:  # fmt: skip
+        """Rows with filters or their own query vector: a search per (space, width), or a scan."""
+        plans: dict[tuple[bool, int], list[tuple[int, int, np.ndarray, np.ndarray, RowQuery]]] = {}
+        scans = []
+        for row, q in rows:
+            u = users[row]
+            vec = self._row_vector(u, q)
+            banned = q.banned
+            if exclude_seen and q.history is None and q.item is None:
+                banned = np.union1d(self.seen(u), banned)
+            allowed = None if q.allowed is None else len(q.allowed.idx)
+            width = search_width(self.n_items, k, len(banned), allowed)
+            if width is None:
+                scans.append((row, vec, banned, q))
+                continue
+            # Rows share a search when their widths fall in one bucket (< 128, where heaps cost
+            # about the same, then 128-511 and 512-2047): a narrow row never pays much for the
+            # heap of a wide one.
+            bucket = max(0, width.bit_length() - 6) // 2
+            plans.setdefault((q.item is not None, bucket), []).append((row, width, vec, banned, q))
+        for (cosine, _), plan in plans.items():
+            index = self._cosine[1] if cosine else self.index
+            width = max(p[1] for p in plan)
+            xq = np.ascontiguousarray(np.stack([p[2] for p in plan]), dtype=np.float32)
+            scores, items = index.search(xq, width)  # (m, width)
+            searched_all = width >= self.n_items
+            for m, (row, _, vec, banned, q) in enumerate(plan):
+                ok = qualifying_hits(items[m], banned, q.allowed)
+                settled = settle_hits(scores[m], items[m], ok, k, searched_all)
+                if settled is None:  # came up short, or a tie at the k-th score may lie beyond
+                    scans.append((row, vec, banned, q))
+                else:
+                    out_scores[row], out_items[row] = settled
+        for row, vec, banned, q in scans:
+            out_scores[row], out_items[row] = self._scan(vec, banned, q.allowed, k, q.item is not None)
+
+    def _row_vector(self, user: int, q: RowQuery) -> np.ndarray:
+        """(d,) float32 query of a row: a folded-in history, an item's unit vector, or the user's."""
+        if q.history is not None:
+            return self.fold_in(q.history)
+        if q.item is not None:
+            return self._cosine[0][q.item]
+        return self.user_emb[user]
+
+    def _scan(
+        self, vec: np.ndarray, banned: np.ndarray | None, allowed: Allowed | None, k: int, cosine: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of one query over the allowed items minus the banned ones.
+
+        Args:
+            vec: (d,) float32 query.
+            banned: sorted int64 items never returned, or None.
+        Returns:
+            (k,) scores and (k,) items by the tie rule, padded with -inf / -1.
+        """
+        self.exact_scans += 1
+        emb = self._cosine[0] if cosine else self.item_emb
+        if allowed is not None and len(allowed.idx) == 0:
+            return padded(k)
+        if allowed is not None and (allowed.mask is None or 4 * len(allowed.idx) <= self.n_items):
+            cand: np.ndarray | None = allowed.idx
+            scores = inner_products(np.asarray(emb[allowed.idx], dtype=np.float32), vec)  # (|A|,)
+            if banned is not None and len(banned):
+                pos = np.minimum(np.searchsorted(allowed.idx, banned), len(allowed.idx) - 1)
+                scores[pos[allowed.idx[pos] == banned]] = -np.inf
+        else:
+            cand = None
+            scores = inner_products(emb, vec)  # (n_items,)
+            if allowed is not None and allowed.mask is not None:
+                scores[~allowed.mask] = -np.inf
+            if banned is not None and len(banned):
+                scores[banned] = -np.inf
+        return exact_topk(scores, cand, k)
+
+    def recommend_one(
+        self, user_idx: int, k: int, exclude_seen: bool, query: RowQuery | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`recommend` for one row, batched with whatever other requests overlap it.
 
         Returns:
             (k,) float32 scores and (k,) int64 items, padded like `recommend`.
         """
-        return self._coalescer.one(int(user_idx), k, exclude_seen)
+        return self._coalescer.one(int(user_idx), k, exclude_seen, query)
 
-    async def recommend_one_async(self, user_idx: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    async def recommend_one_async(
+        self, user_idx: int, k: int, exclude_seen: bool, query: RowQuery | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`recommend_one` for the event loop: awaits the search thread, never blocks on faiss."""
-        return await self._coalescer.one_async(int(user_idx), k, exclude_seen)
-
-    def _exact_row(self, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Brute-force top-k for one user over every item: (k,) scores and (k,) items."""
-        scores = np.asarray(self.item_emb @ self.user_emb[user], dtype=np.float32)  # (n_items,)
-        if exclude_seen:
-            scores[self.seen(user)] = -np.inf
-        kk = min(k, self.n_items)
-        top = np.argpartition(-scores, kk - 1)[:kk]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        top = top[np.isfinite(scores[top])]
-        out_s = np.full(k, -np.inf, dtype=np.float32)
-        out_i = np.full(k, -1, dtype=np.int64)
-        out_s[: len(top)], out_i[: len(top)] = scores[top], top
-        return out_s, out_i
+        return await self._coalescer.one_async(int(user_idx), k, exclude_seen, query)
 
     def items_json(self, scores: np.ndarray, items: np.ndarray) -> str:
         """One result row as a JSON array of {"item_id", "group", "score"}; -1 slots dropped.

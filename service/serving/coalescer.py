@@ -6,7 +6,9 @@ items cost about 0.8 ms each as a batch against 9 ms alone (dim 10: 0.23 against
 Under load, requests that arrive while a search runs are answered together by the next one.
 
 One search thread per coalescer: callers append to a pending list; the thread takes all of
-it, runs one batch per (k, exclude_seen), and hands results back. Async callers
+it, runs one batch per (k, exclude_seen), and hands results back. A request may carry an
+opaque per-row query (filters, or a query vector of its own: service.serving.filters); the
+batch function gets one per row, or None when no row of the batch has one. Async callers
 (`one_async`, the HTTP route) await a future resolved on their event loop with a single
 `call_soon_threadsafe` per batch, so a request costs no threadpool hop and the loop never
 waits on faiss; blocking callers (`one`) wait on an event. Requests the loop parses in one
@@ -23,28 +25,31 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-BatchFn = Callable[[np.ndarray, int, bool], tuple[np.ndarray, np.ndarray]]
+# (users (n,) int64, k, exclude_seen, one query or None per row | None) -> (scores, items) (n, k)
+BatchFn = Callable[[np.ndarray, int, bool, "list[Any] | None"], tuple[np.ndarray, np.ndarray]]
 
 
 class _Pending:
     """One caller's request; exactly one of `future` (async caller) or `done` (blocking) is set."""
 
-    __slots__ = ("user", "k", "exclude_seen", "loop", "future", "done", "scores", "items", "error")
+    __slots__ = ("user", "k", "exclude_seen", "query", "loop", "future", "done", "scores", "items", "error")
 
     def __init__(
         self,
         user: int,
         k: int,
         exclude_seen: bool,
+        query: Any = None,
         loop: asyncio.AbstractEventLoop | None = None,
         future: asyncio.Future[None] | None = None,
     ) -> None:
-        self.user, self.k, self.exclude_seen = user, k, exclude_seen
+        self.user, self.k, self.exclude_seen, self.query = user, k, exclude_seen, query
         self.loop, self.future = loop, future
         self.done = threading.Event() if future is None else None
         self.scores: np.ndarray | None = None  # (k,) float32
@@ -70,7 +75,8 @@ class Coalescer:
     """Merges concurrent `one` / `one_async` calls into `batch_fn` calls on a search thread.
 
     Args:
-        batch_fn: (users (n,) int64, k, exclude_seen) -> (scores (n, k), items (n, k)).
+        batch_fn: (users (n,) int64, k, exclude_seen, queries) -> (scores (n, k), items (n, k));
+            queries is one query (or None) per row, or None when no row has one.
         max_batch: most requests answered by one call (bounds a batch's latency).
         idle_s: the search thread exits after this long without requests.
     """
@@ -85,18 +91,20 @@ class Coalescer:
         self.batches = 0  # statistics, read by tests and the benchmark
         self.requests = 0
 
-    def one(self, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    def one(self, user: int, k: int, exclude_seen: bool, query: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for one user, blocking: (k,) float32 scores and (k,) int64 items."""
-        req = _Pending(user, k, exclude_seen)
+        req = _Pending(user, k, exclude_seen, query)
         self._submit(req)
         assert req.done is not None
         req.done.wait()
         return req.result()
 
-    async def one_async(self, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    async def one_async(
+        self, user: int, k: int, exclude_seen: bool, query: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`one` for a coroutine: the event loop keeps serving while the search runs."""
         loop = asyncio.get_running_loop()
-        req = _Pending(user, k, exclude_seen, loop, loop.create_future())
+        req = _Pending(user, k, exclude_seen, query, loop, loop.create_future())
         self._submit(req)
         assert req.future is not None
         await req.future
@@ -133,8 +141,9 @@ class Coalescer:
             groups.setdefault((req.k, req.exclude_seen), []).append(req)
         for (k, exclude_seen), reqs in groups.items():
             users = np.fromiter((r.user for r in reqs), dtype=np.int64, count=len(reqs))
+            queries = [r.query for r in reqs] if any(r.query is not None for r in reqs) else None
             try:
-                scores, items = self._batch_fn(users, k, exclude_seen)
+                scores, items = self._batch_fn(users, k, exclude_seen, queries)
             except BaseException as exc:  # every request of the failed batch gets the error
                 for r in reqs:
                     r.error = exc

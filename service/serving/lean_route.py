@@ -11,10 +11,12 @@ endpoint still runs in the threadpool, an `async def` one is awaited on the even
 
 Only endpoints that fit are accepted (checked at startup, not per request): an optional
 `Request` parameter, `str` path parameters (any convertor, `{name:path}` included: the
-value arrives as the router matched it), query parameters of type int,
-float, bool or str (optionally `| None`), no body, headers, cookies or dependencies, and a
-`Response` as the return value. Bad query values raise RequestValidationError with
-FastAPI's error shape, so clients see the usual 422 body.
+value arrives as the router matched it), query parameters of type int, float, bool, str or
+a Literal of strings, or lists of str or int (repeated parameters: `?exclude=a&exclude=b`),
+each optionally `| None`; no body, headers, cookies or dependencies, and a `Response` as
+the return value. Bad query values raise RequestValidationError with FastAPI's error shape
+(a bad list element is located by its position, as FastAPI does), so clients see the usual
+422 body.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Callable
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -63,16 +65,61 @@ def _parse_float(raw: str) -> float:
 _PARSERS: dict[Any, Callable[[str], Any]] = {int: _parse_int, float: _parse_float, bool: _parse_bool, str: str}
 
 
-def _scalar_parser(annotation: Any, where: str) -> Callable[[str], Any]:
-    """The parser for `annotation` (X or X | None with X a scalar); TypeError otherwise."""
+def _literal_parser(choices: tuple[str, ...]) -> Callable[[str], str]:
+    expected = " or ".join(", ".join(repr(c) for c in choices).rsplit(", ", 1))
+
+    def parse(raw: str) -> str:
+        if raw in choices:
+            return raw
+        raise ValueError("literal_error", f"Input should be {expected}")
+
+    return parse
+
+
+def _without_none(annotation: Any) -> Any:
     if get_origin(annotation) in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            annotation = args[0]
+            return args[0]
+    return annotation
+
+
+def _scalar_parser(annotation: Any, where: str) -> Callable[[str], Any]:
+    """The parser for `annotation` (X or X | None with X a scalar or a Literal of strings);
+    TypeError otherwise."""
+    annotation = _without_none(annotation)
+    if get_origin(annotation) is Literal and all(isinstance(a, str) for a in get_args(annotation)):
+        return _literal_parser(get_args(annotation))
     parser = _PARSERS.get(annotation)
     if parser is None:
-        raise TypeError(f"ScalarQueryRoute: {where} has type {annotation!r}; only int, float, bool, str")
+        raise TypeError(
+            f"ScalarQueryRoute: {where} has type {annotation!r}; only int, float, bool, str, "
+            "a Literal of str, list[str] or list[int]"
+        )
     return parser
+
+
+def _query_parser(annotation: Any, where: str) -> tuple[Callable[[str], Any], bool]:
+    """(parser of one value, whether the parameter is a list of such values)."""
+    bare = _without_none(annotation)
+    if get_origin(bare) is list:
+        (item,) = get_args(bare) or (Any,)
+        if item in (str, int):
+            return _PARSERS[item], True
+        raise TypeError(f"ScalarQueryRoute: {where} has type {annotation!r}; lists hold only str or int")
+    return _scalar_parser(annotation, where), False
+
+
+def _parse_list(raws: list[str], alias: str, parse: Callable[[str], Any], errors: list[dict[str, Any]]) -> list[Any]:
+    """A repeated query parameter (present at least once): every value parsed."""
+    values = []
+    for pos, raw in enumerate(raws):
+        try:
+            values.append(parse(raw))
+        except ValueError as exc:
+            kind, msg = exc.args
+            errors.append({"type": kind, "loc": ("query", alias, pos), "msg": msg, "input": raw})
+    return values
 
 
 class ScalarQueryRoute(APIRoute):
@@ -91,7 +138,7 @@ class ScalarQueryRoute(APIRoute):
                 raise TypeError(f"ScalarQueryRoute: path parameter {f.name} of {where} must be str")
         path_names = [f.name for f in dep.path_params]
         query = [
-            (f.name, f.alias, _scalar_parser(f.field_info.annotation, f"query parameter {f.name} of {where}"),
+            (f.name, f.alias, *_query_parser(f.field_info.annotation, f"query parameter {f.name} of {where}"),
              f.field_info.is_required(), f.field_info.default)
             for f in dep.query_params
         ]  # fmt: skip
@@ -101,8 +148,11 @@ class ScalarQueryRoute(APIRoute):
             kwargs: dict[str, Any] = {name: request.path_params[name] for name in path_names}
             params = request.query_params
             errors: list[dict[str, Any]] = []
-            for name, alias, parse, required, default in query:
-                raw = params.get(alias)
+            for name, alias, parse, is_list, required, default in query:
+                if is_list and (raws := params.getlist(alias)):
+                    kwargs[name] = _parse_list(raws, alias, parse, errors)
+                    continue
+                raw = None if is_list else params.get(alias)
                 if raw is None:
                     if required:
                         errors.append({"type": "missing", "loc": ("query", alias), "msg": "Field required", "input": None})

@@ -10,7 +10,11 @@ The single-user GET is `async def`: it hands the user to the bundle's search thr
 (service/serving/coalescer.py) and awaits the result, so the event loop never waits on faiss, no
 threadpool hop is paid, and requests that arrive together share one search. It uses
 ScalarQueryRoute (service/serving/lean_route.py) to skip FastAPI's per-request parameter
-introspection. The other routes are plain `def` and run in the threadpool.
+introspection. Filters (exclude, include, groups: service/serving/filters.py) travel with
+the request into the same batched search. POST by-history is `async def` on the same
+search thread (the fold-in runs there too); the batch POST and the status are plain `def`
+and run in the threadpool. An unknown user is 404 unless `fallback` asks for a popularity
+list (service/serving/fallback.py).
 
 User ids are any text, "/" included: the ASGI server decodes `%2F` before routing, so the
 single-user route takes the whole rest of the path (`{user_id:ext_id}`, never empty, so
@@ -19,18 +23,31 @@ single-user route takes the whole rest of the path (`{user_id:ext_id}`, never em
 
 from __future__ import annotations
 
+import json
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.convertors import PathConvertor, register_url_convertor
 
-from service.core.config import Settings
-from service.serving.bundle import ServingBundle
+from service.serving.answers import (
+    ERRORS,
+    ExcludeQuery,
+    GroupsQuery,
+    IncludeQuery,
+    check_k,
+    invalid,
+    recommendations_json,
+    request_filters,
+    serving_bundle,
+    settings_of,
+)
 from service.serving.index_store import IndexStore
 from service.serving.lean_route import ScalarQueryRoute
 from service.serving.schemas import (
+    Fallback,
+    HistoryRequest,
     Recommendations,
     RecommendationsBatch,
     RecommendationsBatchRequest,
@@ -48,50 +65,11 @@ class ExternalIdConvertor(PathConvertor):
 
 register_url_convertor("ext_id", ExternalIdConvertor())
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "unknown user id"},
-    409: {"description": "`model` names a model that is not the one being served"},
-    422: {"description": "k or the batch size out of range"},
-    503: {"description": "no model has been published yet"},
-}
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def _serving_bundle(request: Request, model: str | None) -> ServingBundle:
-    store: IndexStore = request.app.state.index_store
-    bundle = store.current  # read once: the whole request uses this bundle, even across a swap
-    if bundle is None:
-        raise HTTPException(
-            503, "no model is being served yet: publish one with POST /v1/models/{id}/publish"
-        )
-    if model is not None and model != bundle.model_id:
-        raise HTTPException(
-            409, f"model {model!r} is not the served model (serving {bundle.model_id!r}); publish it first"
-        )
-    return bundle
-
-
-def _check_k(k: int, max_k: int, loc: list[str]) -> None:
-    # The bound comes from Settings at run time, so it can't live in a static Query(le=...);
-    # the detail keeps FastAPI's validation-error shape so clients parse one format.
-    if not 1 <= k <= max_k:
-        raise HTTPException(
-            422,
-            [{"type": "value_error", "loc": loc, "msg": f"k must be between 1 and {max_k}", "input": k}],
-        )
-
-
-def _body(bundle: ServingBundle, user_id: str, scores: np.ndarray, items: np.ndarray) -> str:
-    """One `Recommendations` object as JSON text. scores, items: (k,) rows of recommend()."""
-    return (
-        f'{{"user_id":{encode_basestring_ascii(user_id)},'
-        f'"model_id":{encode_basestring_ascii(bundle.model_id)},'
-        f'"items":{bundle.items_json(scores, items)}}}'
-    )
+FALLBACK_DOC = (
+    "for a user the model does not know, answer 200 with this list instead of 404: `popular` "
+    "(the most popular training items) or `debiased` (k slots shared by every popularity group "
+    "in proportion to its share of training interactions, most popular first within a group)"
+)
 
 
 async def recommend_user(
@@ -100,63 +78,103 @@ async def recommend_user(
     k: int = Query(20, description="items to return, 1 .. settings.max_k"),
     exclude_seen: bool = Query(True, description="leave out the user's training items"),
     model: str | None = Query(None, description="answer only if this model is being served"),
+    exclude: ExcludeQuery = None,
+    include: IncludeQuery = None,
+    groups: GroupsQuery = None,
+    fallback: Annotated[Fallback | None, Query(description=FALLBACK_DOC, examples=["debiased"])] = None,
 ) -> Response:
-    """Top-k items for one user from the published model."""
-    _check_k(k, _settings(request).max_k, ["query", "k"])
-    bundle = _serving_bundle(request, model)
+    """Top-k items for one user from the published model, with optional filters, and a
+    fallback list for users the model does not know."""
+    check_k(k, settings_of(request).max_k, ["query", "k"])
+    bundle = serving_bundle(request, model)
     idx = bundle.user_index(user_id)
+    if idx is not None and exclude is None and include is None and groups is None:  # the hot path
+        scores, items = await bundle.recommend_one_async(idx, k, exclude_seen)
+        return Response(recommendations_json(bundle, user_id, scores, items), media_type="application/json")
+    filters = request_filters(bundle, "query", exclude, include, groups)
     if idx is None:
-        raise HTTPException(404, f"unknown user_id {user_id!r} (model {bundle.model_id})")
-    scores, items = await bundle.recommend_one_async(idx, k, exclude_seen)
-    return Response(_body(bundle, user_id, scores, items), media_type="application/json")
+        if fallback is None:
+            raise HTTPException(404, f"unknown user_id {user_id!r} (model {bundle.model_id})")
+        scores, items = bundle.fallback(fallback, k, filters.banned, filters.allowed)
+    else:
+        query = filters.query() if filters.active else None
+        scores, items = await bundle.recommend_one_async(idx, k, exclude_seen, query)
+    body = recommendations_json(bundle, user_id, scores, items, fallback=fallback if idx is None else None,
+                                unknown=filters.unknown)  # fmt: skip
+    return Response(body, media_type="application/json")
 
 
-# The hot path: ScalarQueryRoute parses k / exclude_seen / model without FastAPI's
-# per-request dependency solving; OpenAPI and error bodies stay as FastAPI makes them.
+# The hot path: ScalarQueryRoute parses the query parameters without FastAPI's per-request
+# dependency solving; OpenAPI and error bodies stay as FastAPI makes them.
 router.add_api_route(
     "/v1/recommendations/{user_id:ext_id}",
     recommend_user,
     methods=["GET"],
     response_model=Recommendations,
-    responses=_ERRORS,
+    responses=ERRORS,
     summary="Top-k items for one user",
     route_class_override=ScalarQueryRoute,
 )
 
 
 @router.post(
+    "/v1/recommendations/by-history",
+    response_model=Recommendations,
+    responses={code: doc for code, doc in ERRORS.items() if code != 404},  # unknown items: reported
+    summary="Top-k items for a visitor the model has not seen, from their history",
+)
+async def recommend_history(request: Request, req: HistoryRequest) -> Response:
+    """Fold the history into a user vector with the served item embeddings (closed-form
+    ridge, service.serving.foldin) and answer as for a known user, with `user_id` null."""
+    check_k(req.k, settings_of(request).max_k, ["body", "k"])
+    bundle = serving_bundle(request, req.model)
+    filters = request_filters(bundle, "body", req.exclude, req.include, req.groups)
+    history, missing = bundle.item_indices(req.items)
+    if len(history) == 0:
+        shown = ", ".join(repr(i) for i in missing[:10]) + (" …" if len(missing) > 10 else "")
+        raise invalid(["body", "items"], f"none of the history's item ids is in the served catalogue: {shown}",
+                      req.items)  # fmt: skip
+    history = np.unique(history)
+    query = filters.query(history=history, also_banned=history if req.exclude_seen else None)
+    scores, items = await bundle.recommend_one_async(-1, req.k, False, query)
+    unknown = {**filters.unknown, **({"items": missing} if missing else {})}
+    body = recommendations_json(bundle, None, scores, items, unknown=unknown)
+    return Response(body, media_type="application/json")
+
+
+@router.post(
     "/v1/recommendations",
     response_model=RecommendationsBatch,
-    responses=_ERRORS,
+    responses=ERRORS,
     summary="Top-k items for a batch of users",
 )
 def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Response:
-    """Top-k items for each user of a batch, with one index search for the whole batch."""
-    settings = _settings(request)
-    _check_k(req.k, settings.max_k, ["body", "k"])
+    """Top-k items for each user of a batch, with one index search for the whole batch; the
+    filters apply to every user."""
+    settings = settings_of(request)
+    check_k(req.k, settings.max_k, ["body", "k"])
     if len(req.user_ids) > settings.max_batch_users:
-        raise HTTPException(
-            422,
-            [
-                {
-                    "type": "value_error",
-                    "loc": ["body", "user_ids"],
-                    "msg": f"user_ids holds {len(req.user_ids)} users; at most {settings.max_batch_users} per request",
-                    "input": len(req.user_ids),
-                }
-            ],
+        raise invalid(
+            ["body", "user_ids"],
+            f"user_ids holds {len(req.user_ids)} users; at most {settings.max_batch_users} per request",
+            len(req.user_ids),
         )
-    bundle = _serving_bundle(request, req.model)
+    bundle = serving_bundle(request, req.model)
+    filters = request_filters(bundle, "body", req.exclude, req.include, req.groups)
     idx = [bundle.user_index(u) for u in req.user_ids]
     unknown = [u for u, i in zip(req.user_ids, idx, strict=True) if i is None]
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:10]) + (" …" if len(unknown) > 10 else "")
         raise HTTPException(404, f"unknown user_ids ({len(unknown)}): {shown} (model {bundle.model_id})")
-    scores, items = bundle.recommend(np.array(idx, dtype=np.int64), req.k, req.exclude_seen)
+    queries = [filters.query()] * len(idx) if filters.active else None
+    scores, items = bundle.recommend(np.array(idx, dtype=np.int64), req.k, req.exclude_seen, queries)
     results = ",".join(
-        _body(bundle, u, scores[row], items[row]) for row, u in enumerate(req.user_ids)
+        recommendations_json(bundle, u, scores[row], items[row]) for row, u in enumerate(req.user_ids)
     )
-    body = f'{{"model_id":{encode_basestring_ascii(bundle.model_id)},"results":[{results}]}}'
+    extra = ""
+    if filters.unknown:
+        extra = f',"unknown_items":{json.dumps(filters.unknown)}'
+    body = f'{{"model_id":{encode_basestring_ascii(bundle.model_id)}{extra},"results":[{results}]}}'
     return Response(body, media_type="application/json")
 
 

@@ -106,6 +106,34 @@ def test_teacher_distill_publish_recommend(
         seen_items = set(dataset.item_ids[train.indices[train.indptr[u]:train.indptr[u + 1]]])
         assert not set(items) & seen_items
     assert api.get("/v1/recommendations/nobody").status_code == 404
+    check_issue_10_routes(api, dataset, student_id)
+
+
+def check_issue_10_routes(api: TestClient, dataset: Dataset, student_id: str) -> None:
+    """Filters, by-history, fallbacks and similar items on the bundle the worker published."""
+    user, train = str(dataset.user_ids[0]), dataset.csr("train")
+    history = dataset.item_ids[train.indices[train.indptr[0] : train.indptr[1]]].tolist()
+    plain = [it["item_id"] for it in api.get(f"/v1/recommendations/{user}", params={"k": 5}).json()["items"]]
+    r = api.get(f"/v1/recommendations/{user}", params=[("k", 5), ("exclude", plain[0]), ("groups", 2), ("groups", 3)])
+    assert r.status_code == 200, r.text
+    filtered = r.json()["items"]
+    assert len(filtered) == 5 and plain[0] not in {it["item_id"] for it in filtered}
+    assert {it["group"] for it in filtered} <= {2, 3}
+    r = api.post("/v1/recommendations/by-history", json={"items": [*history, "never-seen"], "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["user_id"] is None and body["model_id"] == student_id and len(body["items"]) == 5
+    assert not {it["item_id"] for it in body["items"]} & set(history)
+    assert body["unknown_items"] == {"items": ["never-seen"]}
+    for fallback in ("popular", "debiased"):
+        r = api.get("/v1/recommendations/nobody", params={"fallback": fallback, "k": 5})
+        assert r.status_code == 200 and r.json()["fallback"] == fallback and len(r.json()["items"]) == 5, r.text
+    item = plain[0]
+    r = api.get(f"/v1/items/{item}/similar", params={"k": 5})
+    assert r.status_code == 200, r.text
+    similar = r.json()["items"]
+    assert len(similar) == 5 and item not in {it["item_id"] for it in similar}
+    assert all(set(it) == {"item_id", "score", "group"} for it in similar + filtered + body["items"])
 
 
 def test_cancel_running_and_queued_jobs(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
@@ -20,8 +20,8 @@ def echo(
     model: str | None = None,
     temperature: float = 1.0,
     needed: int = Query(...),
-    tags: list[str] | None = Query(None),
-    groups: list[int] | None = Query(None),
+    tags: Annotated[list[str] | None, Query()] = None,
+    groups: Annotated[list[int] | None, Query()] = None,
     mode: Literal["popular", "debiased", "other"] | None = None,
 ) -> Response:
     """Echo the parsed values."""
@@ -40,8 +40,8 @@ async def echo_async(
     model: str | None = None,
     temperature: float = 1.0,
     needed: int = Query(...),
-    tags: list[str] | None = Query(None),
-    groups: list[int] | None = Query(None),
+    tags: Annotated[list[str] | None, Query()] = None,
+    groups: Annotated[list[int] | None, Query()] = None,
     mode: Literal["popular", "debiased", "other"] | None = None,
 ) -> Response:
     """Echo the parsed values, awaited on the event loop."""

@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.serving.fallback import PopularityTable, candidates, debiased, largest_remainder, popular
+from service.serving.fallback import (
+    PopularityTable,
+    candidates,
+    debiased,
+    largest_remainder,
+    popular,
+)
 from service.serving.filters import EXACT_SCAN_ITEMS, MAX_SEARCH_WIDTH, search_width
 from service.serving.foldin import fold_in, mean_sq_norm
 from service.serving.ranking import exact_topk, settle_hits

@@ -1,0 +1,107 @@
+"""What the serving routes share: the served bundle, bounds on k, filters from a request,
+and the JSON text of an answer.
+
+Answers are JSON text assembled from per-item strings prepared when the bundle loaded
+(ServingBundle.items_json): encoding a pydantic model costs more CPU than the search. The
+routes declare the pydantic models of service.serving.schemas for OpenAPI only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import HTTPException, Query, Request
+
+from service.core.config import Settings
+from service.serving.bundle import ServingBundle
+from service.serving.filters import FilterError, Filters, resolve_filters
+from service.serving.index_store import IndexStore
+from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC
+
+# The filter parameters of the GET routes: repeated query parameters (?exclude=a&exclude=b).
+ExcludeQuery = Annotated[
+    list[str] | None, Query(description=EXCLUDE_DOC + "; repeat the parameter", examples=[["i3", "i8"]])
+]
+IncludeQuery = Annotated[
+    list[str] | None, Query(description=INCLUDE_DOC + "; repeat the parameter", examples=[["i1", "i2", "i5"]])
+]
+GroupsQuery = Annotated[
+    list[int] | None, Query(description=GROUPS_DOC + "; repeat the parameter", examples=[[2, 3]])
+]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown user id"},
+    409: {"description": "`model` names a model that is not the one being served"},
+    422: {"description": "k, the batch size, a filter (`include` with no known id, a group number "
+                         "outside 0 .. G-1) or `fallback` out of range; the detail names the field"},
+    503: {"description": "no model has been published yet"},
+}  # fmt: skip
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def serving_bundle(request: Request, model: str | None) -> ServingBundle:
+    """The bundle this request uses from start to end (a swap never changes it midway)."""
+    store: IndexStore = request.app.state.index_store
+    bundle = store.current  # read once: the whole request uses this bundle, even across a swap
+    if bundle is None:
+        raise HTTPException(
+            503, "no model is being served yet: publish one with POST /v1/models/{id}/publish"
+        )
+    if model is not None and model != bundle.model_id:
+        raise HTTPException(
+            409, f"model {model!r} is not the served model (serving {bundle.model_id!r}); publish it first"
+        )
+    return bundle
+
+
+def invalid(loc: list[str | int], msg: str, value: object) -> HTTPException:
+    """A 422 in FastAPI's validation-error shape, so clients parse one format."""
+    return HTTPException(422, [{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+
+
+def check_k(k: int, max_k: int, loc: list[str | int]) -> None:
+    # The bound comes from Settings at run time, so it can't live in a static Query(le=...).
+    if not 1 <= k <= max_k:
+        raise invalid(loc, f"k must be between 1 and {max_k}", k)
+
+
+def request_filters(
+    bundle: ServingBundle,
+    where: str,
+    exclude: Sequence[str] | None,
+    include: Sequence[str] | None,
+    groups: Sequence[int] | None,
+) -> Filters:
+    """resolve_filters, with a bad filter as a 422 located at (`where`, field)."""
+    try:
+        return resolve_filters(bundle, exclude, include, groups)
+    except FilterError as exc:
+        raise invalid([where, exc.field], exc.message, exc.value) from exc
+
+
+def recommendations_json(
+    bundle: ServingBundle,
+    user_id: str | None,
+    scores: np.ndarray,
+    items: np.ndarray,
+    *,
+    fallback: str | None = None,
+    unknown: dict[str, list[str]] | None = None,
+) -> str:
+    """One `Recommendations` object as JSON text. scores, items: (k,) rows of recommend()."""
+    head = "null" if user_id is None else encode_basestring_ascii(user_id)
+    extra = f',"fallback":"{fallback}"' if fallback is not None else ""
+    if unknown:
+        extra += f',"unknown_items":{json.dumps(unknown)}'
+    return (
+        f'{{"user_id":{head},"model_id":{encode_basestring_ascii(bundle.model_id)}{extra},'
+        f'"items":{bundle.items_json(scores, items)}}}'
+    )
