@@ -64,6 +64,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings(args)
+    exposure = settings.exposure_error(args.host)
+    if exposure:  # secure by default: no open API beyond loopback unless asked for
+        print(f"error: {exposure}", file=sys.stderr)
+        return 2
     if not settings.redis_url:
         print("error: UNKD_REDIS_URL is not set (the API needs Redis; `unkd up` starts one)",
               file=sys.stderr)  # fmt: skip

@@ -23,7 +23,14 @@ from pydantic import ValidationError
 from service.core.bundle_format import BundleError, build_bundle, read_bundle
 from service.core.config import Settings
 from service.core.queue import DISTILL, PUBLISH, TASK_BY_KIND, TRAIN_TEACHER, queue_for, settings_of
-from service.core.registry import ActiveModel, JobRecord, ModelRecord, Registry
+from service.core.registry import (
+    GatePolicy,
+    JobRecord,
+    ModelRecord,
+    PublishEntry,
+    PublishGateError,
+    Registry,
+)
 from training import pipelines
 from training.budget import check_distill, check_teacher
 from training.checkpoint import ModelArtifact
@@ -41,7 +48,7 @@ logger = logging.getLogger(__name__)
 # Retrying cannot fix these: the same input fails the same way.
 DETERMINISTIC: tuple[type[BaseException], ...] = (
     ValueError, LookupError, TrainingDivergedError, BundleError, FileNotFoundError,
-    PermissionError,
+    PermissionError, PublishGateError,
 )  # fmt: skip
 # Infrastructure hiccups: worth a retry with backoff.
 TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -160,7 +167,7 @@ def _distill_body(ctx: JobContext) -> str:
         )  # fmt: skip
     _register(ctx, artifact, dataset_id=dataset_id, teacher_id=teacher.id)
     ctx.saved_model_id = ctx.model_id
-    if params.get("publish"):
+    if params.get("publish"):  # a gated publish (PublishGateError) fails the job, keeps the model
         try:
             publish_model(ctx, ctx.model_id)
         except BundleError as exc:
@@ -168,9 +175,23 @@ def _distill_body(ctx: JobContext) -> str:
     return ctx.model_id
 
 
-def publish_model(ctx: JobContext, model_id: str) -> ActiveModel:
-    """Build the serving bundle, load it back to validate, then move the active pointer."""
+def publish_model(ctx: JobContext, model_id: str) -> PublishEntry:
+    """Check the publish gate, build the serving bundle, load it back to validate, then
+    move the active pointer and record the publish in the history.
+
+    The job's params may carry `force` (skip the gate), `gate_policy` (the API's policy at
+    submission; else this worker's settings) and `key_name` (who asked, for the history).
+    """
     settings = ctx.settings
+    params = ctx.job.params
+    force = bool(params.get("force", False))
+    raw_policy = params.get("gate_policy")
+    policy = GatePolicy.model_validate(raw_policy) if raw_policy else GatePolicy.of(settings)
+    # Checked here, not only at submission: the served model may have changed since.
+    checks = ctx.registry.gate_checks(model_id, policy)
+    failed = [c for c in checks if c.passed is False]
+    if failed and not force:
+        raise PublishGateError(model_id, failed)
     model = ctx.registry.get_model(model_id)
     dataset_id = str(model.lineage.dataset_id)
     bundle_dir = settings.bundles_dir.resolve() / f"{model_id}-{ctx.job.id[:8]}"
@@ -182,10 +203,14 @@ def publish_model(ctx: JobContext, model_id: str) -> ActiveModel:
             ef_search=settings.hnsw_ef_search,
         )  # fmt: skip
     read_bundle(bundle_dir, nprobe=settings.nprobe, ef_search=settings.hnsw_ef_search)
-    active = ActiveModel(model_id=model_id, bundle_dir=str(bundle_dir))
-    ctx.registry.set_active(active)
-    logger.info("job %s: published model %s from %s", ctx.job.id, model_id, bundle_dir)
-    return active
+    key_name = params.get("key_name")
+    entry = ctx.registry.record_publish(PublishEntry(
+        model_id=model_id, bundle_dir=str(bundle_dir), key_name=str(key_name) if key_name else None,
+        forced=force, job_id=ctx.job.id, gate=checks,
+    ))  # fmt: skip
+    logger.info("job %s: published model %s from %s%s", ctx.job.id, model_id, bundle_dir,
+                " (publish gate forced)" if force and failed else "")  # fmt: skip
+    return entry
 
 
 def _publish_body(ctx: JobContext) -> str:

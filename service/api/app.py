@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.api.prometheus import MetricsMiddleware, ServiceMetrics
-from service.api.routes import datasets, jobs, models, ops, reports
+from service.api.routes import datasets, jobs, models, ops, publishing, reports
 from service.core.config import Settings, get_settings
 from service.core.queue import make_celery
 from service.core.registry import Registry
@@ -119,6 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
     install_error_handlers(app)
     for router in (datasets.router, jobs.router, models.router, serving_routes.router,
-                   item_routes.router, ops.router, reports.router):  # fmt: skip
+                   publishing.router, item_routes.router, ops.router, reports.router):  # fmt: skip
         app.include_router(router)
     return app

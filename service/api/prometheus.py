@@ -3,7 +3,8 @@
 - unkd_http_request_duration_seconds{method, route}: latency histogram per route template
   (unmatched paths share route="<unmatched>", so a scan cannot blow up the label space).
 - unkd_http_requests_total{method, route, status}
-- unkd_auth_failures_total{reason}: requests refused for a missing or wrong API key.
+- unkd_auth_failures_total{reason}: requests refused for a missing or wrong API key (missing,
+  invalid) or a key whose role is below the route's (role).
 - unkd_jobs_submitted_total{kind}: jobs this process accepted.
 - unkd_jobs_total{kind, status} and unkd_jobs{status}: read from the Redis registry at
   scrape time, so they count the work of every worker, not just this process.
@@ -82,7 +83,7 @@ class ServiceMetrics:
             ["method", "route", "status"], registry=self.registry,
         )  # fmt: skip
         self.auth_failures = Counter(
-            "unkd_auth_failures", "requests refused for a missing or wrong API key",
+            "unkd_auth_failures", "requests refused: missing or wrong API key, or a role too low",
             ["reason"], registry=self.registry,
         )  # fmt: skip
         self.jobs_submitted = Counter(

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.core.records import (
     DatasetRecord,
+    GatePolicy,
     JobKind,
     JobProgress,
     JobRecord,
@@ -20,6 +21,7 @@ from service.core.records import (
     JobTimings,
     ModelInfo,
     ModelRecord,
+    PublishEntry,
 )
 from training.config import DistillConfig, TeacherConfig, TuneOptions
 from training.manifest import QualityReport as QualityReport  # GET /v1/models/{id}/report
@@ -130,10 +132,18 @@ class DistillJobRequest(DistillConfig):
 
     kind: Literal["distill"]
     teacher_id: Id
-    publish: bool = Field(False, description="publish the student when the job succeeds")
+    publish: bool = Field(False, description="publish the student when the job succeeds (an admin key)")
+    force: bool = Field(False, description="with publish: publish even if the publish gate refuses")
     tune: TuneOptions | None = Field(
         None, description="tune on the validation split: {'trials': N} (docs/tuning.md)"
     )
+
+    @field_validator("force")
+    @classmethod
+    def _force_needs_publish(cls, force: bool, info: ValidationInfo) -> bool:
+        if force and not info.data.get("publish"):
+            raise ValueError("only with publish: true (it overrides the publish gate)")
+        return force
 
 
 JobRequest = Annotated[TeacherJobRequest | DistillJobRequest, Field(discriminator="kind")]
@@ -186,6 +196,31 @@ class ModelOut(ModelInfo):
 
 class ModelList(BaseModel):
     items: list[ModelOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class PublishRequest(_Forbid):
+    """Optional body of POST /v1/models/{id}/publish: override the publish gate."""
+
+    force: bool = Field(False, description="publish even if the gate refuses (recorded in the history)")
+    max_head_share_ratio: float | None = Field(
+        None, gt=0, le=100, description="this publish only: a student's head_share@20 at most this x its teacher's"
+    )
+    min_ndcg_ratio: float | None = Field(
+        None, ge=0, le=100, description="this publish only: ndcg@20 at least this x the served model's"
+    )
+
+    def policy(self, default: GatePolicy) -> GatePolicy:
+        """`default` (from Settings) with this request's thresholds."""
+        update = {k: v for k, v in (("max_head_share_ratio", self.max_head_share_ratio),
+                                    ("min_ndcg_ratio", self.min_ndcg_ratio)) if v is not None}  # fmt: skip
+        return default.model_copy(update=update)
+
+
+class PublishHistory(BaseModel):
+    items: list[PublishEntry] = Field(description="publishes and rollbacks, newest first")
     total: int
     limit: int
     offset: int

@@ -5,24 +5,92 @@ A leaf module: imports nothing from the project, so worker and service both use 
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Role = Literal["read", "write", "admin"]
+ROLES: tuple[Role, ...] = ("read", "write", "admin")  # each allows what the ones before it do
+_KEY_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One configured key: who holds it (`name`, what logs and the publish history show),
+    what it may do (`role`), and the secret itself, kept out of repr."""
+
+    name: str
+    role: Role
+    key: str = field(repr=False)
+
+
+def parse_key_entry(entry: str, position: int, where: str) -> ApiKey:
+    """`name:role:key`, or a plain `key` (an admin named `key<position>`, the pre-role form).
+
+    Raises ValueError naming `where` (UNKD_API_KEYS or the keys file and line) and the
+    reason, never the key.
+    """
+    parts = entry.split(":")
+    if len(parts) == 1:
+        name, role, key = f"key{position}", "admin", entry
+    elif len(parts) == 3:
+        name, role, key = (p.strip() for p in parts)
+        if not _KEY_NAME.match(name):
+            raise ValueError(f"{where}: key name {name!r} must match {_KEY_NAME.pattern}")
+        if role not in ROLES:
+            raise ValueError(f"{where}: key {name!r} has role {role!r}; expected one of {', '.join(ROLES)}")
+    else:
+        raise ValueError(f"{where}: expected 'name:role:key' or a plain key, got {len(parts) - 1} ':'")
+    if len(key) < 8:
+        raise ValueError(f"{where}: each API key needs at least 8 characters")
+    return ApiKey(name, role, key)  # type: ignore[arg-type]
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses; a name or an empty host is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UNKD_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused UNKD_API_KEYS must not print the keys it holds
+    model_config = SettingsConfigDict(env_prefix="UNKD_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)
 
     redis_url: str | None = Field(
         None, description="redis://… or rediss://…; unset: `unkd up` starts a local Redis itself"
     )
     data_dir: Path = Field(Path("data"), description="datasets, models, serving bundles, local Redis")
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="comma-separated; when set, mutating endpoints need one"
+        default_factory=list,
+        description="comma-separated 'name:role:key' (role read|write|admin) or plain keys "
+        "(admins); when set, mutating endpoints need one",
     )
+    api_keys_file: Path | None = Field(
+        None, description="a file of keys, one 'name:role:key' (or plain key) per line, # comments"
+    )
+    allow_open: bool = Field(
+        False, description="let `unkd api` / `unkd up` listen beyond loopback without API keys"
+    )
+    publish_gate: bool = Field(True, description="check the publish gate before a model is served")
+    gate_max_head_share_ratio: float = Field(
+        1.0, gt=0, le=100,
+        description="gate: a student's head_share@20 at most this x its teacher's",
+    )  # fmt: skip
+    gate_min_ndcg_ratio: float = Field(
+        0.9, ge=0, le=100,
+        description="gate: a model's ndcg@20 at least this x the served model's (same dataset)",
+    )  # fmt: skip
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="worker training device; auto: CUDA when torch sees a GPU"
     )
@@ -89,11 +157,52 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys")
     @classmethod
-    def _keys_long_enough(cls, keys: list[str]) -> list[str]:
-        for k in keys:
-            if len(k) < 8:
-                raise ValueError("each API key needs at least 8 characters")
-        return keys
+    def _keys_well_formed(cls, entries: list[str]) -> list[str]:
+        for i, entry in enumerate(entries, 1):
+            parse_key_entry(entry, i, f"UNKD_API_KEYS entry {i}")
+        return entries
+
+    @field_validator("api_keys_file", mode="before")
+    @classmethod
+    def _empty_file_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    _keys: list[ApiKey] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _load_keys(self) -> Settings:
+        keys = [parse_key_entry(e, i, f"UNKD_API_KEYS entry {i}") for i, e in enumerate(self.api_keys, 1)]
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"UNKD_API_KEYS_FILE={str(self.api_keys_file)!r}: cannot read it "
+                                 f"({type(exc).__name__})") from None  # fmt: skip
+            for n, line in enumerate(lines, 1):
+                entry = line.strip()
+                if entry and not entry.startswith("#"):
+                    where = f"UNKD_API_KEYS_FILE line {n}"
+                    keys.append(parse_key_entry(entry, len(keys) + 1, where))
+        names = [k.name for k in keys]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"api_keys: key name {name!r} is used twice")
+        if len({k.key for k in keys}) != len(keys):
+            raise ValueError("api_keys: the same key is configured twice")
+        self._keys = keys
+        return self
+
+    @property
+    def keys(self) -> list[ApiKey]:
+        """Every configured key (UNKD_API_KEYS, then UNKD_API_KEYS_FILE); empty: no auth."""
+        return list(self._keys)
+
+    def exposure_error(self, host: str) -> str | None:
+        """Why listening on `host` is refused (beyond loopback without keys), or None."""
+        if self._keys or self.allow_open or is_loopback(host):
+            return None
+        return (f"refusing to listen on {host or 'every interface'} without API keys: set "
+                "UNKD_API_KEYS (or UNKD_API_KEYS_FILE), or UNKD_ALLOW_OPEN=1 to serve without keys")  # fmt: skip
 
     @property
     def datasets_dir(self) -> Path:

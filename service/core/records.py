@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from service.core.config import Settings
 from training.manifest import Lineage, ModelKind, ModelManifest, QualityReport
 
 JobKind = Literal["teacher", "distill", "publish"]
@@ -141,3 +142,109 @@ class ActiveModel(BaseModel):
     model_id: str
     bundle_dir: str
     published_at: datetime = Field(default_factory=utcnow)
+
+
+# -- publishing: the gate and the history ----------------------------------------------------
+
+GATE_K = HEADLINE_K  # the gate reads the headline @20 figures of the models' reports
+
+
+class GatePolicy(BaseModel):
+    """The publish gate: Settings give the default, a publish request may tighten or loosen
+    it (and `force` skips it, recorded in the history)."""
+
+    enabled: bool = True
+    max_head_share_ratio: float = Field(1.0, gt=0, le=100, description=(
+        "a student's head_share@20 at most this x its teacher's"))  # fmt: skip
+    min_ndcg_ratio: float = Field(0.9, ge=0, le=100, description=(
+        "a model's ndcg@20 at least this x the served model's (same dataset)"))  # fmt: skip
+
+    @classmethod
+    def of(cls, settings: Settings) -> GatePolicy:
+        """The default policy: UNKD_PUBLISH_GATE and UNKD_GATE_* settings."""
+        return cls(enabled=settings.publish_gate, max_head_share_ratio=settings.gate_max_head_share_ratio,
+                   min_ndcg_ratio=settings.gate_min_ndcg_ratio)  # fmt: skip
+
+
+class GateCheck(BaseModel):
+    """One rule of the gate on one publish: passed True/False, or None when not checked."""
+
+    rule: Literal["head_share", "ndcg"]
+    passed: bool | None
+    detail: str
+
+
+class PublishGateError(ConflictError):
+    """The gate refused the publish (409); the message has the rule, the figures, the way out."""
+
+    def __init__(self, model_id: str, failed: list[GateCheck]) -> None:
+        self.checks = failed
+        reason = ("publish gate refused it: " + "; ".join(c.detail for c in failed)
+                  + ". Publish anyway with {\"force\": true} in the publish body (an admin key; "
+                  "recorded in the publish history), or change the policy (UNKD_PUBLISH_GATE, "
+                  "UNKD_GATE_MAX_HEAD_SHARE_RATIO, UNKD_GATE_MIN_NDCG_RATIO)")  # fmt: skip
+        super().__init__("model_id", model_id, reason)
+
+
+def _figure(model: ModelRecord, name: str) -> float | None:
+    value = model.metrics.get(f"{name}@{GATE_K}")
+    return float(value) if value is not None else None
+
+
+def evaluate_gate(candidate: ModelRecord, *, teacher: ModelRecord | None, served: ModelRecord | None,
+                  policy: GatePolicy) -> list[GateCheck]:  # fmt: skip
+    """The gate's rules for publishing `candidate`, each with its figures.
+
+    head_share: a student's head_share@20 <= max_head_share_ratio x its teacher's.
+    ndcg: ndcg@20 >= min_ndcg_ratio x the served model's, when another model trained on the
+    same dataset is served (NDCG of different test splits is not comparable). A rule whose
+    figures are missing from the reports is not checked (passed None), and says why.
+    """
+    if not policy.enabled:
+        return []
+    k, checks = GATE_K, []
+    if candidate.kind == "student":
+        mine = _figure(candidate, "head_share")
+        theirs = _figure(teacher, "head_share") if teacher is not None else None
+        if teacher is None or mine is None or theirs is None:
+            who = f"teacher {candidate.lineage.teacher_id}" if teacher is None else teacher.id
+            checks.append(GateCheck(rule="head_share", passed=None, detail=(
+                f"head_share@{k} not checked: no figure for {candidate.id if mine is None else who}")))  # fmt: skip
+        else:
+            limit = policy.max_head_share_ratio * theirs
+            ok = mine <= limit + 1e-12
+            checks.append(GateCheck(rule="head_share", passed=ok, detail=(
+                f"head_share@{k} of {candidate.id} is {mine:.4f}, {'within' if ok else 'above'} "
+                f"{policy.max_head_share_ratio:g} x its teacher {teacher.id}'s {theirs:.4f} = {limit:.4f}")))  # fmt: skip
+    if served is not None and served.id != candidate.id:
+        if served.lineage.dataset_id != candidate.lineage.dataset_id:
+            checks.append(GateCheck(rule="ndcg", passed=None, detail=(
+                f"ndcg@{k} not checked: served model {served.id} was trained on dataset "
+                f"{served.lineage.dataset_id}, {candidate.id} on {candidate.lineage.dataset_id}")))  # fmt: skip
+        else:
+            mine, theirs = _figure(candidate, "ndcg"), _figure(served, "ndcg")
+            if mine is None or theirs is None:
+                checks.append(GateCheck(rule="ndcg", passed=None, detail=(
+                    f"ndcg@{k} not checked: no figure for {candidate.id if mine is None else served.id}")))  # fmt: skip
+            else:
+                floor = policy.min_ndcg_ratio * theirs
+                ok = mine >= floor - 1e-12
+                checks.append(GateCheck(rule="ndcg", passed=ok, detail=(
+                    f"ndcg@{k} of {candidate.id} is {mine:.4f}, {'at least' if ok else 'below'} "
+                    f"{policy.min_ndcg_ratio:g} x the served {served.id}'s {theirs:.4f} = {floor:.4f}")))  # fmt: skip
+    return checks
+
+
+class PublishEntry(BaseModel):
+    """One line of the publish history: a publish or a rollback that made a model the served
+    one. `key_name` names the API key that asked (never the key); None when keys are off."""
+
+    model_id: str
+    bundle_dir: str
+    published_at: datetime = Field(default_factory=utcnow)
+    action: Literal["publish", "rollback"] = "publish"
+    key_name: str | None = None
+    forced: bool = Field(False, description="the publish gate was overridden with force")
+    previous_model_id: str | None = Field(None, description="the model served before this one")
+    job_id: str | None = None
+    gate: list[GateCheck] = Field(default_factory=list, description="the rules checked and their figures")

@@ -10,6 +10,8 @@ transaction, so a worker's progress write can never undo the API's cancel reques
     unkd:job:<id>      unkd:jobs                job records
     unkd:jobs:status:<status>, unkd:jobs:kind:<kind>   job indexes for filtered listing
     unkd:stats:jobs                             hash "<kind>:<status>" -> jobs that reached it
+    unkd:serving:active, unkd:serving:history    the served model, and every publish/rollback
+                                                that set it (a list, newest first)
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from service.core.records import (
     ActiveModel,
     ConflictError,
     DatasetRecord,
+    GateCheck,
+    GatePolicy,
     JobKind,
     JobProgress,
     JobRecord,
@@ -36,13 +40,16 @@ from service.core.records import (
     JobTimings,
     ModelRecord,
     NotFoundError,
+    PublishEntry,
+    PublishGateError,
+    evaluate_gate,
     utcnow,
 )
 
 __all__ = [
     "JOB_KINDS", "JOB_STATES", "TERMINAL", "ActiveModel", "ConflictError", "DatasetRecord",
-    "JobKind", "JobProgress", "JobRecord", "JobState", "JobTimings", "ModelRecord", "NotFoundError",
-    "Registry", "utcnow",
+    "GateCheck", "GatePolicy", "JobKind", "JobProgress", "JobRecord", "JobState", "JobTimings",
+    "ModelRecord", "NotFoundError", "PublishEntry", "PublishGateError", "Registry", "utcnow",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -164,6 +171,78 @@ class Registry:
         pipe.set(keys.ACTIVE_MODEL, payload)
         pipe.publish(keys.SERVING_EVENTS, payload)
         pipe.execute()
+
+    def record_publish(self, entry: PublishEntry, *, expect_active: str | None = None) -> PublishEntry:
+        """Make `entry`'s model the served one: move the pointer, add the entry to the
+        history (with the model it replaces as `previous_model_id`) and tell every API
+        process, in one WATCH/MULTI transaction.
+
+        Args:
+            expect_active: when given, the model that must still be served (a rollback
+                chose its target from it); otherwise ConflictError and nothing changes.
+        """
+
+        def txn(pipe: redis.client.Pipeline) -> PublishEntry:
+            raw = pipe.get(keys.ACTIVE_MODEL)
+            current = ActiveModel.model_validate_json(raw) if raw is not None else None
+            current_id = current.model_id if current is not None else None
+            if expect_active is not None and current_id != expect_active:
+                raise ConflictError("model_id", entry.model_id, (
+                    f"the served model changed meanwhile ({expect_active} -> {current_id}); nothing rolled back"))  # fmt: skip
+            recorded = entry.model_copy(update={"previous_model_id": current_id})
+            pointer = ActiveModel(model_id=recorded.model_id, bundle_dir=recorded.bundle_dir,
+                                  published_at=recorded.published_at).model_dump_json()  # fmt: skip
+            pipe.multi()
+            pipe.set(keys.ACTIVE_MODEL, pointer)
+            pipe.lpush(keys.PUBLISH_HISTORY, recorded.model_dump_json())
+            pipe.ltrim(keys.PUBLISH_HISTORY, 0, keys.PUBLISH_HISTORY_MAX - 1)
+            pipe.publish(keys.SERVING_EVENTS, pointer)
+            return recorded
+
+        result = self.redis.transaction(txn, keys.ACTIVE_MODEL, value_from_callable=True)  # type: ignore[arg-type]
+        if not isinstance(result, PublishEntry):
+            raise TypeError(f"publish of {entry.model_id}: transaction returned {type(result).__name__}")
+        return result
+
+    def publish_history(self, *, limit: int = 50, offset: int = 0) -> tuple[list[PublishEntry], int]:
+        """Publishes and rollbacks, newest first."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lrange(keys.PUBLISH_HISTORY, offset, offset + limit - 1)
+        pipe.llen(keys.PUBLISH_HISTORY)
+        raws, total = pipe.execute()
+        return [PublishEntry.model_validate_json(raw) for raw in raws], int(total)
+
+    def rollback_target(self) -> tuple[PublishEntry, str] | None:
+        """The newest history entry of a model other than the served one, and the served
+        model's id; None when nothing is served or the history holds no other model."""
+        active = self.get_active()
+        if active is None:
+            return None
+        raws = self.redis.lrange(keys.PUBLISH_HISTORY, 0, -1)
+        for raw in raws:
+            entry = PublishEntry.model_validate_json(raw)
+            if entry.model_id != active.model_id:
+                return entry, active.model_id
+        return None
+
+    def gate_checks(self, model_id: str, policy: GatePolicy) -> list[GateCheck]:
+        """The publish gate's rules for `model_id`, from the headline figures of the
+        registered models (the candidate, its teacher, the served model)."""
+        candidate = self.get_model(model_id)
+        teacher_id = candidate.lineage.teacher_id
+        teacher = self.get_model(teacher_id) if teacher_id and self.has_model(teacher_id) else None
+        active = self.get_active()
+        served = (self.get_model(active.model_id)
+                  if active is not None and self.has_model(active.model_id) else None)  # fmt: skip
+        return evaluate_gate(candidate, teacher=teacher, served=served, policy=policy)
+
+    def enforce_gate(self, model_id: str, policy: GatePolicy) -> list[GateCheck]:
+        """gate_checks, raising PublishGateError (409) when a rule failed."""
+        checks = self.gate_checks(model_id, policy)
+        failed = [c for c in checks if c.passed is False]
+        if failed:
+            raise PublishGateError(model_id, failed)
+        return checks
 
     def claim_publish(self, model_id: str, job_id: str, ttl_s: int) -> str | None:
         """Mark `model_id` as being published by `job_id`; returns the job already doing it.

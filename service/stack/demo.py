@@ -174,7 +174,11 @@ def run_demo(settings: Settings, *, data_dir: str | None, port: int, keep: bool)
     stack = LocalStack(settings, port=port or free_port(), data_dir=root, log_dir=root / "logs")
     # The page outlives a temporary data directory, which is removed at the end.
     report_path = root / "compare.html" if data_dir or keep else Path(tempfile.gettempdir()) / f"{root.name}-compare.html"
-    headers = {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
+    admin = next((k.key for k in settings.keys if k.role == "admin"), None)  # the demo publishes
+    if settings.keys and admin is None:
+        print("error: the demo publishes a model: UNKD_API_KEYS needs a key with role admin", file=sys.stderr)
+        return 2
+    headers = {"Authorization": f"Bearer {admin}"} if admin else {}
     print(f"starting the local stack in {root} (logs in {root / 'logs'}) ...", flush=True)
     code = 1
     previous = signal.signal(signal.SIGTERM, _interrupt)

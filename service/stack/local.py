@@ -126,7 +126,14 @@ class LocalStack:
         return proc
 
     def start(self) -> LocalStack:
-        """Start what is missing and return once the API answers /healthz."""
+        """Start what is missing and return once the API answers /healthz.
+
+        Raises RuntimeError before starting anything when the API would listen beyond
+        loopback without API keys (and UNKD_ALLOW_OPEN is not set).
+        """
+        exposure = self.settings.exposure_error(self.host)
+        if exposure:
+            raise RuntimeError(exposure)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             if self.redis_url is None:

@@ -74,7 +74,8 @@ def test_teacher_distill_publish_recommend(
 
     student, _ = run_to_end(api, {"kind": "distill", "teacher_id": teacher_id, "method": "unkd",
                                   "dim": 8, "epochs": 4, "batch_size": 256, "publish": True,
-                                  "unkd": {"pairs_per_user": 8, "top_l": 50}})  # fmt: skip
+                                  # 4 epochs: the publish gate may refuse so undertrained a student
+                                  "force": True, "unkd": {"pairs_per_user": 8, "top_l": 50}})  # fmt: skip
     assert student["status"] == "succeeded", student
     student_id = student["model_id"]
 
@@ -91,6 +92,9 @@ def test_teacher_distill_publish_recommend(
         time.sleep(0.1)
     assert api.get("/readyz").status_code == 200
     assert api.get(f"/v1/models/{student_id}").json()["active"] is True
+    latest = api.get("/v1/serving/history").json()["items"][0]  # the worker recorded the publish
+    assert latest["model_id"] == student_id and latest["forced"] is True
+    assert latest["job_id"] == student["id"] and latest["action"] == "publish"
 
     dataset = Dataset.load(e2e_settings.datasets_dir / dataset_id)
     train = dataset.csr("train")

@@ -137,3 +137,19 @@ def test_dockerignore_keeps_the_context_small() -> None:
     for copied in ("training", "worker", "service", "pyproject.toml", "README.md"):
         assert copied not in ignored
     assert not any(ln.startswith("!") for ln in ignored)
+
+
+def test_compose_is_secure_by_default(compose) -> None:
+    """The API listens on 0.0.0.0 in its container, so compose must give it keys (an admin
+    among them: the defaults must work for local use) and Flower a password."""
+    raw = env_of(compose, "api")["UNKD_API_KEYS"]
+    m = DEFAULT.match(raw)
+    assert m is not None and m.group("default"), "UNKD_API_KEYS needs a documented default"
+    settings = Settings.model_validate({"api_keys": m.group("default")})
+    assert any(k.role == "admin" for k in settings.keys)
+    assert settings.exposure_error("0.0.0.0") is None  # `unkd api --host 0.0.0.0` starts
+    assert Settings().exposure_error("0.0.0.0") is not None  # ... and would not without keys
+    flower = compose["services"]["flower"]["command"]
+    (auth,) = [a for a in flower if a.startswith("--basic-auth=")]
+    m = DEFAULT.match(auth.removeprefix("--basic-auth="))
+    assert m is not None and m.group("name") == "FLOWER_BASIC_AUTH" and ":" in (m.group("default") or "")

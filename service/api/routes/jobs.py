@@ -16,7 +16,7 @@ from celery import Celery
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from kombu.exceptions import OperationalError
 
-from service.api.auth import WriteAccess
+from service.api.auth import WriteAccess, WriteCaller, forbidden
 from service.api.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
 from service.api.errors import ServiceUnavailableError
 from service.api.prometheus import ServiceMetrics
@@ -32,7 +32,7 @@ from service.api.schemas import (
 )
 from service.core.config import Settings
 from service.core.queue import TASK_BY_KIND, queue_for
-from service.core.registry import DatasetRecord, JobKind, JobRecord, JobState, Registry
+from service.core.registry import DatasetRecord, GatePolicy, JobKind, JobRecord, JobState, Registry
 from training.budget import EASETooLargeError, MemoryBudgetError, check_distill, check_teacher
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def _teacher_job(req: TeacherJobRequest, registry: Registry, settings: Settings)
     )  # fmt: skip
 
 
-def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings) -> JobRecord:
+def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings,
+                 key_name: str | None) -> JobRecord:  # fmt: skip
     teacher = registry.get_model(req.teacher_id, field="teacher_id")  # 404 naming teacher_id
     if teacher.kind != "teacher":
         raise HTTPException(
@@ -121,13 +122,17 @@ def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings)
         limit = settings.max_job_memory_mb * 2**20
         _within_budget(lambda: check_distill(users, items, req, teacher.dim, limit, teacher.model))
     job_id = new_job_id()
-    config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish", "tune"})
+    config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish", "force", "tune"})
     params: dict[str, Any] = {
         "teacher_id": req.teacher_id,
         "dataset_id": teacher.lineage.dataset_id,
         "config": config,
         "publish": req.publish,
     }
+    if req.publish:  # for the worker's publish step: the gate as set now, who asked
+        params["gate_policy"] = GatePolicy.of(settings).model_dump(mode="json")
+        params["key_name"] = key_name
+        params["force"] = req.force
     if req.tune is not None:
         params["tune"] = req.tune.model_dump(mode="json")
     return JobRecord(
@@ -136,7 +141,7 @@ def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings)
     )  # fmt: skip
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteAccess])
+@router.post("", status_code=status.HTTP_202_ACCEPTED)
 def create_job(
     req: Annotated[JobRequest, Body()],
     response: Response,
@@ -144,12 +149,19 @@ def create_job(
     celery_app: CeleryDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    caller: WriteCaller,
 ) -> JobAccepted:
-    """Submit a job: {"kind": "teacher", "dataset_id", ...} or {"kind": "distill", "teacher_id", ...}."""
+    """Submit a job: {"kind": "teacher", "dataset_id", ...} or {"kind": "distill", "teacher_id", ...}.
+
+    A distill job with "publish": true publishes, so it needs an admin key; its student
+    meets the publish gate when the worker publishes it (its figures exist only then)."""
     if isinstance(req, TeacherJobRequest):
         job = _teacher_job(req, registry, settings)
     else:
-        job = _distill_job(req, registry, settings)
+        if req.publish and not caller.allows("admin"):
+            metrics.auth_failures.labels(reason="role").inc()
+            raise forbidden(caller, "admin", 'a distill job with "publish": true')
+        job = _distill_job(req, registry, settings, caller.name)
     return submit(job, registry=registry, celery_app=celery_app, settings=settings,
                   metrics=metrics, response=response)  # fmt: skip
 

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response, status
 
-from service.api.auth import WriteAccess
+from service.api.auth import AdminCaller
 from service.api.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
 from service.api.routes.jobs import new_job_id, submit
-from service.api.schemas import MAX_OFFSET, Id, JobAccepted, ModelList, ModelOut, QualityReport
-from service.core.registry import ConflictError, JobRecord, NotFoundError
+from service.api.schemas import (
+    MAX_OFFSET,
+    Id,
+    JobAccepted,
+    ModelList,
+    ModelOut,
+    PublishRequest,
+    QualityReport,
+)
+from service.core.registry import ConflictError, GatePolicy, JobRecord, NotFoundError
 from training.errors import DataError
 from training.manifest import NO_EMBEDDINGS, read_report
 
@@ -56,7 +65,8 @@ def get_report(model_id: Id, registry: RegistryDep) -> QualityReport:
         raise RuntimeError(f"model {model_id}: unreadable quality report") from exc
 
 
-@router.post("/{model_id}/publish", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteAccess])
+@router.post("/{model_id}/publish", status_code=status.HTTP_202_ACCEPTED,
+             responses={409: {"description": "the publish gate refused it, or a publish is running"}})  # fmt: skip
 def publish_model(
     model_id: Id,
     response: Response,
@@ -64,16 +74,25 @@ def publish_model(
     celery_app: CeleryDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    caller: AdminCaller,
+    req: Annotated[PublishRequest | None, Body()] = None,
 ) -> JobAccepted:
-    """Publish a model: build its serving bundle, then move the active pointer (a job)."""
+    """Publish a model (an admin key): check the publish gate, then a job builds its serving
+    bundle and moves the active pointer; `{"force": true}` overrides the gate."""
+    req = req or PublishRequest()
     model = registry.get_model(model_id)  # 404 naming model_id
     if model.model == "ease":  # nothing to index: refused before a job is queued
         raise ConflictError("model_id", model_id, NO_EMBEDDINGS)
+    policy = req.policy(GatePolicy.of(settings))
+    if not req.force:  # 409 with the rule and the figures; the worker checks again
+        registry.enforce_gate(model_id, policy)
     job_id = new_job_id()
     holder = registry.claim_publish(model_id, job_id, ttl_s=settings.job_soft_time_limit_s)
     if holder is not None:
         raise ConflictError("model_id", model_id, f"already being published by job {holder}")
-    job = JobRecord(id=job_id, kind="publish", params={"model_id": model_id})
+    params = {"model_id": model_id, "force": req.force, "key_name": caller.name,
+              "gate_policy": policy.model_dump(mode="json")}  # fmt: skip
+    job = JobRecord(id=job_id, kind="publish", params=params)
     try:
         return submit(job, registry=registry, celery_app=celery_app, settings=settings,
                       metrics=metrics, response=response)  # fmt: skip
