@@ -133,7 +133,7 @@ def train_teacher(
 
 # The ALS fits a warm start chooses from, by validation NDCG@20: ALS's best regularization at
 # a student's size differs by orders of magnitude between datasets (ALS-10 on MovieLens-100K:
-# 0.01 and alpha 1 beat the teacher defaults 100 and 40 by 14 %; docs/quality.md).
+# 0.01 and alpha 1 beat the teacher defaults 100 and 40 by 13 %; docs/quality.md).
 WARM_START_GRID: tuple[tuple[float, float], ...] = (
     (0.01, 1.0), (0.01, 10.0), (1.0, 10.0), (100.0, 40.0),
 )  # fmt: skip
