@@ -8,9 +8,15 @@ index beside it) over a synthetic catalogue (default 100,000 items):
      JSON body: requests/s and server CPU time per request (t_floor) at 16 connections;
   3. the endpoint GET /v1/recommendations/{user}?k=20&exclude_seen=true for random known
      users: requests/s and p50/p99 at 16 connections, and p50/p99 at 4 connections.
+  4. the routes of issue 10 on the app users run (create_app, its middleware included, over a
+     static IndexStore): the plain GET again, a filtered GET, POST by-history, similar items
+     and the popular / debiased fallbacks for unknown users, each at 16 connections: server
+     CPU time per request (as for the floor: the server's CPU over wrk's request count),
+     requests/s, p50/p99, and the ratio to the plain GET on that app.
 wrk runs pinned to one core and the server to another (taskset). Targets: the endpoint
 reaches >= 65 % of 1 / (t_floor + t_search) requests/s, and its p99 at 4 connections is
-under 5 ms. Prints a table, writes --json, exits 1 on a miss (2 when wrk is missing).
+under 5 ms; each route of step 4 costs <= 1.5 x the plain GET's CPU time per request.
+Prints tables, writes --json, exits 1 on a miss (2 when wrk is missing).
 
     python bench/serve.py [--items 1000000] [--dim 10 100] [--json out.json]
 """
@@ -41,6 +47,8 @@ K = 20
 TARGET_SHARE = 0.65
 TARGET_P99_MS = 5.0
 N_WRK_USERS = 2000  # distinct random users the load generator cycles through
+TARGET_ROUTE_RATIO = 1.5  # each issue-10 route: server CPU ms/request <= this x the plain GET's
+HISTORY_LEN = 20  # items per by-history body (a user's training items, at most this many)
 
 
 # -- synthetic student --------------------------------------------------------------------
@@ -158,6 +166,28 @@ def endpoint_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
     return app
 
 
+def full_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
+    """create_app (every router, its middleware) over a static IndexStore; lifespan off, so
+    no Redis: the app users run, minus the registry polling."""
+    from service.api.app import create_app
+    from service.core.config import Settings
+    from service.serving.index_store import IndexStore
+
+    settings = Settings(data_dir=bundle_dir.parent)
+    app = create_app(settings)
+    app.state.index_store = IndexStore(settings, None)
+    meta = json.loads((bundle_dir / "meta.json").read_text())
+    app.state.index_store.load_now({"model_id": meta["model_id"], "bundle_dir": str(bundle_dir)})
+
+    @app.get("/bench/search-threads", include_in_schema=False)
+    def search_threads() -> list[int]:  # Linux thread ids: the bench reads their CPU time
+        import threading
+
+        return [t.native_id or 0 for t in threading.enumerate() if t.name == "coalescer-search"]
+
+    return app
+
+
 def fixed_body() -> bytes:
     items = [{"item_id": f"item-{i}", "group": i % 4, "score": 1.0 / (i + 1.37)} for i in range(K)]
     return json.dumps({"user_id": "u123", "model_id": "synthetic-d10", "items": items}).encode()
@@ -168,7 +198,12 @@ def serve(kind: str, bundle_dir: str | None, port: int) -> None:
     import uvicorn
 
     faiss.omp_set_num_threads(1)
-    app = floor_app(fixed_body()) if kind == "floor" else endpoint_app(Path(str(bundle_dir)))
+    if kind == "floor":
+        app = floor_app(fixed_body())
+    elif kind == "app":
+        app = full_app(Path(str(bundle_dir)))
+    else:
+        app = endpoint_app(Path(str(bundle_dir)))
     # the same server stack for both apps: uvicorn defaults, no access log
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
 
@@ -201,6 +236,19 @@ class Server:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
+    def search_cpu_s(self) -> dict[int, float]:
+        """CPU seconds of each live coalescer search thread (app mode), by thread id."""
+        with urllib.request.urlopen(f"{self.url}/bench/search-threads") as r:
+            tids: list[int] = json.loads(r.read())
+        out = {}
+        for tid in tids:
+            try:
+                fields = Path(f"/proc/{self.proc.pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile
+                continue
+            out[tid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return out
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -224,6 +272,68 @@ def wrk_script(path: Path, user_ids: list[str]) -> Path:
         "end\n"
     )
     return path
+
+
+def _lua(s: str) -> str:
+    return "[==[" + s + "]==]"  # a long bracket: ids and JSON need no escaping
+
+
+def wrk_requests_script(path: Path, method: str, targets: list[str], bodies: list[str] | None = None) -> Path:
+    """wrk cycles randomly through (path, body) pairs: GET paths, or POST JSON bodies."""
+    lines = [f"local paths = {{{','.join(_lua(t) for t in targets)}}}"]
+    if bodies is not None:
+        lines.append(f"local bodies = {{{','.join(_lua(b) for b in bodies)}}}")
+    lines += ["local n = #paths", 'local headers = {["Content-Type"] = "application/json"}',
+              "request = function()", "  local i = math.random(n)"]  # fmt: skip
+    if bodies is None:
+        lines.append(f'  return wrk.format("{method}", paths[i])')
+    else:
+        lines.append(f'  return wrk.format("{method}", paths[i], headers, bodies[i])')
+    lines.append("end")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def route_scripts(work: Path, dataset, user_ids: np.ndarray, seed: int) -> dict[str, tuple[Path, str, str | None]]:  # type: ignore[no-untyped-def]
+    """Per route: (wrk script, one sample path, its POST body or None). Random known users
+    and items; by-history bodies hold a real user's training items; unknown users for the
+    fallbacks."""
+    rng = np.random.default_rng(seed + 2)
+    users = [f"u{u}" for u in user_ids]
+    items = [f"item-{i}" for i in rng.integers(0, dataset.n_items, N_WRK_USERS)]
+    plain = [f"/v1/recommendations/{u}?k={K}&exclude_seen=true" for u in users]
+    # two excluded items and the two tail groups (a widened search); as docs/service.md
+    filtered = [f"{p}&exclude={a}&exclude={b}&groups=2&groups=3"
+                for p, a, b in zip(plain, items, items[1:] + items[:1], strict=True)]  # fmt: skip
+    order = np.argsort(dataset.train[:, 0], kind="stable")
+    by_user = np.split(dataset.train[order, 1], np.cumsum(np.bincount(dataset.train[:, 0], minlength=dataset.n_users))[:-1])
+    bodies = [json.dumps({"items": [f"item-{i}" for i in by_user[u][:HISTORY_LEN]], "k": K, "exclude_seen": True})
+              for u in user_ids]  # fmt: skip
+    similar = [f"/v1/items/{i}/similar?k={K}" for i in items]
+    new = [f"/v1/recommendations/new-{j}?k={K}" for j in range(N_WRK_USERS)]
+    specs: dict[str, tuple[str, list[str], list[str] | None]] = {
+        "plain GET": ("GET", plain, None),
+        "filtered GET": ("GET", filtered, None),
+        "by-history": ("POST", ["/v1/recommendations/by-history"] * len(bodies), bodies),
+        "similar items": ("GET", similar, None),
+        "fallback popular": ("GET", [f"{p}&fallback=popular" for p in new], None),
+        "fallback debiased": ("GET", [f"{p}&fallback=debiased" for p in new], None),
+    }
+    out = {}
+    for n, (name, (method, targets, body)) in enumerate(specs.items()):
+        script = wrk_requests_script(work / f"route-{n}.lua", method, targets, body)
+        out[name] = (script, targets[0], body[0] if body else None)
+    return out
+
+
+def check_route(server: Server, path: str, body: str | None) -> None:
+    """One answer per route before its load: 200 and k items."""
+    req = urllib.request.Request(server.url + path, data=None if body is None else body.encode(),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req) as r:
+        got = json.loads(r.read())
+    if len(got.get("items", [])) != K:
+        raise SystemExit(f"{path} answered without {K} items: {got}")
 
 
 def _ms(value: str, unit: str) -> float:
@@ -302,7 +412,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work-dir", type=Path, default=None, help="keep bundles and server logs here")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
-    ap.add_argument("--serve", choices=["floor", "endpoint"], help=argparse.SUPPRESS)
+    ap.add_argument("--serve", choices=["floor", "endpoint", "app"], help=argparse.SUPPRESS)
     ap.add_argument("--bundle", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -326,7 +436,8 @@ def main() -> int:
 
     dataset = synthetic_dataset(args.users, args.items, args.seen_mean, args.seed)
     rng = np.random.default_rng(args.seed + 1)
-    script = wrk_script(work / "users.lua", [f"u{u}" for u in rng.integers(0, args.users, N_WRK_USERS)])
+    wrk_users = rng.integers(0, args.users, N_WRK_USERS)
+    script = wrk_script(work / "users.lua", [f"u{u}" for u in wrk_users])
     rows: list[dict[str, Any]] = []
     for i, dim in enumerate(args.dim):
         bundle_dir, build_s = publish_student(dataset, dim, args.factory, work, args.seed)
@@ -343,6 +454,25 @@ def main() -> int:
             c2 = coalescing(srv)
         finally:
             srv.stop()
+        routes: dict[str, dict[str, float]] = {}
+        app_srv = Server("app", bundle_dir, args.port + 101 + i, args.server_core, work / f"app-d{dim}.log")
+        try:
+            app_srv.wait_ready("/v1/serving")
+            for name, (rscript, sample, body) in route_scripts(work, dataset, wrk_users, args.seed).items():
+                check_route(app_srv, sample, body)  # also builds what a route makes on first use
+                run_wrk(app_srv, 16, min(1.0, warm), args.wrk_core, rscript)
+                s0 = app_srv.search_cpu_s()
+                routes[name] = rr = run_wrk(app_srv, 16, args.duration, args.wrk_core, rscript)
+                s1 = app_srv.search_cpu_s()
+                # the search thread's share (a thread that exited meanwhile is left out)
+                search_s = sum(s1[t] - s0[t] for t in s1.keys() & s0.keys())
+                rr["search_cpu_ms_per_req"] = 1e3 * search_s / max(1, rr["requests"])
+        finally:
+            app_srv.stop()
+        base = routes["plain GET"]["cpu_ms_per_req"]
+        for name, rr in routes.items():
+            rr["ratio"] = rr["cpu_ms_per_req"] / base
+            rr["pass"] = (name == "plain GET" or rr["ratio"] <= TARGET_ROUTE_RATIO) and rr["errors"] == 0
         ceiling = 1e3 / (floor["cpu_ms_per_req"] + search["t_search_ms"])
         share = at16["rps"] / ceiling
         errors = at16["errors"] + at4["errors"]
@@ -351,7 +481,8 @@ def main() -> int:
         at4["mean_batch"] = (c2["requests"] - c1["requests"]) / max(1, c2["batches"] - c1["batches"])
         rows.append({"dim": dim, "items": args.items, "factory": args.factory, "build_s": build_s, **search,
                      "t_floor_ms": floor["cpu_ms_per_req"], "ceiling_rps": ceiling, "share": share,
-                     "at16": at16, "at4": at4, "errors": errors, "pass": ok})  # fmt: skip
+                     "at16": at16, "at4": at4, "errors": errors, "pass": ok, "routes": routes,
+                     "routes_pass": all(rr["pass"] for rr in routes.values())})  # fmt: skip
 
     headers = ["dim", "items", "index", "t_search ms", "t_floor ms", "ceiling req/s", "endpoint req/s",
                "% of ceiling", "CPU ms/req", "batch @16", "p50/p99 @16 ms", "p50/p99 @4 ms", "result"]  # fmt: skip
@@ -362,6 +493,12 @@ def main() -> int:
              f"{r['at4']['p50_ms']:.2f} / {r['at4']['p99_ms']:.2f}",
              "ok" if r["pass"] else "MISS"] for r in rows]  # fmt: skip
     print(table(headers, body))
+    rheaders = ["dim", "route (create_app)", "CPU ms/req", "of which search thread", "x plain GET",
+                "req/s @16", "p50/p99 @16 ms", "errors", "result"]  # fmt: skip
+    rbody = [[r["dim"], name, rr["cpu_ms_per_req"], rr["search_cpu_ms_per_req"], f"{rr['ratio']:.2f}", round(rr["rps"]),
+              f"{rr['p50_ms']:.2f} / {rr['p99_ms']:.2f}", rr["errors"], "ok" if rr["pass"] else "MISS"]
+             for r in rows for name, rr in r["routes"].items()]  # fmt: skip
+    print(table(rheaders, rbody))
     print(f"HTTP floor (bare ASGI, fixed {K}-item body): {floor['rps']:.0f} req/s at 16 connections, "
           f"{floor['cpu_ms_per_req']:.3f} ms server CPU/request, p50/p99 at 4 connections "
           f"{floor4['p50_ms']:.2f} / {floor4['p99_ms']:.2f} ms")  # fmt: skip
@@ -370,7 +507,8 @@ def main() -> int:
               f"{r['t_search_batch16_ms']:.3f} ms per query in a batch of 16; recommend() "
               f"{r['t_recommend_ms']:.3f} ms; bundle built in {r['build_s']:.1f} s")  # fmt: skip
     print(f"targets: endpoint >= {100 * TARGET_SHARE:.0f} % of 1/(t_floor + t_search); "
-          f"p99 at 4 connections < {TARGET_P99_MS} ms; no errors. Files in {work}")  # fmt: skip
+          f"p99 at 4 connections < {TARGET_P99_MS} ms; no errors; each route of create_app "
+          f"<= {TARGET_ROUTE_RATIO} x the plain GET's server CPU/request. Files in {work}")  # fmt: skip
     result = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()},
               "floor": {"at16": floor, "at4": floor4}, "rows": rows}  # fmt: skip
     if args.json:
@@ -378,7 +516,7 @@ def main() -> int:
         args.json.write_text(json.dumps(result, indent=2))
     if args.work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(r["pass"] for r in rows) else 1
+    return 0 if all(r["pass"] and r["routes_pass"] for r in rows) else 1
 
 
 if __name__ == "__main__":

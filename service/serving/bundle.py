@@ -50,6 +50,25 @@ def use_blas_for_batches(d: int, min_batch: int = SERVING_BLAS_MIN_BATCH) -> Non
     faiss.cvar.distance_compute_blas_threshold = min_batch * d
 
 
+# OpenMP threads per faiss call on the coalescer's search thread. omp_set_num_threads sets a
+# per-thread value in libgomp: a thread that Python starts gets the process default
+# (OMP_NUM_THREADS, else every core of its affinity mask), whatever the main thread set.
+# A server scales by processes (one search thread each, sharing the cores with its event
+# loop and the other replicas), and coalesced batches are small (<= 64 queries, < 1 ms each
+# on one core), so OpenMP's fork/join and spin-waiting cost more than they save. Measured
+# (100k x 10 Flat, 2 cores, a Python thread): single searches took 16 ms median (p99 24 ms)
+# on 2 OpenMP threads while the other core was busy, against 0.32 ms on 1; on an idle host
+# 2 threads gave 0.20 ms but held both cores. A process pinned to one core (taskset, as
+# bench/serve.py runs it) already defaults to 1, so that benchmark cannot show the
+# difference. The search thread sets 1 itself: no need for OMP_NUM_THREADS=1 for it.
+SEARCH_THREAD_OMP_THREADS = 1
+
+
+def limit_search_threads(n: int = SEARCH_THREAD_OMP_THREADS) -> None:
+    """faiss's OpenMP thread count for the calling thread only (the search thread's start)."""
+    faiss.omp_set_num_threads(n)
+
+
 def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> ServingBundle:
     """Read and verify a bundle (checksums, shapes) and make it searchable."""
     return ServingBundle(read_bundle(path, nprobe=nprobe, ef_search=ef_search))
@@ -92,7 +111,8 @@ class ServingBundle:
         self._user_index = {uid: i for i, uid in enumerate(arrays["user_ids"].tolist())}
         self._item_index = {iid: i for i, iid in enumerate(self.item_ids.tolist())}
         # Concurrent single-row requests share one batched search (see service.serving.coalescer).
-        self._coalescer = Coalescer(self.recommend)
+        # The search thread limits its own faiss OpenMP threads (limit_search_threads).
+        self._coalescer = Coalescer(self.recommend, on_thread_start=limit_search_threads)
         self._item_json_head = [
             f'{{"item_id":{encode_basestring_ascii(iid)},"group":{g},"score":'
             for iid, g in zip(self.item_ids.tolist(), self.groups.tolist(), strict=True)

@@ -79,10 +79,19 @@ class Coalescer:
             queries is one query (or None) per row, or None when no row has one.
         max_batch: most requests answered by one call (bounds a batch's latency).
         idle_s: the search thread exits after this long without requests.
+        on_thread_start: called on each new search thread before its first batch (per-thread
+            settings such as faiss's OpenMP thread count: ServingBundle).
     """
 
-    def __init__(self, batch_fn: BatchFn, max_batch: int = 64, idle_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        batch_fn: BatchFn,
+        max_batch: int = 64,
+        idle_s: float = 5.0,
+        on_thread_start: Callable[[], None] | None = None,
+    ) -> None:
         self._batch_fn = batch_fn
+        self._on_thread_start = on_thread_start
         self._max_batch = max_batch
         self._idle_s = idle_s
         self._cond = threading.Condition(threading.Lock())
@@ -121,6 +130,11 @@ class Coalescer:
 
     def _serve(self) -> None:
         """The search thread: drain pending requests batch by batch until idle."""
+        if self._on_thread_start is not None:
+            try:
+                self._on_thread_start()
+            except Exception:  # a tuning hook must not stop the searches
+                logger.exception("coalescer: on_thread_start failed")
         while True:
             with self._cond:
                 if not self._pending:

@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from training.config import DistillConfig
-from training.distill.ranking import CANDIDATE_CACHE, CandidateLists, candidates_key, teacher_candidates
+from training.distill.ranking import (
+    CANDIDATE_CACHE,
+    CandidateLists,
+    candidates_key,
+    teacher_candidates,
+)
 from training.models.lookup import Lookup
 from training.progress import ShouldStop
 from training.scoring import TeacherScorer

@@ -8,7 +8,6 @@ from torch import nn
 from training.models.base import Ranker
 from training.models.lookup import EmbeddingLookup, Lookup
 
-
 # Up to this many parameters, dense gradients and plain Adam are faster than sparse ones and
 # SparseAdam (Amazon-Beauty, dim 10, 345k parameters: a UnKD epoch 0.55-0.80 s against
 # 1.0-1.07 s), and as accurate (plain BPR-10 test NDCG@20 0.0446 against 0.0445). Above it,
