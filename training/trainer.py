@@ -154,7 +154,7 @@ def fit(
             emb = model.lookup()
             pu, pi, pj = emb.user(u), emb.item(i), emb.item(j)
             loss = -F.logsigmoid((pu * pi).sum(-1) - (pu * pj).sum(-1)).mean()
-            if not sparse:  # LightGCN: decay the layer-0 (ego) rows, not the propagated ones (MF: the same rows)
+            if model.propagates:  # LightGCN: decay the layer-0 (ego) rows, not the propagated ones
                 ego = model.ego_lookup()
                 pu, pi, pj = ego.user(u), ego.item(i), ego.item(j)
             reg = pu.square().sum() + pi.square().sum() + pj.square().sum()

@@ -17,6 +17,9 @@ class Ranker(nn.Module):
     """
 
     sparse: bool = False
+    # True when the scored embeddings are computed from the parameters (LightGCN's
+    # propagation): the weight decay then reads the parameter (ego) rows separately.
+    propagates: bool = False
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final embeddings, with gradients: (n_users, d), (n_items, d)."""

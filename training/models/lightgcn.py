@@ -38,6 +38,7 @@ def normalized_adjacency(train: sp.csr_matrix, device: torch.device) -> torch.Te
 
 class LightGCN(Ranker):
     sparse = False  # propagation touches every row: dense gradients, plain Adam
+    propagates = True
 
     def __init__(
         self,
