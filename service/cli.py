@@ -79,6 +79,13 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not settings.redis_url:
@@ -94,7 +101,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     argv = celery_worker_argv(queues, hostname=args.hostname or "celery@%h", loglevel=settings.log_level,
                        pool=args.pool, concurrency=args.concurrency, alone=False)  # fmt: skip
     # The worker is its own entry point (worker.celery_app): replace this process with it.
-    os.execve(argv[0], argv, {**os.environ, **settings_env(settings)})
+    os.execve(argv[0], argv, worker_env(dict(os.environ), settings_env(settings), args.threads))
+
+
+def worker_env(environ: dict[str, str], settings: dict[str, str], threads: int | None) -> dict[str, str]:
+    """The worker's environment: the settings as UNKD_*, and with `threads` the thread count
+    of torch, BLAS and OpenMP. Several workers on one host each take cores / workers: with
+    every worker on all cores, two on 2 cores ran a training epoch 3x slower (docs/tuning.md)."""
+    env = {**environ, **settings}
+    if threads is not None:
+        env.update({name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+    return env
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -126,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="solo", help="solo (one job at a time, GPU-safe) | prefork | threads")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--hostname", help="Celery node name, e.g. gpu0@%%h")
+    p.add_argument("--threads", type=_positive, help="threads per training job (OMP_NUM_THREADS); "
+                   "N workers on C cores: C/N each (default: all cores)")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_worker)
 

@@ -73,3 +73,17 @@ def test_every_setting_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
     missing = [name for name in Settings.model_fields if f"`UNKD_{name.upper()}`" not in doc]
     assert not missing, f"settings missing from docs/service.md: {missing}"
+
+
+def test_worker_threads_reach_the_workers_environment() -> None:
+    from service.cli import build_parser, worker_env
+
+    args = build_parser().parse_args(["worker", "--threads", "1"])
+    env = worker_env({"PATH": "/bin", "OMP_NUM_THREADS": "8"}, {"UNKD_REDIS_URL": "redis://x"}, args.threads)
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["OPENBLAS_NUM_THREADS"]) == ("1", "1", "1")
+    assert env["UNKD_REDIS_URL"] == "redis://x" and env["PATH"] == "/bin"
+    # Without --threads the environment is left as it is (torch: one thread per core).
+    unset = worker_env({"OMP_NUM_THREADS": "8"}, {}, build_parser().parse_args(["worker"]).threads)
+    assert unset == {"OMP_NUM_THREADS": "8"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["worker", "--threads", "0"])
