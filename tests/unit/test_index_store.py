@@ -166,4 +166,5 @@ def test_redis_outage_does_not_break_serving(watched, own_redis, bundles, caplog
     own_redis.start()  # same port and password
     publish(client, pointer("B", bundles["B"]), notify=False)
     assert wait_for(lambda: serving(store) == "B")
-    assert "Redis reachable again" in caplog.text
+    # The watcher logs right after the swap, on its own thread: wait for the line too.
+    assert wait_for(lambda: "Redis reachable again" in caplog.text)
