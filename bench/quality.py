@@ -18,7 +18,7 @@ Exits 1 unless, on every dataset,
 and, on Amazon-Beauty, 20 UnKD trials would finish in under 10 minutes on 2 workers
 (--trials trials are timed; the figure is 20 x mean seconds per trial / 2).
 
-    python bench/quality.py [--datasets ml-100k,amazon-beauty,synthetic] [--trials 8]
+    python bench/quality.py [--datasets ml-100k,amazon-beauty,synthetic] [--trials 6]
                             [--seeds 3] [--methods none,rd,cd,rrd,unkd] [--json out.json]
 """
 
@@ -246,7 +246,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="ml-100k,amazon-beauty,synthetic")
     ap.add_argument("--methods", default=",".join(METHODS), help="student methods (none = plain BPR)")
-    ap.add_argument("--trials", type=int, default=8, help="configurations per row, every row alike")
+    ap.add_argument("--trials", type=int, default=6, help="configurations per row, every row alike")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of each chosen configuration")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
