@@ -38,6 +38,12 @@ ROWS: list[tuple[str, str, str]] = [
     ("publish_under_load", "test_publish.py::test_publish_under_load_fails_no_request",
      "{served_during_publish} served during the publish; answered by the old model after the swap: "
      "{answered_by_old_after_swap}; models seen {models_seen}"),
+    ("rollback_under_load", "test_rollback.py::test_publish_then_rollbacks_under_load_fail_no_request",
+     "{swaps} swaps (publish + 3 rollbacks); answered by the replaced model after a swap: "
+     "{answered_by_replaced_after_swap}; seconds to swap {seconds_to_swap}; models seen {models_seen}"),
+    ("api_workers_publish", "test_api_workers.py::test_a_publish_reaches_every_api_process_without_a_failed_request",
+     "{processes} API processes (unkd api --workers); both serving the new model "
+     "{seconds_to_all_processes}s after the publish; models seen {models_seen}"),
     ("broken_bundles", "test_publish.py::test_broken_bundles_never_replace_the_serving_model",
      "{publishes_failed} publishes failed with the file named; pointer to a corrupt bundle refused: "
      "{pointer_refused}; models seen {models_seen}"),

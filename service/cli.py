@@ -36,7 +36,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from service.stack.local import LocalStack
 
     settings = _settings(args)
-    stack = LocalStack(settings, host=args.host, port=args.port)
+    stack = LocalStack(settings, host=args.host, port=args.port, api_workers=args.api_workers)
     try:
         stack.start()
     except (RuntimeError, OSError) as exc:
@@ -72,10 +72,21 @@ def cmd_api(args: argparse.Namespace) -> int:
         print("error: UNKD_REDIS_URL is not set (the API needs Redis; `unkd up` starts one)",
               file=sys.stderr)  # fmt: skip
         return 2
-    from service.api.app import create_app
+    common = {"host": args.host, "port": args.port, "log_level": settings.log_level.lower(), "proxy_headers": True}
+    if args.workers == 1:
+        from service.api.app import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                log_level=settings.log_level.lower(), proxy_headers=True)  # fmt: skip
+        uvicorn.run(create_app(settings), **common)
+        return 0
+    # Several processes on one socket (uvicorn's supervisor restarts one that dies): each
+    # builds its app from UNKD_* and loads its own copy of the served bundle; they share
+    # Redis (jobs, registry, exposure counters), so any of them answers any request.
+    import os
+
+    from service.core.config import settings_env
+
+    os.environ.update(settings_env(settings))
+    uvicorn.run("service.api.app:create_app", factory=True, workers=args.workers, **common)
     return 0
 
 
@@ -130,11 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data-dir", help="datasets, models, bundles, local Redis (UNKD_DATA_DIR)")
+    p.add_argument("--api-workers", type=_positive, default=1, help="API processes (as unkd api --workers)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("api", help="run the API alone (uvicorn), against UNKD_REDIS_URL")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=_positive, default=1, help="API processes on the port "
+                   "(one per core; each holds the served bundle: docs/service.md)")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_api)
 
@@ -160,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.reports.cli import register as register_report  # light: no torch, no web stack
 
     register_report(sub)
+    from service.client.commands import register as register_client  # the API over HTTP: httpx only
+
+    register_client(sub)
     return parser
 
 

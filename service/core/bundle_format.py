@@ -29,7 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
 import numpy as np
@@ -256,8 +256,13 @@ class BundleFiles:
     optional: dict[str, np.ndarray] = field(default_factory=dict)  # OPTIONAL_ARRAY_FILES present
 
 
-def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> BundleFiles:
-    """Read and verify a bundle (checksums, shapes); set the search parameters explicitly."""
+def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128, mmap: bool = False) -> BundleFiles:
+    """Read and verify a bundle (checksums, shapes); set the search parameters explicitly.
+
+    mmap: map the index's vectors (flat indexes) and the arrays from the files instead of
+    reading them into this process's memory, so API processes on one host share one copy in
+    the page cache (docs/service.md "Several processes").
+    """
     path = Path(path)
     meta_path = path / META_FILE
     try:
@@ -283,10 +288,11 @@ def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> Bundle
         if _sha256(file) != digest:
             raise BundleError(f"{file}: checksum mismatch (corrupt or modified bundle)")
     try:
-        index = faiss.read_index(str(path / INDEX_FILE))
-        arrays = {n: np.load(path / f"{n}.npy", allow_pickle=False) for n in ARRAY_FILES}
+        index = faiss.read_index(str(path / INDEX_FILE), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
+        mode: Literal["r"] | None = "r" if mmap else None
+        arrays = {n: np.load(path / f"{n}.npy", mmap_mode=mode, allow_pickle=False) for n in ARRAY_FILES}
         optional = {
-            n: np.load(path / f"{n}.npy", allow_pickle=False)
+            n: np.load(path / f"{n}.npy", mmap_mode=mode, allow_pickle=False)
             for n in OPTIONAL_ARRAY_FILES if f"{n}.npy" in files
         }  # fmt: skip
         item_emb = None

@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     train_queue: str = Field("train", min_length=1, description="Celery queue of training jobs")
     light_queue: str = Field("light", min_length=1, description="Celery queue of publish jobs")
     reload_poll_s: float = Field(2.0, gt=0, description="API: how often to re-check the active model")
+    serving_mmap: bool = Field(
+        False, description="API: map a bundle's vectors and arrays from its files, shared by the "
+        "API processes of one host, instead of a copy per process (docs/service.md)"
+    )  # fmt: skip
+    serving_gc_freeze: bool = Field(
+        True, description="API: after each bundle load, move what is alive out of the garbage "
+        "collector's walks (gc.freeze; service/serving/gc_policy.py): the walks set p99 latency"
+    )  # fmt: skip
     job_max_retries: int = Field(
         3, ge=0, le=100, description="retries of a job after a transient error (Redis, disk)"
     )
@@ -132,6 +140,13 @@ class Settings(BaseSettings):
     )  # fmt: skip
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="API and worker log level"
+    )
+    exposure_counting: bool = Field(
+        True, description="API: count live exposure (slots per popularity group, items, latency) "
+        "of every answered recommendation and flush it to Redis (GET /v1/serving/exposure)",
+    )  # fmt: skip
+    exposure_flush_s: float = Field(
+        1.0, gt=0, le=60, description="API: how often the live exposure counts are flushed to Redis"
     )
 
     @field_validator("redis_url")

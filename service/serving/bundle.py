@@ -69,9 +69,10 @@ def limit_search_threads(n: int = SEARCH_THREAD_OMP_THREADS) -> None:
     faiss.omp_set_num_threads(n)
 
 
-def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128) -> ServingBundle:
-    """Read and verify a bundle (checksums, shapes) and make it searchable."""
-    return ServingBundle(read_bundle(path, nprobe=nprobe, ef_search=ef_search))
+def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128, mmap: bool = False) -> ServingBundle:
+    """Read and verify a bundle (checksums, shapes) and make it searchable; `mmap` maps the
+    vectors and arrays from the files (shared between processes) instead of copying them."""
+    return ServingBundle(read_bundle(path, nprobe=nprobe, ef_search=ef_search, mmap=mmap))
 
 
 class ServingBundle:
@@ -89,10 +90,11 @@ class ServingBundle:
         self.n_items = int(meta["n_items"])
         self.exact = bool(meta.get("exact", True))
         self.user_emb = np.ascontiguousarray(arrays["user_emb"], dtype=np.float32)  # (n_users, d)
-        self.seen_indptr = arrays["seen_indptr"].astype(np.int64)  # (n_users + 1,)
-        self.seen_indices = arrays["seen_indices"].astype(np.int64)  # (n_train,)
+        # copy=False: an int64 memory map stays one (read_bundle's mmap)
+        self.seen_indptr = arrays["seen_indptr"].astype(np.int64, copy=False)  # (n_users + 1,)
+        self.seen_indices = arrays["seen_indices"].astype(np.int64, copy=False)  # (n_train,)
         self.item_ids: np.ndarray = arrays["item_ids"]  # (n_items,) str
-        self.groups = arrays["groups"].astype(np.int64)  # (n_items,)
+        self.groups = arrays["groups"].astype(np.int64, copy=False)  # (n_items,)
         self.n_groups = int(meta.get("n_groups", int(self.groups.max(initial=0)) + 1))
         # Training interactions per item: written at publish since bundle format 2; a format-1
         # bundle holds the same counts as its seen matrix (every training pair), so count them.

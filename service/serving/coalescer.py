@@ -17,13 +17,22 @@ share a search even at low concurrency (bench/serve.py: a mean batch of 4.0 at 4
 connections, against 1.1 when each threadpool request led its own search). The thread
 exits after `idle_s` without work (a swapped-out bundle can be freed) and the next call
 starts it again.
+
+A bound method as `batch_fn` (ServingBundle.recommend) is held weakly: the bundle owns its
+coalescer, so a strong reference back would make a cycle, and a cycle is freed only by the
+cyclic garbage collector, which the API freezes after a swap (service/serving/gc_policy.py).
+Without the cycle a swapped-out bundle is freed by reference counting as soon as its last
+request drops it. Every caller holds the bundle while it waits, so the method is alive
+whenever a batch runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -90,7 +99,10 @@ class Coalescer:
         idle_s: float = 5.0,
         on_thread_start: Callable[[], None] | None = None,
     ) -> None:
-        self._batch_fn = batch_fn
+        # A bound method is referenced weakly (see the module doc); a plain function strongly.
+        self._batch_ref: Callable[[], BatchFn | None] = (
+            weakref.WeakMethod(batch_fn) if inspect.ismethod(batch_fn) else (lambda: batch_fn)
+        )
         self._on_thread_start = on_thread_start
         self._max_batch = max_batch
         self._idle_s = idle_s
@@ -157,7 +169,10 @@ class Coalescer:
             users = np.fromiter((r.user for r in reqs), dtype=np.int64, count=len(reqs))
             queries = [r.query for r in reqs] if any(r.query is not None for r in reqs) else None
             try:
-                scores, items = self._batch_fn(users, k, exclude_seen, queries)
+                batch_fn = self._batch_ref()
+                if batch_fn is None:  # cannot happen while a caller holds the bundle
+                    raise RuntimeError("coalescer: its bundle was freed while requests waited")
+                scores, items = batch_fn(users, k, exclude_seen, queries)
             except BaseException as exc:  # every request of the failed batch gets the error
                 for r in reqs:
                     r.error = exc

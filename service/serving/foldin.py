@@ -59,5 +59,5 @@ def fold_in(item_emb: np.ndarray, history: np.ndarray, lam: float) -> np.ndarray
         raise ValueError(f"lam={lam} must be > 0 (the system is singular for histories shorter than d)")
     q = np.asarray(item_emb[items], dtype=np.float64)  # (s, d); float64: the d x d solve is tiny
     gram = q.T @ q
-    gram[np.diag_indices_from(gram)] += lam
+    gram.flat[:: gram.shape[0] + 1] += lam  # the diagonal (a view: no index arrays built per request)
     return np.linalg.solve(gram, q.sum(axis=0)).astype(np.float32)

@@ -69,12 +69,16 @@ def celery_worker_argv(
     return argv + (["--without-gossip", "--without-mingle"] if alone else [])
 
 
-def api_argv(host: str, port: int, *, log_level: str = "warning", graceful_s: float | None = None) -> list[str]:
-    """The command line of one API process (uvicorn's factory mode: settings from UNKD_*)."""
+def api_argv(host: str, port: int, *, log_level: str = "warning", graceful_s: float | None = None,
+             workers: int = 1) -> list[str]:  # fmt: skip
+    """The command line of the API (uvicorn's factory mode: settings from UNKD_*); `workers`
+    > 1 runs that many processes on the port under uvicorn's supervisor."""
     argv = [
         sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
         "--host", host, "--port", str(port), "--log-level", log_level,
     ]  # fmt: skip
+    if workers > 1:
+        argv += ["--workers", str(workers)]
     return argv + (["--timeout-graceful-shutdown", str(graceful_s)] if graceful_s is not None else [])
 
 
@@ -87,12 +91,14 @@ class LocalStack:
         host, port: where the API listens.
         data_dir: datasets, models, bundles and the local Redis' files.
         log_dir: None lets the children write to this terminal; else api.log/worker.log.
+        api_workers: API processes on the port (uvicorn --workers).
     """
 
     def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
-                 data_dir: Path | None = None, log_dir: Path | None = None) -> None:  # fmt: skip
+                 data_dir: Path | None = None, log_dir: Path | None = None, api_workers: int = 1) -> None:  # fmt: skip
         self.settings = settings
         self.host, self.port = host, port
+        self.api_workers = api_workers
         self.data_dir = Path(data_dir or settings.data_dir).resolve()
         self.log_dir = log_dir
         self.redis: RedisServer | None = None
@@ -143,7 +149,7 @@ class LocalStack:
             self.worker = self._spawn("worker", celery_worker_argv(
                 queues, hostname=f"unkd-{os.getpid()}@%h", loglevel="INFO"
             ))
-            self.api = self._spawn("api", api_argv(self.host, self.port))
+            self.api = self._spawn("api", api_argv(self.host, self.port, workers=self.api_workers))
             self._wait_api()
         except BaseException:
             self.stop()

@@ -25,10 +25,12 @@ class LiveAPI:
         settings: the API's settings.
         log: file the process' stdout and stderr are appended to (the app logs there).
         port: TCP port; None picks a free one (and another if it was taken meanwhile).
+        workers: API processes on the port under uvicorn's supervisor (`unkd api --workers`).
     """
 
-    def __init__(self, settings: Settings, log: Path, *, port: int | None = None) -> None:
+    def __init__(self, settings: Settings, log: Path, *, port: int | None = None, workers: int = 1) -> None:
         self.settings, self.log = settings, log
+        self.workers = workers  # > 1: that many API processes on the port (unkd api --workers)
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,7 +52,7 @@ class LiveAPI:
         """Start the process and return at once (a test may watch it come up)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(api_argv("127.0.0.1", self.port, graceful_s=GRACEFUL_SHUTDOWN_S), cwd=ROOT, env=child_env(self.settings),
+            self.proc = subprocess.Popen(api_argv("127.0.0.1", self.port, graceful_s=GRACEFUL_SHUTDOWN_S, workers=self.workers), cwd=ROOT, env=child_env(self.settings),
                                          stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
         return self
 
