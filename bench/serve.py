@@ -47,6 +47,7 @@ K = 20
 TARGET_SHARE = 0.80  # of the batching ceiling 1 / (t_floor + per-query cost of a batch of 16)
 TARGET_P99_MS = 5.0
 TARGET_TAIL_RATIO = 3.0  # p99 / p50 at 16 connections, endpoint and create_app's plain GET
+TARGET_COUNTING_SHARE = 0.05  # live exposure counting: at most this share of the plain GET's CPU
 TARGET_SCALING = 1.3  # req/s of 2 API processes over 1 on the 2 cores (wrk takes its share)
 N_WRK_USERS = 2000  # distinct random users the load generator cycles through
 TARGET_ROUTE_RATIO = 1.5  # each issue-10 route: server CPU ms/request <= this x the plain GET's
@@ -170,22 +171,37 @@ def endpoint_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
 
 def full_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
     """create_app (every router, its middleware) over a static IndexStore; lifespan off, so
-    no Redis: the app users run, minus the registry polling."""
+    no registry polling: the app users run, minus that. Live exposure is counted and flushed
+    to the bench's Redis ($BENCH_REDIS_URL) as in the API, unless UNKD_EXPOSURE_COUNTING=0."""
+    import redis
+
     from service.api.app import create_app
     from service.core.config import Settings
+    from service.serving.exposure import ExposureCounter
     from service.serving.index_store import IndexStore
 
     settings = Settings(data_dir=bundle_dir.parent)
     app = create_app(settings)
-    app.state.index_store = IndexStore(settings, None)
+    counter = None
+    if settings.exposure_counting and os.environ.get("BENCH_REDIS_URL"):
+        counter = ExposureCounter(redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]), settings.exposure_flush_s)
+        counter.start()
+    app.state.index_store = IndexStore(settings, None, exposure=counter)
     meta = json.loads((bundle_dir / "meta.json").read_text())
-    app.state.index_store.load_now({"model_id": meta["model_id"], "bundle_dir": str(bundle_dir)})
+    app.state.index_store.load_now({"model_id": meta["model_id"], "bundle_dir": str(bundle_dir),
+                                    "published_at": "bench"})  # fmt: skip
 
     @app.get("/bench/search-threads", include_in_schema=False)
     def search_threads() -> list[int]:  # Linux thread ids: the bench reads their CPU time
         import threading
 
         return [t.native_id or 0 for t in threading.enumerate() if t.name == "coalescer-search"]
+
+    @app.get("/bench/flush-threads", include_in_schema=False)
+    def flush_threads() -> list[int]:
+        import threading
+
+        return [t.native_id or 0 for t in threading.enumerate() if t.name == "exposure-flush"]
 
     return app
 
@@ -224,14 +240,14 @@ class Server:
     """`python bench/serve.py --serve ...` under taskset; CPU time read from /proc."""
 
     def __init__(self, kind: str, bundle_dir: Path | None, port: int, core: int | None, log: Path,
-                 workers: int = 1) -> None:  # fmt: skip
+                 workers: int = 1, env: dict[str, str] | None = None) -> None:  # fmt: skip
         cmd = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--workers", str(workers)]
         if core is not None:
             cmd = ["taskset", "-c", str(core), *cmd]
         if bundle_dir is not None:
             cmd += ["--bundle", str(bundle_dir)]
         self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.url = f"http://127.0.0.1:{port}"
 
     def wait_ready(self, path: str, timeout_s: float = 120.0) -> None:
@@ -283,9 +299,10 @@ class Server:
             out.append({"pid": pid, "rss_mb": kb.get("Rss", 0) / 1024, "pss_mb": kb.get("Pss", 0) / 1024})
         return out
 
-    def search_cpu_s(self) -> dict[int, float]:
-        """CPU seconds of each live coalescer search thread (app mode), by thread id."""
-        with urllib.request.urlopen(f"{self.url}/bench/search-threads") as r:
+    def search_cpu_s(self, kind: str = "search") -> dict[int, float]:
+        """CPU seconds of each live coalescer search thread (app mode; kind "flush": the
+        exposure flusher), by thread id."""
+        with urllib.request.urlopen(f"{self.url}/bench/{kind}-threads") as r:
             tids: list[int] = json.loads(r.read())
         out = {}
         for tid in tids:
@@ -434,6 +451,50 @@ def check_answer(server: Server, bundle_dir: Path, user: int) -> None:
         raise SystemExit(f"endpoint answered wrongly for u{user}: {body}")
 
 
+def time_tally_add(bundle_dir: Path, n: int = 200_000) -> float:
+    """µs the route spends on counting one answer: its two clock reads and Tally.add (one
+    deque append), in this process."""
+    from collections import deque
+    from time import perf_counter
+
+    from service.serving.bundle import load_bundle
+    from service.serving.exposure import Tally
+
+    sink: deque[Any] = deque()
+    tally = Tally(load_bundle(bundle_dir), "bench", sink)
+    items = np.arange(K, dtype=np.int64)
+    best = float("inf")
+    for _ in range(5):
+        sink.clear()
+        start = perf_counter()
+        for _ in range(n // 5):
+            t0 = perf_counter()
+            tally.add(items, perf_counter() - t0)
+        best = min(best, (perf_counter() - start) / (n // 5))
+    return 1e6 * best
+
+
+def counting_cost(bundle_dir: Path, args: argparse.Namespace, work: Path, i: int, script: Path,
+                  counted: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    """What live exposure counting costs the plain GET: the request path's share (timed in
+    process) plus the flusher thread's CPU per request (read from /proc during the plain GET
+    run), over the plain GET's CPU per request; and, for reference, the same app run with
+    UNKD_EXPOSURE_COUNTING=0 (a whole-process difference, within the run-to-run spread)."""
+    srv = Server("app", bundle_dir, args.port + 151 + i, args.server_core, work / f"app-nocount-{i}.log",
+                 env={"UNKD_EXPOSURE_COUNTING": "0"})  # fmt: skip
+    try:
+        srv.wait_ready("/v1/serving")
+        run_wrk(srv, 16, min(3.0, args.duration), args.wrk_core, script)
+        off = run_wrk(srv, 16, args.duration, args.wrk_core, script)
+    finally:
+        srv.stop()
+    add_us = time_tally_add(bundle_dir)
+    share = (1e-3 * add_us + counted["flush_cpu_ms_per_req"]) / counted["cpu_ms_per_req"]
+    return {"request_path_us": add_us, "flush_cpu_ms_per_req": counted["flush_cpu_ms_per_req"],
+            "share": share, "on_cpu_ms_per_req": counted["cpu_ms_per_req"], "off_cpu_ms_per_req": off["cpu_ms_per_req"],
+            "off_rps": off["rps"], "pass": share <= TARGET_COUNTING_SHARE and off["errors"] == 0}  # fmt: skip
+
+
 def process_scaling(bundle_dir: Path, args: argparse.Namespace, work: Path, script: Path) -> list[dict[str, Any]]:
     """create_app under uvicorn with 1, then 2 worker processes (`unkd api --workers`), nothing
     pinned: the plain GET at 16 connections, req/s, CPU, latency and memory per process."""
@@ -498,6 +559,22 @@ def main() -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     warm = min(3.0, args.duration)
+    # The apps flush live exposure counts to a Redis of their own, as the API does; it runs on
+    # wrk's core so that its work (the item-count script) stays off the server's CPU figures.
+    from service.stack.redis_server import RedisServer
+
+    redis_server = RedisServer(work / "redis", appendonly=False).start()
+    if redis_server.pid is not None:
+        os.sched_setaffinity(redis_server.pid, {args.wrk_core})
+    os.environ["BENCH_REDIS_URL"] = redis_server.url
+    try:
+        return run_all(args, work, warm)
+    finally:
+        redis_server.stop()
+
+
+def run_all(args: argparse.Namespace, work: Path, warm: float) -> int:
+    """Every measurement of main(), with the bench's Redis up."""
 
     floor_srv = Server("floor", None, args.port, args.server_core, work / "floor.log")
     try:
@@ -535,14 +612,17 @@ def main() -> int:
             for name, (rscript, sample, body) in route_scripts(work, dataset, wrk_users, args.seed).items():
                 check_route(app_srv, sample, body)  # also builds what a route makes on first use
                 run_wrk(app_srv, 16, min(1.0, warm), args.wrk_core, rscript)
-                s0 = app_srv.search_cpu_s()
+                s0, f0 = app_srv.search_cpu_s(), app_srv.search_cpu_s("flush")
                 routes[name] = rr = run_wrk(app_srv, 16, args.duration, args.wrk_core, rscript)
-                s1 = app_srv.search_cpu_s()
+                s1, f1 = app_srv.search_cpu_s(), app_srv.search_cpu_s("flush")
                 # the search thread's share (a thread that exited meanwhile is left out)
                 search_s = sum(s1[t] - s0[t] for t in s1.keys() & s0.keys())
                 rr["search_cpu_ms_per_req"] = 1e3 * search_s / max(1, rr["requests"])
+                rr["flush_cpu_ms_per_req"] = 1e3 * sum(f1[t] - f0[t] for t in f1.keys() & f0.keys()) / max(1, rr["requests"])
         finally:
             app_srv.stop()
+        counting = counting_cost(bundle_dir, args, work, i, route_scripts(work, dataset, wrk_users, args.seed)["plain GET"][0],
+                                 routes["plain GET"])  # fmt: skip
         base = routes["plain GET"]["cpu_ms_per_req"]
         for name, rr in routes.items():
             rr["ratio"] = rr["cpu_ms_per_req"] / base
@@ -561,7 +641,8 @@ def main() -> int:
         rows.append({"dim": dim, "items": args.items, "factory": args.factory, "build_s": build_s, **search,
                      "t_floor_ms": floor["cpu_ms_per_req"], "ceiling_rps": ceiling, "share": share, "tail": tail,
                      "at16": at16, "at4": at4, "errors": errors, "pass": ok, "routes": routes,
-                     "routes_pass": all(rr["pass"] for rr in routes.values())})  # fmt: skip
+                     "routes_pass": all(rr["pass"] for rr in routes.values()) and counting["pass"],
+                     "counting": counting})  # fmt: skip
 
     headers = ["dim", "items", "index", "t_search ms (batch 16)", "t_floor ms", "ceiling req/s", "endpoint req/s",
                "% of ceiling", "CPU ms/req", "batch @16", "p50/p99 @16 ms", "p99/p50", "p50/p99 @4 ms", "result"]  # fmt: skip
@@ -586,6 +667,13 @@ def main() -> int:
         print(f"dim {r['dim']}: in-process search {r['t_search_ms']:.3f} ms alone, "
               f"{r['t_search_batch16_ms']:.3f} ms per query in a batch of 16; recommend() "
               f"{r['t_recommend_ms']:.3f} ms; bundle built in {r['build_s']:.1f} s")  # fmt: skip
+    cheaders = ["dim", "counting: request path µs", "flusher CPU ms/req", "share of plain GET CPU",
+                "plain GET CPU ms/req on / off", "req/s off", "result"]  # fmt: skip
+    cbody = [[r["dim"], f"{r['counting']['request_path_us']:.2f}", f"{r['counting']['flush_cpu_ms_per_req']:.4f}",
+              f"{100 * r['counting']['share']:.1f} %",
+              f"{r['counting']['on_cpu_ms_per_req']:.3f} / {r['counting']['off_cpu_ms_per_req']:.3f}",
+              round(r["counting"]["off_rps"]), "ok" if r["counting"]["pass"] else "MISS"] for r in rows]  # fmt: skip
+    print(table(cheaders, cbody))
     pheaders = ["API processes", "req/s @16", "x 1 process", "CPU ms/req", "p50/p99 @16 ms", "RSS MB per process",
                 "PSS MB per process", "result"]  # fmt: skip
     pbody = [[pr["workers"], round(pr["rps"]), f"{pr['scaling']:.2f}", pr["cpu_ms_per_req"],
@@ -596,6 +684,7 @@ def main() -> int:
     print(f"targets: endpoint >= {100 * TARGET_SHARE:.0f} % of 1/(t_floor + t_search in a batch of 16); "
           f"p99 at 4 connections < {TARGET_P99_MS} ms; p99 < {TARGET_TAIL_RATIO} x p50 at 16 connections; "
           f"no errors; each route of create_app <= {TARGET_ROUTE_RATIO} x the plain GET's server CPU/request; "
+          f"exposure counting <= {100 * TARGET_COUNTING_SHARE:.0f} % of the plain GET's CPU; "
           f"2 API processes >= {TARGET_SCALING} x the requests/s of 1 (wrk unpinned on the same cores). "
           f"Files in {work}")  # fmt: skip
     result = {"environment": environment(), "args": {k: str(v) for k, v in vars(args).items()},

@@ -1,11 +1,12 @@
 """`unkd`: run the service (up, api, worker), the demo, and the offline training commands.
 
     unkd up [--host 127.0.0.1] [--port 8000] [--data-dir DIR]   Redis (if needed) + worker + API
-    unkd api                                                    the API alone (Docker, many hosts)
+    unkd api [--workers N]                                      the API alone (Docker, many hosts)
     unkd worker [-Q train,light]                                one Celery worker
     unkd demo                                                   the whole story in ~3 minutes
     unkd data prepare | train-teacher | distill | evaluate      offline, no service needed
     unkd report MODEL_DIR [--compare DIR …] --out report.html   report / comparison page, offline
+    unkd jobs | models | recommend                              the REST API from a terminal (docs/cli.md)
 
 Every command reads the same UNKD_* settings; flags override them.
 """

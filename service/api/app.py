@@ -18,13 +18,24 @@ from fastapi import FastAPI
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.api.prometheus import MetricsMiddleware, ServiceMetrics
-from service.api.routes import datasets, jobs, models, ops, publishing, reports
+from service.api.routes import (
+    datasets,
+    experiment,
+    exposure,
+    jobs,
+    models,
+    ops,
+    publishing,
+    reports,
+)
 from service.core.config import Settings, get_settings
 from service.core.queue import make_celery
 from service.core.registry import Registry
 from service.serving import item_routes
 from service.serving import routes as serving_routes
+from service.serving.exposure import ExposureCounter, ExposureReader
 from service.serving.index_store import IndexStore
+from service.serving.schemas import ExposureReport
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +86,8 @@ def _start_index_store(store: IndexStore, retry_s: float) -> threading.Event:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Connect the registry, build the Celery client, start the index watcher; undo on exit."""
+    """Connect the registry, build the Celery client, start the index watcher and the
+    exposure flusher; undo on exit."""
     settings: Settings = app.state.settings
     if not settings.redis_url:
         raise RuntimeError(
@@ -83,11 +95,28 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     registry = Registry.from_url(settings.redis_url, timeout_s=settings.redis_timeout_s)
     celery_app = make_celery(settings, set_as_current=False)
-    store = IndexStore(settings, registry.redis)
+    # Exposure counts hold binary item arrays: a client of its own, without decode_responses.
+    exposure_redis = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30,
+    )  # fmt: skip
+    counter = ExposureCounter(exposure_redis, settings.exposure_flush_s) if settings.exposure_counting else None
+    reader = ExposureReader(exposure_redis, lambda model_id: exposure.offline_group_shares(registry, model_id))
+    store = IndexStore(settings, registry.redis, exposure=counter)
     app.state.registry = registry
     app.state.celery = celery_app
     app.state.index_store = store
+    app.state.exposure_counter = counter
+    app.state.exposure_reader = reader
     app.state.metrics.watch_registry(lambda: registry)
+
+    def served_exposure() -> ExposureReport:
+        state = store.snapshot()
+        return reader.report(state.models() if state is not None else [], counting=counter is not None)
+
+    app.state.metrics.watch_exposure(served_exposure)
+    if counter is not None:
+        counter.start()
     stop_retry = _start_index_store(store, settings.reload_poll_s)
     logger.info("API up: queues %s/%s, data dir %s", settings.train_queue, settings.light_queue,
                 settings.data_dir)
@@ -96,8 +125,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         stop_retry.set()
         store.stop()
+        if counter is not None:
+            counter.stop()  # flushes what is left
         app.state.metrics.watch_registry(lambda: None)
+        app.state.metrics.watch_exposure(lambda: None)
         celery_app.close()
+        exposure_redis.close()
         registry.close()
         logger.info("API stopped")
 
@@ -119,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
     install_error_handlers(app)
     for router in (datasets.router, jobs.router, models.router, serving_routes.router,
-                   publishing.router, item_routes.router, ops.router, reports.router):  # fmt: skip
+                   publishing.router, exposure.router, experiment.router, item_routes.router,
+                   ops.router, reports.router):  # fmt: skip
         app.include_router(router)
     return app

@@ -8,6 +8,14 @@
 - unkd_jobs_submitted_total{kind}: jobs this process accepted.
 - unkd_jobs_total{kind, status} and unkd_jobs{status}: read from the Redis registry at
   scrape time, so they count the work of every worker, not just this process.
+- unkd_exposure_*{model_id[, group]}: live exposure of the served models (the active one,
+  an experiment's arms), read from Redis at scrape time, so summed over every API process
+  (service/serving/exposure.py). GET /v1/serving/exposure as gauges, one name per figure and
+  span (`window`: the last 10 minutes, `since_publish`): requests, slots, head_share,
+  group_share{group}, arp, coverage, gini, latency_p50_seconds, latency_p99_seconds; and
+  unkd_exposure_offline_group_share{group} (the offline report's exposure_share@20),
+  unkd_exposure_arm_weight (arms only), unkd_exposure_up. Labels are model_id and group
+  only, for the models served now: the series are bounded by the arms and G.
 
 Each app gets its own CollectorRegistry: several apps in one process (tests) never clash.
 """
@@ -27,6 +35,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from service.core.registry import Registry
+    from service.serving.schemas import ExposureReport, ExposureScope
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +78,73 @@ class RegistryCollector(Collector):
         yield now
 
 
+# (name, help, value in the series' unit) of the per-model figures of one span
+_SCOPE_FIGURES: tuple[tuple[str, str, Callable[[ExposureScope], float | None]], ...] = (
+    ("requests", "answers counted (user lists)", lambda s: s.requests),
+    ("slots", "items shown", lambda s: s.slots),
+    ("head_share", "share of the slots given to popularity group 0", lambda s: s.head_share),
+    ("arp", "average recommendation popularity (mean training interactions)", lambda s: s.arp),
+    ("coverage", "distinct items shown / catalogue size", lambda s: s.coverage),
+    ("gini", "Gini index of the items' counts", lambda s: s.gini),
+    ("latency_p50_seconds", "median answer latency",
+     lambda s: None if s.latency_ms.p50 is None else s.latency_ms.p50 / 1e3),
+    ("latency_p99_seconds", "99th percentile answer latency",
+     lambda s: None if s.latency_ms.p99 is None else s.latency_ms.p99 / 1e3),
+)  # fmt: skip
+
+
+class ExposureCollector(Collector):
+    """Live exposure of the served models, read from Redis when Prometheus scrapes."""
+
+    def __init__(self, get_report: Callable[[], ExposureReport | None]) -> None:
+        self.get_report = get_report
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("unkd_exposure_up", "1 when the live exposure counts were read from Redis")
+        try:
+            report = self.get_report()
+        except Exception as exc:  # a scrape must not fail because Redis is down
+            logger.warning("metrics: live exposure unreadable (%s)", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        if report is None:  # the app is not started
+            return
+        up.add_metric([], 1)
+        yield up
+        for span in ("window", "since_publish"):
+            families = []
+            for name, doc, value in _SCOPE_FIGURES:
+                family = GaugeMetricFamily(f"unkd_exposure_{span}_{name}", f"{doc} ({span})", labels=["model_id"])
+                for m in report.models:
+                    v = value(getattr(m, span))
+                    if v is not None:
+                        family.add_metric([m.model_id], float(v))
+                families.append(family)
+            shares = GaugeMetricFamily(f"unkd_exposure_{span}_group_share",
+                                       f"share of the slots given to each popularity group ({span})",
+                                       labels=["model_id", "group"])  # fmt: skip
+            for m in report.models:
+                for g in getattr(m, span).groups:
+                    if g.share is not None:
+                        shares.add_metric([m.model_id, str(g.group)], g.share)
+            yield from families
+            yield shares
+        offline = GaugeMetricFamily("unkd_exposure_offline_group_share",
+                                    "each group's exposure_share@20 in the model's offline report",
+                                    labels=["model_id", "group"])  # fmt: skip
+        weight = GaugeMetricFamily("unkd_exposure_arm_weight", "share of users of each experiment arm",
+                                   labels=["model_id"])  # fmt: skip
+        for m in report.models:
+            for g in m.window.groups:
+                if g.offline_share is not None:
+                    offline.add_metric([m.model_id, str(g.group)], g.offline_share)
+            if m.weight is not None:
+                weight.add_metric([m.model_id], m.weight)
+        yield offline
+        yield weight
+
+
 class ServiceMetrics:
     """The collectors of one app."""
 
@@ -92,9 +168,14 @@ class ServiceMetrics:
         )  # fmt: skip
         self._source: Callable[[], Registry | None] = lambda: None
         self.registry.register(RegistryCollector(lambda: self._source()))
+        self._exposure: Callable[[], ExposureReport | None] = lambda: None
+        self.registry.register(ExposureCollector(lambda: self._exposure()))
 
     def watch_registry(self, source: Callable[[], Registry | None]) -> None:
         self._source = source
+
+    def watch_exposure(self, source: Callable[[], ExposureReport | None]) -> None:
+        self._exposure = source
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,5 +1,6 @@
-"""What the serving routes share: the served bundle, bounds on k, filters from a request,
-and the JSON text of an answer.
+"""What the serving routes share: the served model of a request (active, an experiment's arm
+or the one named by `model`), bounds on k, filters from a request, and the JSON text of an
+answer.
 
 Answers are JSON text assembled from per-item strings prepared when the bundle loaded
 (ServingBundle.items_json): encoding a pydantic model costs more CPU than the search. The
@@ -18,8 +19,9 @@ from fastapi import HTTPException, Query, Request
 
 from service.core.config import Settings
 from service.serving.bundle import ServingBundle
+from service.serving.exposure import ServedModel
 from service.serving.filters import FilterError, Filters, resolve_filters
-from service.serving.index_store import IndexStore
+from service.serving.index_store import IndexStore, LoadedBundle
 from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC
 
 # The filter parameters of the GET routes: repeated query parameters (?exclude=a&exclude=b).
@@ -35,7 +37,7 @@ GroupsQuery = Annotated[
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown user id"},
-    409: {"description": "`model` names a model that is not the one being served"},
+    409: {"description": "`model` names a model that is not served (the active model or an experiment's arm)"},
     422: {"description": "k, the batch size, a filter (`include` with no known id, a group number "
                          "outside 0 .. G-1) or `fallback` out of range; the detail names the field"},
     503: {"description": "no model has been published yet"},
@@ -47,19 +49,50 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-def serving_bundle(request: Request, model: str | None) -> ServingBundle:
-    """The bundle this request uses from start to end (a swap never changes it midway)."""
+def serving_state(request: Request) -> LoadedBundle:
+    """What this request is served from, read once: a swap never changes it midway."""
     store: IndexStore = request.app.state.index_store
-    bundle = store.current  # read once: the whole request uses this bundle, even across a swap
-    if bundle is None:
+    state = store.snapshot()
+    if state is None:
         raise HTTPException(
             503, "no model is being served yet: publish one with POST /v1/models/{id}/publish"
         )
-    if model is not None and model != bundle.model_id:
+    return state
+
+
+def named_model(state: LoadedBundle, model: str) -> ServedModel:
+    """The served model called `model` (the active one or an experiment's arm); 409 otherwise."""
+    served = state.named(model)
+    if served is None:
+        arms = state.experiment.arms if state.experiment is not None else ()
+        also = f"; experiment arms {', '.join(repr(a.model_id) for a in arms)}" if arms else ""
         raise HTTPException(
-            409, f"model {model!r} is not the served model (serving {bundle.model_id!r}); publish it first"
+            409, f"model {model!r} is not the served model (serving {state.bundle.model_id!r}{also}); publish it first"
         )
-    return bundle
+    return served
+
+
+def served_model(request: Request, model: str | None) -> ServedModel:
+    """The model of a request that no user picks: `model` if given (any served model), else
+    the active one (by-history, similar items)."""
+    state = serving_state(request)
+    return state.active if model is None else named_model(state, model)
+
+
+def served_for_user(request: Request, user_id: str, model: str | None) -> ServedModel:
+    """The model that answers `user_id`: `model` if given, else the user's experiment arm,
+    else the active model. With no experiment this costs one attribute read more than the
+    active model alone."""
+    state = serving_state(request)
+    if model is not None:
+        return named_model(state, model)
+    experiment = state.experiment
+    return state.active if experiment is None else experiment.arm_for(user_id)
+
+
+def serving_bundle(request: Request, model: str | None) -> ServingBundle:
+    """The bundle of `served_model`."""
+    return served_model(request, model).bundle
 
 
 def invalid(loc: list[str | int], msg: str, value: object) -> HTTPException:

@@ -1,13 +1,19 @@
-"""The read side of serving: hold the published bundle and hot-swap it when the pointer moves.
+"""The read side of serving: hold the published bundle (and an experiment's arms) and
+hot-swap them when the pointers move.
 
 The active pointer (keys.ACTIVE_MODEL, JSON {"model_id", "bundle_dir", "published_at"}) is
 the truth; a message on keys.SERVING_EVENTS is only a hint to look at it now. A watcher
 thread waits for such a hint at most `settings.reload_poll_s` and then re-reads the pointer
 either way, so a lost message or a Redis outage only delays a swap, never breaks serving.
+The running experiment (keys.EXPERIMENT, service/serving/experiment.py; hints on
+keys.EXPERIMENT_EVENTS) is read in the same round trip: when it changes, every arm's bundle
+is loaded (a bundle already loaded, the active one or a previous arm's, is reused), and only
+then swapped in.
 
-Swapping is one attribute assignment of an immutable `LoadedBundle` record: a request that
-read `store.current` keeps its bundle to the end, and the old bundle is freed when the
-last such request drops it. The live bundle is never mutated.
+Swapping is one attribute assignment of an immutable `LoadedBundle` record holding the
+active model and the experiment's arms: a request that read `store.snapshot()` keeps its
+models to the end, and an old bundle is freed when the last such request drops it. The
+live bundles are never mutated.
 """
 
 from __future__ import annotations
@@ -16,15 +22,22 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
 
 from service.core import keys
 from service.core.bundle_format import BundleError
 from service.core.config import Settings
 from service.serving.bundle import ServingBundle, load_bundle, use_blas_for_batches
+from service.serving.experiment import LoadedExperiment, cumulative_weights
+from service.serving.exposure import ExposureCounter, ServedModel, Tally
+from service.serving.gc_policy import freeze_long_lived
+from service.serving.schemas import Experiment
 
 if TYPE_CHECKING:
     import redis
@@ -36,13 +49,40 @@ logger = logging.getLogger(__name__)
 RETRY_FAILED_S = 30.0
 
 
+class ArmLoadError(RuntimeError):
+    """An experiment arm whose bundle cannot be loaded: `index` and `model_id` name it."""
+
+    def __init__(self, index: int, model_id: str, bundle_dir: str, reason: Exception) -> None:
+        self.index, self.model_id, self.bundle_dir, self.reason = index, model_id, bundle_dir, reason
+        super().__init__(f"arm {index} ({model_id}): cannot load its bundle {bundle_dir}: {reason}")
+
+
 @dataclass(frozen=True)
 class LoadedBundle:
-    """What one swap installs: the bundle, the pointer it came from, and when."""
+    """What one swap installs: the active model's bundle, the pointer it came from, when,
+    and the running experiment's arms (None: no experiment)."""
 
     bundle: ServingBundle
     pointer: dict[str, Any]
     loaded_at: datetime
+    active: ServedModel
+    experiment: LoadedExperiment | None = None
+
+    def named(self, model_id: str) -> ServedModel | None:
+        """The served model called `model_id` (an arm first, then the active one), or None."""
+        if self.experiment is not None:
+            arm = self.experiment.arm_named(model_id)
+            if arm is not None:
+                return arm
+        return self.active if self.active.model_id == model_id else None
+
+    def models(self) -> list[ServedModel]:
+        """Every model served: the arms, then the active model unless it is an arm."""
+        if self.experiment is None:
+            return [self.active]
+        arms = list(self.experiment.arms)
+        ids = {a.model_id for a in arms}
+        return arms + ([self.active] if self.active.model_id not in ids else [])
 
 
 def _pointer_key(pointer: dict[str, Any]) -> tuple[str, str, str]:
@@ -55,15 +95,21 @@ class IndexStore:
     Args:
         settings: data_dir (relative bundle_dir values resolve against it), nprobe,
             hnsw_ef_search and reload_poll_s are used.
-        redis_client: None gives a static store, filled only by `load_now` (bench, tests).
+        redis_client: None gives a static store, filled only by `load_now` and
+            `apply_experiment` (bench, tests).
+        exposure: the process's exposure counter; None: answers are not counted.
     """
 
-    def __init__(self, settings: Settings, redis_client: redis.Redis | None = None) -> None:
+    def __init__(
+        self, settings: Settings, redis_client: redis.Redis | None = None, exposure: ExposureCounter | None = None
+    ) -> None:
         self.settings = settings
         self.redis = redis_client
+        self.exposure = exposure
         self._state: LoadedBundle | None = None
-        self._load_lock = threading.Lock()  # one load at a time (watcher vs load_now)
+        self._load_lock = threading.Lock()  # one load at a time (watcher vs load_now vs experiment routes)
         self._failed: tuple[tuple[str, str, str], float] | None = None
+        self._failed_experiment: tuple[str, float] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._redis_down = False
@@ -84,8 +130,13 @@ class IndexStore:
         return state.loaded_at if state is not None else None
 
     def snapshot(self) -> LoadedBundle | None:
-        """Bundle, pointer and load time read together (consistent across a swap)."""
+        """Bundle, pointer, load time and experiment read together (consistent across a swap)."""
         return self._state
+
+    @property
+    def experiment(self) -> LoadedExperiment | None:
+        state = self._state
+        return state.experiment if state is not None else None
 
     @property
     def pointer(self) -> dict[str, Any] | None:
@@ -115,31 +166,43 @@ class IndexStore:
             bundle_dir = self._resolve(pointer)
             t0 = time.perf_counter()
             bundle = load_bundle(
-                bundle_dir, nprobe=self.settings.nprobe, ef_search=self.settings.hnsw_ef_search
-            )
+                bundle_dir, nprobe=self.settings.nprobe, ef_search=self.settings.hnsw_ef_search,
+                mmap=self.settings.serving_mmap,
+            )  # fmt: skip
             if bundle.model_id != pointer.get("model_id"):
                 raise BundleError(
                     f"{bundle_dir}: holds model {bundle.model_id}, pointer names {pointer.get('model_id')}"
                 )
             use_blas_for_batches(bundle.index.d)  # coalesced batches read the matrix once
             previous = self.current
-            self._state = LoadedBundle(bundle, dict(pointer), datetime.now(timezone.utc))  # the swap
+            old = self._state
+            active = self._served(bundle, "active", None, str(pointer.get("published_at")))
+            self._state = LoadedBundle(bundle, dict(pointer), datetime.now(timezone.utc), active,
+                                       old.experiment if old is not None else None)  # the swap  # fmt: skip
             self._failed = None
         logger.info(
             "serving model %s (%s, %d items) loaded in %.2fs, replacing %s",
             bundle.model_id, bundle.meta.get("factory"), bundle.n_items,
             time.perf_counter() - t0, previous.model_id if previous else "nothing",
         )  # fmt: skip
+        if self.settings.serving_gc_freeze:  # the new bundle leaves the collector's walks
+            freeze_long_lived(f"model {bundle.model_id} loaded")
         return bundle
 
     def check_pointer(self) -> bool:
-        """Read the active pointer once; load it when it differs from what is served.
+        """Read the active pointer and the experiment once; load what differs from what is served.
 
-        Returns True when a new bundle was swapped in. Redis errors propagate to the
-        watcher; load errors are logged and the current bundle keeps serving.
+        Returns True when something new was swapped in. Redis errors propagate to the
+        watcher; load errors are logged and the current bundles keep serving.
         """
         assert self.redis is not None
-        raw = self.redis.get(keys.ACTIVE_MODEL)
+        raw, raw_experiment = (
+            v.decode() if isinstance(v, bytes) else v for v in self.redis.mget([keys.ACTIVE_MODEL, keys.EXPERIMENT])
+        )  # fmt: skip
+        swapped = self._check_active(raw)
+        return self._check_experiment(raw_experiment) or swapped
+
+    def _check_active(self, raw: str | None) -> bool:
         if raw is None:
             return False
         try:
@@ -165,10 +228,103 @@ class IndexStore:
             return False
         return True
 
+    def _check_experiment(self, raw: str | None) -> bool:
+        """Install the stored experiment (or its end) when it differs from the served one."""
+        state = self._state
+        if state is None:  # arms are installed beside an active model, once one is loaded
+            return False
+        served = state.experiment.raw if state.experiment is not None else None
+        if raw == served:
+            return False
+        failed = self._failed_experiment
+        if raw is not None and failed is not None and failed[0] == raw and time.monotonic() - failed[1] < RETRY_FAILED_S:
+            return False
+        try:
+            spec = Experiment.model_validate_json(raw) if raw is not None else None
+            self.apply_experiment(spec, raw=raw)
+        except (ValidationError, ArmLoadError) as exc:
+            self._failed_experiment = (raw or "", time.monotonic())
+            logger.error("cannot serve the stored experiment (%s); still serving %s", exc,
+                         "its previous arms" if state.experiment is not None else "the active model alone")  # fmt: skip
+            return False
+        return True
+
+    def apply_experiment(
+        self, spec: Experiment | None, *, raw: str | None = None, commit: Callable[[str | None], None] | None = None
+    ) -> LoadedExperiment | None:
+        """Load every arm of `spec` (None: end the experiment), then swap them in.
+
+        Under the load lock: the arms are loaded (and so verified: checksums, shapes), then
+        `commit(raw)` runs (the route writes keys.EXPERIMENT there), then the swap. An arm
+        that cannot be loaded raises ArmLoadError before `commit`, and nothing changes.
+        With no active model loaded yet the arms are verified and committed, and the
+        watcher installs them once the active model loads.
+
+        Args:
+            raw: the stored JSON (default: spec.model_dump_json()); the watcher compares it.
+        """
+        if spec is not None and raw is None:
+            raw = spec.model_dump_json()
+        with self._load_lock:
+            state = self._state
+            loaded = self._load_arms(spec, raw or "", state) if spec is not None else None
+            if commit is not None:
+                commit(raw if spec is not None else None)
+            if state is not None:
+                self._state = replace(state, experiment=loaded)  # the swap
+            self._failed_experiment = None
+        if loaded is not None:
+            logger.info("experiment: serving %s (salt %r)", ", ".join(
+                f"{a.model_id} {a.weight:g}" for a in loaded.arms), loaded.spec.salt)  # fmt: skip
+        else:
+            logger.info("experiment: none; the active model serves everyone")
+        if self.settings.serving_gc_freeze:
+            freeze_long_lived("experiment arms loaded")
+        return loaded
+
+    def _load_arms(self, spec: Experiment, raw: str, state: LoadedBundle | None) -> LoadedExperiment:
+        """Each arm's ServedModel, reusing bundles already loaded from the same directory."""
+        loaded: dict[tuple[str, Path], ServedModel] = {}
+        if state is not None:
+            loaded[(state.active.model_id, self._resolve(state.pointer).resolve())] = state.active
+            for served in state.experiment.arms if state.experiment is not None else ():
+                loaded.setdefault((served.model_id, served.bundle.path.resolve()), served)
+        since = spec.started_at.isoformat()
+        arms = []
+        for i, arm in enumerate(spec.arms):
+            try:
+                where = self._resolve({"bundle_dir": arm.bundle_dir})
+                have = loaded.get((arm.model_id, where.resolve()))
+                if have is not None and have.role == "active":  # the active model's epoch runs on
+                    arms.append(ServedModel(have.bundle, "arm", arm.weight, have.tally))
+                    continue
+                bundle = have.bundle if have is not None else self._load_arm_bundle(where, arm.model_id)
+            except (BundleError, OSError, ValueError) as exc:
+                raise ArmLoadError(i, arm.model_id, arm.bundle_dir, exc) from exc
+            arms.append(self._served(bundle, "arm", arm.weight, since))
+        return LoadedExperiment(spec, raw, tuple(arms), cumulative_weights([a.weight for a in spec.arms]))
+
+    def _load_arm_bundle(self, where: Path, model_id: str) -> ServingBundle:
+        t0 = time.perf_counter()
+        bundle = load_bundle(where, nprobe=self.settings.nprobe, ef_search=self.settings.hnsw_ef_search,
+                             mmap=self.settings.serving_mmap)  # fmt: skip
+        if bundle.model_id != model_id:
+            raise BundleError(f"{where}: holds model {bundle.model_id}, the arm names {model_id}")
+        use_blas_for_batches(bundle.index.d)
+        logger.info("experiment arm %s (%d items) loaded in %.2fs", model_id, bundle.n_items,
+                    time.perf_counter() - t0)  # fmt: skip
+        return bundle
+
+    def _served(
+        self, bundle: ServingBundle, role: Literal["active", "arm"], weight: float | None, since: str
+    ) -> ServedModel:
+        tally = self.exposure.tally(bundle, since) if self.exposure is not None else Tally(bundle, since, None)
+        return ServedModel(bundle, role, weight, tally)
+
     # -- internals ---------------------------------------------------------------------------
     def _resolve(self, pointer: dict[str, Any]) -> Path:
         if not pointer.get("bundle_dir"):
-            raise BundleError(f"active model pointer has no bundle_dir: {pointer!r}")
+            raise BundleError(f"pointer has no bundle_dir: {pointer!r}")
         path = Path(pointer["bundle_dir"])
         return path if path.is_absolute() else self.settings.data_dir / path
 
@@ -182,7 +338,7 @@ class IndexStore:
             try:
                 if pubsub is None:
                     pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(keys.SERVING_EVENTS)
+                    pubsub.subscribe(keys.SERVING_EVENTS, keys.EXPERIMENT_EVENTS)
                 pubsub.get_message(timeout=self.settings.reload_poll_s)
                 self.check_pointer()
                 if self._redis_down:

@@ -6,7 +6,9 @@ norms come first whatever j is: in an MF student the norm grows with popularity,
 same few head items would be "similar" to everything. The cosine keeps only direction.
 The bundle builds a unit-norm copy of the item vectors and an exact inner-product index
 over it on the first request (one more n_items x d float32 array); the item itself is
-never in its answer, and the filters work as on the recommendation routes.
+never in its answer, and the filters work as on the recommendation routes. During an A/B
+experiment the active model answers (`model` may name an arm); these lists are not counted
+as live exposure (service/serving/exposure.py).
 
 Item ids are any text, "/" included (the `ext_id` convertor of service.serving.routes):
 `/v1/items/a/b/similar` asks about item "a/b".
@@ -32,7 +34,7 @@ from service.serving.answers import (
 )
 from service.serving.lean_route import ScalarQueryRoute
 from service.serving.routes import ExternalIdConvertor  # noqa: F401  (registers `ext_id`)
-from service.serving.schemas import SimilarItems
+from service.serving.schemas import MODEL_DOC, SimilarItems
 
 router = APIRouter(tags=["items"])
 
@@ -41,7 +43,7 @@ async def similar_items(
     request: Request,
     item_id: str,
     k: int = Query(20, description="items to return, 1 .. settings.max_k"),
-    model: str | None = Query(None, description="answer only if this model is being served"),
+    model: str | None = Query(None, description=MODEL_DOC),
     exclude: ExcludeQuery = None,
     include: IncludeQuery = None,
     groups: GroupsQuery = None,

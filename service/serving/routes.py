@@ -16,6 +16,11 @@ search thread (the fold-in runs there too); the batch POST and the status are pl
 and run in the threadpool. An unknown user is 404 unless `fallback` asks for a popularity
 list (service/serving/fallback.py).
 
+Every answer is counted for live exposure under the model that produced it (`Tally.add`: one
+deque append; service/serving/exposure.py), with the handler's latency. During an A/B
+experiment each user is answered by their arm (service/serving/experiment.py), by-history
+by the active model; `model` names any served model.
+
 User ids are any text, "/" included: the ASGI server decodes `%2F` before routing, so the
 single-user route takes the whole rest of the path (`{user_id:ext_id}`, never empty, so
 `/v1/recommendations/` still falls through to the batch route's trailing-slash redirect).
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring_ascii
+from time import perf_counter
 from typing import Annotated
 
 import numpy as np
@@ -38,14 +44,19 @@ from service.serving.answers import (
     IncludeQuery,
     check_k,
     invalid,
+    named_model,
     recommendations_json,
     request_filters,
-    serving_bundle,
+    served_for_user,
+    served_model,
+    serving_state,
     settings_of,
 )
+from service.serving.exposure import ServedModel
 from service.serving.index_store import IndexStore
-from service.serving.lean_route import ScalarQueryRoute
+from service.serving.lean_route import JsonBodyRoute, ScalarQueryRoute
 from service.serving.schemas import (
+    MODEL_DOC,
     Fallback,
     HistoryRequest,
     Recommendations,
@@ -77,20 +88,24 @@ async def recommend_user(
     user_id: str,
     k: int = Query(20, description="items to return, 1 .. settings.max_k"),
     exclude_seen: bool = Query(True, description="leave out the user's training items"),
-    model: str | None = Query(None, description="answer only if this model is being served"),
+    model: str | None = Query(None, description=MODEL_DOC),
     exclude: ExcludeQuery = None,
     include: IncludeQuery = None,
     groups: GroupsQuery = None,
     fallback: Annotated[Fallback | None, Query(description=FALLBACK_DOC, examples=["debiased"])] = None,
 ) -> Response:
-    """Top-k items for one user from the published model, with optional filters, and a
-    fallback list for users the model does not know."""
+    """Top-k items for one user from the published model (or the user's experiment arm), with
+    optional filters, and a fallback list for users the model does not know."""
+    t0 = perf_counter()
     check_k(k, settings_of(request).max_k, ["query", "k"])
-    bundle = serving_bundle(request, model)
+    served = served_for_user(request, user_id, model)
+    bundle = served.bundle
     idx = bundle.user_index(user_id)
     if idx is not None and exclude is None and include is None and groups is None:  # the hot path
         scores, items = await bundle.recommend_one_async(idx, k, exclude_seen)
-        return Response(recommendations_json(bundle, user_id, scores, items), media_type="application/json")
+        body = recommendations_json(bundle, user_id, scores, items)
+        served.tally.add(items, perf_counter() - t0)
+        return Response(body, media_type="application/json")
     filters = request_filters(bundle, "query", exclude, include, groups)
     if idx is None:
         if fallback is None:
@@ -101,6 +116,7 @@ async def recommend_user(
         scores, items = await bundle.recommend_one_async(idx, k, exclude_seen, query)
     body = recommendations_json(bundle, user_id, scores, items, fallback=fallback if idx is None else None,
                                 unknown=filters.unknown)  # fmt: skip
+    served.tally.add(items, perf_counter() - t0)
     return Response(body, media_type="application/json")
 
 
@@ -117,17 +133,14 @@ router.add_api_route(
 )
 
 
-@router.post(
-    "/v1/recommendations/by-history",
-    response_model=Recommendations,
-    responses={code: doc for code, doc in ERRORS.items() if code != 404},  # unknown items: reported
-    summary="Top-k items for a visitor the model has not seen, from their history",
-)
 async def recommend_history(request: Request, req: HistoryRequest) -> Response:
     """Fold the history into a user vector with the served item embeddings (closed-form
-    ridge, service.serving.foldin) and answer as for a known user, with `user_id` null."""
+    ridge, service.serving.foldin) and answer as for a known user, with `user_id` null.
+    During an experiment the active model answers (a visitor has no id to be sticky on)."""
+    t0 = perf_counter()
     check_k(req.k, settings_of(request).max_k, ["body", "k"])
-    bundle = serving_bundle(request, req.model)
+    served = served_model(request, req.model)
+    bundle = served.bundle
     filters = request_filters(bundle, "body", req.exclude, req.include, req.groups)
     history, missing = bundle.item_indices(req.items)
     if len(history) == 0:
@@ -139,7 +152,21 @@ async def recommend_history(request: Request, req: HistoryRequest) -> Response:
     scores, items = await bundle.recommend_one_async(-1, req.k, False, query)
     unknown = {**filters.unknown, **({"items": missing} if missing else {})}
     body = recommendations_json(bundle, None, scores, items, unknown=unknown)
+    served.tally.add(items, perf_counter() - t0)
     return Response(body, media_type="application/json")
+
+
+# JsonBodyRoute parses the body in one pydantic pass (service/serving/lean_route.py); OpenAPI
+# and error bodies stay as FastAPI makes them.
+router.add_api_route(
+    "/v1/recommendations/by-history",
+    recommend_history,
+    methods=["POST"],
+    response_model=Recommendations,
+    responses={code: doc for code, doc in ERRORS.items() if code != 404},  # unknown items: reported
+    summary="Top-k items for a visitor the model has not seen, from their history",
+    route_class_override=JsonBodyRoute,
+)
 
 
 @router.post(
@@ -149,8 +176,9 @@ async def recommend_history(request: Request, req: HistoryRequest) -> Response:
     summary="Top-k items for a batch of users",
 )
 def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Response:
-    """Top-k items for each user of a batch, with one index search for the whole batch; the
-    filters apply to every user."""
+    """Top-k items for each user of a batch, with one index search per served model (during
+    an experiment each user is answered by their arm); the filters apply to every user."""
+    t0 = perf_counter()
     settings = settings_of(request)
     check_k(req.k, settings.max_k, ["body", "k"])
     if len(req.user_ids) > settings.max_batch_users:
@@ -159,22 +187,44 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
             f"user_ids holds {len(req.user_ids)} users; at most {settings.max_batch_users} per request",
             len(req.user_ids),
         )
-    bundle = serving_bundle(request, req.model)
-    filters = request_filters(bundle, "body", req.exclude, req.include, req.groups)
-    idx = [bundle.user_index(u) for u in req.user_ids]
-    unknown = [u for u, i in zip(req.user_ids, idx, strict=True) if i is None]
-    if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:10]) + (" …" if len(unknown) > 10 else "")
-        raise HTTPException(404, f"unknown user_ids ({len(unknown)}): {shown} (model {bundle.model_id})")
-    queries = [filters.query()] * len(idx) if filters.active else None
-    scores, items = bundle.recommend(np.array(idx, dtype=np.int64), req.k, req.exclude_seen, queries)
-    results = ",".join(
-        recommendations_json(bundle, u, scores[row], items[row]) for row, u in enumerate(req.user_ids)
-    )
-    extra = ""
-    if filters.unknown:
-        extra = f',"unknown_items":{json.dumps(filters.unknown)}'
-    body = f'{{"model_id":{encode_basestring_ascii(bundle.model_id)}{extra},"results":[{results}]}}'
+    state = serving_state(request)
+    if req.model is not None or state.experiment is None:
+        only = named_model(state, req.model) if req.model is not None else state.active
+        by_model: dict[str, tuple[ServedModel, list[int]]] = {only.model_id: (only, list(range(len(req.user_ids))))}
+    else:
+        by_model = {}
+        for row, u in enumerate(req.user_ids):
+            arm = state.experiment.arm_for(u)
+            by_model.setdefault(arm.model_id, (arm, []))[1].append(row)
+    parts: list[tuple[ServedModel, list[int], np.ndarray, np.ndarray]] = []
+    unknown_items: dict[str, list[str]] = {}
+    unknown_users: list[tuple[str, str]] = []
+    for served, rows in by_model.values():
+        bundle = served.bundle
+        filters = request_filters(bundle, "body", req.exclude, req.include, req.groups)
+        for name, ids in filters.unknown.items():  # arms may know different items: each id once
+            listed = unknown_items.setdefault(name, [])
+            listed += [i for i in ids if i not in listed]
+        idx = [bundle.user_index(req.user_ids[row]) for row in rows]
+        unknown_users += [(req.user_ids[row], bundle.model_id) for row, i in zip(rows, idx, strict=True) if i is None]
+        if unknown_users:
+            continue
+        queries = [filters.query()] * len(idx) if filters.active else None
+        scores, items = bundle.recommend(np.array(idx, dtype=np.int64), req.k, req.exclude_seen, queries)
+        parts.append((served, rows, scores, items))
+    if unknown_users:
+        shown = ", ".join(repr(u) for u, _ in unknown_users[:10]) + (" …" if len(unknown_users) > 10 else "")
+        models = ", ".join(sorted({m for _, m in unknown_users}))
+        raise HTTPException(404, f"unknown user_ids ({len(unknown_users)}): {shown} (model {models})")
+    answers: list[str] = [""] * len(req.user_ids)
+    latency = perf_counter() - t0
+    for served, rows, scores, items in parts:
+        for j, row in enumerate(rows):
+            answers[row] = recommendations_json(served.bundle, req.user_ids[row], scores[j], items[j])
+        served.tally.add(items, latency)
+    extra = f',"unknown_items":{json.dumps(unknown_items)}' if unknown_items else ""
+    model_id = encode_basestring_ascii(parts[0][0].model_id) if len(parts) == 1 else "null"
+    body = f'{{"model_id":{model_id}{extra},"results":[{",".join(answers)}]}}'
     return Response(body, media_type="application/json")
 
 

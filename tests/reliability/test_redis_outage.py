@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis
 
+from service.core import keys
 from service.core.config import Settings
 from service.core.registry import JobRecord, Registry
 from service.stack.redis_server import RedisServer
@@ -30,10 +31,11 @@ AOF_FSYNC_S = 1.2  # appendfsync everysec: a write is on disk at most ~1s later
 
 
 def snapshot(client: redis.Redis) -> dict[str, object]:
-    """Every unkd:* key with its value, whatever its type (strings, sorted sets, hashes)."""
+    """Every unkd:* record with its value, whatever its type (strings, sorted sets, hashes);
+    live exposure counters (unkd:exposure:*, binary, growing with traffic) are not records."""
     read = {"string": client.get, "hash": client.hgetall,
             "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}  # fmt: skip
-    return {k: read[client.type(k)](k) for k in client.keys("unkd:*")}
+    return {k: read[client.type(k)](k) for k in client.keys("unkd:*") if not k.startswith(f"{keys.EXPOSURE}:")}
 
 
 def _registry_answers(client: httpx.Client, job_id: str) -> list[tuple[str, int, str, float]]:

@@ -33,14 +33,14 @@ t = threading.Thread(target=lambda: seen.setdefault("plain_thread", faiss.omp_ge
 t.start(); t.join()
 path, ds, _ = make_bundle(Path(sys.argv[1]), n_users=20, n_items=200)
 b = load_bundle(path)
-inner = b._coalescer._batch_fn
+inner = b._coalescer._batch_ref()  # the bundle's recommend (held weakly)
 
 def spy(*args):
     seen["search_thread"] = faiss.omp_get_max_threads()
     seen["thread_name"] = threading.current_thread().name
     return inner(*args)
 
-b._coalescer._batch_fn = spy
+b._coalescer._batch_ref = lambda: spy
 _, items = b.recommend_one(3, 5, True)
 assert items.tolist() == b.recommend(np.array([3]), 5, exclude_seen=True)[1][0].tolist()
 print(json.dumps(seen))

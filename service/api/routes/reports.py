@@ -4,7 +4,7 @@
     GET /v1/compare?models=a,b,c        the figures of several models side by side (JSON)
     GET /v1/compare.html?models=a,b,c   the same as a page, best value per row marked
     GET /                               the dashboard (service/reports/static/dashboard.html)
-    GET /static/{name}                  the dashboard's script and the shared stylesheet
+    GET /static/{name}                  the dashboard's script modules and the shared stylesheet
 
 Links between pages are relative, so the pages also work behind a path prefix. Report
 pages carry a Content-Security-Policy that allows no script and no fetch at all.
@@ -51,7 +51,15 @@ MAX_COMPARE = 12
 _ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
 DASHBOARD_CSP = "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-STATIC_FILES = {"dashboard.js": "text/javascript", "report.css": "text/css"}
+# The dashboard's script is a few ES modules (how they divide the page: top of dashboard.js).
+DASHBOARD_JS = (
+    "dashboard.js",
+    "dashboard-lib.js",
+    "dashboard-forms.js",
+    "dashboard-serving.js",
+    "dashboard-chart.js",
+)
+STATIC_FILES = {**dict.fromkeys(DASHBOARD_JS, "text/javascript"), "report.css": "text/css"}
 ModelsParam = Annotated[str, Query(description="comma-separated model ids, e.g. a,b,c", min_length=1)]
 
 
@@ -177,14 +185,14 @@ def compare_page(models: ModelsParam, registry: RegistryDep) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def dashboard() -> FileResponse:
-    """Datasets, live jobs, models with their reports, the served model, publish."""
+    """Datasets, jobs, models and the served model, with the forms that change them."""
     return FileResponse(STATIC / "dashboard.html", media_type="text/html",
                         headers={"Content-Security-Policy": DASHBOARD_CSP, "Cache-Control": "no-cache"})  # fmt: skip
 
 
 @router.get("/static/{name}", include_in_schema=False)
 def static_file(name: str) -> FileResponse:
-    """The dashboard's script and the shared stylesheet (a fixed list, nothing else)."""
+    """The dashboard's script modules and the shared stylesheet (a fixed list, nothing else)."""
     media_type = STATIC_FILES.get(name)
     if media_type is None:
         raise HTTPException(status_code=404, detail=f"name={name!r}: no such static file")
