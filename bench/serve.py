@@ -496,11 +496,13 @@ def counting_cost(bundle_dir: Path, args: argparse.Namespace, work: Path, i: int
 
 
 def process_scaling(bundle_dir: Path, args: argparse.Namespace, work: Path, script: Path) -> list[dict[str, Any]]:
-    """create_app under uvicorn with 1, then 2 worker processes (`unkd api --workers`), nothing
-    pinned: the plain GET at 16 connections, req/s, CPU, latency and memory per process."""
+    """create_app under uvicorn with 1, then 2 worker processes (`unkd api --workers`), then 2
+    that map the bundle (UNKD_SERVING_MMAP=1), nothing pinned: the plain GET at 16 connections,
+    req/s, CPU, latency and memory (RSS; PSS splits shared pages) per process."""
     out: list[dict[str, Any]] = []
-    for n, workers in enumerate((1, 2)):
-        srv = Server("app", bundle_dir, args.port + 201 + n, None, work / f"app-workers{workers}.log", workers=workers)
+    for n, (workers, mmap) in enumerate(((1, False), (2, False), (2, True))):
+        srv = Server("app", bundle_dir, args.port + 201 + n, None, work / f"app-workers{workers}-{n}.log", workers=workers,
+                     env={"UNKD_SERVING_MMAP": "1" if mmap else "0"})  # fmt: skip
         try:
             srv.wait_ready("/v1/serving")
             deadline = time.monotonic() + 60
@@ -508,10 +510,11 @@ def process_scaling(bundle_dir: Path, args: argparse.Namespace, work: Path, scri
                 time.sleep(0.2)  # the supervisor and its workers
             run_wrk(srv, 16, min(3.0, args.duration), None, script)  # warm every process
             r = run_wrk(srv, 16, args.duration, None, script)
-            r["memory"] = [m for m in srv.memory_mb() if workers == 1 or m["pid"] != srv.proc.pid]
+            r["memory"] = [m for m in srv.memory_mb() if workers == 1 or (
+                m["pid"] != srv.proc.pid and b"resource_tracker" not in Path(f"/proc/{m['pid']}/cmdline").read_bytes())]  # fmt: skip
         finally:
             srv.stop()
-        r["workers"] = workers
+        r["workers"], r["mmap"] = workers, mmap
         r["scaling"] = r["rps"] / out[0]["rps"] if out else 1.0
         r["pass"] = r["errors"] == 0 and (workers == 1 or r["scaling"] >= TARGET_SCALING)
         out.append(r)
@@ -676,7 +679,7 @@ def run_all(args: argparse.Namespace, work: Path, warm: float) -> int:
     print(table(cheaders, cbody))
     pheaders = ["API processes", "req/s @16", "x 1 process", "CPU ms/req", "p50/p99 @16 ms", "RSS MB per process",
                 "PSS MB per process", "result"]  # fmt: skip
-    pbody = [[pr["workers"], round(pr["rps"]), f"{pr['scaling']:.2f}", pr["cpu_ms_per_req"],
+    pbody = [[f"{pr['workers']}{' (mmap)' if pr['mmap'] else ''}", round(pr["rps"]), f"{pr['scaling']:.2f}", pr["cpu_ms_per_req"],
               f"{pr['p50_ms']:.2f} / {pr['p99_ms']:.2f}", " ".join(f"{m['rss_mb']:.0f}" for m in pr["memory"]),
               " ".join(f"{m['pss_mb']:.0f}" for m in pr["memory"]), "ok" if pr["pass"] else "MISS"]
              for pr in procs]  # fmt: skip
