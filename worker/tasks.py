@@ -20,6 +20,7 @@ from celery import Celery, Task, shared_task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
+from service.core.artifacts import ArtifactError, ArtifactStore, bundle_key
 from service.core.bundle_format import BundleError, build_bundle, read_bundle
 from service.core.config import Settings
 from service.core.queue import DISTILL, PUBLISH, TASK_BY_KIND, TRAIN_TEACHER, queue_for, settings_of
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 # Retrying cannot fix these: the same input fails the same way.
 DETERMINISTIC: tuple[type[BaseException], ...] = (
     ValueError, LookupError, TrainingDivergedError, BundleError, FileNotFoundError,
-    PermissionError, PublishGateError,
+    PermissionError, PublishGateError, ArtifactError,
 )  # fmt: skip
 # Infrastructure hiccups: worth a retry with backoff.
 TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -194,21 +195,29 @@ def publish_model(ctx: JobContext, model_id: str) -> PublishEntry:
         raise PublishGateError(model_id, failed)
     model = ctx.registry.get_model(model_id)
     dataset_id = str(model.lineage.dataset_id)
-    bundle_dir = settings.bundles_dir.resolve() / f"{model_id}-{ctx.job.id[:8]}"
+    store = ArtifactStore.from_settings(settings)
+    key = bundle_key(model_id, ctx.job.id)
+    bundle_dir = settings.bundles_dir.resolve() / key.rsplit("/", 1)[-1]  # built here, then put
     ctx.reporter(ProgressEvent(stage="publish", message=f"building {settings.index_factory} index"))
-    if not (bundle_dir / "meta.json").is_file():
-        build_bundle(
-            Path(model.path), _load_dataset(ctx, dataset_id), bundle_dir, model_id=model_id,
-            index_factory=settings.index_factory, nprobe=settings.nprobe,
-            ef_search=settings.hnsw_ef_search,
-        )  # fmt: skip
-    read_bundle(bundle_dir, nprobe=settings.nprobe, ef_search=settings.hnsw_ef_search)
+    # A redelivered job finds its bundle: built here (data dir), or already in the shared store.
+    if store.in_place or not store.exists(key):
+        if not (bundle_dir / "meta.json").is_file():
+            build_bundle(
+                Path(model.path), _load_dataset(ctx, dataset_id), bundle_dir, model_id=model_id,
+                index_factory=settings.index_factory, nprobe=settings.nprobe,
+                ef_search=settings.hnsw_ef_search,
+            )  # fmt: skip
+        read_bundle(bundle_dir, nprobe=settings.nprobe, ef_search=settings.hnsw_ef_search)
+        store.put(key, bundle_dir)  # data dir: already in place; else uploaded, manifest last
+        if not store.in_place:
+            shutil.rmtree(bundle_dir, ignore_errors=True)  # the store holds it now
+    location = store.location(key)  # data dir: str(bundle_dir), as pointers always held
     key_name = params.get("key_name")
     entry = ctx.registry.record_publish(PublishEntry(
-        model_id=model_id, bundle_dir=str(bundle_dir), key_name=str(key_name) if key_name else None,
+        model_id=model_id, bundle_dir=location, key_name=str(key_name) if key_name else None,
         forced=force, job_id=ctx.job.id, gate=checks,
     ))  # fmt: skip
-    logger.info("job %s: published model %s from %s%s", ctx.job.id, model_id, bundle_dir,
+    logger.info("job %s: published model %s from %s%s", ctx.job.id, model_id, location,
                 " (publish gate forced)" if force and failed else "")  # fmt: skip
     return entry
 

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         None, description="redis://… or rediss://…; unset: `unkd up` starts a local Redis itself"
     )
     data_dir: Path = Field(Path("data"), description="datasets, models, serving bundles, local Redis")
+    artifact_url: str = Field(
+        "", description="where serving bundles are stored: empty = the data dir (one host), or an "
+        "fsspec URL shared by every host, e.g. s3://bucket/prefix (AWS_* variables give the "
+        "endpoint and credentials); service/core/artifacts.py",
+    )  # fmt: skip
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated 'name:role:key' (role read|write|admin) or plain keys "
@@ -157,6 +162,14 @@ class Settings(BaseSettings):
         if not url.startswith(("redis://", "rediss://")):
             raise ValueError(f"redis_url={url!r}: expected a redis:// or rediss:// URL")
         return url
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _artifact_scheme(cls, url: str) -> str:
+        url = url.strip()
+        if url and not re.match(r"^[a-z][a-z0-9+.-]*://.+", url):
+            raise ValueError(f"artifact_url={url!r}: expected an fsspec URL such as s3://bucket/prefix")
+        return url.rstrip("/")
 
     @field_validator("log_level", mode="before")
     @classmethod

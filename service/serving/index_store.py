@@ -10,6 +10,11 @@ keys.EXPERIMENT_EVENTS) is read in the same round trip: when it changes, every a
 is loaded (a bundle already loaded, the active one or a previous arm's, is reused), and only
 then swapped in.
 
+A pointer's `bundle_dir` is a local path, or a URL in the shared artifact store
+(UNKD_ARTIFACT_URL, service/core/artifacts.py): such a bundle is fetched into this host's
+cache and verified against its manifest before it is loaded, so a replica on another host,
+or one started later, serves the same bundle. Arms resolve their `bundle_dir` the same way.
+
 Swapping is one attribute assignment of an immutable `LoadedBundle` record holding the
 active model and the experiment's arms: a request that read `store.snapshot()` keeps its
 models to the end, and an old bundle is freed when the last such request drops it. The
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from service.core import keys
+from service.core.artifacts import ArtifactError, ArtifactStore
 from service.core.bundle_format import BundleError
 from service.core.config import Settings
 from service.serving.bundle import ServingBundle, load_bundle, use_blas_for_batches
@@ -93,7 +99,8 @@ class IndexStore:
     """Holds the serving bundle of the active model for one API process.
 
     Args:
-        settings: data_dir (relative bundle_dir values resolve against it), nprobe,
+        settings: data_dir (relative bundle_dir values resolve against it), artifact_url
+            (bundle_dir URLs are fetched from that store into the local cache first), nprobe,
             hnsw_ef_search and reload_poll_s are used.
         redis_client: None gives a static store, filled only by `load_now` and
             `apply_experiment` (bench, tests).
@@ -106,6 +113,7 @@ class IndexStore:
         self.settings = settings
         self.redis = redis_client
         self.exposure = exposure
+        self.artifacts = ArtifactStore.from_settings(settings)
         self._state: LoadedBundle | None = None
         self._load_lock = threading.Lock()  # one load at a time (watcher vs load_now vs experiment routes)
         self._failed: tuple[tuple[str, str, str], float] | None = None
@@ -219,7 +227,7 @@ class IndexStore:
             return False
         try:
             self.load_now(pointer)
-        except (BundleError, OSError, ValueError) as exc:
+        except (BundleError, ArtifactError, OSError, ValueError) as exc:
             self._failed = (key, time.monotonic())
             logger.error(
                 "cannot load published model %s (%s); still serving %s",
@@ -299,7 +307,7 @@ class IndexStore:
                     arms.append(ServedModel(have.bundle, "arm", arm.weight, have.tally))
                     continue
                 bundle = have.bundle if have is not None else self._load_arm_bundle(where, arm.model_id)
-            except (BundleError, OSError, ValueError) as exc:
+            except (BundleError, ArtifactError, OSError, ValueError) as exc:
                 raise ArmLoadError(i, arm.model_id, arm.bundle_dir, exc) from exc
             arms.append(self._served(bundle, "arm", arm.weight, since))
         return LoadedExperiment(spec, raw, tuple(arms), cumulative_weights([a.weight for a in spec.arms]))
@@ -323,10 +331,11 @@ class IndexStore:
 
     # -- internals ---------------------------------------------------------------------------
     def _resolve(self, pointer: dict[str, Any]) -> Path:
+        """The pointer's bundle as a local directory: a path, or a store URL fetched (and
+        verified) into the local cache; a cached bundle is not fetched again."""
         if not pointer.get("bundle_dir"):
             raise BundleError(f"pointer has no bundle_dir: {pointer!r}")
-        path = Path(pointer["bundle_dir"])
-        return path if path.is_absolute() else self.settings.data_dir / path
+        return self.artifacts.resolve(str(pointer["bundle_dir"]))
 
     def _watch(self) -> None:
         """Wait for a publish message (at most reload_poll_s), then re-read the pointer."""

@@ -18,6 +18,8 @@ from tests.support.processes import log_tail
 from tests.support.redis_dbs import RedisDatabases, resume_redis
 from tests.support.workers import WorkerProcess
 
+pytest_plugins = ["tests.support.s3"]  # s3_server, s3_env: moto's S3 server for the artifact store
+
 # Logs to show when a test fails: on the test item (label, log), and on the session
 # (fixture name, label, log) for processes that outlive one test.
 TEST_LOGS = pytest.StashKey[list[tuple[str, Path]]]()
@@ -91,12 +93,12 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def start_worker(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """start_worker(settings, name="w"): a started worker process, logging to
+    """start_worker(settings, name="w", env=None): a started worker process, logging to
     tmp_path/worker-<name>.log; every one still alive is stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, name: str = "w") -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{name}.log", name)
+    def start(settings: Settings, name: str = "w", env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"worker-{name}.log", name, env)
         watch_log(request, f"worker {name}", worker.log)
         started.append(worker.start())
         return worker
@@ -108,12 +110,12 @@ def start_worker(
 
 @pytest.fixture()
 def live_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., LiveAPI]]:
-    """live_api(settings, ready="/healthz"): the API in a child process, once GET `ready`
-    answers 200 (ready=None: just spawned); every one is stopped after the test."""
+    """live_api(settings, ready="/healthz", env=None): the API in a child process, once GET
+    `ready` answers 200 (ready=None: just spawned); every one is stopped after the test."""
     started: list[LiveAPI] = []
 
-    def start(settings: Settings, ready: str | None = "/healthz") -> LiveAPI:
-        api = LiveAPI(settings, tmp_path / f"api-{len(started)}.log")
+    def start(settings: Settings, ready: str | None = "/healthz", env: dict[str, str] | None = None) -> LiveAPI:
+        api = LiveAPI(settings, tmp_path / f"api-{len(started)}.log", env=env)
         watch_log(request, f"API {len(started)}", api.log)
         started.append(api)
         return api.start(ready) if ready is not None else api.spawn()

@@ -26,10 +26,12 @@ class LiveAPI:
         log: file the process' stdout and stderr are appended to (the app logs there).
         port: TCP port; None picks a free one (and another if it was taken meanwhile).
         workers: API processes on the port under uvicorn's supervisor (`unkd api --workers`).
+        env: variables added to the child's environment (AWS_* for an S3 artifact store).
     """
 
-    def __init__(self, settings: Settings, log: Path, *, port: int | None = None, workers: int = 1) -> None:
-        self.settings, self.log = settings, log
+    def __init__(self, settings: Settings, log: Path, *, port: int | None = None, workers: int = 1,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.settings, self.log, self.env = settings, log, dict(env or {})
         self.workers = workers  # > 1: that many API processes on the port (unkd api --workers)
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
@@ -52,7 +54,7 @@ class LiveAPI:
         """Start the process and return at once (a test may watch it come up)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(api_argv("127.0.0.1", self.port, graceful_s=GRACEFUL_SHUTDOWN_S, workers=self.workers), cwd=ROOT, env=child_env(self.settings),
+            self.proc = subprocess.Popen(api_argv("127.0.0.1", self.port, graceful_s=GRACEFUL_SHUTDOWN_S, workers=self.workers), cwd=ROOT, env=child_env(self.settings, self.env),
                                          stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
         return self
 

@@ -13,14 +13,15 @@ ROOT = Path(__file__).resolve().parents[2]
 LOG_TAIL_CHARS = 3000
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    """The environment of a worker or API child: ours, every setting as UNKD_*, one thread.
+def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker or API child: ours, every setting as UNKD_*, one thread,
+    then `extra` (e.g. the AWS_* variables of tests/support/s3.py).
 
     One BLAS/OpenMP thread per child: the tests share two CPU cores with their children.
     """
     return {
         **os.environ, **settings_env(settings),
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra or {}),
     }  # fmt: skip
 
 

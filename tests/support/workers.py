@@ -25,10 +25,11 @@ class WorkerProcess:
         settings: the worker's settings (queues, Redis, data dir, limits).
         log: file the worker's stdout and stderr are appended to.
         name: start of the Celery hostname (`<name>-<6 hex>@host`), unique per start.
+        env: variables added to the child's environment (AWS_* for an S3 artifact store).
     """
 
-    def __init__(self, settings: Settings, log: Path, name: str = "w") -> None:
-        self.settings, self.log, self.name = settings, log, name
+    def __init__(self, settings: Settings, log: Path, name: str = "w", env: dict[str, str] | None = None) -> None:
+        self.settings, self.log, self.name, self.env = settings, log, name, dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = WORKER_START_TIMEOUT_S) -> WorkerProcess:
@@ -40,7 +41,7 @@ class WorkerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log.stat().st_size if self.log.is_file() else 0
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(self.settings),
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(self.settings, self.env),
                                          stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while b" ready." not in self.log.read_bytes()[offset:]:

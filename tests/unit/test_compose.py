@@ -14,6 +14,7 @@ from service.core.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = re.compile(r"^\$\{(?P<name>\w+)(:-(?P<default>.*))?\}$")
+AWS_VARIABLES = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,9 @@ def env_of(compose: dict[str, Any], service: str) -> dict[str, str]:
 
 def test_services_and_profiles(compose) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "api", "worker", "flower"}
+    assert set(services) == {"redis", "minio", "minio-init", "api", "worker", "flower"}
     assert services["flower"]["profiles"] == ["monitoring"]
-    for name in ("redis", "api", "worker"):
+    for name in ("redis", "minio", "api", "worker"):
         assert "profiles" not in services[name], f"{name} must start by default"
         assert "healthcheck" in services[name], f"{name} needs a health check"
 
@@ -53,6 +54,8 @@ def test_unkd_variables_are_settings_fields_with_valid_defaults(compose, service
     fields = Settings.model_fields
     values: dict[str, str] = {}
     for key, raw in env.items():
+        if key in AWS_VARIABLES:  # read by botocore (the S3 artifact store), not by Settings
+            continue
         assert key.startswith("UNKD_"), f"{service}: {key} is not a UNKD_ setting"
         field = key.removeprefix("UNKD_").lower()
         assert field in fields, f"{service}: {key} matches no field of service.core.config.Settings"
@@ -76,6 +79,37 @@ def test_api_and_worker_share_the_artifact_volume(compose) -> None:
         (volume,) = [v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == data_dir]
         mounts[name] = volume
     assert mounts["api"] == mounts["worker"] and mounts["api"] in compose["volumes"]
+
+
+def default_of(raw: str, name: str) -> str:
+    """The value `${NAME:-default}` gives when NAME is unset; the variable must be NAME itself."""
+    m = DEFAULT.match(raw)
+    assert m is not None and m.group("name") == name and m.group("default"), f"{name}: {raw!r}"
+    return m.group("default")
+
+
+def test_bundles_go_through_minio(compose) -> None:
+    """API and worker store serving bundles in MinIO's bucket, reached through the AWS
+    variables with MinIO's own credentials, once the bucket exists."""
+    services = compose["services"]
+    minio, init = services["minio"], services["minio-init"]
+    port = re.search(r":(\d+)$", default_of(env_of(compose, "api")["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL"))
+    assert minio["command"][:2] == ["server", "/data"] and port is not None and port.group(1) == "9000"
+    assert any(v.endswith(":/data") for v in minio["volumes"])
+    root = {k: default_of(str(v), {"MINIO_ROOT_USER": "AWS_ACCESS_KEY_ID",
+                                   "MINIO_ROOT_PASSWORD": "AWS_SECRET_ACCESS_KEY"}[k])
+            for k, v in minio["environment"].items()}  # fmt: skip
+    assert len(root["MINIO_ROOT_PASSWORD"]) >= 8  # MinIO refuses shorter ones
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    for name in ("api", "worker"):
+        env = env_of(compose, name)
+        url = Settings(artifact_url=default_of(env["UNKD_ARTIFACT_URL"], "UNKD_ARTIFACT_URL")).artifact_url
+        bucket = url.removeprefix("s3://").split("/")[0]
+        assert url.startswith("s3://") and f"store/{bucket}" in init["command"][0]  # minio-init makes it
+        assert default_of(env["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL") == "http://minio:9000"
+        assert default_of(env["AWS_ACCESS_KEY_ID"], "AWS_ACCESS_KEY_ID") == root["MINIO_ROOT_USER"]
+        assert default_of(env["AWS_SECRET_ACCESS_KEY"], "AWS_SECRET_ACCESS_KEY") == root["MINIO_ROOT_PASSWORD"]
+        assert services[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
 
 
 def test_worker_reserves_a_gpu(compose) -> None:

@@ -5,20 +5,21 @@ Every publish that makes a model the served one (a publish job, a distill job wi
 back the newest model in that history other than the served one, through the same
 registry call a publish job ends with (pointer, history entry and the serving event in one
 MULTI), so every API process hot-swaps to it as after a publish. Its bundle is read and
-verified first (checksums, shapes); a bundle that is gone or broken answers 409 naming
-the model and changes nothing.
+verified first (checksums, shapes; fetched into the local cache first when it lives in the
+artifact store); a bundle that is gone or broken answers 409 naming the model and changes
+nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from fastapi import APIRouter, Query
 
 from service.api.auth import AdminCaller
 from service.api.deps import RegistryDep, SettingsDep
 from service.api.schemas import MAX_OFFSET, PublishHistory
+from service.core.artifacts import ArtifactError, ArtifactStore
 from service.core.bundle_format import BundleError, read_bundle
 from service.core.registry import ConflictError, PublishEntry
 
@@ -49,12 +50,10 @@ def rollback(registry: RegistryDep, settings: SettingsDep, caller: AdminCaller) 
             "nothing to roll back to: the publish history holds no model other than the served one"
             if active is not None else "nothing to roll back to: no model is served"))  # fmt: skip
     target, served = found
-    bundle_dir = Path(target.bundle_dir)
-    if not bundle_dir.is_absolute():  # as the API processes resolve the pointer
-        bundle_dir = settings.data_dir / bundle_dir
-    try:
+    try:  # resolved as the API processes resolve the pointer (a store URL: fetched, verified)
+        bundle_dir = ArtifactStore.from_settings(settings).resolve(target.bundle_dir)
         read_bundle(bundle_dir, nprobe=settings.nprobe, ef_search=settings.hnsw_ef_search)
-    except (BundleError, OSError) as exc:
+    except (BundleError, ArtifactError, OSError) as exc:
         raise ConflictError("model_id", target.model_id, (
             f"cannot roll back to it: its serving bundle is gone or broken ({exc}); still serving "
             f"{served}. Publish it again with POST /v1/models/{target.model_id}/publish")) from exc  # fmt: skip

@@ -1,0 +1,205 @@
+"""The artifact store (service/core/artifacts.py) on a local fsspec URL and on real S3 HTTP
+(moto's server, tests/support/s3.py): round trip, manifest last, verify on fetch, write-once
+keys, the fetch cache; and the data-dir mode that keeps today's paths."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.core.artifacts import (
+    MANIFEST_FILE,
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactExistsError,
+    ArtifactNotFoundError,
+    ArtifactStore,
+    bundle_key,
+)
+from service.core.config import Settings
+from tests.support.s3 import S3Server
+
+KEY = "bundles/student-a-0123abcd"
+
+
+def make_src(root: Path, *, seed: int = 0) -> Path:
+    """A small artifact directory: a binary file, a text file, a nested file."""
+    src = root / f"src-{seed}"
+    (src / "sub").mkdir(parents=True)
+    (src / "items.faiss").write_bytes(bytes((i * 7 + seed) % 256 for i in range(70_000)))
+    (src / "meta.json").write_text(f'{{"model_id": "student-a", "seed": {seed}}}')
+    (src / "sub" / "groups.npy").write_bytes(b"\x93NUMPY" + bytes([seed]) * 100)
+    return src
+
+
+def same_files(a: Path, b: Path) -> bool:
+    files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    return all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL: a local directory through fsspec's file filesystem, or a fresh S3 bucket."""
+    if request.param == "file":
+        return f"file://{tmp_path / 'shared-store'}"
+    server: S3Server = request.getfixturevalue("s3_server")
+    request.getfixturevalue("s3_env")  # this process reaches it through the AWS variables only
+    return f"s3://{server.make_bucket()}/artifacts"
+
+
+@pytest.fixture()
+def new_store(store_url: str, tmp_path: Path) -> Callable[[str], ArtifactStore]:
+    """new_store(host): the store as one host sees it, with that host's own data dir and cache."""
+    return lambda host: ArtifactStore(store_url, tmp_path / host)
+
+
+# -- a store URL (file://, s3://) ---------------------------------------------------------------
+
+
+def test_put_then_fetch_round_trip(new_store, tmp_path: Path) -> None:
+    writer, reader = new_store("worker"), new_store("api")
+    src = make_src(tmp_path)
+    assert not reader.exists(KEY)
+    writer.put(KEY, src)
+    assert reader.exists(KEY)
+    got = reader.fetch(KEY)
+    assert got == tmp_path / "api" / "cache" / "artifacts" / KEY  # in the reader's own cache
+    assert same_files(src, got) and (got / MANIFEST_FILE).is_file()
+    manifest = reader.manifest(KEY)
+    assert set(manifest.files) == {"items.faiss", "meta.json", "sub/groups.npy"}
+    assert manifest.files["items.faiss"].size == 70_000
+    assert not list((reader.cache_dir / ".tmp").iterdir())  # no temp directory left behind
+
+
+def test_a_key_without_its_manifest_is_absent(new_store, tmp_path: Path, monkeypatch) -> None:
+    """A writer that dies after the files but before the manifest leaves nothing visible;
+    its retry completes the key."""
+    writer, reader = new_store("worker"), new_store("api")
+    src = make_src(tmp_path)
+    fs = writer._remote()[0]
+
+    def dies(path: str, value: bytes, **kwargs: object) -> None:
+        raise OSError("writer died before the manifest")
+
+    monkeypatch.setattr(fs, "pipe_file", dies)
+    with pytest.raises(OSError, match="writer died"):
+        writer.put(KEY, src)
+    monkeypatch.undo()
+    assert fs.exists(writer._path(KEY, "items.faiss"))  # the files are there ...
+    assert not reader.exists(KEY)  # ... but without the manifest the key is absent
+    with pytest.raises(ArtifactNotFoundError, match=f"artifact {KEY}: .*no {MANIFEST_FILE}"):
+        reader.fetch(KEY)
+    assert not (reader.cache_dir / KEY).exists()
+    writer.put(KEY, src)  # the retry uploads over the leftovers, then the manifest
+    assert same_files(src, reader.fetch(KEY))
+
+
+@pytest.mark.parametrize("damage", ["same size", "truncated", "deleted"])
+def test_a_corrupt_file_in_the_store_is_refused(new_store, tmp_path: Path, damage: str) -> None:
+    writer, reader = new_store("worker"), new_store("api")
+    writer.put(KEY, make_src(tmp_path))
+    fs, path = writer._remote()[0], writer._path(KEY, "items.faiss")
+    if damage == "same size":
+        fs.pipe_file(path, b"\x00" * 70_000)  # bit rot, or someone edited it in the bucket
+    elif damage == "truncated":
+        fs.pipe_file(path, b"\x00" * 100)
+    else:
+        fs.rm_file(path)
+    reason = {"same size": "sha256 .* does not match the manifest", "truncated": "100 bytes, the manifest says 70000",
+              "deleted": "listed in the manifest, missing from"}[damage]  # fmt: skip
+    with pytest.raises(ArtifactCorruptError, match=f"artifact {KEY}: items.faiss: {reason}"):
+        reader.fetch(KEY)
+    assert not (reader.cache_dir / KEY).exists()  # nothing unverified is handed on or cached
+    assert not list((reader.cache_dir / ".tmp").iterdir())
+
+
+def test_keys_are_written_once(new_store, tmp_path: Path) -> None:
+    store = new_store("worker")
+    first = make_src(tmp_path, seed=1)
+    store.put(KEY, first)
+    written = store.manifest(KEY)
+    store.put(KEY, make_src(tmp_path / "again", seed=1))  # same content (a redelivered job): no-op
+    assert store.manifest(KEY) == written
+    with pytest.raises(ArtifactExistsError, match=f"artifact {KEY}: already written with different content"):
+        store.put(KEY, make_src(tmp_path, seed=2))
+    assert store.manifest(KEY) == written
+    assert same_files(first, new_store("api").fetch(KEY))  # the first content, untouched
+
+
+def test_the_cache_is_reused_without_asking_the_store(new_store, tmp_path: Path, monkeypatch) -> None:
+    writer, reader = new_store("worker"), new_store("api")
+    writer.put(KEY, make_src(tmp_path))
+    first = reader.fetch(KEY)
+    fs = reader._remote()[0]
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached key must not be fetched again")
+
+    for name in ("cat_file", "get_file", "exists", "info"):
+        monkeypatch.setattr(fs, name, no_network)
+    assert reader.fetch(KEY) == first
+    assert ArtifactStore(writer.url, tmp_path / "api").fetch(KEY) == first  # a restarted process too
+    monkeypatch.undo()
+    (first / "items.faiss").write_bytes(b"truncated")  # a damaged cached copy is fetched again
+    again = reader.fetch(KEY)
+    assert again == first and (again / "items.faiss").stat().st_size == 70_000
+
+
+def test_resolve_locations(new_store, tmp_path: Path) -> None:
+    store = new_store("api")
+    store.put(KEY, make_src(tmp_path))
+    location = store.location(KEY)
+    assert location == f"{store.url}/{KEY}" and store.key_of(location) == KEY
+    assert same_files(make_src(tmp_path / "x"), store.resolve(location))
+    assert store.resolve("/srv/unkd/bundles/m-1") == Path("/srv/unkd/bundles/m-1")  # a path stays a path
+    assert store.resolve("bundles/m-1") == tmp_path / "api" / "bundles" / "m-1"
+    with pytest.raises(ArtifactError, match="not in this process's artifact store"):
+        store.resolve(f"s3://another-bucket/{KEY}")
+    with pytest.raises(ArtifactNotFoundError, match="artifact bundles/never-00000000"):
+        store.resolve(store.location("bundles/never-00000000"))
+
+
+def test_bad_keys_are_refused(new_store) -> None:
+    store = new_store("api")
+    for key in ("../etc", "/abs/key", "bundles//x", "bundles/../x", ""):
+        with pytest.raises(ArtifactError, match="not a valid key"):
+            store.location(key)
+
+
+# -- the data-dir mode (UNKD_ARTIFACT_URL unset) --------------------------------------------------
+
+
+def test_data_dir_mode_keeps_the_paths_of_today(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    store = ArtifactStore.from_settings(settings)
+    assert store.in_place and settings.artifact_url == ""
+    key = bundle_key("student-a", "0123abcd-ffff")
+    built = settings.bundles_dir.resolve() / "student-a-0123abcd"  # where publish jobs build
+    assert store.location(key) == str(built)
+    os.makedirs(built)
+    (built / "meta.json").write_text("{}")
+    store.put(key, built)  # built in place: nothing copied, no manifest added
+    assert sorted(p.name for p in built.iterdir()) == ["meta.json"]
+    assert store.fetch(key) == settings.data_dir / key and store.resolve(str(built)) == built
+    with pytest.raises(ArtifactExistsError):
+        store.put(key, make_src(tmp_path))
+    other = "bundles/student-b-89abcdef"
+    store.put(other, make_src(tmp_path, seed=3))  # from elsewhere: copied in
+    assert same_files(make_src(tmp_path / "y", seed=3), store.fetch(other))
+    with pytest.raises(ArtifactNotFoundError, match="artifact bundles/none-00000000: .* does not exist"):
+        store.fetch("bundles/none-00000000")
+    with pytest.raises(ArtifactError, match="UNKD_ARTIFACT_URL is unset"):
+        store.resolve("s3://bucket/artifacts/bundles/student-a-0123abcd")
+
+
+def test_artifact_url_setting() -> None:
+    assert Settings(artifact_url="s3://unkd/artifacts/").artifact_url == "s3://unkd/artifacts"
+    assert Settings(artifact_url=" ").artifact_url == ""
+    for bad in ("unkd/artifacts", "s3://", "/srv/artifacts"):
+        with pytest.raises(ValidationError) as info:
+            Settings(artifact_url=bad)
+        assert info.value.errors()[0]["loc"][0] == "artifact_url"
