@@ -18,6 +18,8 @@ from training.config import ALSOptions, DistillConfig, EvalConfig, TeacherConfig
 from training.dataset import Dataset
 from training.defaults import resolve
 from training.distill import build_distiller
+from training.distill.ranking import CANDIDATE_CACHE, candidates_key
+from training.distill.shards import PrecomputedCandidates, candidate_options
 from training.errors import ConfigError, JobCancelled
 from training.evaluation import attach_teacher, evaluate_scorer
 from training.manifest import (
@@ -160,6 +162,21 @@ def _warm_start_from_als(student: Ranker, cfg: DistillConfig, train: sp.csr_matr
     student.set_embeddings(torch.from_numpy(best.user_emb), torch.from_numpy(best.item_emb))
 
 
+def _seed_candidates(pre: PrecomputedCandidates, cfg: DistillConfig, train: sp.csr_matrix,
+                     cache_key: str) -> None:  # fmt: skip
+    """Put precomputed lists where the distiller's prepare() finds them: the process's
+    candidate cache, under the key it will ask for."""
+    want = candidate_options(cfg, train)
+    got = pre.options
+    if want is None or (want.top_l, want.with_scores) != (got.top_l, got.with_scores) \
+            or not np.array_equal(want.groups, got.groups):  # fmt: skip
+        raise ValueError(f"precomputed candidate lists (top_l={got.top_l}) are not the lists "
+                         f"method={cfg.method!r} ranks")  # fmt: skip
+    key = candidates_key(cache_key, train, got.groups, got.top_l, got.with_scores)
+    CANDIDATE_CACHE.clear()
+    CANDIDATE_CACHE.get_or_build(key, lambda: pre.lists)
+
+
 def distill_student(
     dataset: Dataset,
     teacher: ModelArtifact | Path,
@@ -172,9 +189,14 @@ def distill_student(
     model_id: str | None = None,
     dataset_id: str | None = None,
     eval_cfg: EvalConfig | None = None,
+    candidates: PrecomputedCandidates | None = None,
 ) -> ModelArtifact:
     """Distil `teacher` (any teacher: used through its scorer) into a small student with
-    cfg.method and save it to `out_dir`."""
+    cfg.method and save it to `out_dir`.
+
+    candidates: the teacher's lists ranked beforehand (a fanned-out job's shards,
+    training.distill.shards); they must be the lists cfg.method asks for.
+    """
     out_dir = Path(out_dir)
     teacher_art = teacher if isinstance(teacher, ModelArtifact) else ModelArtifact.load(Path(teacher))
     teacher_art.check_dataset(dataset.fingerprint)
@@ -191,7 +213,16 @@ def distill_student(
     if distiller is not None:
         _emit(on_progress, "candidates", "ranking the teacher's candidates")
         tc = time.perf_counter()
-        distiller.prepare(should_stop)
+        try:
+            if candidates is not None:
+                _seed_candidates(candidates, cfg, train, cache_key)
+            hits = CANDIDATE_CACHE.hits
+            distiller.prepare(should_stop)
+            if candidates is not None and CANDIDATE_CACHE.hits == hits:
+                raise RuntimeError("the distiller ranked its own candidates beside the precomputed ones")
+        finally:
+            if candidates is not None:  # the lists' files belong to the job, not to this process
+                CANDIDATE_CACHE.clear()
         candidates_s = time.perf_counter() - tc
     valid = dataset.csr("valid")
     head_items, cap = None, None

@@ -2,8 +2,10 @@
 
 Every task takes only a job id; the job's parameters live in the registry, which is the
 one source of truth for its status. Jobs are idempotent by job id: a job's model goes to
-settings.models_dir / <its model id>, written atomically by the pipeline, so a redelivered
-message finds the finished model instead of training twice.
+settings.models_dir / <its model id>, written atomically by the pipeline, then into the
+artifact store under models/<its model id> (the data dir itself, unless UNKD_ARTIFACT_URL
+names an object store), so a redelivered message finds the finished model instead of
+training twice. Datasets, teachers and models to publish are read through the store too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,7 +23,7 @@ from celery import Celery, Task, shared_task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from pydantic import ValidationError
 
-from service.core.artifacts import ArtifactError, ArtifactStore, bundle_key
+from service.core.artifacts import ArtifactError, ArtifactStore, bundle_key, model_key
 from service.core.bundle_format import BundleError, build_bundle, read_bundle
 from service.core.config import Settings
 from service.core.queue import DISTILL, PUBLISH, TASK_BY_KIND, TRAIN_TEACHER, queue_for, settings_of
@@ -84,18 +87,33 @@ class JobContext:
 
     @property
     def model_dir(self) -> Path:
+        """Where the job's pipeline saves its model on this host (atomically)."""
         return self.settings.models_dir.resolve() / self.model_id
+
+    @cached_property
+    def store(self) -> ArtifactStore:
+        """Where datasets and models are read from and the job's model is stored."""
+        return ArtifactStore.from_settings(self.settings)
 
 
 def _load_dataset(ctx: JobContext, dataset_id: str) -> Dataset:
+    """A registered dataset, read through the artifact store (a store URL: fetched, verified)."""
     record = ctx.registry.get_dataset(dataset_id)
-    return Dataset.load(Path(record.path))
+    return Dataset.load(ctx.store.resolve(record.path))
+
+
+def _store_model(ctx: JobContext) -> str:
+    """Put the job's model directory in the store; returns its location (data dir: its path)."""
+    key = model_key(ctx.model_id)
+    if ctx.model_dir.is_dir():  # saved here by this delivery, or by one that died before the put
+        return ctx.store.commit(key, ctx.model_dir)
+    return ctx.store.location(key)  # an earlier delivery stored it already (_finished_before)
 
 
 def _register(ctx: JobContext, artifact: ModelArtifact, *, dataset_id: str,
               teacher_id: str | None) -> ModelRecord:  # fmt: skip
     record = ModelRecord.of(
-        artifact.manifest, artifact.report, model_id=ctx.model_id, path=str(ctx.model_dir),
+        artifact.manifest, artifact.report, model_id=ctx.model_id, path=_store_model(ctx),
         lineage=Lineage(dataset_id=dataset_id, teacher_id=teacher_id), job_id=ctx.job.id,
     )  # fmt: skip
     return ctx.registry.add_model(record)
@@ -112,13 +130,17 @@ def _remove_stale_temp(ctx: JobContext) -> None:
 
 
 def _finished_before(ctx: JobContext) -> ModelArtifact | None:
-    """The model of an earlier delivery of this job that saved it but was not recorded."""
+    """The model of an earlier delivery of this job that saved it but was not recorded:
+    saved on this host (maybe not yet stored), or already in the store under its key."""
     _remove_stale_temp(ctx)
-    if ctx.registry.has_model(ctx.model_id) or (ctx.model_dir / MANIFEST).is_file():
+    in_place = ctx.store.in_place
+    if (in_place and ctx.registry.has_model(ctx.model_id)) or (ctx.model_dir / MANIFEST).is_file():
         try:
             return ModelArtifact.load(ctx.model_dir)
         except ValueError:
             shutil.rmtree(ctx.model_dir, ignore_errors=True)
+    if not in_place and ctx.store.exists(model_key(ctx.model_id)):  # stored, maybe not recorded
+        return ModelArtifact.load(ctx.store.fetch(model_key(ctx.model_id)))
     return None
 
 
@@ -160,12 +182,17 @@ def _distill_body(ctx: JobContext) -> str:
         dataset = _load_dataset(ctx, dataset_id)
         check_distill(dataset.n_users, dataset.n_items, cfg, teacher.dim,
                       ctx.settings.max_job_memory_mb * 2**20, teacher_model=teacher.model)  # fmt: skip
-        artifact = pipelines.distill_student(
-            dataset, Path(teacher.path), cfg, ctx.model_dir,
-            device=resolve_device(ctx.settings.device),
-            on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
-            dataset_id=dataset_id,
-        )  # fmt: skip
+        from worker.fanout import distill_in_shards, fans_out  # it imports this module
+
+        if fans_out(ctx.settings, dataset.n_users, cfg):  # candidates ranked by every worker
+            artifact = distill_in_shards(ctx, dataset, cfg, dataset_id)
+        else:
+            artifact = pipelines.distill_student(
+                dataset, ctx.store.resolve(teacher.path), cfg, ctx.model_dir,
+                device=resolve_device(ctx.settings.device),
+                on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
+                dataset_id=dataset_id,
+            )  # fmt: skip
     _register(ctx, artifact, dataset_id=dataset_id, teacher_id=teacher.id)
     ctx.saved_model_id = ctx.model_id
     if params.get("publish"):  # a gated publish (PublishGateError) fails the job, keeps the model
@@ -203,7 +230,7 @@ def publish_model(ctx: JobContext, model_id: str) -> PublishEntry:
     if store.in_place or not store.exists(key):
         if not (bundle_dir / "meta.json").is_file():
             build_bundle(
-                Path(model.path), _load_dataset(ctx, dataset_id), bundle_dir, model_id=model_id,
+                store.resolve(model.path), _load_dataset(ctx, dataset_id), bundle_dir, model_id=model_id,
                 index_factory=settings.index_factory, nprobe=settings.nprobe,
                 ef_search=settings.hnsw_ef_search,
             )  # fmt: skip

@@ -39,6 +39,7 @@ from celery import Task, current_app, shared_task
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from service.core import keys
+from service.core.artifacts import ArtifactStore
 from service.core.config import Settings
 from service.core.queue import TUNE_TRIALS, settings_of
 from service.core.registry import TERMINAL, JobProgress, JobRecord, Registry
@@ -206,20 +207,21 @@ def open_run(job: JobRecord, settings: Settings, registry: Registry, *, create: 
     device = resolve_device(settings.device)
     budget = settings.max_job_memory_mb * 2**20
     model_id = str(job.output_model_id)
+    store = ArtifactStore.from_settings(settings)  # the dataset and the teacher are read through it
     cfg: TeacherConfig | DistillConfig
     teacher: ModelArtifact | None = None
     if job.kind == "teacher":
         cfg = TeacherConfig.model_validate(params["config"])
         dataset_id = str(params["dataset_id"])
-        dataset = Dataset.load(Path(registry.get_dataset(dataset_id).path))
+        dataset = Dataset.load(store.resolve(registry.get_dataset(dataset_id).path))
         check_teacher(dataset.n_users, dataset.n_items, cfg, budget)
     else:
         cfg = DistillConfig.model_validate(params["config"])
         record = registry.get_model(str(params["teacher_id"]), field="teacher_id")
         dataset_id = str(record.lineage.dataset_id)
-        dataset = Dataset.load(Path(registry.get_dataset(dataset_id).path))
+        dataset = Dataset.load(store.resolve(registry.get_dataset(dataset_id).path))
         check_distill(dataset.n_users, dataset.n_items, cfg, record.dim, budget, teacher_model=record.model)
-        teacher = ModelArtifact.load(Path(record.path))
+        teacher = ModelArtifact.load(store.resolve(record.path))
 
     def train(c: Any, out: Path, on_progress: Any, should_stop: Any) -> ModelArtifact:
         if teacher is None:

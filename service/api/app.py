@@ -28,6 +28,7 @@ from service.api.routes import (
     publishing,
     reports,
 )
+from service.core.artifacts import ArtifactStore
 from service.core.config import Settings, get_settings
 from service.core.queue import make_celery
 from service.core.registry import Registry
@@ -101,7 +102,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30,
     )  # fmt: skip
     counter = ExposureCounter(exposure_redis, settings.exposure_flush_s) if settings.exposure_counting else None
-    reader = ExposureReader(exposure_redis, lambda model_id: exposure.offline_group_shares(registry, model_id))
+    artifacts = ArtifactStore.from_settings(settings)
+    reader = ExposureReader(exposure_redis, lambda model_id: exposure.offline_group_shares(registry, artifacts, model_id))
     store = IndexStore(settings, registry.redis, exposure=counter)
     app.state.registry = registry
     app.state.celery = celery_app

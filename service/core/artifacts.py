@@ -3,8 +3,9 @@
 An *artifact* is a directory of files stored under a versioned key, e.g. a serving bundle
 at ``bundles/<model_id>-<job id[:8]>``. Keys are written once and never change: that is
 what lets a reader cache an artifact forever and a writer retry without coordination.
-Serving bundles go through this store today; datasets, models and reports are meant to
-follow through the same four calls (`put`, `exists`, `fetch`, `location`/`resolve`).
+Serving bundles, prepared datasets (``datasets/<dataset id>``) and trained model directories
+(``models/<model id>``, with their report.json and manifest.json) go through this store: a
+record or pointer holds `location(key)`, and a reader calls `resolve(location)`.
 
 One class, two modes, picked by ``settings.artifact_url`` (UNKD_ARTIFACT_URL):
 
@@ -87,6 +88,16 @@ class ArtifactExistsError(ArtifactError):
 def bundle_key(model_id: str, job_id: str) -> str:
     """The key of the serving bundle a publish job builds (one per publish)."""
     return f"bundles/{model_id}-{job_id[:8]}"
+
+
+def dataset_key(dataset_id: str) -> str:
+    """The key of a prepared dataset (written once by the API that registered it)."""
+    return f"datasets/{dataset_id}"
+
+
+def model_key(model_id: str) -> str:
+    """The key of a trained model directory, teacher or student (written once by its job)."""
+    return f"models/{model_id}"
 
 
 def check_key(key: str) -> str:
@@ -259,12 +270,15 @@ class ArtifactStore:
             return False
         return True
 
-    def put(self, key: str, src: Path) -> None:
+    def put(self, key: str, src: Path) -> Manifest | None:
         """Store the directory `src` under `key`, once.
 
         Data dir: `src` already at the key's place copies nothing; elsewhere it is copied in
         and renamed into place. URL: every file is uploaded, then the manifest, last.
         A key already written: no-op if it holds the same files (names, sizes, sha256).
+
+        Returns:
+            URL: the manifest of `src` (what the key holds); data dir: None (nothing scanned).
 
         Raises:
             ArtifactExistsError: the key holds different content.
@@ -273,7 +287,7 @@ class ArtifactStore:
         src = Path(src)
         if self.in_place:
             self._put_in_place(key, src)
-            return
+            return None
         local = scan_dir(src, key)
         try:
             stored = self.manifest(key)
@@ -281,13 +295,41 @@ class ArtifactStore:
             stored = None
         if stored is not None:
             self._same_or_raise(key, local, stored)
-            return
+            return local
         fs = self._remote()[0]
         for name in local.files:
             fs.put_file(str(src / name), self._path(key, name))
         fs.pipe_file(self._path(key, MANIFEST_FILE), local.to_json())  # last: now the key exists
         logger.info("artifact %s: stored %d files (%d bytes) in %s", key, len(local.files),
                     sum(e.size for e in local.files.values()), self.url)  # fmt: skip
+        return local
+
+    def commit(self, key: str, src: Path) -> str:
+        """Store the directory `src`, built on this host, under `key`; returns the location a
+        record holds.
+
+        Data dir: `put` (`src` built at the key's place: nothing copied), and the location is
+        its path, as records always held. URL: `put`, then `src` becomes this host's cached
+        copy of the key (its manifest added, renamed into the cache): nothing is left outside
+        the cache, and this host never downloads what it just uploaded.
+        """
+        manifest = self.put(key, src)
+        if manifest is not None:
+            self._adopt(key, Path(src), manifest)
+        return self.location(key)
+
+    def _adopt(self, key: str, src: Path, manifest: Manifest) -> None:
+        dest = self.cache_dir / key
+        if self._cached(key, dest):  # cached already (a redelivered job): the local copy goes
+            shutil.rmtree(src, ignore_errors=True)
+            return
+        (src / MANIFEST_FILE).write_bytes(manifest.to_json())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(src, dest)
+        except OSError as exc:  # another file system, or a fetch won a race: fetched when needed
+            logger.info("artifact %s: local copy not moved into the cache (%s); removed", key, exc)
+            shutil.rmtree(src, ignore_errors=True)
 
     def _put_in_place(self, key: str, src: Path) -> None:
         dest = self.data_dir / key
@@ -311,8 +353,8 @@ class ArtifactStore:
     def _same_or_raise(key: str, local: Manifest, stored: Manifest) -> None:
         if local.files != stored.files:
             raise ArtifactExistsError(key, (
-                "already written with different content; keys are written once (publish a new "
-                "version under a new key)"))  # fmt: skip
+                "already written with different content; keys are written once (a new version "
+                "needs a new key: a new publish, job or dataset)"))  # fmt: skip
         logger.info("artifact %s: already stored with the same content", key)
 
     # -- reading -------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(Path("data"), description="datasets, models, serving bundles, local Redis")
     artifact_url: str = Field(
-        "", description="where serving bundles are stored: empty = the data dir (one host), or an "
+        "", description="where datasets, models and serving bundles are stored: empty = the data dir (one host), or an "
         "fsspec URL shared by every host, e.g. s3://bucket/prefix (AWS_* variables give the "
         "endpoint and credentials); service/core/artifacts.py",
     )  # fmt: skip
@@ -129,6 +129,19 @@ class Settings(BaseSettings):
         10.0, gt=0, le=600,
         description="a running job refreshes its heartbeat this often; any worker requeues a "
         "running job whose heartbeat is 3 intervals old (its worker died)",
+    )  # fmt: skip
+    fanout_min_users: int = Field(
+        200_000, ge=1,
+        description="a distillation job over at least this many users ranks its teacher's "
+        "candidate lists in shards that every worker takes, kept on disk (worker/fanout.py)",
+    )  # fmt: skip
+    fanout_shard_users: int = Field(
+        50_000, ge=1, description="users per candidate shard of a fanned-out distillation job"
+    )
+    fanout_chunk_users: int = Field(
+        1024, ge=1, le=1_000_000,
+        description="users a shard scores at once: memory ~ 2 x this x items floats on the "
+        "teacher's device; the job's cancel flag is checked between chunks",
     )  # fmt: skip
     max_job_memory_mb: int = Field(
         16 * 1024, ge=1,

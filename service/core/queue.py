@@ -18,6 +18,8 @@ DISTILL = "unkd.distill"
 PUBLISH = "unkd.publish"
 # A tuning job's helpers: run trials of its study on every worker (worker/tuning.py).
 TUNE_TRIALS = "unkd.tune_trials"
+# A large distillation job's candidate shards, taken by every worker (worker/fanout.py).
+CANDIDATE_SHARD = "unkd.candidate_shard"
 TASK_BY_KIND: dict[str, str] = {"teacher": TRAIN_TEACHER, "distill": DISTILL, "publish": PUBLISH}
 
 
@@ -64,6 +66,7 @@ def make_celery(
             DISTILL: {"queue": settings.train_queue},
             PUBLISH: {"queue": settings.light_queue},
             TUNE_TRIALS: {"queue": settings.train_queue},
+            CANDIDATE_SHARD: {"queue": settings.train_queue},
         },
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_soft_time_limit_s + 300,

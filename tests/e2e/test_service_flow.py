@@ -1,7 +1,9 @@
 """End to end through a real Redis and a real Celery worker process: upload, teacher,
-UnKD distillation with publish, recommendations, cancellation, a failing job.
+UnKD distillation with publish, recommendations, cancellation, a failing job; each test in
+both layouts of tests/e2e/conftest.py: one data dir, and hosts that share nothing but Redis
+and an S3 artifact store (where a second API process must follow the publish too).
 
-Tiny data and few epochs keep the whole module well under a minute on two CPU cores.
+Tiny data and few epochs keep each layout under half a minute on two CPU cores.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
+from service.core.artifacts import dataset_key, model_key
 from service.core.config import Settings
 from service.core.queue import TRAIN_TEACHER, make_celery
 from service.core.registry import JobRecord, Registry
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import E2EStack, wait_for
 from training.dataset import Dataset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -37,7 +40,7 @@ def tiny_interactions(n_users: int = 80, n_items: int = 60, per_user: int = 10) 
 
 
 @pytest.fixture(scope="module")
-def dataset_id(api: TestClient) -> str:
+def dataset_id(api: httpx.Client) -> str:
     r = api.post("/v1/datasets", files={"file": ("tiny.csv", tiny_interactions())},
                  data={"split": "random", "seed": "1"})  # fmt: skip
     assert r.status_code == 201, r.text
@@ -46,7 +49,7 @@ def dataset_id(api: TestClient) -> str:
     return str(body["id"])
 
 
-def run_to_end(api: TestClient, payload: dict[str, object]) -> tuple[dict, list[dict]]:
+def run_to_end(api: httpx.Client, payload: dict[str, object]) -> tuple[dict, list[dict]]:
     """Submit a job, poll it to a final status; returns it and every status seen."""
     r = api.post("/v1/jobs", json=payload)
     assert r.status_code == 202, r.text
@@ -61,9 +64,7 @@ def run_to_end(api: TestClient, payload: dict[str, object]) -> tuple[dict, list[
     return wait_for(api, accepted["id"], done, JOB_TIMEOUT_S), seen
 
 
-def test_teacher_distill_publish_recommend(
-    api: TestClient, dataset_id: str, e2e_settings: Settings
-) -> None:
+def test_teacher_distill_publish_recommend(api: httpx.Client, dataset_id: str, e2e: E2EStack) -> None:
     teacher, seen = run_to_end(api, {"kind": "teacher", "dataset_id": dataset_id, "dim": 16,
                                      "epochs": 40, "patience": 40, "batch_size": 256})  # fmt: skip
     assert teacher["status"] == "succeeded", teacher
@@ -96,7 +97,7 @@ def test_teacher_distill_publish_recommend(
     assert latest["model_id"] == student_id and latest["forced"] is True
     assert latest["job_id"] == student["id"] and latest["action"] == "publish"
 
-    dataset = Dataset.load(e2e_settings.datasets_dir / dataset_id)
+    dataset = Dataset.load(e2e.store.resolve(e2e.registry.get_dataset(dataset_id).path))
     train = dataset.csr("train")
     for u in (0, 5, 42):
         user = str(dataset.user_ids[u])
@@ -111,9 +112,11 @@ def test_teacher_distill_publish_recommend(
         assert not set(items) & seen_items
     assert api.get("/v1/recommendations/nobody").status_code == 404
     check_issue_10_routes(api, dataset, student_id)
+    if e2e.replica is not None:
+        check_shared_nothing(e2e, dataset_id, dataset, teacher_id, student_id)
 
 
-def check_issue_10_routes(api: TestClient, dataset: Dataset, student_id: str) -> None:
+def check_issue_10_routes(api: httpx.Client, dataset: Dataset, student_id: str) -> None:
     """Filters, by-history, fallbacks and similar items on the bundle the worker published."""
     user, train = str(dataset.user_ids[0]), dataset.csr("train")
     history = dataset.item_ids[train.indices[train.indptr[0] : train.indptr[1]]].tolist()
@@ -140,9 +143,34 @@ def check_issue_10_routes(api: TestClient, dataset: Dataset, student_id: str) ->
     assert all(set(it) == {"item_id", "score", "group"} for it in similar + filtered + body["items"])
 
 
-def test_cancel_running_and_queued_jobs(
-    api: TestClient, dataset_id: str, e2e_settings: Settings
-) -> None:
+def check_shared_nothing(e2e: E2EStack, dataset_id: str, dataset: Dataset, teacher_id: str,
+                         student_id: str) -> None:  # fmt: skip
+    """The s3 layout: the records hold store URLs; API process 2, which no request of the flow
+    reached, follows the publish and answers as process 1, and reads the models' reports
+    through the store; no process keeps a dataset or a model outside its cache."""
+    url, replica = e2e.settings.artifact_url, e2e.replica
+    assert replica is not None
+    assert e2e.registry.get_dataset(dataset_id).path == f"{url}/{dataset_key(dataset_id)}"
+    for model_id in (teacher_id, student_id):
+        assert e2e.registry.get_model(model_id).path == f"{url}/{model_key(model_id)}"
+    deadline = time.monotonic() + 20
+    while replica.get("/v1/serving").json().get("model_id") != student_id:
+        assert time.monotonic() < deadline, replica.get("/v1/serving").text
+        time.sleep(0.1)
+    for u in (0, 5, 42):
+        path = f"/v1/recommendations/{dataset.user_ids[u]}?k=5"
+        assert replica.get(path).json() == e2e.api.get(path).json()
+    assert replica.get(f"/v1/models/{student_id}/report").json() == e2e.api.get(f"/v1/models/{student_id}/report").json()
+    r = replica.get("/v1/compare.html", params={"models": f"{teacher_id},{student_id}"})
+    assert r.status_code == 200 and student_id in r.text, r.text[:300]
+    for host in (*e2e.api_data_dirs, e2e.settings.data_dir):
+        loose = [p for p in host.rglob("*") if p.is_file() and p.relative_to(host).parts[0] != "cache"]
+        assert not loose, f"{host}: files outside the artifact cache: {loose}"
+    cached = e2e.api_data_dirs[1] / "cache" / "artifacts"
+    assert sorted(p.name for p in (cached / "models").iterdir()) == sorted([teacher_id, student_id])
+
+
+def test_cancel_running_and_queued_jobs(api: httpx.Client, dataset_id: str, e2e: E2EStack) -> None:
     long_job = {"kind": "teacher", "dataset_id": dataset_id, "dim": 8, "epochs": 10_000,
                 "patience": 1000, "eval_every": 1000, "batch_size": 256}  # fmt: skip
     running = api.post("/v1/jobs", json=long_job).json()["id"]
@@ -157,9 +185,10 @@ def test_cancel_running_and_queued_jobs(
     stopped = wait_for(api, running, lambda s: s["status"] in FINISHED, 60)
     assert stopped["status"] == "cancelled" and stopped["model_id"] is None, stopped
     assert stopped["progress"]["epoch"] < 10_000
-    models_dir = e2e_settings.models_dir
+    models_dir = e2e.settings.models_dir  # the worker's
     assert not (models_dir / f"teacher-{running[:12]}").exists()
-    assert not [p for p in models_dir.iterdir() if running[:12] in p.name]
+    assert not [p for p in models_dir.glob("*") if running[:12] in p.name]
+    assert not e2e.store.exists(model_key(f"teacher-{running[:12]}"))
 
     time.sleep(1.0)  # the worker takes the queued job's message and drops it
     never = api.get(f"/v1/jobs/{queued}").json()
@@ -168,7 +197,7 @@ def test_cancel_running_and_queued_jobs(
 
 
 def test_job_with_bad_parameters_reports_its_error(
-    api: TestClient, dataset_id: str, e2e_settings: Settings
+    api: httpx.Client, dataset_id: str, e2e_settings: Settings
 ) -> None:
     # The API refuses out-of-range values at the edge ...
     r = api.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "lr": 5.0})

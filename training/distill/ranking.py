@@ -78,10 +78,35 @@ def teacher_candidates(
         with_scores: also keep the teacher's score of every listed item (CD's soft labels).
         should_stop: checked before every chunk; JobCancelled when it says stop.
     """
+    return rank_user_range(teacher, train, groups, top_l, 0, train.shape[0], chunk=chunk,
+                           with_scores=with_scores, should_stop=should_stop)  # fmt: skip
+
+
+def rank_user_range(
+    teacher: TeacherScorer,
+    train: sp.csr_matrix,
+    groups: np.ndarray,
+    top_l: int,
+    lo: int,
+    hi: int,
+    *,
+    chunk: int = 1024,
+    with_scores: bool = False,
+    should_stop: ShouldStop | None = None,
+) -> CandidateLists:
+    """teacher_candidates for users lo..hi-1 only: the rows of the full lists, so lists
+    ranked in user ranges (shards, training.distill.shards) and stacked equal the lists of
+    one call. Arguments as teacher_candidates'.
+
+    Returns:
+        CandidateLists of hi - lo rows (row r is user lo + r).
+    """
     n_users, n_items = train.shape
     if (teacher.n_users, teacher.n_items) != (n_users, n_items):
         raise ValueError(f"teacher scores {teacher.n_users} users x {teacher.n_items} items, "
                          f"training data has {n_users} x {n_items}")  # fmt: skip
+    if not 0 <= lo <= hi <= n_users:
+        raise ValueError(f"user range {lo}..{hi} is outside 0..{n_users}")
     device = teacher.device
     n_groups = int(groups.max()) + 1
     # Lay items out group by group (ascending item id inside a group, so the tie rule
@@ -92,22 +117,23 @@ def teacher_candidates(
     widths = torch.from_numpy(np.minimum(top_l, group_sizes).astype(np.int64))
     offsets = torch.cumsum(widths, 0) - widths
     total = int(widths.sum())
+    n_rows = hi - lo
     # int32 ids: the lists are the largest thing UnKD keeps (users × G × L).
-    out = torch.full((n_users, total), -1, dtype=torch.int32)
-    out_scores = torch.zeros((n_users, total), dtype=torch.float32) if with_scores else None
+    out = torch.full((n_rows, total), -1, dtype=torch.int32)
+    out_scores = torch.zeros((n_rows, total), dtype=torch.float32) if with_scores else None
 
     # Unobserved items per (user, group): group size minus the user's training items in it.
-    seen_per_group = np.zeros((n_users, n_groups), dtype=np.int64)
-    coo = train.tocoo()
+    seen_per_group = np.zeros((n_rows, n_groups), dtype=np.int64)
+    coo = train[lo:hi].tocoo()
     np.add.at(seen_per_group, (coo.row, groups[coo.col]), 1)
     lengths = torch.from_numpy(np.minimum(group_sizes[None, :] - seen_per_group, widths.numpy()[None, :]))
 
     order_t = torch.from_numpy(order).to(device)
     with torch.inference_mode():
-        for start in range(0, n_users, chunk):
+        for start in range(lo, hi, chunk):
             if should_stop is not None and should_stop():
                 raise JobCancelled(f"cancelled while ranking the teacher's candidates (user {start})")
-            rows = np.arange(start, min(start + chunk, n_users))
+            rows = np.arange(start, min(start + chunk, hi))
             scores = teacher.score(torch.from_numpy(rows))  # (b, n_items), item order
             if not bool(torch.isfinite(scores).all()):
                 raise ValueError(f"teacher scores hold NaN or inf in users {rows[0]}..{rows[-1]}")
@@ -116,16 +142,17 @@ def teacher_candidates(
             by_group = scores.index_select(1, order_t)  # (b, n_items), group-contiguous
             block = torch.full((len(rows), total), -1, dtype=torch.int64, device=device)
             for g in range(n_groups):  # a handful of groups, once per chunk: not per epoch
-                w, lo = int(widths[g]), int(starts[g])
+                w, g_lo = int(widths[g]), int(starts[g])
                 if w == 0:
                     continue
-                top = topk_rows(by_group[:, lo : lo + int(group_sizes[g])], w)  # -1 past the end
-                block[:, offsets[g] : offsets[g] + w] = torch.where(top >= 0, order_t[top.clamp(min=0) + lo], -1)
+                top = topk_rows(by_group[:, g_lo : g_lo + int(group_sizes[g])], w)  # -1 past the end
+                block[:, offsets[g] : offsets[g] + w] = torch.where(top >= 0, order_t[top.clamp(min=0) + g_lo], -1)
             block_cpu = block.cpu()
-            out[start : start + len(rows)] = block_cpu.to(torch.int32)
+            at = start - lo
+            out[at : at + len(rows)] = block_cpu.to(torch.int32)
             if out_scores is not None:
                 picked = scores.gather(1, block.clamp(min=0)).cpu()
-                out_scores[start : start + len(rows)] = torch.where(block_cpu >= 0, picked, 0.0)
+                out_scores[at : at + len(rows)] = torch.where(block_cpu >= 0, picked, 0.0)
     return CandidateLists(out, lengths, offsets, widths, out_scores)
 
 

@@ -2,7 +2,10 @@
 
 Preparation (parse, filter, split, popularity groups) runs in the threadpool during the
 request: it needs numpy and pyarrow only, never torch, and a malformed file is answered
-at once with a 422 that names the file, line and field.
+at once with a 422 that names the file, line and field. The prepared dataset is saved in
+this process's data dir, then committed to the artifact store under datasets/<id> (an
+object store when UNKD_ARTIFACT_URL is set: uploaded, the local copy kept as cache); its
+record holds the store's location, which every worker resolves.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from service.api.schemas import (
     UploadOptions,
 )
 from service.api.uploads import FILE_FIELD, UploadError, receive_upload
+from service.core.artifacts import ArtifactStore, dataset_key
 from service.core.config import Settings
 from service.core.registry import DatasetRecord
 from training.errors import DataError
@@ -74,6 +78,18 @@ def _validated(model: type[BaseModel], data: Any, loc: tuple[str, ...]) -> Any:
         raise RequestValidationError(errors) from exc
 
 
+def _store(prepared: Path, dataset_id: str, settings: Settings) -> str:
+    """Commit a prepared dataset directory to the artifact store; returns what the record
+    holds: its path (data dir, as before) or its URL."""
+    store = ArtifactStore.from_settings(settings)
+    try:
+        return store.commit(dataset_key(dataset_id), prepared)
+    except BaseException:
+        if not store.in_place:  # registered nowhere: not kept on this host either
+            shutil.rmtree(prepared, ignore_errors=True)
+        raise
+
+
 def _prepare_upload(
     path: Path, opts: UploadOptions, dataset_id: str, settings: Settings
 ) -> DatasetRecord:
@@ -87,10 +103,10 @@ def _prepare_upload(
         )  # fmt: skip
     except DataError as exc:
         raise DataError(f"{FILE_FIELD}: {exc}".replace(str(path), path.name)) from exc
-    out = dataset.save(settings.datasets_dir.resolve() / dataset_id)
+    location = _store(dataset.save(settings.datasets_dir.resolve() / dataset_id), dataset_id, settings)
     return DatasetRecord(
         id=dataset_id, name=dataset.name, source="upload", fingerprint=dataset.fingerprint,
-        path=str(out), options={"filename": path.name, **opts.model_dump(exclude={"name"})},
+        path=location, options={"filename": path.name, **opts.model_dump(exclude={"name"})},
         statistics=dataset.statistics(),
     )  # fmt: skip
 
@@ -104,10 +120,10 @@ def _generate(req: SyntheticDatasetRequest, dataset_id: str, settings: Settings)
         dataset = generate_synthetic(**params, name=name)
     except ValueError as exc:
         raise DataError(f"synthetic: {exc}") from exc
-    out = dataset.save(settings.datasets_dir.resolve() / dataset_id)
+    location = _store(dataset.save(settings.datasets_dir.resolve() / dataset_id), dataset_id, settings)
     return DatasetRecord(
         id=dataset_id, name=name, source="synthetic", fingerprint=dataset.fingerprint,
-        path=str(out), options={**SYNTHETIC_DEFAULTS, **params}, statistics=dataset.statistics(),
+        path=location, options={**SYNTHETIC_DEFAULTS, **params}, statistics=dataset.statistics(),
     )  # fmt: skip
 
 

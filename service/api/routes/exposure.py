@@ -9,11 +9,11 @@ in the model's quality report (report.json in its model directory), read once pe
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from fastapi import APIRouter, Request
 
 from service.api.deps import IndexStoreDep, SettingsDep
+from service.core.artifacts import ArtifactError, ArtifactStore
 from service.core.records import HEADLINE_K
 from service.core.registry import NotFoundError, Registry
 from service.serving.exposure import ExposureReader
@@ -26,13 +26,14 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/serving", tags=["serving"])
 
 
-def offline_group_shares(registry: Registry, model_id: str) -> list[float | None] | None:
-    """Per popularity group, exposure_share@20 of the model's quality report; None when the
-    model is not registered or has no readable report."""
+def offline_group_shares(registry: Registry, store: ArtifactStore, model_id: str) -> list[float | None] | None:
+    """Per popularity group, exposure_share@20 of the model's quality report (its directory
+    resolved through the artifact store: fetched into this host's cache for a store URL);
+    None when the model is not registered or has no readable report."""
     try:
         record = registry.get_model(model_id)
-        report = read_report(Path(record.path))
-    except (NotFoundError, FileNotFoundError, DataError) as exc:
+        report = read_report(store.resolve(record.path))
+    except (NotFoundError, FileNotFoundError, DataError, ArtifactError) as exc:
         logger.info("exposure: no offline report for model %s (%s)", model_id, exc)
         return None
     return [row.value(f"exposure_share@{HEADLINE_K}") for row in report.groups]

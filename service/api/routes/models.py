@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response, status
@@ -20,6 +19,7 @@ from service.api.schemas import (
     PublishRequest,
     QualityReport,
 )
+from service.core.artifacts import ArtifactNotFoundError, ArtifactStore
 from service.core.registry import ConflictError, GatePolicy, JobRecord, NotFoundError
 from training.errors import DataError
 from training.manifest import NO_EMBEDDINGS, read_report
@@ -54,12 +54,13 @@ def get_model(model_id: Id, registry: RegistryDep) -> ModelOut:
 
 
 @router.get("/{model_id}/report")
-def get_report(model_id: Id, registry: RegistryDep) -> QualityReport:
+def get_report(model_id: Id, registry: RegistryDep, settings: SettingsDep) -> QualityReport:
     """The model's full quality report (a student's includes its teacher and the deltas)."""
     model = registry.get_model(model_id)
-    try:
-        return read_report(Path(model.path))
-    except FileNotFoundError as exc:
+    try:  # the model's directory through the artifact store (a store URL: fetched, verified)
+        return read_report(ArtifactStore.from_settings(settings).resolve(model.path))
+    except (FileNotFoundError, ArtifactNotFoundError) as exc:
+        logger.warning("model %s: no quality report (%s)", model_id, exc)
         raise NotFoundError("model_id", model_id, "quality report for this model") from exc
     except DataError as exc:  # a broken file on our side: a 500, not the client's 422
         raise RuntimeError(f"model {model_id}: unreadable quality report") from exc

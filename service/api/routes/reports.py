@@ -1,4 +1,5 @@
-"""Report pages and the dashboard: HTML views over the registry and the model directories.
+"""Report pages and the dashboard: HTML views over the registry and the model directories
+(read through the artifact store: with a store URL, fetched and verified into this host's cache).
 
     GET /v1/models/{id}/report.html     one model's quality report (self-contained page)
     GET /v1/compare?models=a,b,c        the figures of several models side by side (JSON)
@@ -23,8 +24,10 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 
-from service.api.deps import RegistryDep
+from service.api.deps import RegistryDep, SettingsDep
 from service.api.schemas import Id
+from service.core.artifacts import ArtifactNotFoundError, ArtifactStore
+from service.core.config import Settings
 from service.core.registry import NotFoundError, Registry
 from service.reports.figures import comparison
 from service.reports.render import STATIC, render_compare_page, render_report_page
@@ -108,10 +111,15 @@ def _read_optional(read: Callable[[Path], _T], model_dir: Path, name: str) -> _T
         return None
 
 
-def load_view(registry: Registry, model_id: str, *, field: str, href: str | None = None) -> ModelView:
+def load_view(registry: Registry, store: ArtifactStore, model_id: str, *, field: str,
+              href: str | None = None) -> ModelView:  # fmt: skip
     """A registered model with its report (404 without one), manifest and dataset name."""
     record = registry.get_model(model_id, field=field)
-    model_dir = Path(record.path)
+    try:  # a store URL: fetched and verified into this host's cache
+        model_dir = store.resolve(record.path)
+    except ArtifactNotFoundError as exc:  # gone from the store: as a deleted model directory
+        logger.warning("model %s: %s", model_id, exc)
+        raise NotFoundError(field, model_id, "quality report for this model") from exc
     report = _read_optional(read_report, model_dir, REPORT)
     if report is None:
         raise NotFoundError(field, model_id, "quality report for this model")
@@ -141,8 +149,9 @@ def _model_ids(models: str) -> list[str]:
     return ids
 
 
-def _compare_views(registry: Registry, models: str) -> list[ModelView]:
-    views = [load_view(registry, mid, field="models") for mid in _model_ids(models)]
+def _compare_views(registry: Registry, settings: Settings, models: str) -> list[ModelView]:
+    store = ArtifactStore.from_settings(settings)
+    views = [load_view(registry, store, mid, field="models") for mid in _model_ids(models)]
     try:
         check_same_dataset(views)
     except MixedDatasetsError as exc:
@@ -156,9 +165,9 @@ def _html(page: str) -> HTMLResponse:
 
 @router.get("/v1/models/{model_id}/report.html", response_class=HTMLResponse,
             responses={200: {"content": {"text/html": {}}}, 404: {"description": "no such model or report"}})  # fmt: skip
-def report_page(model_id: Id, registry: RegistryDep) -> HTMLResponse:
+def report_page(model_id: Id, registry: RegistryDep, settings: SettingsDep) -> HTMLResponse:
     """The model's quality report as a page: headline table, bias charts, training curve."""
-    view = load_view(registry, model_id, field="model_id")
+    view = load_view(registry, ArtifactStore.from_settings(settings), model_id, field="model_id")
 
     def link(mid: str) -> str | None:  # sibling: /v1/models/<mid>/report.html
         return f"../{quote(mid, safe='')}/report.html" if registry.has_model(mid) else None
@@ -168,17 +177,17 @@ def report_page(model_id: Id, registry: RegistryDep) -> HTMLResponse:
 
 @router.get("/v1/compare", responses={404: {"description": "no such model"},
                                       422: {"description": "bad ids, or models of different datasets"}})  # fmt: skip
-def compare(models: ModelsParam, registry: RegistryDep) -> Comparison:
+def compare(models: ModelsParam, registry: RegistryDep, settings: SettingsDep) -> Comparison:
     """Several models of one dataset side by side, with the best value of each row."""
-    return Comparison.model_validate(comparison(_compare_views(registry, models)))
+    return Comparison.model_validate(comparison(_compare_views(registry, settings, models)))
 
 
 @router.get("/v1/compare.html", response_class=HTMLResponse,
             responses={200: {"content": {"text/html": {}}}, 404: {"description": "no such model"},
                        422: {"description": "bad ids, or models of different datasets"}})  # fmt: skip
-def compare_page(models: ModelsParam, registry: RegistryDep) -> HTMLResponse:
+def compare_page(models: ModelsParam, registry: RegistryDep, settings: SettingsDep) -> HTMLResponse:
     """The comparison as a page: one table with the best value per row marked, two charts."""
-    views = _compare_views(registry, models)
+    views = _compare_views(registry, settings, models)
     return _html(render_compare_page(views, link=lambda mid: f"models/{quote(mid, safe='')}/report.html",
                                      dashboard_href="../"))  # fmt: skip
 
