@@ -9,6 +9,8 @@ Each row runs the same job on the CPU and on CUDA and compares what users would 
 - an MF teacher and a UnKD student (ALS warm start, the product's defaults) trained on
   CUDA: test NDCG@20 beside the CPU run's (random streams differ between devices, so the
   figures are compared within a tolerance, not for equality);
+- the CUDA student's serving bundle (built with this host's faiss, faiss-gpu on a GPU worker)
+  read back on the CPU path the API uses: its top-20 equal a brute-force top-20;
 - with --beauty FILE (Amazon-Beauty), seconds per UnKD epoch on each device.
 Prints a table; exits 1 when a check fails, 2 when there is no CUDA device.
 
@@ -114,6 +116,25 @@ def main() -> int:
             abs(tc_n - tg_n) < NDCG_TOLERANCE)
         row("UnKD-10 student test NDCG@20", f"{sc_n:.4f} ({sc_s:.0f}s)", f"{sg_n:.4f} ({sg_s:.0f}s)",
             abs(sc_n - sg_n) < NDCG_TOLERANCE)
+
+        # The CUDA student published as a worker does (build_bundle with this host's faiss:
+        # faiss-gpu on a GPU worker), then read back by the API's CPU path (load_bundle, one
+        # search thread) and checked against a brute-force top-20 of the same embeddings.
+        import faiss
+        import numpy as np
+
+        from service.core.bundle_format import build_bundle
+        from service.serving.bundle import load_bundle
+
+        build_bundle(Path(tmp) / f"s-{gpu.type}", ds, Path(tmp) / "bundle-cuda", model_id="gpu-check")
+        served = load_bundle(Path(tmp) / "bundle-cuda")
+        users = np.arange(min(200, ds.n_users))
+        _, got = served.recommend(users, 20, exclude_seen=False)
+        scores = served.user_emb[users] @ served.item_emb.T  # (users, items)
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :20]
+        same_bundle = float((got == want).mean())
+        row("bundle of the CUDA student, read on CPU: top-20 = brute force", "-",
+            f"{same_bundle:.4f}", same_bundle >= 0.999, f"faiss {faiss.__version__}")
 
         if a.beauty is not None and a.beauty.is_file():
             from training.prepare import prepare_dataset
