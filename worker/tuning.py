@@ -21,6 +21,11 @@ A teacher or distill job whose params carry "tune" runs as a tuning job:
   registers it and publishes it when the distill job asks.
 - A killed coordinator's job lease expires and a Reaper requeues the job; the next worker
   runs the coordinator again, which loads the same study and carries on.
+- Trial models: each worker trains into its own `models/.tune-<job id>/trial-<n>`. On the
+  data dir every worker sees every trial. With an object store (UNKD_ARTIFACT_URL: hosts
+  with their own disks) a finished trial's model is also put under
+  `tune/<job id>/trial-<n>`, and the coordinator fetches the best one from there when
+  another host trained it. Those scratch keys stay in the store (nothing deletes from it).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ from celery import Task, current_app, shared_task
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from service.core import keys
-from service.core.artifacts import ArtifactStore
+from service.core.artifacts import MANIFEST_FILE as ARTIFACT_MANIFEST
+from service.core.artifacts import ArtifactStore, check_key
 from service.core.config import Settings
 from service.core.queue import TUNE_TRIALS, settings_of
 from service.core.registry import TERMINAL, JobProgress, JobRecord, Registry
@@ -50,6 +56,7 @@ from training.config import DistillConfig, TeacherConfig, TuneOptions
 from training.dataset import Dataset
 from training.device import resolve_device
 from training.errors import JobCancelled
+from training.manifest import MANIFEST
 from training.progress import ProgressEvent
 from training.tuning_space import suggest
 from worker.progress import StopCheck
@@ -69,6 +76,11 @@ def study_prefix(job_id: str) -> str:
 
 def trial_lease_id(job_id: str, number: int) -> str:
     return f"{job_id}:trial-{number}"
+
+
+def trial_key(job_id: str, number: int) -> str:
+    """Where a trial's model goes in an object store (scratch of one job, written once)."""
+    return check_key(f"tune/{job_id}/trial-{number}")
 
 
 def work_dir(settings: Settings, job_id: str) -> Path:
@@ -98,6 +110,36 @@ class TuningRun:
     @property
     def trials(self) -> int:
         return self.setup.options.trials
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore.from_settings(self.settings)
+
+    def store_trial(self, number: int) -> None:
+        """With an object store (UNKD_ARTIFACT_URL), put a finished trial's model under
+        tune/<job id>/trial-<n>, so that whichever worker keeps the best one can read it;
+        on the data dir every worker already sees every trial directory."""
+        store = self.store
+        local = tuning.trial_dir(self.setup, number)
+        if store.in_place or not (local / MANIFEST).is_file():  # no model: pruned (never best) or failed
+            return
+        store.put(trial_key(self.job.id, number), local)
+
+    def fetch_best(self) -> None:
+        """Bring the best trial's model to this host's trial directory when another worker
+        trained it (object store only): keep_best then reads it there."""
+        best = tuning.select_best(self.study.get_trials(deepcopy=False))
+        store = self.store
+        if best is None or store.in_place:
+            return
+        local = tuning.trial_dir(self.setup, best.number)
+        if (local / MANIFEST).is_file():
+            return
+        cached = store.fetch(trial_key(self.job.id, best.number))  # verified against its manifest
+        shutil.rmtree(local, ignore_errors=True)
+        shutil.copytree(cached, local, ignore=shutil.ignore_patterns(ARTIFACT_MANIFEST))
+        logger.info("job %s: best trial %d was trained on another host: fetched from the store",
+                    self.job.id, best.number)  # fmt: skip
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -187,6 +229,8 @@ class TuningRun:
             raise
         finally:
             lease.release()
+        if frozen.state == TrialState.COMPLETE:
+            self.store_trial(frozen.number)
         self.progress(f"trial {frozen.number} {frozen.state.name.lower()}")
         return frozen
 
@@ -276,6 +320,7 @@ def tune_body(ctx: JobContext) -> str:
         t0 = time.perf_counter()
         run = open_run(ctx.job, ctx.settings, ctx.registry, create=True,
                        seed_offset=1009 * max(0, ctx.job.attempts - 1))  # fmt: skip
+        logger.info("job %s: coordinating its study of %d trials", ctx.job.id, run.trials)
         try:
             run.progress("study open")
             _send_helpers(ctx, run)
@@ -290,6 +335,7 @@ def tune_body(ctx: JobContext) -> str:
                 else:
                     time.sleep(POLL_S)
             ctx.reporter(ProgressEvent(stage="keep", message="keeping the best trial's model"))
+            run.fetch_best()
             artifact = tuning.keep_best(run.setup, run.study, ctx.model_dir, model_id=ctx.model_id,
                                         seconds=time.perf_counter() - t0)  # fmt: skip
         except JobCancelled:

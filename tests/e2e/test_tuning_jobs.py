@@ -7,6 +7,9 @@
 - A worker SIGKILLed in the middle of a trial (the helper, or the coordinator that holds
   the job): its trial is failed as stale and its configuration tried again, and the study
   still finishes N trials; the job succeeds with a model.
+- Two workers with data dirs of their own and an S3 store (moto): trials run on both, each
+  finished trial's model goes through the store, and the coordinator fetches the best one
+  when the other host trained it.
 
 Tiny data and short trials keep each test within about a minute on two CPU cores.
 """
@@ -206,3 +209,50 @@ def test_tuning_survives_a_worker_killed_mid_trial(
     assert not work_dir(settings, job_id).exists()
     assert registry.redis.ttl(f"{study_prefix(job_id)}:log_number") > 0  # the study expires
     registry.close()
+
+
+def test_tuning_on_two_hosts_shares_trial_models_through_the_store(
+    settings: Settings, s3_env: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two workers with data dirs of their own (two hosts) and an S3 store: trials run on
+    both, and the coordinator keeps the best one even when the other host trained it."""
+    from service.core.artifacts import ArtifactStore
+    from tests.support.fixtures import watch_log
+    from tests.support.s3 import S3Server
+    from worker.tuning import trial_key
+
+    s3: S3Server = request.getfixturevalue("s3_server")
+    url = f"s3://{s3.make_bucket()}/artifacts"
+    api_settings = settings.model_copy(update={"artifact_url": url, "data_dir": tmp_path / "api"})
+    workers = []
+    for name in ("a", "b"):
+        host = api_settings.model_copy(update={"data_dir": tmp_path / f"host-{name}"})
+        w = WorkerProcess(host, tmp_path / f"worker-{name}.log", name, s3_env)
+        watch_log(request, f"tuning worker {name}", w.log)
+        request.addfinalizer(w.stop)
+        workers.append(w.start())
+    with TestClient(create_app(api_settings)) as client:
+        dataset_id = _upload(client)
+        r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "dim": 16,
+                                          "epochs": 20, "batch_size": 256})  # fmt: skip
+        teacher, _ = _until(client, r.json()["id"], lambda s: s["status"] in FINISHED)
+        assert teacher["status"] == "succeeded", teacher
+        r = client.post("/v1/jobs", json={
+            "kind": "distill", "teacher_id": teacher["model_id"], "method": "unkd", "dim": 8,
+            "epochs": 15, "patience": 100, "batch_size": 128, "unkd": {"pairs_per_user": 8, "top_l": 50},
+            "tune": {"trials": 4, "prune": False},
+        })  # fmt: skip
+        job_id = r.json()["id"]
+        done, _ = _until(client, job_id, lambda s: s["status"] in FINISHED)
+        assert done["status"] == "succeeded", done
+        ran = [_trials_run(w, job_id) for w in workers]
+        assert all(ran) and not ran[0] & ran[1], f"trials per worker: {ran}"
+        best = client.get(f"/v1/models/{done['model_id']}/report").json()["tuning"]["best_trial"]
+    assert ArtifactStore(url, tmp_path / "reader").exists(trial_key(job_id, best))  # put by its host
+    logs = [w.log.read_text(errors="replace") for w in workers]
+    coordinator = next(i for i, text in enumerate(logs) if f"job {job_id}: coordinating" in text)
+    trained_best = next(i for i, trials in enumerate(ran) if best in trials)
+    fetched = f"job {job_id}: best trial {best} was trained on another host: fetched from the store"
+    # Which host trains the best trial is up to the study: when it is not the coordinator's,
+    # the coordinator must have fetched it (without the store it would fail the job).
+    assert (fetched in logs[coordinator]) is (coordinator != trained_best), (coordinator, trained_best, ran)
