@@ -71,14 +71,16 @@ def test_unkd_variables_are_settings_fields_with_valid_defaults(compose, service
     assert "api_keys" in values or service == "worker"
 
 
-def test_api_and_worker_share_the_artifact_volume(compose) -> None:
+def test_api_and_worker_share_only_redis_and_the_store(compose) -> None:
+    """As on separate hosts: each data dir is a volume of its own, artifacts go through S3."""
     mounts = {}
     for name in ("api", "worker"):
         svc = compose["services"][name]
-        data_dir = env_of(compose, name)["UNKD_DATA_DIR"]
-        (volume,) = [v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == data_dir]
+        env = env_of(compose, name)
+        (volume,) = [v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == env["UNKD_DATA_DIR"]]
         mounts[name] = volume
-    assert mounts["api"] == mounts["worker"] and mounts["api"] in compose["volumes"]
+        assert default_of(env["UNKD_ARTIFACT_URL"], "UNKD_ARTIFACT_URL").startswith("s3://")
+    assert mounts["api"] != mounts["worker"] and set(mounts.values()) <= set(compose["volumes"])
 
 
 def default_of(raw: str, name: str) -> str:
