@@ -78,24 +78,29 @@ def _trials_run(worker: WorkerProcess, job_id: str) -> set[int]:
     return {int(n) for n in re.findall(rf"job {job_id}: trial (\d+) started", text)}
 
 
+def _teacher_then_tuning_job(client: TestClient) -> str:
+    """Upload the tiny data, train a teacher job to success, submit a 4-trial UnKD tuning
+    job on it; returns the tuning job's id."""
+    dataset_id = _upload(client)
+    r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "dim": 16,
+                                      "epochs": 30, "batch_size": 256})  # fmt: skip
+    teacher, _ = _until(client, r.json()["id"], lambda s: s["status"] in FINISHED)
+    assert teacher["status"] == "succeeded", teacher
+    r = client.post("/v1/jobs", json={
+        "kind": "distill", "teacher_id": teacher["model_id"], "method": "unkd", "dim": 8,
+        "epochs": 25, "patience": 100, "batch_size": 128, "unkd": {"pairs_per_user": 8, "top_l": 50},
+        "tune": {"trials": 4, "prune": False},
+    })  # fmt: skip
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
 def test_rest_tuning_job_runs_its_trials_on_two_workers(
     settings: Settings, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     workers = [start_worker(settings, "a"), start_worker(settings, "b")]
     with TestClient(create_app(settings)) as client:
-        dataset_id = _upload(client)
-        r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "dim": 16,
-                                          "epochs": 30, "batch_size": 256})  # fmt: skip
-        teacher, _ = _until(client, r.json()["id"], lambda s: s["status"] in FINISHED)
-        assert teacher["status"] == "succeeded", teacher
-
-        r = client.post("/v1/jobs", json={
-            "kind": "distill", "teacher_id": teacher["model_id"], "method": "unkd", "dim": 8,
-            "epochs": 25, "patience": 100, "batch_size": 128, "unkd": {"pairs_per_user": 8, "top_l": 50},
-            "tune": {"trials": 4, "prune": False},
-        })  # fmt: skip
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
+        job_id = _teacher_then_tuning_job(client)
         done, seen = _until(client, job_id, lambda s: s["status"] in FINISHED)
         assert done["status"] == "succeeded", done
         assert done["progress"]["trial"] == done["progress"]["trials"] == 4
@@ -232,19 +237,9 @@ def test_tuning_on_two_hosts_shares_trial_models_through_the_store(
         request.addfinalizer(w.stop)
         workers.append(w.start())
     with TestClient(create_app(api_settings)) as client:
-        dataset_id = _upload(client)
-        r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "dim": 16,
-                                          "epochs": 30, "batch_size": 256})  # fmt: skip
-        teacher, _ = _until(client, r.json()["id"], lambda s: s["status"] in FINISHED)
-        assert teacher["status"] == "succeeded", teacher
-        # Trials as long as the two-worker test's: a shorter one let the coordinator finish
-        # every trial before the other worker's helper task asked for one (seen once in CI).
-        r = client.post("/v1/jobs", json={
-            "kind": "distill", "teacher_id": teacher["model_id"], "method": "unkd", "dim": 8,
-            "epochs": 25, "patience": 100, "batch_size": 128, "unkd": {"pairs_per_user": 8, "top_l": 50},
-            "tune": {"trials": 4, "prune": False},
-        })  # fmt: skip
-        job_id = r.json()["id"]
+        # The two-worker test's study: shorter trials let the coordinator finish every trial
+        # before the other worker's helper task asked for one (seen once in CI).
+        job_id = _teacher_then_tuning_job(client)
         done, _ = _until(client, job_id, lambda s: s["status"] in FINISHED)
         assert done["status"] == "succeeded", done
         ran = [_trials_run(w, job_id) for w in workers]
