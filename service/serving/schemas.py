@@ -266,6 +266,24 @@ class Experiment(BaseModel):
     started_by: str | None = Field(description="the name of the API key that started it; null when keys are off")
 
 
+class ExperimentState(BaseModel):
+    """The answer of GET /v1/serving/experiment: `running` false and the other fields null when
+    no experiment runs (a 200, so a page can poll it), else the running experiment's fields."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "running": False, "arms": None, "salt": None, "started_at": None, "started_by": None}, {
+        "running": True,
+        "arms": [{"model_id": "student-unkd-4e1f", "weight": 0.5, "bundle_dir": "/srv/unkd/bundles/student-unkd-4e1f-9a0b1c2d"},
+                 {"model_id": "student-rd-77a0", "weight": 0.5, "bundle_dir": "/srv/unkd/bundles/student-rd-77a0-5e6f7a8b"}],
+        "salt": "unkd-vs-rd-december", "started_at": "2026-12-01T09:30:00Z", "started_by": "alice"}]})  # fmt: skip
+
+    running: bool
+    arms: list[ExperimentArm] | None = None
+    salt: str | None = None
+    started_at: datetime | None = None
+    started_by: str | None = None
+
+
 class EndedExperiment(Experiment):
     """The answer of DELETE /v1/serving/experiment: the experiment that ran, and its end."""
 

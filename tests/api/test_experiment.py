@@ -101,7 +101,9 @@ def test_bad_experiments_are_refused_naming_the_field(world) -> None:
     w = world()
     with w.app() as c:
         wait_served(c, "m-a")
-        assert c.get("/v1/serving/experiment").json() == {"detail": NO_EXPERIMENT}
+        none = {"running": False, "arms": None, "salt": None, "started_at": None, "started_by": None}
+        r = c.get("/v1/serving/experiment")
+        assert r.status_code == 200 and r.json() == none
         r = c.delete("/v1/serving/experiment", headers=AS_ADMIN)
         assert r.status_code == 404 and r.json() == {"detail": NO_EXPERIMENT}
         cases = [
@@ -135,7 +137,7 @@ def test_bad_experiments_are_refused_naming_the_field(world) -> None:
         assert r.status_code == 409, r.text
         assert r.json()["detail"].startswith("arms[1].model_id='m-d': this arm has no serving bundle: the model "
                                              "was never published")  # fmt: skip
-        assert c.get("/v1/serving/experiment").status_code == 404  # nothing started
+        assert c.get("/v1/serving/experiment").json()["running"] is False  # nothing started
         assert w.registry.redis.exists("unkd:serving:experiment") == 0
 
 
@@ -159,15 +161,13 @@ def test_each_role_is_refused_where_it_does_not_belong(world) -> None:
             ).status_code
             == 403
         )
-        assert (
-            c.get("/v1/serving/experiment").status_code == 404
-        )  # none started by the refused calls
+        assert c.get("/v1/serving/experiment").json()["running"] is False  # none started by the refused calls
         assert c.put("/v1/serving/experiment", json=HALVES, headers=AS_ADMIN).status_code == 200
         for headers in ({}, bearer(READER)):  # reads stay open
             assert c.get("/v1/serving/experiment", headers=headers).status_code == 200
             assert c.get("/v1/serving/exposure", headers=headers).status_code == 200
         assert c.delete("/v1/serving/experiment", headers=bearer(WRITER)).status_code == 403
-        assert c.get("/v1/serving/experiment").status_code == 200  # still running
+        assert c.get("/v1/serving/experiment").json()["running"] is True  # still running
 
 
 def test_a_broken_arm_is_409_and_the_running_experiment_stays(world) -> None:
@@ -184,7 +184,7 @@ def test_a_broken_arm_is_409_and_the_running_experiment_stays(world) -> None:
         assert detail.startswith(f"arms[1].model_id='m-c': this arm cannot be served: its serving bundle "
                                  f"{w.bundles['m-c']} is gone or broken")  # fmt: skip
         assert "nothing changed" in detail and "POST /v1/models/m-c/publish" in detail
-        assert c.get("/v1/serving/experiment").json() == started
+        assert c.get("/v1/serving/experiment").json() == {"running": True, **started}
         assert {u: model_of(c, u) for u in w.users[:20]} == before
         # A bundle that is there but corrupt (a checksum fails) is refused the same way.
         serve(w.registry, w.settings, w.dataset, "m-c")  # rebuilt, and now the active model
@@ -198,7 +198,7 @@ def test_a_broken_arm_is_409_and_the_running_experiment_stays(world) -> None:
         r = c.put("/v1/serving/experiment", headers=AS_ADMIN, json={"arms": [
             {"model_id": "m-b", "weight": 0.5}, {"model_id": "m-c", "weight": 0.5}]})  # fmt: skip
         assert r.status_code == 409 and "arms[1].model_id='m-c'" in r.json()["detail"], r.text
-        assert c.get("/v1/serving/experiment").json() == started
+        assert c.get("/v1/serving/experiment").json() == {"running": True, **started}
 
 
 def test_experiment_lifecycle_and_what_each_route_serves(world) -> None:
@@ -211,7 +211,7 @@ def test_experiment_lifecycle_and_what_each_route_serves(world) -> None:
         assert [(a["model_id"], a["weight"]) for a in exp["arms"]] == [("m-a", 0.5), ("m-b", 0.5)]
         assert [a["bundle_dir"] for a in exp["arms"]] == [w.bundles["m-a"], w.bundles["m-b"]]
         assert exp["salt"] == "s-1" and exp["started_by"] == "ops" and exp["started_at"]
-        assert c.get("/v1/serving/experiment").json() == exp
+        assert c.get("/v1/serving/experiment").json() == {"running": True, **exp}
         store = c.app.state.index_store  # type: ignore[attr-defined]
         assert (
             store.experiment.arms[0].bundle is store.current
@@ -268,7 +268,7 @@ def test_experiment_lifecycle_and_what_each_route_serves(world) -> None:
             and ended["ended_by"] == "ops"
             and ended["ended_at"] >= exp["started_at"]
         )
-        assert c.get("/v1/serving/experiment").status_code == 404
+        assert c.get("/v1/serving/experiment").json()["running"] is False
         assert {model_of(c, u) for u in w.users} == {"m-a"}
         assert c.get(f"/v1/recommendations/{in_a}", params={"model": "m-b"}).status_code == 409
         assert c.delete("/v1/serving/experiment", headers=AS_ADMIN).status_code == 404

@@ -10,7 +10,8 @@ keys.EXPERIMENT_EVENTS, and the arms are swapped in; every other API process's w
 loads them within `reload_poll_s`. Arms are not gated by the publish gate: an experiment is
 how a model that the gate would refuse can be tried on a share of users.
 
-DELETE (admin) removes the key: the active model serves everyone again. The user's arm,
+GET answers 200 with `"running": false` when none runs. DELETE (admin) removes the key: the
+active model serves everyone again (404 when none runs). The user's arm,
 what each route serves and what `?model=` means: service/serving/experiment.py.
 """
 
@@ -27,7 +28,13 @@ from service.api.deps import IndexStoreDep, RegistryDep
 from service.core import keys
 from service.core.registry import ConflictError, NotFoundError, Registry, utcnow
 from service.serving.index_store import ArmLoadError
-from service.serving.schemas import EndedExperiment, Experiment, ExperimentArm, ExperimentRequest
+from service.serving.schemas import (
+    EndedExperiment,
+    Experiment,
+    ExperimentArm,
+    ExperimentRequest,
+    ExperimentState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +54,14 @@ def newest_bundle(registry: Registry, model_id: str) -> str | None:
     return next((e.bundle_dir for e in entries if e.model_id == model_id), None)
 
 
-@router.get("/experiment", responses=NOT_RUNNING, summary="The running A/B experiment")
-def get_experiment(registry: RegistryDep) -> Experiment:
-    """Arms, weights, salt, and who started it when."""
+@router.get("/experiment", summary="The running A/B experiment, or running: false")
+def get_experiment(registry: RegistryDep) -> ExperimentState:
+    """Arms, weights, salt, and who started it when; `running` false (and the other fields
+    null) when none runs: a 200, since a page polls this and no experiment is a state."""
     raw = registry.redis.get(keys.EXPERIMENT)
     if raw is None:
-        raise HTTPException(404, NO_EXPERIMENT)
-    return Experiment.model_validate_json(raw)
+        return ExperimentState(running=False)
+    return ExperimentState(running=True, **Experiment.model_validate_json(raw).model_dump())
 
 
 @router.put(

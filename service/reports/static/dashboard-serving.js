@@ -3,9 +3,8 @@
 // (PUT/DELETE /v1/serving/experiment) and the live exposure of each served model
 // (GET /v1/serving/exposure) drawn beside its offline figures.
 //
-// The experiment's state is read from the exposure answer (models with role "arm"), and
-// GET /v1/serving/experiment is asked only while one runs: with none it answers 404, and
-// a 404 every few seconds would fill the browser's console.
+// The experiment's state is read from GET /v1/serving/experiment on every exposure refresh
+// (200 with "running": false when none runs).
 
 import { barChart, GREY, PALETTE } from "./dashboard-chart.js";
 import {
@@ -267,8 +266,8 @@ export async function refreshExposure() {
     return;
   }
   drawExposure(exposure);
-  const running = exposure.models.some((m) => m.role === "arm");
-  drawExperiment(running ? await getJSON("v1/serving/experiment").catch(() => null) : null);
+  const experiment = await getJSON("v1/serving/experiment").catch(() => null);
+  drawExperiment(experiment && experiment.running ? experiment : null);
 }
 
 // Called on every poll with the listings.
