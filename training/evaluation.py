@@ -25,6 +25,7 @@ import torch
 from training.config import EvalConfig
 from training.dataset import Dataset
 from training.metrics import (
+    METRIC_BLOCK_USERS,
     MetricResult,
     bootstrap_ci,
     compute_metrics,
@@ -128,25 +129,26 @@ def _align(lists: np.ndarray, dataset: Dataset, users: np.ndarray, name: str) ->
     )
 
 
-def _check_lists(lists: np.ndarray, excluded: sp.csr_matrix, n_items: int, kmax: int) -> None:
-    """Refuse lists the metrics would silently mis-score."""
+def _check_lists(lists: np.ndarray, excluded: sp.csr_matrix, n_items: int, kmax: int,
+                 block: int = METRIC_BLOCK_USERS) -> None:  # fmt: skip
+    """Refuse lists the metrics would silently mis-score (in blocks of users)."""
     if lists.shape[1] < kmax:
         raise ValueError(f"lists have {lists.shape[1]} columns, ks need {kmax}")
-    lists = lists[:, :kmax]
     if lists.min(initial=0) < -1 or lists.max(initial=0) >= n_items:
         raise ValueError(f"item ids must lie in [0, {n_items}) or be -1 padding")
-    valid = lists >= 0
-    if (valid[:, 1:] & ~valid[:, :-1]).any():
-        raise ValueError("-1 padding must come after every real item in a list")
-    s = np.sort(lists, axis=1)
-    if ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any():
-        raise ValueError("a list repeats an item")
-    bad = row_membership(lists, excluded, n_items)
-    if bad.any():
-        u, pos = np.argwhere(bad)[0]
-        raise ValueError(
-            f"list row {u} slot {pos} holds excluded item {lists[u, pos]}; remove seen items first"
-        )
+    for start in range(0, len(lists), block):
+        part = np.asarray(lists[start : start + block, :kmax], dtype=np.int64)
+        valid = part >= 0
+        if (valid[:, 1:] & ~valid[:, :-1]).any():
+            raise ValueError("-1 padding must come after every real item in a list")
+        s = np.sort(part, axis=1)
+        if ((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)).any():
+            raise ValueError("a list repeats an item")
+        bad = row_membership(part, excluded[start : start + block], n_items)
+        if bad.any():
+            u, pos = np.argwhere(bad)[0]
+            raise ValueError(f"list row {start + u} slot {pos} holds excluded item {part[u, pos]}; "
+                             "remove seen items first")  # fmt: skip
 
 
 def evaluate_topk(

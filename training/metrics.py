@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
 
-from training.metrics_popularity import exposure_metrics
+from training.metrics_popularity import exposure_finish, exposure_sums
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,14 @@ def _mean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else float("nan")
 
 
+METRIC_BLOCK_USERS = 16384  # users per block: memory O(block · Kmax), not O(users · Kmax)
+
+
+def _add(total: dict[str, Any], part: dict[str, Any]) -> None:
+    for key, value in part.items():
+        total[key] = total[key] + value if key in total else value
+
+
 def compute_metrics(
     topk: np.ndarray,
     positives: Positives,
@@ -113,8 +121,13 @@ def compute_metrics(
     n_groups: int,
     ips_gamma: float = 0.5,
     excluded: Positives | None = None,
+    block: int = METRIC_BLOCK_USERS,
 ) -> MetricResult:
     """Every list metric of METRICS.md A-D for the users of `topk`.
+
+    Users are scored in blocks of `block`: each block's figures are sums (and per-user
+    recall/NDCG) that add up, so the memory is O(block · Kmax) whatever the user count;
+    the metrics are the same for any block size up to float rounding.
 
     Args:
         topk: (n_users, >= max(ks)) int64 lists, -1 padded.
@@ -128,16 +141,16 @@ def compute_metrics(
         ips_gamma: γ of the IPS weights w_i = max(φ_i, 1)^-γ.
         excluded: items each user could not be recommended (R_u), rows aligned with
             `topk`; used by PopRSP's denominator. None = nothing excluded.
+        block: users per block.
     Returns:
         MetricResult with flat metrics, per-group arrays and per-user recall/ndcg.
     """
     ks = sorted({int(k) for k in ks})
     kmax = ks[-1]
     n_items = len(pop)
-    topk = np.asarray(topk, dtype=np.int64)
+    topk = np.asarray(topk)
     if topk.ndim != 2 or topk.shape[1] < kmax:
         raise ValueError(f"topk shape {topk.shape}: need (n_users, >= {kmax}) for ks={ks}")
-    topk = topk[:, :kmax]
     indptr, indices = csr_parts(positives)
     n = topk.shape[0]
     if len(indptr) != n + 1:
@@ -149,9 +162,88 @@ def compute_metrics(
         )
     if topk.max(initial=-1) >= n_items:
         raise ValueError(f"topk holds item {int(topk.max())} >= n_items={n_items}")
+    if block < 1:
+        raise ValueError(f"block={block} must be >= 1")
 
     pop = np.asarray(pop, dtype=np.float64)
     groups = np.asarray(groups, dtype=np.int64)
+    head = np.asarray(head, dtype=bool)
+    totals: dict[str, Any] = {}
+    per_user: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        ptr = indptr[start : stop + 1]
+        sums, pu = _block_sums(
+            np.asarray(topk[start:stop, :kmax], dtype=np.int64),
+            ptr - ptr[0],
+            indices[ptr[0] : ptr[-1]],
+            pop=pop, groups=groups, head=head, ks=ks, n_groups=n_groups,
+            ips_gamma=ips_gamma, n_train_users=n_train_users,
+        )  # fmt: skip
+        _add(totals, sums)
+        for key, values in pu.items():
+            per_user.setdefault(key, []).append(values)
+
+    out = MetricResult(metrics={})
+    m, gm = out.metrics, out.groups
+    out.per_user = {key: np.concatenate(parts) for key, parts in per_user.items()}
+    for k in ks:  # A: means over users
+        m[f"recall@{k}"] = _mean(out.per_user[f"recall@{k}"])
+        m[f"precision@{k}"] = totals[f"precision@{k}"] / n
+        m[f"ndcg@{k}"] = _mean(out.per_user[f"ndcg@{k}"])
+        m[f"hit@{k}"] = totals[f"hit@{k}"] / n
+        m[f"mrr@{k}"] = totals[f"mrr@{k}"] / n
+    # B: per-group means over U_g = users with a positive in G_g (undefined where U_g is empty)
+    gm["users"] = totals["group_users"]
+    for k in ks:
+        for name in ("recall", "ndcg"):
+            vals = _safe_div(totals[f"group_{name}@{k}"], totals["group_users"])
+            gm[f"{name}@{k}"] = vals
+            # macro over the groups where it is defined (all G unless a group has no positives)
+            m[f"m{name}@{k}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        m[f"ips_recall@{k}"] = totals[f"ips_recall@{k}"] / n
+        m[f"ips_ndcg@{k}"] = totals[f"ips_ndcg@{k}"] / n
+
+    # -- C, D. exposure, popularity bias, concentration --------------------------------------
+    excl_by_group = np.zeros(n_groups, dtype=np.int64)
+    if excluded is not None:
+        _, excl_idx = csr_parts(excluded)
+        excl_by_group = np.bincount(groups[excl_idx], minlength=n_groups)
+    pop_m, pop_g = exposure_finish(
+        totals,
+        n_users=n,
+        ks=ks,
+        pop=pop,
+        group_sizes=np.bincount(groups, minlength=n_groups),
+        pos_by_group=np.bincount(groups[indices], minlength=n_groups),
+        excl_by_group=excl_by_group,
+    )
+    m.update(pop_m)
+    gm.update(pop_g)
+    return out
+
+
+def _block_sums(
+    topk: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    *,
+    pop: np.ndarray,
+    groups: np.ndarray,
+    head: np.ndarray,
+    ks: list[int],
+    n_groups: int,
+    ips_gamma: float,
+    n_train_users: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One block of users: the sums `compute_metrics` adds up, and per-user recall/NDCG.
+
+    Args:
+        topk: (n, Kmax) int64 lists of the block; indptr, indices: its positives.
+    """
+    n, kmax = topk.shape
+    n_items = len(pop)
+    n_pos = np.diff(indptr)
     valid = topk >= 0
     safe = np.maximum(topk, 0)
     grp = np.where(valid, groups[safe], -1)  # (n, Kmax), -1 on padding
@@ -163,8 +255,8 @@ def compute_metrics(
     pos_by_group = np.bincount(rows * n_groups + groups[indices], minlength=n * n_groups)
     pos_by_group = pos_by_group.reshape(n, n_groups)
 
-    out = MetricResult(metrics={})
-    m, gm, pu = out.metrics, out.groups, out.per_user
+    sums: dict[str, Any] = {}
+    pu: dict[str, np.ndarray] = {}
 
     # -- A. accuracy ----------------------------------------------------------------------
     hit_cum = np.cumsum(hit, axis=1)  # hits within the first k slots
@@ -173,35 +265,27 @@ def compute_metrics(
     first_hit = np.argmax(hit, axis=1)  # 0 when there is no hit; masked by any_hit below
     for k in ks:
         hits_k = hit_cum[:, k - 1]
-        recall_u = hits_k / n_pos
-        ndcg_u = dcg_cum[:, k - 1] / cumdisc[np.minimum(n_pos, k)]
-        pu[f"recall@{k}"], pu[f"ndcg@{k}"] = recall_u, ndcg_u
-        m[f"recall@{k}"] = _mean(recall_u)
-        m[f"precision@{k}"] = _mean(hits_k / k)
-        m[f"ndcg@{k}"] = _mean(ndcg_u)
-        m[f"hit@{k}"] = _mean(any_hit[:, k - 1].astype(np.float64))
-        m[f"mrr@{k}"] = _mean(np.where(any_hit[:, k - 1], 1.0 / (first_hit + 1), 0.0))
+        pu[f"recall@{k}"] = hits_k / n_pos
+        pu[f"ndcg@{k}"] = dcg_cum[:, k - 1] / cumdisc[np.minimum(n_pos, k)]
+        sums[f"precision@{k}"] = float((hits_k / k).sum())
+        sums[f"hit@{k}"] = float(any_hit[:, k - 1].sum())
+        sums[f"mrr@{k}"] = float(np.where(any_hit[:, k - 1], 1.0 / (first_hit + 1), 0.0).sum())
 
-    # -- B. per-group and group-macro accuracy (U_g = users with a positive in G_g) ----------
-    gm["users"] = (pos_by_group > 0).sum(axis=0)
+    # -- B. per-group accuracy (U_g = users with a positive in G_g) -------------------------
+    sums["group_users"] = (pos_by_group > 0).sum(axis=0)
     for k in ks:
-        gm[f"recall@{k}"] = np.full(n_groups, np.nan)
-        gm[f"ndcg@{k}"] = np.full(n_groups, np.nan)
+        sums[f"group_recall@{k}"] = np.zeros(n_groups)
+        sums[f"group_ndcg@{k}"] = np.zeros(n_groups)
     for g in range(n_groups):
-        in_g = hit & (grp == g)
-        hg, dg = np.cumsum(in_g, axis=1), np.cumsum(in_g * disc, axis=1)
         users_g = pos_by_group[:, g] > 0
         if not users_g.any():
-            continue  # empty group or no test positives in it: Recall_g undefined
+            continue
+        in_g = hit[users_g] & (grp[users_g] == g)
+        hg, dg = np.cumsum(in_g, axis=1), np.cumsum(in_g * disc, axis=1)
         t_g = pos_by_group[users_g, g]
         for k in ks:
-            gm[f"recall@{k}"][g] = _mean(hg[users_g, k - 1] / t_g)
-            gm[f"ndcg@{k}"][g] = _mean(dg[users_g, k - 1] / cumdisc[np.minimum(t_g, k)])
-    for k in ks:
-        # macro over the groups where Recall_g is defined (all G unless a group has no positives)
-        for name in ("recall", "ndcg"):
-            vals = gm[f"{name}@{k}"]
-            m[f"m{name}@{k}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+            sums[f"group_recall@{k}"][g] = (hg[:, k - 1] / t_g).sum()
+            sums[f"group_ndcg@{k}"][g] = (dg[:, k - 1] / cumdisc[np.minimum(t_g, k)]).sum()
 
     # -- B. IPS-weighted recall / NDCG, w_i = max(φ_i, 1)^-γ -------------------------------
     w = np.maximum(pop, 1.0) ** (-ips_gamma)  # φ = 0 items get φ = 1: a finite, largest weight
@@ -217,29 +301,13 @@ def compute_metrics(
         ideal = np.bincount(
             rows[order][top], weights=w_pos[order][top] * disc[rank_in_row[top]], minlength=n
         )
-        m[f"ips_recall@{k}"] = _mean(w_hit_cum[:, k - 1] / w_total)
-        m[f"ips_ndcg@{k}"] = _mean(w_dcg_cum[:, k - 1] / ideal)
+        sums[f"ips_recall@{k}"] = float((w_hit_cum[:, k - 1] / w_total).sum())
+        sums[f"ips_ndcg@{k}"] = float((w_dcg_cum[:, k - 1] / ideal).sum())
 
     # -- C, D. exposure, popularity bias, concentration --------------------------------------
-    excl_by_group = np.zeros(n_groups, dtype=np.int64)
-    if excluded is not None:
-        _, excl_idx = csr_parts(excluded)
-        excl_by_group = np.bincount(groups[excl_idx], minlength=n_groups)
-    pop_m, pop_g = exposure_metrics(
-        topk,
-        hit,
-        grp,
-        ks=ks,
-        pop=pop,
-        head=np.asarray(head, dtype=bool),
-        group_sizes=np.bincount(groups, minlength=n_groups),
-        pos_by_group=pos_by_group.sum(axis=0),
-        excl_by_group=excl_by_group,
-        n_train_users=n_train_users,
-    )
-    m.update(pop_m)
-    gm.update(pop_g)
-    return out
+    sums.update(exposure_sums(topk, hit, grp, ks=ks, pop=pop, head=head, n_groups=n_groups,
+                              n_train_users=n_train_users))  # fmt: skip
+    return sums, pu
 
 
 def overlap_metrics(
@@ -248,8 +316,9 @@ def overlap_metrics(
     groups: np.ndarray,
     ks: list[int] | tuple[int, ...],
     n_groups: int,
+    block: int = METRIC_BLOCK_USERS,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Teacher-student agreement Overlap@K (METRICS.md E).
+    """Teacher-student agreement Overlap@K (METRICS.md E), in blocks of `block` users.
 
     Overall: (1/|U|) Σ_u |L_u ∩ L_u^ref| / K. Per group g: Σ_u |L_u ∩ L_u^ref ∩ G_g| /
     Σ_u |L_u^ref ∩ G_g|, the share of the reference's group-g slots that `topk` reproduces
@@ -260,25 +329,30 @@ def overlap_metrics(
     Returns:
         ({"overlap@K": float}, {"overlap@K": (G,) float}).
     """
-    n_items = len(groups)
-    overall: dict[str, float] = {}
-    by_group: dict[str, np.ndarray] = {}
-    for k in sorted(ks):
-        a, b = topk[:, :k], reference[:, :k]
-        shared = list_membership(a, b, n_items)  # (n, k) bool
-        overall[f"overlap@{k}"] = _mean(shared.sum(axis=1) / k)
-        ga = groups[np.maximum(a, 0)][shared]
-        ref_ok = b >= 0
-        by_group[f"overlap@{k}"] = _safe_div(
-            np.bincount(ga, minlength=n_groups), np.bincount(groups[b[ref_ok]], minlength=n_groups)
-        )
+    n_items, n = len(groups), len(topk)
+    shared_total = {k: 0.0 for k in ks}
+    shared_g = {k: np.zeros(n_groups, dtype=np.int64) for k in ks}
+    ref_g = {k: np.zeros(n_groups, dtype=np.int64) for k in ks}
+    for start in range(0, n, block):
+        for k in ks:
+            a = np.asarray(topk[start : start + block, :k], dtype=np.int64)
+            b = np.asarray(reference[start : start + block, :k], dtype=np.int64)
+            shared = list_membership(a, b, n_items)  # (block, k) bool
+            shared_total[k] += float((shared.sum(axis=1) / k).sum())
+            shared_g[k] += np.bincount(groups[np.maximum(a, 0)][shared], minlength=n_groups)
+            ref_g[k] += np.bincount(groups[b[b >= 0]], minlength=n_groups)
+    overall = {f"overlap@{k}": shared_total[k] / n if n else float("nan") for k in sorted(ks)}
+    by_group = {f"overlap@{k}": _safe_div(shared_g[k], ref_g[k]) for k in sorted(ks)}
     return overall, by_group
 
 
 def oracle_metrics(
-    topk: np.ndarray, oracle: np.ndarray, ks: list[int] | tuple[int, ...]
+    topk: np.ndarray,
+    oracle: np.ndarray,
+    ks: list[int] | tuple[int, ...],
+    block: int = METRIC_BLOCK_USERS,
 ) -> dict[str, float]:
-    """Precision and NDCG against the true top-K (binary relevance: i ∈ O_u@K).
+    """Precision and NDCG against the true top-K (binary relevance: i ∈ O_u@K), in blocks.
 
     Args:
         topk: (n_users, >= max(ks)) the ranker's lists.
@@ -286,15 +360,24 @@ def oracle_metrics(
     Returns:
         {"oracle_precision@K": float, "oracle_ndcg@K": float}
     """
-    out: dict[str, float] = {}
+    n = len(topk)
     n_items = int(max(topk.max(initial=0), oracle.max(initial=0))) + 1
     disc = discounts(max(ks))
     cumdisc = np.concatenate([[0.0], np.cumsum(disc)])
+    precision = {k: 0.0 for k in ks}
+    ndcg = {k: 0.0 for k in ks}
+    for start in range(0, n, block):
+        for k in ks:
+            a = np.asarray(topk[start : start + block, :k], dtype=np.int64)
+            b = np.asarray(oracle[start : start + block, :k], dtype=np.int64)
+            rel = list_membership(a, b, n_items)  # (block, k)
+            n_rel = (b >= 0).sum(axis=1)
+            precision[k] += float((rel.sum(axis=1) / k).sum())
+            ndcg[k] += float(_safe_div((rel * disc[:k]).sum(axis=1), cumdisc[n_rel]).sum())
+    out: dict[str, float] = {}
     for k in sorted(ks):
-        rel = list_membership(topk[:, :k], oracle[:, :k], n_items)  # (n, k)
-        n_rel = (oracle[:, :k] >= 0).sum(axis=1)
-        out[f"oracle_precision@{k}"] = _mean(rel.sum(axis=1) / k)
-        out[f"oracle_ndcg@{k}"] = _mean(_safe_div((rel * disc[:k]).sum(axis=1), cumdisc[n_rel]))
+        out[f"oracle_precision@{k}"] = precision[k] / n if n else float("nan")
+        out[f"oracle_ndcg@{k}"] = ndcg[k] / n if n else float("nan")
     return out
 
 

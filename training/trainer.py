@@ -64,13 +64,21 @@ def validation_metrics(
 
 
 def _kd_slices(batch: KDBatch, n_batches: int, generator: torch.Generator) -> list[KDBatch]:
-    """Shuffle the epoch's distillation samples and cut them into n_batches slices."""
+    """Shuffle the epoch's distillation samples and cut them into n_batches slices.
+
+    `batch` is emptied as it goes: each array is dropped once its slices are cut, so the
+    peak holds one array twice, not all of them.
+    """
     n = next(iter(batch.values())).shape[0]
     perm = torch.randperm(n, generator=generator)
     size = math.ceil(n / n_batches) if n else 0
-    return [
-        {key: t[perm[b * size : (b + 1) * size]] for key, t in batch.items()} for b in range(n_batches)
-    ]
+    slices: list[KDBatch] = [{} for _ in range(n_batches)]
+    for key in list(batch):
+        t = batch.pop(key)[perm]
+        for b in range(n_batches):
+            slices[b][key] = t[b * size : (b + 1) * size]
+        del t
+    return slices
 
 
 def fit(

@@ -59,7 +59,10 @@ def test_candidates_do_not_depend_on_the_user_chunk():
     assert torch.equal(a.items, b.items) and torch.equal(a.lengths, b.lengths)
 
 
-def test_unkd_pairs_stay_within_a_group_and_follow_the_teacher():
+@pytest.mark.parametrize("block", [None, 7])
+def test_unkd_pairs_stay_within_a_group_and_follow_the_teacher(block, monkeypatch):
+    if block is not None:  # users drawn in blocks (SAMPLE_BLOCK_USERS): every user still gets pairs
+        monkeypatch.setattr("training.distill.unkd.SAMPLE_BLOCK_USERS", block)
     train, t_user, t_item, groups = _random_problem()
     cands = teacher_candidates(EmbeddingScorer(t_user, t_item), train, groups, top_l=20)
     gen = torch.Generator().manual_seed(1)
@@ -72,6 +75,8 @@ def test_unkd_pairs_stay_within_a_group_and_follow_the_teacher():
     assert (scores[u, i] >= scores[u, j]).all(), "the teacher's better item must be the positive"
     dense = train.toarray()
     assert dense[u, i].sum() == 0 and dense[u, j].sum() == 0, "training items are never candidates"
+    per_user = np.bincount(u, minlength=train.shape[0])
+    assert (per_user[cands.lengths.numpy().max(1) >= 2] > 0).all(), "a user with candidates got no pairs"
 
 
 def test_group_budget_splits_pairs_equally_over_epochs():

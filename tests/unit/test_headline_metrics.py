@@ -338,7 +338,7 @@ def test_validation_check_catches_idcg_over_k_slots():
 
 def test_validation_check_catches_training_items_left_in_the_lists():
     """Mutant: validation ranks without excluding the training items."""
-    mutant = _on_embeddings(_mutant_function(validation_mod.scorer_validation, "users, train, k", "users, None, k"))
+    mutant = _on_embeddings(_mutant_function(validation_mod.scorer_validation, "block, train, k", "block, None, k"))
     ds, user_emb, item_emb = _many_valid_positives()
     with pytest.raises(AssertionError, match="validation"):
         _check_validation_matches_report(mutant, ds, user_emb, item_emb)

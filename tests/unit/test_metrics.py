@@ -249,3 +249,64 @@ def test_bootstrap_ci():
     assert (lo, hi) == bootstrap_ci(values)  # seeded
     lo, hi = bootstrap_ci(np.full(10, 0.25), n=50)
     assert lo == pytest.approx(0.25) and hi == pytest.approx(0.25)
+
+
+# -- blocks of users: the same figures, memory bounded by the block ---------------------------
+def _random_case(n_users: int, n_items: int = 40, kmax: int = 5, seed: int = 3):
+    """Lists (some padded) and positives of `n_users` random users; groups of 3."""
+    rng = np.random.default_rng(seed)
+    topk = np.stack([rng.permutation(n_items)[:kmax] for _ in range(n_users)]).astype(np.int64)
+    lengths = rng.integers(0, kmax + 1, n_users)
+    topk[np.arange(kmax)[None, :] >= lengths[:, None]] = -1
+    rows = np.concatenate([np.full(m, u) for u, m in enumerate(rng.integers(1, 6, n_users))])
+    cols = rng.integers(0, n_items, len(rows))
+    positives = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_users, n_items))
+    positives.data[:] = 1.0
+    excl = sp.random(n_users, n_items, density=0.1, random_state=seed, format="csr")
+    pop = rng.integers(0, 50, n_items)
+    groups = np.minimum(np.argsort(np.argsort(-pop)) * 3 // n_items, 2)
+    args = dict(pop=pop, groups=groups, head=groups == 0, n_train_users=n_users, ks=(2, 5),
+                n_groups=3, excluded=excl)  # fmt: skip
+    return topk, positives, args
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_the_block_size_changes_no_figure(block):
+    topk, positives, args = _random_case(300)
+    whole = compute_metrics(topk, positives, block=10_000, **args)
+    part = compute_metrics(topk, positives, block=block, **args)
+    assert part.metrics.keys() == whole.metrics.keys()
+    wrong = [k for k in whole.metrics if not _same(part.metrics[k], whole.metrics[k])]
+    assert wrong == []
+    for key, values in whole.groups.items():
+        np.testing.assert_allclose(part.groups[key], values, rtol=1e-12, err_msg=key)
+    for key, values in whole.per_user.items():
+        np.testing.assert_array_equal(part.per_user[key], values, err_msg=key)
+    reference = np.roll(topk, 1, axis=1)
+    for fn in (overlap_metrics,):
+        (ow, gw), (op, gp) = (fn(topk, reference, args["groups"], (2, 5), 3, block=b) for b in (10_000, block))
+        assert ow == pytest.approx(op, rel=1e-12)
+        for key in gw:
+            np.testing.assert_allclose(gp[key], gw[key], rtol=1e-12)
+    full = np.where(topk >= 0, topk, 0)  # the oracle's lists are full
+    assert oracle_metrics(topk, full, (2, 5), block=block) == pytest.approx(
+        oracle_metrics(topk, full, (2, 5), block=10_000), rel=1e-12)  # fmt: skip
+
+
+def test_memory_follows_the_block_not_the_users():
+    """The report of 1M users held ~5 GB of per-slot arrays before blocks (docs/scale.md)."""
+    import tracemalloc
+
+    topk, positives, args = _random_case(20_000, n_items=400, kmax=50)
+    args["excluded"] = None  # its (nnz,) arrays are the same for any block
+    peaks = {}
+    for block in (20_000, 1_000):
+        tracemalloc.start()
+        compute_metrics(topk, positives, block=block, **args)
+        peaks[block] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[1_000] * 4 < peaks[20_000], peaks

@@ -30,18 +30,44 @@ def group_budget(pairs_per_user: int, n_groups: int, epoch: int) -> torch.Tensor
     return (slots + epoch) % n_groups
 
 
+SAMPLE_BLOCK_USERS = 131072  # users drawn at once: bounds the epoch's scratch arrays
+
+
 def sample_unkd_pairs(
     cands: CandidateLists, pairs_per_user: int, mu: float, epoch: int, generator: torch.Generator
 ) -> KDBatch:
-    """Draw the epoch's (u, i, j) pairs for every user at once.
+    """Draw the epoch's (u, i, j) pairs for every user, in blocks of SAMPLE_BLOCK_USERS users.
+
+    Each block's scratch arrays (pair slots, ranks, their uniforms) are freed before the
+    next, so only the returned pairs grow with users. A dataset of at most one block draws
+    exactly what a single draw over all users would.
 
     Returns:
         {"u", "i", "j"}: (n_pairs,) int64 each; (u, g) with fewer than two candidates give none.
     """
-    n_users, n_groups = cands.lengths.shape
+    n_users = cands.lengths.shape[0]
+    parts = [
+        _sample_block(cands, torch.arange(lo, min(n_users, lo + SAMPLE_BLOCK_USERS)),
+                      pairs_per_user, mu, epoch, generator)  # fmt: skip
+        for lo in range(0, n_users, SAMPLE_BLOCK_USERS)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return {key: torch.cat([p[key] for p in parts]) for key in ("u", "i", "j")}
+
+
+def _sample_block(
+    cands: CandidateLists,
+    users: torch.Tensor,
+    pairs_per_user: int,
+    mu: float,
+    epoch: int,
+    generator: torch.Generator,
+) -> KDBatch:
+    n_groups = cands.lengths.shape[1]
     slot_group = group_budget(pairs_per_user, n_groups, epoch)  # (N,)
-    u = torch.arange(n_users).repeat_interleave(pairs_per_user)  # (n_users * N,)
-    g = slot_group.repeat(n_users)
+    u = users.repeat_interleave(pairs_per_user)  # (len(users) * N,)
+    g = slot_group.repeat(len(users))
     n = cands.lengths[u, g]
     keep = n >= 2
     u, g, n = u[keep], g[keep], n[keep]
