@@ -79,10 +79,18 @@ def teacher_bytes(n_users: int, n_items: int, cfg: TeacherConfig) -> int:
     return _model_bytes(n_users, n_items, cfg.dim, cfg.model, cfg.n_layers) + _eval_bytes(n_items)
 
 
+def lists_mapped(n_users: int, cfg: DistillConfig, fanout_min_users: int) -> bool:
+    """True when a distill job's candidate lists stay on disk: a job over `fanout_min_users`
+    users ranks them in shards (worker/fanout.py) that training reads by memory map, except
+    RRD, which reads them into memory (training/distill/shards.py)."""
+    return cfg.method not in ("none", "rrd") and n_users >= fanout_min_users
+
+
 def distill_bytes(n_users: int, n_items: int, cfg: DistillConfig, teacher_dim: int,
-                  teacher_model: str = "mf") -> int:  # fmt: skip
+                  teacher_model: str = "mf", mapped: bool = False) -> int:  # fmt: skip
     """Student tables + the teacher (embeddings, or EASE's B) + the precomputed rankings
-    (CD keeps the teacher's score beside each ranked item)."""
+    (CD keeps the teacher's score beside each ranked item). mapped (`lists_mapped`): the
+    rankings sit in the page cache, not in the process, and are not counted."""
     width = {
         "unkd": cfg.unkd.groups * cfg.unkd.top_l,
         "rd": cfg.rd.top_k,
@@ -90,7 +98,7 @@ def distill_bytes(n_users: int, n_items: int, cfg: DistillConfig, teacher_dim: i
         "rrd": cfg.rrd.top_l,
     }.get(cfg.method, 0)
     per_entry = INDEX_BYTES + (FLOAT_BYTES if cfg.method == "cd" else 0)
-    candidates = n_users * min(width, n_items) * per_entry
+    candidates = 0 if mapped else n_users * min(width, n_items) * per_entry
     if teacher_model == "ease":
         teacher = n_items * n_items * FLOAT_BYTES
     else:
@@ -124,9 +132,11 @@ def check_teacher(n_users: int, n_items: int, cfg: TeacherConfig, limit_bytes: i
 def check_distill(
     n_users: int, n_items: int, cfg: DistillConfig, teacher_dim: int, limit_bytes: int,
     teacher_model: str = "mf",
+    mapped: bool = False,
 ) -> int:
-    """The estimate; MemoryBudgetError naming the larger contributor when over the limit."""
-    needed = distill_bytes(n_users, n_items, cfg, teacher_dim, teacher_model)
+    """The estimate; MemoryBudgetError naming the larger contributor when over the limit.
+    mapped: the job's lists stay on disk (`lists_mapped`)."""
+    needed = distill_bytes(n_users, n_items, cfg, teacher_dim, teacher_model, mapped)
     if needed > limit_bytes:
         student = _model_bytes(n_users, n_items, cfg.dim, cfg.student_model, cfg.n_layers)
         field = "dim" if student * 2 >= needed else f"{cfg.method}.top_l"

@@ -92,7 +92,8 @@ PLAN = "plan.json"
 
 
 def fans_out(settings: Settings, n_users: int, cfg: DistillConfig) -> bool:
-    """True when a distill job ranks its candidates in shards (a method with lists)."""
+    """True when a distill job ranks its candidates in shards (a method with lists); they
+    stay on disk for training unless the method is RRD (training.budget.lists_mapped)."""
     return cfg.method != "none" and n_users >= settings.fanout_min_users
 
 

@@ -36,7 +36,7 @@ from service.core.registry import (
     Registry,
 )
 from training import pipelines
-from training.budget import check_distill, check_teacher
+from training.budget import check_distill, check_teacher, lists_mapped
 from training.checkpoint import ModelArtifact
 from training.config import DistillConfig, TeacherConfig
 from training.dataset import Dataset
@@ -181,7 +181,8 @@ def _distill_body(ctx: JobContext) -> str:
     if artifact is None:
         dataset = _load_dataset(ctx, dataset_id)
         check_distill(dataset.n_users, dataset.n_items, cfg, teacher.dim,
-                      ctx.settings.max_job_memory_mb * 2**20, teacher_model=teacher.model)  # fmt: skip
+                      ctx.settings.max_job_memory_mb * 2**20, teacher_model=teacher.model,
+                      mapped=lists_mapped(dataset.n_users, cfg, ctx.settings.fanout_min_users))  # fmt: skip
         from worker.fanout import distill_in_shards, fans_out  # it imports this module
 
         if fans_out(ctx.settings, dataset.n_users, cfg):  # candidates ranked by every worker
@@ -340,6 +341,10 @@ def _run_leased(task: Task, job_id: str, body: Callable[[JobContext], str], sett
         error = f"{type(exc).__name__}: {exc}"
     model_id = model_id or ctx.saved_model_id
     finished = registry.finish_job(job_id, status, model_id=model_id, error=error)  # type: ignore[arg-type]
+    if job.kind == "distill":  # a fanned-out job's shards outlive retries, not the job
+        from worker.fanout import shards_root  # it imports this module
+
+        shutil.rmtree(shards_root(settings, job_id), ignore_errors=True)
     logger.info("job %s %s in %.1fs%s", job_id, status, finished.timings.elapsed_s or 0.0,
                 f": {error}" if error else "")
     return {"job_id": job_id, "status": status, "model_id": model_id, "error": error}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from celery.exceptions import Retry
 
 from service.core.registry import JobRecord
 from tests.unit.test_worker_tasks import (  # noqa: F401 - fixtures
@@ -20,7 +21,7 @@ from tests.unit.test_worker_tasks import (  # noqa: F401 - fixtures
     teacher_job,
 )
 from training import pipelines
-from training.budget import MemoryBudgetError, check_distill, check_teacher
+from training.budget import MemoryBudgetError, check_distill, check_teacher, lists_mapped
 from training.config import DistillConfig, TeacherConfig
 from worker import tasks
 from worker.recovery import JobLease, lease_key, reap_lost_jobs
@@ -113,6 +114,24 @@ def test_stale_temp_dirs_of_an_interrupted_attempt_are_removed(monkeypatch, sett
     assert not stale.exists()
 
 
+def test_a_fanned_out_jobs_shards_outlive_a_retry_and_not_the_job(settings, registry) -> None:
+    """Shards kept for the retry of a transient failure are removed once the job gives up."""
+    from worker.fanout import shards_root
+
+    def no_space(_ctx: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    registry.create_job(JobRecord(id="jd", kind="distill", output_model_id="student-jd"))
+    shard = shards_root(settings, "jd") / "shard-00000"
+    shard.mkdir(parents=True)
+    with pytest.raises(Retry):
+        tasks.run_job(FakeTask(settings), "jd", no_space)
+    assert shard.is_dir()  # the retry ranks only the shards that are missing
+    summary = tasks.run_job(FakeTask(settings, retries=settings.job_max_retries), "jd", no_space)
+    assert summary["status"] == "failed" and summary["error"].startswith("gave up after")
+    assert not shards_root(settings, "jd").exists()
+
+
 def test_worker_refuses_a_job_over_its_memory_budget(monkeypatch, settings, registry, dataset) -> None:
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
@@ -134,5 +153,15 @@ def test_budget_estimates_name_the_parameter_to_lower() -> None:
     with pytest.raises(MemoryBudgetError) as err:
         check_distill(100_000, 50_000, cfg, teacher_dim=8, limit_bytes=limit)
     assert err.value.field == "unkd.top_l"
+    # A job that fans out keeps its lists on disk (memory-mapped shards): they are not counted,
+    # except for RRD, which reads them into memory.
+    limit = 2 * 2**30
+    cfg = DistillConfig(dim=10, unkd={"top_l": 500})
+    assert lists_mapped(1_000_000, cfg, fanout_min_users=200_000)
+    assert not lists_mapped(100_000, cfg, fanout_min_users=200_000)
+    assert not lists_mapped(1_000_000, DistillConfig(method="rrd"), fanout_min_users=200_000)
+    with pytest.raises(MemoryBudgetError):  # 1M x 2,000 int32 entries in memory: 7.5 GiB
+        check_distill(1_000_000, 20_000, cfg, teacher_dim=64, limit_bytes=limit)
+    assert check_distill(1_000_000, 20_000, cfg, teacher_dim=64, limit_bytes=limit, mapped=True) < limit
     lightgcn = TeacherConfig(dim=64, model="lightgcn", n_layers=3)
     assert check_teacher(1000, 1000, lightgcn, 2**40) > check_teacher(1000, 1000, TeacherConfig(dim=64), 2**40)

@@ -33,7 +33,13 @@ from service.api.schemas import (
 from service.core.config import Settings
 from service.core.queue import TASK_BY_KIND, queue_for
 from service.core.registry import DatasetRecord, GatePolicy, JobKind, JobRecord, JobState, Registry
-from training.budget import EASETooLargeError, MemoryBudgetError, check_distill, check_teacher
+from training.budget import (
+    EASETooLargeError,
+    MemoryBudgetError,
+    check_distill,
+    check_teacher,
+    lists_mapped,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +126,8 @@ def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings,
     if dataset_id:
         users, items = _sizes(registry.get_dataset(dataset_id, field="teacher_id"))
         limit = settings.max_job_memory_mb * 2**20
-        _within_budget(lambda: check_distill(users, items, req, teacher.dim, limit, teacher.model))
+        mapped = lists_mapped(users, req, settings.fanout_min_users)
+        _within_budget(lambda: check_distill(users, items, req, teacher.dim, limit, teacher.model, mapped))
     job_id = new_job_id()
     config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish", "force", "tune"})
     params: dict[str, Any] = {
