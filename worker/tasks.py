@@ -274,6 +274,15 @@ def _retry_delay(retries: int) -> int:
     return int(min(60, 2 ** (retries + 1)))
 
 
+def prune_cache(settings: Settings) -> None:
+    """Keep this host's artifact cache under settings.artifact_cache_max_mb (URL mode only);
+    a failure is logged, never the job's."""
+    try:
+        ArtifactStore.from_settings(settings).prune_cache(settings.artifact_cache_max_mb * 2**20)
+    except Exception:
+        logger.exception("artifact cache: pruning failed")
+
+
 def _hand_back(registry: Registry, job_id: str) -> NoReturn:
     """The worker is stopping: queue the job again and return its message to the broker."""
     registry.requeue_job(job_id, "worker shut down mid-job")
@@ -345,6 +354,7 @@ def _run_leased(task: Task, job_id: str, body: Callable[[JobContext], str], sett
         from worker.fanout import shards_root  # it imports this module
 
         shutil.rmtree(shards_root(settings, job_id), ignore_errors=True)
+    prune_cache(settings)
     logger.info("job %s %s in %.1fs%s", job_id, status, finished.timings.elapsed_s or 0.0,
                 f": {error}" if error else "")
     return {"job_id": job_id, "status": status, "model_id": model_id, "error": error}

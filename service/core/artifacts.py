@@ -20,7 +20,9 @@ One class, two modes, picked by ``settings.artifact_url`` (UNKD_ARTIFACT_URL):
   its retry uploads over the leftovers. `fetch` downloads into a temp directory under
   ``<data_dir>/cache/artifacts``, checks every size and sha256 against the manifest, and only
   then renames it to ``cache/artifacts/<key>``; a later fetch of the key reuses that copy
-  without asking the store.
+  without asking the store. `prune_cache` keeps that cache under
+  ``settings.artifact_cache_max_mb``, least recently used first (workers after each job,
+  API processes after each bundle swap).
 
 `put` onto a key already written is a no-op when the content is the same (same names, sizes
 and checksums: a redelivered job) and raises ArtifactExistsError otherwise; nothing is
@@ -61,6 +63,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_FILE = "_artifact.json"  # not manifest.json: a model directory has one (and macOS folds case)
 MANIFEST_FORMAT = 1
 CACHE_SUBDIR = Path("cache") / "artifacts"
+CACHE_GRACE_S = 600.0  # an artifact used this recently is never pruned (a reader may hold it)
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _KEY = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")  # relative, no "..", no empty segment
 
@@ -141,6 +144,23 @@ class Manifest:
             if not _KEY.match(name) or name == MANIFEST_FILE:
                 raise ArtifactCorruptError(key, f"{MANIFEST_FILE} lists an unsafe file name {name!r}")
         return cls(key, files, created_at)
+
+
+@dataclass(frozen=True)
+class CachedArtifact:
+    """One artifact in a host's cache: its key, directory, bytes and last use (epoch s)."""
+
+    key: str
+    path: Path
+    size: int
+    last_used: float
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only cache still serves; it just ages as written
 
 
 def _sha256(path: Path) -> str:
@@ -377,6 +397,7 @@ class ArtifactStore:
             return path
         dest = self.cache_dir / key
         if self._cached(key, dest):
+            _touch(dest / MANIFEST_FILE)  # its last use, for prune_cache
             return dest
         manifest = self.manifest(key)
         fs = self._remote()[0]
@@ -410,6 +431,63 @@ class ArtifactStore:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("artifact %s: fetched %d files from %s into %s", key, len(manifest.files), self.url, dest)
         return dest
+
+    # -- the cache's size ----------------------------------------------------------------------
+    def cached(self) -> list[CachedArtifact]:
+        """The complete artifacts in this host's cache, least recently used first (URL mode;
+        the data-dir mode has no cache: [])."""
+        if self.in_place or not self.cache_dir.is_dir():
+            return []
+        out = []
+        for marker in self.cache_dir.rglob(MANIFEST_FILE):
+            where = marker.parent
+            key = where.relative_to(self.cache_dir).as_posix()
+            if key.startswith(".tmp/") or not _KEY.match(key):
+                continue
+            try:
+                manifest = Manifest.from_json(key, marker.read_bytes())
+                used = marker.stat().st_mtime
+            except (ArtifactError, OSError):
+                continue  # a damaged copy: _cached removes it on its next use
+            out.append(CachedArtifact(key, where, sum(e.size for e in manifest.files.values()), used))
+        return sorted(out, key=lambda c: (c.last_used, c.key))
+
+    def prune_cache(self, max_bytes: float, keep: set[str] | frozenset[str] = frozenset(),
+                    grace_s: float | None = None) -> list[str]:  # fmt: skip
+        """Remove least recently used cached artifacts until the cache holds <= max_bytes.
+
+        Never removed: the keys in `keep` (what this process serves) and artifacts used in the
+        last `grace_s` seconds (default CACHE_GRACE_S: a job may have just resolved one and be
+        reading it). A removed
+        artifact is renamed out of the cache before it is deleted, so a reader sees it whole
+        or not at all and fetches it again from the store. The data-dir mode never prunes: its
+        "cache" is the store itself. Returns the removed keys.
+        """
+        if self.in_place or max_bytes <= 0:
+            return []
+        grace_s = CACHE_GRACE_S if grace_s is None else grace_s
+        entries = self.cached()
+        total = sum(c.size for c in entries)
+        removed: list[str] = []
+        now = datetime.now(timezone.utc).timestamp()
+        for c in entries:
+            if total <= max_bytes:
+                break
+            if c.key in keep or now - c.last_used < grace_s:
+                continue
+            gone = self.cache_dir / ".tmp" / f"evicted-{uuid.uuid4().hex[:12]}"
+            gone.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(c.path, gone)
+            except OSError:
+                continue  # removed or replaced meanwhile
+            shutil.rmtree(gone, ignore_errors=True)
+            total -= c.size
+            removed.append(c.key)
+        if removed:
+            logger.info("artifact cache %s: removed %d least recently used (%s); %.1f MB left",
+                        self.cache_dir, len(removed), ", ".join(removed), total / 1e6)  # fmt: skip
+        return removed
 
     def _cached(self, key: str, dest: Path) -> bool:
         """A cached copy is complete (renamed in after verification) and whole (sizes match

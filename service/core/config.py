@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         "fsspec URL shared by every host, e.g. s3://bucket/prefix (AWS_* variables give the "
         "endpoint and credentials); service/core/artifacts.py",
     )  # fmt: skip
+    artifact_cache_max_mb: float = Field(
+        20_480, ge=0, description="with artifact_url set: the most this host's cache of fetched "
+        "artifacts (<data_dir>/cache/artifacts) keeps, least recently used removed first; 0 = no limit",
+    )  # fmt: skip
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated 'name:role:key' (role read|write|admin) or plain keys "

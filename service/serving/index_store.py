@@ -195,6 +195,7 @@ class IndexStore:
         )  # fmt: skip
         if self.settings.serving_gc_freeze:  # the new bundle leaves the collector's walks
             freeze_long_lived(f"model {bundle.model_id} loaded")
+        self.prune_cache()
         return bundle
 
     def check_pointer(self) -> bool:
@@ -328,6 +329,22 @@ class IndexStore:
     ) -> ServedModel:
         tally = self.exposure.tally(bundle, since) if self.exposure is not None else Tally(bundle, since, None)
         return ServedModel(bundle, role, weight, tally)
+
+    def prune_cache(self) -> list[str]:
+        """Keep the fetched-bundle cache under settings.artifact_cache_max_mb (URL mode), never
+        removing a bundle this process serves (the active model, experiment arms)."""
+        state = self._state
+        serving = []
+        if state is not None:
+            serving.append(str(state.pointer.get("bundle_dir", "")))
+            if state.experiment is not None:
+                serving += [arm.bundle_dir for arm in state.experiment.spec.arms]
+        keep = {key for key in map(self.artifacts.key_of, serving) if key is not None}
+        try:
+            return self.artifacts.prune_cache(self.settings.artifact_cache_max_mb * 2**20, keep)
+        except OSError as exc:  # a cache that cannot be pruned still serves
+            logger.warning("artifact cache: pruning failed (%s)", exc)
+            return []
 
     # -- internals ---------------------------------------------------------------------------
     def _resolve(self, pointer: dict[str, Any]) -> Path:

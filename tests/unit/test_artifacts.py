@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
@@ -21,6 +22,7 @@ from service.core.artifacts import (
     bundle_key,
 )
 from service.core.config import Settings
+from service.serving.index_store import IndexStore
 from tests.support.s3 import S3Server
 
 KEY = "bundles/student-a-0123abcd"
@@ -147,6 +149,51 @@ def test_the_cache_is_reused_without_asking_the_store(new_store, tmp_path: Path,
     (first / "items.faiss").write_bytes(b"truncated")  # a damaged cached copy is fetched again
     again = reader.fetch(KEY)
     assert again == first and (again / "items.faiss").stat().st_size == 70_000
+
+
+def test_the_cache_is_pruned_least_recently_used_first(tmp_path: Path) -> None:
+    """prune_cache: oldest last use goes first, until the cache fits; kept keys and recent
+    uses stay; a pruned key is fetched again whole; the data-dir mode never prunes."""
+    writer = ArtifactStore(f"file://{tmp_path / 'shared-store'}", tmp_path / "writer")
+    keys = [f"bundles/student-{n}-0123abcd" for n in "abcd"]
+    for seed, key in enumerate(keys):
+        writer.put(key, make_src(tmp_path, seed=seed))
+    host = ArtifactStore(writer.url, tmp_path / "host")
+    for age, key in zip((4000, 3000, 2000, 1000), keys, strict=True):  # a used longest ago ... d most recently
+        marker = host.fetch(key) / MANIFEST_FILE
+        os.utime(marker, (marker.stat().st_atime, marker.stat().st_mtime - age))
+    size = host.cached()[0].size
+    assert [c.key for c in host.cached()] == keys and all(c.size == size for c in host.cached())
+
+    assert host.prune_cache(4 * size) == []  # it fits
+    assert host.prune_cache(3 * size, keep={keys[0]}) == [keys[1]]  # a is served: b goes
+    os.utime(host.cache_dir / keys[2] / MANIFEST_FILE)  # c used just now (a fetch touches it)
+    host.fetch(keys[2])
+    assert host.prune_cache(1, keep={keys[0]}) == [keys[3]]  # c is in its grace period
+    assert host.prune_cache(1, grace_s=0) == [keys[0], keys[2]]
+    assert host.cached() == [] and not list((host.cache_dir / ".tmp").glob("evicted-*"))
+    assert same_files(make_src(tmp_path / "again", seed=1), host.fetch(keys[1]))  # fetched anew
+
+    in_place = ArtifactStore("", tmp_path / "writer")
+    assert in_place.prune_cache(1, grace_s=0) == [] and in_place.cached() == []
+
+
+def test_an_api_process_never_prunes_the_bundles_it_serves(tmp_path: Path, monkeypatch) -> None:
+    """IndexStore.prune_cache keeps the active bundle and every experiment arm's."""
+    writer = ArtifactStore(f"file://{tmp_path / 'shared-store'}", tmp_path / "writer")
+    keys = [f"bundles/student-{n}-0123abcd" for n in "abcd"]
+    for seed, key in enumerate(keys):
+        writer.put(key, make_src(tmp_path, seed=seed))
+    settings = Settings(data_dir=tmp_path / "api", artifact_url=writer.url, artifact_cache_max_mb=0.001)
+    store = IndexStore(settings)  # static: no watcher reads the state set below
+    for key in keys:
+        store.artifacts.fetch(key)
+    arms = [SimpleNamespace(bundle_dir=writer.location(k)) for k in keys[1:3]]
+    store._state = SimpleNamespace(pointer={"bundle_dir": writer.location(keys[0])},  # type: ignore[assignment]
+                                   experiment=SimpleNamespace(spec=SimpleNamespace(arms=arms)))  # fmt: skip
+    monkeypatch.setattr("service.core.artifacts.CACHE_GRACE_S", 0.0)
+    assert store.prune_cache() == [keys[3]]
+    assert [c.key for c in store.artifacts.cached()] == keys[:3]
 
 
 def test_resolve_locations(new_store, tmp_path: Path) -> None:
