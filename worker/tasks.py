@@ -351,9 +351,12 @@ def _run_leased(task: Task, job_id: str, body: Callable[[JobContext], str], sett
     model_id = model_id or ctx.saved_model_id
     finished = registry.finish_job(job_id, status, model_id=model_id, error=error)  # type: ignore[arg-type]
     if job.kind == "distill":  # a fanned-out job's shards outlive retries, not the job
-        from worker.fanout import shards_root  # it imports this module
+        from worker.fanout import remove_shards  # it imports this module
 
-        shutil.rmtree(shards_root(settings, job_id), ignore_errors=True)
+        try:
+            remove_shards(settings, job_id)
+        except Exception:
+            logger.exception("job %s: its shards could not be removed", job_id)
     prune_cache(settings)
     logger.info("job %s %s in %.1fs%s", job_id, status, finished.timings.elapsed_s or 0.0,
                 f": {error}" if error else "")

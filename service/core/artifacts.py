@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_FILE = "_artifact.json"  # not manifest.json: a model directory has one (and macOS folds case)
 MANIFEST_FORMAT = 1
 CACHE_SUBDIR = Path("cache") / "artifacts"
+SCRATCH = "scratch"  # keys a job writes for itself and deletes when it ends (delete_scratch)
 CACHE_GRACE_S = 600.0  # an artifact used this recently is never pruned (a reader may hold it)
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _KEY = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")  # relative, no "..", no empty segment
@@ -399,11 +400,27 @@ class ArtifactStore:
         if self._cached(key, dest):
             _touch(dest / MANIFEST_FILE)  # its last use, for prune_cache
             return dest
+        self._download(key, dest, self.cache_dir / ".tmp")
+        return dest
+
+    def fetch_into(self, key: str, dest: Path) -> Path:
+        """A URL key downloaded and verified into `dest` (not the cache): a job's scratch that
+        the job itself removes. The files land in a temp directory beside `dest`, renamed in
+        only once each matches the manifest; an existing `dest` (another fetch won) is kept."""
+        check_key(key)
+        if self.in_place:
+            raise ArtifactError(key, "fetch_into is for an artifact URL; the data dir is read in place")
+        if not (Path(dest) / MANIFEST_FILE).is_file():
+            self._download(key, Path(dest), Path(dest).parent)
+        return Path(dest)
+
+    def _download(self, key: str, dest: Path, tmp_root: Path) -> None:
+        """Every file of `key` into a temp directory under `tmp_root`, each size and sha256
+        checked against the manifest, then the directory renamed to `dest`."""
         manifest = self.manifest(key)
         fs = self._remote()[0]
-        tmp_root = self.cache_dir / ".tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_root / f"{key.replace('/', '_')}-{uuid.uuid4().hex[:8]}"
+        tmp = tmp_root / f".{key.replace('/', '_')}-{uuid.uuid4().hex[:8]}"
         try:
             for name, entry in manifest.files.items():
                 local = tmp / name
@@ -425,12 +442,42 @@ class ArtifactStore:
             try:
                 os.rename(tmp, dest)
             except OSError:
-                if not self._cached(key, dest):  # another fetch of the same key won: use its copy
+                if not (dest / MANIFEST_FILE).is_file():  # another fetch of the same key won: use its copy
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("artifact %s: fetched %d files from %s into %s", key, len(manifest.files), self.url, dest)
-        return dest
+
+    # -- scratch: one job's intermediate results, removed when the job ends --------------------
+    def complete_keys(self, prefix: str) -> set[str]:
+        """The keys under `prefix` that hold a complete artifact (their manifest is written),
+        from one listing of the store (URL mode; the data dir: none)."""
+        check_key(prefix)
+        if self.in_place:
+            return set()
+        fs, root = self._remote()
+        try:
+            paths = fs.find(f"{root}/{prefix}")
+        except FileNotFoundError:
+            return set()
+        tail = f"/{MANIFEST_FILE}"
+        base = f"{root}/".lstrip("/")
+        return {p.lstrip("/")[len(base):-len(tail)] for p in paths if p.endswith(tail)}
+
+    def delete_scratch(self, prefix: str) -> None:
+        """Remove every object under `prefix`, which must start with "scratch/": artifacts are
+        written once and never removed, a job's scratch is removed when the job ends."""
+        check_key(prefix)
+        if not prefix.startswith(SCRATCH + "/"):
+            raise ArtifactError(prefix, f"only keys under {SCRATCH}/ are ever deleted")
+        if self.in_place:
+            shutil.rmtree(self.data_dir / prefix, ignore_errors=True)
+            return
+        fs, root = self._remote()
+        try:
+            fs.rm(f"{root}/{prefix}", recursive=True)
+        except FileNotFoundError:
+            pass
 
     # -- the cache's size ----------------------------------------------------------------------
     def cached(self) -> list[CachedArtifact]:

@@ -20,9 +20,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.core.artifacts import ArtifactStore, dataset_key, model_key
 from service.core.config import Settings
 from service.core.registry import DatasetRecord, ModelRecord, Registry
 from tests.support.config import make_test_settings
+from tests.support.s3 import S3Server
 from tests.support.workers import WorkerProcess
 from training.checkpoint import ModelArtifact
 from training.config import DistillConfig
@@ -30,7 +32,7 @@ from training.dataset import Dataset
 from training.manifest import DatasetInfo, Lineage, ModelManifest
 from training.pipelines import distill_student
 from training.synthetic import generate_synthetic
-from worker.fanout import log_key, shards_root, starts_key
+from worker.fanout import log_key, scratch_prefix, shards_root, starts_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -128,6 +130,48 @@ def test_a_large_distill_job_shares_its_shards_between_two_workers(
     assert np.array_equal(fanned.user_emb, one.user_emb) and np.array_equal(fanned.item_emb, one.item_emb)
     assert fanned.manifest.training is not None and one.manifest.training is not None
     assert fanned.manifest.training.candidate_bytes == one.manifest.training.candidate_bytes
+    for w in workers:
+        assert w.alive()
+    registry.close()
+
+
+def test_workers_on_separate_hosts_share_shards_through_the_store(
+    redis_url: str, tmp_path: Path, start_worker: Callable[..., WorkerProcess], s3_server: S3Server,
+    s3_env: dict[str, str],
+) -> None:
+    """With an artifact URL each worker has its own data dir: a shard ranked on one host is
+    uploaded to the store's scratch and fetched by the parent; the scratch goes with the job."""
+    url = f"s3://{s3_server.make_bucket()}/artifacts"
+    api_settings = fanout_settings(redis_url, tmp_path / "api-host", artifact_url=url)
+    hosts = [api_settings.model_copy(update={"data_dir": tmp_path / name}) for name in ("host-a", "host-b")]
+    registry = Registry.from_url(redis_url)
+    dataset, _ = seed_teacher(api_settings, registry)
+    store = ArtifactStore.from_settings(api_settings)
+    for record, key in ((registry.get_dataset("ds-fan"), dataset_key("ds-fan")),
+                        (registry.get_model("teacher-fan"), model_key("teacher-fan"))):  # fmt: skip
+        location = store.commit(key, Path(record.path))
+        update = record.model_copy(update={"path": location})
+        registry.add_dataset(update) if key.startswith("datasets/") else registry.add_model(update)  # type: ignore[arg-type]
+    workers = [start_worker(hosts[0], "a", env=s3_env), start_worker(hosts[1], "b", env=s3_env)]
+    seen: list[tuple[int, int]] = []
+    with TestClient(create_app(api_settings)) as client:
+        done = run_job(client, PAYLOAD, on_status=_candidate_progress(seen))
+    assert done["status"] == "succeeded", done
+    job_id = done["id"]
+    starts, log = shard_runs(registry, job_id)
+    assert sorted(starts) == list(range(6)) and set(starts.values()) == {1}, starts
+    assert {w.split("@")[0].split("-")[0] for _, w in log} == {"a", "b"}, f"both hosts rank shards: {log}"
+    assert seen and all(n == 6 for _, n in seen) and max(d for d, _ in seen) >= 1, seen
+    assert store.complete_keys(scratch_prefix(job_id)) == set(), "the job's scratch is deleted when it ends"
+    for host in hosts:
+        assert not shards_root(host, job_id).exists()
+
+    # The same student as one process ranking every list itself.
+    cfg = DistillConfig.model_validate(registry.get_job(job_id).params["config"])
+    teacher_dir = store.resolve(registry.get_model("teacher-fan").path)
+    one = distill_student(dataset, teacher_dir, cfg, tmp_path / "one", device=torch.device("cpu"))
+    fanned = ModelArtifact.load(store.resolve(registry.get_model(done["model_id"]).path))
+    assert np.array_equal(fanned.user_emb, one.user_emb) and np.array_equal(fanned.item_emb, one.item_emb)
     for w in workers:
         assert w.alive()
     registry.close()

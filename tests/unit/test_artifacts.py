@@ -100,6 +100,33 @@ def test_a_key_without_its_manifest_is_absent(new_store, tmp_path: Path, monkeyp
     assert same_files(src, reader.fetch(KEY))
 
 
+def test_a_jobs_scratch_is_listed_fetched_into_place_and_deleted(new_store, tmp_path: Path, monkeypatch) -> None:
+    """Scratch keys (a fanned-out job's shards): complete ones listed in one call, fetched
+    into a directory of the job's (not the cache), deleted with the job; artifacts never are."""
+    writer, parent = new_store("worker"), new_store("parent")
+    done = [f"scratch/job1/shard-{i:05d}" for i in (0, 2)]
+    for seed, key in enumerate(done):
+        writer.put(key, make_src(tmp_path, seed=seed))
+    fs = writer._remote()[0]
+    monkeypatch.setattr(fs, "pipe_file", lambda *a, **k: (_ for _ in ()).throw(OSError("died")))
+    with pytest.raises(OSError):
+        writer.put("scratch/job1/shard-00001", make_src(tmp_path, seed=5))  # no manifest: not done
+    monkeypatch.undo()
+    writer.put("scratch/job2/shard-00000", make_src(tmp_path, seed=6))
+    assert parent.complete_keys("scratch/job1") == set(done)
+    assert parent.complete_keys("scratch/job9") == set()
+
+    dest = tmp_path / "parent" / "shards" / "shard-00002"
+    assert parent.fetch_into(done[1], dest) == dest and same_files(make_src(tmp_path / "x", seed=1), dest)
+    assert not (parent.cache_dir / done[1]).exists() and [p.name for p in dest.parent.iterdir()] == [dest.name]
+
+    parent.delete_scratch("scratch/job1")
+    assert parent.complete_keys("scratch/job1") == set() and not fs.exists(writer._path("scratch/job1"))
+    assert parent.complete_keys("scratch/job2") == {"scratch/job2/shard-00000"}  # another job's stays
+    with pytest.raises(ArtifactError, match="only keys under scratch/ are ever deleted"):
+        parent.delete_scratch("bundles")
+
+
 @pytest.mark.parametrize("damage", ["same size", "truncated", "deleted"])
 def test_a_corrupt_file_in_the_store_is_refused(new_store, tmp_path: Path, damage: str) -> None:
     writer, reader = new_store("worker"), new_store("api")
