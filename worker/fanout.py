@@ -227,7 +227,9 @@ def open_work(job: JobRecord, settings: Settings, registry: Registry, *,
 def report_progress(work: ShardWork) -> None:
     """The job's progress: shards written of shards (here or in the store), and their users."""
     n = work.plan.n_shards
-    done = {i for i in range(n) if shard_meta(work.root, i) is not None} | work.in_store()
+    done = {i for i in range(n) if shard_meta(work.root, i) is not None}
+    if not work.shared_disk:  # and those written on other hosts (the parent's are in the set)
+        done |= {int(i) for i in work.registry.redis.smembers(done_key(work.job_id))}
     users = sum(hi - lo for lo, hi in map(work.plan.users, done))
     message = f"{users} of {work.plan.n_users} users ranked in {len(done)} of {n} shards"
     work.registry.update_progress(work.job_id, JobProgress(stage="candidates", epoch=len(done),

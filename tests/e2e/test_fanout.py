@@ -162,6 +162,8 @@ def test_workers_on_separate_hosts_share_shards_through_the_store(
     assert sorted(starts) == list(range(6)) and set(starts.values()) == {1}, starts
     assert {w.split("@")[0].split("-")[0] for _, w in log} == {"a", "b"}, f"both hosts rank shards: {log}"
     assert seen and all(n == 6 for _, n in seen) and max(d for d, _ in seen) >= 1, seen
+    written = [d for d, _ in seen]
+    assert written == sorted(written), f"progress counts the shards of every host: {seen}"
     assert store.complete_keys(scratch_prefix(job_id)) == set(), "the job's scratch is deleted when it ends"
     for host in hosts:
         assert not shards_root(host, job_id).exists()
