@@ -146,9 +146,12 @@ def fit(
             raise JobCancelled(f"cancelled before epoch {epoch}")
         t0 = time.perf_counter()
         model.train()
+        # The last epoch's samples go before this epoch's are drawn: at 1M users they are
+        # ~1 GB, and holding both set the job's memory peak (bench/scale.py).
+        perm = neg = idx = kd = None  # idx and kd are views of the last epoch's arrays
+        kd_slices: list[KDBatch] = []
         perm = torch.randperm(n_train, generator=gen)
         neg = draw_unobserved(positives, pairs[:, 0], (n_train,), gen)
-        kd_slices: list[KDBatch] = []
         if distiller is not None:
             kd_slices = _kd_slices(distiller.sample_epoch(epoch, gen), n_batches, gen)
         t_sampled = time.perf_counter()
@@ -168,7 +171,8 @@ def fit(
             reg = pu.square().sum() + pi.square().sum() + pj.square().sum()
             loss = loss + decay * 0.5 * reg / len(idx)
             if distiller is not None and kd_slices and len(next(iter(kd_slices[b].values()))):
-                kd = {key: t.to(device) for key, t in kd_slices[b].items()}
+                kd = {key: t.to(device, torch.int64 if t.dtype == torch.int32 else t.dtype)
+                      for key, t in kd_slices[b].items()}  # fmt: skip
                 loss = loss + lambda_kd * distiller.loss(emb, kd)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -135,3 +135,30 @@ def test_none_method_has_no_distiller_and_unknown_method_is_refused():
     assert build_distiller(DistillConfig(method="none"), EmbeddingScorer(t_user, t_item), train, torch.device("cpu")) is None
     with pytest.raises(ValueError, match="method"):
         DistillConfig(method="bogus")
+
+
+def test_a_student_trains_on_pairs_drawn_in_blocks(monkeypatch):
+    """Users drawn in several blocks come back as int32 (half the memory); the trainer widens
+    every batch to int64 before the loss, and the student trains (loss falls) as with one block."""
+    from training.config import OptimConfig
+    from training.trainer import fit
+
+    monkeypatch.setattr("training.distill.unkd.SAMPLE_BLOCK_USERS", 7)
+    train, t_user, t_item, _ = _random_problem()
+    cfg = DistillConfig(method="unkd", dim=8, unkd={"top_l": 20, "mu": 5.0})
+    dist = build_distiller(cfg, EmbeddingScorer(t_user, t_item), train, torch.device("cpu"))
+    dist.prepare()
+    drawn = dist.sample_epoch(1, torch.Generator().manual_seed(0))
+    assert {t.dtype for t in drawn.values()} == {torch.int32}
+    assert len(drawn["u"]) > 0 and set(np.unique(drawn["u"].numpy())) == set(range(train.shape[0]))
+    seen: list[torch.dtype] = []
+    loss = dist.loss
+    monkeypatch.setattr(dist, "loss", lambda emb, batch: seen.append(batch["u"].dtype) or loss(emb, batch))
+    coo = train.tocoo()
+    pairs = np.stack([coo.row, coo.col], axis=1).astype(np.int64)
+    student = MF(train.shape[0], train.shape[1], 8)
+    result = fit(student, pairs, train, train, OptimConfig(epochs=6, batch_size=64, lr=0.05, eval_every=3),
+                 device=torch.device("cpu"), distiller=dist, lambda_kd=1.0)  # fmt: skip
+    assert seen and set(seen) == {torch.int64}
+    losses = [row["loss"] for row in result.history]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses

@@ -30,7 +30,7 @@ def group_budget(pairs_per_user: int, n_groups: int, epoch: int) -> torch.Tensor
     return (slots + epoch) % n_groups
 
 
-SAMPLE_BLOCK_USERS = 131072  # users drawn at once: bounds the epoch's scratch arrays
+SAMPLE_BLOCK_USERS = 65536  # users drawn at once: bounds the epoch's scratch arrays
 
 
 def sample_unkd_pairs(
@@ -43,17 +43,25 @@ def sample_unkd_pairs(
     exactly what a single draw over all users would.
 
     Returns:
-        {"u", "i", "j"}: (n_pairs,) int64 each; (u, g) with fewer than two candidates give none.
+        {"u", "i", "j"}: (n_pairs,) each, int64 (one block) or int32 (several);
+        (u, g) with fewer than two candidates give none.
     """
     n_users = cands.lengths.shape[0]
-    parts = [
-        _sample_block(cands, torch.arange(lo, min(n_users, lo + SAMPLE_BLOCK_USERS)),
-                      pairs_per_user, mu, epoch, generator)  # fmt: skip
-        for lo in range(0, n_users, SAMPLE_BLOCK_USERS)
-    ]
-    if len(parts) == 1:
-        return parts[0]
-    return {key: torch.cat([p[key] for p in parts]) for key in ("u", "i", "j")}
+    if n_users <= SAMPLE_BLOCK_USERS:
+        return _sample_block(cands, torch.arange(n_users), pairs_per_user, mu, epoch, generator)
+    # Several blocks: each is copied into int32 arrays sized for every slot (ids < 2^31),
+    # half the memory of int64 and no second copy for a concatenation; the trainer widens
+    # each batch to int64 as it uses it.
+    out = {key: torch.empty(n_users * pairs_per_user, dtype=torch.int32) for key in ("u", "i", "j")}
+    at = 0
+    for lo in range(0, n_users, SAMPLE_BLOCK_USERS):
+        users = torch.arange(lo, min(n_users, lo + SAMPLE_BLOCK_USERS))
+        part = _sample_block(cands, users, pairs_per_user, mu, epoch, generator)
+        n = len(part["u"])
+        for key, values in part.items():
+            out[key][at : at + n] = values
+        at += n
+    return {key: t[:at] for key, t in out.items()}
 
 
 def _sample_block(
