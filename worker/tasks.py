@@ -34,6 +34,7 @@ from service.core.registry import (
     PublishEntry,
     PublishGateError,
     Registry,
+    StagedBundle,
 )
 from training import pipelines
 from training.budget import check_distill, check_teacher, lists_mapped
@@ -204,20 +205,23 @@ def _distill_body(ctx: JobContext) -> str:
     return ctx.model_id
 
 
-def publish_model(ctx: JobContext, model_id: str) -> PublishEntry:
+def publish_model(ctx: JobContext, model_id: str) -> PublishEntry | StagedBundle:
     """Check the publish gate, build the serving bundle, load it back to validate, then
     move the active pointer and record the publish in the history.
 
     The job's params may carry `force` (skip the gate), `gate_policy` (the API's policy at
-    submission; else this worker's settings) and `key_name` (who asked, for the history).
+    submission; else this worker's settings), `key_name` (who asked, for the history) and
+    `activate` (false: build and store the bundle and record it as staged, for experiment
+    arms; no gate, nothing served changes).
     """
     settings = ctx.settings
     params = ctx.job.params
     force = bool(params.get("force", False))
+    activate = bool(params.get("activate", True))
     raw_policy = params.get("gate_policy")
     policy = GatePolicy.model_validate(raw_policy) if raw_policy else GatePolicy.of(settings)
     # Checked here, not only at submission: the served model may have changed since.
-    checks = ctx.registry.gate_checks(model_id, policy)
+    checks = ctx.registry.gate_checks(model_id, policy) if activate else []
     failed = [c for c in checks if c.passed is False]
     if failed and not force:
         raise PublishGateError(model_id, failed)
@@ -241,6 +245,12 @@ def publish_model(ctx: JobContext, model_id: str) -> PublishEntry:
             shutil.rmtree(bundle_dir, ignore_errors=True)  # the store holds it now
     location = store.location(key)  # data dir: str(bundle_dir), as pointers always held
     key_name = params.get("key_name")
+    if not activate:
+        staged = ctx.registry.record_staged(StagedBundle(
+            model_id=model_id, bundle_dir=location, key_name=str(key_name) if key_name else None,
+            job_id=ctx.job.id))  # fmt: skip
+        logger.info("job %s: staged model %s at %s (not served)", ctx.job.id, model_id, location)
+        return staged
     entry = ctx.registry.record_publish(PublishEntry(
         model_id=model_id, bundle_dir=location, key_name=str(key_name) if key_name else None,
         forced=force, job_id=ctx.job.id, gate=checks,

@@ -202,9 +202,15 @@ class ModelList(BaseModel):
 
 
 class PublishRequest(_Forbid):
-    """Optional body of POST /v1/models/{id}/publish: override the publish gate."""
+    """Optional body of POST /v1/models/{id}/publish: override the publish gate, or build
+    the bundle without serving it."""
 
     force: bool = Field(False, description="publish even if the gate refuses (recorded in the history)")
+    activate: bool = Field(
+        True, description="false: build and store the serving bundle without serving it (the active "
+        "model and the history stay as they are), so an experiment arm can serve the model to a share "
+        "of users first; the publish gate does not apply to it (arms are not gated)",
+    )  # fmt: skip
     max_head_share_ratio: float | None = Field(
         None, gt=0, le=100, description="this publish only: a student's head_share@20 at most this x its teacher's"
     )

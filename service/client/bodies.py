@@ -91,6 +91,8 @@ def publish_body(body: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     """The POST /v1/models/{id}/publish body: `body` with the gate's overrides given."""
     if args.force:
         body["force"] = True
+    if getattr(args, "stage", False):
+        body["activate"] = False
     for field in ("max_head_share_ratio", "min_ndcg_ratio"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)

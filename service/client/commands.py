@@ -2,10 +2,10 @@
 
     unkd jobs submit teacher --dataset ID [--model ease] [--dim N] [--tune N] [--wait]
     unkd jobs submit distill --teacher ID [--method unkd] [--dim 10] [--lambda X] [--publish] [--wait]
-    unkd jobs submit publish MODEL_ID [--force] [--wait]
+    unkd jobs submit publish MODEL_ID [--force | --stage] [--wait]
     unkd jobs list [--state running] [--kind distill] [--limit 20]
     unkd jobs show ID [--wait]          unkd jobs cancel ID
-    unkd models list                    unkd models publish ID [--force] [--wait]
+    unkd models list                    unkd models publish ID [--force | --stage] [--wait]
     unkd recommend USER [-k 20] [--exclude ITEM ...] [--fallback debiased]
 
 Every command takes `--api URL` (default $UNKD_API_URL, else http://127.0.0.1:8000), sends
@@ -289,6 +289,8 @@ def _leaf(sub: argparse._SubParsersAction, name: str, handler: Handler, help_: s
 def _publish_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_id", metavar="MODEL_ID")
     p.add_argument("--force", action="store_true", help="publish even if the publish gate refuses (an admin key)")
+    p.add_argument("--stage", action="store_true",
+                   help="build and store the serving bundle without serving it, for an experiment arm (no gate)")
     p.add_argument("--max-head-share-ratio", type=float, metavar="X",
                    help="this publish only: a student's head_share@20 at most X times its teacher's")
     p.add_argument("--min-ndcg-ratio", type=float, metavar="X",

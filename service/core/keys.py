@@ -5,6 +5,9 @@ ACTIVE_MODEL = f"{PREFIX}:serving:active"  # JSON {"model_id", "bundle_dir", "pu
 SERVING_EVENTS = f"{PREFIX}:serving:events"  # pub/sub: the same JSON on every publish
 PUBLISH_HISTORY = f"{PREFIX}:serving:history"  # list of PublishEntry JSON, newest first
 PUBLISH_HISTORY_MAX = 1000  # older entries are trimmed
+# Bundles built by a publish with "activate": false (hash model_id -> StagedBundle JSON): not
+# served, there for an experiment arm.
+STAGED_BUNDLES = f"{PREFIX}:serving:staged"
 # The running A/B experiment: JSON of service.serving.schemas.Experiment; absent when none runs.
 EXPERIMENT = f"{PREFIX}:serving:experiment"
 EXPERIMENT_EVENTS = f"{PREFIX}:serving:experiment:events"  # pub/sub: a hint to re-read EXPERIMENT

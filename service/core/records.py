@@ -235,6 +235,17 @@ def evaluate_gate(candidate: ModelRecord, *, teacher: ModelRecord | None, served
     return checks
 
 
+class StagedBundle(BaseModel):
+    """A serving bundle built by a publish with "activate": false: stored, not served; an
+    experiment arm can serve it. `key_name` names the API key that asked (never the key)."""
+
+    model_id: str
+    bundle_dir: str
+    staged_at: datetime = Field(default_factory=utcnow)
+    key_name: str | None = None
+    job_id: str | None = None
+
+
 class PublishEntry(BaseModel):
     """One line of the publish history: a publish or a rollback that made a model the served
     one. `key_name` names the API key that asked (never the key); None when keys are off."""

@@ -42,6 +42,7 @@ from service.core.records import (
     NotFoundError,
     PublishEntry,
     PublishGateError,
+    StagedBundle,
     evaluate_gate,
     utcnow,
 )
@@ -49,7 +50,7 @@ from service.core.records import (
 __all__ = [
     "JOB_KINDS", "JOB_STATES", "TERMINAL", "ActiveModel", "ConflictError", "DatasetRecord",
     "GateCheck", "GatePolicy", "JobKind", "JobProgress", "JobRecord", "JobState", "JobTimings",
-    "ModelRecord", "NotFoundError", "PublishEntry", "PublishGateError", "Registry", "utcnow",
+    "ModelRecord", "NotFoundError", "PublishEntry", "PublishGateError", "Registry", "StagedBundle", "utcnow",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,16 @@ class Registry:
         if not isinstance(result, PublishEntry):
             raise TypeError(f"publish of {entry.model_id}: transaction returned {type(result).__name__}")
         return result
+
+    def record_staged(self, staged: StagedBundle) -> StagedBundle:
+        """A bundle built without serving it (publish with "activate": false): the model's
+        newest staged bundle, for experiment arms. The active pointer and history are untouched."""
+        self.redis.hset(keys.STAGED_BUNDLES, staged.model_id, staged.model_dump_json())
+        return staged
+
+    def staged_bundle(self, model_id: str) -> StagedBundle | None:
+        raw = self.redis.hget(keys.STAGED_BUNDLES, model_id)
+        return StagedBundle.model_validate_json(raw) if raw is not None else None
 
     def publish_history(self, *, limit: int = 50, offset: int = 0) -> tuple[list[PublishEntry], int]:
         """Publishes and rollbacks, newest first."""

@@ -261,3 +261,37 @@ def test_publish_jobs_record_history_and_the_worker_checks_the_gate_again(
         assert latest["previous_model_id"] == "student-good"
         assert [c["passed"] for c in latest["gate"] if c["rule"] == "head_share"] == [False]
         assert ADMIN not in str(latest) and client.get("/v1/serving/history").json()["total"] == 2
+
+
+def test_a_staged_publish_builds_a_bundle_an_arm_serves_and_changes_nothing_served(world, tmp_path: Path) -> None:
+    """{"activate": false}: the worker builds and stores the bundle, the gate does not apply,
+    the active model and the history stay; an experiment can then serve it on an arm."""
+    client, settings, registry, dataset = world(api_keys=KEYS)
+    worker = WorkerProcess(settings, tmp_path / "worker.log", "stage")
+    with client:
+        serve(registry, settings, dataset, "student-good")
+        wait_served(client, "student-good")
+        arms = {"arms": [{"model_id": "student-good", "weight": 0.5}, {"model_id": "student-biased", "weight": 0.5}]}
+        r = client.put("/v1/serving/experiment", json=arms, headers=AS_ADMIN)
+        assert r.status_code == 409 and '{"activate": false}' in r.json()["detail"], r.text
+        r = client.post("/v1/models/student-biased/publish", json={"activate": False}, headers=AS_ADMIN)
+        assert r.status_code == 202, r.text  # gated if served (head share above its teacher's); not here
+        worker.start()
+        try:
+            deadline = time.monotonic() + 90
+            while (job := client.get(f"/v1/jobs/{r.json()['id']}").json())["status"] not in ("succeeded", "failed"):
+                assert time.monotonic() < deadline, (job, worker.log.read_text()[-2000:])
+                time.sleep(0.1)
+        finally:
+            worker.stop()
+        assert job["status"] == "succeeded", job
+        staged = registry.staged_bundle("student-biased")
+        assert staged is not None and staged.key_name == "ops" and staged.job_id == job["id"]
+        assert registry.get_active().model_id == "student-good"  # type: ignore[union-attr]
+        history = client.get("/v1/serving/history").json()
+        assert history["total"] == 1 and history["items"][0]["model_id"] == "student-good"
+        r = client.put("/v1/serving/experiment", json=arms, headers=AS_ADMIN)
+        assert r.status_code == 200, r.text
+        assert r.json()["arms"][1]["bundle_dir"] == staged.bundle_dir
+        models = {m for u in range(40) for m in [client.get(f"/v1/recommendations/{dataset.user_ids[u]}").json()["model_id"]]}
+        assert models == {"student-good", "student-biased"}

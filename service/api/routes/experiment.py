@@ -46,10 +46,14 @@ NOT_RUNNING: dict[int | str, dict[str, Any]] = {404: {"description": NO_EXPERIME
 
 def newest_bundle(registry: Registry, model_id: str) -> str | None:
     """The bundle `model_id` is served from: the active pointer's when it is the active
-    model, else its newest publish's in the history; None when it was never published."""
+    model, else its staged bundle (a publish with "activate": false), else its newest
+    publish's in the history; None when it was never published."""
     active = registry.get_active()
     if active is not None and active.model_id == model_id:
         return active.bundle_dir
+    staged = registry.staged_bundle(model_id)
+    if staged is not None:
+        return staged.bundle_dir
     entries, _ = registry.publish_history(limit=keys.PUBLISH_HISTORY_MAX)
     return next((e.bundle_dir for e in entries if e.model_id == model_id), None)
 
@@ -91,7 +95,8 @@ def start_experiment(
         if bundle_dir is None:
             raise ConflictError(f"arms[{i}].model_id", arm.model_id, (
                 "this arm has no serving bundle: the model was never published "
-                f"(POST /v1/models/{arm.model_id}/publish builds one); nothing changed"))  # fmt: skip
+                f"(POST /v1/models/{arm.model_id}/publish with {{\"activate\": false}} builds one "
+                "without serving it); nothing changed"))  # fmt: skip
         arms.append(ExperimentArm(model_id=arm.model_id, weight=arm.weight, bundle_dir=bundle_dir))
     spec = Experiment(
         arms=arms,

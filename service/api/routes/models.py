@@ -79,20 +79,22 @@ def publish_model(
     req: Annotated[PublishRequest | None, Body()] = None,
 ) -> JobAccepted:
     """Publish a model (an admin key): check the publish gate, then a job builds its serving
-    bundle and moves the active pointer; `{"force": true}` overrides the gate."""
+    bundle and moves the active pointer; `{"force": true}` overrides the gate.
+    `{"activate": false}` builds and stores the bundle only (no gate): an experiment arm
+    can then serve the model without it ever being the active one."""
     req = req or PublishRequest()
     model = registry.get_model(model_id)  # 404 naming model_id
     if model.model == "ease":  # nothing to index: refused before a job is queued
         raise ConflictError("model_id", model_id, NO_EMBEDDINGS)
     policy = req.policy(GatePolicy.of(settings))
-    if not req.force:  # 409 with the rule and the figures; the worker checks again
+    if req.activate and not req.force:  # 409 with the rule and the figures; the worker checks again
         registry.enforce_gate(model_id, policy)
     job_id = new_job_id()
     holder = registry.claim_publish(model_id, job_id, ttl_s=settings.job_soft_time_limit_s)
     if holder is not None:
         raise ConflictError("model_id", model_id, f"already being published by job {holder}")
     params = {"model_id": model_id, "force": req.force, "key_name": caller.name,
-              "gate_policy": policy.model_dump(mode="json")}  # fmt: skip
+              "gate_policy": policy.model_dump(mode="json"), "activate": req.activate}  # fmt: skip
     job = JobRecord(id=job_id, kind="publish", params=params)
     try:
         return submit(job, registry=registry, celery_app=celery_app, settings=settings,
