@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,9 +52,20 @@ def _student_report(dataset: Dataset, student: TeacherScorer, teacher: ModelArti
     """A student's report with its teacher's figures, the deltas and list overlap."""
     teacher_scorer = load_scorer(teacher, dataset.csr("train"), device)
     report = evaluate_scorer(dataset, student, cfg=cfg, reference=teacher_scorer)
-    teacher_report = teacher.report or _report(dataset, teacher_scorer, cfg)
-    return QualityReport.model_validate(
-        attach_teacher(report, teacher_report.model_dump(mode="json")))
+    return with_teacher(dataset, report, teacher, cfg, device)
+
+
+def with_teacher(dataset: Dataset, report: dict[str, object], teacher: ModelArtifact, cfg: EvalConfig,
+                 device: torch.device) -> QualityReport:  # fmt: skip
+    """A student's report (training.evaluation's dict) with its teacher's figures attached."""
+    teacher_report = teacher.report or _report(dataset, load_scorer(teacher, dataset.csr("train"), device), cfg)
+    return QualityReport.model_validate(attach_teacher(report, teacher_report.model_dump(mode="json")))
+
+
+# A student's quality report computed elsewhere (worker/fanout.py: in shards of users):
+# (dataset, user_emb, item_emb, teacher, eval config, device) -> the report.
+StudentReportFn = Callable[[Dataset, np.ndarray, np.ndarray, ModelArtifact, EvalConfig, torch.device],
+                           QualityReport]  # fmt: skip
 
 
 def _emit(on_progress: ProgressCallback | None, stage: str, message: str = "") -> None:
@@ -190,12 +202,15 @@ def distill_student(
     dataset_id: str | None = None,
     eval_cfg: EvalConfig | None = None,
     candidates: PrecomputedCandidates | None = None,
+    student_report: StudentReportFn | None = None,
 ) -> ModelArtifact:
     """Distil `teacher` (any teacher: used through its scorer) into a small student with
     cfg.method and save it to `out_dir`.
 
     candidates: the teacher's lists ranked beforehand (a fanned-out job's shards,
     training.distill.shards); they must be the lists cfg.method asks for.
+    student_report: computes the trained student's report instead of this process (a
+    fanned-out job's evaluation shards); it must give what _student_report gives.
     """
     out_dir = Path(out_dir)
     teacher_art = teacher if isinstance(teacher, ModelArtifact) else ModelArtifact.load(Path(teacher))
@@ -240,8 +255,12 @@ def distill_student(
                  max_head_share=cap)  # fmt: skip
     train_s = time.perf_counter() - t0
     _emit(on_progress, "evaluate")
-    report = _student_report(dataset, EmbeddingScorer(result.user_emb, result.item_emb, device),
-                             teacher_art, eval_cfg or EvalConfig(), device)  # fmt: skip
+    if student_report is not None:
+        report = student_report(dataset, result.user_emb, result.item_emb, teacher_art,
+                                eval_cfg or EvalConfig(), device)  # fmt: skip
+    else:
+        report = _student_report(dataset, EmbeddingScorer(result.user_emb, result.item_emb, device),
+                                 teacher_art, eval_cfg or EvalConfig(), device)  # fmt: skip
     training = summary_of(result, train_s, candidates_s=candidates_s,
                           candidate_bytes=distiller.candidate_bytes() if distiller else 0)  # fmt: skip
     fitted = FittedModel(training, user_emb=result.user_emb, item_emb=result.item_emb)

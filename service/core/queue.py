@@ -20,6 +20,7 @@ PUBLISH = "unkd.publish"
 TUNE_TRIALS = "unkd.tune_trials"
 # A large distillation job's candidate shards, taken by every worker (worker/fanout.py).
 CANDIDATE_SHARD = "unkd.candidate_shard"
+EVAL_SHARD = "unkd.eval_shard"
 TASK_BY_KIND: dict[str, str] = {"teacher": TRAIN_TEACHER, "distill": DISTILL, "publish": PUBLISH}
 
 
@@ -67,6 +68,7 @@ def make_celery(
             PUBLISH: {"queue": settings.light_queue},
             TUNE_TRIALS: {"queue": settings.train_queue},
             CANDIDATE_SHARD: {"queue": settings.train_queue},
+            EVAL_SHARD: {"queue": settings.train_queue},
         },
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_soft_time_limit_s + 300,

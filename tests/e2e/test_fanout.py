@@ -29,6 +29,7 @@ from tests.support.workers import WorkerProcess
 from training.checkpoint import ModelArtifact
 from training.config import DistillConfig
 from training.dataset import Dataset
+from training.evaluation import evaluated_users
 from training.manifest import DatasetInfo, Lineage, ModelManifest
 from training.pipelines import distill_student
 from training.synthetic import generate_synthetic
@@ -70,12 +71,22 @@ def seed_teacher(settings: Settings, registry: Registry) -> tuple[Dataset, Path]
     return dataset, path
 
 
-def shard_runs(registry: Registry, job_id: str) -> tuple[Counter[int], list[tuple[int, str]]]:
+def shard_runs(registry: Registry, job_id: str, phase: str = "candidates") -> tuple[Counter[int], list[tuple[int, str]]]:
     """How often each shard's ranking started, and (shard, worker) of every start."""
-    starts = Counter({int(k): int(v) for k, v in registry.redis.hgetall(starts_key(job_id)).items()})
-    entries = [e.decode() if isinstance(e, bytes) else e for e in registry.redis.lrange(log_key(job_id), 0, -1)]
+    starts = Counter({int(k): int(v) for k, v in registry.redis.hgetall(starts_key(job_id, phase)).items()})
+    entries = [e.decode() if isinstance(e, bytes) else e
+               for e in registry.redis.lrange(log_key(job_id, phase), 0, -1)]  # fmt: skip
     log = [(int(s), w) for s, w in (e.split(" ", 1) for e in entries)]
     return starts, log
+
+
+def same_report(a: ModelArtifact, b: ModelArtifact) -> bool:
+    """The quality reports agree on every figure (metrics, groups, CIs, the teacher's deltas)."""
+    assert a.report is not None and b.report is not None
+    ra, rb = a.report.model_dump(mode="json"), b.report.model_dump(mode="json")
+    for key in ("users_evaluated", "metrics", "groups", "ci", "teacher"):
+        assert ra.get(key) == rb.get(key), key
+    return True
 
 
 def run_job(client: TestClient, payload: dict[str, Any], timeout_s: float = JOB_TIMEOUT_S,
@@ -128,6 +139,11 @@ def test_a_large_distill_job_shares_its_shards_between_two_workers(
     one = distill_student(dataset, teacher_dir, cfg, tmp_path / "one", device=torch.device("cpu"))
     fanned = ModelArtifact.load(settings.models_dir / model_id)
     assert np.array_equal(fanned.user_emb, one.user_emb) and np.array_equal(fanned.item_emb, one.item_emb)
+    # Its report, ranked in evaluation shards by both workers, is the one-process report.
+    assert same_report(fanned, one)
+    eval_starts, eval_log = shard_runs(registry, job_id, "evaluate")
+    n_eval = -(-len(evaluated_users(dataset, "test")) // SHARD_USERS)  # users with a test positive
+    assert n_eval > 1 and sorted(eval_starts) == list(range(n_eval)) and set(eval_starts.values()) == {1}, eval_starts
     assert fanned.manifest.training is not None and one.manifest.training is not None
     assert fanned.manifest.training.candidate_bytes == one.manifest.training.candidate_bytes
     for w in workers:
@@ -174,6 +190,10 @@ def test_workers_on_separate_hosts_share_shards_through_the_store(
     one = distill_student(dataset, teacher_dir, cfg, tmp_path / "one", device=torch.device("cpu"))
     fanned = ModelArtifact.load(store.resolve(registry.get_model(done["model_id"]).path))
     assert np.array_equal(fanned.user_emb, one.user_emb) and np.array_equal(fanned.item_emb, one.item_emb)
+    assert same_report(fanned, one)
+    eval_starts, eval_log = shard_runs(registry, job_id, "evaluate")
+    n_eval = -(-len(evaluated_users(dataset, "test")) // SHARD_USERS)  # users with a test positive
+    assert n_eval > 1 and sorted(eval_starts) == list(range(n_eval)) and set(eval_starts.values()) == {1}, eval_starts
     for w in workers:
         assert w.alive()
     registry.close()

@@ -127,19 +127,27 @@ def write_shard(root: Path, index: int, lists: CandidateLists, *, lo: int, fp: s
     The parent `root` must exist: a root removed meanwhile (its job ended) raises
     FileNotFoundError instead of being created again.
     """
+    arrays = {"items": lists.items.numpy(), "lengths": lists.lengths.numpy()}
+    if lists.scores is not None:
+        arrays["scores"] = lists.scores.numpy()
+    meta = {"index": index, "lo": lo, "hi": lo + int(lists.items.shape[0]), "fingerprint": fp,
+            "offsets": lists.offsets.tolist(), "widths": lists.widths.tolist(),
+            "with_scores": lists.scores is not None, **(extra or {})}  # fmt: skip
+    return write_arrays(root, index, arrays, meta)
+
+
+def write_arrays(root: Path, index: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+    """Shard `index` under `root` as <name>.npy files and meta.json, written once: built in a
+    hidden temp directory, made durable, then renamed into place. False if it was already
+    there (another writer got there first). `root` must exist (see write_shard)."""
     final = shard_dir(root, index)
     if final.is_dir():
         return False
     tmp = Path(root) / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        np.save(tmp / "items.npy", lists.items.numpy())
-        np.save(tmp / "lengths.npy", lists.lengths.numpy())
-        if lists.scores is not None:
-            np.save(tmp / "scores.npy", lists.scores.numpy())
-        meta = {"index": index, "lo": lo, "hi": lo + int(lists.items.shape[0]), "fingerprint": fp,
-                "offsets": lists.offsets.tolist(), "widths": lists.widths.tolist(),
-                "with_scores": lists.scores is not None, **(extra or {})}  # fmt: skip
+        for name, values in arrays.items():
+            np.save(tmp / f"{name}.npy", values)
         (tmp / META).write_text(json.dumps(meta))
         for f in tmp.iterdir():  # durable before visible
             with open(f, "rb") as fh:
