@@ -245,6 +245,7 @@ def distill_student(
         head_items = np.asarray(dataset.groups(cfg.unkd.groups)) == 0
         cap = scorer_validation(scorer, train, valid, head_items=head_items)[f"head_share@{VALID_K}"]
         logger.info("student epochs are chosen under the teacher's validation head share %.4f", cap)
+    torch.manual_seed(cfg.seed)  # the initial embeddings: cfg.seed, not whatever ran before in the process
     student = build_model(cfg.student_model, dataset.n_users, dataset.n_items, cfg.dim, train,
                           n_layers=cfg.n_layers, device=device)
     if cfg.warm_start == "als":

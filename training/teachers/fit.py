@@ -96,6 +96,7 @@ def fit_teacher(
         return FittedModel(summary, item_item=ease.weights)
     if cfg.model not in ("mf", "lightgcn"):
         raise ConfigError(f"model={cfg.model!r}: expected mf, lightgcn, als or ease")
+    torch.manual_seed(cfg.seed)  # the initial embeddings: cfg.seed, not whatever ran before in the process
     model = build_model(cfg.model, dataset.n_users, dataset.n_items, cfg.dim, train,
                         n_layers=cfg.n_layers, device=device)  # fmt: skip
     result = fit(model, dataset.train, train, valid, cfg, device=device, on_progress=on_progress,
