@@ -150,9 +150,10 @@ def scratch_key(job_id: str, index: int, phase: str = CANDIDATES) -> str:
     return f"{scratch_prefix(job_id, phase)}/shard-{index:05d}"
 
 
-def student_key(job_id: str) -> str:
-    """The trained student's embeddings, for evaluation shards on other hosts."""
-    return f"{scratch_prefix(job_id)}/student"
+def student_key(job_id: str, fp: str) -> str:
+    """The trained student's embeddings, for evaluation shards on other hosts (named by the
+    evaluation's fingerprint: another attempt's student is another key)."""
+    return f"{scratch_prefix(job_id)}/student-{fp}"
 
 
 def done_key(job_id: str, phase: str = CANDIDATES) -> str:
@@ -556,11 +557,7 @@ def evaluate_in_shards(ctx: JobContext, base: ShardWork, user_emb: np.ndarray, i
         shutil.rmtree(where, ignore_errors=True)
         os.rename(tmp, where)
     if not work.shared_disk:
-        try:
-            work.store.put(student_key(work.job_id), where)
-        except ArtifactExistsError:  # an earlier attempt's student, in the job's scratch
-            work.store.delete_scratch(student_key(work.job_id))
-            work.store.put(student_key(work.job_id), where)
+        work.store.put(student_key(work.job_id, work.fp), where)
     run_shards(ctx, work)
     parts = [shard_dir(work.root, i) for i in range(work.plan.n_shards)]
     lists = {name: np.concatenate([np.load(d / f"{name}.npy") for d in parts]).astype(np.int64)
@@ -573,14 +570,14 @@ def evaluate_in_shards(ctx: JobContext, base: ShardWork, user_emb: np.ndarray, i
 def open_eval_work(job: JobRecord, settings: Settings, registry: Registry, plan: ShardPlan,
                    fp: str) -> ShardWork | None:  # fmt: skip
     """A shard task's evaluation work: the job's teacher and data, the student the parent
-    left (this disk, or fetched from the store's scratch); None when that student is not
-    the one the plan names (an older attempt's)."""
+    left (this disk, or the store's scratch, fetched into this host's artifact cache, which
+    prune_cache bounds); None when that student is not the one the plan names (an older
+    attempt's)."""
     base = open_work(job, settings, registry)
-    where = student_dir(settings, job.id)
-    marker = where / "fingerprint"
-    if not base.shared_disk and not (marker.is_file() and marker.read_text() == fp):
-        shutil.rmtree(where, ignore_errors=True)  # none yet, or an earlier attempt's
-        base.store.fetch_into(student_key(job.id), where)
+    if base.shared_disk:
+        where = student_dir(settings, job.id)
+    else:
+        where = base.store.fetch(student_key(job.id, fp))
     with np.load(where / "student.npz") as z:
         user_emb, item_emb = z["user_emb"], z["item_emb"]
     cfg = EvalConfig()
