@@ -259,7 +259,10 @@ class ArtifactStore:
             from fsspec.utils import get_protocol
 
             options: dict[str, Any] = {"auto_mkdir": True} if get_protocol(self.url) in ("file", "local") else {}
-            fs, root = fsspec.core.url_to_fs(self.url, **options)
+            # No listings cache: s3fs answers a file's size (which cat_file asks first) from a
+            # cached listing of its directory, so a manifest written after that listing read as
+            # absent (a fanned-out job's shard, listed half-uploaded, then fetched: seen in CI).
+            fs, root = fsspec.core.url_to_fs(self.url, use_listings_cache=False, **options)
             self._fs = (fs, root.rstrip("/"))
         return self._fs
 

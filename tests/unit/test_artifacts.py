@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import fsspec
 import pytest
 from pydantic import ValidationError
 
@@ -125,6 +126,27 @@ def test_a_jobs_scratch_is_listed_fetched_into_place_and_deleted(new_store, tmp_
     assert parent.complete_keys("scratch/job2") == {"scratch/job2/shard-00000"}  # another job's stays
     with pytest.raises(ArtifactError, match="only keys under scratch/ are ever deleted"):
         parent.delete_scratch("bundles")
+
+
+def test_a_key_listed_half_written_is_read_whole_once_complete(new_store, tmp_path: Path, monkeypatch) -> None:
+    """A reader that listed a key while its files were uploaded but not its manifest sees the
+    manifest once it is written: no listing cached by the filesystem hides it (s3fs caches
+    directory listings by default, and reads a file's size from them)."""
+    writer, reader = new_store("worker"), new_store("parent")
+    key, src = "scratch/job1/shard-00000", make_src(tmp_path)
+    fs, root = writer._remote()
+    # Another host: its own filesystem object (fsspec shares one per process and options,
+    # and a write through it would refresh the reader's listings).
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    reader._fs = (fsspec.filesystem(protocol, skip_instance_cache=True, **fs.storage_options), root)
+    with monkeypatch.context() as m, pytest.raises(OSError):
+        m.setattr(fs, "pipe_file", lambda *a, **k: (_ for _ in ()).throw(OSError("not yet")))
+        writer.put(key, src)  # the files are there, the manifest is not
+    assert reader.complete_keys("scratch/job1") == set() and not reader.exists(key)
+    reader._remote()[0].ls(reader._path(key))  # a listing of the key's directory, files only
+    writer.put(key, src)
+    assert reader.complete_keys("scratch/job1") == {key}
+    assert same_files(src, reader.fetch_into(key, tmp_path / "parent" / "shard-00000"))
 
 
 @pytest.mark.parametrize("damage", ["same size", "truncated", "deleted"])
