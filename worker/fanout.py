@@ -167,11 +167,16 @@ def plan_key(job_id: str, phase: str = CANDIDATES) -> str:
     return f"{keys.PREFIX}:job:{job_id}{_tag(phase)}:shards:plan"
 
 
-def remove_shards(settings: Settings, job_id: str) -> None:
-    """The job ended: its shards go, on this disk and in the store's scratch."""
+def remove_local_shards(settings: Settings, job_id: str) -> None:
+    """The job's shards of every phase and its student's copy, on this disk."""
     for phase in PHASES:
         shutil.rmtree(shards_root(settings, job_id, phase), ignore_errors=True)
     shutil.rmtree(student_dir(settings, job_id), ignore_errors=True)
+
+
+def remove_shards(settings: Settings, job_id: str) -> None:
+    """The job ended: its shards go, on this disk and in the store's scratch."""
+    remove_local_shards(settings, job_id)
     store = ArtifactStore.from_settings(settings)
     if not store.in_place:
         store.delete_scratch(scratch_prefix(job_id))
@@ -505,9 +510,7 @@ def distill_in_shards(ctx: JobContext, dataset: Dataset, cfg: DistillConfig,
         raise
     finally:
         if not keep:
-            shutil.rmtree(work.root, ignore_errors=True)
-            shutil.rmtree(shards_root(ctx.settings, ctx.job.id, EVALUATE), ignore_errors=True)
-            shutil.rmtree(student_dir(ctx.settings, ctx.job.id), ignore_errors=True)
+            remove_local_shards(ctx.settings, ctx.job.id)
 
 
 # -- the evaluation phase: the student's report in shards of evaluated users ----------------
