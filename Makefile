@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint imports typecheck bench-quality bench-scale bench-serve clean
+.PHONY: venv demo test lint format format-check imports typecheck bench-quality bench-scale bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,14 +21,22 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/unkd demo
 
-# The package contracts and the type check run first: a broken layer fails in seconds.
-test: $(STAMP) imports typecheck
+# The formatter, the package contracts and the type check run first: a broken layer fails in seconds.
+test: $(STAMP) format-check imports typecheck
 	@echo "== tests (pytest $(PYTEST_ARGS)) =="
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) imports typecheck
-	@echo "== ruff =="
+lint: $(STAMP) format-check imports typecheck
+
+# One formatter (ruff format, pyproject.toml [tool.ruff]) and the linter; `make format` applies it.
+format-check: $(STAMP)
+	@echo "== ruff format --check, ruff check =="
+	$(BIN)/ruff format --check training service worker tests bench
 	$(BIN)/ruff check training service worker tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format training service worker tests bench
+	$(BIN)/ruff check --fix training service worker tests bench
 
 # Who may import whom: the contracts in pyproject.toml [tool.importlinter].
 imports: $(STAMP)

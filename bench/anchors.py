@@ -27,11 +27,17 @@ from training.validation import VALID_K, scorer_validation
 
 # name: (low, high, log, integer); the first trial is implicit's default configuration.
 SPACES: dict[str, dict[str, tuple[float, float, bool, bool]]] = {
-    "als": {"regularization": (1e-3, 1e3, True, False), "alpha": (0.5, 100.0, True, False),
-            "iterations": (5, 50, False, True)},
-    "bpr": {"learning_rate": (1e-3, 0.2, True, False), "regularization": (1e-5, 0.1, True, False),
-            "iterations": (50, 400, False, True)},
-}  # fmt: skip
+    "als": {
+        "regularization": (1e-3, 1e3, True, False),
+        "alpha": (0.5, 100.0, True, False),
+        "iterations": (5, 50, False, True),
+    },
+    "bpr": {
+        "learning_rate": (1e-3, 0.2, True, False),
+        "regularization": (1e-5, 0.1, True, False),
+        "iterations": (50, 400, False, True),
+    },
+}
 LIBRARY_DEFAULTS: dict[str, dict[str, float]] = {
     "als": {"regularization": 0.01, "alpha": 1.0, "iterations": 15},
     "bpr": {"learning_rate": 0.01, "regularization": 0.01, "iterations": 100},
@@ -51,18 +57,26 @@ class Anchor:
         return f"implicit {self.kind.upper()}-{self.dim}"
 
 
-def fit(kind: str, dim: int, params: dict[str, Any], train: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def fit(
+    kind: str, dim: int, params: dict[str, Any], train: Any, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """implicit's model on the CPU: (user factors, item factors) as float32 arrays."""
     import implicit.cpu.als
     import implicit.cpu.bpr
 
-    cls = implicit.cpu.als.AlternatingLeastSquares if kind == "als" else implicit.cpu.bpr.BayesianPersonalizedRanking
+    cls = (
+        implicit.cpu.als.AlternatingLeastSquares
+        if kind == "als"
+        else implicit.cpu.bpr.BayesianPersonalizedRanking
+    )
     p = dict(params)
     p["iterations"] = int(p["iterations"])
     with threadpool_limits(1, "blas"):  # implicit asks for single-threaded BLAS
         model = cls(factors=dim, random_state=seed, **p)
         model.fit(train.astype(np.float32), show_progress=False)
-    return np.asarray(model.user_factors, dtype=np.float32), np.asarray(model.item_factors, dtype=np.float32)
+    return np.asarray(model.user_factors, dtype=np.float32), np.asarray(
+        model.item_factors, dtype=np.float32
+    )
 
 
 def valid_ndcg(ds: Dataset, user: np.ndarray, item: np.ndarray) -> tuple[float, float]:
@@ -82,22 +96,32 @@ def tune(kind: str, dim: int, ds: Dataset, trials: int, seed: int = 0) -> Anchor
     train = ds.csr("train")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, trials // 3)))
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=max(2, min(10, trials // 3))
+        )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.enqueue_trial(LIBRARY_DEFAULTS[kind])
     if kind == "als":
         from training.config import ALSOptions
 
         ours = ALSOptions()
-        study.enqueue_trial({"regularization": ours.regularization, "alpha": ours.alpha,
-                             "iterations": ours.iterations})  # fmt: skip
+        study.enqueue_trial(
+            {
+                "regularization": ours.regularization,
+                "alpha": ours.alpha,
+                "iterations": ours.iterations,
+            }
+        )
     seconds: list[float] = []
 
     def objective(trial: optuna.Trial) -> float:
         params: dict[str, float] = {}
         for name, (low, high, log, integer) in SPACES[kind].items():
-            params[name] = (trial.suggest_int(name, int(low), int(high), log=log) if integer
-                            else trial.suggest_float(name, low, high, log=log))  # fmt: skip
+            params[name] = (
+                trial.suggest_int(name, int(low), int(high), log=log)
+                if integer
+                else trial.suggest_float(name, low, high, log=log)
+            )
         t0 = time.perf_counter()
         user, item = fit(kind, dim, params, train, seed)
         ndcg, _ = valid_ndcg(ds, user, item)

@@ -52,7 +52,9 @@ def write(out: Path) -> None:
         faiss.write_index(index, str(out / f"{_name(factory)}.faiss"))
         np.save(out / f"{_name(factory)}.ids.npy", ids)
         np.save(out / f"{_name(factory)}.scores.npy", scores)
-    (out / "writer.json").write_text(json.dumps({"faiss": faiss.__version__, "numpy": np.__version__}))
+    (out / "writer.json").write_text(
+        json.dumps({"faiss": faiss.__version__, "numpy": np.__version__})
+    )
     print(f"wrote {len(FACTORIES)} indexes with faiss {faiss.__version__} to {out}")
 
 
@@ -75,7 +77,14 @@ def read(src: Path) -> int:
             max_diff = float(np.abs(scores - np.load(src / f"{_name(factory)}.scores.npy")).max())
             good = same_ids and max_diff < 1e-4
             ok &= good
-            rows.append((factory + (" (mmap)" if mmap else ""), same_ids, f"{max_diff:.1e}", "ok" if good else "DIFF"))
+            rows.append(
+                (
+                    factory + (" (mmap)" if mmap else ""),
+                    same_ids,
+                    f"{max_diff:.1e}",
+                    "ok" if good else "DIFF",
+                )
+            )
     print(f"written by faiss {writer}, read by faiss {faiss.__version__}")
     print("| index | same top-20 ids | max score difference | result |")
     print("|---|---|---|---|")

@@ -40,8 +40,9 @@ COLD_SHARE = 0.2
 K = 20
 
 
-def fold_all(item_emb: np.ndarray, train: Any, users: np.ndarray, lam_rel: float,
-             base: np.ndarray) -> np.ndarray:  # fmt: skip
+def fold_all(
+    item_emb: np.ndarray, train: Any, users: np.ndarray, lam_rel: float, base: np.ndarray
+) -> np.ndarray:
     """`base` with the rows of `users` replaced by their folded-in training histories."""
     from service.serving.foldin import fold_in, mean_sq_norm
 
@@ -81,19 +82,29 @@ def restricted(dataset: Any, keep_users: np.ndarray, splits: tuple[str, ...]) ->
     arrays = {name: getattr(dataset, name) for name in ("train", "valid", "test")}
     for name in splits:
         arrays[name] = arrays[name][mask[arrays[name][:, 0]]]
-    return Dataset(name=f"{dataset.name}-subset", user_ids=dataset.user_ids,
-                   item_ids=dataset.item_ids, **arrays)  # fmt: skip
+    return Dataset(
+        name=f"{dataset.name}-subset",
+        user_ids=dataset.user_ids,
+        item_ids=dataset.item_ids,
+        **arrays,
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=60, help="upper bound; early stopping ends sooner")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=60, help="upper bound; early stopping ends sooner"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     path = shared_datasets() / "ml-100k" / "ml-100k.inter"
     if not path.is_file():
-        print(f"skipped: MovieLens-100K not found at {path} (set UNKD_SHARED_DATASETS to the folder holding ml-100k/)")
+        print(
+            f"skipped: MovieLens-100K not found at {path} (set UNKD_SHARED_DATASETS to the folder holding ml-100k/)"
+        )
         return 0
     import torch
 
@@ -109,33 +120,59 @@ def main() -> int:
         user_emb, item_emb = train_mf(ds, Path(tmp) / "warm", args.epochs)
         warm = {"trained": ndcg(ds, user_emb, item_emb)}
         for lam in LAMBDAS:
-            warm[f"folded, lambda {lam:g}"] = ndcg(ds, fold_all(item_emb, train, users, lam, user_emb), item_emb)
+            warm[f"folded, lambda {lam:g}"] = ndcg(
+                ds, fold_all(item_emb, train, users, lam, user_emb), item_emb
+            )
 
         rng = np.random.default_rng(0)
         cold_users = np.sort(rng.choice(users, size=int(COLD_SHARE * len(users)), replace=False))
         others = np.setdiff1d(np.arange(ds.n_users), cold_users)
-        _, cold_items = train_mf(restricted(ds, others, ("train", "valid", "test")), Path(tmp) / "cold", args.epochs)
-    eval_cold = restricted(ds, cold_users, ("test",))  # their test rows only; train+valid still excluded
+        _, cold_items = train_mf(
+            restricted(ds, others, ("train", "valid", "test")), Path(tmp) / "cold", args.epochs
+        )
+    eval_cold = restricted(
+        ds, cold_users, ("test",)
+    )  # their test rows only; train+valid still excluded
     cold = {
         "trained (warm model, users seen in training)": ndcg(eval_cold, user_emb, item_emb),
-        "most popular": float(evaluate_topk(eval_cold, most_popular_topk(eval_cold, cold_users, 50))
-                              ["metrics"][f"ndcg@{K}"]),  # fmt: skip
+        "most popular": float(
+            evaluate_topk(eval_cold, most_popular_topk(eval_cold, cold_users, 50))["metrics"][
+                f"ndcg@{K}"
+            ]
+        ),
     }
     blank = np.zeros_like(user_emb)
     for lam in LAMBDAS:
         cold[f"folded into the cold model, lambda {lam:g}"] = ndcg(
-            eval_cold, fold_all(cold_items, train, cold_users, lam, blank), cold_items)
+            eval_cold, fold_all(cold_items, train, cold_users, lam, blank), cold_items
+        )
     elapsed = time.perf_counter() - t0
 
-    print(f"MovieLens-100K: {ds.n_users} users x {ds.n_items} items, MF (BPR) dim 10; "
-          f"{len(users)} test users, {len(cold_users)} of them held out of the cold model")  # fmt: skip
+    print(
+        f"MovieLens-100K: {ds.n_users} users x {ds.n_items} items, MF (BPR) dim 10; "
+        f"{len(users)} test users, {len(cold_users)} of them held out of the cold model"
+    )
     print(table(["warm: all test users", f"NDCG@{K}"], [[k, v] for k, v in warm.items()]))
     print()
-    print(table([f"cold: {len(cold_users)} new users", f"NDCG@{K}"], [[k, v] for k, v in cold.items()]))
+    print(
+        table(
+            [f"cold: {len(cold_users)} new users", f"NDCG@{K}"], [[k, v] for k, v in cold.items()]
+        )
+    )
     print(f"\n{elapsed:.0f} s in all")
     if args.json:
-        args.json.write_text(json.dumps({"warm": warm, "cold": cold, "lambdas": LAMBDAS,
-                                         "elapsed_s": elapsed, "environment": environment()}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "warm": warm,
+                    "cold": cold,
+                    "lambdas": LAMBDAS,
+                    "elapsed_s": elapsed,
+                    "environment": environment(),
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

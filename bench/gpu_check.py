@@ -35,9 +35,13 @@ NDCG_TOLERANCE = 0.02  # |CUDA - CPU| test NDCG@20 of a trained model (other ran
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--beauty", type=Path, help="Amazon-Beauty's beauty.csv, for epoch timings")
-    ap.add_argument("--dry-run", action="store_true", help="CPU against CPU: checks this script itself")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="CPU against CPU: checks this script itself"
+    )
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import numpy as np
@@ -64,7 +68,10 @@ def main() -> int:
         rows.append([name, cpu_value, gpu_value, "ok" if ok else "FAIL", note])
         if not ok:
             failed.append(name)
-        print(f"  {name}: cpu {cpu_value} cuda {gpu_value} {'ok' if ok else 'FAIL'} {note}", flush=True)
+        print(
+            f"  {name}: cpu {cpu_value} cuda {gpu_value} {'ok' if ok else 'FAIL'} {note}",
+            flush=True,
+        )
 
     ds = generate_synthetic(**SYNTHETIC_DEFAULTS)
     train, valid = ds.csr("train"), ds.csr("valid")
@@ -75,7 +82,10 @@ def main() -> int:
     row("EASE weights, max |difference|", "-", f"{diff:.2e}", diff < 1e-3)
 
     rng = np.random.default_rng(0)
-    u, v = rng.normal(size=(ds.n_users, 32)).astype(np.float32), rng.normal(size=(ds.n_items, 32)).astype(np.float32)
+    u, v = (
+        rng.normal(size=(ds.n_users, 32)).astype(np.float32),
+        rng.normal(size=(ds.n_items, 32)).astype(np.float32),
+    )
     groups = np.asarray(ds.groups(4))
     c_cpu = teacher_candidates(EmbeddingScorer(u, v, cpu), train, groups, 200)
     c_gpu = teacher_candidates(EmbeddingScorer(u, v, gpu), train, groups, 200)
@@ -94,28 +104,55 @@ def main() -> int:
     t0 = time.perf_counter()
     als_c = fit_als(train, valid, TeacherConfig(model="als", dim=64), device=cpu)
     tc = time.perf_counter() - t0
-    row("ALS-64 valid NDCG@20 (backend)", f"{als_c.valid['ndcg@20']:.4f} ({als_c.backend}, {tc:.1f}s)",
+    row(
+        "ALS-64 valid NDCG@20 (backend)",
+        f"{als_c.valid['ndcg@20']:.4f} ({als_c.backend}, {tc:.1f}s)",
         f"{als_g.valid['ndcg@20']:.4f} ({als_g.backend}, {tg:.1f}s)",
         abs(als_c.valid["ndcg@20"] - als_g.valid["ndcg@20"]) < NDCG_TOLERANCE,
-        "implicit CUDA build in use" if on_gpu else "implicit has no usable CUDA build here: CPU fallback")  # fmt: skip
+        "implicit CUDA build in use"
+        if on_gpu
+        else "implicit has no usable CUDA build here: CPU fallback",
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         out: dict[str, Any] = {}
         for dev in (cpu, gpu):
             t0 = time.perf_counter()
-            teacher = train_teacher(ds, TeacherConfig(model="mf", dim=64, epochs=40), Path(tmp) / f"t-{dev.type}", device=dev)
+            teacher = train_teacher(
+                ds,
+                TeacherConfig(model="mf", dim=64, epochs=40),
+                Path(tmp) / f"t-{dev.type}",
+                device=dev,
+            )
             t_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            student = distill_student(ds, teacher, DistillConfig(method="unkd", dim=10, epochs=60),
-                                      Path(tmp) / f"s-{dev.type}", device=dev)  # fmt: skip
+            student = distill_student(
+                ds,
+                teacher,
+                DistillConfig(method="unkd", dim=10, epochs=60),
+                Path(tmp) / f"s-{dev.type}",
+                device=dev,
+            )
             assert teacher.report is not None and student.report is not None
-            out["cpu" if dev is cpu else "cuda"] = (teacher.report.metrics["ndcg@20"], t_s,
-                                                    student.report.metrics["ndcg@20"], time.perf_counter() - t0)  # fmt: skip
+            out["cpu" if dev is cpu else "cuda"] = (
+                teacher.report.metrics["ndcg@20"],
+                t_s,
+                student.report.metrics["ndcg@20"],
+                time.perf_counter() - t0,
+            )
         (tc_n, tc_s, sc_n, sc_s), (tg_n, tg_s, sg_n, sg_s) = out["cpu"], out["cuda"]
-        row("MF-64 teacher test NDCG@20", f"{tc_n:.4f} ({tc_s:.0f}s)", f"{tg_n:.4f} ({tg_s:.0f}s)",
-            abs(tc_n - tg_n) < NDCG_TOLERANCE)
-        row("UnKD-10 student test NDCG@20", f"{sc_n:.4f} ({sc_s:.0f}s)", f"{sg_n:.4f} ({sg_s:.0f}s)",
-            abs(sc_n - sg_n) < NDCG_TOLERANCE)
+        row(
+            "MF-64 teacher test NDCG@20",
+            f"{tc_n:.4f} ({tc_s:.0f}s)",
+            f"{tg_n:.4f} ({tg_s:.0f}s)",
+            abs(tc_n - tg_n) < NDCG_TOLERANCE,
+        )
+        row(
+            "UnKD-10 student test NDCG@20",
+            f"{sc_n:.4f} ({sc_s:.0f}s)",
+            f"{sg_n:.4f} ({sg_s:.0f}s)",
+            abs(sc_n - sg_n) < NDCG_TOLERANCE,
+        )
 
         # The CUDA student published as a worker does (build_bundle with this host's faiss:
         # faiss-gpu on a GPU worker), then read back by the API's CPU path (load_bundle, one
@@ -126,29 +163,48 @@ def main() -> int:
         from service.core.bundle_format import build_bundle
         from service.serving.bundle import load_bundle
 
-        build_bundle(Path(tmp) / f"s-{gpu.type}", ds, Path(tmp) / "bundle-cuda", model_id="gpu-check")
+        build_bundle(
+            Path(tmp) / f"s-{gpu.type}", ds, Path(tmp) / "bundle-cuda", model_id="gpu-check"
+        )
         served = load_bundle(Path(tmp) / "bundle-cuda")
         users = np.arange(min(200, ds.n_users))
         _, got = served.recommend(users, 20, exclude_seen=False)
         scores = served.user_emb[users] @ served.item_emb.T  # (users, items)
         want = np.argsort(-scores, axis=1, kind="stable")[:, :20]
         same_bundle = float((got == want).mean())
-        row("bundle of the CUDA student, read on CPU: top-20 = brute force", "-",
-            f"{same_bundle:.4f}", same_bundle >= 0.999, f"faiss {faiss.__version__}")
+        row(
+            "bundle of the CUDA student, read on CPU: top-20 = brute force",
+            "-",
+            f"{same_bundle:.4f}",
+            same_bundle >= 0.999,
+            f"faiss {faiss.__version__}",
+        )
 
         if a.beauty is not None and a.beauty.is_file():
             from training.prepare import prepare_dataset
 
             beauty = prepare_dataset(a.beauty)
-            teacher = train_teacher(beauty, TeacherConfig(model="als", dim=100), Path(tmp) / "bt", device=gpu)
+            teacher = train_teacher(
+                beauty, TeacherConfig(model="als", dim=100), Path(tmp) / "bt", device=gpu
+            )
             secs = {}
             for dev in (cpu, gpu):
-                art = distill_student(beauty, teacher, DistillConfig(method="unkd", dim=10, epochs=10),
-                                      Path(tmp) / f"bs-{dev.type}", device=dev)  # fmt: skip
+                art = distill_student(
+                    beauty,
+                    teacher,
+                    DistillConfig(method="unkd", dim=10, epochs=10),
+                    Path(tmp) / f"bs-{dev.type}",
+                    device=dev,
+                )
                 assert art.manifest.training is not None
                 secs["cpu" if dev is cpu else "cuda"] = art.manifest.training.seconds_per_epoch
-            row("Amazon-Beauty UnKD epoch, seconds", f"{secs['cpu']:.2f}", f"{secs['cuda']:.2f}", True,
-                f"{torch.get_num_threads()} CPU threads")
+            row(
+                "Amazon-Beauty UnKD epoch, seconds",
+                f"{secs['cpu']:.2f}",
+                f"{secs['cuda']:.2f}",
+                True,
+                f"{torch.get_num_threads()} CPU threads",
+            )
 
     print()
     print(table(["check", "cpu", "cuda", "", "note"], rows))

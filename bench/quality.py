@@ -51,7 +51,9 @@ def load(name: str):  # type: ignore[no-untyped-def]
     if name == "synthetic":
         return generate_synthetic(**SYNTHETIC_DEFAULTS)
     if name not in FILES:
-        raise SystemExit(f"{name}: unknown dataset (expected synthetic or one of {', '.join(FILES)})")
+        raise SystemExit(
+            f"{name}: unknown dataset (expected synthetic or one of {', '.join(FILES)})"
+        )
     path = shared_datasets() / FILES[name]
     if not path.is_file():
         raise SystemExit(f"{name}: not found at {path} (set UNKD_SHARED_DATASETS)")
@@ -61,8 +63,13 @@ def load(name: str):  # type: ignore[no-untyped-def]
 class Row:
     """One model's test figures over seeds."""
 
-    def __init__(self, label: str, reports: list[dict[str, Any]], detail: str = "",
-                 trial_seconds: list[float] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        label: str,
+        reports: list[dict[str, Any]],
+        detail: str = "",
+        trial_seconds: list[float] | None = None,
+    ) -> None:
         import numpy as np
 
         self.label, self.detail = label, detail
@@ -73,8 +80,10 @@ class Row:
         self.recall = float(np.mean([x[f"recall@{K}"] for x in m]))
         self.arp = float(np.mean([x[f"arp@{K}"] for x in m]))
         n_groups = len(reports[0]["groups"])
-        self.group_recall = [float(np.mean([r["groups"][g][f"recall@{K}"] for r in reports]))
-                             for g in range(n_groups)]  # fmt: skip
+        self.group_recall = [
+            float(np.mean([r["groups"][g][f"recall@{K}"] for r in reports]))
+            for g in range(n_groups)
+        ]
 
     @property
     def mean(self) -> float:
@@ -91,14 +100,32 @@ class Row:
 
     def cells(self) -> list[Any]:
         spread = f"{self.mean:.4f} ± {self.ndcg.std(ddof=1) if len(self.ndcg) > 1 else 0.0:.4f}"
-        secs = f"{sum(self.trial_seconds) / len(self.trial_seconds):.1f}" if self.trial_seconds else "-"
-        return [self.label, self.recall, spread, *self.group_recall, self.head_share, self.arp, secs,
-                self.detail]
+        secs = (
+            f"{sum(self.trial_seconds) / len(self.trial_seconds):.1f}"
+            if self.trial_seconds
+            else "-"
+        )
+        return [
+            self.label,
+            self.recall,
+            spread,
+            *self.group_recall,
+            self.head_share,
+            self.arp,
+            secs,
+            self.detail,
+        ]
 
     def as_json(self) -> dict[str, Any]:
-        return {"ndcg": self.ndcg.tolist(), "head_share": self.head.tolist(), "recall": self.recall,
-                "arp": self.arp, "group_recall": self.group_recall, "detail": self.detail,
-                "trial_seconds": self.trial_seconds}  # fmt: skip
+        return {
+            "ndcg": self.ndcg.tolist(),
+            "head_share": self.head.tolist(),
+            "recall": self.recall,
+            "arp": self.arp,
+            "group_recall": self.group_recall,
+            "detail": self.detail,
+            "trial_seconds": self.trial_seconds,
+        }
 
 
 def beyond_2se(a: Row, b: Row) -> bool:
@@ -111,11 +138,21 @@ def _params(art: Any) -> str:
     if tuning is None:
         return ""
     best = next(t for t in tuning.trials if t.number == tuning.best_trial)
-    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best.params.items())
+    return ", ".join(
+        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best.params.items()
+    )
 
 
-def tuned(ds: Any, cfg: Any, trials: int, work: Path, device: Any, *, teacher: Any = None,
-          bound: float | None = None) -> Any:  # fmt: skip
+def tuned(
+    ds: Any,
+    cfg: Any,
+    trials: int,
+    work: Path,
+    device: Any,
+    *,
+    teacher: Any = None,
+    bound: float | None = None,
+) -> Any:
     """The product's tuning (training.tuning, as `--tune N`), in this process."""
     from training.config import TuneOptions
     from training.pipelines import distill_student, train_teacher
@@ -123,17 +160,29 @@ def tuned(ds: Any, cfg: Any, trials: int, work: Path, device: Any, *, teacher: A
 
     def train(c: Any, out: Path, on_progress: Any, should_stop: Any) -> Any:
         if teacher is None:
-            return train_teacher(ds, c, out, device=device, on_progress=on_progress, should_stop=should_stop)
-        return distill_student(ds, teacher, c, out, device=device, on_progress=on_progress,
-                               should_stop=should_stop)  # fmt: skip
+            return train_teacher(
+                ds, c, out, device=device, on_progress=on_progress, should_stop=should_stop
+            )
+        return distill_student(
+            ds, teacher, c, out, device=device, on_progress=on_progress, should_stop=should_stop
+        )
 
     out = work / f"tuned-{time.monotonic_ns()}"
-    setup = StudySetup(ds, cfg, TuneOptions(trials=trials), train, work / f"{out.name}-trials",
-                       teacher_head_share=bound, device=device)  # fmt: skip
+    setup = StudySetup(
+        ds,
+        cfg,
+        TuneOptions(trials=trials),
+        train,
+        work / f"{out.name}-trials",
+        teacher_head_share=bound,
+        device=device,
+    )
     return tune(setup, out)
 
 
-def reseeded(ds: Any, art: Any, seeds: int, work: Path, device: Any, *, teacher: Any = None) -> list[dict[str, Any]]:
+def reseeded(
+    ds: Any, art: Any, seeds: int, work: Path, device: Any, *, teacher: Any = None
+) -> list[dict[str, Any]]:
     """Test reports of the chosen configuration: seed 0 is the tuned model itself."""
     from training.pipelines import distill_student, train_teacher
 
@@ -141,8 +190,11 @@ def reseeded(ds: Any, art: Any, seeds: int, work: Path, device: Any, *, teacher:
     for seed in range(1, seeds):
         cfg = art.manifest.config.model_copy(update={"seed": seed})
         out = work / f"seed-{time.monotonic_ns()}"
-        again = (train_teacher(ds, cfg, out, device=device) if teacher is None
-                 else distill_student(ds, teacher, cfg, out, device=device))  # fmt: skip
+        again = (
+            train_teacher(ds, cfg, out, device=device)
+            if teacher is None
+            else distill_student(ds, teacher, cfg, out, device=device)
+        )
         assert again.report is not None
         reports.append(again.report.model_dump(mode="json"))
     return reports
@@ -150,7 +202,11 @@ def reseeded(ds: Any, art: Any, seeds: int, work: Path, device: Any, *, teacher:
 
 def trial_seconds(art: Any) -> list[float]:
     tuning = art.report.tuning
-    return [t.seconds for t in tuning.trials if t.seconds is not None and t.state in ("complete", "pruned")]
+    return [
+        t.seconds
+        for t in tuning.trials
+        if t.seconds is not None and t.state in ("complete", "pruned")
+    ]
 
 
 def run_dataset(name: str, work: Path, device: Any, a: argparse.Namespace) -> dict[str, Any]:
@@ -160,8 +216,11 @@ def run_dataset(name: str, work: Path, device: Any, a: argparse.Namespace) -> di
 
     ds = load(name)
     stats = ds.statistics()
-    print(f"\n## {name}: {stats['users']} users × {stats['items']} items, {stats['interactions']} "
-          f"interactions; {a.trials} trials per row, test figures over {a.seeds} seeds\n", flush=True)
+    print(
+        f"\n## {name}: {stats['users']} users × {stats['items']} items, {stats['interactions']} "
+        f"interactions; {a.trials} trials per row, test figures over {a.seeds} seeds\n",
+        flush=True,
+    )
     rows: dict[str, Row] = {}
 
     # The anchors.
@@ -171,7 +230,10 @@ def run_dataset(name: str, work: Path, device: Any, a: argparse.Namespace) -> di
         reports = [anchors.test_report(anchor, ds, seed) for seed in range(a.seeds)]
         detail = ", ".join(f"{k} {v:.3g}" for k, v in anchor.params.items())
         rows[anchor.label] = Row(anchor.label, reports, detail, anchor.trial_seconds)
-        print(f"  {anchor.label}: {rows[anchor.label].mean:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"  {anchor.label}: {rows[anchor.label].mean:.4f} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
 
     # Our teachers; the best on validation teaches.
     teachers = {}
@@ -181,7 +243,9 @@ def run_dataset(name: str, work: Path, device: Any, a: argparse.Namespace) -> di
         art = tuned(ds, TeacherConfig(model=model, dim=dim), a.trials, work, device)
         label = "EASE (ours)" if model == "ease" else f"ALS-{dim} (ours)"
         seeds = 1 if model == "ease" else a.seeds  # EASE is a closed form: no seed
-        rows[label] = Row(label, reseeded(ds, art, seeds, work, device), _params(art), trial_seconds(art))
+        rows[label] = Row(
+            label, reseeded(ds, art, seeds, work, device), _params(art), trial_seconds(art)
+        )
         teachers[label] = (art, validation_figures(ds, art, device=device))
         print(f"  {label}: {rows[label].mean:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     teacher_label = max(teachers, key=lambda k: teachers[k][1].ndcg)
@@ -191,20 +255,41 @@ def run_dataset(name: str, work: Path, device: Any, a: argparse.Namespace) -> di
     for method in a.methods:
         t0 = time.perf_counter()
         bound = None if method == "none" else teacher_valid.head_share
-        art = tuned(ds, DistillConfig(method=method, dim=10), a.trials, work, device,
-                    teacher=teacher, bound=bound)  # fmt: skip
+        art = tuned(
+            ds,
+            DistillConfig(method=method, dim=10),
+            a.trials,
+            work,
+            device,
+            teacher=teacher,
+            bound=bound,
+        )
         label = "our BPR-10 (plain)" if method == "none" else f"our {method.upper()}-10"
-        rows[label] = Row(label, reseeded(ds, art, a.seeds, work, device, teacher=teacher), _params(art),
-                          trial_seconds(art))  # fmt: skip
+        rows[label] = Row(
+            label,
+            reseeded(ds, art, a.seeds, work, device, teacher=teacher),
+            _params(art),
+            trial_seconds(art),
+        )
         print(f"  {label}: {rows[label].mean:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     groups = len(rows[teacher_label].group_recall)
-    headers = ["model", f"Recall@{K}", f"NDCG@{K} (± std)", *[f"R@{K} G{g + 1}" for g in range(groups)],
-               "head share", "ARP", "s/trial", "chosen on validation"]
+    headers = [
+        "model",
+        f"Recall@{K}",
+        f"NDCG@{K} (± std)",
+        *[f"R@{K} G{g + 1}" for g in range(groups)],
+        "head share",
+        "ARP",
+        "s/trial",
+        "chosen on validation",
+    ]
     print()
     print(table(headers, [r.cells() for r in rows.values()]))
-    print(f"\nteacher of the students: {teacher_label} (best validation NDCG@{K}, "
-          f"validation head share {teacher_valid.head_share:.4f})")
+    print(
+        f"\nteacher of the students: {teacher_label} (best validation NDCG@{K}, "
+        f"validation head share {teacher_valid.head_share:.4f})"
+    )
     sys.stdout.flush()
     return {"rows": rows, "teacher": teacher_label}
 
@@ -216,36 +301,59 @@ def check(name: str, res: dict[str, Any]) -> tuple[list[str], list[str]]:
     notes: list[str] = []
     # The best teacher is the one chosen on validation, the one that teaches the students.
     best_teacher = teacher = rows[res["teacher"]]
-    als100, als10, bpr10 = rows["implicit ALS-100"], rows["implicit ALS-10"], rows["implicit BPR-10"]
+    als100, als10, bpr10 = (
+        rows["implicit ALS-100"],
+        rows["implicit ALS-10"],
+        rows["implicit BPR-10"],
+    )
 
     def verdict(ok: bool, text: str) -> None:
         (notes if ok else misses).append(f"{name}: {text}")
 
     ratio = best_teacher.mean / als100.mean
-    verdict(ratio >= 0.98, f"T1 best teacher {best_teacher.label} {best_teacher.mean:.4f} = {ratio:.3f} x "
-            f"ALS-100 {als100.mean:.4f} (target >= 0.98)")
+    verdict(
+        ratio >= 0.98,
+        f"T1 best teacher {best_teacher.label} {best_teacher.mean:.4f} = {ratio:.3f} x "
+        f"ALS-100 {als100.mean:.4f} (target >= 0.98)",
+    )
     if "our BPR-10 (plain)" in rows:
         plain = rows["our BPR-10 (plain)"]
-        win = " (difference beyond 2 SE)" if beyond_2se(plain, bpr10) else " (difference within 2 SE)"
-        verdict(plain.mean >= bpr10.mean, f"T2 plain {plain.mean:.4f} vs implicit BPR-10 {bpr10.mean:.4f}{win}")
+        win = (
+            " (difference beyond 2 SE)" if beyond_2se(plain, bpr10) else " (difference within 2 SE)"
+        )
+        verdict(
+            plain.mean >= bpr10.mean,
+            f"T2 plain {plain.mean:.4f} vs implicit BPR-10 {bpr10.mean:.4f}{win}",
+        )
     if "our UNKD-10" in rows:
         unkd = rows["our UNKD-10"]
         ratio = unkd.mean / als10.mean
-        verdict(ratio >= 0.95 and unkd.head_share < als10.head_share and unkd.head_share < teacher.head_share,
-                f"T3 UnKD-10 {unkd.mean:.4f} = {ratio:.3f} x ALS-10 {als10.mean:.4f} (target >= 0.95"
-                f"{'; difference beyond 2 SE' if beyond_2se(unkd, als10) else '; difference within 2 SE'}); head share "
-                f"{unkd.head_share:.3f} vs ALS-10 {als10.head_share:.3f} and teacher {teacher.head_share:.3f}")  # fmt: skip
+        verdict(
+            ratio >= 0.95
+            and unkd.head_share < als10.head_share
+            and unkd.head_share < teacher.head_share,
+            f"T3 UnKD-10 {unkd.mean:.4f} = {ratio:.3f} x ALS-10 {als10.mean:.4f} (target >= 0.95"
+            f"{'; difference beyond 2 SE' if beyond_2se(unkd, als10) else '; difference within 2 SE'}); head share "
+            f"{unkd.head_share:.3f} vs ALS-10 {als10.head_share:.3f} and teacher {teacher.head_share:.3f}",
+        )
         if name == "amazon-beauty" and unkd.trial_seconds:
             per = sum(unkd.trial_seconds) / len(unkd.trial_seconds)
-            verdict(20 * per / 2 < TUNING_TARGET_S, f"T4 one UnKD trial {per:.0f} s: 20 trials on 2 "
-                    f"workers ~{20 * per / 2:.0f} s (target < {TUNING_TARGET_S:.0f})")  # fmt: skip
+            verdict(
+                20 * per / 2 < TUNING_TARGET_S,
+                f"T4 one UnKD trial {per:.0f} s: 20 trials on 2 "
+                f"workers ~{20 * per / 2:.0f} s (target < {TUNING_TARGET_S:.0f})",
+            )
     return misses, notes
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--datasets", default="ml-100k,amazon-beauty,synthetic")
-    ap.add_argument("--methods", default=",".join(METHODS), help="student methods (none = plain BPR)")
+    ap.add_argument(
+        "--methods", default=",".join(METHODS), help="student methods (none = plain BPR)"
+    )
     ap.add_argument("--trials", type=int, default=6, help="configurations per row, every row alike")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of each chosen configuration")
     ap.add_argument("--device", default="auto")
@@ -273,10 +381,21 @@ def main() -> int:
             misses += m
             notes += n
     if a.json:
-        out = {name: {"teacher": r["teacher"], "rows": {k: v.as_json() for k, v in r["rows"].items()}}
-               for name, r in results.items()}  # fmt: skip
-        a.json.write_text(json.dumps({"environment": environment(), "trials": a.trials, "seeds": a.seeds,
-                                      "results": out}, indent=2))  # fmt: skip
+        out = {
+            name: {"teacher": r["teacher"], "rows": {k: v.as_json() for k, v in r["rows"].items()}}
+            for name, r in results.items()
+        }
+        a.json.write_text(
+            json.dumps(
+                {
+                    "environment": environment(),
+                    "trials": a.trials,
+                    "seeds": a.seeds,
+                    "results": out,
+                },
+                indent=2,
+            )
+        )
     print(f"\n({time.perf_counter() - t0:.0f} s in all)")
     for line in notes:
         print(f"met:  {line}")

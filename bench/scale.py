@@ -68,8 +68,16 @@ POLL_S = 0.2
 # -- the catalogue ---------------------------------------------------------------------
 
 
-def fast_catalogue(n_users: int, n_items: int, per_user: float, *, clusters: int = 64,
-                   skew: float = 0.9, taste: float = 0.6, seed: int = 0) -> Dataset:  # fmt: skip
+def fast_catalogue(
+    n_users: int,
+    n_items: int,
+    per_user: float,
+    *,
+    clusters: int = 64,
+    skew: float = 0.9,
+    taste: float = 0.6,
+    seed: int = 0,
+) -> Dataset:
     """A clustered long-tail dataset in seconds per million users (training.synthetic scores
     every user against every item: ~25 min for 20 M interactions).
 
@@ -100,12 +108,30 @@ def fast_catalogue(n_users: int, n_items: int, per_user: float, *, clusters: int
     items[in_cluster] = owned[user_cluster[users[in_cluster]], rng.choice(per, size=n_in, p=cpop)]
     keys = np.unique(users * n_items + items)
     splits = split_random(keys // n_items, keys % n_items, holdout=0.2, seed=seed)
-    params = {"n_users": n_users, "n_items": n_items, "per_user": per_user, "clusters": clusters,
-              "skew": skew, "taste": taste, "seed": seed}  # fmt: skip
-    return Dataset(name=f"scale-{n_users}", user_ids=np.arange(n_users).astype(str),
-                   item_ids=np.arange(n_items).astype(str), train=splits.train, valid=splits.valid,
-                   test=splits.test, info={"source": "synthetic", "format": "bench.scale",
-                                           "split": "random", "seed": seed, "generator": params})  # fmt: skip
+    params = {
+        "n_users": n_users,
+        "n_items": n_items,
+        "per_user": per_user,
+        "clusters": clusters,
+        "skew": skew,
+        "taste": taste,
+        "seed": seed,
+    }
+    return Dataset(
+        name=f"scale-{n_users}",
+        user_ids=np.arange(n_users).astype(str),
+        item_ids=np.arange(n_items).astype(str),
+        train=splits.train,
+        valid=splits.valid,
+        test=splits.test,
+        info={
+            "source": "synthetic",
+            "format": "bench.scale",
+            "split": "random",
+            "seed": seed,
+            "generator": params,
+        },
+    )
 
 
 # -- memory of the processes ------------------------------------------------------------
@@ -158,10 +184,16 @@ class Stack:
         self.redis = RedisServer(root / "redis", appendonly=False).start()
         queue = f"scale-{uuid.uuid4().hex[:8]}"
         self.settings = Settings(
-            redis_url=self.redis.url, data_dir=root / "data", device="cpu", job_max_retries=0,
-            train_queue=f"{queue}-train", light_queue=f"{queue}-light", log_level="INFO",
-            fanout_min_users=1, fanout_shard_users=shard_users,  # every distill job fans out
-        )  # fmt: skip
+            redis_url=self.redis.url,
+            data_dir=root / "data",
+            device="cpu",
+            job_max_retries=0,
+            train_queue=f"{queue}-train",
+            light_queue=f"{queue}-light",
+            log_level="INFO",
+            fanout_min_users=1,
+            fanout_shard_users=shard_users,  # every distill job fans out
+        )
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
 
@@ -174,10 +206,14 @@ class Stack:
             log = self.logs[name] = self.root / f"worker-{name}.log"
             with open(log, "ab") as fh:
                 self.workers[name] = subprocess.Popen(
-                    [unkd, "worker", "--threads", "1", "--hostname", f"{name}@%h"], cwd=REPO,
-                    env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                    [unkd, "worker", "--threads", "1", "--hostname", f"{name}@%h"],
+                    cwd=REPO,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,
-                )  # fmt: skip
+                )
         deadline = time.monotonic() + timeout_s
         for name, proc in self.workers.items():
             while b" ready." not in self.logs[name].read_bytes():
@@ -200,8 +236,13 @@ class Stack:
         self.redis.stop()
 
 
-def run_job(client: Any, payload: dict[str, Any], watch: MemoryWatch, on_poll: Any = None,
-            timeout_s: float = 3 * 3600) -> tuple[dict[str, Any], float]:  # fmt: skip
+def run_job(
+    client: Any,
+    payload: dict[str, Any],
+    watch: MemoryWatch,
+    on_poll: Any = None,
+    timeout_s: float = 3 * 3600,
+) -> tuple[dict[str, Any], float]:
     """POST the job, poll it (and memory) until it ends; (final status, wall seconds)."""
     t0 = time.perf_counter()
     r = client.post("/v1/jobs", json=payload)
@@ -267,23 +308,48 @@ def pipeline(a: argparse.Namespace, watch_extra: dict[str, int]) -> dict[str, An
         out = ds.save(settings.datasets_dir.resolve() / "ds-scale")
         registry = Registry.from_url(settings.redis_url or "")
         stats = ds.statistics()
-        registry.add_dataset(DatasetRecord(id="ds-scale", name=ds.name, source="synthetic",
-                                           fingerprint=ds.fingerprint, path=str(out), statistics=stats))  # fmt: skip
-        fig["dataset"] = {"users": ds.n_users, "items": ds.n_items, "train": len(ds.train),
-                          "interactions": len(ds.train) + len(ds.valid) + len(ds.test),
-                          "generate_s": gen_s, "total_s": time.perf_counter() - t0}  # fmt: skip
+        registry.add_dataset(
+            DatasetRecord(
+                id="ds-scale",
+                name=ds.name,
+                source="synthetic",
+                fingerprint=ds.fingerprint,
+                path=str(out),
+                statistics=stats,
+            )
+        )
+        fig["dataset"] = {
+            "users": ds.n_users,
+            "items": ds.n_items,
+            "train": len(ds.train),
+            "interactions": len(ds.train) + len(ds.valid) + len(ds.test),
+            "generate_s": gen_s,
+            "total_s": time.perf_counter() - t0,
+        }
         del ds
         logger.warning("dataset: %s", fig["dataset"])
 
         with TestClient(create_app(settings)) as client:
             logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-            teacher, teacher_s = run_job(client, {
-                "kind": "teacher", "dataset_id": "ds-scale", "model": "als", "dim": a.teacher_dim,
-                "als": {"iterations": a.als_iterations}, "seed": a.seed}, watch)  # fmt: skip
+            teacher, teacher_s = run_job(
+                client,
+                {
+                    "kind": "teacher",
+                    "dataset_id": "ds-scale",
+                    "model": "als",
+                    "dim": a.teacher_dim,
+                    "als": {"iterations": a.als_iterations},
+                    "seed": a.seed,
+                },
+                watch,
+            )
             if teacher["status"] != "succeeded":
                 raise RuntimeError(f"teacher job: {teacher}")
-            fig["teacher"] = {"job_s": teacher_s, "model": f"als-{a.teacher_dim}",
-                              "iterations": a.als_iterations}  # fmt: skip
+            fig["teacher"] = {
+                "job_s": teacher_s,
+                "model": f"als-{a.teacher_dim}",
+                "iterations": a.als_iterations,
+            }
             logger.warning("teacher job: %.1f s", teacher_s)
 
             shards: dict[int, dict[str, Any]] = {}
@@ -301,10 +367,21 @@ def pipeline(a: argparse.Namespace, watch_extra: dict[str, int]) -> dict[str, An
                     if len(shards) == n_shards:
                         stages["all shards written"] = elapsed
 
-            student, distill_s = run_job(client, {
-                "kind": "distill", "teacher_id": teacher["model_id"], "method": "unkd", "dim": 10,
-                "epochs": a.epochs, "seed": a.seed, "warm_start": a.warm_start,
-                "unkd": {"top_l": a.top_l}}, watch, on_poll)  # fmt: skip
+            student, distill_s = run_job(
+                client,
+                {
+                    "kind": "distill",
+                    "teacher_id": teacher["model_id"],
+                    "method": "unkd",
+                    "dim": 10,
+                    "epochs": a.epochs,
+                    "seed": a.seed,
+                    "warm_start": a.warm_start,
+                    "unkd": {"top_l": a.top_l},
+                },
+                watch,
+                on_poll,
+            )
             if student["status"] != "succeeded":
                 raise RuntimeError(f"distill job: {student}")
             watch.sample()
@@ -327,15 +404,22 @@ def pipeline(a: argparse.Namespace, watch_extra: dict[str, int]) -> dict[str, An
             w = str(m.get("worker", "?")).split("@")[0]
             by_worker[w] = by_worker.get(w, 0) + 1
         fig["distill"] = {
-            "job_s": distill_s, "stages_at_s": stages, "candidates_s": lists_s,
-            "shards": len(shards), "shard_users": a.shard_users, "shard_s": per_shard,
+            "job_s": distill_s,
+            "stages_at_s": stages,
+            "candidates_s": lists_s,
+            "shards": len(shards),
+            "shard_users": a.shard_users,
+            "shard_s": per_shard,
             "shard_s_median": statistics.median(per_shard) if per_shard else float("nan"),
-            "shards_by_worker": by_worker, "candidate_bytes": training.candidate_bytes,
-            "epoch_train_s": train_s, "validation_s": validation_s,
-            "epoch_s": (sum(train_s[-a.eval_every:]) + validation_s) / min(a.eval_every, n),
+            "shards_by_worker": by_worker,
+            "candidate_bytes": training.candidate_bytes,
+            "epoch_train_s": train_s,
+            "validation_s": validation_s,
+            "epoch_s": (sum(train_s[-a.eval_every :]) + validation_s) / min(a.eval_every, n),
             "valid": {k: v for k, v in hist[-1].items() if k.startswith("valid_")},
-            "top_l": a.top_l, "warm_start": a.warm_start,
-        }  # fmt: skip
+            "top_l": a.top_l,
+            "warm_start": a.warm_start,
+        }
         fig["memory"] = watch.peak
         fig["memory_peak_at"] = watch.at
         registry.close()
@@ -365,8 +449,14 @@ def ml100k_epochs(repeats: int, device: Any) -> list[float]:
         raise SystemExit(f"MovieLens-100K not found at {path} (set UNKD_SHARED_DATASETS)")
     ds = prepare_dataset(path)
     train, valid = ds.csr("train"), ds.csr("valid")
-    tres = fit(build_model("mf", ds.n_users, ds.n_items, 100, train, device=device), ds.train, train,
-               valid, TeacherConfig(dim=100, epochs=10), device=device)  # fmt: skip
+    tres = fit(
+        build_model("mf", ds.n_users, ds.n_items, 100, train, device=device),
+        ds.train,
+        train,
+        valid,
+        TeacherConfig(dim=100, epochs=10),
+        device=device,
+    )
     teacher = EmbeddingScorer(
         torch.as_tensor(tres.user_emb), torch.as_tensor(tres.item_emb), device
     )
@@ -412,19 +502,40 @@ def rows_for(fig: dict[str, Any]) -> list[list[Any]]:
     sh = dist["shard_s"]
     rows: list[list[Any]] = [
         [f"{label}: dataset (generate, save, register)", f"{d['total_s']:.0f} s", "", ""],
-        [f"{label}: teacher job ({fig['teacher']['model']}, fit + report)", f"{fig['teacher']['job_s']:.0f} s", "", ""],
-        [f"{label}: candidate lists, {dist['shards']} shards of {dist['shard_users']:,} "
-         f"({', '.join(f'{w} {c}' for w, c in sorted(dist['shards_by_worker'].items()))})",
-         f"{dist['candidates_s']:.0f} s", f"< {tg['candidates_s']:.0f} s", dist["candidates_s"] < tg["candidates_s"]],
-        [f"{label}: one shard (median; min-max)",
-         f"{dist['shard_s_median']:.1f} s ({min(sh):.1f}-{max(sh):.1f})" if sh else "n/a", "", ""],
-        [f"{label}: UnKD epoch incl. validation (eval_every 5)", f"{dist['epoch_s']:.1f} s",
-         f"< {tg['epoch_s']:.0f} s", dist["epoch_s"] < tg["epoch_s"]],
+        [
+            f"{label}: teacher job ({fig['teacher']['model']}, fit + report)",
+            f"{fig['teacher']['job_s']:.0f} s",
+            "",
+            "",
+        ],
+        [
+            f"{label}: candidate lists, {dist['shards']} shards of {dist['shard_users']:,} "
+            f"({', '.join(f'{w} {c}' for w, c in sorted(dist['shards_by_worker'].items()))})",
+            f"{dist['candidates_s']:.0f} s",
+            f"< {tg['candidates_s']:.0f} s",
+            dist["candidates_s"] < tg["candidates_s"],
+        ],
+        [
+            f"{label}: one shard (median; min-max)",
+            f"{dist['shard_s_median']:.1f} s ({min(sh):.1f}-{max(sh):.1f})" if sh else "n/a",
+            "",
+            "",
+        ],
+        [
+            f"{label}: UnKD epoch incl. validation (eval_every 5)",
+            f"{dist['epoch_s']:.1f} s",
+            f"< {tg['epoch_s']:.0f} s",
+            dist["epoch_s"] < tg["epoch_s"],
+        ],
         [f"{label}: validation alone", f"{dist['validation_s']:.1f} s", "", ""],
         [f"{label}: distill job, end to end", f"{dist['job_s']:.0f} s", "", ""],
-        [f"{label}: distill job after training (student report, save)",
-         f"{dist['job_s'] - dist['stages_at_s'].get('evaluate', dist['job_s']):.0f} s", "", ""],
-    ]  # fmt: skip
+        [
+            f"{label}: distill job after training (student report, save)",
+            f"{dist['job_s'] - dist['stages_at_s'].get('evaluate', dist['job_s']):.0f} s",
+            "",
+            "",
+        ],
+    ]
     for name, peak in mem.items():
         anon, hwm = peak["RssAnon"] / 1e9, peak["VmHWM"] / 1e9
         value = f"{anon:.2f} GB (VmHWM {hwm:.2f})"
@@ -434,8 +545,14 @@ def rows_for(fig: dict[str, Any]) -> list[list[Any]]:
                 if lists_gb < LARGE_LISTS_GB
                 else min(WORKER_ANON_GB, ANON_OVER_LISTS * lists_gb)
             )
-            rows.append([f"{label}: {name} peak RssAnon (lists on disk {lists_gb:.1f} GB)", value,
-                         f"< {limit:.1f} GB", anon < limit])  # fmt: skip
+            rows.append(
+                [
+                    f"{label}: {name} peak RssAnon (lists on disk {lists_gb:.1f} GB)",
+                    value,
+                    f"< {limit:.1f} GB",
+                    anon < limit,
+                ]
+            )
         else:
             rows.append([f"{label}: {name} peak RssAnon", value, "", ""])
     return rows
@@ -487,9 +604,16 @@ def main() -> int:
         runs = ml100k_epochs(a.repeats, resolve_device("cpu"))
         med = statistics.median(runs)
         figures["ml100k_epoch_s"] = runs
-        rows.append([f"ML-100K: one UnKD epoch incl. validation (median of {len(runs)}: "
-                     + ", ".join(f"{r:.3f}" for r in runs) + ")", f"{med:.3f} s",
-                     f"< {ML100K_EPOCH_S} s", med < ML100K_EPOCH_S])  # fmt: skip
+        rows.append(
+            [
+                f"ML-100K: one UnKD epoch incl. validation (median of {len(runs)}: "
+                + ", ".join(f"{r:.3f}" for r in runs)
+                + ")",
+                f"{med:.3f} s",
+                f"< {ML100K_EPOCH_S} s",
+                med < ML100K_EPOCH_S,
+            ]
+        )
     if not a.skip_stack:
         bench_pid = {"bench (API, generator)": os.getpid()}
         figures["scale"] = fig = pipeline(a, bench_pid)

@@ -45,14 +45,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     redis_note = (
         f"local redis-server on 127.0.0.1:{stack.redis.port} (data in {stack.redis.directory})"
-        if stack.redis is not None else "UNKD_REDIS_URL"
-    )  # fmt: skip
+        if stack.redis is not None
+        else "UNKD_REDIS_URL"
+    )
     print(f"unkd is up (data dir {stack.data_dir})")
     print(f"  API      {stack.api_url}/v1")
     print(f"  docs     {stack.api_url}/docs")
     print(f"  metrics  {stack.api_url}/metrics")
     print(f"  redis    {redis_note}")
-    print(f"  worker   queues {settings.train_queue},{settings.light_queue} (pid {stack.worker.pid if stack.worker else '-'})")
+    print(
+        f"  worker   queues {settings.train_queue},{settings.light_queue} (pid {stack.worker.pid if stack.worker else '-'})"
+    )
     print("Ctrl-C stops everything.", flush=True)
     reason = stack.wait()
     print(f"stopping ({reason}) ...", flush=True)
@@ -70,10 +73,17 @@ def cmd_api(args: argparse.Namespace) -> int:
         print(f"error: {exposure}", file=sys.stderr)
         return 2
     if not settings.redis_url:
-        print("error: UNKD_REDIS_URL is not set (the API needs Redis; `unkd up` starts one)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "error: UNKD_REDIS_URL is not set (the API needs Redis; `unkd up` starts one)",
+            file=sys.stderr,
+        )
         return 2
-    common = {"host": args.host, "port": args.port, "log_level": settings.log_level.lower(), "proxy_headers": True}
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": settings.log_level.lower(),
+        "proxy_headers": True,
+    }
     if args.workers == 1:
         from service.api.app import create_app
 
@@ -101,8 +111,9 @@ def _positive(text: str) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not settings.redis_url:
-        print("error: UNKD_REDIS_URL is not set (the worker needs the stack's Redis)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "error: UNKD_REDIS_URL is not set (the worker needs the stack's Redis)", file=sys.stderr
+        )
         return 2
     import os
 
@@ -110,19 +121,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from service.stack.local import celery_worker_argv
 
     queues = args.queues or f"{settings.train_queue},{settings.light_queue}"
-    argv = celery_worker_argv(queues, hostname=args.hostname or "celery@%h", loglevel=settings.log_level,
-                       pool=args.pool, concurrency=args.concurrency, alone=False)  # fmt: skip
+    argv = celery_worker_argv(
+        queues,
+        hostname=args.hostname or "celery@%h",
+        loglevel=settings.log_level,
+        pool=args.pool,
+        concurrency=args.concurrency,
+        alone=False,
+    )
     # The worker is its own entry point (worker.celery_app): replace this process with it.
     os.execve(argv[0], argv, worker_env(dict(os.environ), settings_env(settings), args.threads))
 
 
-def worker_env(environ: dict[str, str], settings: dict[str, str], threads: int | None) -> dict[str, str]:
+def worker_env(
+    environ: dict[str, str], settings: dict[str, str], threads: int | None
+) -> dict[str, str]:
     """The worker's environment: the settings as UNKD_*, and with `threads` the thread count
     of torch, BLAS and OpenMP. Several workers on one host each take cores / workers: with
     every worker on all cores, two on 2 cores ran a training epoch 3x slower (docs/tuning.md)."""
     env = {**environ, **settings}
     if threads is not None:
-        env.update({name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+        env.update(
+            {
+                name: str(threads)
+                for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+            }
+        )
     return env
 
 
@@ -134,7 +158,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="unkd", description="UnKD distillation service: REST jobs, Celery workers, FAISS serving."
+        prog="unkd",
+        description="UnKD distillation service: REST jobs, Celery workers, FAISS serving.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -142,28 +167,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--data-dir", help="datasets, models, bundles, local Redis (UNKD_DATA_DIR)")
-    p.add_argument("--api-workers", type=_positive, default=1, help="API processes (as unkd api --workers)")
+    p.add_argument(
+        "--api-workers", type=_positive, default=1, help="API processes (as unkd api --workers)"
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("api", help="run the API alone (uvicorn), against UNKD_REDIS_URL")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=_positive, default=1, help="API processes on the port "
-                   "(one per core; each holds the served bundle: docs/service.md)")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="API processes on the port "
+        "(one per core; each holds the served bundle: docs/service.md)",
+    )
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("worker", help="run one Celery worker, against UNKD_REDIS_URL")
-    p.add_argument("-Q", "--queues", help="comma-separated (default: UNKD_TRAIN_QUEUE,UNKD_LIGHT_QUEUE)")
-    p.add_argument("--pool", default="solo", help="solo (one job at a time, GPU-safe) | prefork | threads")
+    p.add_argument(
+        "-Q", "--queues", help="comma-separated (default: UNKD_TRAIN_QUEUE,UNKD_LIGHT_QUEUE)"
+    )
+    p.add_argument(
+        "--pool", default="solo", help="solo (one job at a time, GPU-safe) | prefork | threads"
+    )
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--hostname", help="Celery node name, e.g. gpu0@%%h")
-    p.add_argument("--threads", type=_positive, help="threads per training job (OMP_NUM_THREADS); "
-                   "N workers on C cores: C/N each (default: all cores)")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        help="threads per training job (OMP_NUM_THREADS); "
+        "N workers on C cores: C/N each (default: all cores)",
+    )
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("demo", help="local stack, synthetic data, teacher, 3 students, publish, compare")
+    p = sub.add_parser(
+        "demo", help="local stack, synthetic data, teacher, 3 students, publish, compare"
+    )
     p.add_argument("--data-dir", help="keep everything here (default: a temporary directory)")
     p.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary data directory")
@@ -183,8 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.command in ("up", "api", "worker") else logging.WARNING,
-                        format=LOG_FORMAT, stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if args.command in ("up", "api", "worker") else logging.WARNING,
+        format=LOG_FORMAT,
+        stream=sys.stderr,
+    )
     return int(args.func(args) or 0)
 
 

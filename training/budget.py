@@ -86,8 +86,14 @@ def lists_mapped(n_users: int, cfg: DistillConfig, fanout_min_users: int) -> boo
     return cfg.method not in ("none", "rrd") and n_users >= fanout_min_users
 
 
-def distill_bytes(n_users: int, n_items: int, cfg: DistillConfig, teacher_dim: int,
-                  teacher_model: str = "mf", mapped: bool = False) -> int:  # fmt: skip
+def distill_bytes(
+    n_users: int,
+    n_items: int,
+    cfg: DistillConfig,
+    teacher_dim: int,
+    teacher_model: str = "mf",
+    mapped: bool = False,
+) -> int:
     """Student tables + the teacher (embeddings, or EASE's B) + the precomputed rankings
     (CD keeps the teacher's score beside each ranked item). mapped (`lists_mapped`): the
     rankings sit in the page cache, not in the process, and are not counted."""
@@ -118,19 +124,28 @@ def check_teacher(n_users: int, n_items: int, cfg: TeacherConfig, limit_bytes: i
     needed = teacher_bytes(n_users, n_items, cfg)
     if needed > limit_bytes and cfg.model == "ease":
         raise MemoryBudgetError(
-            "model", needed, limit_bytes, f"an ease teacher over {n_items:,} items",
+            "model",
+            needed,
+            limit_bytes,
+            f"an ease teacher over {n_items:,} items",
             hint="use model='als' or a smaller catalogue",
-        )  # fmt: skip
+        )
     if needed > limit_bytes:
         raise MemoryBudgetError(
-            "dim", needed, limit_bytes, f"a {cfg.model} teacher of dim={cfg.dim} over "
-            f"{n_users:,} users x {n_items:,} items",
-        )  # fmt: skip
+            "dim",
+            needed,
+            limit_bytes,
+            f"a {cfg.model} teacher of dim={cfg.dim} over {n_users:,} users x {n_items:,} items",
+        )
     return needed
 
 
 def check_distill(
-    n_users: int, n_items: int, cfg: DistillConfig, teacher_dim: int, limit_bytes: int,
+    n_users: int,
+    n_items: int,
+    cfg: DistillConfig,
+    teacher_dim: int,
+    limit_bytes: int,
     teacher_model: str = "mf",
     mapped: bool = False,
 ) -> int:
@@ -143,7 +158,10 @@ def check_distill(
         if cfg.method == "rd" and field != "dim":
             field = "rd.top_k"
         raise MemoryBudgetError(
-            field, needed, limit_bytes, f"distilling ({cfg.method}, student dim={cfg.dim}) over "
+            field,
+            needed,
+            limit_bytes,
+            f"distilling ({cfg.method}, student dim={cfg.dim}) over "
             f"{n_users:,} users x {n_items:,} items",
-        )  # fmt: skip
+        )
     return needed

@@ -37,8 +37,15 @@ from training.manifest import (
     read_report,
 )
 
-__all__ = ["EASE_FILE", "EMBEDDINGS", "MANIFEST", "NO_EMBEDDINGS", "REPORT", "ModelArtifact",
-           "NoEmbeddingsError"]
+__all__ = [
+    "EASE_FILE",
+    "EMBEDDINGS",
+    "MANIFEST",
+    "NO_EMBEDDINGS",
+    "REPORT",
+    "ModelArtifact",
+    "NoEmbeddingsError",
+]
 
 EMBEDDINGS = "embeddings.npz"
 EASE_FILE = EASE_WEIGHTS.file  # "ease.npz"
@@ -63,8 +70,10 @@ class ModelArtifact:
     def __post_init__(self) -> None:
         has_emb = self.user_emb is not None and self.item_emb is not None
         if has_emb == (self.item_item is not None) or has_emb != self.manifest.has_embeddings:
-            raise ValueError(f"model {self.manifest.id}: {self.manifest.model} needs "
-                             f"{'embeddings' if self.manifest.has_embeddings else 'item_item'} only")  # fmt: skip
+            raise ValueError(
+                f"model {self.manifest.id}: {self.manifest.model} needs "
+                f"{'embeddings' if self.manifest.has_embeddings else 'item_item'} only"
+            )
 
     @property
     def dim(self) -> int:
@@ -126,4 +135,6 @@ class ModelArtifact:
         except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as exc:
             # A truncated or corrupted file must fail with its name, not a bare zip error.
             raise DataError(f"{path / weights}: unreadable model weights ({exc})") from exc
-        return cls(user_emb=user_emb, item_emb=item_emb, manifest=manifest, report=report, path=path)
+        return cls(
+            user_emb=user_emb, item_emb=item_emb, manifest=manifest, report=report, path=path
+        )

@@ -98,8 +98,12 @@ class _TrialBar:
         self.bar.close()
 
 
-def _tuned(a: argparse.Namespace, ds: Any, cfg: TeacherConfig | DistillConfig,
-           teacher_dir: Path | None = None) -> Any:  # fmt: skip
+def _tuned(
+    a: argparse.Namespace,
+    ds: Any,
+    cfg: TeacherConfig | DistillConfig,
+    teacher_dir: Path | None = None,
+) -> Any:
     """`--tune N`: a study of N trials (training.tuning) in this process; the best model
     on validation is saved to --out with the trials in its report."""
     import optuna
@@ -121,10 +125,25 @@ def _tuned(a: argparse.Namespace, ds: Any, cfg: TeacherConfig | DistillConfig,
 
     def train(c: Any, trial_out: Path, on_progress: Any, should_stop: Any) -> Any:
         if teacher is None:
-            return train_teacher(ds, c, trial_out, device=device, on_progress=on_progress,
-                                 should_stop=should_stop, model_id=out.name)  # fmt: skip
-        return distill_student(ds, teacher, c, trial_out, device=device, on_progress=on_progress,
-                               should_stop=should_stop, model_id=out.name)  # fmt: skip
+            return train_teacher(
+                ds,
+                c,
+                trial_out,
+                device=device,
+                on_progress=on_progress,
+                should_stop=should_stop,
+                model_id=out.name,
+            )
+        return distill_student(
+            ds,
+            teacher,
+            c,
+            trial_out,
+            device=device,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            model_id=out.name,
+        )
 
     bound = None
     if teacher is not None:
@@ -146,8 +165,10 @@ def _saved(a: argparse.Namespace, art: Any) -> int:
     tuning = art.report.tuning if art.report is not None else None
     if tuning is not None:
         best = next(t for t in tuning.trials if t.number == tuning.best_trial)
-        print(f"tuned: trial {best.number} of {len(tuning.trials)} kept, valid ndcg@20 "
-              f"{best.valid_ndcg:.4f}, params {json.dumps(best.params)}")  # fmt: skip
+        print(
+            f"tuned: trial {best.number} of {len(tuning.trials)} kept, valid ndcg@20 "
+            f"{best.valid_ndcg:.4f}, params {json.dumps(best.params)}"
+        )
     print(f"saved to {a.out}")
     return 0
 
@@ -168,29 +189,57 @@ def _decay(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
-def _optim_args(p: argparse.ArgumentParser, defaults: type[TeacherConfig] | type[DistillConfig]) -> None:
+def _optim_args(
+    p: argparse.ArgumentParser, defaults: type[TeacherConfig] | type[DistillConfig]
+) -> None:
     # Defaults are None so that unset flags stay unset: a method's own defaults
     # (training.config.METHOD_DEFAULTS) then apply, exactly as for an API job.
     f = defaults.model_fields
-    p.add_argument("--epochs", type=int, help=f"maximum epochs, early stopping ends sooner (default {f['epochs'].default})")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"maximum epochs, early stopping ends sooner (default {f['epochs'].default})",
+    )
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {f['lr'].default})")
-    p.add_argument("--decay", type=_decay,
-                   help=f"L2 weight decay, a number or auto (0.015 x density^-1/4) (default "
-                        f"{f['decay'].default}; see METHOD_DEFAULTS)")
+    p.add_argument(
+        "--decay",
+        type=_decay,
+        help=f"L2 weight decay, a number or auto (0.015 x density^-1/4) (default "
+        f"{f['decay'].default}; see METHOD_DEFAULTS)",
+    )
     p.add_argument("--batch-size", type=int, help=f"default {f['batch_size'].default}")
-    p.add_argument("--patience", type=int, help=f"validation checks without improvement (default {f['patience'].default})")
-    p.add_argument("--eval-every", type=int, help=f"epochs between validation checks (default {f['eval_every'].default})")
+    p.add_argument(
+        "--patience",
+        type=int,
+        help=f"validation checks without improvement (default {f['patience'].default})",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        help=f"epochs between validation checks (default {f['eval_every'].default})",
+    )
     p.add_argument("--seed", type=int, help=f"default {f['seed'].default}")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--tune", type=int, metavar="N",
-                   help="tune on the validation split: train N configurations (Optuna TPE, "
-                        "pruned), keep the best (docs/tuning.md)")
+    p.add_argument(
+        "--tune",
+        type=int,
+        metavar="N",
+        help="tune on the validation split: train N configurations (Optuna TPE, "
+        "pruned), keep the best (docs/tuning.md)",
+    )
 
 
 def _teacher_options(a: argparse.Namespace) -> dict[str, Any]:
     """The als / ease flags the user gave, as nested option dicts (errors name als.<field>)."""
-    als = {k: v for k, v in (("regularization", a.als_reg), ("alpha", a.als_alpha),
-                             ("iterations", a.als_iterations)) if v is not None}  # fmt: skip
+    als = {
+        k: v
+        for k, v in (
+            ("regularization", a.als_reg),
+            ("alpha", a.als_alpha),
+            ("iterations", a.als_iterations),
+        )
+        if v is not None
+    }
     ease = {"l2": a.ease_l2} if a.ease_l2 is not None else {}
     return {**({"als": als} if als else {}), **({"ease": ease} if ease else {})}
 
@@ -205,10 +254,18 @@ def _optim_values(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_prepare(a: argparse.Namespace) -> int:
     from training.prepare import prepare_dataset
 
-    ds = prepare_dataset(Path(a.input), fmt=a.format, split=a.split, seed=a.seed,
-                         min_user_interactions=a.min_user, min_item_interactions=a.min_item)
+    ds = prepare_dataset(
+        Path(a.input),
+        fmt=a.format,
+        split=a.split,
+        seed=a.seed,
+        min_user_interactions=a.min_user,
+        min_item_interactions=a.min_item,
+    )
     ds.save(Path(a.out))
-    print(json.dumps({"path": str(a.out), "fingerprint": ds.fingerprint, **ds.statistics()}, indent=2))
+    print(
+        json.dumps({"path": str(a.out), "fingerprint": ds.fingerprint, **ds.statistics()}, indent=2)
+    )
     return 0
 
 
@@ -216,10 +273,15 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 def cmd_synthetic(a: argparse.Namespace) -> int:
     from training.synthetic import SYNTHETIC_DEFAULTS, generate_synthetic
 
-    params = {**SYNTHETIC_DEFAULTS, **{k: v for k, v in vars(a).items() if k in SYNTHETIC_DEFAULTS and v is not None}}
+    params = {
+        **SYNTHETIC_DEFAULTS,
+        **{k: v for k, v in vars(a).items() if k in SYNTHETIC_DEFAULTS and v is not None},
+    }
     ds = generate_synthetic(**params)
     ds.save(Path(a.out))
-    print(json.dumps({"path": str(a.out), "fingerprint": ds.fingerprint, **ds.statistics()}, indent=2))
+    print(
+        json.dumps({"path": str(a.out), "fingerprint": ds.fingerprint, **ds.statistics()}, indent=2)
+    )
     return 0
 
 
@@ -229,8 +291,9 @@ def cmd_train_teacher(a: argparse.Namespace) -> int:
     from training.evaluation import render_table
     from training.pipelines import train_teacher
 
-    cfg = TeacherConfig(model=a.model, dim=a.dim, n_layers=a.layers, **_teacher_options(a),
-                        **_optim_values(a))  # fmt: skip
+    cfg = TeacherConfig(
+        model=a.model, dim=a.dim, n_layers=a.layers, **_teacher_options(a), **_optim_values(a)
+    )
     ds = _load(a.data)
     if a.tune is not None:
         return _saved(a, _tuned(a, ds, cfg))
@@ -251,21 +314,30 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from training.pipelines import distill_student
 
     extra: dict[str, Any] = {"lambda_kd": a.lambda_kd} if a.lambda_kd is not None else {}
-    extra.update({k: v for k, v in (("warm_start", a.warm_start), ("head_share_cap", a.head_share_cap))
-                  if v is not None})  # fmt: skip
+    extra.update(
+        {
+            k: v
+            for k, v in (("warm_start", a.warm_start), ("head_share_cap", a.head_share_cap))
+            if v is not None
+        }
+    )
     cfg = DistillConfig(
-        method=a.method, dim=a.dim, student_model=a.student_model,
+        method=a.method,
+        dim=a.dim,
+        student_model=a.student_model,
         # a dict, not UnKDOptions(...): its errors then name the field as unkd.<field>
         unkd={"groups": a.groups, "pairs_per_user": a.pairs_per_user, "mu": a.mu, "top_l": a.top_l},  # type: ignore[arg-type]
-        **extra, **_optim_values(a),
+        **extra,
+        **_optim_values(a),
     )
     ds = _load(a.data)
     if a.tune is not None:
         return _saved(a, _tuned(a, ds, cfg, Path(a.teacher)))
     bar = _Bar(f"{a.method} student {a.student_model}-{a.dim}")
     try:
-        art = distill_student(ds, Path(a.teacher), cfg, Path(a.out), device=resolve_device(a.device),
-                              on_progress=bar)
+        art = distill_student(
+            ds, Path(a.teacher), cfg, Path(a.out), device=resolve_device(a.device), on_progress=bar
+        )
     finally:
         bar.close()
     print(render_table(art.report))
@@ -288,17 +360,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the offline commands to the `unkd` parser."""
     data = sub.add_parser("data", help="prepare datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    p = dsub.add_parser("prepare", help="read an interactions file, split it, save a dataset artifact")
-    p.add_argument("input", help="CSV/TSV, Parquet, RecBole .inter, MovieLens u.data/ratings.dat, or 'lines'")
+    p = dsub.add_parser(
+        "prepare", help="read an interactions file, split it, save a dataset artifact"
+    )
+    p.add_argument(
+        "input", help="CSV/TSV, Parquet, RecBole .inter, MovieLens u.data/ratings.dat, or 'lines'"
+    )
     p.add_argument("--out", required=True, help="dataset artifact directory to write")
-    p.add_argument("--format", default="auto", help="auto | csv | tsv | parquet | recbole | movielens | lines")
-    p.add_argument("--split", default="auto", help="auto (given column, else random) | random | temporal | given")
+    p.add_argument(
+        "--format", default="auto", help="auto | csv | tsv | parquet | recbole | movielens | lines"
+    )
+    p.add_argument(
+        "--split",
+        default="auto",
+        help="auto (given column, else random) | random | temporal | given",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-user", type=int, default=1, help="drop users with fewer interactions")
     p.add_argument("--min-item", type=int, default=1, help="drop items with fewer interactions")
     p.set_defaults(func=cmd_prepare)
 
-    p = dsub.add_parser("synthetic", help="generate the built-in synthetic dataset (known true preferences)")
+    p = dsub.add_parser(
+        "synthetic", help="generate the built-in synthetic dataset (known true preferences)"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--n-users", dest="n_users", type=int)
     p.add_argument("--n-items", dest="n_items", type=int)
@@ -307,16 +391,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_synthetic)
 
     als, ease = ALSOptions(), EASEOptions()
-    p = sub.add_parser("train-teacher", help="train a teacher: mf or lightgcn (BPR), als (implicit) or ease")
+    p = sub.add_parser(
+        "train-teacher", help="train a teacher: mf or lightgcn (BPR), als (implicit) or ease"
+    )
     p.add_argument("data", help="dataset artifact directory or raw interactions file")
-    p.add_argument("--model", choices=list(TEACHER_MODELS), default="mf",
-                   help="mf | lightgcn (BPR) | als (implicit ALS) | ease (closed form, catalogues "
-                        f"up to {EASE_MAX_ITEMS:,} items) (docs/teachers.md)")
-    p.add_argument("--dim", type=int, default=TeacherConfig.model_fields["dim"].default,
-                   help="embedding size of mf, lightgcn and als (ease has none)")
+    p.add_argument(
+        "--model",
+        choices=list(TEACHER_MODELS),
+        default="mf",
+        help="mf | lightgcn (BPR) | als (implicit ALS) | ease (closed form, catalogues "
+        f"up to {EASE_MAX_ITEMS:,} items) (docs/teachers.md)",
+    )
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=TeacherConfig.model_fields["dim"].default,
+        help="embedding size of mf, lightgcn and als (ease has none)",
+    )
     p.add_argument("--layers", type=int, default=3, help="LightGCN layers")
-    p.add_argument("--als-alpha", type=float, help=f"ALS confidence of an interaction (default {als.alpha})")
-    p.add_argument("--als-reg", type=float, help=f"ALS regularization (default {als.regularization})")
+    p.add_argument(
+        "--als-alpha", type=float, help=f"ALS confidence of an interaction (default {als.alpha})"
+    )
+    p.add_argument(
+        "--als-reg", type=float, help=f"ALS regularization (default {als.regularization})"
+    )
     p.add_argument("--als-iterations", type=int, help=f"ALS iterations (default {als.iterations})")
     p.add_argument("--ease-l2", type=float, help=f"EASE λ (default {ease.l2})")
     p.add_argument("--out", required=True, help="model directory to write")
@@ -332,17 +430,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=int, default=d["dim"].default)
     p.add_argument("--student-model", choices=["mf", "lightgcn"], default="mf")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--lambda-kd", type=float,
-                   help=f"weight of the KD loss (default {d['lambda_kd'].default}; "
-                        f"unkd: {METHOD_DEFAULTS['unkd']['lambda_kd']})")
-    p.add_argument("--warm-start", choices=["none", "als"],
-                   help="als: start the MF student from ALS factors of its size (default: als for "
-                        "the distillation methods, none for the plain student)")
-    p.add_argument("--head-share-cap", choices=["none", "teacher"],
-                   help="teacher: choose the epoch among those whose validation head share is at "
-                        "most the teacher's (default: teacher for unkd, else none)")
+    p.add_argument(
+        "--lambda-kd",
+        type=float,
+        help=f"weight of the KD loss (default {d['lambda_kd'].default}; "
+        f"unkd: {METHOD_DEFAULTS['unkd']['lambda_kd']})",
+    )
+    p.add_argument(
+        "--warm-start",
+        choices=["none", "als"],
+        help="als: start the MF student from ALS factors of its size (default: als for "
+        "the distillation methods, none for the plain student)",
+    )
+    p.add_argument(
+        "--head-share-cap",
+        choices=["none", "teacher"],
+        help="teacher: choose the epoch among those whose validation head share is at "
+        "most the teacher's (default: teacher for unkd, else none)",
+    )
     p.add_argument("--groups", type=int, default=u.groups, help="UnKD popularity groups G")
-    p.add_argument("--pairs-per-user", type=int, default=u.pairs_per_user, help="UnKD pairs per user per epoch")
+    p.add_argument(
+        "--pairs-per-user", type=int, default=u.pairs_per_user, help="UnKD pairs per user per epoch"
+    )
     p.add_argument("--mu", type=float, default=u.mu, help="UnKD rank-sampling temperature")
     p.add_argument("--top-l", type=int, default=u.top_l, help="UnKD candidates per (user, group)")
     _optim_args(p, DistillConfig)

@@ -32,9 +32,10 @@ class OptimConfig(_Strict):
 
     lr: float = Field(0.005, gt=0, le=1.0, description="Adam learning rate")
     decay: Annotated[float, Field(ge=0, le=1.0)] | Literal["auto"] = Field(
-        0.01, description="L2 weight on the batch's embeddings; auto: "
+        0.01,
+        description="L2 weight on the batch's embeddings; auto: "
         f"{DECAY_AT_DENSITY_1} x density^(-1/4) of the training split (training.defaults)",
-    )  # fmt: skip
+    )
     batch_size: int = Field(4096, ge=16, le=1_000_000)
     epochs: int = Field(400, ge=1, le=10_000, description="upper bound; early stopping ends sooner")
     patience: int = Field(4, ge=1, le=1000, description="validation checks without improvement")
@@ -48,8 +49,12 @@ class ALSOptions(_Strict):
     (0.957 and 1.0; implicit's own 0.01 / 1.0 reach 0.75 and 0.64). docs/teachers.md."""
 
     regularization: float = Field(100.0, ge=0, le=100_000, description="L2 weight on the factors")
-    alpha: float = Field(40.0, gt=0, le=100_000,
-                         description="confidence of an observed interaction; unobserved ones weigh 1")
+    alpha: float = Field(
+        40.0,
+        gt=0,
+        le=100_000,
+        description="confidence of an observed interaction; unobserved ones weigh 1",
+    )
     iterations: int = Field(15, ge=1, le=1000, description="alternating least-squares sweeps")
 
 
@@ -76,11 +81,15 @@ class UnKDOptions(_Strict):
     groups: int = Field(4, ge=1, le=100, description="popularity groups G")
     pairs_per_user: int = Field(30, ge=1, le=10_000, description="pairs per user per epoch, N")
     mu: float = Field(20.0, gt=0, description="rank-sampling temperature: P(r) ∝ exp(-r/mu)")
-    top_l: int = Field(1000, ge=2, le=100_000, description="teacher candidates kept per (user, group)")
+    top_l: int = Field(
+        1000, ge=2, le=100_000, description="teacher candidates kept per (user, group)"
+    )
 
 
 class RDOptions(_Strict):
-    top_k: int = Field(10, ge=1, le=1000, description="teacher top-K unobserved items used as positives")
+    top_k: int = Field(
+        10, ge=1, le=1000, description="teacher top-K unobserved items used as positives"
+    )
     rank_lambda: float = Field(5.0, gt=0, description="rank weight w_r ∝ exp(-r/rank_lambda)")
 
 
@@ -95,7 +104,9 @@ class RRDOptions(_Strict):
     interesting: int = Field(10, ge=1, le=1000, description="K items from the teacher's top ranks")
     uninteresting: int = Field(40, ge=1, le=10_000, description="L items from below the top ranks")
     top_l: int = Field(100, ge=2, le=100_000, description="the 'top ranks' K items are drawn from")
-    rank_lambda: float = Field(10.0, gt=0, description="sampling P(r) ∝ exp(-r/rank_lambda) in top_l")
+    rank_lambda: float = Field(
+        10.0, gt=0, description="sampling P(r) ∝ exp(-r/rank_lambda) in top_l"
+    )
 
 
 # Per-method defaults (docs/quality.md). Every distillation method starts its MF student
@@ -109,8 +120,13 @@ METHOD_DEFAULTS: dict[str, dict[str, float | str]] = {
     "rd": {"lr": 0.001, "warm_start": "als"},
     "cd": {"lr": 0.001, "warm_start": "als"},
     "rrd": {"lr": 0.001, "decay": 0.003, "warm_start": "als"},
-    "unkd": {"lr": 0.001, "decay": 0.001, "lambda_kd": 1.0, "warm_start": "als",
-             "head_share_cap": "teacher"},
+    "unkd": {
+        "lr": 0.001,
+        "decay": 0.001,
+        "lambda_kd": 1.0,
+        "warm_start": "als",
+        "head_share_cap": "teacher",
+    },
 }
 
 
@@ -120,22 +136,25 @@ class DistillConfig(OptimConfig):
 
     lr: float = Field(0.01, gt=0, le=1.0, description="Adam learning rate")
     decay: Annotated[float, Field(ge=0, le=1.0)] | Literal["auto"] = Field(
-        "auto", description="L2 weight on the batch's embeddings; auto: "
+        "auto",
+        description="L2 weight on the batch's embeddings; auto: "
         f"{DECAY_AT_DENSITY_1} x density^(-1/4) of the training split (training.defaults)",
-    )  # fmt: skip
+    )
     method: MethodName = "unkd"
     student_model: ModelName = "mf"
     dim: int = Field(10, ge=1, le=4096)
     n_layers: int = Field(3, ge=1, le=8)
     lambda_kd: float = Field(1.0, ge=0, le=1000, description="weight of the distillation loss")
     warm_start: Literal["none", "als"] = Field(
-        "none", description="als: start an MF student from ALS factors of its own size, fitted on "
+        "none",
+        description="als: start an MF student from ALS factors of its own size, fitted on "
         "the training split (docs/quality.md: keeps ALS-10's accuracy while UnKD lowers its head share)",
-    )  # fmt: skip
+    )
     head_share_cap: Literal["none", "teacher"] = Field(
-        "none", description="teacher: keep the best validation epoch among those whose validation "
+        "none",
+        description="teacher: keep the best validation epoch among those whose validation "
         "head share@20 is at most the teacher's",
-    )  # fmt: skip
+    )
     unkd: UnKDOptions = Field(default_factory=UnKDOptions)
     rd: RDOptions = Field(default_factory=RDOptions)
     cd: CDOptions = Field(default_factory=CDOptions)
@@ -170,6 +189,11 @@ class TuneOptions(_Strict):
     `trials` configurations are trained and the best by validation NDCG@20 is kept (for a
     student: among those whose validation head share is at most its teacher's)."""
 
-    trials: int = Field(ge=1, le=MAX_TRIALS, description="configurations to train to the end or to pruning")
-    prune: bool = Field(True, description="stop a trial whose validation NDCG trails the median of earlier trials at the same epoch")
+    trials: int = Field(
+        ge=1, le=MAX_TRIALS, description="configurations to train to the end or to pruning"
+    )
+    prune: bool = Field(
+        True,
+        description="stop a trial whose validation NDCG trails the median of earlier trials at the same epoch",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the TPE sampler")

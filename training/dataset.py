@@ -165,7 +165,9 @@ class Dataset:
         path = Path(path)
         manifest_path, arrays_path = path / "manifest.json", path / "arrays.npz"
         if not manifest_path.is_file() or not arrays_path.is_file():
-            raise DataError(f"{path}: not a dataset artifact (manifest.json and arrays.npz expected)")
+            raise DataError(
+                f"{path}: not a dataset artifact (manifest.json and arrays.npz expected)"
+            )
         manifest = read_json(manifest_path)
         with np.load(arrays_path, allow_pickle=False) as z:
             truth = None
@@ -182,5 +184,7 @@ class Dataset:
                 truth=truth,
             )
         if ds.fingerprint != manifest["fingerprint"]:
-            raise DataError(f"{path}: content does not match its manifest fingerprint (corrupt artifact)")
+            raise DataError(
+                f"{path}: content does not match its manifest fingerprint (corrupt artifact)"
+            )
         return ds

@@ -27,7 +27,7 @@ def density_decay(train: sp.spmatrix) -> float:
     if density <= 0:
         return DECAY_RANGE[1]
     low, high = DECAY_RANGE
-    return float(min(high, max(low, DECAY_AT_DENSITY_1 * density ** -0.25)))
+    return float(min(high, max(low, DECAY_AT_DENSITY_1 * density**-0.25)))
 
 
 def resolve(cfg: C, train: sp.spmatrix) -> C:

@@ -129,8 +129,13 @@ def _align(lists: np.ndarray, dataset: Dataset, users: np.ndarray, name: str) ->
     )
 
 
-def _check_lists(lists: np.ndarray, excluded: sp.csr_matrix, n_items: int, kmax: int,
-                 block: int = METRIC_BLOCK_USERS) -> None:  # fmt: skip
+def _check_lists(
+    lists: np.ndarray,
+    excluded: sp.csr_matrix,
+    n_items: int,
+    kmax: int,
+    block: int = METRIC_BLOCK_USERS,
+) -> None:
     """Refuse lists the metrics would silently mis-score (in blocks of users)."""
     if lists.shape[1] < kmax:
         raise ValueError(f"lists have {lists.shape[1]} columns, ks need {kmax}")
@@ -147,8 +152,10 @@ def _check_lists(lists: np.ndarray, excluded: sp.csr_matrix, n_items: int, kmax:
         bad = row_membership(part, excluded[start : start + block], n_items)
         if bad.any():
             u, pos = np.argwhere(bad)[0]
-            raise ValueError(f"list row {start + u} slot {pos} holds excluded item {part[u, pos]}; "
-                             "remove seen items first")  # fmt: skip
+            raise ValueError(
+                f"list row {start + u} slot {pos} holds excluded item {part[u, pos]}; "
+                "remove seen items first"
+            )
 
 
 def evaluate_topk(
@@ -315,10 +322,16 @@ def evaluate_scorer(
     ref_lists = None
     if reference is not None:
         ref_lists = topk_from_scorer(reference, users, excl, kmax, chunk=cfg.user_chunk)
-    logger.info("top-%d for %d users x %d items in %.2fs", kmax, len(users), dataset.n_items,
-                time.perf_counter() - t0)  # fmt: skip
-    return evaluate_topk(dataset, lists, cfg=cfg, split=split, reference_topk=ref_lists,
-                         device=scorer.device)  # fmt: skip
+    logger.info(
+        "top-%d for %d users x %d items in %.2fs",
+        kmax,
+        len(users),
+        dataset.n_items,
+        time.perf_counter() - t0,
+    )
+    return evaluate_topk(
+        dataset, lists, cfg=cfg, split=split, reference_topk=ref_lists, device=scorer.device
+    )
 
 
 def evaluate_embeddings(
@@ -329,7 +342,9 @@ def evaluate_embeddings(
     cfg: EvalConfig | None = None,
     split: str = "test",
     device: torch.device = CPU,
-    reference: TeacherScorer | tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor] | None = None,
+    reference: TeacherScorer
+    | tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]
+    | None = None,
 ) -> dict[str, Any]:
     """Rank every evaluated user by user_emb @ item_emb.T and build the quality report
     (`evaluate_scorer` with an EmbeddingScorer).
@@ -345,5 +360,10 @@ def evaluate_embeddings(
         )
     if isinstance(reference, tuple):
         reference = EmbeddingScorer(*reference, device=device)
-    return evaluate_scorer(dataset, EmbeddingScorer(user_emb, item_emb, device=device), cfg=cfg,
-                           split=split, reference=reference)  # fmt: skip
+    return evaluate_scorer(
+        dataset,
+        EmbeddingScorer(user_emb, item_emb, device=device),
+        cfg=cfg,
+        split=split,
+        reference=reference,
+    )

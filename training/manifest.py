@@ -120,9 +120,12 @@ class TrainingSummary(_Closed):
     seconds: float = Field(ge=0, description="wall time of the whole fit")
     seconds_per_epoch: float = Field(ge=0)
     history: list[EpochRecord] = Field(default_factory=list)
-    backend: str | None = Field(None, exclude_if=_absent,
-                                description="what fitted it, when not our trainer: implicit.cpu, "
-                                "implicit.gpu (als), torch (ease)")
+    backend: str | None = Field(
+        None,
+        exclude_if=_absent,
+        description="what fitted it, when not our trainer: implicit.cpu, "
+        "implicit.gpu (als), torch (ease)",
+    )
     # Students only: ranking the teacher's candidates before the first epoch.
     candidates_seconds: float | None = Field(None, ge=0, exclude_if=_absent)
     candidate_bytes: int | None = Field(None, ge=0, exclude_if=_absent)
@@ -131,7 +134,9 @@ class TrainingSummary(_Closed):
 class WeightsInfo(_Closed):
     """What a model without embeddings (an EASE teacher) keeps instead of embeddings.npz."""
 
-    file: str = Field(pattern=r"^[A-Za-z0-9_.\-]+\.npz$", description="a file of the model directory")
+    file: str = Field(
+        pattern=r"^[A-Za-z0-9_.\-]+\.npz$", description="a file of the model directory"
+    )
     arrays: dict[str, str] = Field(description="array name -> shape, dtype and meaning")
     scoring: str = Field(description="how a user's scores over all items are computed")
 
@@ -154,11 +159,13 @@ class ModelManifest(_Closed):
     id: str | None = Field(None, description="model id (the registry's in the service)")
     kind: ModelKind
     model: TeacherModelName = Field(
-        description="teachers: mf, lightgcn, als (embeddings) or ease (weights); students: mf or lightgcn")
+        description="teachers: mf, lightgcn, als (embeddings) or ease (weights); students: mf or lightgcn"
+    )
     method: MethodName | None = Field(None, description="distillation method; None for a teacher")
     dim: int = Field(ge=1, description="embedding size; for ease, n_items (the length of B's rows)")
     weights: WeightsInfo | None = Field(
-        None, exclude_if=_absent, description="a model without embeddings: what it keeps instead")
+        None, exclude_if=_absent, description="a model without embeddings: what it keeps instead"
+    )
     config: TeacherConfig | DistillConfig | None = Field(None, description="hyper-parameters")
     dataset: DatasetInfo
     lineage: Lineage = Field(default_factory=Lineage)
@@ -226,11 +233,20 @@ def build_manifest(
     if ease and n_items is None:
         raise ValueError("an ease teacher's manifest needs n_items (its dim)")
     return ModelManifest(
-        id=model_id, kind=kind, model=model, method=method,
-        dim=n_items if ease and n_items else cfg.dim, weights=EASE_WEIGHTS if ease else None,
-        config=cfg, dataset=dataset, lineage=lineage, teacher=teacher, created_at=created_at,
-        device=device, training=training,
-    )  # fmt: skip
+        id=model_id,
+        kind=kind,
+        model=model,
+        method=method,
+        dim=n_items if ease and n_items else cfg.dim,
+        weights=EASE_WEIGHTS if ease else None,
+        config=cfg,
+        dataset=dataset,
+        lineage=lineage,
+        teacher=teacher,
+        created_at=created_at,
+        device=device,
+        training=training,
+    )
 
 
 # -- the quality report ------------------------------------------------------------------
@@ -301,7 +317,9 @@ class TrialRecord(_Closed):
     params: dict[str, float | int | str | bool] = Field(
         default_factory=dict, description="the tuned fields, dotted for nested options (unkd.mu)"
     )
-    valid_ndcg: Figure = Field(None, description="validation NDCG@20 of its kept epoch (pruned: the last measured)")
+    valid_ndcg: Figure = Field(
+        None, description="validation NDCG@20 of its kept epoch (pruned: the last measured)"
+    )
     valid_head_share: Figure = Field(None, description="validation head-group share@20")
     feasible: bool | None = Field(None, description="head share within the constraint; None: none")
     epochs: int | None = Field(None, ge=0, description="epochs run (the last reported when pruned)")
@@ -317,7 +335,9 @@ class TuningSummary(_Closed):
     teacher_valid_head_share: Figure = Field(None, exclude_if=_absent)
     trials_requested: int = Field(ge=1)
     best_trial: int = Field(ge=0, description="number of the trial whose model this is")
-    best_feasible: bool = Field(True, description="False: no trial met the constraint; the least violating was kept")
+    best_feasible: bool = Field(
+        True, description="False: no trial met the constraint; the least violating was kept"
+    )
     sampler: str
     pruner: str | None = None
     seconds: float | None = Field(None, ge=0, description="wall time of the whole study")

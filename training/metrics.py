@@ -177,9 +177,14 @@ def compute_metrics(
             np.asarray(topk[start:stop, :kmax], dtype=np.int64),
             ptr - ptr[0],
             indices[ptr[0] : ptr[-1]],
-            pop=pop, groups=groups, head=head, ks=ks, n_groups=n_groups,
-            ips_gamma=ips_gamma, n_train_users=n_train_users,
-        )  # fmt: skip
+            pop=pop,
+            groups=groups,
+            head=head,
+            ks=ks,
+            n_groups=n_groups,
+            ips_gamma=ips_gamma,
+            n_train_users=n_train_users,
+        )
         _add(totals, sums)
         for key, values in pu.items():
             per_user.setdefault(key, []).append(values)
@@ -305,8 +310,18 @@ def _block_sums(
         sums[f"ips_ndcg@{k}"] = float((w_dcg_cum[:, k - 1] / ideal).sum())
 
     # -- C, D. exposure, popularity bias, concentration --------------------------------------
-    sums.update(exposure_sums(topk, hit, grp, ks=ks, pop=pop, head=head, n_groups=n_groups,
-                              n_train_users=n_train_users))  # fmt: skip
+    sums.update(
+        exposure_sums(
+            topk,
+            hit,
+            grp,
+            ks=ks,
+            pop=pop,
+            head=head,
+            n_groups=n_groups,
+            n_train_users=n_train_users,
+        )
+    )
     return sums, pu
 
 

@@ -162,8 +162,10 @@ def exposure_finish(
         p_g = np.divide(hits_g, pos_by_group, out=np.full(n_groups, np.nan), where=pos_by_group > 0)
         m[f"pop_reo@{k}"] = _cv(p_g)
 
-        m[f"dtr@{k}"] = _ratio(_ratio(sums[f"exp_pop@{k}"], sums[f"util_pop@{k}"]),
-                               _ratio(sums[f"exp_rest@{k}"], sums[f"util_rest@{k}"]))  # fmt: skip
+        m[f"dtr@{k}"] = _ratio(
+            _ratio(sums[f"exp_pop@{k}"], sums[f"util_pop@{k}"]),
+            _ratio(sums[f"exp_rest@{k}"], sums[f"util_rest@{k}"]),
+        )
 
         m[f"popularity_bias@{k}"] = sums[f"p@{k}"] / (n * k)
         m[f"novelty@{k}"] = sums[f"info@{k}"] / (n * k)

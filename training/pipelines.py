@@ -47,25 +47,40 @@ def _report(dataset: Dataset, scorer: TeacherScorer, cfg: EvalConfig) -> Quality
     return QualityReport.model_validate(evaluate_scorer(dataset, scorer, cfg=cfg))
 
 
-def _student_report(dataset: Dataset, student: TeacherScorer, teacher: ModelArtifact,
-                    cfg: EvalConfig, device: torch.device) -> QualityReport:  # fmt: skip
+def _student_report(
+    dataset: Dataset,
+    student: TeacherScorer,
+    teacher: ModelArtifact,
+    cfg: EvalConfig,
+    device: torch.device,
+) -> QualityReport:
     """A student's report with its teacher's figures, the deltas and list overlap."""
     teacher_scorer = load_scorer(teacher, dataset.csr("train"), device)
     report = evaluate_scorer(dataset, student, cfg=cfg, reference=teacher_scorer)
     return with_teacher(dataset, report, teacher, cfg, device)
 
 
-def with_teacher(dataset: Dataset, report: dict[str, object], teacher: ModelArtifact, cfg: EvalConfig,
-                 device: torch.device) -> QualityReport:  # fmt: skip
+def with_teacher(
+    dataset: Dataset,
+    report: dict[str, object],
+    teacher: ModelArtifact,
+    cfg: EvalConfig,
+    device: torch.device,
+) -> QualityReport:
     """A student's report (training.evaluation's dict) with its teacher's figures attached."""
-    teacher_report = teacher.report or _report(dataset, load_scorer(teacher, dataset.csr("train"), device), cfg)
-    return QualityReport.model_validate(attach_teacher(report, teacher_report.model_dump(mode="json")))
+    teacher_report = teacher.report or _report(
+        dataset, load_scorer(teacher, dataset.csr("train"), device), cfg
+    )
+    return QualityReport.model_validate(
+        attach_teacher(report, teacher_report.model_dump(mode="json"))
+    )
 
 
 # A student's quality report computed elsewhere (worker/fanout.py: in shards of users):
 # (dataset, user_emb, item_emb, teacher, eval config, device) -> the report.
-StudentReportFn = Callable[[Dataset, np.ndarray, np.ndarray, ModelArtifact, EvalConfig, torch.device],
-                           QualityReport]  # fmt: skip
+StudentReportFn = Callable[
+    [Dataset, np.ndarray, np.ndarray, ModelArtifact, EvalConfig, torch.device], QualityReport
+]
 
 
 def _emit(on_progress: ProgressCallback | None, stage: str, message: str = "") -> None:
@@ -91,7 +106,9 @@ def _save(
     if teacher is not None:  # a student: where its teacher is, to compare against later
         tm = teacher.manifest
         lineage.teacher_id = tm.id
-        teacher_info = TeacherInfo(model=tm.model, dim=tm.dim, path=str(teacher.path) if teacher.path else None)
+        teacher_info = TeacherInfo(
+            model=tm.model, dim=tm.dim, path=str(teacher.path) if teacher.path else None
+        )
     manifest = build_manifest(
         cfg,
         model_id=model_id or out_dir.name,
@@ -103,8 +120,9 @@ def _save(
         teacher=teacher_info,
         n_items=dataset.n_items,
     )
-    artifact = ModelArtifact(fitted.user_emb, fitted.item_emb, manifest, report,
-                             item_item=fitted.item_item)  # fmt: skip
+    artifact = ModelArtifact(
+        fitted.user_emb, fitted.item_emb, manifest, report, item_item=fitted.item_item
+    )
     if should_stop is not None and should_stop():  # cancelled during evaluation: write nothing
         raise JobCancelled("cancelled before the model was saved")
     artifact.save(out_dir)
@@ -135,12 +153,23 @@ def train_teacher(
     out_dir = Path(out_dir)
     cfg = resolve(cfg, dataset.csr("train"))  # "auto" fields become the numbers used
     t0 = time.perf_counter()
-    fitted = fit_teacher(dataset, cfg, device=device, on_progress=on_progress, should_stop=should_stop)
+    fitted = fit_teacher(
+        dataset, cfg, device=device, on_progress=on_progress, should_stop=should_stop
+    )
     train_s = time.perf_counter() - t0
     _emit(on_progress, "evaluate")
     report = _report(dataset, fitted.scorer(dataset.csr("train"), device), eval_cfg or EvalConfig())
-    artifact = _save(cfg, dataset, fitted, report, out_dir, device=device, model_id=model_id,
-                     dataset_id=dataset_id, should_stop=should_stop)  # fmt: skip
+    artifact = _save(
+        cfg,
+        dataset,
+        fitted,
+        report,
+        out_dir,
+        device=device,
+        model_id=model_id,
+        dataset_id=dataset_id,
+        should_stop=should_stop,
+    )
     logger.info("teacher %s saved to %s (%.1fs)", artifact.manifest.id, out_dir, train_s)
     return artifact
 
@@ -149,41 +178,65 @@ def train_teacher(
 # a student's size differs by orders of magnitude between datasets (ALS-10 on MovieLens-100K:
 # 0.01 and alpha 1 beat the teacher defaults 100 and 40 by 13 %; docs/quality.md).
 WARM_START_GRID: tuple[tuple[float, float], ...] = (
-    (0.01, 1.0), (0.01, 10.0), (1.0, 10.0), (100.0, 40.0),
-)  # fmt: skip
+    (0.01, 1.0),
+    (0.01, 10.0),
+    (1.0, 10.0),
+    (100.0, 40.0),
+)
 
 
-def _warm_start_from_als(student: Ranker, cfg: DistillConfig, train: sp.csr_matrix,
-                         valid: sp.csr_matrix, device: torch.device,
-                         on_progress: ProgressCallback | None, should_stop: ShouldStop | None) -> None:  # fmt: skip
+def _warm_start_from_als(
+    student: Ranker,
+    cfg: DistillConfig,
+    train: sp.csr_matrix,
+    valid: sp.csr_matrix,
+    device: torch.device,
+    on_progress: ProgressCallback | None,
+    should_stop: ShouldStop | None,
+) -> None:
     """Set an MF student's embeddings to the ALS factors of its size that do best on
     validation among WARM_START_GRID (cfg.seed; a few seconds per fit)."""
     if not isinstance(student, MF):
         raise ConfigError(f"warm_start='als' needs student_model='mf', not {cfg.student_model!r}")
     best = None
     for reg, alpha in WARM_START_GRID:
-        _emit(on_progress, "warm_start", f"fitting ALS-{cfg.dim} (regularization {reg}, alpha {alpha})")
-        als_cfg = TeacherConfig(model="als", dim=cfg.dim, seed=cfg.seed,
-                                als=ALSOptions(regularization=reg, alpha=alpha))  # fmt: skip
+        _emit(
+            on_progress,
+            "warm_start",
+            f"fitting ALS-{cfg.dim} (regularization {reg}, alpha {alpha})",
+        )
+        als_cfg = TeacherConfig(
+            model="als", dim=cfg.dim, seed=cfg.seed, als=ALSOptions(regularization=reg, alpha=alpha)
+        )
         fitted = fit_als(train, valid, als_cfg, device=device, should_stop=should_stop)
         if best is None or fitted.valid[f"ndcg@{VALID_K}"] > best.valid[f"ndcg@{VALID_K}"]:
             best = fitted
     assert best is not None
-    logger.info("warm start: ALS-%d with validation ndcg@%d %.4f", cfg.dim, VALID_K,
-                best.valid[f"ndcg@{VALID_K}"])  # fmt: skip
+    logger.info(
+        "warm start: ALS-%d with validation ndcg@%d %.4f",
+        cfg.dim,
+        VALID_K,
+        best.valid[f"ndcg@{VALID_K}"],
+    )
     student.set_embeddings(torch.from_numpy(best.user_emb), torch.from_numpy(best.item_emb))
 
 
-def _seed_candidates(pre: PrecomputedCandidates, cfg: DistillConfig, train: sp.csr_matrix,
-                     cache_key: str) -> None:  # fmt: skip
+def _seed_candidates(
+    pre: PrecomputedCandidates, cfg: DistillConfig, train: sp.csr_matrix, cache_key: str
+) -> None:
     """Put precomputed lists where the distiller's prepare() finds them: the process's
     candidate cache, under the key it will ask for."""
     want = candidate_options(cfg, train)
     got = pre.options
-    if want is None or (want.top_l, want.with_scores) != (got.top_l, got.with_scores) \
-            or not np.array_equal(want.groups, got.groups):  # fmt: skip
-        raise ValueError(f"precomputed candidate lists (top_l={got.top_l}) are not the lists "
-                         f"method={cfg.method!r} ranks")  # fmt: skip
+    if (
+        want is None
+        or (want.top_l, want.with_scores) != (got.top_l, got.with_scores)
+        or not np.array_equal(want.groups, got.groups)
+    ):
+        raise ValueError(
+            f"precomputed candidate lists (top_l={got.top_l}) are not the lists "
+            f"method={cfg.method!r} ranks"
+        )
     key = candidates_key(cache_key, train, got.groups, got.top_l, got.with_scores)
     CANDIDATE_CACHE.clear()
     CANDIDATE_CACHE.get_or_build(key, lambda: pre.lists)
@@ -213,7 +266,9 @@ def distill_student(
     fanned-out job's evaluation shards); it must give what _student_report gives.
     """
     out_dir = Path(out_dir)
-    teacher_art = teacher if isinstance(teacher, ModelArtifact) else ModelArtifact.load(Path(teacher))
+    teacher_art = (
+        teacher if isinstance(teacher, ModelArtifact) else ModelArtifact.load(Path(teacher))
+    )
     teacher_art.check_dataset(dataset.fingerprint)
     t0 = time.perf_counter()
     train = dataset.csr("train")
@@ -234,7 +289,9 @@ def distill_student(
             hits = CANDIDATE_CACHE.hits
             distiller.prepare(should_stop)
             if candidates is not None and CANDIDATE_CACHE.hits == hits:
-                raise RuntimeError("the distiller ranked its own candidates beside the precomputed ones")
+                raise RuntimeError(
+                    "the distiller ranked its own candidates beside the precomputed ones"
+                )
         finally:
             if candidates is not None:  # the lists' files belong to the job, not to this process
                 CANDIDATE_CACHE.clear()
@@ -243,36 +300,83 @@ def distill_student(
     head_items, cap = None, None
     if cfg.head_share_cap == "teacher":
         head_items = np.asarray(dataset.groups(cfg.unkd.groups)) == 0
-        cap = scorer_validation(scorer, train, valid, head_items=head_items)[f"head_share@{VALID_K}"]
+        cap = scorer_validation(scorer, train, valid, head_items=head_items)[
+            f"head_share@{VALID_K}"
+        ]
         logger.info("student epochs are chosen under the teacher's validation head share %.4f", cap)
-    torch.manual_seed(cfg.seed)  # the initial embeddings: cfg.seed, not whatever ran before in the process
-    student = build_model(cfg.student_model, dataset.n_users, dataset.n_items, cfg.dim, train,
-                          n_layers=cfg.n_layers, device=device)
+    torch.manual_seed(
+        cfg.seed
+    )  # the initial embeddings: cfg.seed, not whatever ran before in the process
+    student = build_model(
+        cfg.student_model,
+        dataset.n_users,
+        dataset.n_items,
+        cfg.dim,
+        train,
+        n_layers=cfg.n_layers,
+        device=device,
+    )
     if cfg.warm_start == "als":
         _warm_start_from_als(student, cfg, train, valid, device, on_progress, should_stop)
-    result = fit(student, dataset.train, train, valid, cfg, device=device,
-                 distiller=distiller, lambda_kd=cfg.lambda_kd, on_progress=on_progress,
-                 should_stop=should_stop, stage="train", head_items=head_items,
-                 max_head_share=cap)  # fmt: skip
+    result = fit(
+        student,
+        dataset.train,
+        train,
+        valid,
+        cfg,
+        device=device,
+        distiller=distiller,
+        lambda_kd=cfg.lambda_kd,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        stage="train",
+        head_items=head_items,
+        max_head_share=cap,
+    )
     train_s = time.perf_counter() - t0
     _emit(on_progress, "evaluate")
     if student_report is not None:
-        report = student_report(dataset, result.user_emb, result.item_emb, teacher_art,
-                                eval_cfg or EvalConfig(), device)  # fmt: skip
+        report = student_report(
+            dataset, result.user_emb, result.item_emb, teacher_art, eval_cfg or EvalConfig(), device
+        )
     else:
-        report = _student_report(dataset, EmbeddingScorer(result.user_emb, result.item_emb, device),
-                                 teacher_art, eval_cfg or EvalConfig(), device)  # fmt: skip
-    training = summary_of(result, train_s, candidates_s=candidates_s,
-                          candidate_bytes=distiller.candidate_bytes() if distiller else 0)  # fmt: skip
+        report = _student_report(
+            dataset,
+            EmbeddingScorer(result.user_emb, result.item_emb, device),
+            teacher_art,
+            eval_cfg or EvalConfig(),
+            device,
+        )
+    training = summary_of(
+        result,
+        train_s,
+        candidates_s=candidates_s,
+        candidate_bytes=distiller.candidate_bytes() if distiller else 0,
+    )
     fitted = FittedModel(training, user_emb=result.user_emb, item_emb=result.item_emb)
-    artifact = _save(cfg, dataset, fitted, report, out_dir, device=device, model_id=model_id,
-                     dataset_id=dataset_id, should_stop=should_stop, teacher=teacher_art)  # fmt: skip
-    logger.info("student %s (%s) saved to %s (%.1fs)", artifact.manifest.id, cfg.method, out_dir, train_s)
+    artifact = _save(
+        cfg,
+        dataset,
+        fitted,
+        report,
+        out_dir,
+        device=device,
+        model_id=model_id,
+        dataset_id=dataset_id,
+        should_stop=should_stop,
+        teacher=teacher_art,
+    )
+    logger.info(
+        "student %s (%s) saved to %s (%.1fs)", artifact.manifest.id, cfg.method, out_dir, train_s
+    )
     return artifact
 
 
 def evaluate_model(
-    dataset: Dataset, model: ModelArtifact | Path, *, device: torch.device | None = None,
+    dataset: Dataset,
+    model: ModelArtifact | Path,
+    *,
+    device: torch.device | None = None,
     eval_cfg: EvalConfig | None = None,
 ) -> QualityReport:
     """The quality report of a saved model on `dataset` (its own dataset, checked by fingerprint)."""

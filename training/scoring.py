@@ -70,8 +70,12 @@ class EmbeddingScorer:
         ValueError: item_emb holds NaN or inf (user rows are checked per block in `score`).
     """
 
-    def __init__(self, user_emb: np.ndarray | torch.Tensor, item_emb: np.ndarray | torch.Tensor,
-                 device: torch.device = CPU) -> None:  # fmt: skip
+    def __init__(
+        self,
+        user_emb: np.ndarray | torch.Tensor,
+        item_emb: np.ndarray | torch.Tensor,
+        device: torch.device = CPU,
+    ) -> None:
         if user_emb.shape[1] != item_emb.shape[1]:
             raise ValueError(f"user_emb d={user_emb.shape[1]} != item_emb d={item_emb.shape[1]}")
         self._device = device
@@ -100,7 +104,9 @@ class EmbeddingScorer:
             rows = torch.from_numpy(np.ascontiguousarray(self.user_emb[users.cpu().numpy()]))
         rows = rows.to(device=self._device, dtype=torch.float32)
         if not bool(torch.isfinite(rows).all()):
-            raise ValueError(f"user_emb holds NaN or inf in users {int(users[0])}..{int(users[-1])}")
+            raise ValueError(
+                f"user_emb holds NaN or inf in users {int(users[0])}..{int(users[-1])}"
+            )
         return rows
 
     def score(self, users: torch.Tensor) -> torch.Tensor:
@@ -117,11 +123,14 @@ class ItemItemScorer:
         weights: (n_items, n_items) B, numpy or torch, cast to float32 on `device`.
     """
 
-    def __init__(self, history: sp.csr_matrix, weights: np.ndarray | torch.Tensor,
-                 device: torch.device = CPU) -> None:  # fmt: skip
+    def __init__(
+        self, history: sp.csr_matrix, weights: np.ndarray | torch.Tensor, device: torch.device = CPU
+    ) -> None:
         if weights.shape != (history.shape[1], history.shape[1]):
-            raise ValueError(f"weights shape {tuple(weights.shape)}: need (n_items, n_items) with "
-                             f"n_items={history.shape[1]}")  # fmt: skip
+            raise ValueError(
+                f"weights shape {tuple(weights.shape)}: need (n_items, n_items) with "
+                f"n_items={history.shape[1]}"
+            )
         self._device = device
         self.history = sp.csr_matrix(history, dtype=np.float32)
         self.weights = _as_f32(weights, device)  # (n_items, n_items)
@@ -142,6 +151,7 @@ class ItemItemScorer:
         """(n,) int64 users -> (n, n_items) float32 on the device (sparse rows @ dense B)."""
         sub = self.history[users.cpu().numpy()].tocoo()  # (n, n_items), a few items per row
         idx = torch.from_numpy(np.vstack([sub.row, sub.col]).astype(np.int64))
-        x = torch.sparse_coo_tensor(idx, torch.from_numpy(sub.data), sub.shape,
-                                    check_invariants=False).to(self._device)  # fmt: skip
+        x = torch.sparse_coo_tensor(
+            idx, torch.from_numpy(sub.data), sub.shape, check_invariants=False
+        ).to(self._device)
         return torch.sparse.mm(x, self.weights)

@@ -50,8 +50,13 @@ class FitResult:
 
 
 def validation_metrics(
-    user_emb: torch.Tensor, item_emb: torch.Tensor, train: sp.csr_matrix, valid: sp.csr_matrix,
-    k: int = VALID_K, chunk: int = 2048, head_items: np.ndarray | None = None,
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    train: sp.csr_matrix,
+    valid: sp.csr_matrix,
+    k: int = VALID_K,
+    chunk: int = 2048,
+    head_items: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Recall@k and NDCG@k of embeddings on the validation split (training.validation).
 
@@ -171,8 +176,10 @@ def fit(
             reg = pu.square().sum() + pi.square().sum() + pj.square().sum()
             loss = loss + decay * 0.5 * reg / len(idx)
             if distiller is not None and kd_slices and len(next(iter(kd_slices[b].values()))):
-                kd = {key: t.to(device, torch.int64 if t.dtype == torch.int32 else t.dtype)
-                      for key, t in kd_slices[b].items()}  # fmt: skip
+                kd = {
+                    key: t.to(device, torch.int64 if t.dtype == torch.int32 else t.dtype)
+                    for key, t in kd_slices[b].items()
+                }
                 loss = loss + lambda_kd * distiller.loss(emb, kd)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -180,7 +187,9 @@ def fit(
             total += float(loss.detach())
         mean_loss = total / n_batches
         if not math.isfinite(mean_loss):
-            raise TrainingDivergedError(f"loss became {mean_loss} at epoch {epoch} (try a lower lr)")
+            raise TrainingDivergedError(
+                f"loss became {mean_loss} at epoch {epoch} (try a lower lr)"
+            )
         epoch_s = time.perf_counter() - t0
         result.epoch_seconds.append(epoch_s)
         result.sample_seconds.append(t_sampled - t0)
@@ -191,7 +200,9 @@ def fit(
             model.eval()
             with torch.no_grad():
                 user_emb, item_emb = model.embeddings()
-                metrics = validation_metrics(user_emb, item_emb, train, valid, head_items=head_items)
+                metrics = validation_metrics(
+                    user_emb, item_emb, train, valid, head_items=head_items
+                )
             row.update({f"valid_{k}": v for k, v in metrics.items()})
             ndcg = metrics[f"ndcg@{VALID_K}"]
             eligible = capped is None or metrics[f"head_share@{VALID_K}"] <= capped
@@ -211,20 +222,36 @@ def fit(
             # Until a check meets the cap, only the epoch budget ends the run.
             stop = met_cap and bad >= cfg.patience
         result.history.append(row)
-        logger.info("%s epoch %d/%d loss %.4f %s", stage, epoch, cfg.epochs, mean_loss,
-                    {k: round(v, 4) for k, v in row.items() if k.startswith("valid_")})
+        logger.info(
+            "%s epoch %d/%d loss %.4f %s",
+            stage,
+            epoch,
+            cfg.epochs,
+            mean_loss,
+            {k: round(v, 4) for k, v in row.items() if k.startswith("valid_")},
+        )
         if on_progress is not None:
-            on_progress(ProgressEvent(
-                stage=stage, epoch=epoch, epochs=cfg.epochs, loss=mean_loss,
-                metrics={k: v for k, v in row.items() if k.startswith("valid_")},
-                elapsed_s=time.perf_counter() - started,
-            ))
+            on_progress(
+                ProgressEvent(
+                    stage=stage,
+                    epoch=epoch,
+                    epochs=cfg.epochs,
+                    loss=mean_loss,
+                    metrics={k: v for k, v in row.items() if k.startswith("valid_")},
+                    elapsed_s=time.perf_counter() - started,
+                )
+            )
         if stop:
             break
 
     if best_state is None and fallback_state is not None:
-        logger.warning("%s: no validation check met head_share@%d <= %.4f; keeping the best NDCG "
-                       "(epoch %d)", stage, VALID_K, capped, fallback_epoch)  # fmt: skip
+        logger.warning(
+            "%s: no validation check met head_share@%d <= %.4f; keeping the best NDCG (epoch %d)",
+            stage,
+            VALID_K,
+            capped,
+            fallback_epoch,
+        )
         best_state, best_epoch = fallback_state, fallback_epoch
     if best_state is not None:
         model.load_state_dict(best_state)

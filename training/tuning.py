@@ -117,8 +117,9 @@ def make_storage(url: str | None, *, prefix: str = "") -> BaseStorage:
         return JournalStorage(JournalFileBackend(url))
 
 
-def open_study(setup: StudySetup, storage: BaseStorage, name: str, *, create: bool = True,
-               seed_offset: int = 0) -> optuna.Study:  # fmt: skip
+def open_study(
+    setup: StudySetup, storage: BaseStorage, name: str, *, create: bool = True, seed_offset: int = 0
+) -> optuna.Study:
     """Create (or load) the study. Creating enqueues the job's own configuration as trial 0.
 
     Args:
@@ -128,15 +129,24 @@ def open_study(setup: StudySetup, storage: BaseStorage, name: str, *, create: bo
     n_startup = max(2, min(10, setup.options.trials // 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = TPESampler(seed=setup.options.seed + seed_offset, n_startup_trials=n_startup,
-                             constant_liar=True)  # fmt: skip
+        sampler = TPESampler(
+            seed=setup.options.seed + seed_offset, n_startup_trials=n_startup, constant_liar=True
+        )
     pruner = setup.pruner or setup.default_pruner()
     if not create:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
     if not study.get_trials(deepcopy=False):
-        study.enqueue_trial(given_params(setup.base), user_attrs={"note": "the job's own configuration"})
+        study.enqueue_trial(
+            given_params(setup.base), user_attrs={"note": "the job's own configuration"}
+        )
         auto_decay = density_decay(setup.dataset.csr("train"))
         for params in second_guesses(setup.base, auto_decay):
             study.enqueue_trial(params, user_attrs={"note": "the method's second default"})
@@ -162,8 +172,13 @@ class ValidFigures:
     head_share: float  # share of top-20 slots given to the head popularity group
 
 
-def validation_figures(dataset: Dataset, artifact: ModelArtifact, *, groups: int = 4,
-                       device: torch.device | None = None) -> ValidFigures:  # fmt: skip
+def validation_figures(
+    dataset: Dataset,
+    artifact: ModelArtifact,
+    *,
+    groups: int = 4,
+    device: torch.device | None = None,
+) -> ValidFigures:
     """NDCG@20 and head share@20 of any model (embeddings or EASE) on the validation split,
     training items excluded: the figures the study selects on."""
     scorer = load_scorer(artifact, dataset.csr("train"), device or torch.device("cpu"))
@@ -182,9 +197,14 @@ def _taken(study: optuna.Study, trial: Trial) -> FrozenTrial | None:
     return frozen if frozen.state.is_finished() else None
 
 
-def run_trial(study: optuna.Study, trial: Trial, setup: StudySetup, *,
-              on_progress: ProgressCallback | None = None,
-              should_stop: ShouldStop | None = None) -> FrozenTrial:  # fmt: skip
+def run_trial(
+    study: optuna.Study,
+    trial: Trial,
+    setup: StudySetup,
+    *,
+    on_progress: ProgressCallback | None = None,
+    should_stop: ShouldStop | None = None,
+) -> FrozenTrial:
     """Train the configuration `trial` samples, measure it on validation, tell the study.
 
     A pruned trial ends PRUNED and a diverged one FAIL; any other error (a cancelled job,
@@ -206,7 +226,9 @@ def run_trial(study: optuna.Study, trial: Trial, setup: StudySetup, *,
         trial.report(value, event.epoch)
         # Never on the last epoch: the model is trained by then (ALS and EASE report only there).
         if event.epoch < event.epochs and trial.should_prune():
-            raise optuna.TrialPruned(f"{VALID_KEY} {value:.4f} behind the median at epoch {event.epoch}")
+            raise optuna.TrialPruned(
+                f"{VALID_KEY} {value:.4f} behind the median at epoch {event.epoch}"
+            )
 
     def attrs(**values: Any) -> None:
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
@@ -237,13 +259,22 @@ def run_trial(study: optuna.Study, trial: Trial, setup: StudySetup, *,
         shutil.rmtree(out, ignore_errors=True)
         return taken
     training = artifact.manifest.training
-    attrs(valid_ndcg=figures.ndcg, valid_head_share=figures.head_share,
-          epochs=training.epochs_run if training is not None else last_epoch)  # fmt: skip
+    attrs(
+        valid_ndcg=figures.ndcg,
+        valid_head_share=figures.head_share,
+        epochs=training.epochs_run if training is not None else last_epoch,
+    )
     if setup.teacher_head_share is not None:
         trial.set_constraint(HEAD_CONSTRAINT, figures.head_share - setup.teacher_head_share)
     frozen = study.tell(trial, figures.ndcg)
-    logger.info("trial %d: %s %.4f, head share %.4f (%s)", frozen.number, OBJECTIVE, figures.ndcg,
-                figures.head_share, frozen.params)  # fmt: skip
+    logger.info(
+        "trial %d: %s %.4f, head share %.4f (%s)",
+        frozen.number,
+        OBJECTIVE,
+        figures.ndcg,
+        figures.head_share,
+        frozen.params,
+    )
     best = select_best(study.get_trials(deepcopy=False))
     if best is not None and best.number != frozen.number:
         shutil.rmtree(out, ignore_errors=True)  # never the best again: the order is fixed
@@ -286,8 +317,13 @@ def select_best(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
     return max(done, key=key)
 
 
-_STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail",
-           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}  # fmt: skip
+_STATES = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "fail",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
 
 
 def _figure(value: Any) -> float | None:
@@ -298,42 +334,60 @@ def trial_record(t: FrozenTrial, constrained: bool) -> TrialRecord:
     attrs = t.user_attrs
     head = _figure(attrs.get("valid_head_share"))
     return TrialRecord(
-        number=t.number, state=_STATES[t.state],  # type: ignore[arg-type]
+        number=t.number,
+        state=_STATES[t.state],  # type: ignore[arg-type]
         params={k: v for k, v in t.params.items() if isinstance(v, int | float | str | bool)},
-        valid_ndcg=_figure(attrs.get("valid_ndcg", t.value if t.state == TrialState.PRUNED else None)),
+        valid_ndcg=_figure(
+            attrs.get("valid_ndcg", t.value if t.state == TrialState.PRUNED else None)
+        ),
         valid_head_share=head,
         feasible=(violation(t) <= 0) if constrained and head is not None else None,
-        epochs=attrs.get("epochs"), seconds=_figure(attrs.get("seconds")),
+        epochs=attrs.get("epochs"),
+        seconds=_figure(attrs.get("seconds")),
         # A trial failed by another process (found stale) has no note of its own.
         note=attrs.get("note") or ("its worker was lost" if t.state == TrialState.FAIL else None),
-    )  # fmt: skip
+    )
 
 
-def summarize(study: optuna.Study, setup: StudySetup, best: FrozenTrial,
-              seconds: float | None = None) -> TuningSummary:  # fmt: skip
+def summarize(
+    study: optuna.Study, setup: StudySetup, best: FrozenTrial, seconds: float | None = None
+) -> TuningSummary:
     """The report's `tuning` section: every trial, the chosen one, how it was chosen."""
     bound = setup.teacher_head_share
     pruner = study.pruner
     return TuningSummary(
         objective=OBJECTIVE,
         constraint=None if bound is None else f"valid head_share@{K} <= teacher's {bound:.4f}",
-        teacher_valid_head_share=bound, trials_requested=setup.options.trials,
-        best_trial=best.number, best_feasible=violation(best) <= 0,
+        teacher_valid_head_share=bound,
+        trials_requested=setup.options.trials,
+        best_trial=best.number,
+        best_feasible=violation(best) <= 0,
         sampler=f"TPE (seed {setup.options.seed}, constant liar)",
         pruner=None if isinstance(pruner, NopPruner) else type(pruner).__name__,
         seconds=None if seconds is None else round(seconds, 3),
-        trials=[trial_record(t, bound is not None) for t in study.get_trials(deepcopy=False)
-                if t.state != TrialState.WAITING],  # enqueued retries never run
-    )  # fmt: skip
+        trials=[
+            trial_record(t, bound is not None)
+            for t in study.get_trials(deepcopy=False)
+            if t.state != TrialState.WAITING
+        ],  # enqueued retries never run
+    )
 
 
-def keep_best(setup: StudySetup, study: optuna.Study, out_dir: Path, *, model_id: str | None = None,
-              seconds: float | None = None) -> ModelArtifact:  # fmt: skip
+def keep_best(
+    setup: StudySetup,
+    study: optuna.Study,
+    out_dir: Path,
+    *,
+    model_id: str | None = None,
+    seconds: float | None = None,
+) -> ModelArtifact:
     """Write the best trial's model to `out_dir` (atomically), its report carrying the trials."""
     best = select_best(study.get_trials(deepcopy=False))
     if best is None:
-        raise TuningError(f"no trial of {len(study.get_trials(deepcopy=False))} completed; "
-                          "see the trials' notes (diverged? lower the learning rate range)")  # fmt: skip
+        raise TuningError(
+            f"no trial of {len(study.get_trials(deepcopy=False))} completed; "
+            "see the trials' notes (diverged? lower the learning rate range)"
+        )
     artifact = ModelArtifact.load(trial_dir(setup, best.number))
     if artifact.report is None:
         raise TuningError(f"trial {best.number}'s model has no report")
@@ -347,11 +401,17 @@ def keep_best(setup: StudySetup, study: optuna.Study, out_dir: Path, *, model_id
     return kept
 
 
-def tune(setup: StudySetup, out_dir: Path, *, storage: BaseStorage | None = None,
-         study_name: str = "unkd-tune", model_id: str | None = None,
-         on_trial: Callable[[FrozenTrial, int], None] | None = None,
-         on_progress: ProgressCallback | None = None,
-         should_stop: ShouldStop | None = None) -> ModelArtifact:  # fmt: skip
+def tune(
+    setup: StudySetup,
+    out_dir: Path,
+    *,
+    storage: BaseStorage | None = None,
+    study_name: str = "unkd-tune",
+    model_id: str | None = None,
+    on_trial: Callable[[FrozenTrial, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+    should_stop: ShouldStop | None = None,
+) -> ModelArtifact:
     """Run the whole study in this process (the offline CLI), then keep the best model.
 
     Args:
@@ -363,7 +423,9 @@ def tune(setup: StudySetup, out_dir: Path, *, storage: BaseStorage | None = None
         while (n := finished(trials := study.get_trials(deepcopy=False))) < setup.options.trials:
             if len(trials) >= max_trials(setup.options):
                 raise TuningError(f"{len(trials)} trials created, only {n} finished: giving up")
-            frozen = run_trial(study, study.ask(), setup, on_progress=on_progress, should_stop=should_stop)
+            frozen = run_trial(
+                study, study.ask(), setup, on_progress=on_progress, should_stop=should_stop
+            )
             if on_trial is not None:
                 on_trial(frozen, finished(study.get_trials(deepcopy=False)))
         return keep_best(setup, study, out_dir, model_id=model_id, seconds=time.perf_counter() - t0)

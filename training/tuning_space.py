@@ -36,8 +36,11 @@ _BPR = (Param("lr", 3e-4, 5e-2), Param("decay", 1e-5, 3e-1))
 TEACHER_SPACES: dict[str, tuple[Param, ...]] = {
     "mf": _BPR,
     "lightgcn": _BPR,
-    "als": (Param("als.regularization", 1e-3, 1e3), Param("als.alpha", 0.5, 100.0),
-            Param("als.iterations", 5, 50, log=False, integer=True)),  # fmt: skip
+    "als": (
+        Param("als.regularization", 1e-3, 1e3),
+        Param("als.alpha", 0.5, 100.0),
+        Param("als.iterations", 5, 50, log=False, integer=True),
+    ),
     "ease": (Param("ease.l2", 1.0, 1e4),),
 }
 # Every student: the optimiser and λ_KD; then the options of its method.

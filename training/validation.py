@@ -14,9 +14,14 @@ VALID_K = 20  # the figure teachers and students are selected on
 VALID_BLOCK_USERS = 65536
 
 
-def scorer_validation(scorer: TeacherScorer, train: sp.csr_matrix, valid: sp.csr_matrix,
-                      k: int = VALID_K, chunk: int = 2048,
-                      head_items: np.ndarray | None = None) -> dict[str, float]:  # fmt: skip
+def scorer_validation(
+    scorer: TeacherScorer,
+    train: sp.csr_matrix,
+    valid: sp.csr_matrix,
+    k: int = VALID_K,
+    chunk: int = 2048,
+    head_items: np.ndarray | None = None,
+) -> dict[str, float]:
     """{"recall@k", "ndcg@k"} on the validation split (binary gain, IDCG over min(k, |T_u|)).
 
     Args:

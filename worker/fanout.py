@@ -229,8 +229,9 @@ class ShardWork:
     def root(self) -> Path:
         return shards_root(self.settings, self.job_id, self.phase)
 
-    def write_range(self, index: int, lo: int, hi: int, should_stop: Callable[[], bool],
-                    extra: dict[str, Any]) -> tuple[bool, float]:  # fmt: skip
+    def write_range(
+        self, index: int, lo: int, hi: int, should_stop: Callable[[], bool], extra: dict[str, Any]
+    ) -> tuple[bool, float]:
         """Rank shard `index` (plan positions lo..hi) and write it once under root: (written,
         seconds ranking)."""
         t0 = time.perf_counter()
@@ -238,13 +239,20 @@ class ShardWork:
             opts = self.options
             assert opts is not None
             lists = rank_user_range(
-                self.scorer, self.dataset.csr("train"), opts.groups, opts.top_l, lo, hi,
-                chunk=self.settings.fanout_chunk_users, with_scores=opts.with_scores,
+                self.scorer,
+                self.dataset.csr("train"),
+                opts.groups,
+                opts.top_l,
+                lo,
+                hi,
+                chunk=self.settings.fanout_chunk_users,
+                with_scores=opts.with_scores,
                 should_stop=should_stop,
-            )  # fmt: skip
+            )
             seconds = round(time.perf_counter() - t0, 3)
-            return write_shard(self.root, index, lists, lo=lo, fp=self.fp,
-                               extra={**extra, "seconds": seconds}), seconds  # fmt: skip
+            return write_shard(
+                self.root, index, lists, lo=lo, fp=self.fp, extra={**extra, "seconds": seconds}
+            ), seconds
         ev = self.eval
         assert ev is not None
         users = ev.users[lo:hi]
@@ -255,7 +263,14 @@ class ShardWork:
             top = topk_from_scorer(scorer, users, ev.excluded, ev.kmax, chunk=ev.chunk)
             arrays[name] = top.astype(np.int32)  # item ids < 2^31
         seconds = round(time.perf_counter() - t0, 3)
-        meta = {"index": index, "lo": lo, "hi": hi, "fingerprint": self.fp, **extra, "seconds": seconds}
+        meta = {
+            "index": index,
+            "lo": lo,
+            "hi": hi,
+            "fingerprint": self.fp,
+            **extra,
+            "seconds": seconds,
+        }
         return write_arrays(self.root, index, arrays, meta), seconds
 
     @property
@@ -268,8 +283,10 @@ class ShardWork:
         data dir is shared)."""
         if self.shared_disk:
             return set()
-        return {int(k.rsplit("-", 1)[1])
-                for k in self.store.complete_keys(scratch_prefix(self.job_id, self.phase))}  # fmt: skip
+        return {
+            int(k.rsplit("-", 1)[1])
+            for k in self.store.complete_keys(scratch_prefix(self.job_id, self.phase))
+        }
 
     def done(self, index: int, *, parent: bool = False) -> bool:
         """Shard `index` is written: here (or on the shared disk), or on another host.
@@ -296,14 +313,22 @@ class ShardWork:
             pipe.execute()
 
 
-def open_work(job: JobRecord, settings: Settings, registry: Registry, *,
-              dataset: Dataset | None = None, plan: ShardPlan | None = None) -> ShardWork:  # fmt: skip
+def open_work(
+    job: JobRecord,
+    settings: Settings,
+    registry: Registry,
+    *,
+    dataset: Dataset | None = None,
+    plan: ShardPlan | None = None,
+) -> ShardWork:
     """The job's teacher, data and list options (as pipelines.distill_student resolves them)."""
     cfg = DistillConfig.model_validate(job.params["config"])
     record = registry.get_model(str(job.params["teacher_id"]), field="teacher_id")
     store = ArtifactStore.from_settings(settings)  # as _distill_body reads them
     if dataset is None:
-        dataset = Dataset.load(store.resolve(registry.get_dataset(str(record.lineage.dataset_id)).path))
+        dataset = Dataset.load(
+            store.resolve(registry.get_dataset(str(record.lineage.dataset_id)).path)
+        )
     teacher = ModelArtifact.load(store.resolve(record.path))
     teacher.check_dataset(dataset.fingerprint)
     train = dataset.csr("train")
@@ -326,12 +351,20 @@ def report_progress(work: ShardWork) -> None:
     users = sum(hi - lo for lo, hi in map(work.plan.users, done))
     verb = "ranked" if work.phase == CANDIDATES else "evaluated"
     message = f"{users} of {work.plan.n_users} users {verb} in {len(done)} of {n} shards"
-    work.registry.update_progress(work.job_id, JobProgress(stage=work.phase, epoch=len(done),
-                                                           epochs=n, message=message))  # fmt: skip
+    work.registry.update_progress(
+        work.job_id, JobProgress(stage=work.phase, epoch=len(done), epochs=n, message=message)
+    )
 
 
-def compute_shard(work: ShardWork, index: int, should_stop: Callable[[], bool], worker: str,
-                  *, upload: bool = False, parent: bool = False) -> bool:  # fmt: skip
+def compute_shard(
+    work: ShardWork,
+    index: int,
+    should_stop: Callable[[], bool],
+    worker: str,
+    *,
+    upload: bool = False,
+    parent: bool = False,
+) -> bool:
     """Rank and write shard `index` unless it is written or another worker holds it.
 
     upload: a shard task on a host that does not share the parent's disk: the shard is
@@ -362,12 +395,17 @@ def compute_shard(work: ShardWork, index: int, should_stop: Callable[[], bool], 
         if upload:
             work.root.mkdir(parents=True, exist_ok=True)  # this host's own scratch
         try:
-            wrote, seconds = work.write_range(index, lo, hi, lambda: lease.lost or should_stop(),
-                                              {"worker": worker})  # fmt: skip
+            wrote, seconds = work.write_range(
+                index, lo, hi, lambda: lease.lost or should_stop(), {"worker": worker}
+            )
         except JobCancelled:
             if lease.lost:
-                logger.warning("job %s: %s shard %d lost its lease (stalled); left to another worker",
-                               work.job_id, work.phase, index)  # fmt: skip
+                logger.warning(
+                    "job %s: %s shard %d lost its lease (stalled); left to another worker",
+                    work.job_id,
+                    work.phase,
+                    index,
+                )
                 return False
             raise
         if wrote and upload:
@@ -377,8 +415,16 @@ def compute_shard(work: ShardWork, index: int, should_stop: Callable[[], bool], 
     finally:
         lease.release()
     if wrote:
-        logger.info("job %s: %s shard %d of %d (users %d..%d) in %.2fs", work.job_id, work.phase,
-                    index, work.plan.n_shards, lo, hi - 1, seconds)  # fmt: skip
+        logger.info(
+            "job %s: %s shard %d of %d (users %d..%d) in %.2fs",
+            work.job_id,
+            work.phase,
+            index,
+            work.plan.n_shards,
+            lo,
+            hi - 1,
+            seconds,
+        )
         report_progress(work)
     return wrote
 
@@ -408,7 +454,11 @@ def _write_plan(work: ShardWork) -> None:
     """plan.json: the cut and the lists' fingerprint. Shards of another plan (the shard size
     setting changed between two attempts of the job) are removed first."""
     root = work.root
-    plan = {"n_users": work.plan.n_users, "shard_users": work.plan.shard_users, "fingerprint": work.fp}
+    plan = {
+        "n_users": work.plan.n_users,
+        "shard_users": work.plan.shard_users,
+        "fingerprint": work.fp,
+    }
     path = root / PLAN
     if not work.shared_disk:  # for shard tasks on other hosts; shards of another plan go
         key = plan_key(work.job_id, work.phase)
@@ -426,8 +476,9 @@ def _write_plan(work: ShardWork) -> None:
     os.replace(tmp, path)
 
 
-def _read_plan(root: Path, registry: Registry, job_id: str, shared_disk: bool,
-               phase: str = CANDIDATES) -> tuple[ShardPlan, str] | None:  # fmt: skip
+def _read_plan(
+    root: Path, registry: Registry, job_id: str, shared_disk: bool, phase: str = CANDIDATES
+) -> tuple[ShardPlan, str] | None:
     """The parent's plan and fingerprint: its plan.json on the shared disk, else its copy in Redis."""
     try:
         if shared_disk:
@@ -456,16 +507,26 @@ def run_shards(ctx: JobContext, work: ShardWork) -> None:
     n = work.plan.n_shards
     pending = [i for i in range(n) if shard_meta(work.root, i) is None]
     report_progress(work)
-    logger.info("job %s: %s in %d shards of %d users (%d to do)", work.job_id, work.phase, n,
-                work.plan.shard_users, len(pending))  # fmt: skip
+    logger.info(
+        "job %s: %s in %d shards of %d users (%d to do)",
+        work.job_id,
+        work.phase,
+        n,
+        work.plan.shard_users,
+        len(pending),
+    )
     if pending:  # any worker takes them: on the shared disk, or through the store's scratch
         app = getattr(ctx.reporter.task, "app", None) or current_app
         task = CANDIDATE_SHARD if work.phase == CANDIDATES else EVAL_SHARD
         group(
-            [app.signature(task, args=(work.job_id, i), immutable=True,
-                           queue=work.settings.train_queue) for i in pending],
+            [
+                app.signature(
+                    task, args=(work.job_id, i), immutable=True, queue=work.settings.train_queue
+                )
+                for i in pending
+            ],
             app=app,
-        ).apply_async()  # fmt: skip
+        ).apply_async()
     worker = _worker_name(ctx.reporter.task)
     while pending := [i for i in reversed(range(n)) if shard_meta(work.root, i) is None]:
         ranked = False
@@ -474,7 +535,9 @@ def run_shards(ctx: JobContext, work: ShardWork) -> None:
             if ctx.stop():
                 raise JobCancelled(f"stopped in the {work.phase} shards")
             if i in uploaded:  # ranked on another host: fetched (verified) into this job's dir
-                work.store.fetch_into(scratch_key(work.job_id, i, work.phase), shard_dir(work.root, i))
+                work.store.fetch_into(
+                    scratch_key(work.job_id, i, work.phase), shard_dir(work.root, i)
+                )
                 ranked = True
                 continue
             ranked = compute_shard(work, i, ctx.stop, worker, parent=True) or ranked
@@ -483,8 +546,9 @@ def run_shards(ctx: JobContext, work: ShardWork) -> None:
     report_progress(work)
 
 
-def distill_in_shards(ctx: JobContext, dataset: Dataset, cfg: DistillConfig,
-                      dataset_id: str) -> ModelArtifact:  # fmt: skip
+def distill_in_shards(
+    ctx: JobContext, dataset: Dataset, cfg: DistillConfig, dataset_id: str
+) -> ModelArtifact:
     """_distill_body's training for a job that fans out: candidate shards, the student, then
     its report in evaluation shards."""
     work = open_work(ctx.job, ctx.settings, ctx.registry, dataset=dataset)
@@ -492,16 +556,29 @@ def distill_in_shards(ctx: JobContext, dataset: Dataset, cfg: DistillConfig,
     try:
         candidates = rank_in_shards(ctx, work)
 
-        def student_report(dataset: Dataset, user_emb: np.ndarray, item_emb: np.ndarray,
-                           teacher: ModelArtifact, eval_cfg: EvalConfig,
-                           device: torch.device) -> QualityReport:  # fmt: skip
+        def student_report(
+            dataset: Dataset,
+            user_emb: np.ndarray,
+            item_emb: np.ndarray,
+            teacher: ModelArtifact,
+            eval_cfg: EvalConfig,
+            device: torch.device,
+        ) -> QualityReport:
             return evaluate_in_shards(ctx, work, user_emb, item_emb, eval_cfg, device)
 
         return pipelines.distill_student(
-            dataset, work.teacher, cfg, ctx.model_dir, device=resolve_device(ctx.settings.device),
-            on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
-            dataset_id=dataset_id, candidates=candidates, student_report=student_report,
-        )  # fmt: skip
+            dataset,
+            work.teacher,
+            cfg,
+            ctx.model_dir,
+            device=resolve_device(ctx.settings.device),
+            on_progress=ctx.reporter,
+            should_stop=ctx.stop,
+            model_id=ctx.model_id,
+            dataset_id=dataset_id,
+            candidates=candidates,
+            student_report=student_report,
+        )
     except JobCancelled:
         keep = ctx.stop.lost or ctx.stop.shutdown
         raise
@@ -530,20 +607,40 @@ def eval_fingerprint(user_emb: np.ndarray, item_emb: np.ndarray, teacher_fp: str
     return h.hexdigest()
 
 
-def _eval_work(base: ShardWork, user_emb: np.ndarray, item_emb: np.ndarray, kmax: int, chunk: int,
-               device: torch.device) -> ShardWork:  # fmt: skip
+def _eval_work(
+    base: ShardWork,
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    kmax: int,
+    chunk: int,
+    device: torch.device,
+) -> ShardWork:
     """The evaluation phase of `base`'s job (its teacher, data and store), for this student."""
     users = evaluated_users(base.dataset, "test")
-    ev = EvalWork(EmbeddingScorer(user_emb, item_emb, device=device), users,
-                  exclusion_csr(base.dataset, "test"), kmax, chunk)  # fmt: skip
+    ev = EvalWork(
+        EmbeddingScorer(user_emb, item_emb, device=device),
+        users,
+        exclusion_csr(base.dataset, "test"),
+        kmax,
+        chunk,
+    )
     return dataclasses.replace(
-        base, phase=EVALUATE, eval=ev, plan=ShardPlan(len(users), base.settings.fanout_shard_users),
+        base,
+        phase=EVALUATE,
+        eval=ev,
+        plan=ShardPlan(len(users), base.settings.fanout_shard_users),
         fp=eval_fingerprint(user_emb, item_emb, base.fp, kmax),
-    )  # fmt: skip
+    )
 
 
-def evaluate_in_shards(ctx: JobContext, base: ShardWork, user_emb: np.ndarray, item_emb: np.ndarray,
-                       cfg: EvalConfig, device: torch.device) -> QualityReport:  # fmt: skip
+def evaluate_in_shards(
+    ctx: JobContext,
+    base: ShardWork,
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    cfg: EvalConfig,
+    device: torch.device,
+) -> QualityReport:
     """The student's report, its lists ranked in shards by every worker: the student's
     embeddings go where shard tasks read them (this disk, or the store's scratch), each shard
     ranks the student's and the teacher's top-K of its users, and the report is computed
@@ -551,7 +648,9 @@ def evaluate_in_shards(ctx: JobContext, base: ShardWork, user_emb: np.ndarray, i
     work = _eval_work(base, user_emb, item_emb, max(cfg.ks), cfg.user_chunk, device)
     where = student_dir(work.settings, work.job_id)
     marker = where / "fingerprint"
-    if not (marker.is_file() and marker.read_text() == work.fp):  # an earlier attempt's student goes
+    if not (
+        marker.is_file() and marker.read_text() == work.fp
+    ):  # an earlier attempt's student goes
         tmp = where.with_name(f"{where.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -563,15 +662,24 @@ def evaluate_in_shards(ctx: JobContext, base: ShardWork, user_emb: np.ndarray, i
         work.store.put(student_key(work.job_id, work.fp), where)
     run_shards(ctx, work)
     parts = [shard_dir(work.root, i) for i in range(work.plan.n_shards)]
-    lists = {name: np.concatenate([np.load(d / f"{name}.npy") for d in parts]).astype(np.int64)
-             for name in ("student", "teacher")}  # fmt: skip
-    report = evaluate_topk(work.dataset, lists["student"], cfg=cfg, split="test",
-                           reference_topk=lists["teacher"], device=device)  # fmt: skip
+    lists = {
+        name: np.concatenate([np.load(d / f"{name}.npy") for d in parts]).astype(np.int64)
+        for name in ("student", "teacher")
+    }
+    report = evaluate_topk(
+        work.dataset,
+        lists["student"],
+        cfg=cfg,
+        split="test",
+        reference_topk=lists["teacher"],
+        device=device,
+    )
     return pipelines.with_teacher(work.dataset, report, work.teacher, cfg, device)
 
 
-def open_eval_work(job: JobRecord, settings: Settings, registry: Registry, plan: ShardPlan,
-                   fp: str) -> ShardWork | None:  # fmt: skip
+def open_eval_work(
+    job: JobRecord, settings: Settings, registry: Registry, plan: ShardPlan, fp: str
+) -> ShardWork | None:
     """A shard task's evaluation work: the job's teacher and data, the student the parent
     left (this disk, or the store's scratch, fetched into this host's artifact cache, which
     prune_cache bounds); None when that student is not the one the plan names (an older
@@ -584,17 +692,25 @@ def open_eval_work(job: JobRecord, settings: Settings, registry: Registry, plan:
     with np.load(where / "student.npz") as z:
         user_emb, item_emb = z["user_emb"], z["item_emb"]
     cfg = EvalConfig()
-    work = _eval_work(base, user_emb, item_emb, max(cfg.ks), cfg.user_chunk, resolve_device(settings.device))
+    work = _eval_work(
+        base, user_emb, item_emb, max(cfg.ks), cfg.user_chunk, resolve_device(settings.device)
+    )
     if work.fp != fp or work.plan != plan:
-        logger.warning("job %s: the evaluation plan names other lists (%s) than this student's (%s)",
-                       job.id, fp, work.fp)  # fmt: skip
+        logger.warning(
+            "job %s: the evaluation plan names other lists (%s) than this student's (%s)",
+            job.id,
+            fp,
+            work.fp,
+        )
         return None
     return work
 
 
 # -- the shard tasks (any worker) ---------------------------------------------------------
 
-_last_work: dict[tuple[str, str], ShardWork] = {}  # one job's work per process, reused by its shards
+_last_work: dict[
+    tuple[str, str], ShardWork
+] = {}  # one job's work per process, reused by its shards
 
 
 def run_shard(task: Task, job_id: str, index: int, phase: str = CANDIDATES) -> dict[str, Any]:
@@ -628,7 +744,9 @@ def run_shard(task: Task, job_id: str, index: int, phase: str = CANDIDATES) -> d
         return stop() or registry.get_job(job_id).status in TERMINAL
 
     try:
-        ranked = compute_shard(work, index, should_stop, _worker_name(task), upload=not store.in_place)
+        ranked = compute_shard(
+            work, index, should_stop, _worker_name(task), upload=not store.in_place
+        )
     except JobCancelled:
         return idle
     except FileNotFoundError:  # the job ended and removed its shards meanwhile

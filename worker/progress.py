@@ -71,8 +71,14 @@ class JobReporter:
                 state="PROGRESS", meta={"job_id": self.job_id, **event.model_dump(mode="json")}
             )
         if event.epochs:  # the trainer logs the epoch itself; this line is for debugging
-            logger.debug("job %s %s epoch %d/%d %s", self.job_id, event.stage, event.epoch,
-                         event.epochs, {k: round(v, 4) for k, v in metrics.items()})
+            logger.debug(
+                "job %s %s epoch %d/%d %s",
+                self.job_id,
+                event.stage,
+                event.epoch,
+                event.epochs,
+                {k: round(v, 4) for k, v in metrics.items()},
+            )
         else:
             logger.info("job %s stage %s %s", self.job_id, event.stage, event.message)
 
@@ -82,8 +88,10 @@ def worker_stopping() -> bool:
     from celery.worker import state  # set by the worker's signal handlers
 
     # Identity checks: a warm shutdown sets should_stop to EX_OK, which is 0 (== False).
-    return any(flag is not None and flag is not False
-               for flag in (state.should_stop, state.should_terminate))
+    return any(
+        flag is not None and flag is not False
+        for flag in (state.should_stop, state.should_terminate)
+    )
 
 
 class StopCheck:
@@ -94,8 +102,13 @@ class StopCheck:
     here because Celery's soft time limit is not available with --pool=solo.
     """
 
-    def __init__(self, registry: Registry, job_id: str, time_limit_s: float,
-                 lease_lost: Callable[[], bool] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        registry: Registry,
+        job_id: str,
+        time_limit_s: float,
+        lease_lost: Callable[[], bool] | None = None,
+    ) -> None:
         self.registry = registry
         self.job_id = job_id
         self.deadline = time.monotonic() + time_limit_s
@@ -115,8 +128,9 @@ class StopCheck:
             logger.info("job %s: cancel requested, stopping at this epoch boundary", self.job_id)
         elif time.monotonic() > self.deadline:
             self.timed_out = True
-            logger.warning("job %s: over its time limit of %.0fs, stopping", self.job_id,
-                           self.time_limit_s)
+            logger.warning(
+                "job %s: over its time limit of %.0fs, stopping", self.job_id, self.time_limit_s
+            )
         elif worker_stopping():
             self.shutdown = True
             logger.warning("job %s: worker shutting down, handing the job back", self.job_id)

@@ -69,7 +69,9 @@ class JobLease:
         """Take the lease; False when another live worker holds it."""
         if not self._lock.acquire(blocking=False):
             return False
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{self.job_id[:8]}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"lease-{self.job_id[:8]}", daemon=True
+        )
         self._thread.start()
         return True
 
@@ -79,7 +81,9 @@ class JobLease:
                 self._lock.reacquire()
             except LockError:
                 self.lost = True
-                logger.error("job %s: heartbeat lease lost (expired); the job will stop", self.job_id)
+                logger.error(
+                    "job %s: heartbeat lease lost (expired); the job will stop", self.job_id
+                )
                 return
             except (redis.RedisError, OSError) as exc:  # Redis down: try again next beat
                 logger.warning("job %s: heartbeat not written (%s)", self.job_id, exc)
@@ -94,7 +98,9 @@ class JobLease:
         except LockError:
             pass  # expired already
         except (redis.RedisError, OSError) as exc:
-            logger.warning("job %s: lease not released (%s); it expires by itself", self.job_id, exc)
+            logger.warning(
+                "job %s: lease not released (%s); it expires by itself", self.job_id, exc
+            )
 
 
 def _restore_unacked(celery_app: Celery, job_id: str) -> bool:
@@ -153,9 +159,19 @@ def reap_lost_jobs(
 class Reaper:
     """A daemon thread of each worker process: reap at start, then every heartbeat interval."""
 
-    def __init__(self, celery_app: Celery, settings: Settings, registry: Registry,
-                 resend: Callable[[str, str], None]) -> None:  # fmt: skip
-        self.celery_app, self.settings, self.registry, self.resend = celery_app, settings, registry, resend
+    def __init__(
+        self,
+        celery_app: Celery,
+        settings: Settings,
+        registry: Registry,
+        resend: Callable[[str, str], None],
+    ) -> None:
+        self.celery_app, self.settings, self.registry, self.resend = (
+            celery_app,
+            settings,
+            registry,
+            resend,
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -163,8 +179,11 @@ class Reaper:
         try:
             return reap_lost_jobs(self.registry, self.settings, self.celery_app, self.resend)
         except (redis.RedisError, OSError) as exc:
-            logger.warning("reaper: registry or broker unreachable (%s); next try in %.0fs",
-                           exc, self.settings.job_heartbeat_s)  # fmt: skip
+            logger.warning(
+                "reaper: registry or broker unreachable (%s); next try in %.0fs",
+                exc,
+                self.settings.job_heartbeat_s,
+            )
         except Exception:  # never let the reaper die
             logger.exception("reaper: unexpected error")
         return []

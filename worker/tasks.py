@@ -52,9 +52,15 @@ logger = logging.getLogger(__name__)
 
 # Retrying cannot fix these: the same input fails the same way.
 DETERMINISTIC: tuple[type[BaseException], ...] = (
-    ValueError, LookupError, TrainingDivergedError, BundleError, FileNotFoundError,
-    PermissionError, PublishGateError, ArtifactError,
-)  # fmt: skip
+    ValueError,
+    LookupError,
+    TrainingDivergedError,
+    BundleError,
+    FileNotFoundError,
+    PermissionError,
+    PublishGateError,
+    ArtifactError,
+)
 # Infrastructure hiccups: worth a retry with backoff.
 TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -111,12 +117,17 @@ def _store_model(ctx: JobContext) -> str:
     return ctx.store.location(key)  # an earlier delivery stored it already (_finished_before)
 
 
-def _register(ctx: JobContext, artifact: ModelArtifact, *, dataset_id: str,
-              teacher_id: str | None) -> ModelRecord:  # fmt: skip
+def _register(
+    ctx: JobContext, artifact: ModelArtifact, *, dataset_id: str, teacher_id: str | None
+) -> ModelRecord:
     record = ModelRecord.of(
-        artifact.manifest, artifact.report, model_id=ctx.model_id, path=_store_model(ctx),
-        lineage=Lineage(dataset_id=dataset_id, teacher_id=teacher_id), job_id=ctx.job.id,
-    )  # fmt: skip
+        artifact.manifest,
+        artifact.report,
+        model_id=ctx.model_id,
+        path=_store_model(ctx),
+        lineage=Lineage(dataset_id=dataset_id, teacher_id=teacher_id),
+        job_id=ctx.job.id,
+    )
     return ctx.registry.add_model(record)
 
 
@@ -163,10 +174,15 @@ def _teacher_body(ctx: JobContext) -> str:
         dataset = _load_dataset(ctx, dataset_id)
         check_teacher(dataset.n_users, dataset.n_items, cfg, ctx.settings.max_job_memory_mb * 2**20)
         artifact = pipelines.train_teacher(
-            dataset, cfg, ctx.model_dir, device=resolve_device(ctx.settings.device),
-            on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
+            dataset,
+            cfg,
+            ctx.model_dir,
+            device=resolve_device(ctx.settings.device),
+            on_progress=ctx.reporter,
+            should_stop=ctx.stop,
+            model_id=ctx.model_id,
             dataset_id=dataset_id,
-        )  # fmt: skip
+        )
     _register(ctx, artifact, dataset_id=dataset_id, teacher_id=None)
     return ctx.model_id
 
@@ -181,27 +197,40 @@ def _distill_body(ctx: JobContext) -> str:
     artifact = _finished_before(ctx)
     if artifact is None:
         dataset = _load_dataset(ctx, dataset_id)
-        check_distill(dataset.n_users, dataset.n_items, cfg, teacher.dim,
-                      ctx.settings.max_job_memory_mb * 2**20, teacher_model=teacher.model,
-                      mapped=lists_mapped(dataset.n_users, cfg, ctx.settings.fanout_min_users))  # fmt: skip
+        check_distill(
+            dataset.n_users,
+            dataset.n_items,
+            cfg,
+            teacher.dim,
+            ctx.settings.max_job_memory_mb * 2**20,
+            teacher_model=teacher.model,
+            mapped=lists_mapped(dataset.n_users, cfg, ctx.settings.fanout_min_users),
+        )
         from worker.fanout import distill_in_shards, fans_out  # it imports this module
 
         if fans_out(ctx.settings, dataset.n_users, cfg):  # candidates ranked by every worker
             artifact = distill_in_shards(ctx, dataset, cfg, dataset_id)
         else:
             artifact = pipelines.distill_student(
-                dataset, ctx.store.resolve(teacher.path), cfg, ctx.model_dir,
+                dataset,
+                ctx.store.resolve(teacher.path),
+                cfg,
+                ctx.model_dir,
                 device=resolve_device(ctx.settings.device),
-                on_progress=ctx.reporter, should_stop=ctx.stop, model_id=ctx.model_id,
+                on_progress=ctx.reporter,
+                should_stop=ctx.stop,
+                model_id=ctx.model_id,
                 dataset_id=dataset_id,
-            )  # fmt: skip
+            )
     _register(ctx, artifact, dataset_id=dataset_id, teacher_id=teacher.id)
     ctx.saved_model_id = ctx.model_id
     if params.get("publish"):  # a gated publish (PublishGateError) fails the job, keeps the model
         try:
             publish_model(ctx, ctx.model_id)
         except BundleError as exc:
-            raise BundleError(f"model {ctx.model_id} was trained, but publishing it failed: {exc}") from exc
+            raise BundleError(
+                f"model {ctx.model_id} was trained, but publishing it failed: {exc}"
+            ) from exc
     return ctx.model_id
 
 
@@ -235,10 +264,14 @@ def publish_model(ctx: JobContext, model_id: str) -> PublishEntry | StagedBundle
     if store.in_place or not store.exists(key):
         if not (bundle_dir / "meta.json").is_file():
             build_bundle(
-                store.resolve(model.path), _load_dataset(ctx, dataset_id), bundle_dir, model_id=model_id,
-                index_factory=settings.index_factory, nprobe=settings.nprobe,
+                store.resolve(model.path),
+                _load_dataset(ctx, dataset_id),
+                bundle_dir,
+                model_id=model_id,
+                index_factory=settings.index_factory,
+                nprobe=settings.nprobe,
                 ef_search=settings.hnsw_ef_search,
-            )  # fmt: skip
+            )
         read_bundle(bundle_dir, nprobe=settings.nprobe, ef_search=settings.hnsw_ef_search)
         store.put(key, bundle_dir)  # data dir: already in place; else uploaded, manifest last
         if not store.in_place:
@@ -246,17 +279,33 @@ def publish_model(ctx: JobContext, model_id: str) -> PublishEntry | StagedBundle
     location = store.location(key)  # data dir: str(bundle_dir), as pointers always held
     key_name = params.get("key_name")
     if not activate:
-        staged = ctx.registry.record_staged(StagedBundle(
-            model_id=model_id, bundle_dir=location, key_name=str(key_name) if key_name else None,
-            job_id=ctx.job.id))  # fmt: skip
+        staged = ctx.registry.record_staged(
+            StagedBundle(
+                model_id=model_id,
+                bundle_dir=location,
+                key_name=str(key_name) if key_name else None,
+                job_id=ctx.job.id,
+            )
+        )
         logger.info("job %s: staged model %s at %s (not served)", ctx.job.id, model_id, location)
         return staged
-    entry = ctx.registry.record_publish(PublishEntry(
-        model_id=model_id, bundle_dir=location, key_name=str(key_name) if key_name else None,
-        forced=force, job_id=ctx.job.id, gate=checks,
-    ))  # fmt: skip
-    logger.info("job %s: published model %s from %s%s", ctx.job.id, model_id, location,
-                " (publish gate forced)" if force and failed else "")  # fmt: skip
+    entry = ctx.registry.record_publish(
+        PublishEntry(
+            model_id=model_id,
+            bundle_dir=location,
+            key_name=str(key_name) if key_name else None,
+            forced=force,
+            job_id=ctx.job.id,
+            gate=checks,
+        )
+    )
+    logger.info(
+        "job %s: published model %s from %s%s",
+        ctx.job.id,
+        model_id,
+        location,
+        " (publish gate forced)" if force and failed else "",
+    )
     return entry
 
 
@@ -314,8 +363,14 @@ def run_job(task: Task, job_id: str, body: Callable[[JobContext], str]) -> dict[
         lease.release()
 
 
-def _run_leased(task: Task, job_id: str, body: Callable[[JobContext], str], settings: Settings,
-                registry: Registry, lease: JobLease) -> dict[str, Any]:  # fmt: skip
+def _run_leased(
+    task: Task,
+    job_id: str,
+    body: Callable[[JobContext], str],
+    settings: Settings,
+    registry: Registry,
+    lease: JobLease,
+) -> dict[str, Any]:
     job, should_run = registry.start_job(job_id)
     if not should_run:
         logger.info("job %s is %s: not running it", job_id, job.status)
@@ -368,8 +423,13 @@ def _run_leased(task: Task, job_id: str, body: Callable[[JobContext], str], sett
         except Exception:
             logger.exception("job %s: its shards could not be removed", job_id)
     prune_cache(settings)
-    logger.info("job %s %s in %.1fs%s", job_id, status, finished.timings.elapsed_s or 0.0,
-                f": {error}" if error else "")
+    logger.info(
+        "job %s %s in %.1fs%s",
+        job_id,
+        status,
+        finished.timings.elapsed_s or 0.0,
+        f": {error}" if error else "",
+    )
     return {"job_id": job_id, "status": status, "model_id": model_id, "error": error}
 
 
@@ -393,7 +453,9 @@ def publish(self: Task, job_id: str) -> dict[str, Any]:
 
 def _resend(app: Celery, settings: Settings) -> Callable[[str, str], None]:
     def resend(job_id: str, kind: str) -> None:
-        app.send_task(TASK_BY_KIND[kind], args=[job_id], task_id=job_id, queue=queue_for(kind, settings))
+        app.send_task(
+            TASK_BY_KIND[kind], args=[job_id], task_id=job_id, queue=queue_for(kind, settings)
+        )
 
     return resend
 

@@ -121,7 +121,9 @@ class TuningRun:
         on the data dir every worker already sees every trial directory."""
         store = self.store
         local = tuning.trial_dir(self.setup, number)
-        if store.in_place or not (local / MANIFEST).is_file():  # no model: pruned (never best) or failed
+        if (
+            store.in_place or not (local / MANIFEST).is_file()
+        ):  # no model: pruned (never best) or failed
             return
         store.put(trial_key(self.job.id, number), local)
 
@@ -138,17 +140,22 @@ class TuningRun:
         cached = store.fetch(trial_key(self.job.id, best.number))  # verified against its manifest
         shutil.rmtree(local, ignore_errors=True)
         shutil.copytree(cached, local, ignore=shutil.ignore_patterns(ARTIFACT_MANIFEST))
-        logger.info("job %s: best trial %d was trained on another host: fetched from the store",
-                    self.job.id, best.number)  # fmt: skip
+        logger.info(
+            "job %s: best trial %d was trained on another host: fetched from the store",
+            self.job.id,
+            best.number,
+        )
 
     @contextmanager
     def locked(self) -> Iterator[None]:
         """The study's ask lock. Held for a journal read and an ask, so it expires with a
         lease's TTL: a holder killed inside it blocks the others no longer than its trial
         takes to be found lost."""
-        lock = self.registry.redis.lock(f"{study_prefix(self.job.id)}:lock",
-                                        timeout=lease_ttl_s(self.settings),
-                                        blocking_timeout=LOCK_WAIT_S)  # fmt: skip
+        lock = self.registry.redis.lock(
+            f"{study_prefix(self.job.id)}:lock",
+            timeout=lease_ttl_s(self.settings),
+            blocking_timeout=LOCK_WAIT_S,
+        )
         if not lock.acquire():
             raise TimeoutError(f"job {self.job.id}: tuning lock not acquired in {LOCK_WAIT_S}s")
         try:
@@ -166,8 +173,12 @@ class TuningRun:
                 continue
             self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             retried = tuning.retry(self.study, t, "its worker was lost")
-            logger.warning("job %s: trial %d lost its worker (no heartbeat); %s", self.job.id,
-                           t.number, "its configuration is tried again" if retried else "not retried")  # fmt: skip
+            logger.warning(
+                "job %s: trial %d lost its worker (no heartbeat); %s",
+                self.job.id,
+                t.number,
+                "its configuration is tried again" if retried else "not retried",
+            )
 
     def next_trial(self) -> tuple[Trial | None, JobLease | None, bool]:
         """Under the lock: fail stale trials, then ask for a trial when the study lacks one.
@@ -180,15 +191,24 @@ class TuningRun:
             trials = self.study.get_trials(deepcopy=False)
             n_done = tuning.finished(trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
-            if n_done + running >= self.trials or len(trials) >= tuning.max_trials(self.setup.options):
+            if n_done + running >= self.trials or len(trials) >= tuning.max_trials(
+                self.setup.options
+            ):
                 return None, None, running == 0
             trial = self.study.ask()
             # Sampled now, not when training starts: a trial lost at any point after this
             # has its configuration in the study, to be tried again.
             suggest(trial, self.setup.base)
-            logger.info("job %s: trial %d started (%d of %d finished)", self.job.id, trial.number,
-                        n_done, self.trials)  # fmt: skip
-            lease = JobLease(self.registry.redis, trial_lease_id(self.job.id, trial.number), self.settings)
+            logger.info(
+                "job %s: trial %d started (%d of %d finished)",
+                self.job.id,
+                trial.number,
+                n_done,
+                self.trials,
+            )
+            lease = JobLease(
+                self.registry.redis, trial_lease_id(self.job.id, trial.number), self.settings
+            )
             if not lease.acquire():  # cannot happen under the lock; be safe
                 self.study.tell(trial, state=TrialState.FAIL)
                 return None, None, False
@@ -197,9 +217,17 @@ class TuningRun:
     def progress(self, message: str, epoch: int = 0, epochs: int = 0) -> None:
         trials = self.study.get_trials(deepcopy=False)
         best = tuning.select_best(trials)
-        metrics = {} if best is None or best.value is None else {"best_valid_ndcg@20": float(best.value)}
-        p = JobProgress(stage="tune", trial=tuning.finished(trials), trials=self.trials,
-                        epoch=epoch, epochs=epochs, message=message)  # fmt: skip
+        metrics = (
+            {} if best is None or best.value is None else {"best_valid_ndcg@20": float(best.value)}
+        )
+        p = JobProgress(
+            stage="tune",
+            trial=tuning.finished(trials),
+            trials=self.trials,
+            epoch=epoch,
+            epochs=epochs,
+            message=message,
+        )
         self.registry.update_progress(self.job.id, p, metrics)
 
     def run_one(self, trial: Trial, lease: JobLease, stop: StopCheck) -> FrozenTrial | None:
@@ -216,15 +244,21 @@ class TuningRun:
                 self.progress(f"trial {trial.number}", event.epoch, event.epochs)
 
         try:
-            frozen = tuning.run_trial(self.study, trial, self.setup, on_progress=on_progress,
-                                      should_stop=trial_stop)  # fmt: skip
+            frozen = tuning.run_trial(
+                self.study, trial, self.setup, on_progress=on_progress, should_stop=trial_stop
+            )
         except JobCancelled:
             lost = trial_stop.trial_lost or stop.shutdown or stop.lost
             if lost:  # not the configuration's fault: try it again (once, whoever notices)
-                tuning.retry(self.study, self.study.get_trials(deepcopy=False)[trial.number],
-                             "its worker stopped")  # fmt: skip
+                tuning.retry(
+                    self.study,
+                    self.study.get_trials(deepcopy=False)[trial.number],
+                    "its worker stopped",
+                )
             if trial_stop.trial_lost:  # stalled past its lease: this job goes on
-                logger.warning("job %s: trial %d lost its lease (stalled)", self.job.id, trial.number)
+                logger.warning(
+                    "job %s: trial %d lost its lease (stalled)", self.job.id, trial.number
+                )
                 return None
             raise
         finally:
@@ -242,8 +276,9 @@ class TuningRun:
             client.expire(key, self.settings.result_expires_s)
 
 
-def open_run(job: JobRecord, settings: Settings, registry: Registry, *, create: bool,
-             seed_offset: int) -> TuningRun:  # fmt: skip
+def open_run(
+    job: JobRecord, settings: Settings, registry: Registry, *, create: bool, seed_offset: int
+) -> TuningRun:
     """The study of a tuning job and the trainer of its trials (dataset, teacher, device)."""
     _optuna_logging()
     params = job.params
@@ -264,25 +299,46 @@ def open_run(job: JobRecord, settings: Settings, registry: Registry, *, create: 
         record = registry.get_model(str(params["teacher_id"]), field="teacher_id")
         dataset_id = str(record.lineage.dataset_id)
         dataset = Dataset.load(store.resolve(registry.get_dataset(dataset_id).path))
-        check_distill(dataset.n_users, dataset.n_items, cfg, record.dim, budget, teacher_model=record.model)
+        check_distill(
+            dataset.n_users, dataset.n_items, cfg, record.dim, budget, teacher_model=record.model
+        )
         teacher = ModelArtifact.load(store.resolve(record.path))
 
     def train(c: Any, out: Path, on_progress: Any, should_stop: Any) -> ModelArtifact:
         if teacher is None:
-            return pipelines.train_teacher(dataset, c, out, device=device, on_progress=on_progress,
-                                           should_stop=should_stop, model_id=model_id,
-                                           dataset_id=dataset_id)  # fmt: skip
-        return pipelines.distill_student(dataset, teacher, c, out, device=device,
-                                         on_progress=on_progress, should_stop=should_stop,
-                                         model_id=model_id, dataset_id=dataset_id)  # fmt: skip
+            return pipelines.train_teacher(
+                dataset,
+                c,
+                out,
+                device=device,
+                on_progress=on_progress,
+                should_stop=should_stop,
+                model_id=model_id,
+                dataset_id=dataset_id,
+            )
+        return pipelines.distill_student(
+            dataset,
+            teacher,
+            c,
+            out,
+            device=device,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            model_id=model_id,
+            dataset_id=dataset_id,
+        )
 
-    setup = tuning.StudySetup(dataset, cfg, options, train, work_dir(settings, job.id), device=device)
+    setup = tuning.StudySetup(
+        dataset, cfg, options, train, work_dir(settings, job.id), device=device
+    )
     storage = tuning.make_storage(settings.redis_url, prefix=study_prefix(job.id))
     study = tuning.open_study(setup, storage, job.id, create=create, seed_offset=seed_offset)
     if teacher is not None:  # the constraint's bound, measured once per study
         bound = study.user_attrs.get("teacher_valid_head_share")
         if bound is None:
-            bound = tuning.validation_figures(dataset, teacher, groups=setup.groups, device=device).head_share
+            bound = tuning.validation_figures(
+                dataset, teacher, groups=setup.groups, device=device
+            ).head_share
             study.set_user_attr("teacher_valid_head_share", bound)
         setup.teacher_head_share = float(bound)
     return TuningRun(job, settings, registry, setup, study)
@@ -318,8 +374,13 @@ def tune_body(ctx: JobContext) -> str:
     artifact = _finished_before(ctx)
     if artifact is None:
         t0 = time.perf_counter()
-        run = open_run(ctx.job, ctx.settings, ctx.registry, create=True,
-                       seed_offset=1009 * max(0, ctx.job.attempts - 1))  # fmt: skip
+        run = open_run(
+            ctx.job,
+            ctx.settings,
+            ctx.registry,
+            create=True,
+            seed_offset=1009 * max(0, ctx.job.attempts - 1),
+        )
         logger.info("job %s: coordinating its study of %d trials", ctx.job.id, run.trials)
         try:
             run.progress("study open")
@@ -336,8 +397,13 @@ def tune_body(ctx: JobContext) -> str:
                     time.sleep(POLL_S)
             ctx.reporter(ProgressEvent(stage="keep", message="keeping the best trial's model"))
             run.fetch_best()
-            artifact = tuning.keep_best(run.setup, run.study, ctx.model_dir, model_id=ctx.model_id,
-                                        seconds=time.perf_counter() - t0)  # fmt: skip
+            artifact = tuning.keep_best(
+                run.setup,
+                run.study,
+                ctx.model_dir,
+                model_id=ctx.model_id,
+                seconds=time.perf_counter() - t0,
+            )
         except JobCancelled:
             if ctx.stop.cancelled:
                 run.cleanup()

@@ -98,12 +98,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     celery_app = make_celery(settings, set_as_current=False)
     # Exposure counts hold binary item arrays: a client of its own, without decode_responses.
     exposure_redis = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30,
-    )  # fmt: skip
-    counter = ExposureCounter(exposure_redis, settings.exposure_flush_s) if settings.exposure_counting else None
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    counter = (
+        ExposureCounter(exposure_redis, settings.exposure_flush_s)
+        if settings.exposure_counting
+        else None
+    )
     artifacts = ArtifactStore.from_settings(settings)
-    reader = ExposureReader(exposure_redis, lambda model_id: exposure.offline_group_shares(registry, artifacts, model_id))
+    reader = ExposureReader(
+        exposure_redis,
+        lambda model_id: exposure.offline_group_shares(registry, artifacts, model_id),
+    )
     store = IndexStore(settings, registry.redis, exposure=counter)
     app.state.registry = registry
     app.state.celery = celery_app
@@ -114,14 +123,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     def served_exposure() -> ExposureReport:
         state = store.snapshot()
-        return reader.report(state.models() if state is not None else [], counting=counter is not None)
+        return reader.report(
+            state.models() if state is not None else [], counting=counter is not None
+        )
 
     app.state.metrics.watch_exposure(served_exposure)
     if counter is not None:
         counter.start()
     stop_retry = _start_index_store(store, settings.reload_poll_s)
-    logger.info("API up: queues %s/%s, data dir %s", settings.train_queue, settings.light_queue,
-                settings.data_dir)
+    logger.info(
+        "API up: queues %s/%s, data dir %s",
+        settings.train_queue,
+        settings.light_queue,
+        settings.data_dir,
+    )
     try:
         yield
     finally:
@@ -153,8 +168,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
     install_error_handlers(app)
-    for router in (datasets.router, jobs.router, models.router, serving_routes.router,
-                   publishing.router, exposure.router, experiment.router, item_routes.router,
-                   ops.router, reports.router):  # fmt: skip
+    for router in (
+        datasets.router,
+        jobs.router,
+        models.router,
+        serving_routes.router,
+        publishing.router,
+        exposure.router,
+        experiment.router,
+        item_routes.router,
+        ops.router,
+        reports.router,
+    ):
         app.include_router(router)
     return app

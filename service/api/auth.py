@@ -58,7 +58,10 @@ def match_key(candidate: str, keys: list[ApiKey]) -> ApiKey | None:
 
 def key_matches(candidate: str, keys: list[str]) -> bool:
     """Whether `candidate` is one of the plain `keys` (constant time, no early exit)."""
-    return match_key(candidate, [ApiKey(f"key{i}", "admin", k) for i, k in enumerate(keys, 1)]) is not None
+    return (
+        match_key(candidate, [ApiKey(f"key{i}", "admin", k) for i, k in enumerate(keys, 1)])
+        is not None
+    )
 
 
 def forbidden(caller: Caller, needed: Role, what: str) -> HTTPException:
@@ -69,7 +72,9 @@ def forbidden(caller: Caller, needed: Role, what: str) -> HTTPException:
     )
 
 
-def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Role) -> Caller:
+def authenticate(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Role
+) -> Caller:
     """The caller of a request that needs `needed` (when keys are configured)."""
     settings: Settings = request.app.state.settings
     keys = settings.keys
@@ -88,12 +93,20 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
     if key is None:
         metrics.auth_failures.labels(reason="invalid").inc()
         logger.info("auth: %s %s with a wrong API key", request.method, request.url.path)
-        raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail="Authorization: API key not accepted")
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN, detail="Authorization: API key not accepted"
+        )
     caller = Caller(name=key.name, role=key.role)
     if not caller.allows(needed):
         metrics.auth_failures.labels(reason="role").inc()
-        logger.info("auth: %s %s refused to key %s (role %s, needs %s)", request.method,
-                    request.url.path, key.name, key.role, needed)  # fmt: skip
+        logger.info(
+            "auth: %s %s refused to key %s (role %s, needs %s)",
+            request.method,
+            request.url.path,
+            key.name,
+            key.role,
+            needed,
+        )
         raise forbidden(caller, needed, f"{request.method} {request.url.path}")
     return caller
 

@@ -86,11 +86,17 @@ _SCOPE_FIGURES: tuple[tuple[str, str, Callable[[ExposureScope], float | None]], 
     ("arp", "average recommendation popularity (mean training interactions)", lambda s: s.arp),
     ("coverage", "distinct items shown / catalogue size", lambda s: s.coverage),
     ("gini", "Gini index of the items' counts", lambda s: s.gini),
-    ("latency_p50_seconds", "median answer latency",
-     lambda s: None if s.latency_ms.p50 is None else s.latency_ms.p50 / 1e3),
-    ("latency_p99_seconds", "99th percentile answer latency",
-     lambda s: None if s.latency_ms.p99 is None else s.latency_ms.p99 / 1e3),
-)  # fmt: skip
+    (
+        "latency_p50_seconds",
+        "median answer latency",
+        lambda s: None if s.latency_ms.p50 is None else s.latency_ms.p50 / 1e3,
+    ),
+    (
+        "latency_p99_seconds",
+        "99th percentile answer latency",
+        lambda s: None if s.latency_ms.p99 is None else s.latency_ms.p99 / 1e3,
+    ),
+)
 
 
 class ExposureCollector(Collector):
@@ -100,7 +106,9 @@ class ExposureCollector(Collector):
         self.get_report = get_report
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("unkd_exposure_up", "1 when the live exposure counts were read from Redis")
+        up = GaugeMetricFamily(
+            "unkd_exposure_up", "1 when the live exposure counts were read from Redis"
+        )
         try:
             report = self.get_report()
         except Exception as exc:  # a scrape must not fail because Redis is down
@@ -115,26 +123,33 @@ class ExposureCollector(Collector):
         for span in ("window", "since_publish"):
             families = []
             for name, doc, value in _SCOPE_FIGURES:
-                family = GaugeMetricFamily(f"unkd_exposure_{span}_{name}", f"{doc} ({span})", labels=["model_id"])
+                family = GaugeMetricFamily(
+                    f"unkd_exposure_{span}_{name}", f"{doc} ({span})", labels=["model_id"]
+                )
                 for m in report.models:
                     v = value(getattr(m, span))
                     if v is not None:
                         family.add_metric([m.model_id], float(v))
                 families.append(family)
-            shares = GaugeMetricFamily(f"unkd_exposure_{span}_group_share",
-                                       f"share of the slots given to each popularity group ({span})",
-                                       labels=["model_id", "group"])  # fmt: skip
+            shares = GaugeMetricFamily(
+                f"unkd_exposure_{span}_group_share",
+                f"share of the slots given to each popularity group ({span})",
+                labels=["model_id", "group"],
+            )
             for m in report.models:
                 for g in getattr(m, span).groups:
                     if g.share is not None:
                         shares.add_metric([m.model_id, str(g.group)], g.share)
             yield from families
             yield shares
-        offline = GaugeMetricFamily("unkd_exposure_offline_group_share",
-                                    "each group's exposure_share@20 in the model's offline report",
-                                    labels=["model_id", "group"])  # fmt: skip
-        weight = GaugeMetricFamily("unkd_exposure_arm_weight", "share of users of each experiment arm",
-                                   labels=["model_id"])  # fmt: skip
+        offline = GaugeMetricFamily(
+            "unkd_exposure_offline_group_share",
+            "each group's exposure_share@20 in the model's offline report",
+            labels=["model_id", "group"],
+        )
+        weight = GaugeMetricFamily(
+            "unkd_exposure_arm_weight", "share of users of each experiment arm", labels=["model_id"]
+        )
         for m in report.models:
             for g in m.window.groups:
                 if g.offline_share is not None:
@@ -151,21 +166,30 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
-            "unkd_http_request_duration_seconds", "request latency by route template",
-            ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.requests = Counter(
-            "unkd_http_requests", "requests by route and status code",
-            ["method", "route", "status"], registry=self.registry,
-        )  # fmt: skip
-        self.auth_failures = Counter(
-            "unkd_auth_failures", "requests refused: missing or wrong API key, or a role too low",
-            ["reason"], registry=self.registry,
-        )  # fmt: skip
-        self.jobs_submitted = Counter(
-            "unkd_jobs_submitted", "jobs accepted by this API process", ["kind"],
+            "unkd_http_request_duration_seconds",
+            "request latency by route template",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
-        )  # fmt: skip
+        )
+        self.requests = Counter(
+            "unkd_http_requests",
+            "requests by route and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "unkd_auth_failures",
+            "requests refused: missing or wrong API key, or a role too low",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.jobs_submitted = Counter(
+            "unkd_jobs_submitted",
+            "jobs accepted by this API process",
+            ["kind"],
+            registry=self.registry,
+        )
         self._source: Callable[[], Registry | None] = lambda: None
         self.registry.register(RegistryCollector(lambda: self._source()))
         self._exposure: Callable[[], ExposureReport | None] = lambda: None

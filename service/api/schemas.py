@@ -80,11 +80,15 @@ class SyntheticParams(_Forbid):
         items = self.n_items or SYNTHETIC_DEFAULTS["n_items"]
         per_user = self.interactions_per_user or SYNTHETIC_DEFAULTS["interactions_per_user"]
         if users * items > MAX_SYNTHETIC_CELLS:
-            raise ValueError(f"n_users x n_items = {users * items:,} exceeds {MAX_SYNTHETIC_CELLS:,}; "
-                             "lower n_users or n_items")  # fmt: skip
+            raise ValueError(
+                f"n_users x n_items = {users * items:,} exceeds {MAX_SYNTHETIC_CELLS:,}; "
+                "lower n_users or n_items"
+            )
         if users * min(per_user, items / 2) > MAX_SYNTHETIC_INTERACTIONS:
-            raise ValueError(f"n_users x interactions_per_user exceeds {MAX_SYNTHETIC_INTERACTIONS:,} "
-                             "interactions; lower n_users or interactions_per_user")  # fmt: skip
+            raise ValueError(
+                f"n_users x interactions_per_user exceeds {MAX_SYNTHETIC_INTERACTIONS:,} "
+                "interactions; lower n_users or interactions_per_user"
+            )
         return self
 
 
@@ -132,7 +136,9 @@ class DistillJobRequest(DistillConfig):
 
     kind: Literal["distill"]
     teacher_id: Id
-    publish: bool = Field(False, description="publish the student when the job succeeds (an admin key)")
+    publish: bool = Field(
+        False, description="publish the student when the job succeeds (an admin key)"
+    )
     force: bool = Field(False, description="with publish: publish even if the publish gate refuses")
     tune: TuneOptions | None = Field(
         None, description="tune on the validation split: {'trials': N} (docs/tuning.md)"
@@ -205,23 +211,38 @@ class PublishRequest(_Forbid):
     """Optional body of POST /v1/models/{id}/publish: override the publish gate, or build
     the bundle without serving it."""
 
-    force: bool = Field(False, description="publish even if the gate refuses (recorded in the history)")
+    force: bool = Field(
+        False, description="publish even if the gate refuses (recorded in the history)"
+    )
     activate: bool = Field(
-        True, description="false: build and store the serving bundle without serving it (the active "
+        True,
+        description="false: build and store the serving bundle without serving it (the active "
         "model and the history stay as they are), so an experiment arm can serve the model to a share "
         "of users first; the publish gate does not apply to it (arms are not gated)",
-    )  # fmt: skip
+    )
     max_head_share_ratio: float | None = Field(
-        None, gt=0, le=100, description="this publish only: a student's head_share@20 at most this x its teacher's"
+        None,
+        gt=0,
+        le=100,
+        description="this publish only: a student's head_share@20 at most this x its teacher's",
     )
     min_ndcg_ratio: float | None = Field(
-        None, ge=0, le=100, description="this publish only: ndcg@20 at least this x the served model's"
+        None,
+        ge=0,
+        le=100,
+        description="this publish only: ndcg@20 at least this x the served model's",
     )
 
     def policy(self, default: GatePolicy) -> GatePolicy:
         """`default` (from Settings) with this request's thresholds."""
-        update = {k: v for k, v in (("max_head_share_ratio", self.max_head_share_ratio),
-                                    ("min_ndcg_ratio", self.min_ndcg_ratio)) if v is not None}  # fmt: skip
+        update = {
+            k: v
+            for k, v in (
+                ("max_head_share_ratio", self.max_head_share_ratio),
+                ("min_ndcg_ratio", self.min_ndcg_ratio),
+            )
+            if v is not None
+        }
         return default.model_copy(update=update)
 
 

@@ -98,7 +98,9 @@ class _Receiver:
         if filename is None:
             return
         if name != FILE_FIELD:
-            raise UploadError(422, f"{name}: unexpected file part; send the data as field '{FILE_FIELD}'")
+            raise UploadError(
+                422, f"{name}: unexpected file part; send the data as field '{FILE_FIELD}'"
+            )
         if self.upload.path is not None:
             raise UploadError(422, f"{FILE_FIELD}: send exactly one file")
         self.upload.filename = safe_filename(filename.decode("utf-8", errors="replace"))
@@ -164,7 +166,9 @@ async def receive_upload(request: Request, dest_dir: Path, max_bytes: int) -> Up
         receiver.close()
     upload = receiver.upload
     if upload.path is None:
-        raise UploadError(422, f"{FILE_FIELD}: missing; send the interactions as form field '{FILE_FIELD}'")
+        raise UploadError(
+            422, f"{FILE_FIELD}: missing; send the interactions as form field '{FILE_FIELD}'"
+        )
     if upload.size == 0:
         raise UploadError(422, f"{FILE_FIELD}: the uploaded file is empty")
     logger.info("received upload %s (%d bytes)", upload.filename, upload.size)

@@ -155,12 +155,22 @@ class ApiClient:
     def __enter__(self) -> ApiClient:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                 json_body: Any = None) -> Any:  # fmt: skip
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+    ) -> Any:
         try:
             r = self._http.request(method, path, params=params, json=json_body)
         except httpx.ConnectError as exc:
@@ -181,11 +191,19 @@ class ApiClient:
         except ValueError:
             body = None
         if r.status_code >= 400:
-            raise ApiError(r.status_code, detail_text(body) if body is not None else r.text[:200].strip()
-                           or r.reason_phrase, method, path)  # fmt: skip
+            raise ApiError(
+                r.status_code,
+                detail_text(body) if body is not None else r.text[:200].strip() or r.reason_phrase,
+                method,
+                path,
+            )
         if body is None:
-            raise ApiError(r.status_code, f"not a JSON answer (is {self.base_url} an unkd API?): "
-                           f"{r.text[:100]!r}", method, path)  # fmt: skip
+            raise ApiError(
+                r.status_code,
+                f"not a JSON answer (is {self.base_url} an unkd API?): {r.text[:100]!r}",
+                method,
+                path,
+            )
         return body
 
     # -- jobs -----------------------------------------------------------------------------
@@ -194,8 +212,14 @@ class ApiClient:
         """POST /v1/jobs: a teacher or distill job (the body of TeacherJobRequest / DistillJobRequest)."""
         return cast(JobAccepted, self._request("POST", "/v1/jobs", json_body=dict(body)))
 
-    def list_jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 50,
-                  offset: int = 0) -> JobList:  # fmt: skip
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> JobList:
         params = {k: v for k, v in (("status", status), ("kind", kind)) if v is not None}
         return cast(
             JobList,
@@ -236,9 +260,17 @@ class ApiClient:
 
     # -- serving --------------------------------------------------------------------------
 
-    def recommend(self, user_id: str, *, k: int = 20, exclude_seen: bool = True,
-                  exclude: Sequence[str] = (), include: Sequence[str] = (), groups: Sequence[int] = (),
-                  fallback: str | None = None) -> Recommendations:  # fmt: skip
+    def recommend(
+        self,
+        user_id: str,
+        *,
+        k: int = 20,
+        exclude_seen: bool = True,
+        exclude: Sequence[str] = (),
+        include: Sequence[str] = (),
+        groups: Sequence[int] = (),
+        fallback: str | None = None,
+    ) -> Recommendations:
         """GET /v1/recommendations/{user}: the served model's top-k, with the filters."""
         params: dict[str, Any] = {"k": k, "exclude_seen": str(exclude_seen).lower()}
         for name, values in (("exclude", exclude), ("include", include), ("groups", groups)):

@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Any
 
 # Flags that set a field of a job body: argparse dest -> body field.
-BODY_FIELDS = {"dataset": "dataset_id", "teacher": "teacher_id", "model": "model", "method": "method",
-               "student_model": "student_model", "dim": "dim", "lambda_kd": "lambda_kd",
-               "epochs": "epochs", "seed": "seed"}  # fmt: skip
+BODY_FIELDS = {
+    "dataset": "dataset_id",
+    "teacher": "teacher_id",
+    "model": "model",
+    "method": "method",
+    "student_model": "student_model",
+    "dim": "dim",
+    "lambda_kd": "lambda_kd",
+    "epochs": "epochs",
+    "seed": "seed",
+}
 # The field each kind cannot go without, and its flag.
 REQUIRED = {"teacher": ("dataset_id", "--dataset"), "distill": ("teacher_id", "--teacher")}
 
@@ -71,8 +79,13 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
         return publish_body(body, args)
     if body.setdefault("kind", args.kind) != args.kind:
         raise UsageError(f"--body says kind {body['kind']!r}, the command {args.kind!r}")
-    body.update({field: getattr(args, dest) for dest, field in BODY_FIELDS.items()
-                 if getattr(args, dest, None) is not None})  # fmt: skip
+    body.update(
+        {
+            field: getattr(args, dest)
+            for dest, field in BODY_FIELDS.items()
+            if getattr(args, dest, None) is not None
+        }
+    )
     if getattr(args, "publish", False):
         body["publish"] = True
     if getattr(args, "force", False):

@@ -94,9 +94,11 @@ def api_command(handler: Handler) -> Callable[[argparse.Namespace], int]:
         except ApiError as exc:
             warn(f"error: {_error_line(exc, args)}")
             if exc.status == 409 and "publish gate" in exc.detail and hasattr(args, "model_id"):
-                warn(f"hint: publish it anyway with `unkd models publish {args.model_id} --force` (an admin "
-                     "key; recorded in the publish history), or relax the rule for this publish only with "
-                     "--max-head-share-ratio / --min-ndcg-ratio")  # fmt: skip
+                warn(
+                    f"hint: publish it anyway with `unkd models publish {args.model_id} --force` (an admin "
+                    "key; recorded in the publish history), or relax the rule for this publish only with "
+                    "--max-head-share-ratio / --min-ndcg-ratio"
+                )
             return 1
 
     return run
@@ -118,8 +120,10 @@ def follow(client: ApiClient, job_id: str, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        warn(f"\nstopped waiting; job {job_id} goes on (`unkd jobs show {job_id} --wait` to follow it, "
-             f"`unkd jobs cancel {job_id}` to stop it)")  # fmt: skip
+        warn(
+            f"\nstopped waiting; job {job_id} goes on (`unkd jobs show {job_id} --wait` to follow it, "
+            f"`unkd jobs cancel {job_id}` to stop it)"
+        )
         return 130
     if bar is not None:
         bar.close()
@@ -141,7 +145,9 @@ def _accepted(client: ApiClient, accepted: JobAccepted, args: argparse.Namespace
     if args.json:
         _print_json(accepted)
     else:
-        say(f"{what} {accepted['id']} queued; follow it with `unkd jobs show {accepted['id']} --wait`")  # fmt: skip
+        say(
+            f"{what} {accepted['id']} queued; follow it with `unkd jobs show {accepted['id']} --wait`"
+        )
     return 0
 
 
@@ -162,9 +168,18 @@ def cmd_jobs_list(client: ApiClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(page)
         return 0
-    rows = [[j["id"], j["kind"], j["status"], progress_text(j), j.get("model_id"),
-             (j["timings"].get("queued_at") or "")[:19], (j.get("error") or "")[:60]]
-            for j in page["items"]]  # fmt: skip
+    rows = [
+        [
+            j["id"],
+            j["kind"],
+            j["status"],
+            progress_text(j),
+            j.get("model_id"),
+            (j["timings"].get("queued_at") or "")[:19],
+            (j.get("error") or "")[:60],
+        ]
+        for j in page["items"]
+    ]
     say(table(["id", "kind", "status", "progress", "model", "queued at", "error"], rows))
     _more(len(page["items"]), page["total"], args.offset, "jobs")
     return 0
@@ -193,8 +208,10 @@ def cmd_jobs_cancel(client: ApiClient, args: argparse.Namespace) -> int:
     elif status["status"] == "cancelled":
         say(f"job {status['id']} cancelled")
     else:
-        say(f"job {status['id']}: cancel requested; it is {status['status']} and stops at its "
-            "next epoch boundary")  # fmt: skip
+        say(
+            f"job {status['id']}: cancel requested; it is {status['status']} and stops at its "
+            "next epoch boundary"
+        )
     return 0
 
 
@@ -206,12 +223,26 @@ def cmd_models_list(client: ApiClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(page)
         return 0
-    rows = [["*" if m.get("active") else "", m["id"], m["kind"],
-             m["model"] + (f"/{m['method']}" if m.get("method") else ""), m["dim"],
-             m.get("lineage", {}).get("dataset_id"), m.get("lineage", {}).get("teacher_id"),
-             *(m.get("metrics", {}).get(h) for h in HEADLINE)] for m in page["items"]]  # fmt: skip
-    say(table(["served", "id", "kind", "model", "dim", "dataset", "teacher", *HEADLINE], rows,
-                right=(4, 7, 8, 9)))  # fmt: skip
+    rows = [
+        [
+            "*" if m.get("active") else "",
+            m["id"],
+            m["kind"],
+            m["model"] + (f"/{m['method']}" if m.get("method") else ""),
+            m["dim"],
+            m.get("lineage", {}).get("dataset_id"),
+            m.get("lineage", {}).get("teacher_id"),
+            *(m.get("metrics", {}).get(h) for h in HEADLINE),
+        ]
+        for m in page["items"]
+    ]
+    say(
+        table(
+            ["served", "id", "kind", "model", "dim", "dataset", "teacher", *HEADLINE],
+            rows,
+            right=(4, 7, 8, 9),
+        )
+    )
     _more(len(page["items"]), page["total"], args.offset, "models")
     return 0
 
@@ -230,8 +261,15 @@ def cmd_recommend(client: ApiClient, args: argparse.Namespace) -> int:
     flat = [item for group in args.exclude or () for item in group]
     allow = [item for group in args.include or () for item in group]
     groups = [g for group in args.groups or () for g in group]
-    answer = client.recommend(args.user, k=args.k, exclude_seen=not args.include_seen, exclude=flat,
-                              include=allow, groups=groups, fallback=args.fallback)  # fmt: skip
+    answer = client.recommend(
+        args.user,
+        k=args.k,
+        exclude_seen=not args.include_seen,
+        exclude=flat,
+        include=allow,
+        groups=groups,
+        fallback=args.fallback,
+    )
     if args.json:
         _print_json(answer)
         return 0

@@ -42,8 +42,10 @@ def table(
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()  # fmt: skip
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:])])
 
@@ -75,13 +77,20 @@ def job_details(status: JobStatus) -> str:
     """`jobs show`: one field per line."""
     timings = status["timings"]
     rows: list[tuple[str, Any]] = [
-        ("id", status["id"]), ("kind", status["kind"]), ("status", status["status"]),
-        ("progress", progress_text(status)), ("stage", status["progress"].get("stage")),
-        ("model", status.get("model_id")), ("error", status.get("error")),
-        ("attempts", status.get("attempts")), ("cancel requested", status.get("cancel_requested")),
-        ("queued at", timings.get("queued_at")), ("started at", timings.get("started_at")),
-        ("finished at", timings.get("finished_at")), ("elapsed s", timings.get("elapsed_s")),
-    ]  # fmt: skip
+        ("id", status["id"]),
+        ("kind", status["kind"]),
+        ("status", status["status"]),
+        ("progress", progress_text(status)),
+        ("stage", status["progress"].get("stage")),
+        ("model", status.get("model_id")),
+        ("error", status.get("error")),
+        ("attempts", status.get("attempts")),
+        ("cancel requested", status.get("cancel_requested")),
+        ("queued at", timings.get("queued_at")),
+        ("started at", timings.get("started_at")),
+        ("finished at", timings.get("finished_at")),
+        ("elapsed s", timings.get("elapsed_s")),
+    ]
     rows += [(f"metric {name}", value) for name, value in sorted(status.get("metrics", {}).items())]
     for name, value in status.get("params", {}).items():
         rows.append((f"param {name}", value))
@@ -101,9 +110,16 @@ class JobBar:
     def __init__(self, status: JobStatus, file: TextIO | None = None) -> None:
         from tqdm import tqdm  # only a waiting command pays for it
 
-        self.bar = tqdm(total=None, desc=f"{status['kind']} {status['id'][:12]}", unit="epoch",
-                        bar_format=self.NO_COUNT, file=file or sys.stderr, dynamic_ncols=True,
-                        leave=True, mininterval=0)  # fmt: skip
+        self.bar = tqdm(
+            total=None,
+            desc=f"{status['kind']} {status['id'][:12]}",
+            unit="epoch",
+            bar_format=self.NO_COUNT,
+            file=file or sys.stderr,
+            dynamic_ncols=True,
+            leave=True,
+            mininterval=0,
+        )
 
     def update(self, status: JobStatus) -> None:
         p = status["progress"]

@@ -60,7 +60,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = "_artifact.json"  # not manifest.json: a model directory has one (and macOS folds case)
+MANIFEST_FILE = (
+    "_artifact.json"  # not manifest.json: a model directory has one (and macOS folds case)
+)
 MANIFEST_FORMAT = 1
 CACHE_SUBDIR = Path("cache") / "artifacts"
 SCRATCH = "scratch"  # keys a job writes for itself and deletes when it ends (delete_scratch)
@@ -106,7 +108,9 @@ def model_key(model_id: str) -> str:
 
 def check_key(key: str) -> str:
     if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
-        raise ArtifactError(key, "not a valid key (relative segments of letters, digits, '.', '_', '-')")
+        raise ArtifactError(
+            key, "not a valid key (relative segments of letters, digits, '.', '_', '-')"
+        )
     return key
 
 
@@ -128,22 +132,34 @@ class Manifest:
     created_at: str
 
     def to_json(self) -> bytes:
-        return json.dumps({
-            "format": MANIFEST_FORMAT, "key": self.key, "created_at": self.created_at,
-            "files": {n: {"size": e.size, "sha256": e.sha256} for n, e in sorted(self.files.items())},
-        }, indent=1).encode()  # fmt: skip
+        return json.dumps(
+            {
+                "format": MANIFEST_FORMAT,
+                "key": self.key,
+                "created_at": self.created_at,
+                "files": {
+                    n: {"size": e.size, "sha256": e.sha256} for n, e in sorted(self.files.items())
+                },
+            },
+            indent=1,
+        ).encode()
 
     @classmethod
     def from_json(cls, key: str, raw: bytes) -> Manifest:
         try:
             data = json.loads(raw)
-            files = {str(n): FileEntry(int(e["size"]), str(e["sha256"])) for n, e in data["files"].items()}
+            files = {
+                str(n): FileEntry(int(e["size"]), str(e["sha256"]))
+                for n, e in data["files"].items()
+            }
             created_at = str(data.get("created_at", ""))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ArtifactCorruptError(key, f"unreadable {MANIFEST_FILE} ({exc!r})") from exc
         for name in files:
             if not _KEY.match(name) or name == MANIFEST_FILE:
-                raise ArtifactCorruptError(key, f"{MANIFEST_FILE} lists an unsafe file name {name!r}")
+                raise ArtifactCorruptError(
+                    key, f"{MANIFEST_FILE} lists an unsafe file name {name!r}"
+                )
         return cls(key, files, created_at)
 
 
@@ -232,7 +248,7 @@ class ArtifactStore:
         """The key of a location URL in this store; None for a URL elsewhere (or a path)."""
         if self.in_place or not location.startswith(self.url + "/"):
             return None
-        return check_key(location[len(self.url) + 1:])
+        return check_key(location[len(self.url) + 1 :])
 
     def resolve(self, location: str) -> Path:
         """A pointer's location as a local directory: a path as it is (relative: under the
@@ -246,9 +262,13 @@ class ArtifactStore:
             return path if path.is_absolute() else self.data_dir / path
         key = self.key_of(location)
         if key is None:
-            raise ArtifactError(location, (
-                f"not in this process's artifact store ({self.url or 'none: UNKD_ARTIFACT_URL is unset'}); "
-                "every API and worker process needs the same UNKD_ARTIFACT_URL"))  # fmt: skip
+            raise ArtifactError(
+                location,
+                (
+                    f"not in this process's artifact store ({self.url or 'none: UNKD_ARTIFACT_URL is unset'}); "
+                    "every API and worker process needs the same UNKD_ARTIFACT_URL"
+                ),
+            )
         return self.fetch(key)
 
     # -- the remote side -----------------------------------------------------------------------
@@ -258,7 +278,9 @@ class ArtifactStore:
             import fsspec  # the data-dir mode never needs it
             from fsspec.utils import get_protocol
 
-            options: dict[str, Any] = {"auto_mkdir": True} if get_protocol(self.url) in ("file", "local") else {}
+            options: dict[str, Any] = (
+                {"auto_mkdir": True} if get_protocol(self.url) in ("file", "local") else {}
+            )
             # No listings cache: s3fs answers a file's size (which cat_file asks first) from a
             # cached listing of its directory, so a manifest written after that listing read as
             # absent (a fanned-out job's shard, listed half-uploaded, then fetched: seen in CI).
@@ -281,7 +303,9 @@ class ArtifactStore:
         try:
             raw = fs.cat_file(self._path(key, MANIFEST_FILE))
         except FileNotFoundError:
-            raise ArtifactNotFoundError(key, f"not in {self.url} (no {MANIFEST_FILE}: absent or still being written)") from None
+            raise ArtifactNotFoundError(
+                key, f"not in {self.url} (no {MANIFEST_FILE}: absent or still being written)"
+            ) from None
         return Manifest.from_json(key, raw)
 
     def exists(self, key: str) -> bool:
@@ -324,8 +348,13 @@ class ArtifactStore:
         for name in local.files:
             fs.put_file(str(src / name), self._path(key, name))
         fs.pipe_file(self._path(key, MANIFEST_FILE), local.to_json())  # last: now the key exists
-        logger.info("artifact %s: stored %d files (%d bytes) in %s", key, len(local.files),
-                    sum(e.size for e in local.files.values()), self.url)  # fmt: skip
+        logger.info(
+            "artifact %s: stored %d files (%d bytes) in %s",
+            key,
+            len(local.files),
+            sum(e.size for e in local.files.values()),
+            self.url,
+        )
         return local
 
     def commit(self, key: str, src: Path) -> str:
@@ -376,9 +405,13 @@ class ArtifactStore:
     @staticmethod
     def _same_or_raise(key: str, local: Manifest, stored: Manifest) -> None:
         if local.files != stored.files:
-            raise ArtifactExistsError(key, (
-                "already written with different content; keys are written once (a new version "
-                "needs a new key: a new publish, job or dataset)"))  # fmt: skip
+            raise ArtifactExistsError(
+                key,
+                (
+                    "already written with different content; keys are written once (a new version "
+                    "needs a new key: a new publish, job or dataset)"
+                ),
+            )
         logger.info("artifact %s: already stored with the same content", key)
 
     # -- reading -------------------------------------------------------------------------------
@@ -412,7 +445,9 @@ class ArtifactStore:
         only once each matches the manifest; an existing `dest` (another fetch won) is kept."""
         check_key(key)
         if self.in_place:
-            raise ArtifactError(key, "fetch_into is for an artifact URL; the data dir is read in place")
+            raise ArtifactError(
+                key, "fetch_into is for an artifact URL; the data dir is read in place"
+            )
         if not (Path(dest) / MANIFEST_FILE).is_file():
             self._download(key, Path(dest), Path(dest).parent)
         return Path(dest)
@@ -431,25 +466,41 @@ class ArtifactStore:
                 try:
                     fs.get_file(self._path(key, name), str(local))
                 except FileNotFoundError:
-                    raise ArtifactCorruptError(key, f"{name}: listed in the manifest, missing from {self.url}") from None
+                    raise ArtifactCorruptError(
+                        key, f"{name}: listed in the manifest, missing from {self.url}"
+                    ) from None
                 size = local.stat().st_size
                 if size != entry.size:
-                    raise ArtifactCorruptError(key, f"{name}: {size} bytes, the manifest says {entry.size}")
+                    raise ArtifactCorruptError(
+                        key, f"{name}: {size} bytes, the manifest says {entry.size}"
+                    )
                 digest = _sha256(local)
                 if digest != entry.sha256:
-                    raise ArtifactCorruptError(key, (
-                        f"{name}: sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}… "
-                        "(corrupt or modified in the store); not cached"))  # fmt: skip
+                    raise ArtifactCorruptError(
+                        key,
+                        (
+                            f"{name}: sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}… "
+                            "(corrupt or modified in the store); not cached"
+                        ),
+                    )
             (tmp / MANIFEST_FILE).write_bytes(manifest.to_json())
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(tmp, dest)
             except OSError:
-                if not (dest / MANIFEST_FILE).is_file():  # another fetch of the same key won: use its copy
+                if not (
+                    dest / MANIFEST_FILE
+                ).is_file():  # another fetch of the same key won: use its copy
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        logger.info("artifact %s: fetched %d files from %s into %s", key, len(manifest.files), self.url, dest)
+        logger.info(
+            "artifact %s: fetched %d files from %s into %s",
+            key,
+            len(manifest.files),
+            self.url,
+            dest,
+        )
 
     # -- scratch: one job's intermediate results, removed when the job ends --------------------
     def complete_keys(self, prefix: str) -> set[str]:
@@ -465,7 +516,7 @@ class ArtifactStore:
             return set()
         tail = f"/{MANIFEST_FILE}"
         base = f"{root}/".lstrip("/")
-        return {p.lstrip("/")[len(base):-len(tail)] for p in paths if p.endswith(tail)}
+        return {p.lstrip("/")[len(base) : -len(tail)] for p in paths if p.endswith(tail)}
 
     def delete_scratch(self, prefix: str) -> None:
         """Remove every object under `prefix`, which must start with "scratch/": artifacts are
@@ -499,11 +550,17 @@ class ArtifactStore:
                 used = marker.stat().st_mtime
             except (ArtifactError, OSError):
                 continue  # a damaged copy: _cached removes it on its next use
-            out.append(CachedArtifact(key, where, sum(e.size for e in manifest.files.values()), used))
+            out.append(
+                CachedArtifact(key, where, sum(e.size for e in manifest.files.values()), used)
+            )
         return sorted(out, key=lambda c: (c.last_used, c.key))
 
-    def prune_cache(self, max_bytes: float, keep: set[str] | frozenset[str] = frozenset(),
-                    grace_s: float | None = None) -> list[str]:  # fmt: skip
+    def prune_cache(
+        self,
+        max_bytes: float,
+        keep: set[str] | frozenset[str] = frozenset(),
+        grace_s: float | None = None,
+    ) -> list[str]:
         """Remove least recently used cached artifacts until the cache holds <= max_bytes.
 
         Never removed: the keys in `keep` (what this process serves) and artifacts used in the
@@ -535,8 +592,13 @@ class ArtifactStore:
             total -= c.size
             removed.append(c.key)
         if removed:
-            logger.info("artifact cache %s: removed %d least recently used (%s); %.1f MB left",
-                        self.cache_dir, len(removed), ", ".join(removed), total / 1e6)  # fmt: skip
+            logger.info(
+                "artifact cache %s: removed %d least recently used (%s); %.1f MB left",
+                self.cache_dir,
+                len(removed),
+                ", ".join(removed),
+                total / 1e6,
+            )
         return removed
 
     def _cached(self, key: str, dest: Path) -> bool:
@@ -547,8 +609,10 @@ class ArtifactStore:
             return False
         try:
             manifest = Manifest.from_json(key, marker.read_bytes())
-            whole = all((dest / n).is_file() and (dest / n).stat().st_size == e.size
-                        for n, e in manifest.files.items())  # fmt: skip
+            whole = all(
+                (dest / n).is_file() and (dest / n).stat().st_size == e.size
+                for n, e in manifest.files.items()
+            )
         except (ArtifactError, OSError):
             whole = False
         if not whole:

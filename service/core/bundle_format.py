@@ -95,7 +95,9 @@ def _build_index(item_emb: np.ndarray, factory: str) -> faiss.Index:
     try:
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise BundleError(f"index_factory={factory!r} is not a valid faiss factory string: {exc}") from exc
+        raise BundleError(
+            f"index_factory={factory!r} is not a valid faiss factory string: {exc}"
+        ) from exc
     res = None
     if faiss.get_num_gpus() > 0:
         try:
@@ -132,7 +134,9 @@ def _validate_index(
     if index.ntotal != n_items:
         raise BundleError(f"index holds {index.ntotal} vectors, expected n_items={n_items}")
     if index.d != d or user_emb.shape[1] != d:
-        raise BundleError(f"dimension mismatch: index d={index.d}, items d={d}, users d={user_emb.shape[1]}")
+        raise BundleError(
+            f"dimension mismatch: index d={index.d}, items d={d}, users d={user_emb.shape[1]}"
+        )
     if is_exact(factory):
         return 1.0
     rng = np.random.default_rng(seed)
@@ -236,7 +240,13 @@ def build_bundle(
         write_json_atomic(tmp / META_FILE, meta)
     logger.info(
         "bundle %s: %s over %d items, d=%d, recall@%d=%.3f -> %s",
-        model_id, index_factory, meta["n_items"], meta["d"], VALIDATION_K, recall, out_dir,
+        model_id,
+        index_factory,
+        meta["n_items"],
+        meta["d"],
+        VALIDATION_K,
+        recall,
+        out_dir,
     )
     return meta
 
@@ -256,7 +266,9 @@ class BundleFiles:
     optional: dict[str, np.ndarray] = field(default_factory=dict)  # OPTIONAL_ARRAY_FILES present
 
 
-def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128, mmap: bool = False) -> BundleFiles:
+def read_bundle(
+    path: Path, *, nprobe: int = 16, ef_search: int = 128, mmap: bool = False
+) -> BundleFiles:
     """Read and verify a bundle (checksums, shapes); set the search parameters explicitly.
 
     mmap: map the index's vectors (flat indexes) and the arrays from the files instead of
@@ -290,11 +302,14 @@ def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128, mmap: boo
     try:
         index = faiss.read_index(str(path / INDEX_FILE), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         mode: Literal["r"] | None = "r" if mmap else None
-        arrays = {n: np.load(path / f"{n}.npy", mmap_mode=mode, allow_pickle=False) for n in ARRAY_FILES}
+        arrays = {
+            n: np.load(path / f"{n}.npy", mmap_mode=mode, allow_pickle=False) for n in ARRAY_FILES
+        }
         optional = {
             n: np.load(path / f"{n}.npy", mmap_mode=mode, allow_pickle=False)
-            for n in OPTIONAL_ARRAY_FILES if f"{n}.npy" in files
-        }  # fmt: skip
+            for n in OPTIONAL_ARRAY_FILES
+            if f"{n}.npy" in files
+        }
         item_emb = None
         if not meta.get("exact", True):
             # mmap: only exact scans, fold-in and similar items read it, so it costs no resident memory
@@ -320,6 +335,11 @@ def read_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128, mmap: boo
     ):
         logger.warning(
             "%s: searched with nprobe=%d ef_search=%d, below the nprobe=%s ef_search=%s its recall "
-            "was validated with", path, nprobe, ef_search, meta.get("nprobe"), meta.get("ef_search"),
-        )  # fmt: skip
+            "was validated with",
+            path,
+            nprobe,
+            ef_search,
+            meta.get("nprobe"),
+            meta.get("ef_search"),
+        )
     return BundleFiles(path, meta, index, arrays, item_emb, optional)

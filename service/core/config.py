@@ -44,9 +44,13 @@ def parse_key_entry(entry: str, position: int, where: str) -> ApiKey:
         if not _KEY_NAME.match(name):
             raise ValueError(f"{where}: key name {name!r} must match {_KEY_NAME.pattern}")
         if role not in ROLES:
-            raise ValueError(f"{where}: key {name!r} has role {role!r}; expected one of {', '.join(ROLES)}")
+            raise ValueError(
+                f"{where}: key {name!r} has role {role!r}; expected one of {', '.join(ROLES)}"
+            )
     else:
-        raise ValueError(f"{where}: expected 'name:role:key' or a plain key, got {len(parts) - 1} ':'")
+        raise ValueError(
+            f"{where}: expected 'name:role:key' or a plain key, got {len(parts) - 1} ':'"
+        )
     if len(key) < 8:
         raise ValueError(f"{where}: each API key needs at least 8 characters")
     return ApiKey(name, role, key)  # type: ignore[arg-type]
@@ -64,22 +68,28 @@ def is_loopback(host: str) -> bool:
 
 class Settings(BaseSettings):
     # hide_input_in_errors: a refused UNKD_API_KEYS must not print the keys it holds
-    model_config = SettingsConfigDict(env_prefix="UNKD_", env_file=".env", extra="ignore",
-                                      hide_input_in_errors=True)
+    model_config = SettingsConfigDict(
+        env_prefix="UNKD_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     redis_url: str | None = Field(
         None, description="redis://… or rediss://…; unset: `unkd up` starts a local Redis itself"
     )
-    data_dir: Path = Field(Path("data"), description="datasets, models, serving bundles, local Redis")
+    data_dir: Path = Field(
+        Path("data"), description="datasets, models, serving bundles, local Redis"
+    )
     artifact_url: str = Field(
-        "", description="where datasets, models and serving bundles are stored: empty = the data dir (one host), or an "
+        "",
+        description="where datasets, models and serving bundles are stored: empty = the data dir (one host), or an "
         "fsspec URL shared by every host, e.g. s3://bucket/prefix (AWS_* variables give the "
         "endpoint and credentials); service/core/artifacts.py",
-    )  # fmt: skip
+    )
     artifact_cache_max_mb: float = Field(
-        20_480, ge=0, description="with artifact_url set: the most this host's cache of fetched "
+        20_480,
+        ge=0,
+        description="with artifact_url set: the most this host's cache of fetched "
         "artifacts (<data_dir>/cache/artifacts) keeps, least recently used removed first; 0 = no limit",
-    )  # fmt: skip
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated 'name:role:key' (role read|write|admin) or plain keys "
@@ -93,20 +103,28 @@ class Settings(BaseSettings):
     )
     publish_gate: bool = Field(True, description="check the publish gate before a model is served")
     gate_max_head_share_ratio: float = Field(
-        1.0, gt=0, le=100,
+        1.0,
+        gt=0,
+        le=100,
         description="gate: a student's head_share@20 at most this x its teacher's",
-    )  # fmt: skip
+    )
     gate_min_ndcg_ratio: float = Field(
-        0.9, ge=0, le=100,
+        0.9,
+        ge=0,
+        le=100,
         description="gate: a model's ndcg@20 at least this x the served model's (same dataset)",
-    )  # fmt: skip
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="worker training device; auto: CUDA when torch sees a GPU"
     )
-    index_factory: str = Field("Flat", description="FAISS factory string: Flat, IVF1024,Flat, HNSW32")
+    index_factory: str = Field(
+        "Flat", description="FAISS factory string: Flat, IVF1024,Flat, HNSW32"
+    )
     nprobe: int = Field(16, ge=1, le=65536, description="IVF lists searched per query")
     hnsw_ef_search: int = Field(128, ge=1, le=65536, description="HNSW search breadth")
-    max_k: int = Field(200, ge=1, le=10_000, description="largest k a recommendations request may ask")
+    max_k: int = Field(
+        200, ge=1, le=10_000, description="largest k a recommendations request may ask"
+    )
     max_batch_users: int = Field(1000, ge=1, le=100_000, description="users per batch request")
     upload_max_bytes: int = Field(
         200 * 1024 * 1024, ge=1024, description="dataset upload limit, enforced while streaming"
@@ -116,57 +134,71 @@ class Settings(BaseSettings):
     )
     train_queue: str = Field("train", min_length=1, description="Celery queue of training jobs")
     light_queue: str = Field("light", min_length=1, description="Celery queue of publish jobs")
-    reload_poll_s: float = Field(2.0, gt=0, description="API: how often to re-check the active model")
+    reload_poll_s: float = Field(
+        2.0, gt=0, description="API: how often to re-check the active model"
+    )
     serving_mmap: bool = Field(
-        False, description="API: map a bundle's vectors and arrays from its files, shared by the "
-        "API processes of one host, instead of a copy per process (docs/service.md)"
-    )  # fmt: skip
+        False,
+        description="API: map a bundle's vectors and arrays from its files, shared by the "
+        "API processes of one host, instead of a copy per process (docs/service.md)",
+    )
     serving_gc_freeze: bool = Field(
-        True, description="API: after each bundle load, move what is alive out of the garbage "
-        "collector's walks (gc.freeze; service/serving/gc_policy.py): the walks set p99 latency"
-    )  # fmt: skip
+        True,
+        description="API: after each bundle load, move what is alive out of the garbage "
+        "collector's walks (gc.freeze; service/serving/gc_policy.py): the walks set p99 latency",
+    )
     job_max_retries: int = Field(
         3, ge=0, le=100, description="retries of a job after a transient error (Redis, disk)"
     )
     result_expires_s: int = Field(7 * 24 * 3600, ge=60, description="Celery result TTL")
     job_heartbeat_s: float = Field(
-        10.0, gt=0, le=600,
+        10.0,
+        gt=0,
+        le=600,
         description="a running job refreshes its heartbeat this often; any worker requeues a "
         "running job whose heartbeat is 3 intervals old (its worker died)",
-    )  # fmt: skip
+    )
     fanout_min_users: int = Field(
-        200_000, ge=1,
+        200_000,
+        ge=1,
         description="a distillation job over at least this many users ranks its teacher's "
         "candidate lists in shards that every worker takes, kept on disk (worker/fanout.py)",
-    )  # fmt: skip
+    )
     fanout_shard_users: int = Field(
         50_000, ge=1, description="users per candidate shard of a fanned-out distillation job"
     )
     fanout_chunk_users: int = Field(
-        1024, ge=1, le=1_000_000,
+        1024,
+        ge=1,
+        le=1_000_000,
         description="users a shard scores at once: memory ~ 2 x this x items floats on the "
         "teacher's device; the job's cancel flag is checked between chunks",
-    )  # fmt: skip
+    )
     max_job_memory_mb: int = Field(
-        16 * 1024, ge=1,
+        16 * 1024,
+        ge=1,
         description="a job estimated to need more (embeddings, optimiser state, teacher "
         "candidates) is refused at submission (422) and failed by the worker",
-    )  # fmt: skip
+    )
     redis_timeout_s: float = Field(
-        5.0, gt=0, le=300,
+        5.0,
+        gt=0,
+        le=300,
         description="registry socket timeout: a hung Redis answers 503 after this, never hangs a request",
-    )  # fmt: skip
+    )
     max_body_bytes: int = Field(
-        1024 * 1024, ge=1024,
+        1024 * 1024,
+        ge=1024,
         description="largest JSON request body (uploads have upload_max_bytes); larger: 413",
-    )  # fmt: skip
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="API and worker log level"
     )
     exposure_counting: bool = Field(
-        True, description="API: count live exposure (slots per popularity group, items, latency) "
+        True,
+        description="API: count live exposure (slots per popularity group, items, latency) "
         "of every answered recommendation and flush it to Redis (GET /v1/serving/exposure)",
-    )  # fmt: skip
+    )
     exposure_flush_s: float = Field(
         1.0, gt=0, le=60, description="API: how often the live exposure counts are flushed to Redis"
     )
@@ -185,7 +217,9 @@ class Settings(BaseSettings):
     def _artifact_scheme(cls, url: str) -> str:
         url = url.strip()
         if url and not re.match(r"^[a-z][a-z0-9+.-]*://.+", url):
-            raise ValueError(f"artifact_url={url!r}: expected an fsspec URL such as s3://bucket/prefix")
+            raise ValueError(
+                f"artifact_url={url!r}: expected an fsspec URL such as s3://bucket/prefix"
+            )
         return url.rstrip("/")
 
     @field_validator("log_level", mode="before")
@@ -216,13 +250,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _load_keys(self) -> Settings:
-        keys = [parse_key_entry(e, i, f"UNKD_API_KEYS entry {i}") for i, e in enumerate(self.api_keys, 1)]
+        keys = [
+            parse_key_entry(e, i, f"UNKD_API_KEYS entry {i}")
+            for i, e in enumerate(self.api_keys, 1)
+        ]
         if self.api_keys_file is not None:
             try:
                 lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
-                raise ValueError(f"UNKD_API_KEYS_FILE={str(self.api_keys_file)!r}: cannot read it "
-                                 f"({type(exc).__name__})") from None  # fmt: skip
+                raise ValueError(
+                    f"UNKD_API_KEYS_FILE={str(self.api_keys_file)!r}: cannot read it "
+                    f"({type(exc).__name__})"
+                ) from None
             for n, line in enumerate(lines, 1):
                 entry = line.strip()
                 if entry and not entry.startswith("#"):
@@ -246,8 +285,10 @@ class Settings(BaseSettings):
         """Why listening on `host` is refused (beyond loopback without keys), or None."""
         if self._keys or self.allow_open or is_loopback(host):
             return None
-        return (f"refusing to listen on {host or 'every interface'} without API keys: set "
-                "UNKD_API_KEYS (or UNKD_API_KEYS_FILE), or UNKD_ALLOW_OPEN=1 to serve without keys")  # fmt: skip
+        return (
+            f"refusing to listen on {host or 'every interface'} without API keys: set "
+            "UNKD_API_KEYS (or UNKD_API_KEYS_FILE), or UNKD_ALLOW_OPEN=1 to serve without keys"
+        )
 
     @property
     def datasets_dir(self) -> Path:

@@ -22,8 +22,23 @@ JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "canc
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 HEADLINE_K = 20
 # Report metrics a model record shows (at K = HEADLINE_K); the full report has the rest.
-HEADLINE = ("recall", "ndcg", "precision", "hit", "ips_recall", "ips_ndcg", "oracle_ndcg",
-            "overlap", "arp", "aplt", "head_share", "coverage", "gini", "pop_rsp", "pop_reo")
+HEADLINE = (
+    "recall",
+    "ndcg",
+    "precision",
+    "hit",
+    "ips_recall",
+    "ips_ndcg",
+    "oracle_ndcg",
+    "overlap",
+    "arp",
+    "aplt",
+    "head_share",
+    "coverage",
+    "gini",
+    "pop_rsp",
+    "pop_reo",
+)
 
 
 def utcnow() -> datetime:
@@ -83,8 +98,9 @@ class ModelInfo(BaseModel):
     dim: int
     parameters: dict[str, Any] = Field(default_factory=dict, description="its hyper-parameters")
     lineage: Lineage = Field(default_factory=Lineage, description="dataset_id, teacher_id")
-    metrics: dict[str, float] = Field(default_factory=dict,
-                                      description="headline @20 figures of its quality report")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="headline @20 figures of its quality report"
+    )
     job_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -93,15 +109,29 @@ class ModelRecord(ModelInfo):
     path: str
 
     @classmethod
-    def of(cls, manifest: ModelManifest, report: QualityReport | None, *, model_id: str,
-           path: str, lineage: Lineage, job_id: str | None = None) -> ModelRecord:  # fmt: skip
+    def of(
+        cls,
+        manifest: ModelManifest,
+        report: QualityReport | None,
+        *,
+        model_id: str,
+        path: str,
+        lineage: Lineage,
+        job_id: str | None = None,
+    ) -> ModelRecord:
         """The record of a saved model; `lineage` holds the registry's ids for it."""
         return cls(
-            id=model_id, kind=manifest.kind, method=manifest.method, model=manifest.model,
+            id=model_id,
+            kind=manifest.kind,
+            method=manifest.method,
+            model=manifest.model,
             dim=manifest.dim,
             parameters=manifest.config.model_dump(mode="json") if manifest.config else {},
-            lineage=lineage, metrics=headline_metrics(report), path=path, job_id=job_id,
-        )  # fmt: skip
+            lineage=lineage,
+            metrics=headline_metrics(report),
+            path=path,
+            job_id=job_id,
+        )
 
 
 class JobProgress(BaseModel):
@@ -154,16 +184,24 @@ class GatePolicy(BaseModel):
     it (and `force` skips it, recorded in the history)."""
 
     enabled: bool = True
-    max_head_share_ratio: float = Field(1.0, gt=0, le=100, description=(
-        "a student's head_share@20 at most this x its teacher's"))  # fmt: skip
-    min_ndcg_ratio: float = Field(0.9, ge=0, le=100, description=(
-        "a model's ndcg@20 at least this x the served model's (same dataset)"))  # fmt: skip
+    max_head_share_ratio: float = Field(
+        1.0, gt=0, le=100, description=("a student's head_share@20 at most this x its teacher's")
+    )
+    min_ndcg_ratio: float = Field(
+        0.9,
+        ge=0,
+        le=100,
+        description=("a model's ndcg@20 at least this x the served model's (same dataset)"),
+    )
 
     @classmethod
     def of(cls, settings: Settings) -> GatePolicy:
         """The default policy: UNKD_PUBLISH_GATE and UNKD_GATE_* settings."""
-        return cls(enabled=settings.publish_gate, max_head_share_ratio=settings.gate_max_head_share_ratio,
-                   min_ndcg_ratio=settings.gate_min_ndcg_ratio)  # fmt: skip
+        return cls(
+            enabled=settings.publish_gate,
+            max_head_share_ratio=settings.gate_max_head_share_ratio,
+            min_ndcg_ratio=settings.gate_min_ndcg_ratio,
+        )
 
 
 class GateCheck(BaseModel):
@@ -179,10 +217,13 @@ class PublishGateError(ConflictError):
 
     def __init__(self, model_id: str, failed: list[GateCheck]) -> None:
         self.checks = failed
-        reason = ("publish gate refused it: " + "; ".join(c.detail for c in failed)
-                  + ". Publish anyway with {\"force\": true} in the publish body (an admin key; "
-                  "recorded in the publish history), or change the policy (UNKD_PUBLISH_GATE, "
-                  "UNKD_GATE_MAX_HEAD_SHARE_RATIO, UNKD_GATE_MIN_NDCG_RATIO)")  # fmt: skip
+        reason = (
+            "publish gate refused it: "
+            + "; ".join(c.detail for c in failed)
+            + '. Publish anyway with {"force": true} in the publish body (an admin key; '
+            "recorded in the publish history), or change the policy (UNKD_PUBLISH_GATE, "
+            "UNKD_GATE_MAX_HEAD_SHARE_RATIO, UNKD_GATE_MIN_NDCG_RATIO)"
+        )
         super().__init__("model_id", model_id, reason)
 
 
@@ -191,8 +232,13 @@ def _figure(model: ModelRecord, name: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def evaluate_gate(candidate: ModelRecord, *, teacher: ModelRecord | None, served: ModelRecord | None,
-                  policy: GatePolicy) -> list[GateCheck]:  # fmt: skip
+def evaluate_gate(
+    candidate: ModelRecord,
+    *,
+    teacher: ModelRecord | None,
+    served: ModelRecord | None,
+    policy: GatePolicy,
+) -> list[GateCheck]:
     """The gate's rules for publishing `candidate`, each with its figures.
 
     head_share: a student's head_share@20 <= max_head_share_ratio x its teacher's.
@@ -208,30 +254,65 @@ def evaluate_gate(candidate: ModelRecord, *, teacher: ModelRecord | None, served
         theirs = _figure(teacher, "head_share") if teacher is not None else None
         if teacher is None or mine is None or theirs is None:
             who = f"teacher {candidate.lineage.teacher_id}" if teacher is None else teacher.id
-            checks.append(GateCheck(rule="head_share", passed=None, detail=(
-                f"head_share@{k} not checked: no figure for {candidate.id if mine is None else who}")))  # fmt: skip
+            checks.append(
+                GateCheck(
+                    rule="head_share",
+                    passed=None,
+                    detail=(
+                        f"head_share@{k} not checked: no figure for {candidate.id if mine is None else who}"
+                    ),
+                )
+            )
         else:
             limit = policy.max_head_share_ratio * theirs
             ok = mine <= limit + 1e-12
-            checks.append(GateCheck(rule="head_share", passed=ok, detail=(
-                f"head_share@{k} of {candidate.id} is {mine:.4f}, {'within' if ok else 'above'} "
-                f"{policy.max_head_share_ratio:g} x its teacher {teacher.id}'s {theirs:.4f} = {limit:.4f}")))  # fmt: skip
+            checks.append(
+                GateCheck(
+                    rule="head_share",
+                    passed=ok,
+                    detail=(
+                        f"head_share@{k} of {candidate.id} is {mine:.4f}, {'within' if ok else 'above'} "
+                        f"{policy.max_head_share_ratio:g} x its teacher {teacher.id}'s {theirs:.4f} = {limit:.4f}"
+                    ),
+                )
+            )
     if served is not None and served.id != candidate.id:
         if served.lineage.dataset_id != candidate.lineage.dataset_id:
-            checks.append(GateCheck(rule="ndcg", passed=None, detail=(
-                f"ndcg@{k} not checked: served model {served.id} was trained on dataset "
-                f"{served.lineage.dataset_id}, {candidate.id} on {candidate.lineage.dataset_id}")))  # fmt: skip
+            checks.append(
+                GateCheck(
+                    rule="ndcg",
+                    passed=None,
+                    detail=(
+                        f"ndcg@{k} not checked: served model {served.id} was trained on dataset "
+                        f"{served.lineage.dataset_id}, {candidate.id} on {candidate.lineage.dataset_id}"
+                    ),
+                )
+            )
         else:
             mine, theirs = _figure(candidate, "ndcg"), _figure(served, "ndcg")
             if mine is None or theirs is None:
-                checks.append(GateCheck(rule="ndcg", passed=None, detail=(
-                    f"ndcg@{k} not checked: no figure for {candidate.id if mine is None else served.id}")))  # fmt: skip
+                checks.append(
+                    GateCheck(
+                        rule="ndcg",
+                        passed=None,
+                        detail=(
+                            f"ndcg@{k} not checked: no figure for {candidate.id if mine is None else served.id}"
+                        ),
+                    )
+                )
             else:
                 floor = policy.min_ndcg_ratio * theirs
                 ok = mine >= floor - 1e-12
-                checks.append(GateCheck(rule="ndcg", passed=ok, detail=(
-                    f"ndcg@{k} of {candidate.id} is {mine:.4f}, {'at least' if ok else 'below'} "
-                    f"{policy.min_ndcg_ratio:g} x the served {served.id}'s {theirs:.4f} = {floor:.4f}")))  # fmt: skip
+                checks.append(
+                    GateCheck(
+                        rule="ndcg",
+                        passed=ok,
+                        detail=(
+                            f"ndcg@{k} of {candidate.id} is {mine:.4f}, {'at least' if ok else 'below'} "
+                            f"{policy.min_ndcg_ratio:g} x the served {served.id}'s {theirs:.4f} = {floor:.4f}"
+                        ),
+                    )
+                )
     return checks
 
 
@@ -258,4 +339,6 @@ class PublishEntry(BaseModel):
     forced: bool = Field(False, description="the publish gate was overridden with force")
     previous_model_id: str | None = Field(None, description="the model served before this one")
     job_id: str | None = None
-    gate: list[GateCheck] = Field(default_factory=list, description="the rules checked and their figures")
+    gate: list[GateCheck] = Field(
+        default_factory=list, description="the rules checked and their figures"
+    )

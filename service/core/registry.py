@@ -48,10 +48,27 @@ from service.core.records import (
 )
 
 __all__ = [
-    "JOB_KINDS", "JOB_STATES", "TERMINAL", "ActiveModel", "ConflictError", "DatasetRecord",
-    "GateCheck", "GatePolicy", "JobKind", "JobProgress", "JobRecord", "JobState", "JobTimings",
-    "ModelRecord", "NotFoundError", "PublishEntry", "PublishGateError", "Registry", "StagedBundle", "utcnow",
-]  # fmt: skip
+    "JOB_KINDS",
+    "JOB_STATES",
+    "TERMINAL",
+    "ActiveModel",
+    "ConflictError",
+    "DatasetRecord",
+    "GateCheck",
+    "GatePolicy",
+    "JobKind",
+    "JobProgress",
+    "JobRecord",
+    "JobState",
+    "JobTimings",
+    "ModelRecord",
+    "NotFoundError",
+    "PublishEntry",
+    "PublishGateError",
+    "Registry",
+    "StagedBundle",
+    "utcnow",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +98,6 @@ def _kind_index(kind: str) -> str:
     return f"{keys.PREFIX}:jobs:kind:{kind}"
 
 
-
 def _score(when: datetime) -> float:
     return when.timestamp()
 
@@ -96,10 +112,15 @@ class Registry:
     def from_url(cls, url: str, *, timeout_s: float | None = None) -> Registry:
         """A client for `url`; `timeout_s` bounds connects and replies (a hung Redis then
         raises TimeoutError, which the API answers with 503, instead of hanging a request)."""
-        return cls(redis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30,
-            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-        ))  # fmt: skip
+        return cls(
+            redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                health_check_interval=30,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+            )
+        )
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -173,7 +194,9 @@ class Registry:
         pipe.publish(keys.SERVING_EVENTS, payload)
         pipe.execute()
 
-    def record_publish(self, entry: PublishEntry, *, expect_active: str | None = None) -> PublishEntry:
+    def record_publish(
+        self, entry: PublishEntry, *, expect_active: str | None = None
+    ) -> PublishEntry:
         """Make `entry`'s model the served one: move the pointer, add the entry to the
         history (with the model it replaces as `previous_model_id`) and tell every API
         process, in one WATCH/MULTI transaction.
@@ -188,11 +211,19 @@ class Registry:
             current = ActiveModel.model_validate_json(raw) if raw is not None else None
             current_id = current.model_id if current is not None else None
             if expect_active is not None and current_id != expect_active:
-                raise ConflictError("model_id", entry.model_id, (
-                    f"the served model changed meanwhile ({expect_active} -> {current_id}); nothing rolled back"))  # fmt: skip
+                raise ConflictError(
+                    "model_id",
+                    entry.model_id,
+                    (
+                        f"the served model changed meanwhile ({expect_active} -> {current_id}); nothing rolled back"
+                    ),
+                )
             recorded = entry.model_copy(update={"previous_model_id": current_id})
-            pointer = ActiveModel(model_id=recorded.model_id, bundle_dir=recorded.bundle_dir,
-                                  published_at=recorded.published_at).model_dump_json()  # fmt: skip
+            pointer = ActiveModel(
+                model_id=recorded.model_id,
+                bundle_dir=recorded.bundle_dir,
+                published_at=recorded.published_at,
+            ).model_dump_json()
             pipe.multi()
             pipe.set(keys.ACTIVE_MODEL, pointer)
             pipe.lpush(keys.PUBLISH_HISTORY, recorded.model_dump_json())
@@ -202,7 +233,9 @@ class Registry:
 
         result = self.redis.transaction(txn, keys.ACTIVE_MODEL, value_from_callable=True)  # type: ignore[arg-type]
         if not isinstance(result, PublishEntry):
-            raise TypeError(f"publish of {entry.model_id}: transaction returned {type(result).__name__}")
+            raise TypeError(
+                f"publish of {entry.model_id}: transaction returned {type(result).__name__}"
+            )
         return result
 
     def record_staged(self, staged: StagedBundle) -> StagedBundle:
@@ -215,7 +248,9 @@ class Registry:
         raw = self.redis.hget(keys.STAGED_BUNDLES, model_id)
         return StagedBundle.model_validate_json(raw) if raw is not None else None
 
-    def publish_history(self, *, limit: int = 50, offset: int = 0) -> tuple[list[PublishEntry], int]:
+    def publish_history(
+        self, *, limit: int = 50, offset: int = 0
+    ) -> tuple[list[PublishEntry], int]:
         """Publishes and rollbacks, newest first."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.lrange(keys.PUBLISH_HISTORY, offset, offset + limit - 1)
@@ -243,8 +278,11 @@ class Registry:
         teacher_id = candidate.lineage.teacher_id
         teacher = self.get_model(teacher_id) if teacher_id and self.has_model(teacher_id) else None
         active = self.get_active()
-        served = (self.get_model(active.model_id)
-                  if active is not None and self.has_model(active.model_id) else None)  # fmt: skip
+        served = (
+            self.get_model(active.model_id)
+            if active is not None and self.has_model(active.model_id)
+            else None
+        )
         return evaluate_gate(candidate, teacher=teacher, served=served, policy=policy)
 
     def enforce_gate(self, model_id: str, policy: GatePolicy) -> list[GateCheck]:
@@ -331,7 +369,9 @@ class Registry:
             pipe.zcard(_status_index(status))
         return dict(zip(JOB_STATES, (int(n) for n in pipe.execute()), strict=True))
 
-    def _mutate_job(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord:
+    def _mutate_job(
+        self, job_id: str, change: Callable[[JobRecord], JobRecord | None]
+    ) -> JobRecord:
         """Apply `change` to the stored record atomically; it returns None to leave it as is.
 
         `change` may run more than once (WATCH retries when another process wrote the
@@ -451,7 +491,9 @@ class Registry:
             if job.status == "cancelled":
                 return None
             if job.status in TERMINAL:
-                raise ConflictError("job_id", job_id, f"job already {job.status}, nothing to cancel")
+                raise ConflictError(
+                    "job_id", job_id, f"job already {job.status}, nothing to cancel"
+                )
             job.cancel_requested = True
             if job.status == "queued":
                 job.status = "cancelled"

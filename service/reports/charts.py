@@ -19,9 +19,17 @@ from html import escape
 
 # Tableau 10: distinguishable, prints well, readable for most colour-vision deficiencies.
 PALETTE = (
-    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
-    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
-)  # fmt: skip
+    "#4e79a7",
+    "#f28e2b",
+    "#59a14f",
+    "#e15759",
+    "#76b7b2",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
 GREY = "#a3acb9"
 INK = "#1f2933"
 MUTED = "#616e7c"
@@ -144,8 +152,16 @@ def _frame(chart_id: str, kind: str, title: str, height: float, body: str) -> st
     )
 
 
-def _y_axis(ticks: list[float], y_of: Callable[[float], float], left: float, right: float, percent: bool, label: str,
-            top: float, bottom: float) -> str:  # fmt: skip
+def _y_axis(
+    ticks: list[float],
+    y_of: Callable[[float], float],
+    left: float,
+    right: float,
+    percent: bool,
+    label: str,
+    top: float,
+    bottom: float,
+) -> str:
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
     parts = []
     for t in ticks:
@@ -337,8 +353,12 @@ def render_scatter_chart(chart: ScatterChart) -> str:
     ys = [p.y for p in pts]
     x_lo, x_hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
     y_lo, y_hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
-    x_ticks = nice_ticks(x_lo - ((x_hi - x_lo) * 0.08 or 0.01), x_hi + ((x_hi - x_lo) * 0.08 or 0.01))
-    y_ticks = nice_ticks(y_lo - ((y_hi - y_lo) * 0.08 or 0.01), y_hi + ((y_hi - y_lo) * 0.08 or 0.01))
+    x_ticks = nice_ticks(
+        x_lo - ((x_hi - x_lo) * 0.08 or 0.01), x_hi + ((x_hi - x_lo) * 0.08 or 0.01)
+    )
+    y_ticks = nice_ticks(
+        y_lo - ((y_hi - y_lo) * 0.08 or 0.01), y_hi + ((y_hi - y_lo) * 0.08 or 0.01)
+    )
 
     def x_of(x: float) -> float:
         return left + (right - left) * (x - x_ticks[0]) / ((x_ticks[-1] - x_ticks[0]) or 1.0)
@@ -349,10 +369,14 @@ def render_scatter_chart(chart: ScatterChart) -> str:
     body = [legend, _y_axis(y_ticks, y_of, left, right, False, chart.y_label, top, bottom)]
     x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
     for t in x_ticks:
-        body.append(f'<text x="{x_of(t):.1f}" y="{bottom + 16:.1f}" text-anchor="middle" '
-                    f'fill="{MUTED}">{_tick_label(t, x_step, chart.x_percent)}</text>')  # fmt: skip
-    body.append(f'<text x="{(left + right) / 2:.1f}" y="{bottom + 34:.1f}" text-anchor="middle" '
-                f'fill="{MUTED}">{escape(chart.x_label)}</text>')  # fmt: skip
+        body.append(
+            f'<text x="{x_of(t):.1f}" y="{bottom + 16:.1f}" text-anchor="middle" '
+            f'fill="{MUTED}">{_tick_label(t, x_step, chart.x_percent)}</text>'
+        )
+    body.append(
+        f'<text x="{(left + right) / 2:.1f}" y="{bottom + 34:.1f}" text-anchor="middle" '
+        f'fill="{MUTED}">{escape(chart.x_label)}</text>'
+    )
     if chart.marker_x is not None:
         mx = x_of(chart.marker_x)
         flip = mx > right - 120
@@ -368,8 +392,10 @@ def render_scatter_chart(chart: ScatterChart) -> str:
             if i:
                 steps.append(f"{x_of(fx):.1f},{y_of(chart.front[i - 1][1]):.1f}")
             steps.append(f"{x_of(fx):.1f},{y_of(fy):.1f}")
-        body.append(f'<polyline class="front" fill="none" stroke="{MUTED}" stroke-width="1.5" '
-                    f'points="{" ".join(steps)}"/>')  # fmt: skip
+        body.append(
+            f'<polyline class="front" fill="none" stroke="{MUTED}" stroke-width="1.5" '
+            f'points="{" ".join(steps)}"/>'
+        )
     for s in chart.series:
         for p in s.points:
             if not (math.isfinite(p.x) and math.isfinite(p.y)):

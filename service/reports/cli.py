@@ -61,12 +61,22 @@ def write_api_comparison(http: httpx.Client, model_ids: list[str], out: Path) ->
     for mid in model_ids:
         body = http.get(f"/v1/models/{mid}").raise_for_status().json()  # ModelOut
         record = ModelInfo.model_validate(body)
-        report = QualityReport.model_validate(http.get(f"/v1/models/{mid}/report").raise_for_status().json())
+        report = QualityReport.model_validate(
+            http.get(f"/v1/models/{mid}/report").raise_for_status().json()
+        )
         dataset_id = record.lineage.dataset_id
         if dataset_id and dataset_id not in names:
-            names[dataset_id] = http.get(f"/v1/datasets/{dataset_id}").raise_for_status().json()["name"]
-        views.append(view_from_record(record, report, active=body["active"] is True,
-                                      dataset_name=names.get(dataset_id or "")))  # fmt: skip
+            names[dataset_id] = (
+                http.get(f"/v1/datasets/{dataset_id}").raise_for_status().json()["name"]
+            )
+        views.append(
+            view_from_record(
+                record,
+                report,
+                active=body["active"] is True,
+                dataset_name=names.get(dataset_id or ""),
+            )
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_compare_page(views), encoding="utf-8")
     return out
@@ -74,9 +84,15 @@ def write_api_comparison(http: httpx.Client, model_ids: list[str], out: Path) ->
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `report` to the `unkd` parser (service/cli.py)."""
-    p = sub.add_parser("report", help="write a model's quality-report page (or a comparison) as HTML")
+    p = sub.add_parser(
+        "report", help="write a model's quality-report page (or a comparison) as HTML"
+    )
     p.add_argument("model_dir", help="model directory (report.json, manifest.json)")
-    p.add_argument("--compare", nargs="+", metavar="DIR",
-                   help="more model directories of the same dataset: write the comparison page")  # fmt: skip
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="DIR",
+        help="more model directories of the same dataset: write the comparison page",
+    )
     p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     p.set_defaults(func=cmd_report)

@@ -64,7 +64,7 @@ def headline_specs(k: int) -> tuple[MetricSpec, ...]:
 
 
 def better(key: str) -> str:
-    """"higher", "lower", "one" (closest to 1) or "" for a metric key such as "gini@20"."""
+    """ "higher", "lower", "one" (closest to 1) or "" for a metric key such as "gini@20"."""
     name = key.split("@")[0].split(".")[-1]
     if name in LOWER_IS_BETTER:
         return "lower"
@@ -108,16 +108,21 @@ def headline_rows(view: ModelView) -> list[HeadlineRow]:
     for spec in headline_specs(main_k(view.report)):
         if spec.key not in metrics and (teacher is None or spec.key not in teacher):
             continue
-        rows.append(HeadlineRow(
-            spec.key, spec.label, better(spec.key), _num(metrics.get(spec.key)),
-            None if teacher is None else _num(teacher.get(spec.key)),
-            None if teacher is None else _num(deltas.get(spec.key)),
-        ))  # fmt: skip
+        rows.append(
+            HeadlineRow(
+                spec.key,
+                spec.label,
+                better(spec.key),
+                _num(metrics.get(spec.key)),
+                None if teacher is None else _num(teacher.get(spec.key)),
+                None if teacher is None else _num(deltas.get(spec.key)),
+            )
+        )
     return rows
 
 
 def group_labels(groups: list[GroupRow]) -> tuple[str, ...]:
-    """"G0 · head\\n24 items" … "G3 · tail\\n163 items" (two-line category labels)."""
+    """ "G0 · head\\n24 items" … "G3 · tail\\n163 items" (two-line category labels)."""
     labels = []
     for i, g in enumerate(groups):
         name = f"G{g.group}"
@@ -148,8 +153,13 @@ def group_recall_chart(view: ModelView, k: int | None = None) -> BarChart:
         t_groups = view.report.teacher.groups
         series.append(Series(teacher_label(view), _column(t_groups, f"recall@{k}"), GREY))
     series.append(Series(view.id, _column(groups, f"recall@{k}"), MODEL_COLOR))
-    return BarChart("group-recall", f"Recall@{k} per popularity group", group_labels(groups),
-                    tuple(series), f"Recall@{k}")  # fmt: skip
+    return BarChart(
+        "group-recall",
+        f"Recall@{k} per popularity group",
+        group_labels(groups),
+        tuple(series),
+        f"Recall@{k}",
+    )
 
 
 def exposure_chart(view: ModelView, k: int | None = None) -> BarChart:
@@ -161,8 +171,14 @@ def exposure_chart(view: ModelView, k: int | None = None) -> BarChart:
         t_groups = view.report.teacher.groups
         series.append(Series("teacher's slots", _column(t_groups, f"exposure_share@{k}"), GREY))
     series.append(Series(f"{view.id}'s slots", _column(groups, f"exposure_share@{k}"), MODEL_COLOR))
-    return BarChart("exposure", f"Share of top-{k} slots vs share of test positives",
-                    group_labels(groups), tuple(series), "share", percent=True)  # fmt: skip
+    return BarChart(
+        "exposure",
+        f"Share of top-{k} slots vs share of test positives",
+        group_labels(groups),
+        tuple(series),
+        "share",
+        percent=True,
+    )
 
 
 def training_charts(view: ModelView) -> list[LineChart]:
@@ -175,10 +191,15 @@ def training_charts(view: ModelView) -> list[LineChart]:
     marker = float(best) if best else None
     label = f"best epoch {best}" if marker is not None else ""
     loss = LineChart(
-        "training-loss", "Training loss", epochs,
+        "training-loss",
+        "Training loss",
+        epochs,
         (Series("loss", tuple(_num(r.loss) for r in history), PALETTE[1]),),
-        "epoch", "loss", marker, label,
-    )  # fmt: skip
+        "epoch",
+        "loss",
+        marker,
+        label,
+    )
     valid_series = []
     for key, color in (("valid_ndcg@20", PALETTE[0]), ("valid_recall@20", PALETTE[2])):
         if any(key in r.figures for r in history):
@@ -186,8 +207,18 @@ def training_charts(view: ModelView) -> list[LineChart]:
             valid_series.append(Series(name, tuple(_num(r.value(key)) for r in history), color))
     charts = [loss]
     if valid_series:
-        charts.append(LineChart("training-valid", "Validation", epochs, tuple(valid_series),
-                                "epoch", "validation metric", marker, label))  # fmt: skip
+        charts.append(
+            LineChart(
+                "training-valid",
+                "Validation",
+                epochs,
+                tuple(valid_series),
+                "epoch",
+                "validation metric",
+                marker,
+                label,
+            )
+        )
     return charts
 
 
@@ -222,18 +253,27 @@ def tuning_front_chart(view: ModelView) -> ScatterChart | None:
     for t in tuning.trials:
         if (p := point(t)) is None:
             continue
-        (kept if t.number == tuning.best_trial else over if t.feasible is False else within).append(p)
+        (kept if t.number == tuning.best_trial else over if t.feasible is False else within).append(
+            p
+        )
     series = [PointSeries("trials", tuple(within), PALETTE[0])]
     if over:
         series.append(PointSeries("over the teacher's head share", tuple(over), PALETTE[3]))
-    series.append(PointSeries(f"kept: trial {tuning.best_trial}", tuple(kept), PALETTE[2], radius=5.5))
+    series.append(
+        PointSeries(f"kept: trial {tuning.best_trial}", tuple(kept), PALETTE[2], radius=5.5)
+    )
     bound = tuning.teacher_valid_head_share
     return ScatterChart(
-        "tuning-front", "Trials: validation accuracy vs head-group share", tuple(series),
-        "validation head share@20", "validation NDCG@20",
+        "tuning-front",
+        "Trials: validation accuracy vs head-group share",
+        tuple(series),
+        "validation head share@20",
+        "validation NDCG@20",
         front=pareto_front([(p.x, p.y) for p in kept + within + over]),
-        marker_x=bound, marker_label="teacher" if bound is not None else "", x_percent=True,
-    )  # fmt: skip
+        marker_x=bound,
+        marker_label="teacher" if bound is not None else "",
+        x_percent=True,
+    )
 
 
 # -- several models on one dataset --------------------------------------------------------
@@ -242,8 +282,10 @@ def tuning_front_chart(view: ModelView) -> ScatterChart | None:
 def compare_specs(k: int) -> list[tuple[str, str]]:
     """(row key, label) of the comparison table; keys with a "." read nested report parts."""
     rows = [(s.key, s.label) for s in headline_specs(k)]
-    rows += [(f"bias_amplification.arp@{k}", f"ARP@{k} vs teacher (ratio − 1)"),
-             (f"retention.ndcg@{k}", f"NDCG@{k} retained from teacher")]  # fmt: skip
+    rows += [
+        (f"bias_amplification.arp@{k}", f"ARP@{k} vs teacher (ratio − 1)"),
+        (f"retention.ndcg@{k}", f"NDCG@{k} retained from teacher"),
+    ]
     return rows
 
 
@@ -251,7 +293,7 @@ def _row_value(report: QualityReport, key: str) -> float | None:
     """A row's value: "recall@20" (metrics), "group1.recall@20", "bias_amplification.arp@20"
     or "retention.ndcg@20" (None where the report has no such part, e.g. a teacher's)."""
     if key.startswith("group"):
-        g, _, metric = key[len("group"):].partition(".")
+        g, _, metric = key[len("group") :].partition(".")
         return _num(report.groups[int(g)].value(metric)) if int(g) < len(report.groups) else None
     part, _, metric = key.rpartition(".")
     tables: dict[str, dict[str, float | None]] = {
@@ -275,8 +317,10 @@ def _best(values: dict[str, float | None], direction: str) -> list[str]:
     if len(present) < 2 or not direction:
         return []
     score = {
-        "higher": lambda v: -v, "lower": lambda v: v, "one": lambda v: abs(v - 1.0),
-    }[direction]  # fmt: skip
+        "higher": lambda v: -v,
+        "lower": lambda v: v,
+        "one": lambda v: abs(v - 1.0),
+    }[direction]
     top = min(score(v) for v in present.values())
     return [m for m, v in present.items() if abs(score(v) - top) <= 1e-12 * max(1.0, abs(top))]
 
@@ -303,8 +347,15 @@ def comparison(views: list[ModelView]) -> dict[str, Any]:
         if all(x is None for x in values.values()):
             continue
         direction = better(key)
-        rows.append({"key": key, "label": label, "better": direction, "values": values,
-                     "best": _best(values, direction)})  # fmt: skip
+        rows.append(
+            {
+                "key": key,
+                "label": label,
+                "better": direction,
+                "values": values,
+                "best": _best(values, direction),
+            }
+        )
     return {
         "k": k,
         "dataset": {
@@ -313,10 +364,17 @@ def comparison(views: list[ModelView]) -> dict[str, Any]:
             "fingerprint": first.dataset_fingerprint if first else None,
         },
         "models": [
-            {"id": v.id, "kind": v.kind, "method": v.method, "model": v.model, "dim": v.dim,
-             "teacher_id": v.teacher_id, "created_at": _stamp(v.created_at)}
+            {
+                "id": v.id,
+                "kind": v.kind,
+                "method": v.method,
+                "model": v.model,
+                "dim": v.dim,
+                "teacher_id": v.teacher_id,
+                "created_at": _stamp(v.created_at),
+            }
             for v in views
-        ],  # fmt: skip
+        ],
         "rows": rows,
     }
 
@@ -328,8 +386,13 @@ def compare_group_recall_chart(views: list[ModelView], k: int) -> BarChart:
         Series(v.id, _column(v.report.groups, f"recall@{k}"), PALETTE[i % len(PALETTE)])
         for i, v in enumerate(views)
     )
-    return BarChart("group-recall", f"Recall@{k} per popularity group", group_labels(groups),
-                    series, f"Recall@{k}")  # fmt: skip
+    return BarChart(
+        "group-recall",
+        f"Recall@{k} per popularity group",
+        group_labels(groups),
+        series,
+        f"Recall@{k}",
+    )
 
 
 def compare_exposure_chart(views: list[ModelView], k: int) -> BarChart:
@@ -340,5 +403,11 @@ def compare_exposure_chart(views: list[ModelView], k: int) -> BarChart:
         Series(v.id, _column(v.report.groups, f"exposure_share@{k}"), PALETTE[i % len(PALETTE)])
         for i, v in enumerate(views)
     ]
-    return BarChart("exposure", f"Share of top-{k} slots vs share of test positives",
-                    group_labels(groups), tuple(series), "share", percent=True)  # fmt: skip
+    return BarChart(
+        "exposure",
+        f"Share of top-{k} slots vs share of test positives",
+        group_labels(groups),
+        tuple(series),
+        "share",
+        percent=True,
+    )

@@ -52,7 +52,7 @@ def fmt_metric(key: str, value: float | None, *, signed: bool = False) -> str:
 
 
 def _delta_class(direction: str, delta: float | None) -> str:
-    """"good" / "bad" for a student − teacher delta, by the metric's direction."""
+    """ "good" / "bad" for a student − teacher delta, by the metric's direction."""
     if delta is None or delta == 0 or direction not in ("higher", "lower"):
         return ""
     return "good" if (delta > 0) == (direction == "higher") else "bad"
@@ -111,13 +111,17 @@ def _headline_table(view: ModelView) -> str:
         lo, hi = ci.get(r.key, (None, None))
         if lo is not None and hi is not None:
             cell += f'<span class="ci">[{lo:.4f}, {hi:.4f}]</span>'
-        tr = (f'<tr data-metric="{escape(r.key, quote=True)}"><td>{escape(r.label)}</td>'
-              f'<td class="dir" title="better: {r.better}">{ARROWS[r.better]}</td>'
-              f'<td class="num">{cell}</td>')  # fmt: skip
+        tr = (
+            f'<tr data-metric="{escape(r.key, quote=True)}"><td>{escape(r.label)}</td>'
+            f'<td class="dir" title="better: {r.better}">{ARROWS[r.better]}</td>'
+            f'<td class="num">{cell}</td>'
+        )
         if student:
-            tr += (f'<td class="num">{fmt_metric(r.key, r.teacher)}</td>'
-                   f'<td class="num {_delta_class(r.better, r.delta)}">'
-                   f"{fmt_metric(r.key, r.delta, signed=True)}</td>")  # fmt: skip
+            tr += (
+                f'<td class="num">{fmt_metric(r.key, r.teacher)}</td>'
+                f'<td class="num {_delta_class(r.better, r.delta)}">'
+                f"{fmt_metric(r.key, r.delta, signed=True)}</td>"
+            )
         out.append(tr + "</tr>")
     out.append("</tbody></table>")
     note = "↑ higher is better, ↓ lower is better. Brackets: 95% bootstrap CI over users."
@@ -131,12 +135,19 @@ def _bias_note(view: ModelView, k: int) -> str:
     if not bias:
         return ""
     parts = []
-    for key, label in ((f"arp@{k}", "ΔARP (ratio − 1)"), (f"head_share@{k}", "Δ head share"),
-                       (f"gini@{k}", "ΔGini")):  # fmt: skip
+    for key, label in (
+        (f"arp@{k}", "ΔARP (ratio − 1)"),
+        (f"head_share@{k}", "Δ head share"),
+        (f"gini@{k}", "ΔGini"),
+    ):
         value = bias.get(key)
         if value is not None:
             parts.append(f"{label} {value:+.4f}")
-    return f'<p class="note">Bias amplification vs teacher @{k}: {escape(", ".join(parts))}</p>' if parts else ""
+    return (
+        f'<p class="note">Bias amplification vs teacher @{k}: {escape(", ".join(parts))}</p>'
+        if parts
+        else ""
+    )
 
 
 def _flat_params(params: dict[str, Any], method: str | None) -> list[tuple[str, str]]:
@@ -191,7 +202,9 @@ def _all_metrics(view: ModelView) -> str:
     head = "".join(f'<th class="num">@{k}</th>' for k in ks)
     rows = "".join(
         f"<tr><td>{escape(n)}</td>"
-        + "".join(f'<td class="num">{fmt_metric(f"{n}@{k}", metrics.get(f"{n}@{k}"))}</td>' for k in ks)
+        + "".join(
+            f'<td class="num">{fmt_metric(f"{n}@{k}", metrics.get(f"{n}@{k}"))}</td>' for k in ks
+        )
         + "</tr>"
         for n in names
     )
@@ -204,10 +217,12 @@ def _all_metrics(view: ModelView) -> str:
         + "</tr>"
         for g in groups
     )
-    return (f"<details><summary>All metrics and popularity groups</summary>"
-            f'<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{rows}</tbody></table>'
-            f'<div style="overflow-x:auto;margin-top:12px"><table><thead><tr><th>group</th>{ghead}'
-            f"</tr></thead><tbody>{grows}</tbody></table></div></details>")  # fmt: skip
+    return (
+        f"<details><summary>All metrics and popularity groups</summary>"
+        f"<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        f'<div style="overflow-x:auto;margin-top:12px"><table><thead><tr><th>group</th>{ghead}'
+        f"</tr></thead><tbody>{grows}</tbody></table></div></details>"
+    )
 
 
 def _cell(value: Any) -> str:
@@ -234,7 +249,7 @@ def _tuning(view: ModelView) -> str:
         cells = "".join(f'<td class="num">{_short(t.params.get(n))}</td>' for n in names)
         rows.append(
             f'<tr data-trial="{t.number}" data-state="{escape(t.state, quote=True)}"'
-            f'{" class=best" if kept else ""}><td>{t.number}{" ★" if kept else ""}</td>'
+            f"{' class=best' if kept else ''}><td>{t.number}{' ★' if kept else ''}</td>"
             f"<td>{escape(t.state)}</td>{cells}<td class=num>{_cell(t.valid_ndcg)}</td>"
             f"<td class=num>{_cell(t.valid_head_share)}</td><td class=num>{_cell(t.epochs)}</td>"
             f"<td class=num>{_short(t.seconds)}</td><td>{escape(t.note or '')}</td></tr>"
@@ -251,12 +266,13 @@ def _tuning(view: ModelView) -> str:
         '<details><summary>All trials</summary><div style="overflow-x:auto"><table class="trials">'
         f"<thead><tr><th>trial</th><th>state</th>{head}<th class=num>valid NDCG@20</th>"
         "<th class=num>valid head share@20</th><th class=num>epochs</th><th class=num>s</th>"
-        f'<th>note</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div></details></section>'
+        f"<th>note</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div></details></section>"
     )
 
 
-def render_report_page(view: ModelView, *, link: Linker | None = None,
-                       dashboard_href: str | None = None) -> str:  # fmt: skip
+def render_report_page(
+    view: ModelView, *, link: Linker | None = None, dashboard_href: str | None = None
+) -> str:
     """One model's quality report as a self-contained HTML page.
 
     Args:
@@ -268,17 +284,25 @@ def render_report_page(view: ModelView, *, link: Linker | None = None,
     badges = f'<span class="badge">{escape(view.title)}</span>'
     if view.active:
         badges += '<span class="badge live">serving</span>'
-    head = (f"{_crumbs(dashboard_href)}<h1>{escape(view.id)} {badges}</h1>"
-            f'<p class="sub">Quality report on dataset <b>{escape(view.dataset_name or "–")}</b>'
-            f" · built {escape(_when(view.created_at))} · {_protocol_note(view.report)}</p>")  # fmt: skip
+    head = (
+        f"{_crumbs(dashboard_href)}<h1>{escape(view.id)} {badges}</h1>"
+        f'<p class="sub">Quality report on dataset <b>{escape(view.dataset_name or "–")}</b>'
+        f" · built {escape(_when(view.created_at))} · {_protocol_note(view.report)}</p>"
+    )
     charts = training_charts(view)
     training = (
-        '<div class="grid2">' + "".join(f"<div>{render_line_chart(c)}</div>" for c in charts) + "</div>"
-        if charts else '<p class="note">No training history recorded for this model.</p>'
-    )  # fmt: skip
-    recall_note = ("Grey: the teacher. A student that keeps the teacher's knowledge inside each "
-                   "popularity group holds its tail bars." if view.has_teacher else
-                   "Recall restricted to each group's test positives (METRICS.md B).")  # fmt: skip
+        '<div class="grid2">'
+        + "".join(f"<div>{render_line_chart(c)}</div>" for c in charts)
+        + "</div>"
+        if charts
+        else '<p class="note">No training history recorded for this model.</p>'
+    )
+    recall_note = (
+        "Grey: the teacher. A student that keeps the teacher's knowledge inside each "
+        "popularity group holds its tail bars."
+        if view.has_teacher
+        else "Recall restricted to each group's test positives (METRICS.md B)."
+    )
     body = (
         f'<section class="card"><h2>Headline figures</h2>{_headline_table(view)}'
         f"{_bias_note(view, k)}</section>"
@@ -295,7 +319,9 @@ def render_report_page(view: ModelView, *, link: Linker | None = None,
         f'<section class="card"><h2>Lineage and build</h2>{_lineage(view, link)}</section></div>'
         f'<section class="card">{_all_metrics(view)}</section>'
     )
-    footer = f"unkd-serve quality report · {_protocol_note(view.report)} · definitions in METRICS.md"
+    footer = (
+        f"unkd-serve quality report · {_protocol_note(view.report)} · definitions in METRICS.md"
+    )
     return _page(f"Quality report · {view.id}", head, body, footer)
 
 
@@ -305,14 +331,17 @@ def render_report_page(view: ModelView, *, link: Linker | None = None,
 def _model_row(v: ModelView, link: Linker | None) -> str:
     live = ' <span class="badge live">serving</span>' if v.active else ""
     shape = f"{v.model or '–'} · dim {v.dim}" if v.dim is not None else (v.model or "–")
-    return (f"<tr><td>{_link(v.id, link(v.id) if link else None)}{live}</td>"
-            f"<td>{escape(v.kind or '–')}</td><td>{escape(v.method or '–')}</td>"
-            f"<td>{escape(shape)}</td><td>{escape(v.teacher_id or '–')}</td>"
-            f"<td>{escape(_when(v.created_at))}</td></tr>")  # fmt: skip
+    return (
+        f"<tr><td>{_link(v.id, link(v.id) if link else None)}{live}</td>"
+        f"<td>{escape(v.kind or '–')}</td><td>{escape(v.method or '–')}</td>"
+        f"<td>{escape(shape)}</td><td>{escape(v.teacher_id or '–')}</td>"
+        f"<td>{escape(_when(v.created_at))}</td></tr>"
+    )
 
 
-def render_compare_page(views: list[ModelView], *, link: Linker | None = None,
-                        dashboard_href: str | None = None) -> str:  # fmt: skip
+def render_compare_page(
+    views: list[ModelView], *, link: Linker | None = None, dashboard_href: str | None = None
+) -> str:
     """Several models of one dataset side by side, the best value of each row marked.
 
     Raises:
@@ -322,9 +351,11 @@ def render_compare_page(views: list[ModelView], *, link: Linker | None = None,
     k = data["k"]
     ds = data["dataset"]
     ds_name = ds["name"] or ds["id"] or "–"
-    head = (f"{_crumbs(dashboard_href)}<h1>Comparison · {escape(str(ds_name))}</h1>"
-            f'<p class="sub">{len(views)} models · K = {k} · '
-            f"{_protocol_note(views[0].report) if views else ''}</p>")  # fmt: skip
+    head = (
+        f"{_crumbs(dashboard_href)}<h1>Comparison · {escape(str(ds_name))}</h1>"
+        f'<p class="sub">{len(views)} models · K = {k} · '
+        f"{_protocol_note(views[0].report) if views else ''}</p>"
+    )
     by_id = {v.id: v for v in views}
     models = "".join(_model_row(v, link) for v in views)
     cols = "".join(f'<th class="num">{escape(v.id)}</th>' for v in views)
@@ -332,7 +363,7 @@ def render_compare_page(views: list[ModelView], *, link: Linker | None = None,
     for row in data["rows"]:
         cells = "".join(
             f'<td class="num{" best" if m in row["best"] else ""}" data-model="{escape(m, quote=True)}">'
-            f'{fmt_metric(row["key"], row["values"][m])}</td>'
+            f"{fmt_metric(row['key'], row['values'][m])}</td>"
             for m in by_id
         )
         rows.append(
@@ -345,7 +376,7 @@ def render_compare_page(views: list[ModelView], *, link: Linker | None = None,
         f"<tbody>{models}</tbody></table></section>"
         f'<section class="card"><h2>Figures side by side</h2><div style="overflow-x:auto">'
         f'<table class="compare"><thead><tr><th>metric</th><th></th>{cols}</tr></thead>'
-        f'<tbody>{"".join(rows)}</tbody></table></div>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
         '<p class="note">★ best value of the row (↑ higher is better, ↓ lower is better, '
         "→1 closest to 1). Rows “vs teacher” exist for students only.</p></section>"
         '<div class="grid2">'

@@ -54,7 +54,7 @@ class ModelView:
 
     @property
     def title(self) -> str:
-        """"student · unkd · mf dim 10" style summary."""
+        """ "student · unkd · mf dim 10" style summary."""
         parts = [self.kind or "model"]
         if self.method:
             parts.append(self.method)
@@ -63,39 +63,67 @@ class ModelView:
         return " · ".join(parts)
 
 
-def view_from_manifest(manifest: ModelManifest | None, report: QualityReport, *,
-                       model_id: str | None = None, href: str | None = None) -> ModelView:  # fmt: skip
+def view_from_manifest(
+    manifest: ModelManifest | None,
+    report: QualityReport,
+    *,
+    model_id: str | None = None,
+    href: str | None = None,
+) -> ModelView:
     """A model directory's manifest and report (the offline `unkd report`)."""
     if manifest is None:
         return ModelView(id=model_id or "model", report=report, href=href)
     return ModelView(
-        id=model_id or manifest.id or "model", report=report, kind=manifest.kind,
-        method=manifest.method, model=manifest.model, dim=manifest.dim,
-        dataset_id=manifest.lineage.dataset_id, dataset_name=manifest.dataset.name,
-        dataset_fingerprint=manifest.dataset.fingerprint, teacher_id=manifest.lineage.teacher_id,
+        id=model_id or manifest.id or "model",
+        report=report,
+        kind=manifest.kind,
+        method=manifest.method,
+        model=manifest.model,
+        dim=manifest.dim,
+        dataset_id=manifest.lineage.dataset_id,
+        dataset_name=manifest.dataset.name,
+        dataset_fingerprint=manifest.dataset.fingerprint,
+        teacher_id=manifest.lineage.teacher_id,
         parameters=manifest.config.model_dump(mode="json") if manifest.config else {},
-        training=manifest.training, created_at=manifest.created_at, device=manifest.device,
+        training=manifest.training,
+        created_at=manifest.created_at,
+        device=manifest.device,
         href=href,
-    )  # fmt: skip
+    )
 
 
-def view_from_record(record: ModelInfo, report: QualityReport, *,
-                     manifest: ModelManifest | None = None, active: bool = False,
-                     dataset_name: str | None = None, href: str | None = None) -> ModelView:  # fmt: skip
+def view_from_record(
+    record: ModelInfo,
+    report: QualityReport,
+    *,
+    manifest: ModelManifest | None = None,
+    active: bool = False,
+    dataset_name: str | None = None,
+    href: str | None = None,
+) -> ModelView:
     """A registered model (ModelRecord, or ModelOut read back from the API), its report
     and, when its directory still has one, its manifest (training history, fingerprint)."""
     parameters = record.parameters
     if not parameters and manifest is not None and manifest.config is not None:
         parameters = manifest.config.model_dump(mode="json")
     return ModelView(
-        id=record.id, report=report, kind=record.kind, method=record.method, model=record.model,
-        dim=record.dim, dataset_id=record.lineage.dataset_id,
+        id=record.id,
+        report=report,
+        kind=record.kind,
+        method=record.method,
+        model=record.model,
+        dim=record.dim,
+        dataset_id=record.lineage.dataset_id,
         dataset_name=dataset_name or (manifest.dataset.name if manifest else None),
         dataset_fingerprint=manifest.dataset.fingerprint if manifest else None,
-        teacher_id=record.lineage.teacher_id, parameters=parameters,
-        training=manifest.training if manifest else None, created_at=record.created_at,
-        device=manifest.device if manifest else None, active=active, href=href,
-    )  # fmt: skip
+        teacher_id=record.lineage.teacher_id,
+        parameters=parameters,
+        training=manifest.training if manifest else None,
+        created_at=record.created_at,
+        device=manifest.device if manifest else None,
+        active=active,
+        href=href,
+    )
 
 
 def load_model_dir(path: Path) -> ModelView:
@@ -130,7 +158,10 @@ def check_same_dataset(views: list[ModelView]) -> None:
         return
     first = views[0]
     for v in views[1:]:
-        for a, b in ((first.dataset_id, v.dataset_id), (first.dataset_fingerprint, v.dataset_fingerprint)):
+        for a, b in (
+            (first.dataset_id, v.dataset_id),
+            (first.dataset_fingerprint, v.dataset_fingerprint),
+        ):
             if a is not None and b is not None:
                 if a != b:
                     raise MixedDatasetsError(v.id, b, a, first.id)

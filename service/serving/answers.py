@@ -26,10 +26,12 @@ from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC
 
 # The filter parameters of the GET routes: repeated query parameters (?exclude=a&exclude=b).
 ExcludeQuery = Annotated[
-    list[str] | None, Query(description=EXCLUDE_DOC + "; repeat the parameter", examples=[["i3", "i8"]])
+    list[str] | None,
+    Query(description=EXCLUDE_DOC + "; repeat the parameter", examples=[["i3", "i8"]]),
 ]
 IncludeQuery = Annotated[
-    list[str] | None, Query(description=INCLUDE_DOC + "; repeat the parameter", examples=[["i1", "i2", "i5"]])
+    list[str] | None,
+    Query(description=INCLUDE_DOC + "; repeat the parameter", examples=[["i1", "i2", "i5"]]),
 ]
 GroupsQuery = Annotated[
     list[int] | None, Query(description=GROUPS_DOC + "; repeat the parameter", examples=[[2, 3]])
@@ -37,11 +39,15 @@ GroupsQuery = Annotated[
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown user id"},
-    409: {"description": "`model` names a model that is not served (the active model or an experiment's arm)"},
-    422: {"description": "k, the batch size, a filter (`include` with no known id, a group number "
-                         "outside 0 .. G-1) or `fallback` out of range; the detail names the field"},
+    409: {
+        "description": "`model` names a model that is not served (the active model or an experiment's arm)"
+    },
+    422: {
+        "description": "k, the batch size, a filter (`include` with no known id, a group number "
+        "outside 0 .. G-1) or `fallback` out of range; the detail names the field"
+    },
     503: {"description": "no model has been published yet"},
-}  # fmt: skip
+}
 
 
 def settings_of(request: Request) -> Settings:
@@ -67,7 +73,8 @@ def named_model(state: LoadedBundle, model: str) -> ServedModel:
         arms = state.experiment.arms if state.experiment is not None else ()
         also = f"; experiment arms {', '.join(repr(a.model_id) for a in arms)}" if arms else ""
         raise HTTPException(
-            409, f"model {model!r} is not the served model (serving {state.bundle.model_id!r}{also}); publish it first"
+            409,
+            f"model {model!r} is not the served model (serving {state.bundle.model_id!r}{also}); publish it first",
         )
     return served
 

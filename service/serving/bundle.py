@@ -69,7 +69,9 @@ def limit_search_threads(n: int = SEARCH_THREAD_OMP_THREADS) -> None:
     faiss.omp_set_num_threads(n)
 
 
-def load_bundle(path: Path, *, nprobe: int = 16, ef_search: int = 128, mmap: bool = False) -> ServingBundle:
+def load_bundle(
+    path: Path, *, nprobe: int = 16, ef_search: int = 128, mmap: bool = False
+) -> ServingBundle:
     """Read and verify a bundle (checksums, shapes) and make it searchable; `mmap` maps the
     vectors and arrays from the files (shared between processes) instead of copying them."""
     return ServingBundle(read_bundle(path, nprobe=nprobe, ef_search=ef_search, mmap=mmap))
@@ -80,8 +82,12 @@ class ServingBundle:
 
     def __init__(self, files: BundleFiles) -> None:
         path, meta, index, arrays, item_emb = (
-            files.path, files.meta, files.index, files.arrays, files.item_emb
-        )  # fmt: skip
+            files.path,
+            files.meta,
+            files.index,
+            files.arrays,
+            files.item_emb,
+        )
         self.path = path
         self.meta = meta
         self.model_id: str = str(meta["model_id"])
@@ -101,9 +107,10 @@ class ServingBundle:
         pop = files.optional.get("item_popularity")
         self.popularity_source = "bundle" if pop is not None else "seen items"
         self.item_popularity = (
-            np.asarray(pop, dtype=np.int64) if pop is not None
+            np.asarray(pop, dtype=np.int64)
+            if pop is not None
             else np.bincount(self.seen_indices, minlength=self.n_items).astype(np.int64)
-        )  # fmt: skip
+        )
         if item_emb is None:  # exact: the flat index already holds the vectors, view them
             flat = faiss.downcast_index(index)  # IndexFlatIP
             xb = faiss.rev_swig_ptr(flat.get_xb(), self.n_items * index.d)  # type: ignore[attr-defined]
@@ -192,12 +199,16 @@ class ServingBundle:
         """
         emb = np.asarray(self.item_emb, dtype=np.float32)
         norms = np.sqrt(np.einsum("ij,ij->i", emb, emb))
-        unit = np.ascontiguousarray(emb / np.where(norms > 0, norms, 1.0)[:, None], dtype=np.float32)
+        unit = np.ascontiguousarray(
+            emb / np.where(norms > 0, norms, 1.0)[:, None], dtype=np.float32
+        )
         index = faiss.IndexFlatIP(unit.shape[1])
         index.add(unit)
         return unit, index
 
-    def fallback(self, kind: str, k: int, banned: np.ndarray, allowed: Allowed | None) -> tuple[np.ndarray, np.ndarray]:
+    def fallback(
+        self, kind: str, k: int, banned: np.ndarray, allowed: Allowed | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """A list for a user the model does not know (service.serving.fallback).
 
         Args:
@@ -264,9 +275,14 @@ class ServingBundle:
         return out_scores, out_items
 
     def _plain_rows(
-        self, users: list[int], rows: list[int], k: int, exclude_seen: bool,
-        out_scores: np.ndarray, out_items: np.ndarray,
-    ) -> None:  # fmt: skip
+        self,
+        users: list[int],
+        rows: list[int],
+        k: int,
+        exclude_seen: bool,
+        out_scores: np.ndarray,
+        out_items: np.ndarray,
+    ) -> None:
         """The hot path: one search for the rows, seen items dropped in plain Python.
 
         The search reaches one item beyond k + the row's seen count, so a row whose hits hold
@@ -274,7 +290,10 @@ class ServingBundle:
         (rare outside tied embeddings) is settled by the tie rule in numpy.
         """
         indptr = self.seen_indptr
-        bounds = [(int(indptr[users[r]]), int(indptr[users[r] + 1])) if exclude_seen else (0, 0) for r in rows]
+        bounds = [
+            (int(indptr[users[r]]), int(indptr[users[r] + 1])) if exclude_seen else (0, 0)
+            for r in rows
+        ]
         light = [j for j, (s, e) in enumerate(bounds) if e - s <= SEEN_SEARCH_BUDGET]
         short = [rows[j] for j, (s, e) in enumerate(bounds) if e - s > SEEN_SEARCH_BUDGET]
         if light:
@@ -311,12 +330,19 @@ class ServingBundle:
         for row in short:  # rare: heavy users, ties at the cut, an approximate index came up short
             u = users[row]
             banned = self.seen(u) if exclude_seen else None
-            out_scores[row], out_items[row] = self._scan(self.user_emb[u], banned, None, k, cosine=False)
+            out_scores[row], out_items[row] = self._scan(
+                self.user_emb[u], banned, None, k, cosine=False
+            )
 
     def _query_rows(
-        self, users: list[int], rows: list[tuple[int, RowQuery]], k: int, exclude_seen: bool,
-        out_scores: np.ndarray, out_items: np.ndarray,
-    ) -> None:  # fmt: skip
+        self,
+        users: list[int],
+        rows: list[tuple[int, RowQuery]],
+        k: int,
+        exclude_seen: bool,
+        out_scores: np.ndarray,
+        out_items: np.ndarray,
+    ) -> None:
         """Rows with filters or their own query vector: a search per (space, width), or a scan."""
         plans: dict[tuple[bool, int], list[tuple[int, int, np.ndarray, np.ndarray, RowQuery]]] = {}
         scans = []
@@ -345,8 +371,13 @@ class ServingBundle:
             # Rows whose hits hold no equal scores are in exact order already (as in _plain_rows).
             tied = ((scores[:, 1:] == scores[:, :-1]) & (items[:, 1:] >= 0)).any(axis=1).tolist()
             for m, (row, _, vec, banned, q) in enumerate(plan):
-                if q.allowed is None and not tied[m] and self._settle_in_order(scores[m], items[m], banned, k, row,
-                                                                                 out_scores, out_items):  # fmt: skip
+                if (
+                    q.allowed is None
+                    and not tied[m]
+                    and self._settle_in_order(
+                        scores[m], items[m], banned, k, row, out_scores, out_items
+                    )
+                ):
                     continue
                 ok = qualifying_hits(items[m], banned, q.allowed)
                 settled = settle_hits(scores[m], items[m], ok, k, searched_all)
@@ -355,13 +386,20 @@ class ServingBundle:
                 else:
                     out_scores[row], out_items[row] = settled
         for row, vec, banned, q in scans:
-            out_scores[row], out_items[row] = self._scan(vec, banned, q.allowed, k, q.item is not None)
+            out_scores[row], out_items[row] = self._scan(
+                vec, banned, q.allowed, k, q.item is not None
+            )
 
     @staticmethod
     def _settle_in_order(
-        hit_scores: np.ndarray, hit_items: np.ndarray, banned: np.ndarray, k: int, row: int,
-        out_scores: np.ndarray, out_items: np.ndarray,
-    ) -> bool:  # fmt: skip
+        hit_scores: np.ndarray,
+        hit_items: np.ndarray,
+        banned: np.ndarray,
+        k: int,
+        row: int,
+        out_scores: np.ndarray,
+        out_items: np.ndarray,
+    ) -> bool:
         """The fast lane of a searched row with no allow-list and no equal scores among its hits:
         drop banned hits in plain Python (a set lookup per hit costs less than numpy's fixed
         costs for ~k + |banned| hits) and keep the first k. Proven exact only when k hits
@@ -387,7 +425,12 @@ class ServingBundle:
         return self.user_emb[user]
 
     def _scan(
-        self, vec: np.ndarray, banned: np.ndarray | None, allowed: Allowed | None, k: int, cosine: bool
+        self,
+        vec: np.ndarray,
+        banned: np.ndarray | None,
+        allowed: Allowed | None,
+        k: int,
+        cosine: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of one query over the allowed items minus the banned ones.
 
@@ -439,5 +482,9 @@ class ServingBundle:
             scores: (k,) float32, items: (k,) int64, one row of `recommend`.
         """
         heads = self._item_json_head
-        parts = [heads[i] + repr(s) + "}" for i, s in zip(items.tolist(), scores.tolist(), strict=True) if i >= 0]
+        parts = [
+            heads[i] + repr(s) + "}"
+            for i, s in zip(items.tolist(), scores.tolist(), strict=True)
+            if i >= 0
+        ]
         return "[" + ",".join(parts) + "]"

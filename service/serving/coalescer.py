@@ -47,7 +47,18 @@ BatchFn = Callable[[np.ndarray, int, bool, "list[Any] | None"], tuple[np.ndarray
 class _Pending:
     """One caller's request; exactly one of `future` (async caller) or `done` (blocking) is set."""
 
-    __slots__ = ("user", "k", "exclude_seen", "query", "loop", "future", "done", "scores", "items", "error")
+    __slots__ = (
+        "user",
+        "k",
+        "exclude_seen",
+        "query",
+        "loop",
+        "future",
+        "done",
+        "scores",
+        "items",
+        "error",
+    )
 
     def __init__(
         self,
@@ -112,7 +123,9 @@ class Coalescer:
         self.batches = 0  # statistics, read by tests and the benchmark
         self.requests = 0
 
-    def one(self, user: int, k: int, exclude_seen: bool, query: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def one(
+        self, user: int, k: int, exclude_seen: bool, query: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for one user, blocking: (k,) float32 scores and (k,) int64 items."""
         req = _Pending(user, k, exclude_seen, query)
         self._submit(req)
@@ -154,7 +167,10 @@ class Coalescer:
                     if not self._pending:  # idle (or a spurious wake-up): _submit restarts us
                         self._running = False
                         return
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                batch, self._pending = (
+                    self._pending[: self._max_batch],
+                    self._pending[self._max_batch :],
+                )
             try:
                 self._run(batch)
             except Exception:  # a bug, not a search error (those reach the callers): keep serving
@@ -187,7 +203,9 @@ class Coalescer:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for req in batch:
             if req.error is None and req.items is None:
-                req.error = RuntimeError("coalescer: the search thread failed before this request ran")
+                req.error = RuntimeError(
+                    "coalescer: the search thread failed before this request ran"
+                )
             if req.done is not None:
                 req.done.set()
             else:

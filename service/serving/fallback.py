@@ -103,7 +103,9 @@ def largest_remainder(weights: np.ndarray, available: np.ndarray, k: int) -> np.
     if take:
         quota[weighted] = _capped(weights[weighted], available[weighted], take)
     if slots > take:
-        quota[~weighted] = _capped(np.ones(int((~weighted).sum())), available[~weighted], slots - take)
+        quota[~weighted] = _capped(
+            np.ones(int((~weighted).sum())), available[~weighted], slots - take
+        )
     return quota
 
 

@@ -93,7 +93,9 @@ class RowQuery:
 class Filters:
     """A request's filters resolved against the served catalogue."""
 
-    banned: np.ndarray = field(default_factory=lambda: NO_ITEMS)  # sorted unique int64: known exclude ids
+    banned: np.ndarray = field(
+        default_factory=lambda: NO_ITEMS
+    )  # sorted unique int64: known exclude ids
     allowed: Allowed | None = None
     unknown: dict[str, list[str]] = field(default_factory=dict)  # field -> ids not in the catalogue
 
@@ -101,8 +103,13 @@ class Filters:
     def active(self) -> bool:
         return len(self.banned) > 0 or self.allowed is not None
 
-    def query(self, *, history: np.ndarray | None = None, item: int | None = None,
-              also_banned: np.ndarray | None = None) -> RowQuery:  # fmt: skip
+    def query(
+        self,
+        *,
+        history: np.ndarray | None = None,
+        item: int | None = None,
+        also_banned: np.ndarray | None = None,
+    ) -> RowQuery:
         """The RowQuery of one row under these filters; `also_banned` joins the exclude ids."""
         banned = self.banned if also_banned is None else np.union1d(self.banned, also_banned)
         return RowQuery(banned.astype(np.int64, copy=False), self.allowed, history, item)
@@ -183,15 +190,20 @@ def resolve_filters(
         bad = sorted({g for g in groups if not 0 <= g < bundle.n_groups})
         if bad:
             raise FilterError(
-                "groups", f"no popularity group {bad}: groups are 0 (head) .. {bundle.n_groups - 1} (tail)", bad
+                "groups",
+                f"no popularity group {bad}: groups are 0 (head) .. {bundle.n_groups - 1} (tail)",
+                bad,
             )
         group_set = tuple(sorted(set(groups)))
     allowed = None
     if include:
         idx, missing = bundle.item_indices(include)
         if len(idx) == 0:
-            raise FilterError("include", f"none of the include ids is in the served catalogue: {_shown(missing)}",
-                              list(include))  # fmt: skip
+            raise FilterError(
+                "include",
+                f"none of the include ids is in the served catalogue: {_shown(missing)}",
+                list(include),
+            )
         if missing:
             unknown["include"] = missing
         allowed = bundle.allowed_items(np.unique(idx), group_set)

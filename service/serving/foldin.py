@@ -56,8 +56,12 @@ def fold_in(item_emb: np.ndarray, history: np.ndarray, lam: float) -> np.ndarray
     if len(items) == 0:
         raise ValueError("history is empty: nothing to fold in")
     if not lam > 0:
-        raise ValueError(f"lam={lam} must be > 0 (the system is singular for histories shorter than d)")
+        raise ValueError(
+            f"lam={lam} must be > 0 (the system is singular for histories shorter than d)"
+        )
     q = np.asarray(item_emb[items], dtype=np.float64)  # (s, d); float64: the d x d solve is tiny
     gram = q.T @ q
-    gram.flat[:: gram.shape[0] + 1] += lam  # the diagonal (a view: no index arrays built per request)
+    gram.flat[:: gram.shape[0] + 1] += (
+        lam  # the diagonal (a view: no index arrays built per request)
+    )
     return np.linalg.solve(gram, q.sum(axis=0)).astype(np.float32)

@@ -40,5 +40,7 @@ def freeze_long_lived(reason: str) -> float:
     gc.collect()
     gc.freeze()
     took = time.perf_counter() - start
-    logger.info("gc: froze %d long-lived objects (%s) in %.0f ms", gc.get_freeze_count(), reason, 1e3 * took)
+    logger.info(
+        "gc: froze %d long-lived objects (%s) in %.0f ms", gc.get_freeze_count(), reason, 1e3 * took
+    )
     return took

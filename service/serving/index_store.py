@@ -59,7 +59,12 @@ class ArmLoadError(RuntimeError):
     """An experiment arm whose bundle cannot be loaded: `index` and `model_id` name it."""
 
     def __init__(self, index: int, model_id: str, bundle_dir: str, reason: Exception) -> None:
-        self.index, self.model_id, self.bundle_dir, self.reason = index, model_id, bundle_dir, reason
+        self.index, self.model_id, self.bundle_dir, self.reason = (
+            index,
+            model_id,
+            bundle_dir,
+            reason,
+        )
         super().__init__(f"arm {index} ({model_id}): cannot load its bundle {bundle_dir}: {reason}")
 
 
@@ -92,7 +97,11 @@ class LoadedBundle:
 
 
 def _pointer_key(pointer: dict[str, Any]) -> tuple[str, str, str]:
-    return (str(pointer.get("model_id")), str(pointer.get("bundle_dir")), str(pointer.get("published_at")))
+    return (
+        str(pointer.get("model_id")),
+        str(pointer.get("bundle_dir")),
+        str(pointer.get("published_at")),
+    )
 
 
 class IndexStore:
@@ -108,14 +117,19 @@ class IndexStore:
     """
 
     def __init__(
-        self, settings: Settings, redis_client: redis.Redis | None = None, exposure: ExposureCounter | None = None
+        self,
+        settings: Settings,
+        redis_client: redis.Redis | None = None,
+        exposure: ExposureCounter | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis_client
         self.exposure = exposure
         self.artifacts = ArtifactStore.from_settings(settings)
         self._state: LoadedBundle | None = None
-        self._load_lock = threading.Lock()  # one load at a time (watcher vs load_now vs experiment routes)
+        self._load_lock = (
+            threading.Lock()
+        )  # one load at a time (watcher vs load_now vs experiment routes)
         self._failed: tuple[tuple[str, str, str], float] | None = None
         self._failed_experiment: tuple[str, float] | None = None
         self._stop = threading.Event()
@@ -174,9 +188,11 @@ class IndexStore:
             bundle_dir = self._resolve(pointer)
             t0 = time.perf_counter()
             bundle = load_bundle(
-                bundle_dir, nprobe=self.settings.nprobe, ef_search=self.settings.hnsw_ef_search,
+                bundle_dir,
+                nprobe=self.settings.nprobe,
+                ef_search=self.settings.hnsw_ef_search,
                 mmap=self.settings.serving_mmap,
-            )  # fmt: skip
+            )
             if bundle.model_id != pointer.get("model_id"):
                 raise BundleError(
                     f"{bundle_dir}: holds model {bundle.model_id}, pointer names {pointer.get('model_id')}"
@@ -185,14 +201,22 @@ class IndexStore:
             previous = self.current
             old = self._state
             active = self._served(bundle, "active", None, str(pointer.get("published_at")))
-            self._state = LoadedBundle(bundle, dict(pointer), datetime.now(timezone.utc), active,
-                                       old.experiment if old is not None else None)  # the swap  # fmt: skip
+            self._state = LoadedBundle(
+                bundle,
+                dict(pointer),
+                datetime.now(timezone.utc),
+                active,
+                old.experiment if old is not None else None,
+            )  # the swap
             self._failed = None
         logger.info(
             "serving model %s (%s, %d items) loaded in %.2fs, replacing %s",
-            bundle.model_id, bundle.meta.get("factory"), bundle.n_items,
-            time.perf_counter() - t0, previous.model_id if previous else "nothing",
-        )  # fmt: skip
+            bundle.model_id,
+            bundle.meta.get("factory"),
+            bundle.n_items,
+            time.perf_counter() - t0,
+            previous.model_id if previous else "nothing",
+        )
         if self.settings.serving_gc_freeze:  # the new bundle leaves the collector's walks
             freeze_long_lived(f"model {bundle.model_id} loaded")
         self.prune_cache()
@@ -206,8 +230,9 @@ class IndexStore:
         """
         assert self.redis is not None
         raw, raw_experiment = (
-            v.decode() if isinstance(v, bytes) else v for v in self.redis.mget([keys.ACTIVE_MODEL, keys.EXPERIMENT])
-        )  # fmt: skip
+            v.decode() if isinstance(v, bytes) else v
+            for v in self.redis.mget([keys.ACTIVE_MODEL, keys.EXPERIMENT])
+        )
         swapped = self._check_active(raw)
         return self._check_experiment(raw_experiment) or swapped
 
@@ -224,7 +249,11 @@ class IndexStore:
         if state is not None and _pointer_key(state.pointer) == key:
             return False
         failed = self._failed
-        if failed is not None and failed[0] == key and time.monotonic() - failed[1] < RETRY_FAILED_S:
+        if (
+            failed is not None
+            and failed[0] == key
+            and time.monotonic() - failed[1] < RETRY_FAILED_S
+        ):
             return False
         try:
             self.load_now(pointer)
@@ -232,8 +261,10 @@ class IndexStore:
             self._failed = (key, time.monotonic())
             logger.error(
                 "cannot load published model %s (%s); still serving %s",
-                pointer.get("model_id"), exc, state.bundle.model_id if state else "nothing",
-            )  # fmt: skip
+                pointer.get("model_id"),
+                exc,
+                state.bundle.model_id if state else "nothing",
+            )
             return False
         return True
 
@@ -246,20 +277,32 @@ class IndexStore:
         if raw == served:
             return False
         failed = self._failed_experiment
-        if raw is not None and failed is not None and failed[0] == raw and time.monotonic() - failed[1] < RETRY_FAILED_S:
+        if (
+            raw is not None
+            and failed is not None
+            and failed[0] == raw
+            and time.monotonic() - failed[1] < RETRY_FAILED_S
+        ):
             return False
         try:
             spec = Experiment.model_validate_json(raw) if raw is not None else None
             self.apply_experiment(spec, raw=raw)
         except (ValidationError, ArmLoadError) as exc:
             self._failed_experiment = (raw or "", time.monotonic())
-            logger.error("cannot serve the stored experiment (%s); still serving %s", exc,
-                         "its previous arms" if state.experiment is not None else "the active model alone")  # fmt: skip
+            logger.error(
+                "cannot serve the stored experiment (%s); still serving %s",
+                exc,
+                "its previous arms" if state.experiment is not None else "the active model alone",
+            )
             return False
         return True
 
     def apply_experiment(
-        self, spec: Experiment | None, *, raw: str | None = None, commit: Callable[[str | None], None] | None = None
+        self,
+        spec: Experiment | None,
+        *,
+        raw: str | None = None,
+        commit: Callable[[str | None], None] | None = None,
     ) -> LoadedExperiment | None:
         """Load every arm of `spec` (None: end the experiment), then swap them in.
 
@@ -283,15 +326,20 @@ class IndexStore:
                 self._state = replace(state, experiment=loaded)  # the swap
             self._failed_experiment = None
         if loaded is not None:
-            logger.info("experiment: serving %s (salt %r)", ", ".join(
-                f"{a.model_id} {a.weight:g}" for a in loaded.arms), loaded.spec.salt)  # fmt: skip
+            logger.info(
+                "experiment: serving %s (salt %r)",
+                ", ".join(f"{a.model_id} {a.weight:g}" for a in loaded.arms),
+                loaded.spec.salt,
+            )
         else:
             logger.info("experiment: none; the active model serves everyone")
         if self.settings.serving_gc_freeze:
             freeze_long_lived("experiment arms loaded")
         return loaded
 
-    def _load_arms(self, spec: Experiment, raw: str, state: LoadedBundle | None) -> LoadedExperiment:
+    def _load_arms(
+        self, spec: Experiment, raw: str, state: LoadedBundle | None
+    ) -> LoadedExperiment:
         """Each arm's ServedModel, reusing bundles already loaded from the same directory."""
         loaded: dict[tuple[str, Path], ServedModel] = {}
         if state is not None:
@@ -307,27 +355,47 @@ class IndexStore:
                 if have is not None and have.role == "active":  # the active model's epoch runs on
                     arms.append(ServedModel(have.bundle, "arm", arm.weight, have.tally))
                     continue
-                bundle = have.bundle if have is not None else self._load_arm_bundle(where, arm.model_id)
+                bundle = (
+                    have.bundle if have is not None else self._load_arm_bundle(where, arm.model_id)
+                )
             except (BundleError, ArtifactError, OSError, ValueError) as exc:
                 raise ArmLoadError(i, arm.model_id, arm.bundle_dir, exc) from exc
             arms.append(self._served(bundle, "arm", arm.weight, since))
-        return LoadedExperiment(spec, raw, tuple(arms), cumulative_weights([a.weight for a in spec.arms]))
+        return LoadedExperiment(
+            spec, raw, tuple(arms), cumulative_weights([a.weight for a in spec.arms])
+        )
 
     def _load_arm_bundle(self, where: Path, model_id: str) -> ServingBundle:
         t0 = time.perf_counter()
-        bundle = load_bundle(where, nprobe=self.settings.nprobe, ef_search=self.settings.hnsw_ef_search,
-                             mmap=self.settings.serving_mmap)  # fmt: skip
+        bundle = load_bundle(
+            where,
+            nprobe=self.settings.nprobe,
+            ef_search=self.settings.hnsw_ef_search,
+            mmap=self.settings.serving_mmap,
+        )
         if bundle.model_id != model_id:
             raise BundleError(f"{where}: holds model {bundle.model_id}, the arm names {model_id}")
         use_blas_for_batches(bundle.index.d)
-        logger.info("experiment arm %s (%d items) loaded in %.2fs", model_id, bundle.n_items,
-                    time.perf_counter() - t0)  # fmt: skip
+        logger.info(
+            "experiment arm %s (%d items) loaded in %.2fs",
+            model_id,
+            bundle.n_items,
+            time.perf_counter() - t0,
+        )
         return bundle
 
     def _served(
-        self, bundle: ServingBundle, role: Literal["active", "arm"], weight: float | None, since: str
+        self,
+        bundle: ServingBundle,
+        role: Literal["active", "arm"],
+        weight: float | None,
+        since: str,
     ) -> ServedModel:
-        tally = self.exposure.tally(bundle, since) if self.exposure is not None else Tally(bundle, since, None)
+        tally = (
+            self.exposure.tally(bundle, since)
+            if self.exposure is not None
+            else Tally(bundle, since, None)
+        )
         return ServedModel(bundle, role, weight, tally)
 
     def prune_cache(self) -> list[str]:
@@ -373,7 +441,9 @@ class IndexStore:
             except (redis_lib.RedisError, OSError) as exc:
                 if not self._redis_down:
                     self._redis_down = True
-                    logger.warning("index store: Redis unreachable (%s); serving the loaded model", exc)
+                    logger.warning(
+                        "index store: Redis unreachable (%s); serving the loaded model", exc
+                    )
                 if pubsub is not None:
                     try:
                         pubsub.close()

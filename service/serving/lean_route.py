@@ -67,7 +67,12 @@ def _parse_float(raw: str) -> float:
         ) from None
 
 
-_PARSERS: dict[Any, Callable[[str], Any]] = {int: _parse_int, float: _parse_float, bool: _parse_bool, str: str}
+_PARSERS: dict[Any, Callable[[str], Any]] = {
+    int: _parse_int,
+    float: _parse_float,
+    bool: _parse_bool,
+    str: str,
+}
 
 
 def _literal_parser(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -111,11 +116,15 @@ def _query_parser(annotation: Any, where: str) -> tuple[Callable[[str], Any], bo
         (item,) = get_args(bare) or (Any,)
         if item in (str, int):
             return _PARSERS[item], True
-        raise TypeError(f"ScalarQueryRoute: {where} has type {annotation!r}; lists hold only str or int")
+        raise TypeError(
+            f"ScalarQueryRoute: {where} has type {annotation!r}; lists hold only str or int"
+        )
     return _scalar_parser(annotation, where), False
 
 
-def _parse_list(raws: list[str], alias: str, parse: Callable[[str], Any], errors: list[dict[str, Any]]) -> list[Any]:
+def _parse_list(
+    raws: list[str], alias: str, parse: Callable[[str], Any], errors: list[dict[str, Any]]
+) -> list[Any]:
     """A repeated query parameter (present at least once): every value parsed."""
     values = []
     for pos, raw in enumerate(raws):
@@ -137,16 +146,23 @@ class ScalarQueryRoute(APIRoute):
         where = f"{self.path} ({getattr(endpoint, '__name__', endpoint)})"
         is_async = inspect.iscoroutinefunction(endpoint)
         if dep.dependencies or dep.body_params or dep.header_params or dep.cookie_params:
-            raise TypeError(f"ScalarQueryRoute: {where} may only take a Request, path and query parameters")
+            raise TypeError(
+                f"ScalarQueryRoute: {where} may only take a Request, path and query parameters"
+            )
         for f in dep.path_params:
             if f.field_info.annotation is not str:
                 raise TypeError(f"ScalarQueryRoute: path parameter {f.name} of {where} must be str")
         path_names = [f.name for f in dep.path_params]
         query = [
-            (f.name, f.alias, *_query_parser(f.field_info.annotation, f"query parameter {f.name} of {where}"),
-             f.field_info.is_required(), f.field_info.default)
+            (
+                f.name,
+                f.alias,
+                *_query_parser(f.field_info.annotation, f"query parameter {f.name} of {where}"),
+                f.field_info.is_required(),
+                f.field_info.default,
+            )
             for f in dep.query_params
-        ]  # fmt: skip
+        ]
         request_name = dep.request_param_name
 
         async def handler(request: Request) -> Response:
@@ -160,7 +176,14 @@ class ScalarQueryRoute(APIRoute):
                 raw = None if is_list else params.get(alias)
                 if raw is None:
                     if required:
-                        errors.append({"type": "missing", "loc": ("query", alias), "msg": "Field required", "input": None})
+                        errors.append(
+                            {
+                                "type": "missing",
+                                "loc": ("query", alias),
+                                "msg": "Field required",
+                                "input": None,
+                            }
+                        )
                     kwargs[name] = default
                     continue
                 try:
@@ -177,7 +200,9 @@ class ScalarQueryRoute(APIRoute):
             else:
                 response = await run_in_threadpool(endpoint, **kwargs)
             if not isinstance(response, Response):
-                raise TypeError(f"{request.url.path}: a ScalarQueryRoute endpoint must return a Response")
+                raise TypeError(
+                    f"{request.url.path}: a ScalarQueryRoute endpoint must return a Response"
+                )
             return response
 
         return handler
@@ -190,8 +215,15 @@ def _stock_body_errors(model: type[BaseModel], raw: bytes) -> list[dict[str, Any
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        return [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
-                 "input": {}, "ctx": {"error": exc.msg}}]  # fmt: skip
+        return [
+            {
+                "type": "json_invalid",
+                "loc": ("body", exc.pos),
+                "msg": "JSON decode error",
+                "input": {},
+                "ctx": {"error": exc.msg},
+            }
+        ]
     except UnicodeDecodeError:
         raise HTTPException(400, "There was an error parsing the body") from None  # as FastAPI
     try:
@@ -218,20 +250,30 @@ class JsonBodyRoute(APIRoute):
         where = f"{self.path} ({getattr(endpoint, '__name__', endpoint)})"
         if not inspect.iscoroutinefunction(endpoint):
             raise TypeError(f"JsonBodyRoute: {where} must be async def")
-        if dep.dependencies or dep.path_params or dep.query_params or dep.header_params or dep.cookie_params:
+        if (
+            dep.dependencies
+            or dep.path_params
+            or dep.query_params
+            or dep.header_params
+            or dep.cookie_params
+        ):
             raise TypeError(f"JsonBodyRoute: {where} may only take a Request and one body model")
         if len(dep.body_params) != 1:
             raise TypeError(f"JsonBodyRoute: {where} needs exactly one body parameter")
         field = dep.body_params[0]
         model = field.field_info.annotation
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            raise TypeError(f"JsonBodyRoute: the body of {where} must be a pydantic model, not {model!r}")
+            raise TypeError(
+                f"JsonBodyRoute: the body of {where} must be a pydantic model, not {model!r}"
+            )
         name, request_name = field.name, dep.request_param_name
 
         async def handler(request: Request) -> Response:
             raw = await request.body()
             if not raw:
-                raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+                raise RequestValidationError(
+                    [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+                )
             try:
                 value = model.model_validate_json(raw)
             except ValidationError:
@@ -241,7 +283,9 @@ class JsonBodyRoute(APIRoute):
                 kwargs[request_name] = request
             response = await endpoint(**kwargs)
             if not isinstance(response, Response):
-                raise TypeError(f"{request.url.path}: a JsonBodyRoute endpoint must return a Response")
+                raise TypeError(
+                    f"{request.url.path}: a JsonBodyRoute endpoint must return a Response"
+                )
             return response
 
         return handler

@@ -35,7 +35,9 @@ def padded(k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(k, -np.inf, dtype=np.float32), np.full(k, -1, dtype=np.int64)
 
 
-def exact_topk(scores: np.ndarray, items: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    scores: np.ndarray, items: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k candidates by the tie rule; -inf scores are never returned.
 
     Args:

@@ -92,7 +92,9 @@ async def recommend_user(
     exclude: ExcludeQuery = None,
     include: IncludeQuery = None,
     groups: GroupsQuery = None,
-    fallback: Annotated[Fallback | None, Query(description=FALLBACK_DOC, examples=["debiased"])] = None,
+    fallback: Annotated[
+        Fallback | None, Query(description=FALLBACK_DOC, examples=["debiased"])
+    ] = None,
 ) -> Response:
     """Top-k items for one user from the published model (or the user's experiment arm), with
     optional filters, and a fallback list for users the model does not know."""
@@ -114,8 +116,14 @@ async def recommend_user(
     else:
         query = filters.query() if filters.active else None
         scores, items = await bundle.recommend_one_async(idx, k, exclude_seen, query)
-    body = recommendations_json(bundle, user_id, scores, items, fallback=fallback if idx is None else None,
-                                unknown=filters.unknown)  # fmt: skip
+    body = recommendations_json(
+        bundle,
+        user_id,
+        scores,
+        items,
+        fallback=fallback if idx is None else None,
+        unknown=filters.unknown,
+    )
     served.tally.add(items, perf_counter() - t0)
     return Response(body, media_type="application/json")
 
@@ -145,8 +153,11 @@ async def recommend_history(request: Request, req: HistoryRequest) -> Response:
     history, missing = bundle.item_indices(req.items)
     if len(history) == 0:
         shown = ", ".join(repr(i) for i in missing[:10]) + (" …" if len(missing) > 10 else "")
-        raise invalid(["body", "items"], f"none of the history's item ids is in the served catalogue: {shown}",
-                      req.items)  # fmt: skip
+        raise invalid(
+            ["body", "items"],
+            f"none of the history's item ids is in the served catalogue: {shown}",
+            req.items,
+        )
     history = np.unique(history)
     query = filters.query(history=history, also_banned=history if req.exclude_seen else None)
     scores, items = await bundle.recommend_one_async(-1, req.k, False, query)
@@ -190,7 +201,9 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
     state = serving_state(request)
     if req.model is not None or state.experiment is None:
         only = named_model(state, req.model) if req.model is not None else state.active
-        by_model: dict[str, tuple[ServedModel, list[int]]] = {only.model_id: (only, list(range(len(req.user_ids))))}
+        by_model: dict[str, tuple[ServedModel, list[int]]] = {
+            only.model_id: (only, list(range(len(req.user_ids))))
+        }
     else:
         by_model = {}
         for row, u in enumerate(req.user_ids):
@@ -206,21 +219,33 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
             listed = unknown_items.setdefault(name, [])
             listed += [i for i in ids if i not in listed]
         idx = [bundle.user_index(req.user_ids[row]) for row in rows]
-        unknown_users += [(req.user_ids[row], bundle.model_id) for row, i in zip(rows, idx, strict=True) if i is None]
+        unknown_users += [
+            (req.user_ids[row], bundle.model_id)
+            for row, i in zip(rows, idx, strict=True)
+            if i is None
+        ]
         if unknown_users:
             continue
         queries = [filters.query()] * len(idx) if filters.active else None
-        scores, items = bundle.recommend(np.array(idx, dtype=np.int64), req.k, req.exclude_seen, queries)
+        scores, items = bundle.recommend(
+            np.array(idx, dtype=np.int64), req.k, req.exclude_seen, queries
+        )
         parts.append((served, rows, scores, items))
     if unknown_users:
-        shown = ", ".join(repr(u) for u, _ in unknown_users[:10]) + (" …" if len(unknown_users) > 10 else "")
+        shown = ", ".join(repr(u) for u, _ in unknown_users[:10]) + (
+            " …" if len(unknown_users) > 10 else ""
+        )
         models = ", ".join(sorted({m for _, m in unknown_users}))
-        raise HTTPException(404, f"unknown user_ids ({len(unknown_users)}): {shown} (model {models})")
+        raise HTTPException(
+            404, f"unknown user_ids ({len(unknown_users)}): {shown} (model {models})"
+        )
     answers: list[str] = [""] * len(req.user_ids)
     latency = perf_counter() - t0
     for served, rows, scores, items in parts:
         for j, row in enumerate(rows):
-            answers[row] = recommendations_json(served.bundle, req.user_ids[row], scores[j], items[j])
+            answers[row] = recommendations_json(
+                served.bundle, req.user_ids[row], scores[j], items[j]
+            )
         served.tally.add(items, latency)
     extra = f',"unknown_items":{json.dumps(unknown_items)}' if unknown_items else ""
     model_id = encode_basestring_ascii(parts[0][0].model_id) if len(parts) == 1 else "null"

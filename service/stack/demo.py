@@ -49,8 +49,15 @@ def watch_jobs(
 ) -> dict[str, dict[str, Any]]:
     """Poll GET /v1/jobs/{id} for each job (label -> id) with one tqdm bar each."""
     bars = {
-        label: tqdm(total=None, desc=f"{label:>14}", unit="epoch", position=i, leave=True,
-                    dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+        label: tqdm(
+            total=None,
+            desc=f"{label:>14}",
+            unit="epoch",
+            position=i,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         for i, label in enumerate(jobs)
     }
     final: dict[str, dict[str, Any]] = {}
@@ -110,8 +117,12 @@ def quality_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
     table = [header, *[[fmt(c) for c in row] for row in lines]]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-           for r in table]  # fmt: skip
+    out = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in table
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
@@ -122,20 +133,35 @@ def _story(http: httpx.Client, stack: LocalStack, report_path: Path) -> None:
     ds = _check(http.post("/v1/datasets", json={"synthetic": {}, "name": "demo-synthetic"}), 201)
     stats = ds["statistics"]
     heads = ", ".join(f"g{g['group']}: {g['items']} items" for g in stats["popularity_groups"])
-    print(f"      {ds['id']}: {stats['users']} users, {stats['items']} items, "
-          f"{stats['interactions']} interactions; popularity groups {heads}")  # fmt: skip
+    print(
+        f"      {ds['id']}: {stats['users']} users, {stats['items']} items, "
+        f"{stats['interactions']} interactions; popularity groups {heads}"
+    )
 
-    print(f"\n[2/5] training the teacher ({TEACHER['model'].upper()}, the best on this data)", flush=True)
-    job = _check(http.post("/v1/jobs", json={"kind": "teacher", "dataset_id": ds["id"], **TEACHER}), 202)
+    print(
+        f"\n[2/5] training the teacher ({TEACHER['model'].upper()}, the best on this data)",
+        flush=True,
+    )
+    job = _check(
+        http.post("/v1/jobs", json={"kind": "teacher", "dataset_id": ds["id"], **TEACHER}), 202
+    )
     teacher = watch_jobs(http, {"teacher": job["id"]}, stack)["teacher"]
     teacher_id = teacher["model_id"]
 
-    print(f"\n[3/5] distilling dim-{STUDENT['dim']} students: {', '.join(METHODS)} "
-          "(the UnKD one is published when it succeeds)", flush=True)  # fmt: skip
+    print(
+        f"\n[3/5] distilling dim-{STUDENT['dim']} students: {', '.join(METHODS)} "
+        "(the UnKD one is published when it succeeds)",
+        flush=True,
+    )
     jobs = {}
     for method in METHODS:
-        body = {"kind": "distill", "teacher_id": teacher_id, "method": method, **STUDENT,
-                "publish": method == "unkd"}  # fmt: skip
+        body = {
+            "kind": "distill",
+            "teacher_id": teacher_id,
+            "method": method,
+            **STUDENT,
+            "publish": method == "unkd",
+        }
         jobs[f"student {method}"] = _check(http.post("/v1/jobs", json=body), 202)["id"]
     students = watch_jobs(http, jobs, stack)
     unkd_id = students["student unkd"]["model_id"]
@@ -151,8 +177,11 @@ def _story(http: httpx.Client, stack: LocalStack, report_path: Path) -> None:
         items = " ".join(f"{it['item_id']}(g{it['group']})" for it in rec["items"])
         print(f"      user {user}: {items}")
 
-    print(f"\n[5/5] quality on the test split (K={K}; g0 = head ... g3 = tail; "
-          "arp = mean popularity of recommended items)\n", flush=True)  # fmt: skip
+    print(
+        f"\n[5/5] quality on the test split (K={K}; g0 = head ... g3 = tail; "
+        "arp = mean popularity of recommended items)\n",
+        flush=True,
+    )
     teacher_report = _check(http.get(f"/v1/models/{teacher_id}/report"), 200)
     rows = [(f"teacher ({TEACHER['model']})", teacher_report)]
     for label, status in students.items():
@@ -173,10 +202,17 @@ def run_demo(settings: Settings, *, data_dir: str | None, port: int, keep: bool)
     root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="unkd-demo-"))
     stack = LocalStack(settings, port=port or free_port(), data_dir=root, log_dir=root / "logs")
     # The page outlives a temporary data directory, which is removed at the end.
-    report_path = root / "compare.html" if data_dir or keep else Path(tempfile.gettempdir()) / f"{root.name}-compare.html"
+    report_path = (
+        root / "compare.html"
+        if data_dir or keep
+        else Path(tempfile.gettempdir()) / f"{root.name}-compare.html"
+    )
     admin = next((k.key for k in settings.keys if k.role == "admin"), None)  # the demo publishes
     if settings.keys and admin is None:
-        print("error: the demo publishes a model: UNKD_API_KEYS needs a key with role admin", file=sys.stderr)
+        print(
+            "error: the demo publishes a model: UNKD_API_KEYS needs a key with role admin",
+            file=sys.stderr,
+        )
         return 2
     headers = {"Authorization": f"Bearer {admin}"} if admin else {}
     print(f"starting the local stack in {root} (logs in {root / 'logs'}) ...", flush=True)

@@ -31,8 +31,14 @@ API_START_TIMEOUT_S = 60.0
 WORKER_WARM_STOP_S = 30.0
 
 
-def _stop_process(name: str, proc: subprocess.Popen[bytes], *, soft: signal.Signals,
-                  timeout_s: float, hard: signal.Signals | None = None) -> None:  # fmt: skip
+def _stop_process(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    *,
+    soft: signal.Signals,
+    timeout_s: float,
+    hard: signal.Signals | None = None,
+) -> None:
     """Send `soft`, wait; then `hard` (if any), wait; then kill."""
     if proc.poll() is not None:
         return
@@ -51,8 +57,13 @@ def _stop_process(name: str, proc: subprocess.Popen[bytes], *, soft: signal.Sign
 
 
 def celery_worker_argv(
-    queues: str, *, hostname: str, loglevel: str = "INFO", pool: str = "solo",
-    concurrency: int = 1, alone: bool = True,
+    queues: str,
+    *,
+    hostname: str,
+    loglevel: str = "INFO",
+    pool: str = "solo",
+    concurrency: int = 1,
+    alone: bool = True,
 ) -> list[str]:
     """The command line of one Celery worker process, the same for `unkd up`, `unkd worker`
     and the tests. The worker reads its settings from the UNKD_* environment.
@@ -62,24 +73,51 @@ def celery_worker_argv(
             startup sync with other workers, which only cost time there.
     """
     argv = [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        f"--pool={pool}", f"--concurrency={concurrency}", "-Q", queues, f"--loglevel={loglevel}",
-        "--hostname", hostname,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        "-Q",
+        queues,
+        f"--loglevel={loglevel}",
+        "--hostname",
+        hostname,
+    ]
     return argv + (["--without-gossip", "--without-mingle"] if alone else [])
 
 
-def api_argv(host: str, port: int, *, log_level: str = "warning", graceful_s: float | None = None,
-             workers: int = 1) -> list[str]:  # fmt: skip
+def api_argv(
+    host: str,
+    port: int,
+    *,
+    log_level: str = "warning",
+    graceful_s: float | None = None,
+    workers: int = 1,
+) -> list[str]:
     """The command line of the API (uvicorn's factory mode: settings from UNKD_*); `workers`
     > 1 runs that many processes on the port under uvicorn's supervisor."""
     argv = [
-        sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
-        "--host", host, "--port", str(port), "--log-level", log_level,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "service.api.app:create_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+    ]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    return argv + (["--timeout-graceful-shutdown", str(graceful_s)] if graceful_s is not None else [])
+    return argv + (
+        ["--timeout-graceful-shutdown", str(graceful_s)] if graceful_s is not None else []
+    )
 
 
 class LocalStack:
@@ -94,8 +132,16 @@ class LocalStack:
         api_workers: API processes on the port (uvicorn --workers).
     """
 
-    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
-                 data_dir: Path | None = None, log_dir: Path | None = None, api_workers: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        data_dir: Path | None = None,
+        log_dir: Path | None = None,
+        api_workers: int = 1,
+    ) -> None:
         self.settings = settings
         self.host, self.port = host, port
         self.api_workers = api_workers
@@ -113,7 +159,9 @@ class LocalStack:
         return f"http://{host}:{self.port}"
 
     def child_env(self) -> dict[str, str]:
-        settings = self.settings.model_copy(update={"redis_url": self.redis_url, "data_dir": self.data_dir})
+        settings = self.settings.model_copy(
+            update={"redis_url": self.redis_url, "data_dir": self.data_dir}
+        )
         return {**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"}
 
     def _output(self, name: str) -> IO[bytes] | None:
@@ -126,8 +174,14 @@ class LocalStack:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         out = self._output(name)
-        proc = subprocess.Popen(args, env=self.child_env(), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            env=self.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
         logger.info("%s started (pid %d)", name, proc.pid)
         return proc
 
@@ -146,9 +200,10 @@ class LocalStack:
                 self.redis = RedisServer(self.data_dir / "redis").start()
                 self.redis_url = self.redis.url
             queues = f"{self.settings.train_queue},{self.settings.light_queue}"
-            self.worker = self._spawn("worker", celery_worker_argv(
-                queues, hostname=f"unkd-{os.getpid()}@%h", loglevel="INFO"
-            ))
+            self.worker = self._spawn(
+                "worker",
+                celery_worker_argv(queues, hostname=f"unkd-{os.getpid()}@%h", loglevel="INFO"),
+            )
             self.api = self._spawn("api", api_argv(self.host, self.port, workers=self.api_workers))
             self._wait_api()
         except BaseException:
@@ -169,7 +224,9 @@ class LocalStack:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"the API did not answer {self.api_url}/healthz in {API_START_TIMEOUT_S:.0f}s")
+        raise RuntimeError(
+            f"the API did not answer {self.api_url}/healthz in {API_START_TIMEOUT_S:.0f}s"
+        )
 
     def failed_child(self) -> str | None:
         """The name of a child process that exited on its own, if any."""
@@ -203,8 +260,13 @@ class LocalStack:
             _stop_process("api", self.api, soft=signal.SIGTERM, timeout_s=10.0)
             self.api = None
         if self.worker is not None:
-            _stop_process("worker", self.worker, soft=signal.SIGTERM,
-                          timeout_s=WORKER_WARM_STOP_S, hard=signal.SIGQUIT)  # fmt: skip
+            _stop_process(
+                "worker",
+                self.worker,
+                soft=signal.SIGTERM,
+                timeout_s=WORKER_WARM_STOP_S,
+                hard=signal.SIGQUIT,
+            )
             self.worker = None
         if self.redis is not None:
             self.redis.stop()

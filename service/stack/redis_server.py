@@ -81,17 +81,27 @@ class RedisServer:
     def _args(self, port: int) -> list[str]:
         return [
             redis_executable(),
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--protected-mode", "yes",
-            "--requirepass", self.password,
-            "--dir", str(self.directory.resolve()),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--save", "300 1",
-            "--logfile", "redis.log",
-            "--daemonize", "no",
-        ]  # fmt: skip
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--protected-mode",
+            "yes",
+            "--requirepass",
+            self.password,
+            "--dir",
+            str(self.directory.resolve()),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "300 1",
+            "--logfile",
+            "redis.log",
+            "--daemonize",
+            "no",
+        ]
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         """Start the server and return once it answers PING; raise RuntimeError otherwise."""
@@ -115,8 +125,12 @@ class RedisServer:
             self.port = port
             ok, last_error = self._wait_ready(timeout_s)
             if ok:
-                logger.info("redis-server pid %d listening on 127.0.0.1:%d (dir %s)",
-                            self._proc.pid, port, self.directory)
+                logger.info(
+                    "redis-server pid %d listening on 127.0.0.1:%d (dir %s)",
+                    self._proc.pid,
+                    port,
+                    self.directory,
+                )
                 return self
             self._terminate()
             if not fixed_port:
@@ -128,14 +142,23 @@ class RedisServer:
 
     def _wait_ready(self, timeout_s: float) -> tuple[bool, str]:
         assert self._proc is not None and self.port is not None
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                             socket_connect_timeout=0.5, socket_timeout=1.0)
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            socket_connect_timeout=0.5,
+            socket_timeout=1.0,
+        )
         deadline = time.monotonic() + timeout_s
         error = "no answer to PING"
         try:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
-                    stderr = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                    stderr = (
+                        self._proc.stderr.read().decode(errors="replace")
+                        if self._proc.stderr
+                        else ""
+                    )
                     return False, f"exited with code {self._proc.returncode} {stderr.strip()}"
                 try:
                     # A server still loading its append-only file answers LOADING: keep waiting.
@@ -156,13 +179,19 @@ class RedisServer:
             return
         if self._proc.poll() is None:
             try:
-                client = redis.Redis(host="127.0.0.1", port=self.port or 0,
-                                     password=self.password, socket_timeout=timeout_s)
+                client = redis.Redis(
+                    host="127.0.0.1",
+                    port=self.port or 0,
+                    password=self.password,
+                    socket_timeout=timeout_s,
+                )
                 client.shutdown(save=True)
             except redis.exceptions.ConnectionError:
                 pass  # SHUTDOWN closes the connection: the expected answer
             except redis.exceptions.RedisError as exc:
-                logger.warning("redis SHUTDOWN failed (%s); terminating pid %d", exc, self._proc.pid)
+                logger.warning(
+                    "redis SHUTDOWN failed (%s); terminating pid %d", exc, self._proc.pid
+                )
                 self._proc.terminate()
         self._terminate(timeout_s)
         logger.info("redis-server on port %s stopped", self.port)

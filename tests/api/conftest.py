@@ -35,9 +35,11 @@ def make_settings(redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "redis_url": redis_url, "data_dir": tmp_path / "data",
-            "upload_max_bytes": 64 * 1024, "reload_poll_s": 0.2,
-        }  # fmt: skip
+            "redis_url": redis_url,
+            "data_dir": tmp_path / "data",
+            "upload_max_bytes": 64 * 1024,
+            "reload_poll_s": 0.2,
+        }
         return make_test_settings("test", **{**values, **overrides})
 
     return make

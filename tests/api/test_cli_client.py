@@ -61,16 +61,26 @@ def world(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
     root = tmp_path_factory.mktemp("cli-client")
-    settings = make_test_settings("cli", redis_url=redis_databases.reserve(), data_dir=root / "data",
-                                  api_keys=KEYS, reload_poll_s=0.2, device="cpu", job_max_retries=0)  # fmt: skip
+    settings = make_test_settings(
+        "cli",
+        redis_url=redis_databases.reserve(),
+        data_dir=root / "data",
+        api_keys=KEYS,
+        reload_poll_s=0.2,
+        device="cpu",
+        job_max_retries=0,
+    )
     registry = Registry.from_url(settings.redis_url or "")
     dataset = seed_dataset(settings, registry, n_users=60, n_items=40)
     for seed_no, (model_id, (head, ndcg)) in enumerate(FIGURES.items(), 1):
         kind = "teacher" if model_id.startswith("teacher") else "student"
         seed_model(settings, registry, dataset, model_id, kind=kind, seed=seed_no)
         lineage = Lineage(dataset_id=DATASET, teacher_id=None if kind == "teacher" else "teacher-1")
-        registry.add_model(registry.get_model(model_id).model_copy(update={
-            "lineage": lineage, "metrics": {"head_share@20": head, "ndcg@20": ndcg}}))  # fmt: skip
+        registry.add_model(
+            registry.get_model(model_id).model_copy(
+                update={"lineage": lineage, "metrics": {"head_share@20": head, "ndcg@20": ndcg}}
+            )
+        )
     bundle = settings.bundles_dir.resolve() / "student-good-test"
     build_bundle(
         settings.models_dir.resolve() / "student-good", dataset, bundle, model_id="student-good"
@@ -135,8 +145,13 @@ def user_of(world: World, i: int = 0) -> str:
 
 
 def test_unkd_help_lists_the_client_commands() -> None:
-    out = subprocess.run([sys.executable, "-m", "service.cli", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("    ")}
     assert {"jobs", "models", "recommend"} <= listed, out.stdout
@@ -170,8 +185,25 @@ def test_jobs_submit_sends_the_documented_body_then_show_and_cancel(
 ) -> None:
     base = tmp_path / "base.json"
     base.write_text(json.dumps({"teacher_id": "teacher-1", "method": "rd", "epochs": 7}))
-    r = unkd("jobs", "submit", "distill", "--body", str(base), "--method", "unkd", "--dim", "10",
-             "--lambda", "0.5", "--set", "unkd.groups=2", "--set", "warm_start=none", "--json", key=WRITER)  # fmt: skip
+    r = unkd(
+        "jobs",
+        "submit",
+        "distill",
+        "--body",
+        str(base),
+        "--method",
+        "unkd",
+        "--dim",
+        "10",
+        "--lambda",
+        "0.5",
+        "--set",
+        "unkd.groups=2",
+        "--set",
+        "warm_start=none",
+        "--json",
+        key=WRITER,
+    )
     assert r.code == 0, r.err
     accepted = r.json()
     assert accepted["kind"] == "distill" and accepted["status"] == "queued"
@@ -319,8 +351,10 @@ def test_an_unreachable_api_is_one_line_naming_the_url(unkd) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     r = unkd("models", "list", "--api", url)
     assert r.code == 1 and r.out == ""
-    assert r.err == (f"error: cannot reach the unkd API at {url} (connection refused); start it with "
-                     "`unkd up`, or point --api / $UNKD_API_URL at it\n")  # fmt: skip
+    assert r.err == (
+        f"error: cannot reach the unkd API at {url} (connection refused); start it with "
+        "`unkd up`, or point --api / $UNKD_API_URL at it\n"
+    )
 
 
 # -- models and recommendations ----------------------------------------------------------------
@@ -330,8 +364,18 @@ def test_models_list_marks_the_served_model(unkd) -> None:
     r = unkd("models", "list", key=None)  # reads stay open
     assert r.code == 0, r.err
     header, _, *rows = r.out.splitlines()
-    assert header.split() == ["served", "id", "kind", "model", "dim", "dataset", "teacher",
-                              "ndcg@20", "recall@20", "head_share@20"]  # fmt: skip
+    assert header.split() == [
+        "served",
+        "id",
+        "kind",
+        "model",
+        "dim",
+        "dataset",
+        "teacher",
+        "ndcg@20",
+        "recall@20",
+        "head_share@20",
+    ]
     by_id = {row.split()[1] if row.startswith("*") else row.split()[0]: row for row in rows}
     assert set(FIGURES) <= set(by_id)
     assert by_id["student-good"].startswith("*") and not by_id["student-biased"].startswith("*")
@@ -412,8 +456,25 @@ def worker(request: pytest.FixtureRequest, world: World) -> Iterator[WorkerProce
 def test_submit_wait_follows_a_real_job_to_the_end(
     unkd, world: World, worker: WorkerProcess
 ) -> None:
-    r = unkd("jobs", "submit", "teacher", "--dataset", DATASET, "--model", "mf", "--dim", "8", "--epochs", "3",
-             "--set", "eval_every=1", "--wait", "--interval", "0.1", key=WRITER)  # fmt: skip
+    r = unkd(
+        "jobs",
+        "submit",
+        "teacher",
+        "--dataset",
+        DATASET,
+        "--model",
+        "mf",
+        "--dim",
+        "8",
+        "--epochs",
+        "3",
+        "--set",
+        "eval_every=1",
+        "--wait",
+        "--interval",
+        "0.1",
+        key=WRITER,
+    )
     assert r.code == 0, (r.err, worker.tail())
     summary = r.out.strip()
     assert " (teacher) succeeded in " in summary and ": model teacher-" in summary, summary

@@ -13,13 +13,18 @@ from service.core.config import Settings
 
 def interactions_csv(n_users: int = 30, n_items: int = 25, per_user: int = 6) -> bytes:
     rows = ["user,item,rating"]
-    rows += [f"u{u},i{(u * 7 + k * 3) % n_items},1" for u in range(n_users) for k in range(per_user)]
+    rows += [
+        f"u{u},i{(u * 7 + k * 3) % n_items},1" for u in range(n_users) for k in range(per_user)
+    ]
     return ("\n".join(rows) + "\n").encode()
 
 
 def test_upload_prepares_and_registers_a_dataset(client: TestClient, settings: Settings) -> None:
-    r = client.post("/v1/datasets", files={"file": ("clicks.csv", interactions_csv())},
-                    data={"split": "random", "seed": "3", "name": "clicks"})  # fmt: skip
+    r = client.post(
+        "/v1/datasets",
+        files={"file": ("clicks.csv", interactions_csv())},
+        data={"split": "random", "seed": "3", "name": "clicks"},
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["id"].startswith("ds-") and body["name"] == "clicks" and body["source"] == "upload"
@@ -37,8 +42,13 @@ def test_upload_prepares_and_registers_a_dataset(client: TestClient, settings: S
 
 
 def test_synthetic_dataset(client: TestClient) -> None:
-    r = client.post("/v1/datasets", json={"synthetic": {"n_users": 60, "n_items": 40,
-                                                        "interactions_per_user": 8}, "name": "syn"})
+    r = client.post(
+        "/v1/datasets",
+        json={
+            "synthetic": {"n_users": 60, "n_items": 40, "interactions_per_user": 8},
+            "name": "syn",
+        },
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["source"] == "synthetic" and body["statistics"]["users"] == 60
@@ -66,20 +76,24 @@ LATIN1 = [  # (format, file name, content, line of the byte 0xe9)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "recbole", "movielens", "lines", "auto"])
-def test_binary_upload_is_422_naming_the_file_and_line(client: TestClient, settings: Settings,
-                                                       fmt: str) -> None:  # fmt: skip
+def test_binary_upload_is_422_naming_the_file_and_line(
+    client: TestClient, settings: Settings, fmt: str
+) -> None:
     r = client.post("/v1/datasets", files={"file": ("photo.png", PNG)}, data={"format": fmt})
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
-    assert detail.startswith("file: photo.png: line 1, byte offset 0: b'\\x89' is not valid UTF-8"), detail
+    assert detail.startswith(
+        "file: photo.png: line 1, byte offset 0: b'\\x89' is not valid UTF-8"
+    ), detail
     assert client.get("/v1/datasets").json()["total"] == 0
     assert not any(settings.uploads_dir.glob("*/*"))
 
 
 @pytest.mark.parametrize(("fmt", "name", "content", "line"), LATIN1, ids=[c[1] for c in LATIN1])
 @pytest.mark.parametrize("declared", [True, False])
-def test_latin1_upload_is_422_naming_the_line(client: TestClient, fmt: str, name: str,
-                                              content: bytes, line: int, declared: bool) -> None:  # fmt: skip
+def test_latin1_upload_is_422_naming_the_line(
+    client: TestClient, fmt: str, name: str, content: bytes, line: int, declared: bool
+) -> None:
     data = {"format": fmt} if declared else {}
     r = client.post("/v1/datasets", files={"file": (name, content)}, data=data)
     assert r.status_code == 422, r.text
@@ -90,7 +104,9 @@ def test_latin1_upload_is_422_naming_the_line(client: TestClient, fmt: str, name
     )
 
 
-def test_garbage_parquet_upload_is_422_naming_the_file(client: TestClient, settings: Settings) -> None:
+def test_garbage_parquet_upload_is_422_naming_the_file(
+    client: TestClient, settings: Settings
+) -> None:
     for body in (PNG, b"PAR1" + PNG + b"PAR1"):
         r = client.post("/v1/datasets", files={"file": ("x.parquet", body)})
         assert r.status_code == 422, r.text
@@ -118,28 +134,42 @@ def test_oversize_upload_is_refused_while_streaming(client: TestClient, settings
 
     def chunks():  # no Content-Length: the limit must hold while the body streams in
         boundary = b"XyZ"
-        yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n\r\n'
+        yield (
+            b"--"
+            + boundary
+            + b'\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n\r\n'
+        )
         for i in range(0, len(big), 8192):
             yield big[i : i + 8192]
         yield b"\r\n--" + boundary + b"--\r\n"
 
-    r = client.post("/v1/datasets", content=chunks(),
-                    headers={"Content-Type": "multipart/form-data; boundary=XyZ"})  # fmt: skip
+    r = client.post(
+        "/v1/datasets",
+        content=chunks(),
+        headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+    )
     assert r.status_code == 413, r.text
-    assert r.json()["detail"] == f"file: upload exceeds upload_max_bytes={settings.upload_max_bytes} bytes"
+    assert (
+        r.json()["detail"]
+        == f"file: upload exceeds upload_max_bytes={settings.upload_max_bytes} bytes"
+    )
     assert not list(Path(settings.uploads_dir).glob("*/*"))
     r = client.post("/v1/datasets", files={"file": ("big.csv", big)})  # with Content-Length
     assert r.status_code == 413
 
 
 def test_out_of_range_form_fields(client: TestClient) -> None:
-    r = client.post("/v1/datasets", files={"file": ("x.csv", interactions_csv())},
-                    data={"holdout": "1.5", "split": "sideways"})  # fmt: skip
+    r = client.post(
+        "/v1/datasets",
+        files={"file": ("x.csv", interactions_csv())},
+        data={"holdout": "1.5", "split": "sideways"},
+    )
     assert r.status_code == 422
     fields = {e["loc"][-1]: e["msg"] for e in r.json()["detail"]}
     assert set(fields) == {"holdout", "split"} and "less than 1" in fields["holdout"]
-    r = client.post("/v1/datasets", files={"file": ("x.csv", interactions_csv())},
-                    data={"colour": "red"})  # fmt: skip
+    r = client.post(
+        "/v1/datasets", files={"file": ("x.csv", interactions_csv())}, data={"colour": "red"}
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "colour"]
 
 
@@ -148,7 +178,9 @@ def test_synthetic_parameters_are_validated(client: TestClient) -> None:
     assert r.status_code == 422
     locs = {tuple(e["loc"]) for e in r.json()["detail"]}
     assert locs == {("body", "synthetic", "n_users"), ("body", "synthetic", "shape")}
-    r = client.post("/v1/datasets", content=b"{not json", headers={"Content-Type": "application/json"})
+    r = client.post(
+        "/v1/datasets", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and r.json()["detail"].startswith("body: invalid JSON")
     r = client.post("/v1/datasets", content=b"x", headers={"Content-Type": "text/plain"})
     assert r.status_code == 415 and r.json()["detail"].startswith("Content-Type: text/plain")
@@ -156,5 +188,7 @@ def test_synthetic_parameters_are_validated(client: TestClient) -> None:
 
 def test_unknown_dataset(client: TestClient) -> None:
     r = client.get("/v1/datasets/ds-missing")
-    assert r.status_code == 404 and r.json() == {"detail": "dataset_id='ds-missing': no such dataset"}
+    assert r.status_code == 404 and r.json() == {
+        "detail": "dataset_id='ds-missing': no such dataset"
+    }
     assert client.get("/v1/datasets", params={"limit": 0}).status_code == 422

@@ -101,42 +101,72 @@ def test_bad_experiments_are_refused_naming_the_field(world) -> None:
     w = world()
     with w.app() as c:
         wait_served(c, "m-a")
-        none = {"running": False, "arms": None, "salt": None, "started_at": None, "started_by": None}
+        none = {
+            "running": False,
+            "arms": None,
+            "salt": None,
+            "started_at": None,
+            "started_by": None,
+        }
         r = c.get("/v1/serving/experiment")
         assert r.status_code == 200 and r.json() == none
         r = c.delete("/v1/serving/experiment", headers=AS_ADMIN)
         assert r.status_code == 404 and r.json() == {"detail": NO_EXPERIMENT}
         cases = [
             ({"arms": [{"model_id": "m-a", "weight": 1.0}]}, ["body", "arms"], "at least 2"),
-            ({"arms": [{"model_id": "m-a", "weight": 0.5}, {"model_id": "m-b", "weight": 0.4}]}, ["body", "arms"],
-             "weights must sum to 1 (within 1e-06); they sum to 0.9"),
-            ({"arms": [{"model_id": "m-a", "weight": 0.5}, {"model_id": "m-a", "weight": 0.5}]}, ["body", "arms"],
-             "'m-a' is named twice"),
-            ({"arms": [{"model_id": "m-a", "weight": 0}, {"model_id": "m-b", "weight": 1}]},
-             ["body", "arms", 0, "weight"], "greater than 0"),
-            ({"arms": [{"model_id": "m-a", "weight": -0.5}, {"model_id": "m-b", "weight": 1.0}]},
-             ["body", "arms", 0, "weight"], "greater than 0"),
+            (
+                {"arms": [{"model_id": "m-a", "weight": 0.5}, {"model_id": "m-b", "weight": 0.4}]},
+                ["body", "arms"],
+                "weights must sum to 1 (within 1e-06); they sum to 0.9",
+            ),
+            (
+                {"arms": [{"model_id": "m-a", "weight": 0.5}, {"model_id": "m-a", "weight": 0.5}]},
+                ["body", "arms"],
+                "'m-a' is named twice",
+            ),
+            (
+                {"arms": [{"model_id": "m-a", "weight": 0}, {"model_id": "m-b", "weight": 1}]},
+                ["body", "arms", 0, "weight"],
+                "greater than 0",
+            ),
+            (
+                {"arms": [{"model_id": "m-a", "weight": -0.5}, {"model_id": "m-b", "weight": 1.0}]},
+                ["body", "arms", 0, "weight"],
+                "greater than 0",
+            ),
             ({**HALVES, "salt": ""}, ["body", "salt"], "at least 1 character"),
             ({**HALVES, "colour": "blue"}, ["body", "colour"], "Extra inputs"),
             ({"salt": "x"}, ["body", "arms"], "Field required"),
-        ]  # fmt: skip
+        ]
         for body, loc, msg in cases:
             r = c.put("/v1/serving/experiment", json=body, headers=AS_ADMIN)
             assert r.status_code == 422, (body, r.text)
             (err,) = r.json()["detail"]
             assert err["loc"] == loc and msg in err["msg"], (body, err)
         # Sums within 1e-6 of 1 pass the check (then m-zzz is unknown).
-        r = c.put("/v1/serving/experiment", headers=AS_ADMIN, json={"arms": [
-            {"model_id": "m-a", "weight": 0.1}, {"model_id": "m-b", "weight": 0.2},
-            {"model_id": "m-zzz", "weight": 0.7000005}]})  # fmt: skip
+        r = c.put(
+            "/v1/serving/experiment",
+            headers=AS_ADMIN,
+            json={
+                "arms": [
+                    {"model_id": "m-a", "weight": 0.1},
+                    {"model_id": "m-b", "weight": 0.2},
+                    {"model_id": "m-zzz", "weight": 0.7000005},
+                ]
+            },
+        )
         assert r.status_code == 404 and r.json() == {
             "detail": "arms[2].model_id='m-zzz': no such model"
         }
-        r = c.put("/v1/serving/experiment", headers=AS_ADMIN, json={"arms": [
-            {"model_id": "m-a", "weight": 0.5}, {"model_id": "m-d", "weight": 0.5}]})  # fmt: skip
+        r = c.put(
+            "/v1/serving/experiment",
+            headers=AS_ADMIN,
+            json={"arms": [{"model_id": "m-a", "weight": 0.5}, {"model_id": "m-d", "weight": 0.5}]},
+        )
         assert r.status_code == 409, r.text
-        assert r.json()["detail"].startswith("arms[1].model_id='m-d': this arm has no serving bundle: the model "
-                                             "was never published")  # fmt: skip
+        assert r.json()["detail"].startswith(
+            "arms[1].model_id='m-d': this arm has no serving bundle: the model was never published"
+        )
         assert c.get("/v1/serving/experiment").json()["running"] is False  # nothing started
         assert w.registry.redis.exists("unkd:serving:experiment") == 0
 
@@ -147,8 +177,12 @@ def test_each_role_is_refused_where_it_does_not_belong(world) -> None:
         wait_served(c, "m-a")
         for key, name, role in ((READER, "dash", "read"), (WRITER, "ci", "write")):
             for method in ("PUT", "DELETE"):
-                r = c.request(method, "/v1/serving/experiment", json=HALVES if method == "PUT" else None,
-                              headers=bearer(key))  # fmt: skip
+                r = c.request(
+                    method,
+                    "/v1/serving/experiment",
+                    json=HALVES if method == "PUT" else None,
+                    headers=bearer(key),
+                )
                 assert r.status_code == 403, r.text
                 assert (
                     f"needs a key with role admin; key '{name}' has role {role}"
@@ -161,7 +195,9 @@ def test_each_role_is_refused_where_it_does_not_belong(world) -> None:
             ).status_code
             == 403
         )
-        assert c.get("/v1/serving/experiment").json()["running"] is False  # none started by the refused calls
+        assert (
+            c.get("/v1/serving/experiment").json()["running"] is False
+        )  # none started by the refused calls
         assert c.put("/v1/serving/experiment", json=HALVES, headers=AS_ADMIN).status_code == 200
         for headers in ({}, bearer(READER)):  # reads stay open
             assert c.get("/v1/serving/experiment", headers=headers).status_code == 200
@@ -177,12 +213,17 @@ def test_a_broken_arm_is_409_and_the_running_experiment_stays(world) -> None:
         started = c.put("/v1/serving/experiment", json=HALVES, headers=AS_ADMIN).json()
         before = {u: model_of(c, u) for u in w.users[:20]}
         shutil.rmtree(w.bundles["m-c"])  # published once, its bundle gone since
-        r = c.put("/v1/serving/experiment", headers=AS_ADMIN, json={"arms": [
-            {"model_id": "m-a", "weight": 0.5}, {"model_id": "m-c", "weight": 0.5}]})  # fmt: skip
+        r = c.put(
+            "/v1/serving/experiment",
+            headers=AS_ADMIN,
+            json={"arms": [{"model_id": "m-a", "weight": 0.5}, {"model_id": "m-c", "weight": 0.5}]},
+        )
         assert r.status_code == 409, r.text
         detail = r.json()["detail"]
-        assert detail.startswith(f"arms[1].model_id='m-c': this arm cannot be served: its serving bundle "
-                                 f"{w.bundles['m-c']} is gone or broken")  # fmt: skip
+        assert detail.startswith(
+            f"arms[1].model_id='m-c': this arm cannot be served: its serving bundle "
+            f"{w.bundles['m-c']} is gone or broken"
+        )
         assert "nothing changed" in detail and "POST /v1/models/m-c/publish" in detail
         assert c.get("/v1/serving/experiment").json() == {"running": True, **started}
         assert {u: model_of(c, u) for u in w.users[:20]} == before
@@ -195,8 +236,11 @@ def test_a_broken_arm_is_409_and_the_running_experiment_stays(world) -> None:
             f.seek(-4, 2)
             f.write(b"\x00\x01\x02\x03")
         # m-c's bundle is not loaded (m-a is served): PUT loads and verifies it.
-        r = c.put("/v1/serving/experiment", headers=AS_ADMIN, json={"arms": [
-            {"model_id": "m-b", "weight": 0.5}, {"model_id": "m-c", "weight": 0.5}]})  # fmt: skip
+        r = c.put(
+            "/v1/serving/experiment",
+            headers=AS_ADMIN,
+            json={"arms": [{"model_id": "m-b", "weight": 0.5}, {"model_id": "m-c", "weight": 0.5}]},
+        )
         assert r.status_code == 409 and "arms[1].model_id='m-c'" in r.json()["detail"], r.text
         assert c.get("/v1/serving/experiment").json() == {"running": True, **started}
 

@@ -92,12 +92,14 @@ def expected_figures(lists: list[dict[str, Any]], dataset: Dataset) -> dict[str,
     groups = Counter(it["group"] for body in lists for it in body["items"])
     counts = np.bincount(flat, minlength=dataset.n_items)
     return {
-        "requests": len(lists), "slots": len(flat),
+        "requests": len(lists),
+        "slots": len(flat),
         "shares": [groups[g] / len(flat) for g in range(4)],
         "arp": float(np.mean([pop[items].mean() for items in shown if items])),
-        "distinct_items": int(np.count_nonzero(counts)), "coverage": np.count_nonzero(counts) / dataset.n_items,
+        "distinct_items": int(np.count_nonzero(counts)),
+        "coverage": np.count_nonzero(counts) / dataset.n_items,
         "gini": gini_index(counts),
-    }  # fmt: skip
+    }
 
 
 def check_scope(scope: dict[str, Any], want: dict[str, Any], offline: list[float]) -> None:
@@ -120,8 +122,12 @@ def test_exposure_counts_every_answered_list_and_shows_the_offline_report(world)
     users = [str(u) for u in dataset.user_ids.tolist()]
     items = [str(i) for i in dataset.item_ids.tolist()]
     with TestClient(create_app(settings)) as client:
-        assert client.get("/v1/serving/exposure").json() == {"window_s": 600, "bucket_s": 10, "counting": True,
-                                                              "models": []}  # fmt: skip
+        assert client.get("/v1/serving/exposure").json() == {
+            "window_s": 600,
+            "bucket_s": 10,
+            "counting": True,
+            "models": [],
+        }
         serve(registry, settings, dataset, "m-a")
         wait_served(client, "m-a")
         lists = [client.get(f"/v1/recommendations/{u}", params={"k": 5}).json() for u in users[:12]]
@@ -250,8 +256,9 @@ def test_a_flush_during_a_redis_outage_keeps_its_counts(
     tally.add(np.array([[1, 2], [3, 3]]), 0.002)
     own_redis.start()
     assert counter.flush() == 3 and counter.flush() == 0  # written once
-    report = ExposureReader(client, lambda model_id: None).report([ServedModel(bundle, "active", None, tally)],
-                                                                   counting=True)  # fmt: skip
+    report = ExposureReader(client, lambda model_id: None).report(
+        [ServedModel(bundle, "active", None, tally)], counting=True
+    )
     since = report.models[0].since_publish
     assert (since.requests, since.slots, since.distinct_items) == (3, 7, 4)
     assert since.coverage == pytest.approx(4 / 30) and report.models[0].window.requests == 3

@@ -26,18 +26,39 @@ def registry(settings: Settings) -> Registry:
 def model_id(registry: Registry, tmp_path: Path) -> str:
     model_dir = tmp_path / "models" / "student-unkd-1"
     model_dir.mkdir(parents=True)
-    group = {"group": 0, "items": 5, "catalog_share": 1.0, "train_share": 1.0, "test_share": 1.0, "users": 3}
-    report = {"protocol": sample_report(0)["protocol"] | {"ks": [20], "groups": 1}, "users_evaluated": 3,
-              "metrics": {"recall@20": 0.5}, "groups": [group | {"recall@20": 0.7}],
-              "teacher": {"metrics": {}, "groups": []}}  # fmt: skip
+    group = {
+        "group": 0,
+        "items": 5,
+        "catalog_share": 1.0,
+        "train_share": 1.0,
+        "test_share": 1.0,
+        "users": 3,
+    }
+    report = {
+        "protocol": sample_report(0)["protocol"] | {"ks": [20], "groups": 1},
+        "users_evaluated": 3,
+        "metrics": {"recall@20": 0.5},
+        "groups": [group | {"recall@20": 0.7}],
+        "teacher": {"metrics": {}, "groups": []},
+    }
     (model_dir / "report.json").write_text(json.dumps(report))
-    registry.add_dataset(DatasetRecord(id="ds-1", name="d", source="synthetic", fingerprint="f",
-                                       path="/nowhere"))  # fmt: skip
-    registry.add_model(ModelRecord(
-        id="student-unkd-1", kind="student", method="unkd", model="mf", dim=10,
-        parameters={"lambda_kd": 1.0}, lineage=Lineage(dataset_id="ds-1", teacher_id="teacher-1"),
-        metrics={"recall@20": 0.5}, path=str(model_dir), job_id="j1",
-    ))  # fmt: skip
+    registry.add_dataset(
+        DatasetRecord(id="ds-1", name="d", source="synthetic", fingerprint="f", path="/nowhere")
+    )
+    registry.add_model(
+        ModelRecord(
+            id="student-unkd-1",
+            kind="student",
+            method="unkd",
+            model="mf",
+            dim=10,
+            parameters={"lambda_kd": 1.0},
+            lineage=Lineage(dataset_id="ds-1", teacher_id="teacher-1"),
+            metrics={"recall@20": 0.5},
+            path=str(model_dir),
+            job_id="j1",
+        )
+    )
     return "student-unkd-1"
 
 
@@ -68,7 +89,9 @@ def test_publish_is_a_light_job_and_conflicts_while_pending(
     assert redis_client.llen(settings.light_queue) == 1
     r = client.post(f"/v1/models/{model_id}/publish")
     assert r.status_code == 409
-    assert r.json()["detail"] == f"model_id={model_id!r}: already being published by job {job['id']}"
+    assert (
+        r.json()["detail"] == f"model_id={model_id!r}: already being published by job {job['id']}"
+    )
     client.delete(job["status_url"])
     assert client.post(f"/v1/models/{model_id}/publish").status_code == 202
     r = client.post("/v1/models/m-nope/publish")
@@ -87,9 +110,15 @@ def test_mutating_endpoints_need_an_api_key(auth_client: TestClient) -> None:
         assert r.status_code == 401, (url, r.text)
         assert r.json()["detail"].startswith("Authorization: missing bearer token")
         assert r.headers["www-authenticate"] == "Bearer"
-        r = auth_client.request(method, url, headers={"Authorization": "Bearer wrong-key-123"}, **kwargs)
-        assert r.status_code == 403 and r.json() == {"detail": "Authorization: API key not accepted"}
-        r = auth_client.request(method, url, headers={"Authorization": f"Basic {API_KEY}"}, **kwargs)
+        r = auth_client.request(
+            method, url, headers={"Authorization": "Bearer wrong-key-123"}, **kwargs
+        )
+        assert r.status_code == 403 and r.json() == {
+            "detail": "Authorization: API key not accepted"
+        }
+        r = auth_client.request(
+            method, url, headers={"Authorization": f"Basic {API_KEY}"}, **kwargs
+        )
         assert r.status_code == 401
     good = {"Authorization": f"Bearer {API_KEY}"}
     r = auth_client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-1"}, headers=good)
@@ -105,7 +134,12 @@ def test_health_and_readiness(client: TestClient, settings: Settings) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 503
-    assert r.json() == {"status": "not ready", "redis": True, "index_loaded": False, "model_id": None}
+    assert r.json() == {
+        "status": "not ready",
+        "redis": True,
+        "index_loaded": False,
+        "model_id": None,
+    }
 
 
 def test_metrics(client: TestClient, model_id: str) -> None:
@@ -114,8 +148,14 @@ def test_metrics(client: TestClient, model_id: str) -> None:
     client.get("/no/such/path")
     client.post("/v1/models/m-nope/publish")
     text = client.get("/metrics").text
-    assert 'unkd_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/models/{model_id}"}' in text
-    assert 'unkd_http_requests_total{method="GET",route="/v1/models/{model_id}",status="404"} 1.0' in text
+    assert (
+        'unkd_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/models/{model_id}"}'
+        in text
+    )
+    assert (
+        'unkd_http_requests_total{method="GET",route="/v1/models/{model_id}",status="404"} 1.0'
+        in text
+    )
     assert 'route="<unmatched>"' in text and "/no/such/path" not in text
     assert "unkd_registry_up 1.0" in text
     assert 'unkd_jobs_current{status="queued"}' in text
@@ -130,5 +170,7 @@ def test_redis_down_is_503_and_not_ready(make_settings) -> None:
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["redis"] is False
         r = client.get("/v1/jobs")
-        assert r.status_code == 503 and r.json() == {"detail": "registry (Redis): unavailable, retry later"}
+        assert r.status_code == 503 and r.json() == {
+            "detail": "registry (Redis): unavailable, retry later"
+        }
         assert "unkd_registry_up 0.0" in client.get("/metrics").text

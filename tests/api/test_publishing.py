@@ -46,9 +46,14 @@ def seed(settings: Settings) -> tuple[Registry, Dataset]:
         kind = "teacher" if model_id.startswith("teacher") else "student"
         seed_model(settings, registry, dataset, model_id, kind=kind, seed=seed_no)
         record = registry.get_model(model_id)
-        lineage = Lineage(dataset_id="ds-rel0", teacher_id=None if kind == "teacher" else "teacher-1")
-        registry.add_model(record.model_copy(update={
-            "lineage": lineage, "metrics": {"head_share@20": head, "ndcg@20": ndcg}}))  # fmt: skip
+        lineage = Lineage(
+            dataset_id="ds-rel0", teacher_id=None if kind == "teacher" else "teacher-1"
+        )
+        registry.add_model(
+            record.model_copy(
+                update={"lineage": lineage, "metrics": {"head_share@20": head, "ndcg@20": ndcg}}
+            )
+        )
     return registry, dataset
 
 
@@ -62,7 +67,9 @@ def bundle_of(settings: Settings, dataset: Dataset, model_id: str) -> str:
 
 def serve(registry: Registry, settings: Settings, dataset: Dataset, model_id: str) -> PublishEntry:
     """Record a publish of `model_id` exactly as the worker's publish step does."""
-    return registry.record_publish(PublishEntry(model_id=model_id, bundle_dir=bundle_of(settings, dataset, model_id)))
+    return registry.record_publish(
+        PublishEntry(model_id=model_id, bundle_dir=bundle_of(settings, dataset, model_id))
+    )
 
 
 def wait_served(client: TestClient, model_id: str, timeout_s: float = 20.0) -> None:
@@ -88,18 +95,34 @@ def world(make_settings: Callable[..., Settings]) -> Any:
 def test_history_lists_publishes_newest_first_with_the_previous_model(world) -> None:
     client, settings, registry, dataset = world()
     with client:
-        assert client.get("/v1/serving/history").json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
+        assert client.get("/v1/serving/history").json() == {
+            "items": [],
+            "total": 0,
+            "limit": 50,
+            "offset": 0,
+        }
         serve(registry, settings, dataset, "student-good")
         serve(registry, settings, dataset, "teacher-1")
         body = client.get("/v1/serving/history").json()
-        assert body["total"] == 2 and [e["model_id"] for e in body["items"]] == ["teacher-1", "student-good"]
+        assert body["total"] == 2 and [e["model_id"] for e in body["items"]] == [
+            "teacher-1",
+            "student-good",
+        ]
         newest, oldest = body["items"]
         assert newest["previous_model_id"] == "student-good" and oldest["previous_model_id"] is None
-        assert newest["action"] == "publish" and newest["forced"] is False and newest["key_name"] is None
+        assert (
+            newest["action"] == "publish"
+            and newest["forced"] is False
+            and newest["key_name"] is None
+        )
         assert newest["published_at"] >= oldest["published_at"]
         page = client.get("/v1/serving/history", params={"limit": 1, "offset": 1}).json()
         assert [e["model_id"] for e in page["items"]] == ["student-good"] and page["total"] == 2
-        for params, field in (({"limit": 0}, "limit"), ({"offset": -1}, "offset"), ({"limit": "x"}, "limit")):
+        for params, field in (
+            ({"limit": 0}, "limit"),
+            ({"offset": -1}, "offset"),
+            ({"limit": "x"}, "limit"),
+        ):
             r = client.get("/v1/serving/history", params=params)
             assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", field]
         assert registry.get_active().model_id == "teacher-1"  # type: ignore[union-attr]
@@ -115,7 +138,9 @@ def test_gate_refuses_a_student_more_biased_than_its_teacher(world, settings: Se
         r = client.post("/v1/models/student-biased/publish")
         assert r.status_code == 409, r.text
         detail = r.json()["detail"]
-        assert detail.startswith("model_id='student-biased': publish gate refused it: head_share@20")
+        assert detail.startswith(
+            "model_id='student-biased': publish gate refused it: head_share@20"
+        )
         assert "0.6000, above 1 x its teacher teacher-1's 0.5000" in detail
         assert '{"force": true}' in detail and "UNKD_GATE_MAX_HEAD_SHARE_RATIO" in detail
         assert r0.llen(settings.light_queue) == 0 and registry.list_jobs()[1] == 0  # nothing queued
@@ -129,11 +154,16 @@ def test_gate_refuses_a_student_more_biased_than_its_teacher(world, settings: Se
         # A looser threshold for this publish only.
         r = client.post("/v1/models/student-biased/publish", json={"max_head_share_ratio": 1.25})
         assert r.status_code == 202, r.text
-        assert registry.get_job(r.json()["id"]).params["gate_policy"]["max_head_share_ratio"] == 1.25
+        assert (
+            registry.get_job(r.json()["id"]).params["gate_policy"]["max_head_share_ratio"] == 1.25
+        )
         client.delete(r.json()["status_url"])
         assert client.post("/v1/models/student-good/publish").status_code == 202  # passes
-        for body, field in (({"force": "maybe"}, "force"), ({"forse": True}, "forse"),
-                            ({"min_ndcg_ratio": -1}, "min_ndcg_ratio")):  # fmt: skip
+        for body, field in (
+            ({"force": "maybe"}, "force"),
+            ({"forse": True}, "forse"),
+            ({"min_ndcg_ratio": -1}, "min_ndcg_ratio"),
+        ):
             r = client.post("/v1/models/student-biased/publish", json=body)
             assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == field, r.text
         r = client.post("/v1/models/m-nope/publish", json={"force": True})
@@ -143,12 +173,16 @@ def test_gate_refuses_a_student_more_biased_than_its_teacher(world, settings: Se
 def test_gate_refuses_a_model_far_below_the_served_ndcg(world) -> None:
     client, settings, registry, dataset = world()
     with client:
-        assert client.post("/v1/models/student-weak/publish").status_code == 202  # nothing served yet
+        assert (
+            client.post("/v1/models/student-weak/publish").status_code == 202
+        )  # nothing served yet
         serve(registry, settings, dataset, "student-good")
         r = client.post("/v1/models/student-weak/publish")
         assert r.status_code == 409
-        assert ("ndcg@20 of student-weak is 0.1000, below 0.9 x the served student-good's 0.2900 = 0.2610"
-                in r.json()["detail"])
+        assert (
+            "ndcg@20 of student-weak is 0.1000, below 0.9 x the served student-good's 0.2900 = 0.2610"
+            in r.json()["detail"]
+        )
         assert registry.get_active().model_id == "student-good"  # type: ignore[union-attr]
 
 
@@ -173,13 +207,18 @@ def test_rollback_without_history_is_409_and_changes_nothing(world) -> None:
     with client:
         r = client.post("/v1/serving/rollback")
         assert r.status_code == 409
-        assert r.json()["detail"] == "rollback='nothing': nothing to roll back to: no model is served"
+        assert (
+            r.json()["detail"] == "rollback='nothing': nothing to roll back to: no model is served"
+        )
         serve(registry, settings, dataset, "student-good")
-        serve(registry, settings, dataset, "student-good")  # the same model again: still nothing before it
+        serve(
+            registry, settings, dataset, "student-good"
+        )  # the same model again: still nothing before it
         r = client.post("/v1/serving/rollback")
         assert r.status_code == 409 and r.json()["detail"] == (
             "rollback='student-good': nothing to roll back to: the publish history holds no model "
-            "other than the served one")
+            "other than the served one"
+        )
         assert client.get("/v1/serving/history").json()["total"] == 2
 
 
@@ -192,8 +231,12 @@ def test_rollback_to_a_model_whose_bundle_is_gone_is_409_naming_it(world) -> Non
         r = client.post("/v1/serving/rollback")
         assert r.status_code == 409, r.text
         detail = r.json()["detail"]
-        assert detail.startswith("model_id='student-good': cannot roll back to it: its serving bundle")
-        assert "still serving teacher-1" in detail and "POST /v1/models/student-good/publish" in detail
+        assert detail.startswith(
+            "model_id='student-good': cannot roll back to it: its serving bundle"
+        )
+        assert (
+            "still serving teacher-1" in detail and "POST /v1/models/student-good/publish" in detail
+        )
         assert registry.get_active().model_id == "teacher-1"  # type: ignore[union-attr]
         assert client.get("/v1/serving/history").json()["total"] == 2
 
@@ -210,14 +253,25 @@ def test_rollback_serves_the_previous_model_and_the_api_swaps_to_it(world) -> No
         entry = r.json()
         assert entry["model_id"] == "student-good" and entry["action"] == "rollback"
         assert entry["previous_model_id"] == "student-biased" and entry["key_name"] == "ops"
-        assert entry["bundle_dir"] == bundle_of(settings, dataset, "student-good")  # its own bundle again
+        assert entry["bundle_dir"] == bundle_of(
+            settings, dataset, "student-good"
+        )  # its own bundle again
         wait_served(client, "student-good")
-        assert client.get(f"/v1/recommendations/{user}", params={"k": 3}).json()["model_id"] == "student-good"
+        assert (
+            client.get(f"/v1/recommendations/{user}", params={"k": 3}).json()["model_id"]
+            == "student-good"
+        )
         history = client.get("/v1/serving/history").json()["items"]
         assert [(e["model_id"], e["action"]) for e in history] == [
-            ("student-good", "rollback"), ("student-biased", "publish"), ("student-good", "publish")]
+            ("student-good", "rollback"),
+            ("student-biased", "publish"),
+            ("student-good", "publish"),
+        ]
         # Rolling back again puts back the model the rollback replaced.
-        assert client.post("/v1/serving/rollback", headers=AS_ADMIN).json()["model_id"] == "student-biased"
+        assert (
+            client.post("/v1/serving/rollback", headers=AS_ADMIN).json()["model_id"]
+            == "student-biased"
+        )
         wait_served(client, "student-biased")
 
 
@@ -233,7 +287,10 @@ def test_publish_jobs_record_history_and_the_worker_checks_the_gate_again(
 
     def finish(job_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + 90
-        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+            "succeeded",
+            "failed",
+        ):
             assert time.monotonic() < deadline, (job, worker.log.read_text()[-2000:])
             time.sleep(0.1)
         return job
@@ -247,9 +304,14 @@ def test_publish_jobs_record_history_and_the_worker_checks_the_gate_again(
         try:
             job = finish(weak.json()["id"])
             # ... and the worker refuses it at publish time, with the same message.
-            assert job["status"] == "failed" and "publish gate refused it: ndcg@20 of student-weak" in job["error"]
+            assert (
+                job["status"] == "failed"
+                and "publish gate refused it: ndcg@20 of student-weak" in job["error"]
+            )
             assert registry.get_active().model_id == "student-good"  # type: ignore[union-attr]
-            forced = client.post("/v1/models/student-biased/publish", json={"force": True}, headers=AS_ADMIN)
+            forced = client.post(
+                "/v1/models/student-biased/publish", json={"force": True}, headers=AS_ADMIN
+            )
             assert forced.status_code == 202, forced.text
             assert finish(forced.json()["id"])["status"] == "succeeded"
         finally:
@@ -263,7 +325,9 @@ def test_publish_jobs_record_history_and_the_worker_checks_the_gate_again(
         assert ADMIN not in str(latest) and client.get("/v1/serving/history").json()["total"] == 2
 
 
-def test_a_staged_publish_builds_a_bundle_an_arm_serves_and_changes_nothing_served(world, tmp_path: Path) -> None:
+def test_a_staged_publish_builds_a_bundle_an_arm_serves_and_changes_nothing_served(
+    world, tmp_path: Path
+) -> None:
     """{"activate": false}: the worker builds and stores the bundle, the gate does not apply,
     the active model and the history stay; an experiment can then serve it on an arm."""
     client, settings, registry, dataset = world(api_keys=KEYS)
@@ -271,15 +335,27 @@ def test_a_staged_publish_builds_a_bundle_an_arm_serves_and_changes_nothing_serv
     with client:
         serve(registry, settings, dataset, "student-good")
         wait_served(client, "student-good")
-        arms = {"arms": [{"model_id": "student-good", "weight": 0.5}, {"model_id": "student-biased", "weight": 0.5}]}
+        arms = {
+            "arms": [
+                {"model_id": "student-good", "weight": 0.5},
+                {"model_id": "student-biased", "weight": 0.5},
+            ]
+        }
         r = client.put("/v1/serving/experiment", json=arms, headers=AS_ADMIN)
         assert r.status_code == 409 and '{"activate": false}' in r.json()["detail"], r.text
-        r = client.post("/v1/models/student-biased/publish", json={"activate": False}, headers=AS_ADMIN)
-        assert r.status_code == 202, r.text  # gated if served (head share above its teacher's); not here
+        r = client.post(
+            "/v1/models/student-biased/publish", json={"activate": False}, headers=AS_ADMIN
+        )
+        assert r.status_code == 202, (
+            r.text
+        )  # gated if served (head share above its teacher's); not here
         worker.start()
         try:
             deadline = time.monotonic() + 90
-            while (job := client.get(f"/v1/jobs/{r.json()['id']}").json())["status"] not in ("succeeded", "failed"):
+            while (job := client.get(f"/v1/jobs/{r.json()['id']}").json())["status"] not in (
+                "succeeded",
+                "failed",
+            ):
                 assert time.monotonic() < deadline, (job, worker.log.read_text()[-2000:])
                 time.sleep(0.1)
         finally:
@@ -293,5 +369,9 @@ def test_a_staged_publish_builds_a_bundle_an_arm_serves_and_changes_nothing_serv
         r = client.put("/v1/serving/experiment", json=arms, headers=AS_ADMIN)
         assert r.status_code == 200, r.text
         assert r.json()["arms"][1]["bundle_dir"] == staged.bundle_dir
-        models = {m for u in range(40) for m in [client.get(f"/v1/recommendations/{dataset.user_ids[u]}").json()["model_id"]]}
+        models = {
+            m
+            for u in range(40)
+            for m in [client.get(f"/v1/recommendations/{dataset.user_ids[u]}").json()["model_id"]]
+        }
         assert models == {"student-good", "student-biased"}

@@ -69,7 +69,11 @@ def test_get_recommendations_excludes_seen_and_matches_brute_force(static_client
         assert len(items) == 12
         assert not set(items) & set(seen.indices[seen.indptr[u] : seen.indptr[u + 1]].tolist())
         ref_s, ref_i = brute_force_topk(
-            model.user_emb, model.item_emb, np.array([u]), 12, [seen.indices[seen.indptr[u] : seen.indptr[u + 1]]]
+            model.user_emb,
+            model.item_emb,
+            np.array([u]),
+            12,
+            [seen.indices[seen.indptr[u] : seen.indptr[u + 1]]],
         )
         assert items == ref_i[0].tolist()
         np.testing.assert_allclose([it["score"] for it in body["items"]], ref_s[0], rtol=1e-5)
@@ -102,8 +106,14 @@ def slash_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle whose users are SLASH_IDS plus u0, u1."""
     root = tmp_path_factory.mktemp("slash-bundle")
     tiny = make_dataset(n_users=len(SLASH_IDS) + 2, seed=3)
-    ds = Dataset(name="slashes", user_ids=np.array([*SLASH_IDS, "u0", "u1"]), item_ids=tiny.item_ids,
-                 train=tiny.train, valid=tiny.valid, test=tiny.test)  # fmt: skip
+    ds = Dataset(
+        name="slashes",
+        user_ids=np.array([*SLASH_IDS, "u0", "u1"]),
+        item_ids=tiny.item_ids,
+        train=tiny.train,
+        valid=tiny.valid,
+        test=tiny.test,
+    )
     out = root / "bundle"
     build_bundle(make_model_dir(root, ds), ds, out, model_id="S")
     return out
@@ -118,7 +128,9 @@ def test_ids_with_slashes_are_reachable(slash_bundle: Path, tmp_path: Path, user
     assert r.status_code == 200, r.text
     assert r.json() == batch and r.json()["user_id"] == user_id
     # Unencoded slashes reach the same id (a "../" segment would be resolved by the client).
-    raw = c.get(f"/v1/recommendations/{quote(user_id.replace('../', '..%2F'), safe='/%')}", params={"k": 3})
+    raw = c.get(
+        f"/v1/recommendations/{quote(user_id.replace('../', '..%2F'), safe='/%')}", params={"k": 3}
+    )
     assert raw.json() == batch
 
 
@@ -173,7 +185,9 @@ def test_batch_answers_in_request_order(static_client) -> None:
 
 
 def test_batch_errors(static_client) -> None:
-    too_many = static_client.post("/v1/recommendations", json={"user_ids": [f"u{i}" for i in range(MAX_BATCH + 1)]})
+    too_many = static_client.post(
+        "/v1/recommendations", json={"user_ids": [f"u{i}" for i in range(MAX_BATCH + 1)]}
+    )
     assert too_many.status_code == 422
     assert too_many.json()["detail"][0]["loc"] == ["body", "user_ids"]
     assert f"at most {MAX_BATCH}" in too_many.json()["detail"][0]["msg"]
@@ -206,7 +220,10 @@ def test_openapi_documents_the_response_fields(static_client) -> None:
 
 def test_no_request_fails_during_swaps(bundles, tmp_path: Path) -> None:
     c, store = make_client(tmp_path)
-    pointers = {mid: {"model_id": mid, "bundle_dir": str(b[0]), "published_at": mid} for mid, b in bundles.items()}
+    pointers = {
+        mid: {"model_id": mid, "bundle_dir": str(b[0]), "published_at": mid}
+        for mid, b in bundles.items()
+    }
     store.load_now(pointers["A"])
     failures: list[str] = []
     answered: list[str] = []
@@ -233,7 +250,9 @@ def test_no_request_fails_during_swaps(bundles, tmp_path: Path) -> None:
 
 
 def publish(redis_client, model_id: str, bundle_dir: Path) -> None:
-    pointer = json.dumps({"model_id": model_id, "bundle_dir": str(bundle_dir), "published_at": time.time()})
+    pointer = json.dumps(
+        {"model_id": model_id, "bundle_dir": str(bundle_dir), "published_at": time.time()}
+    )
     redis_client.set(keys.ACTIVE_MODEL, pointer)
     redis_client.publish(keys.SERVING_EVENTS, pointer)
 
@@ -258,13 +277,18 @@ def test_create_app_serves_what_is_published_and_swaps(settings, redis_client, b
         assert c.get("/v1/recommendations/u1", params={"model": "B"}).status_code == 409
         assert "ghost" in c.get("/v1/recommendations/ghost").json()["detail"]
         assert "'gh/ost'" in c.get("/v1/recommendations/gh%2Fost").json()["detail"]  # routed, 404
-        assert c.get("/v1/recommendations/u1", params={"k": 10_000}).json()["detail"][0]["loc"] == ["query", "k"]
+        assert c.get("/v1/recommendations/u1", params={"k": 10_000}).json()["detail"][0]["loc"] == [
+            "query",
+            "k",
+        ]
         publish(redis_client, "B", bundles["B"][0])  # rolling forward is publishing another
         assert wait_serving(c, "B")
         assert c.get("/v1/recommendations/u1", params={"model": "B"}).json()["model_id"] == "B"
 
 
-def test_create_app_keeps_serving_when_a_published_bundle_is_broken(settings, redis_client, bundles, tmp_path) -> None:
+def test_create_app_keeps_serving_when_a_published_bundle_is_broken(
+    settings, redis_client, bundles, tmp_path
+) -> None:
     with TestClient(create_app(settings)) as c:
         publish(redis_client, "A", bundles["A"][0])
         assert wait_serving(c, "A")

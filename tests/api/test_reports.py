@@ -25,7 +25,9 @@ def test_report_page(client: TestClient, registry: Registry, tmp_path: Path) -> 
     assert r.headers["content-type"] == "text/html; charset=utf-8"
     assert "script-src" not in r.headers["content-security-policy"]  # no script allowed at all
     page = r.text
-    assert page.count('<rect class="bar') == 4 * 2 + 4 * 3  # group recall (teacher, model), exposure
+    assert (
+        page.count('<rect class="bar') == 4 * 2 + 4 * 3
+    )  # group recall (teacher, model), exposure
     assert "ml &lt;100k&gt;" in page and "ml <100k>" not in page  # dataset name escaped
     assert 'href="../teacher-1/report.html"' in page and 'href="../../../"' in page
     assert 'class="badge live">serving' in page
@@ -37,8 +39,9 @@ def test_report_page(client: TestClient, registry: Registry, tmp_path: Path) -> 
 def test_report_page_404s(client: TestClient, registry: Registry, tmp_path: Path) -> None:
     r = client.get("/v1/models/nope/report.html")
     assert r.status_code == 404 and r.json() == {"detail": "model_id='nope': no such model"}
-    registry.add_model(ModelRecord(id="empty", kind="teacher", model="mf", dim=8,
-                                   path=str(tmp_path / "missing")))  # fmt: skip
+    registry.add_model(
+        ModelRecord(id="empty", kind="teacher", model="mf", dim=8, path=str(tmp_path / "missing"))
+    )
     r = client.get("/v1/models/empty/report.html")
     assert r.status_code == 404
     assert r.json() == {"detail": "model_id='empty': no such quality report for this model"}
@@ -47,16 +50,24 @@ def test_report_page_404s(client: TestClient, registry: Registry, tmp_path: Path
 
 def test_compare_json(client: TestClient, registry: Registry, tmp_path: Path) -> None:
     ids = register_family(registry, tmp_path / "m", "ds-1")
-    r = client.get("/v1/compare", params={"models": ",".join(ids) + "," + ids[0]})  # duplicate dropped
+    r = client.get(
+        "/v1/compare", params={"models": ",".join(ids) + "," + ids[0]}
+    )  # duplicate dropped
     assert r.status_code == 200, r.text
     body = r.json()
     assert [m["id"] for m in body["models"]] == ids
-    assert body["k"] == 20 and body["dataset"] == {"id": "ds-1", "name": "synthetic", "fingerprint": "ds-1"}
+    assert body["k"] == 20 and body["dataset"] == {
+        "id": "ds-1",
+        "name": "synthetic",
+        "fingerprint": "ds-1",
+    }
     rows = {row["key"]: row for row in body["rows"]}
     recall = rows["recall@20"]["values"]
     assert rows["recall@20"]["best"] == [max(recall, key=lambda m: recall[m])]
     arp = rows["arp@20"]
-    assert arp["better"] == "lower" and arp["best"] == [min(arp["values"], key=lambda m: arp["values"][m])]
+    assert arp["better"] == "lower" and arp["best"] == [
+        min(arp["values"], key=lambda m: arp["values"][m])
+    ]
 
 
 def test_compare_refusals(client: TestClient, registry: Registry, tmp_path: Path) -> None:
@@ -76,7 +87,9 @@ def test_compare_refusals(client: TestClient, registry: Registry, tmp_path: Path
         assert client.get(path, params={"models": " , "}).status_code == 422
         assert client.get(path).status_code == 422
         many = ",".join(f"m{i}" for i in range(13))
-        assert client.get(path, params={"models": many}).json() == {"detail": "models: at most 12 models, got 13"}
+        assert client.get(path, params={"models": many}).json() == {
+            "detail": "models: at most 12 models, got 13"
+        }
 
 
 def test_compare_page(client: TestClient, registry: Registry, tmp_path: Path) -> None:
@@ -84,8 +97,10 @@ def test_compare_page(client: TestClient, registry: Registry, tmp_path: Path) ->
     r = client.get("/v1/compare.html", params={"models": ",".join(ids)})
     assert r.status_code == 200 and r.headers["content-type"] == "text/html; charset=utf-8"
     page = r.text
-    assert page.count('class="num best"') == sum(len(row["best"]) for row in client.get(
-        "/v1/compare", params={"models": ",".join(ids)}).json()["rows"])  # fmt: skip
+    assert page.count('class="num best"') == sum(
+        len(row["best"])
+        for row in client.get("/v1/compare", params={"models": ",".join(ids)}).json()["rows"]
+    )
     assert page.count('<rect class="bar') == 4 * len(ids) + 4 * (len(ids) + 1)
     assert f'href="models/{ids[1]}/report.html"' in page
 
@@ -103,7 +118,9 @@ def test_dashboard_and_static(client: TestClient) -> None:
         assert client.get(f"/static/{name}").status_code == 404
 
 
-def test_demo_comparison_through_the_api(client: TestClient, registry: Registry, tmp_path: Path) -> None:
+def test_demo_comparison_through_the_api(
+    client: TestClient, registry: Registry, tmp_path: Path
+) -> None:
     from service.reports.cli import write_api_comparison
 
     ids = register_family(registry, tmp_path / "m", "ds-1", name="demo-synthetic")

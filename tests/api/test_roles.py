@@ -23,10 +23,16 @@ TEACHER = {"kind": "teacher", "dataset_id": "ds-none"}
 DISTILL_PUBLISH = {"kind": "distill", "teacher_id": "teacher-none", "publish": True}
 
 # (method, path, body): what each role may do; past auth, the unknown ids answer 404 or 409.
-WRITE_ROUTES = [("POST", "/v1/jobs", TEACHER), ("DELETE", "/v1/jobs/j-none", None),
-                ("POST", "/v1/datasets", {"synthetic": {"n_users": 1}})]  # fmt: skip
-ADMIN_ROUTES = [("POST", "/v1/models/m-none/publish", None), ("POST", "/v1/serving/rollback", None),
-                ("POST", "/v1/jobs", DISTILL_PUBLISH)]  # fmt: skip
+WRITE_ROUTES = [
+    ("POST", "/v1/jobs", TEACHER),
+    ("DELETE", "/v1/jobs/j-none", None),
+    ("POST", "/v1/datasets", {"synthetic": {"n_users": 1}}),
+]
+ADMIN_ROUTES = [
+    ("POST", "/v1/models/m-none/publish", None),
+    ("POST", "/v1/serving/rollback", None),
+    ("POST", "/v1/jobs", DISTILL_PUBLISH),
+]
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -45,14 +51,22 @@ def test_each_role_is_refused_where_it_does_not_belong(
     caplog.set_level(logging.DEBUG)
     for method, path, body in WRITE_ROUTES + ADMIN_ROUTES:
         r = roles_client.request(method, path, json=body, headers=bearer(READER))
-        needed = "admin" if (method, path, body) in ADMIN_ROUTES[:2] else "write"  # write comes first
+        needed = (
+            "admin" if (method, path, body) in ADMIN_ROUTES[:2] else "write"
+        )  # write comes first
         assert r.status_code == 403, (path, r.text)
-        assert f"needs a key with role {needed}; key 'carol' has role read" in r.json()["detail"], r.text
+        assert f"needs a key with role {needed}; key 'carol' has role read" in r.json()["detail"], (
+            r.text
+        )
     for method, path, body in ADMIN_ROUTES:
         r = roles_client.request(method, path, json=body, headers=bearer(WRITER))
-        assert r.status_code == 403 and "role admin; key 'bob' has role write" in r.json()["detail"], r.text
+        assert (
+            r.status_code == 403 and "role admin; key 'bob' has role write" in r.json()["detail"]
+        ), r.text
     r = roles_client.post("/v1/jobs", json=DISTILL_PUBLISH, headers=bearer(WRITER))
-    assert r.json()["detail"].startswith('Authorization: a distill job with "publish": true needs a key with role admin')
+    assert r.json()["detail"].startswith(
+        'Authorization: a distill job with "publish": true needs a key with role admin'
+    )
     for method, path, body in WRITE_ROUTES:  # write may: past auth, the unknown id is next
         r = roles_client.request(method, path, json=body, headers=bearer(WRITER))
         assert r.status_code in (404, 422), (path, r.text)
@@ -61,9 +75,13 @@ def test_each_role_is_refused_where_it_does_not_belong(
         assert r.status_code in (404, 409, 422), (path, r.text)
         assert "Authorization" not in str(r.json()["detail"])
     # A write key may still submit a distill job that does not publish.
-    r = roles_client.post("/v1/jobs", json={**DISTILL_PUBLISH, "publish": False}, headers=bearer(WRITER))
+    r = roles_client.post(
+        "/v1/jobs", json={**DISTILL_PUBLISH, "publish": False}, headers=bearer(WRITER)
+    )
     assert r.status_code == 404 and "teacher_id" in r.json()["detail"]
-    r = roles_client.post("/v1/jobs", json={**DISTILL_PUBLISH, "publish": False, "force": True}, headers=bearer(ADMIN))
+    r = roles_client.post(
+        "/v1/jobs", json={**DISTILL_PUBLISH, "publish": False, "force": True}, headers=bearer(ADMIN)
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "distill", "force"]
     assert "only with publish: true" in r.json()["detail"][0]["msg"]
     # Reads stay open, with or without a key of any role.
@@ -83,10 +101,14 @@ def test_missing_and_wrong_keys_on_the_new_admin_routes(roles_client: TestClient
         r = roles_client.post(path)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         r = roles_client.post(path, headers=bearer("guess-guess-guess"))
-        assert r.status_code == 403 and r.json() == {"detail": "Authorization: API key not accepted"}
+        assert r.status_code == 403 and r.json() == {
+            "detail": "Authorization: API key not accepted"
+        }
 
 
-def test_plain_keys_are_admins_named_by_position(make_settings: Callable[..., Settings], settings: Settings) -> None:
+def test_plain_keys_are_admins_named_by_position(
+    make_settings: Callable[..., Settings], settings: Settings
+) -> None:
     plain = "plain-old-key-0001"
     registry = Registry.from_url(settings.redis_url or "")
     with TestClient(create_app(make_settings(api_keys=["another-plain-01", plain]))) as client:

@@ -34,21 +34,34 @@ def tied_model(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(7)
     item_emb = rng.integers(-2, 3, size=(ds.n_items, DIM)).astype(np.float32)
     item_emb[TIED] = 2.0
-    user_emb = rng.integers(0, 3, size=(ds.n_users, DIM)).astype(np.float32)  # >= 0: the block ranks high
+    user_emb = rng.integers(0, 3, size=(ds.n_users, DIM)).astype(
+        np.float32
+    )  # >= 0: the block ranks high
     return user_emb, item_emb
 
 
 @pytest.fixture(scope="module")
-def tied(redis_databases: RedisDatabases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Dataset, np.ndarray, np.ndarray]]:
+def tied(
+    redis_databases: RedisDatabases, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, Dataset, np.ndarray, np.ndarray]]:
     root = tmp_path_factory.mktemp("serving-ties")
     ds = make_dataset(n_users=N_USERS, n_items=N_ITEMS, max_seen=20, seed=11)
     user_emb, item_emb = tied_model(ds)
-    artifact = ModelArtifact(user_emb=user_emb, item_emb=item_emb,
-                             manifest=ModelManifest(kind="student", model="mf", dim=DIM,
-                                                    dataset=DatasetInfo(fingerprint=ds.fingerprint)))  # fmt: skip
+    artifact = ModelArtifact(
+        user_emb=user_emb,
+        item_emb=item_emb,
+        manifest=ModelManifest(
+            kind="student", model="mf", dim=DIM, dataset=DatasetInfo(fingerprint=ds.fingerprint)
+        ),
+    )
     build_bundle(artifact.save(root / "model"), ds, root / "bundle", model_id="T")
-    settings = make_test_settings("ties", redis_url=redis_databases.reserve(), data_dir=root / "data",
-                                  max_k=100, reload_poll_s=0.2)  # fmt: skip
+    settings = make_test_settings(
+        "ties",
+        redis_url=redis_databases.reserve(),
+        data_dir=root / "data",
+        max_k=100,
+        reload_poll_s=0.2,
+    )
     with TestClient(create_app(settings)) as c:
         r = redis.Redis.from_url(settings.redis_url or "", decode_responses=True)
         publish(r, "T", Path(root / "bundle"))
@@ -57,8 +70,14 @@ def tied(redis_databases: RedisDatabases, tmp_path_factory: pytest.TempPathFacto
         yield c, ds, user_emb, item_emb
 
 
-def evaluation_lists(ds: Dataset, user_emb: np.ndarray, item_emb: np.ndarray, k: int,
-                     exclude_seen: bool = True, extra: list[int] | None = None) -> np.ndarray:  # fmt: skip
+def evaluation_lists(
+    ds: Dataset,
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    k: int,
+    exclude_seen: bool = True,
+    extra: list[int] | None = None,
+) -> np.ndarray:
     """training.topk's lists: the order of the quality reports."""
     excl = ds.csr("train").tolil() if exclude_seen else None
     if extra:
@@ -86,7 +105,9 @@ def test_get_and_batch_order_ties_as_evaluation_does(tied, k: int) -> None:
         assert len(set(scores)) < len(scores)  # the list does hold ties
         cut_in_block += items_of(body)[-1] in range(TIED.start, TIED.stop)
     assert cut_in_block > 0  # some lists end inside the tied block: the cut itself is tested
-    batch = c.post("/v1/recommendations", json={"user_ids": [f"u{u}" for u in range(N_USERS)], "k": k}).json()
+    batch = c.post(
+        "/v1/recommendations", json={"user_ids": [f"u{u}" for u in range(N_USERS)], "k": k}
+    ).json()
     assert [items_of(res) for res in batch["results"]] == expected.tolist()
 
 
@@ -100,9 +121,14 @@ def test_ties_with_seen_items_kept_and_with_filters(tied) -> None:
     expected = evaluation_lists(ds, user_emb, item_emb, 25, extra=excluded)
     params = [("k", 25), *(("exclude", f"i{i}") for i in excluded)]
     for u in range(N_USERS):
-        assert items_of(c.get(f"/v1/recommendations/u{u}", params=params).json()) == expected[u].tolist()
-    batch = c.post("/v1/recommendations", json={"user_ids": ["u0", "u1"], "k": 25,
-                                                 "exclude": [f"i{i}" for i in excluded]}).json()  # fmt: skip
+        assert (
+            items_of(c.get(f"/v1/recommendations/u{u}", params=params).json())
+            == expected[u].tolist()
+        )
+    batch = c.post(
+        "/v1/recommendations",
+        json={"user_ids": ["u0", "u1"], "k": 25, "exclude": [f"i{i}" for i in excluded]},
+    ).json()
     assert [items_of(res) for res in batch["results"]] == expected[:2].tolist()
 
 

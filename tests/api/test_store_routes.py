@@ -32,8 +32,9 @@ def registry(settings: Settings) -> Registry:
     return Registry.from_url(settings.redis_url or "")
 
 
-def test_a_dataset_is_committed_to_the_store(client: TestClient, registry: Registry, settings: Settings,
-                                             store_url: str, tmp_path: Path) -> None:  # fmt: skip
+def test_a_dataset_is_committed_to_the_store(
+    client: TestClient, registry: Registry, settings: Settings, store_url: str, tmp_path: Path
+) -> None:
     r = client.post("/v1/datasets", json={"synthetic": {"n_users": 60, "n_items": 40}, "name": "s"})
     assert r.status_code == 201, r.text
     dataset_id = r.json()["id"]
@@ -44,8 +45,9 @@ def test_a_dataset_is_committed_to_the_store(client: TestClient, registry: Regis
     assert Dataset.load(worker.resolve(registry.get_dataset(dataset_id).path)).n_users == 60
 
 
-def test_reports_are_read_through_the_store(client: TestClient, registry: Registry, store_url: str,
-                                            tmp_path: Path) -> None:  # fmt: skip
+def test_reports_are_read_through_the_store(
+    client: TestClient, registry: Registry, store_url: str, tmp_path: Path
+) -> None:
     ids = register_family(registry, tmp_path / "worker-models", "ds-1", methods=("unkd",))
     worker = ArtifactStore(store_url, tmp_path / "worker-host")
     for model_id in ids:  # as the worker records them: in the store, the record holds the URL
@@ -61,14 +63,16 @@ def test_reports_are_read_through_the_store(client: TestClient, registry: Regist
     assert r.status_code == 200 and [m["id"] for m in r.json()["models"]] == ids, r.text
 
 
-def test_a_model_gone_from_the_store_has_no_report(client: TestClient, registry: Registry, store_url: str,
-                                                   tmp_path: Path, caplog) -> None:  # fmt: skip
+def test_a_model_gone_from_the_store_has_no_report(
+    client: TestClient, registry: Registry, store_url: str, tmp_path: Path, caplog
+) -> None:
     (student_id,) = register_family(registry, tmp_path / "m", "ds-1", methods=("unkd",))[1:]
     record = registry.get_model(student_id)
     registry.add_model(record.model_copy(update={"path": f"{store_url}/{model_key(student_id)}"}))
     for path in (f"/v1/models/{student_id}/report", f"/v1/models/{student_id}/report.html"):
         r = client.get(path)
         assert r.status_code == 404, r.text
-        assert r.json() == {"detail": f"model_id='{student_id}': no such quality report for this model"}
+        assert r.json() == {
+            "detail": f"model_id='{student_id}': no such quality report for this model"
+        }
     assert f"artifact models/{student_id}: not in {store_url}" in caplog.text  # the reason, logged
-

@@ -26,10 +26,18 @@ import websocket
 logger = logging.getLogger(__name__)
 
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
-)  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+)
 
 
 def find_chromium() -> str | None:
@@ -51,18 +59,27 @@ class CDPError(RuntimeError):
 class Browser:
     """A headless Chromium process and a CDP session with its first page."""
 
-    def __init__(self, binary: str, *, width: int = 1280, height: int = 900, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, binary: str, *, width: int = 1280, height: int = 900, timeout_s: float = 30.0
+    ) -> None:
         self.profile = Path(tempfile.mkdtemp(prefix="unkd-chromium-"))
         self.timeout_s = timeout_s
-        args = [binary, *FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
-                f"--window-size={width},{height}", "about:blank"]  # fmt: skip
+        args = [
+            binary,
+            *FLAGS,
+            f"--user-data-dir={self.profile}",
+            "--remote-debugging-port=0",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
         self.log = tempfile.TemporaryFile()  # a file, not a pipe: chromium's chatter can't block it
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.log)
         self._ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
         try:
-            self.ws = websocket.create_connection(self._page_ws_url(), timeout=timeout_s,
-                                                  suppress_origin=True)  # fmt: skip
+            self.ws = websocket.create_connection(
+                self._page_ws_url(), timeout=timeout_s, suppress_origin=True
+            )
             for domain in ("Page", "Runtime", "Log"):
                 self.send(f"{domain}.enable")
         except Exception:
@@ -134,10 +151,14 @@ class Browser:
 
     def evaluate(self, expression: str) -> Any:
         """The JSON value of a JavaScript expression (promises are awaited)."""
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        result = self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
-            raise CDPError(f"{expression[:80]}: {result['exceptionDetails'].get('text')} "
-                           f"{result['exceptionDetails'].get('exception', {}).get('description', '')}")  # fmt: skip
+            raise CDPError(
+                f"{expression[:80]}: {result['exceptionDetails'].get('text')} "
+                f"{result['exceptionDetails'].get('exception', {}).get('description', '')}"
+            )
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout_s: float = 10.0, interval_s: float = 0.1) -> Any:
@@ -157,13 +178,20 @@ class Browser:
         for e in self.events:
             p = e.get("params", {})
             if e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                out.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", [])))
+                out.append(
+                    "console: "
+                    + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", []))
+                )
             elif e["method"] == "Runtime.exceptionThrown":
                 d = p.get("exceptionDetails", {})
-                out.append(f"exception: {d.get('text')} {d.get('exception', {}).get('description', '')}")
+                out.append(
+                    f"exception: {d.get('text')} {d.get('exception', {}).get('description', '')}"
+                )
             elif e["method"] == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
                 entry = p["entry"]
-                out.append(f"log ({entry.get('source')}): {entry.get('text')} {entry.get('url', '')}")
+                out.append(
+                    f"log ({entry.get('source')}): {entry.get('text')} {entry.get('url', '')}"
+                )
         return out
 
     def screenshot(self, path: Path, *, full_page: bool = True) -> Path:
@@ -171,8 +199,10 @@ class Browser:
         params: dict[str, Any] = {"format": "png"}
         if full_page:
             size = self.send("Page.getLayoutMetrics")["cssContentSize"]
-            params.update(captureBeyondViewport=True, clip={
-                "x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})  # fmt: skip
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+            )
         data = self.send("Page.captureScreenshot", **params)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))

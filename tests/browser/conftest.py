@@ -27,7 +27,9 @@ def browser() -> Iterator[object]:
 
     binary = find_chromium()
     if binary is None:
-        pytest.skip("no Chromium: install Debian's package (apt-get install -y chromium) or set UNKD_CHROMIUM")
+        pytest.skip(
+            "no Chromium: install Debian's package (apt-get install -y chromium) or set UNKD_CHROMIUM"
+        )
     pytest.importorskip("websocket", reason="websocket-client is missing: pip install -e '.[dev]'")
     from tests.browser.cdp import Browser
 
@@ -39,8 +41,14 @@ def browser() -> Iterator[object]:
 @pytest.fixture()
 def live_settings(redis_url: str, tmp_path: Path) -> Settings:
     """The API's settings: its own Redis database and data dir, an API key, fast reloads."""
-    return make_test_settings("browser", redis_url=redis_url, data_dir=tmp_path / "data",
-                              api_keys=[API_KEY], upload_max_bytes=64 * 1024, reload_poll_s=0.2)  # fmt: skip
+    return make_test_settings(
+        "browser",
+        redis_url=redis_url,
+        data_dir=tmp_path / "data",
+        api_keys=[API_KEY],
+        upload_max_bytes=64 * 1024,
+        reload_poll_s=0.2,
+    )
 
 
 @pytest.fixture()

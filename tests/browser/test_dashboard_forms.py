@@ -43,9 +43,13 @@ def live_settings(redis_url: str, tmp_path: Path) -> Settings:
     """conftest's settings with three keys, one per role: ops (admin), ci (write), dash (read)."""
     keys = [f"ops:admin:{ADMIN}", f"ci:write:{WRITER}", f"dash:read:{READER}"]
     return make_test_settings(
-        "browser", redis_url=redis_url, data_dir=tmp_path / "data", api_keys=keys,
-        upload_max_bytes=64 * 1024, reload_poll_s=0.2,
-    )  # fmt: skip
+        "browser",
+        redis_url=redis_url,
+        data_dir=tmp_path / "data",
+        api_keys=keys,
+        upload_max_bytes=64 * 1024,
+        reload_poll_s=0.2,
+    )
 
 
 @pytest.fixture()
@@ -133,8 +137,10 @@ def job_id_in(browser: Any, form: str) -> str:
 
 
 def wait_option(browser: Any, select: str, value: str) -> None:
-    browser.wait_for(f"[...document.querySelectorAll({json.dumps(select + ' option')})]"
-                     f".some(o => o.value === {json.dumps(value)})")  # fmt: skip
+    browser.wait_for(
+        f"[...document.querySelectorAll({json.dumps(select + ' option')})]"
+        f".some(o => o.value === {json.dumps(value)})"
+    )
 
 
 def api(server: LiveAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -165,8 +171,10 @@ def served_world(settings: Settings, registry: Registry) -> tuple[Dataset, list[
 
 def wait_served(browser: Any, server: LiveAPI, model_id: str) -> None:
     """Until the API serves `model_id` and the page's header says so."""
-    browser.wait_for(f"document.getElementById('serving').textContent.startsWith('Serving: {model_id} ·')",
-                     timeout_s=20)  # fmt: skip
+    browser.wait_for(
+        f"document.getElementById('serving').textContent.startsWith('Serving: {model_id} ·')",
+        timeout_s=20,
+    )
     assert api(server, "GET", "/v1/serving").json()["model_id"] == model_id
 
 
@@ -192,8 +200,10 @@ def test_upload_form_registers_the_dataset_and_names_what_is_wrong(
     browser: Any, live_server: LiveAPI, tmp_path: Path
 ) -> None:
     good = tmp_path / "clicks.csv"
-    good.write_text("user,item,rating\n" + "".join(f"u{u},i{(u * 7 + k * 3) % 25},1\n"
-                                                   for u in range(30) for k in range(6)))  # fmt: skip
+    good.write_text(
+        "user,item,rating\n"
+        + "".join(f"u{u},i{(u * 7 + k * 3) % 25},1\n" for u in range(30) for k in range(6))
+    )
     bad = tmp_path / "bad.csv"
     bad.write_text("user,item,rating\nu1,i1,1\nu2,i2,not-a-number\n")
     open_dashboard(browser, live_server, key=None)
@@ -310,9 +320,11 @@ def test_job_forms_submit_teacher_distill_and_tuning_jobs(
     assert result["status"] == "ok" and "Distill job" in result["text"], result
     job = registry.get_job(job_id_in(browser, "distill-form"))
     assert job.kind == "distill" and job.params == {
-        "teacher_id": "teacher-1", "dataset_id": "ds-1", "publish": False,
+        "teacher_id": "teacher-1",
+        "dataset_id": "ds-1",
+        "publish": False,
         "config": DistillConfig(method="rd", dim=12, lambda_kd=0.5).model_dump(mode="json"),
-    }  # fmt: skip
+    }
 
     # A tuning job: a distill job with {"tune": {"trials": N}}.
     fill(
@@ -435,8 +447,12 @@ def test_rollback_serves_the_previous_model_and_the_history_shows_it(
     history = api(live_server, "GET", "/v1/serving/history").json()
     assert history["total"] == 3
     newest = history["items"][0]
-    assert (newest["action"], newest["model_id"], newest["previous_model_id"], newest["key_name"]) == (
-        "rollback", "student-a", "student-b", "ops")  # fmt: skip
+    assert (
+        newest["action"],
+        newest["model_id"],
+        newest["previous_model_id"],
+        newest["key_name"],
+    ) == ("rollback", "student-a", "student-b", "ops")
     browser.wait_for("document.querySelectorAll('#history tbody tr').length === 3")
     assert browser.evaluate(rows)[0] == ["rollback", "student-a", "student-b"]
     assert (

@@ -39,8 +39,9 @@ def registry(live_settings: Settings) -> Registry:
     return Registry.from_url(live_settings.redis_url or "")
 
 
-def test_report_and_comparison_pages_render(browser: Any, live_server: LiveAPI, registry: Registry,
-                                            tmp_path: Path) -> None:  # fmt: skip
+def test_report_and_comparison_pages_render(
+    browser: Any, live_server: LiveAPI, registry: Registry, tmp_path: Path
+) -> None:
     ids = register_family(registry, tmp_path / "models", "ds-1", name="synthetic long-tail")
     report = json.loads((tmp_path / "models" / "student-unkd-1" / "report.json").read_text())
     browser.events.clear()
@@ -49,11 +50,17 @@ def test_report_and_comparison_pages_render(browser: Any, live_server: LiveAPI, 
     recall = drawn_bars(browser, "group-recall")
     assert len(recall) == 4 * 2 and all(b["width"] > 5 for b in recall)  # laid out, visible
     assert series_values(recall, "student-unkd-1") == [g["recall@20"] for g in report["groups"]]
-    assert series_values(recall, "teacher-1") == [g["recall@20"] for g in report["teacher"]["groups"]]
+    assert series_values(recall, "teacher-1") == [
+        g["recall@20"] for g in report["teacher"]["groups"]
+    ]
     exposure = drawn_bars(browser, "exposure")
     assert len(exposure) == 4 * 3
-    assert series_values(exposure, "share of test positives") == [g["test_share"] for g in report["groups"]]
-    points = browser.evaluate("document.querySelectorAll('svg[data-chart=\"training-valid\"] circle.point').length")
+    assert series_values(exposure, "share of test positives") == [
+        g["test_share"] for g in report["groups"]
+    ]
+    points = browser.evaluate(
+        "document.querySelectorAll('svg[data-chart=\"training-valid\"] circle.point').length"
+    )
     assert points == 2 * 6  # NDCG@20 and Recall@20 over 6 epochs
     assert browser.evaluate("document.querySelectorAll('table.headline tbody tr').length") >= 14
     assert browser.errors() == []
@@ -69,11 +76,19 @@ def test_report_and_comparison_pages_render(browser: Any, live_server: LiveAPI, 
 
 def _running_job(registry: Registry, epoch: int) -> str:
     job_id = uuid.uuid4().hex
-    registry.create_job(JobRecord(id=job_id, kind="distill", params={
-        "teacher_id": "teacher-1", "dataset_id": "ds-1", "config": {"method": "unkd"}}))  # fmt: skip
+    registry.create_job(
+        JobRecord(
+            id=job_id,
+            kind="distill",
+            params={"teacher_id": "teacher-1", "dataset_id": "ds-1", "config": {"method": "unkd"}},
+        )
+    )
     registry.start_job(job_id)
-    registry.update_progress(job_id, JobProgress(stage="train", epoch=epoch, epochs=10),
-                             {"loss": 0.69, "valid_ndcg@20": 0.05})  # fmt: skip
+    registry.update_progress(
+        job_id,
+        JobProgress(stage="train", epoch=epoch, epochs=10),
+        {"loss": 0.69, "valid_ndcg@20": 0.05},
+    )
     return job_id
 
 
@@ -84,7 +99,7 @@ def test_dashboard_follows_progress_publishes_and_compares(
     done = _running_job(registry, 10)
     registry.finish_job(done, "succeeded", model_id="student-unkd-1")
     job_id = _running_job(registry, 2)
-    row = f'document.querySelector(\'tr[data-job-id="{job_id}"]\')'
+    row = f"document.querySelector('tr[data-job-id=\"{job_id}\"]')"
     browser.events.clear()
 
     browser.navigate(f"{live_server.url}/?poll_ms=250")
@@ -97,25 +112,38 @@ def test_dashboard_follows_progress_publishes_and_compares(
     assert browser.evaluate(f"{row}.querySelector('[data-progress]').dataset.progress") == "0.7000"
     assert browser.evaluate(f"{row}.querySelector('.progress > span').style.width") == "70%"
     assert int(browser.evaluate("document.body.dataset.polls")) > polls
-    links = browser.evaluate("[...document.querySelectorAll('#models tbody tr td:nth-child(2) a')].map(a => a.getAttribute('href'))")
+    links = browser.evaluate(
+        "[...document.querySelectorAll('#models tbody tr td:nth-child(2) a')].map(a => a.getAttribute('href'))"
+    )
     assert sorted(links) == sorted(f"v1/models/{m}/report.html" for m in ids)
     assert "compare 4" in browser.evaluate("document.querySelector('#datasets tbody').textContent")
-    assert browser.evaluate("document.getElementById('serving').textContent") == "Serving: nothing published yet."
+    assert (
+        browser.evaluate("document.getElementById('serving').textContent")
+        == "Serving: nothing published yet."
+    )
     assert browser.errors() == []
 
     # Publish: refused without a key (the browser logs the 401), accepted with one.
     publish = "document.querySelector('button.publish[data-model-id=\"student-rd-1\"]').click()"
     browser.evaluate(publish)
-    browser.wait_for("document.getElementById('publish-msg').textContent.includes('needs an API key')")
+    browser.wait_for(
+        "document.getElementById('publish-msg').textContent.includes('needs an API key')"
+    )
     browser.evaluate(f"""(() => {{ const input = document.getElementById('api-key');
         input.value = {json.dumps(API_KEY)}; input.dispatchEvent(new Event('input')); }})()""")
     assert browser.evaluate("sessionStorage.getItem('unkd.apiKey')") == API_KEY
     browser.evaluate(publish)
-    message = browser.wait_for("(t => t.includes('queued') && t)(document.getElementById('publish-msg').textContent)")
+    message = browser.wait_for(
+        "(t => t.includes('queued') && t)(document.getElementById('publish-msg').textContent)"
+    )
     jobs, total = registry.list_jobs(kind="publish")
     assert total == 1 and jobs[0].id in message
     params = jobs[0].params  # the gate's policy and the publishing key's name travel with the job
-    assert (params["model_id"], params["force"], params["key_name"]) == ("student-rd-1", False, "key1")
+    assert (params["model_id"], params["force"], params["key_name"]) == (
+        "student-rd-1",
+        False,
+        "key1",
+    )
     unexpected = [e for e in browser.errors() if "401" not in e or "/publish" not in e]
     assert unexpected == [] and len(browser.errors()) == 1
     browser.wait_for(f"!!document.querySelector('tr[data-job-id=\"{jobs[0].id}\"]')")
@@ -124,8 +152,12 @@ def test_dashboard_follows_progress_publishes_and_compares(
     # Compare: tick two models, press the button, land on the comparison page.
     browser.events.clear()
     for mid in ("teacher-1", "student-unkd-1"):
-        browser.evaluate(f"document.querySelector('tr[data-model-id=\"{mid}\"] input[type=checkbox]').click()")
-    assert browser.evaluate("document.getElementById('compare').textContent") == "Compare selected (2)"
+        browser.evaluate(
+            f"document.querySelector('tr[data-model-id=\"{mid}\"] input[type=checkbox]').click()"
+        )
+    assert (
+        browser.evaluate("document.getElementById('compare').textContent") == "Compare selected (2)"
+    )
     mark = len(browser.events)
     browser.evaluate("document.getElementById('compare').click()")
     browser.wait_event("Page.loadEventFired", mark)

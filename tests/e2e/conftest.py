@@ -56,13 +56,19 @@ class E2EStack:
 
 @pytest.fixture(scope="module", params=LAYOUTS)
 def e2e(
-    request: pytest.FixtureRequest, redis_databases: RedisDatabases, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    redis_databases: RedisDatabases,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[E2EStack]:
     layout: str = request.param
     root = tmp_path_factory.mktemp(f"e2e-{layout}")
-    values: dict[str, Any] = {"redis_url": redis_databases.reserve(),
-                              "data_dir": root / ("data" if layout == "data-dir" else "worker"),
-                              "device": "cpu", "reload_poll_s": 0.2, "job_max_retries": 0}  # fmt: skip
+    values: dict[str, Any] = {
+        "redis_url": redis_databases.reserve(),
+        "data_dir": root / ("data" if layout == "data-dir" else "worker"),
+        "device": "cpu",
+        "reload_poll_s": 0.2,
+        "job_max_retries": 0,
+    }
     env: dict[str, str] = {}
     if layout == "s3":
         s3: S3Server = request.getfixturevalue("s3_server")  # skips where moto or s3fs is missing
@@ -77,7 +83,9 @@ def e2e(
         worker.start()
         if layout == "data-dir":
             api = cleanup.enter_context(TestClient(create_app(settings)))
-            yield E2EStack(layout, settings, api, None, (), registry, ArtifactStore.from_settings(settings))
+            yield E2EStack(
+                layout, settings, api, None, (), registry, ArtifactStore.from_settings(settings)
+            )
             return
         patch = cleanup.enter_context(pytest.MonkeyPatch.context())
         for name, value in env.items():  # this process reads the store too (the test's checks)
@@ -85,13 +93,24 @@ def e2e(
         clients, data_dirs = [], []
         for n in (1, 2):
             data_dirs.append(root / f"api-{n}")
-            live = LiveAPI(settings.model_copy(update={"data_dir": data_dirs[-1]}), root / f"api-{n}.log", env=env)
+            live = LiveAPI(
+                settings.model_copy(update={"data_dir": data_dirs[-1]}),
+                root / f"api-{n}.log",
+                env=env,
+            )
             watch_log(request, f"e2e {layout} API {n}", live.log)
             cleanup.callback(live.stop)
             live.start()
             clients.append(cleanup.enter_context(httpx.Client(base_url=live.url, timeout=30)))
-        yield E2EStack(layout, settings, clients[0], clients[1], tuple(data_dirs), registry,
-                       ArtifactStore(settings.artifact_url, root / "tests"))  # fmt: skip
+        yield E2EStack(
+            layout,
+            settings,
+            clients[0],
+            clients[1],
+            tuple(data_dirs),
+            registry,
+            ArtifactStore(settings.artifact_url, root / "tests"),
+        )
 
 
 @pytest.fixture(scope="module")

@@ -39,43 +39,84 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 N_USERS, SHARD_USERS = 3000, 500  # 6 shards
 JOB_TIMEOUT_S = 150
-PAYLOAD: dict[str, Any] = {"kind": "distill", "teacher_id": "teacher-fan", "method": "unkd", "dim": 8,
-                           "epochs": 3, "batch_size": 512, "seed": 7,
-                           "unkd": {"pairs_per_user": 8, "top_l": 40}}  # fmt: skip
+PAYLOAD: dict[str, Any] = {
+    "kind": "distill",
+    "teacher_id": "teacher-fan",
+    "method": "unkd",
+    "dim": 8,
+    "epochs": 3,
+    "batch_size": 512,
+    "seed": 7,
+    "unkd": {"pairs_per_user": 8, "top_l": 40},
+}
 
 
 def fanout_settings(redis_url: str, data_dir: Path, **overrides: Any) -> Settings:
-    values = {"redis_url": redis_url, "data_dir": data_dir, "device": "cpu", "job_max_retries": 0,
-              "fanout_min_users": 1000, "fanout_shard_users": SHARD_USERS, "fanout_chunk_users": 2}  # fmt: skip
+    values = {
+        "redis_url": redis_url,
+        "data_dir": data_dir,
+        "device": "cpu",
+        "job_max_retries": 0,
+        "fanout_min_users": 1000,
+        "fanout_shard_users": SHARD_USERS,
+        "fanout_chunk_users": 2,
+    }
     return make_test_settings("fan", **{**values, **overrides})
 
 
 def seed_teacher(settings: Settings, registry: Registry) -> tuple[Dataset, Path]:
     """A 3,000-user dataset and a random MF teacher over it, saved and registered."""
-    dataset = generate_synthetic(n_users=N_USERS, n_items=300, dim=8, skew=1.0,
-                                 interactions_per_user=15, seed=0, name="fan")  # fmt: skip
+    dataset = generate_synthetic(
+        n_users=N_USERS, n_items=300, dim=8, skew=1.0, interactions_per_user=15, seed=0, name="fan"
+    )
     out = dataset.save(settings.datasets_dir.resolve() / "ds-fan")
-    registry.add_dataset(DatasetRecord(id="ds-fan", name=dataset.name, source="synthetic",
-                                       fingerprint=dataset.fingerprint, path=str(out),
-                                       statistics=dataset.statistics()))  # fmt: skip
+    registry.add_dataset(
+        DatasetRecord(
+            id="ds-fan",
+            name=dataset.name,
+            source="synthetic",
+            fingerprint=dataset.fingerprint,
+            path=str(out),
+            statistics=dataset.statistics(),
+        )
+    )
     rng = np.random.default_rng(1)
     teacher = ModelArtifact(
         user_emb=rng.standard_normal((dataset.n_users, 16)).astype(np.float32),
         item_emb=rng.standard_normal((dataset.n_items, 16)).astype(np.float32),
-        manifest=ModelManifest(id="teacher-fan", kind="teacher", model="mf", dim=16,
-                               dataset=DatasetInfo(name=dataset.name, fingerprint=dataset.fingerprint)),
-    )  # fmt: skip
+        manifest=ModelManifest(
+            id="teacher-fan",
+            kind="teacher",
+            model="mf",
+            dim=16,
+            dataset=DatasetInfo(name=dataset.name, fingerprint=dataset.fingerprint),
+        ),
+    )
     path = teacher.save(settings.models_dir.resolve() / "teacher-fan")
-    registry.add_model(ModelRecord(id="teacher-fan", kind="teacher", model="mf", dim=16,
-                                   lineage=Lineage(dataset_id="ds-fan"), path=str(path)))  # fmt: skip
+    registry.add_model(
+        ModelRecord(
+            id="teacher-fan",
+            kind="teacher",
+            model="mf",
+            dim=16,
+            lineage=Lineage(dataset_id="ds-fan"),
+            path=str(path),
+        )
+    )
     return dataset, path
 
 
-def shard_runs(registry: Registry, job_id: str, phase: str = "candidates") -> tuple[Counter[int], list[tuple[int, str]]]:
+def shard_runs(
+    registry: Registry, job_id: str, phase: str = "candidates"
+) -> tuple[Counter[int], list[tuple[int, str]]]:
     """How often each shard's ranking started, and (shard, worker) of every start."""
-    starts = Counter({int(k): int(v) for k, v in registry.redis.hgetall(starts_key(job_id, phase)).items()})
-    entries = [e.decode() if isinstance(e, bytes) else e
-               for e in registry.redis.lrange(log_key(job_id, phase), 0, -1)]  # fmt: skip
+    starts = Counter(
+        {int(k): int(v) for k, v in registry.redis.hgetall(starts_key(job_id, phase)).items()}
+    )
+    entries = [
+        e.decode() if isinstance(e, bytes) else e
+        for e in registry.redis.lrange(log_key(job_id, phase), 0, -1)
+    ]
     log = [(int(s), w) for s, w in (e.split(" ", 1) for e in entries)]
     return starts, log
 
@@ -89,8 +130,12 @@ def same_report(a: ModelArtifact, b: ModelArtifact) -> bool:
     return True
 
 
-def run_job(client: TestClient, payload: dict[str, Any], timeout_s: float = JOB_TIMEOUT_S,
-            on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_job(
+    client: TestClient,
+    payload: dict[str, Any],
+    timeout_s: float = JOB_TIMEOUT_S,
+    on_status: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     r = client.post("/v1/jobs", json=payload)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
@@ -138,12 +183,18 @@ def test_a_large_distill_job_shares_its_shards_between_two_workers(
     cfg = DistillConfig.model_validate(job.params["config"])
     one = distill_student(dataset, teacher_dir, cfg, tmp_path / "one", device=torch.device("cpu"))
     fanned = ModelArtifact.load(settings.models_dir / model_id)
-    assert np.array_equal(fanned.user_emb, one.user_emb) and np.array_equal(fanned.item_emb, one.item_emb)
+    assert np.array_equal(fanned.user_emb, one.user_emb) and np.array_equal(
+        fanned.item_emb, one.item_emb
+    )
     # Its report, ranked in evaluation shards by both workers, is the one-process report.
     assert same_report(fanned, one)
     eval_starts, eval_log = shard_runs(registry, job_id, "evaluate")
     n_eval = -(-len(evaluated_users(dataset, "test")) // SHARD_USERS)  # users with a test positive
-    assert n_eval > 1 and sorted(eval_starts) == list(range(n_eval)) and set(eval_starts.values()) == {1}, eval_starts
+    assert (
+        n_eval > 1
+        and sorted(eval_starts) == list(range(n_eval))
+        and set(eval_starts.values()) == {1}
+    ), eval_starts
     assert fanned.manifest.training is not None and one.manifest.training is not None
     assert fanned.manifest.training.candidate_bytes == one.manifest.training.candidate_bytes
     for w in workers:
@@ -152,19 +203,27 @@ def test_a_large_distill_job_shares_its_shards_between_two_workers(
 
 
 def test_workers_on_separate_hosts_share_shards_through_the_store(
-    redis_url: str, tmp_path: Path, start_worker: Callable[..., WorkerProcess], s3_server: S3Server,
+    redis_url: str,
+    tmp_path: Path,
+    start_worker: Callable[..., WorkerProcess],
+    s3_server: S3Server,
     s3_env: dict[str, str],
 ) -> None:
     """With an artifact URL each worker has its own data dir: a shard ranked on one host is
     uploaded to the store's scratch and fetched by the parent; the scratch goes with the job."""
     url = f"s3://{s3_server.make_bucket()}/artifacts"
     api_settings = fanout_settings(redis_url, tmp_path / "api-host", artifact_url=url)
-    hosts = [api_settings.model_copy(update={"data_dir": tmp_path / name}) for name in ("host-a", "host-b")]
+    hosts = [
+        api_settings.model_copy(update={"data_dir": tmp_path / name})
+        for name in ("host-a", "host-b")
+    ]
     registry = Registry.from_url(redis_url)
     dataset, _ = seed_teacher(api_settings, registry)
     store = ArtifactStore.from_settings(api_settings)
-    for record, key in ((registry.get_dataset("ds-fan"), dataset_key("ds-fan")),
-                        (registry.get_model("teacher-fan"), model_key("teacher-fan"))):  # fmt: skip
+    for record, key in (
+        (registry.get_dataset("ds-fan"), dataset_key("ds-fan")),
+        (registry.get_model("teacher-fan"), model_key("teacher-fan")),
+    ):
         location = store.commit(key, Path(record.path))
         update = record.model_copy(update={"path": location})
         registry.add_dataset(update) if key.startswith("datasets/") else registry.add_model(update)  # type: ignore[arg-type]
@@ -176,11 +235,15 @@ def test_workers_on_separate_hosts_share_shards_through_the_store(
     job_id = done["id"]
     starts, log = shard_runs(registry, job_id)
     assert sorted(starts) == list(range(6)) and set(starts.values()) == {1}, starts
-    assert {w.split("@")[0].split("-")[0] for _, w in log} == {"a", "b"}, f"both hosts rank shards: {log}"
+    assert {w.split("@")[0].split("-")[0] for _, w in log} == {"a", "b"}, (
+        f"both hosts rank shards: {log}"
+    )
     assert seen and all(n == 6 for _, n in seen) and max(d for d, _ in seen) >= 1, seen
     written = [d for d, _ in seen]
     assert written == sorted(written), f"progress counts the shards of every host: {seen}"
-    assert store.complete_keys(scratch_prefix(job_id)) == set(), "the job's scratch is deleted when it ends"
+    assert store.complete_keys(scratch_prefix(job_id)) == set(), (
+        "the job's scratch is deleted when it ends"
+    )
     for host in hosts:
         assert not shards_root(host, job_id).exists()
 
@@ -189,11 +252,17 @@ def test_workers_on_separate_hosts_share_shards_through_the_store(
     teacher_dir = store.resolve(registry.get_model("teacher-fan").path)
     one = distill_student(dataset, teacher_dir, cfg, tmp_path / "one", device=torch.device("cpu"))
     fanned = ModelArtifact.load(store.resolve(registry.get_model(done["model_id"]).path))
-    assert np.array_equal(fanned.user_emb, one.user_emb) and np.array_equal(fanned.item_emb, one.item_emb)
+    assert np.array_equal(fanned.user_emb, one.user_emb) and np.array_equal(
+        fanned.item_emb, one.item_emb
+    )
     assert same_report(fanned, one)
     eval_starts, eval_log = shard_runs(registry, job_id, "evaluate")
     n_eval = -(-len(evaluated_users(dataset, "test")) // SHARD_USERS)  # users with a test positive
-    assert n_eval > 1 and sorted(eval_starts) == list(range(n_eval)) and set(eval_starts.values()) == {1}, eval_starts
+    assert (
+        n_eval > 1
+        and sorted(eval_starts) == list(range(n_eval))
+        and set(eval_starts.values()) == {1}
+    ), eval_starts
     for w in workers:
         assert w.alive()
     registry.close()

@@ -41,8 +41,11 @@ def tiny_interactions(n_users: int = 80, n_items: int = 60, per_user: int = 10) 
 
 @pytest.fixture(scope="module")
 def dataset_id(api: httpx.Client) -> str:
-    r = api.post("/v1/datasets", files={"file": ("tiny.csv", tiny_interactions())},
-                 data={"split": "random", "seed": "1"})  # fmt: skip
+    r = api.post(
+        "/v1/datasets",
+        files={"file": ("tiny.csv", tiny_interactions())},
+        data={"split": "random", "seed": "1"},
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["statistics"]["users"] == 80
@@ -64,19 +67,41 @@ def run_to_end(api: httpx.Client, payload: dict[str, object]) -> tuple[dict, lis
     return wait_for(api, accepted["id"], done, JOB_TIMEOUT_S), seen
 
 
-def test_teacher_distill_publish_recommend(api: httpx.Client, dataset_id: str, e2e: E2EStack) -> None:
-    teacher, seen = run_to_end(api, {"kind": "teacher", "dataset_id": dataset_id, "dim": 16,
-                                     "epochs": 40, "patience": 40, "batch_size": 256})  # fmt: skip
+def test_teacher_distill_publish_recommend(
+    api: httpx.Client, dataset_id: str, e2e: E2EStack
+) -> None:
+    teacher, seen = run_to_end(
+        api,
+        {
+            "kind": "teacher",
+            "dataset_id": dataset_id,
+            "dim": 16,
+            "epochs": 40,
+            "patience": 40,
+            "batch_size": 256,
+        },
+    )
     assert teacher["status"] == "succeeded", teacher
     assert any(s["status"] == "running" and s["progress"]["epoch"] >= 1 for s in seen), seen
     assert teacher["progress"]["epochs"] == 40 and teacher["attempts"] == 1
     assert "loss" in teacher["metrics"] and teacher["timings"]["elapsed_s"] > 0
     teacher_id = teacher["model_id"]
 
-    student, _ = run_to_end(api, {"kind": "distill", "teacher_id": teacher_id, "method": "unkd",
-                                  "dim": 8, "epochs": 4, "batch_size": 256, "publish": True,
-                                  # 4 epochs: the publish gate may refuse so undertrained a student
-                                  "force": True, "unkd": {"pairs_per_user": 8, "top_l": 50}})  # fmt: skip
+    student, _ = run_to_end(
+        api,
+        {
+            "kind": "distill",
+            "teacher_id": teacher_id,
+            "method": "unkd",
+            "dim": 8,
+            "epochs": 4,
+            "batch_size": 256,
+            "publish": True,
+            # 4 epochs: the publish gate may refuse so undertrained a student
+            "force": True,
+            "unkd": {"pairs_per_user": 8, "top_l": 50},
+        },
+    )
     assert student["status"] == "succeeded", student
     student_id = student["model_id"]
 
@@ -108,7 +133,7 @@ def test_teacher_distill_publish_recommend(api: httpx.Client, dataset_id: str, e
         items = [it["item_id"] for it in body["items"]]
         assert len(items) == 5 and len(set(items)) == 5
         assert set(items) <= set(dataset.item_ids.tolist())
-        seen_items = set(dataset.item_ids[train.indices[train.indptr[u]:train.indptr[u + 1]]])
+        seen_items = set(dataset.item_ids[train.indices[train.indptr[u] : train.indptr[u + 1]]])
         assert not set(items) & seen_items
     assert api.get("/v1/recommendations/nobody").status_code == 404
     check_issue_10_routes(api, dataset, student_id)
@@ -120,8 +145,14 @@ def check_issue_10_routes(api: httpx.Client, dataset: Dataset, student_id: str) 
     """Filters, by-history, fallbacks and similar items on the bundle the worker published."""
     user, train = str(dataset.user_ids[0]), dataset.csr("train")
     history = dataset.item_ids[train.indices[train.indptr[0] : train.indptr[1]]].tolist()
-    plain = [it["item_id"] for it in api.get(f"/v1/recommendations/{user}", params={"k": 5}).json()["items"]]
-    r = api.get(f"/v1/recommendations/{user}", params=[("k", 5), ("exclude", plain[0]), ("groups", 2), ("groups", 3)])
+    plain = [
+        it["item_id"]
+        for it in api.get(f"/v1/recommendations/{user}", params={"k": 5}).json()["items"]
+    ]
+    r = api.get(
+        f"/v1/recommendations/{user}",
+        params=[("k", 5), ("exclude", plain[0]), ("groups", 2), ("groups", 3)],
+    )
     assert r.status_code == 200, r.text
     filtered = r.json()["items"]
     assert len(filtered) == 5 and plain[0] not in {it["item_id"] for it in filtered}
@@ -134,17 +165,24 @@ def check_issue_10_routes(api: httpx.Client, dataset: Dataset, student_id: str) 
     assert body["unknown_items"] == {"items": ["never-seen"]}
     for fallback in ("popular", "debiased"):
         r = api.get("/v1/recommendations/nobody", params={"fallback": fallback, "k": 5})
-        assert r.status_code == 200 and r.json()["fallback"] == fallback and len(r.json()["items"]) == 5, r.text
+        assert (
+            r.status_code == 200
+            and r.json()["fallback"] == fallback
+            and len(r.json()["items"]) == 5
+        ), r.text
     item = plain[0]
     r = api.get(f"/v1/items/{item}/similar", params={"k": 5})
     assert r.status_code == 200, r.text
     similar = r.json()["items"]
     assert len(similar) == 5 and item not in {it["item_id"] for it in similar}
-    assert all(set(it) == {"item_id", "score", "group"} for it in similar + filtered + body["items"])
+    assert all(
+        set(it) == {"item_id", "score", "group"} for it in similar + filtered + body["items"]
+    )
 
 
-def check_shared_nothing(e2e: E2EStack, dataset_id: str, dataset: Dataset, teacher_id: str,
-                         student_id: str) -> None:  # fmt: skip
+def check_shared_nothing(
+    e2e: E2EStack, dataset_id: str, dataset: Dataset, teacher_id: str, student_id: str
+) -> None:
     """The s3 layout: the records hold store URLs; API process 2, which no request of the flow
     reached, follows the publish and answers as process 1, and reads the models' reports
     through the store; no process keeps a dataset or a model outside its cache."""
@@ -160,19 +198,31 @@ def check_shared_nothing(e2e: E2EStack, dataset_id: str, dataset: Dataset, teach
     for u in (0, 5, 42):
         path = f"/v1/recommendations/{dataset.user_ids[u]}?k=5"
         assert replica.get(path).json() == e2e.api.get(path).json()
-    assert replica.get(f"/v1/models/{student_id}/report").json() == e2e.api.get(f"/v1/models/{student_id}/report").json()
+    assert (
+        replica.get(f"/v1/models/{student_id}/report").json()
+        == e2e.api.get(f"/v1/models/{student_id}/report").json()
+    )
     r = replica.get("/v1/compare.html", params={"models": f"{teacher_id},{student_id}"})
     assert r.status_code == 200 and student_id in r.text, r.text[:300]
     for host in (*e2e.api_data_dirs, e2e.settings.data_dir):
-        loose = [p for p in host.rglob("*") if p.is_file() and p.relative_to(host).parts[0] != "cache"]
+        loose = [
+            p for p in host.rglob("*") if p.is_file() and p.relative_to(host).parts[0] != "cache"
+        ]
         assert not loose, f"{host}: files outside the artifact cache: {loose}"
     cached = e2e.api_data_dirs[1] / "cache" / "artifacts"
     assert sorted(p.name for p in (cached / "models").iterdir()) == sorted([teacher_id, student_id])
 
 
 def test_cancel_running_and_queued_jobs(api: httpx.Client, dataset_id: str, e2e: E2EStack) -> None:
-    long_job = {"kind": "teacher", "dataset_id": dataset_id, "dim": 8, "epochs": 10_000,
-                "patience": 1000, "eval_every": 1000, "batch_size": 256}  # fmt: skip
+    long_job = {
+        "kind": "teacher",
+        "dataset_id": dataset_id,
+        "dim": 8,
+        "epochs": 10_000,
+        "patience": 1000,
+        "eval_every": 1000,
+        "batch_size": 256,
+    }
     running = api.post("/v1/jobs", json=long_job).json()["id"]
     queued = api.post("/v1/jobs", json=long_job).json()["id"]
     wait_for(api, running, lambda s: s["status"] == "running" and s["progress"]["epoch"] >= 2, 60)
@@ -205,12 +255,17 @@ def test_job_with_bad_parameters_reports_its_error(
     # ... and the worker validates the stored payload again (a job queued by an older
     # client or edited in Redis), failing it with a message that names the field.
     registry = Registry.from_url(e2e_settings.redis_url or "")
-    job = JobRecord(id="bad-params-job", kind="teacher", output_model_id="teacher-bad-params",
-                    params={"dataset_id": dataset_id, "config": {"dim": 0, "epochs": 2}})  # fmt: skip
+    job = JobRecord(
+        id="bad-params-job",
+        kind="teacher",
+        output_model_id="teacher-bad-params",
+        params={"dataset_id": dataset_id, "config": {"dim": 0, "epochs": 2}},
+    )
     registry.create_job(job)
     celery_app = make_celery(e2e_settings, set_as_current=False)
-    celery_app.send_task(TRAIN_TEACHER, args=[job.id], task_id=job.id,
-                         queue=e2e_settings.train_queue)  # fmt: skip
+    celery_app.send_task(
+        TRAIN_TEACHER, args=[job.id], task_id=job.id, queue=e2e_settings.train_queue
+    )
     failed = wait_for(api, job.id, lambda s: s["status"] in FINISHED, JOB_TIMEOUT_S)
     assert failed["status"] == "failed" and failed["attempts"] == 1, failed
     assert "dim" in failed["error"] and "greater than or equal to 1" in failed["error"], failed

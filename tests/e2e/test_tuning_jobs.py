@@ -54,14 +54,21 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 
 
 def _upload(client: TestClient) -> str:
-    r = client.post("/v1/datasets", files={"file": ("tiny.csv", tiny_interactions())},
-                    data={"split": "random", "seed": "1"})  # fmt: skip
+    r = client.post(
+        "/v1/datasets",
+        files={"file": ("tiny.csv", tiny_interactions())},
+        data={"split": "random", "seed": "1"},
+    )
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
 
 
-def _until(client: TestClient, job_id: str, done: Callable[[dict[str, Any]], bool],
-           timeout_s: float = JOB_TIMEOUT_S) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+def _until(
+    client: TestClient,
+    job_id: str,
+    done: Callable[[dict[str, Any]], bool],
+    timeout_s: float = JOB_TIMEOUT_S,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Poll GET /v1/jobs/{id} until `done(status)`; returns it and every status seen."""
     deadline, seen = time.monotonic() + timeout_s, []
     while time.monotonic() < deadline:
@@ -82,15 +89,32 @@ def _teacher_then_tuning_job(client: TestClient) -> str:
     """Upload the tiny data, train a teacher job to success, submit a 4-trial UnKD tuning
     job on it; returns the tuning job's id."""
     dataset_id = _upload(client)
-    r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "dim": 16,
-                                      "epochs": 30, "batch_size": 256})  # fmt: skip
+    r = client.post(
+        "/v1/jobs",
+        json={
+            "kind": "teacher",
+            "dataset_id": dataset_id,
+            "dim": 16,
+            "epochs": 30,
+            "batch_size": 256,
+        },
+    )
     teacher, _ = _until(client, r.json()["id"], lambda s: s["status"] in FINISHED)
     assert teacher["status"] == "succeeded", teacher
-    r = client.post("/v1/jobs", json={
-        "kind": "distill", "teacher_id": teacher["model_id"], "method": "unkd", "dim": 8,
-        "epochs": 25, "patience": 100, "batch_size": 128, "unkd": {"pairs_per_user": 8, "top_l": 50},
-        "tune": {"trials": 4, "prune": False},
-    })  # fmt: skip
+    r = client.post(
+        "/v1/jobs",
+        json={
+            "kind": "distill",
+            "teacher_id": teacher["model_id"],
+            "method": "unkd",
+            "dim": 8,
+            "epochs": 25,
+            "patience": 100,
+            "batch_size": 128,
+            "unkd": {"pairs_per_user": 8, "top_l": 50},
+            "tune": {"trials": 4, "prune": False},
+        },
+    )
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
 
@@ -104,8 +128,9 @@ def test_rest_tuning_job_runs_its_trials_on_two_workers(
         done, seen = _until(client, job_id, lambda s: s["status"] in FINISHED)
         assert done["status"] == "succeeded", done
         assert done["progress"]["trial"] == done["progress"]["trials"] == 4
-        assert any(s["status"] == "running" and 0 < s["progress"]["trial"] < 4 for s in seen), \
+        assert any(s["status"] == "running" and 0 < s["progress"]["trial"] < 4 for s in seen), (
             "no status showed the trials being counted"
+        )
         counts = [s["progress"]["trial"] for s in seen if s["status"] == "running"]
         assert counts == sorted(counts) and "best_valid_ndcg@20" in done["metrics"]
         ran = [_trials_run(w, job_id) for w in workers]
@@ -147,13 +172,23 @@ def test_the_coordinator_fails_a_stale_trial_and_tries_it_again(settings: Settin
     registry = Registry.from_url(settings.redis_url or "")
     ds = generate_synthetic(n_users=60, n_items=40, interactions_per_user=8, dim=4)
     path = ds.save(settings.datasets_dir / "ds-1")
-    registry.add_dataset(DatasetRecord(id="ds-1", name="s", source="synthetic",
-                                       fingerprint=ds.fingerprint, path=str(path)))  # fmt: skip
-    job = registry.create_job(JobRecord(
-        id="tj", kind="teacher", output_model_id="teacher-tj",
-        params={"dataset_id": "ds-1", "config": {"dim": 4, "epochs": 3, "batch_size": 64},
-                "tune": {"trials": 2, "prune": False}},
-    ))  # fmt: skip
+    registry.add_dataset(
+        DatasetRecord(
+            id="ds-1", name="s", source="synthetic", fingerprint=ds.fingerprint, path=str(path)
+        )
+    )
+    job = registry.create_job(
+        JobRecord(
+            id="tj",
+            kind="teacher",
+            output_model_id="teacher-tj",
+            params={
+                "dataset_id": "ds-1",
+                "config": {"dim": 4, "epochs": 3, "batch_size": 64},
+                "tune": {"trials": 2, "prune": False},
+            },
+        )
+    )
     run = open_run(job, settings, registry, create=True, seed_offset=0)
     lost = run.study.ask()  # a worker took trial 0 (the job's own configuration) and died
     suggest(lost, run.setup.base)
@@ -162,7 +197,10 @@ def test_the_coordinator_fails_a_stale_trial_and_tries_it_again(settings: Settin
     assert result["status"] == "succeeded", result
     trials = ModelArtifact.load(settings.models_dir / "teacher-tj").report.tuning.trials  # type: ignore[union-attr]
     assert [(t.number, t.state) for t in trials] == [(0, "fail"), (1, "complete"), (2, "complete")]
-    assert trials[1].note == "retry of trial 0: its worker was lost" and trials[1].params == trials[0].params
+    assert (
+        trials[1].note == "retry of trial 0: its worker was lost"
+        and trials[1].params == trials[0].params
+    )
     job = registry.get_job("tj")
     assert (job.progress.trial, job.progress.trials, job.attempts) == (2, 2, 1)
     assert run_helper(task, "tj", 1) == {"job_id": "tj", "trials": 0}  # the job is over
@@ -177,15 +215,26 @@ def test_tuning_survives_a_worker_killed_mid_trial(
     registry = Registry.from_url(settings.redis_url or "")
     with TestClient(create_app(settings)) as client:
         dataset_id = _upload(client)
-        r = client.post("/v1/jobs", json={
-            "kind": "teacher", "dataset_id": dataset_id, "dim": 8, "epochs": 150, "patience": 1000,
-            "eval_every": 10, "batch_size": 64, "tune": {"trials": 4, "prune": False},
-        })  # fmt: skip
+        r = client.post(
+            "/v1/jobs",
+            json={
+                "kind": "teacher",
+                "dataset_id": dataset_id,
+                "dim": 8,
+                "epochs": 150,
+                "patience": 1000,
+                "eval_every": 10,
+                "batch_size": 64,
+                "tune": {"trials": 4, "prune": False},
+            },
+        )
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
 
         def leases() -> int:  # trials running now: each holds a lease
-            return sum(registry.redis.exists(lease_key(trial_lease_id(job_id, n))) for n in range(12))
+            return sum(
+                registry.redis.exists(lease_key(trial_lease_id(job_id, n))) for n in range(12)
+            )
 
         deadline = time.monotonic() + 60
         while leases() < 2:  # both workers in the middle of a trial
@@ -201,14 +250,22 @@ def test_tuning_survives_a_worker_killed_mid_trial(
         assert done["attempts"] == (2 if victim == "coordinator" else 1), done
         model_id = done["model_id"]
         art = ModelArtifact.load(settings.models_dir / model_id)
-        assert art.manifest.id == model_id and client.get(f"/v1/models/{model_id}").status_code == 200
+        assert (
+            art.manifest.id == model_id and client.get(f"/v1/models/{model_id}").status_code == 200
+        )
         trials = art.report.tuning.trials  # type: ignore[union-attr]
         finished = [t for t in trials if t.state in ("complete", "pruned")]
         lost = [t for t in trials if t.state == "fail"]
         assert len(finished) == 4, [(t.number, t.state) for t in trials]
         assert [t.number for t in lost] == [max(killed_trials)], (killed_trials, lost)
-        retried = [t for t in trials if t.note and t.note.startswith(f"retry of trial {lost[0].number}")]
-        assert len(retried) == 1 and retried[0].params == lost[0].params and retried[0].state == "complete"
+        retried = [
+            t for t in trials if t.note and t.note.startswith(f"retry of trial {lost[0].number}")
+        ]
+        assert (
+            len(retried) == 1
+            and retried[0].params == lost[0].params
+            and retried[0].state == "complete"
+        )
     survivors = [w for w in workers if w is not killed]
     assert all(w.alive() for w in survivors)
     assert not work_dir(settings, job_id).exists()
@@ -248,11 +305,17 @@ def test_tuning_on_two_hosts_shares_trial_models_through_the_store(
         # not exercised by this run, and the assertions below still hold.
         assert sum(map(len, ran)) == 4 and not ran[0] & ran[1], f"trials per worker: {ran}"
         best = client.get(f"/v1/models/{done['model_id']}/report").json()["tuning"]["best_trial"]
-    assert ArtifactStore(url, tmp_path / "reader").exists(trial_key(job_id, best))  # put by its host
+    assert ArtifactStore(url, tmp_path / "reader").exists(
+        trial_key(job_id, best)
+    )  # put by its host
     logs = [w.log.read_text(errors="replace") for w in workers]
     coordinator = next(i for i, text in enumerate(logs) if f"job {job_id}: coordinating" in text)
     trained_best = next(i for i, trials in enumerate(ran) if best in trials)
     fetched = f"job {job_id}: best trial {best} was trained on another host: fetched from the store"
     # Which host trains the best trial is up to the study: when it is not the coordinator's,
     # the coordinator must have fetched it (without the store it would fail the job).
-    assert (fetched in logs[coordinator]) is (coordinator != trained_best), (coordinator, trained_best, ran)
+    assert (fetched in logs[coordinator]) is (coordinator != trained_best), (
+        coordinator,
+        trained_best,
+        ran,
+    )

@@ -40,9 +40,12 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACT = ROOT / "test-artifacts" / "reliability.json"
 # Fast heartbeats and reloads, no retries, a short Redis timeout: faults show within seconds.
 RELIABILITY_SETTINGS: dict[str, Any] = {
-    "device": "cpu", "reload_poll_s": 0.2, "job_heartbeat_s": 0.5, "job_max_retries": 0,
+    "device": "cpu",
+    "reload_poll_s": 0.2,
+    "job_heartbeat_s": 0.5,
+    "job_max_retries": 0,
     "redis_timeout_s": 2.0,
-}  # fmt: skip
+}
 _artifact_lock = threading.Lock()
 
 
@@ -63,8 +66,15 @@ def make_settings(redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
     """Settings of one test: its own data dir, queues and Redis database; fast heartbeat and reloads."""
 
     def make(**overrides: Any) -> Settings:
-        return make_test_settings("rel", **{**RELIABILITY_SETTINGS, "redis_url": redis_url,
-                                            "data_dir": tmp_path / "data", **overrides})  # fmt: skip
+        return make_test_settings(
+            "rel",
+            **{
+                **RELIABILITY_SETTINGS,
+                "redis_url": redis_url,
+                "data_dir": tmp_path / "data",
+                **overrides,
+            },
+        )
 
     return make
 
@@ -72,37 +82,71 @@ def make_settings(redis_url: str, tmp_path: Path) -> Callable[..., Settings]:
 # -- data, models and published bundles without training ---------------------------------------
 
 
-def seed_dataset(settings: Settings, registry: Registry, *, n_users: int = 200, n_items: int = 150,
-                 seed: int = 0) -> Dataset:  # fmt: skip
+def seed_dataset(
+    settings: Settings, registry: Registry, *, n_users: int = 200, n_items: int = 150, seed: int = 0
+) -> Dataset:
     """A tiny synthetic dataset, saved and registered under the id `ds-<seed>`."""
-    dataset = generate_synthetic(n_users=n_users, n_items=n_items, dim=8, skew=1.0,
-                                 interactions_per_user=15, seed=seed, name=f"rel-{seed}")  # fmt: skip
+    dataset = generate_synthetic(
+        n_users=n_users,
+        n_items=n_items,
+        dim=8,
+        skew=1.0,
+        interactions_per_user=15,
+        seed=seed,
+        name=f"rel-{seed}",
+    )
     dataset_id = f"ds-rel{seed}"
     out = dataset.save(settings.datasets_dir.resolve() / dataset_id)
-    registry.add_dataset(DatasetRecord(
-        id=dataset_id, name=dataset.name, source="synthetic", fingerprint=dataset.fingerprint,
-        path=str(out), statistics=dataset.statistics(),
-    ))  # fmt: skip
+    registry.add_dataset(
+        DatasetRecord(
+            id=dataset_id,
+            name=dataset.name,
+            source="synthetic",
+            fingerprint=dataset.fingerprint,
+            path=str(out),
+            statistics=dataset.statistics(),
+        )
+    )
     return dataset
 
 
-def seed_model(settings: Settings, registry: Registry, dataset: Dataset, model_id: str, *,
-               kind: str = "student", dim: int = 8, seed: int = 1,
-               dataset_id: str = "ds-rel0") -> ModelArtifact:  # fmt: skip
+def seed_model(
+    settings: Settings,
+    registry: Registry,
+    dataset: Dataset,
+    model_id: str,
+    *,
+    kind: str = "student",
+    dim: int = 8,
+    seed: int = 1,
+    dataset_id: str = "ds-rel0",
+) -> ModelArtifact:
     """A model of random embeddings, saved and registered (no training)."""
     rng = np.random.default_rng(seed)
     artifact = ModelArtifact(
         user_emb=rng.standard_normal((dataset.n_users, dim)).astype(np.float32),
         item_emb=rng.standard_normal((dataset.n_items, dim)).astype(np.float32),
-        manifest=ModelManifest(id=model_id, kind=kind, model="mf", method=None if kind == "teacher" else "unkd",  # type: ignore[arg-type]
-                               dim=dim, dataset=DatasetInfo(name=dataset.name, fingerprint=dataset.fingerprint)),
-    )  # fmt: skip
+        manifest=ModelManifest(
+            id=model_id,
+            kind=kind,
+            model="mf",
+            method=None if kind == "teacher" else "unkd",  # type: ignore[arg-type]
+            dim=dim,
+            dataset=DatasetInfo(name=dataset.name, fingerprint=dataset.fingerprint),
+        ),
+    )
     out = artifact.save(settings.models_dir.resolve() / model_id)
-    registry.add_model(ModelRecord(
-        id=model_id, kind=kind, method=artifact.manifest.method, model="mf", dim=dim,  # type: ignore[arg-type]
-        lineage=Lineage(dataset_id=dataset_id),
-        path=str(out),
-    ))  # fmt: skip
+    registry.add_model(
+        ModelRecord(
+            id=model_id,
+            kind=kind,
+            method=artifact.manifest.method,
+            model="mf",
+            dim=dim,  # type: ignore[arg-type]
+            lineage=Lineage(dataset_id=dataset_id),
+            path=str(out),
+        )
+    )
     return artifact
 
 
@@ -114,7 +158,9 @@ def publish_direct(settings: Settings, registry: Registry, dataset: Dataset, mod
     return bundle_dir
 
 
-def wait_until(check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+def wait_until(
+    check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05
+) -> Any:
     """Poll `check` until it returns something truthy; fail naming `what`."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
@@ -157,11 +203,16 @@ STACK_WORKER_MEMORY_MB = 2
 
 
 @pytest.fixture(scope="session")
-def stack(request: pytest.FixtureRequest, redis_databases: RedisDatabases,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # fmt: skip
+def stack(
+    request: pytest.FixtureRequest,
+    redis_databases: RedisDatabases,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     redis_url = redis_databases.reserve()
-    settings = make_test_settings("stack", **RELIABILITY_SETTINGS, redis_url=redis_url, data_dir=root / "data")
+    settings = make_test_settings(
+        "stack", **RELIABILITY_SETTINGS, redis_url=redis_url, data_dir=root / "data"
+    )
     worker_settings = settings.model_copy(update={"max_job_memory_mb": STACK_WORKER_MEMORY_MB})
     registry = Registry.from_url(redis_url)
     dataset = seed_dataset(settings, registry)

@@ -40,7 +40,9 @@ class Load:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._issued = 0
-        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        self._workers = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
+        ]
 
     def _next(self) -> int | None:
         with self._lock:
@@ -60,8 +62,13 @@ class Load:
                 try:
                     r = client.get(self.path_for(i))
                     model = r.json().get("model_id") if r.status_code == 200 else None
-                    sample = Sample(sent, time.monotonic(), r.status_code, model,
-                                    None if r.status_code == 200 else r.text[:200])  # fmt: skip
+                    sample = Sample(
+                        sent,
+                        time.monotonic(),
+                        r.status_code,
+                        model,
+                        None if r.status_code == 200 else r.text[:200],
+                    )
                 except httpx.HTTPError as exc:
                     sample = Sample(sent, time.monotonic(), 0, None, repr(exc))
                 with self._lock:
@@ -93,4 +100,6 @@ class Load:
         return [s for s in self.samples if s.status != 200]
 
     def served_between(self, start: float, end: float) -> int:
-        return sum(1 for s in self.samples if s.status == 200 and start <= s.sent and s.received <= end)
+        return sum(
+            1 for s in self.samples if s.status == 200 and start <= s.sent and s.received <= end
+        )

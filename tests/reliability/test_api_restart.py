@@ -43,8 +43,10 @@ def readiness_until_ready(api: LiveAPI) -> list[tuple[int, dict]]:
 
 
 def test_api_restart_reports_ready_only_with_the_model_loaded(
-    own_redis: RedisServer, make_settings: Callable[..., Settings], live_api: Callable[..., LiveAPI],
-) -> None:  # fmt: skip
+    own_redis: RedisServer,
+    make_settings: Callable[..., Settings],
+    live_api: Callable[..., LiveAPI],
+) -> None:
     settings = make_settings(redis_url=own_redis.url, redis_timeout_s=1.0)
     registry = Registry.from_url(own_redis.url)
     dataset = seed_dataset(settings, registry)
@@ -56,8 +58,10 @@ def test_api_restart_reports_ready_only_with_the_model_loaded(
     # 1. A normal (re)start: refused or 503 until the model is loaded, then 200 with it.
     first = live_api(settings, ready=None)  # spawned: every answer from the start is watched
     seen = readiness_until_ready(first)
-    assert seen[-1] == (200, {"status": "ready", "redis": True, "index_loaded": True,
-                              "model_id": "student-restart"})  # fmt: skip
+    assert seen[-1] == (
+        200,
+        {"status": "ready", "redis": True, "index_loaded": True, "model_id": "student-restart"},
+    )
     early = seen[:-1]
     assert all(status in (0, 503) for status, _ in early), early
     assert all(not body.get("index_loaded") for status, body in early if status == 503), early
@@ -69,24 +73,35 @@ def test_api_restart_reports_ready_only_with_the_model_loaded(
     kill_redis(own_redis)
     second = live_api(settings, ready=None)
     down = wait_until(lambda: _get(second.url, "/readyz"), START_TIMEOUT_S, "the API to answer")
-    assert down == (503, {"status": "not ready", "redis": False, "index_loaded": False, "model_id": None})
+    assert down == (
+        503,
+        {"status": "not ready", "redis": False, "index_loaded": False, "model_id": None},
+    )
     assert _get(second.url, "/healthz")[0] == 200
     rec_down = httpx.get(f"{second.url}/v1/recommendations/{user}", params={"k": 5})
-    assert rec_down.status_code == 503 and "no model is being served yet" in rec_down.json()["detail"]
+    assert (
+        rec_down.status_code == 503 and "no model is being served yet" in rec_down.json()["detail"]
+    )
     t_redis = time.monotonic()
     own_redis.start()
-    ready = wait_until(lambda: (a := _get(second.url, "/readyz")) and a[0] == 200 and a, 30,
-                       "the API to load the model once Redis is back")  # fmt: skip
+    ready = wait_until(
+        lambda: (a := _get(second.url, "/readyz")) and a[0] == 200 and a,
+        30,
+        "the API to load the model once Redis is back",
+    )
     seconds_to_ready = time.monotonic() - t_redis
     assert ready[1]["model_id"] == "student-restart"
     r = httpx.get(f"{second.url}/v1/recommendations/{user}", params={"k": 5})
     assert r.status_code == 200 and r.json()["model_id"] == "student-restart", r.text
     observe(
-        "api_restart", fault="API process SIGKILLed and restarted; restarted again while Redis was down",
-        readiness_answers_before_ready=len(early), ready_without_model=0,
-        not_ready_503_while_redis_down=True, seconds_to_ready_after_redis=round(seconds_to_ready, 2),
+        "api_restart",
+        fault="API process SIGKILLed and restarted; restarted again while Redis was down",
+        readiness_answers_before_ready=len(early),
+        ready_without_model=0,
+        not_ready_503_while_redis_down=True,
+        seconds_to_ready_after_redis=round(seconds_to_ready, 2),
         requests_failed_after_ready=0,
-    )  # fmt: skip
+    )
 
 
 def _get(base: str, path: str) -> tuple[int, dict] | None:

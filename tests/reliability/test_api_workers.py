@@ -35,7 +35,9 @@ def _probe_processes(url: str, model_id: str, probes: int = 200) -> set[str]:
     return seen
 
 
-def test_a_publish_reaches_every_api_process_without_a_failed_request(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_publish_reaches_every_api_process_without_a_failed_request(
+    make_settings, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings()
     registry = Registry.from_url(settings.redis_url or "")
     dataset = seed_dataset(settings, registry)
@@ -46,16 +48,27 @@ def test_a_publish_reaches_every_api_process_without_a_failed_request(make_setti
     try:
         api.start(ready="/readyz")
         # Both processes up and serving A (the supervisor answers /readyz through either one).
-        seen_a = wait_until(lambda: len(s := _probe_processes(api.url, "student-w-a")) == 2 and s, 60,
-                            "two API processes serving model A")  # fmt: skip
+        seen_a = wait_until(
+            lambda: len(s := _probe_processes(api.url, "student-w-a")) == 2 and s,
+            60,
+            "two API processes serving model A",
+        )
         users = [str(u) for u in dataset.user_ids[:50]]
-        with Load(api.url, lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=10",
-                  threads=4, max_requests=20_000, max_seconds=60) as load:  # fmt: skip
+        with Load(
+            api.url,
+            lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=10",
+            threads=4,
+            max_requests=20_000,
+            max_seconds=60,
+        ) as load:
             time.sleep(0.5)
             t_publish = time.monotonic()
             publish_direct(settings, registry, dataset, "student-w-b")
-            seen_b = wait_until(lambda: len(s := _probe_processes(api.url, "student-w-b")) == 2 and s, 30,
-                                "both API processes serving model B")  # fmt: skip
+            seen_b = wait_until(
+                lambda: len(s := _probe_processes(api.url, "student-w-b")) == 2 and s,
+                30,
+                "both API processes serving model B",
+            )
             t_both = time.monotonic()
             time.sleep(0.5)
         assert load.failed == [], load.failed[:5]
@@ -63,10 +76,14 @@ def test_a_publish_reaches_every_api_process_without_a_failed_request(make_setti
         assert models == {"student-w-a", "student-w-b"}, models
         assert seen_a.isdisjoint(seen_b)  # each process loaded B itself, after A
         observe(
-            "api_workers_publish", fault="publish while 4 threads request recommendations from 2 API processes",
-            requests_served=load.served, requests_failed=len(load.failed), processes=2,
-            seconds_to_all_processes=round(t_both - t_publish, 2), models_seen=sorted(m for m in models if m),
-        )  # fmt: skip
+            "api_workers_publish",
+            fault="publish while 4 threads request recommendations from 2 API processes",
+            requests_served=load.served,
+            requests_failed=len(load.failed),
+            processes=2,
+            seconds_to_all_processes=round(t_both - t_publish, 2),
+            models_seen=sorted(m for m in models if m),
+        )
     finally:
         api.stop()
         registry.close()

@@ -64,9 +64,10 @@ READ_POSTS = {"/v1/recommendations", "/v1/recommendations/by-history"}
 
 
 def test_mutating_endpoints_need_a_key_and_keys_never_reach_the_logs(
-    secured: tuple[TestClient, Settings], caplog: pytest.LogCaptureFixture,
+    secured: tuple[TestClient, Settings],
+    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     client, _ = secured
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
@@ -82,14 +83,26 @@ def test_mutating_endpoints_need_a_key_and_keys_never_reach_the_logs(
     for method, path in routes:
         missing = client.request(method, path, json={})
         wrong = client.request(method, path, json={}, headers={"Authorization": f"Bearer {WRONG}"})
-        assert missing.status_code == 401 and "Authorization" in missing.json()["detail"], (method, path)
+        assert missing.status_code == 401 and "Authorization" in missing.json()["detail"], (
+            method,
+            path,
+        )
         assert missing.headers["www-authenticate"] == "Bearer"
-        assert wrong.status_code == 403 and "Authorization" in wrong.json()["detail"], (method, path)
+        assert wrong.status_code == 403 and "Authorization" in wrong.json()["detail"], (
+            method,
+            path,
+        )
     # Every configured key is compared, in constant time, whatever the candidate.
-    assert len(calls) == 2 * len(routes) and {b for _, b in calls} == {KEY.encode(), OTHER_KEY.encode()}
+    assert len(calls) == 2 * len(routes) and {b for _, b in calls} == {
+        KEY.encode(),
+        OTHER_KEY.encode(),
+    }
     calls.clear()
-    ok = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "nope"},
-                     headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    ok = client.post(
+        "/v1/jobs",
+        json={"kind": "teacher", "dataset_id": "nope"},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     assert ok.status_code == 404 and len(calls) == 2  # matched the first key, still compared both
 
     logged = "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
@@ -102,10 +115,15 @@ def test_mutating_endpoints_need_a_key_and_keys_never_reach_the_logs(
     # Reads stay open by design (serving and status pages); only mutations need a key.
     assert client.get("/v1/jobs").status_code == 200
     observe(
-        "auth", attack="every mutating route without a key and with a wrong key",
-        routes=len(routes), refused_missing=len(routes), refused_wrong=len(routes), accepted_without_key=0,
-        key_in_logs=0, compare_digest_calls_per_request=2,
-    )  # fmt: skip
+        "auth",
+        attack="every mutating route without a key and with a wrong key",
+        routes=len(routes),
+        refused_missing=len(routes),
+        refused_wrong=len(routes),
+        accepted_without_key=0,
+        key_in_logs=0,
+        compare_digest_calls_per_request=2,
+    )
 
 
 def _loc(r) -> list:  # type: ignore[no-untyped-def]
@@ -120,46 +138,140 @@ def test_resource_bounds_answer_4xx_naming_the_field(secured: tuple[TestClient, 
     teacher = {"kind": "teacher", "dataset_id": "ds-rel0"}
     distill = {"kind": "distill", "teacher_id": "teacher-bounds"}
     cases: list[tuple[str, Callable[[], object], int, list]] = [
-        ("k above max_k", lambda: client.get(f"/v1/recommendations/{user}", params={"k": settings.max_k + 1}),
-         422, ["query", "k"]),
-        ("k = 0", lambda: client.get(f"/v1/recommendations/{user}", params={"k": 0}), 422, ["query", "k"]),
-        ("k = 10**30", lambda: client.get(f"/v1/recommendations/{user}", params={"k": 10**30}), 422, ["query", "k"]),
-        ("batch k above max_k", lambda: client.post("/v1/recommendations", json={"user_ids": [user], "k": 10**6}),
-         422, ["body", "k"]),
-        ("batch over max_batch_users", lambda: client.post("/v1/recommendations", json={
-            "user_ids": [user] * (settings.max_batch_users + 1)}), 422, ["body", "user_ids"]),
-        ("empty batch", lambda: client.post("/v1/recommendations", json={"user_ids": []}), 422, ["body", "user_ids"]),
-        ("body over max_body_bytes", lambda: client.post("/v1/recommendations", content=b"[" + b"1," * 600_000 + b"1]",
-         headers={"Content-Type": "application/json"}), 413, ["body: request body exceeds max_body_bytes=1048576 bytes"]),
-        ("chunked body over max_body_bytes", lambda: client.post("/v1/jobs", headers={**h, "Content-Type": "application/json"},
-         content=(b" " * 65536 for _ in range(40))), 413, ["body: request body exceeds max_body_bytes=1048576 bytes"]),
-        ("list limit", lambda: client.get("/v1/jobs", params={"limit": 501}), 422, ["query", "limit"]),
-        ("list offset", lambda: client.get("/v1/models", params={"offset": 10**12}), 422, ["query", "offset"]),
-        ("id too long", lambda: client.get("/v1/datasets/" + "d" * 129), 422, ["path", "dataset_id"]),
+        (
+            "k above max_k",
+            lambda: client.get(f"/v1/recommendations/{user}", params={"k": settings.max_k + 1}),
+            422,
+            ["query", "k"],
+        ),
+        (
+            "k = 0",
+            lambda: client.get(f"/v1/recommendations/{user}", params={"k": 0}),
+            422,
+            ["query", "k"],
+        ),
+        (
+            "k = 10**30",
+            lambda: client.get(f"/v1/recommendations/{user}", params={"k": 10**30}),
+            422,
+            ["query", "k"],
+        ),
+        (
+            "batch k above max_k",
+            lambda: client.post("/v1/recommendations", json={"user_ids": [user], "k": 10**6}),
+            422,
+            ["body", "k"],
+        ),
+        (
+            "batch over max_batch_users",
+            lambda: client.post(
+                "/v1/recommendations", json={"user_ids": [user] * (settings.max_batch_users + 1)}
+            ),
+            422,
+            ["body", "user_ids"],
+        ),
+        (
+            "empty batch",
+            lambda: client.post("/v1/recommendations", json={"user_ids": []}),
+            422,
+            ["body", "user_ids"],
+        ),
+        (
+            "body over max_body_bytes",
+            lambda: client.post(
+                "/v1/recommendations",
+                content=b"[" + b"1," * 600_000 + b"1]",
+                headers={"Content-Type": "application/json"},
+            ),
+            413,
+            ["body: request body exceeds max_body_bytes=1048576 bytes"],
+        ),
+        (
+            "chunked body over max_body_bytes",
+            lambda: client.post(
+                "/v1/jobs",
+                headers={**h, "Content-Type": "application/json"},
+                content=(b" " * 65536 for _ in range(40)),
+            ),
+            413,
+            ["body: request body exceeds max_body_bytes=1048576 bytes"],
+        ),
+        (
+            "list limit",
+            lambda: client.get("/v1/jobs", params={"limit": 501}),
+            422,
+            ["query", "limit"],
+        ),
+        (
+            "list offset",
+            lambda: client.get("/v1/models", params={"offset": 10**12}),
+            422,
+            ["query", "offset"],
+        ),
+        (
+            "id too long",
+            lambda: client.get("/v1/datasets/" + "d" * 129),
+            422,
+            ["path", "dataset_id"],
+        ),
         ("id with separators", lambda: client.get("/v1/jobs/a..b;c"), 422, ["path", "job_id"]),
-        ("dim above 4096", lambda: client.post("/v1/jobs", headers=h, json={**teacher, "dim": 4097}),
-         422, ["body", "teacher", "dim"]),
-        ("epochs above 10000", lambda: client.post("/v1/jobs", headers=h, json={**teacher, "epochs": 10_001}),
-         422, ["body", "teacher", "epochs"]),
-        ("teacher dim x users over the memory budget", lambda: client.post("/v1/jobs", headers=h, json={
-            **teacher, "dim": 4096}), 422, ["body", "dim"]),
-        ("student dim x users over the memory budget", lambda: client.post("/v1/jobs", headers=h, json={
-            **distill, "dim": 4096}), 422, ["body", "dim"]),
-        ("synthetic users x items", lambda: client.post("/v1/datasets", headers=h, json={
-            "synthetic": {"n_users": 1_000_000, "n_items": 1_000_000}}), 422, ["body", "synthetic"]),
-    ]  # fmt: skip
+        (
+            "dim above 4096",
+            lambda: client.post("/v1/jobs", headers=h, json={**teacher, "dim": 4097}),
+            422,
+            ["body", "teacher", "dim"],
+        ),
+        (
+            "epochs above 10000",
+            lambda: client.post("/v1/jobs", headers=h, json={**teacher, "epochs": 10_001}),
+            422,
+            ["body", "teacher", "epochs"],
+        ),
+        (
+            "teacher dim x users over the memory budget",
+            lambda: client.post("/v1/jobs", headers=h, json={**teacher, "dim": 4096}),
+            422,
+            ["body", "dim"],
+        ),
+        (
+            "student dim x users over the memory budget",
+            lambda: client.post("/v1/jobs", headers=h, json={**distill, "dim": 4096}),
+            422,
+            ["body", "dim"],
+        ),
+        (
+            "synthetic users x items",
+            lambda: client.post(
+                "/v1/datasets",
+                headers=h,
+                json={"synthetic": {"n_users": 1_000_000, "n_items": 1_000_000}},
+            ),
+            422,
+            ["body", "synthetic"],
+        ),
+    ]
     for name, call, status, loc in cases:
         r = call()
         assert r.status_code == status, (name, r.status_code, r.text[:300])  # type: ignore[attr-defined]
         assert _loc(r)[: len(loc)] == loc, (name, r.json())  # type: ignore[attr-defined]
-    budget = client.post("/v1/jobs", headers=h, json={**teacher, "dim": 4096}).json()["detail"][0]["msg"]
+    budget = client.post("/v1/jobs", headers=h, json={**teacher, "dim": 4096}).json()["detail"][0][
+        "msg"
+    ]
     assert "max_job_memory_mb=16 MiB" in budget
     # Any token is a valid HTTP method: made-up ones must not grow the metrics label set.
     for i in range(30):
         assert client.request(f"X{i}SCAN", f"/scan/{i}").status_code in (404, 405)
     metrics = client.get("/metrics").text
-    assert "X0SCAN" not in metrics and 'method="OTHER",route="<unmatched>",status="404"} 30.0' in metrics
+    assert (
+        "X0SCAN" not in metrics
+        and 'method="OTHER",route="<unmatched>",status="404"} 30.0' in metrics
+    )
     page = client.get("/v1/models", params={"limit": 1, "offset": 1}).json()
     assert len(page["items"]) == 1 and page["total"] == 2 and page["offset"] == 1
-    observe("resource_bounds", attack="oversized k, batches, bodies, pages, ids, hyper-parameters, "
-            "dim x users", cases=len(cases), refused_with_field=len(cases), server_errors=0)  # fmt: skip
+    observe(
+        "resource_bounds",
+        attack="oversized k, batches, bodies, pages, ids, hyper-parameters, dim x users",
+        cases=len(cases),
+        refused_with_field=len(cases),
+        server_errors=0,
+    )

@@ -31,8 +31,12 @@ def test_a_worker_killed_mid_shard_costs_one_shard(
 ) -> None:
     # One user per scoring chunk: a 500-user shard takes about a second, long enough to
     # be caught in the middle; heartbeats of 0.5 s: a lost shard's lease expires in 1.5 s.
-    settings: Settings = fanout_settings(redis_url, tmp_path / "data", fanout_chunk_users=1,
-                                         **{k: v for k, v in RELIABILITY_SETTINGS.items() if k != "device"})  # fmt: skip
+    settings: Settings = fanout_settings(
+        redis_url,
+        tmp_path / "data",
+        fanout_chunk_users=1,
+        **{k: v for k, v in RELIABILITY_SETTINGS.items() if k != "device"},
+    )
     registry = Registry.from_url(redis_url)
     seed_teacher(settings, registry)
     workers = {w.name: w for w in (start_worker(settings, "a"), start_worker(settings, "b"))}
@@ -43,7 +47,9 @@ def test_a_worker_killed_mid_shard_costs_one_shard(
         root = shards_root(settings, job_id)
 
         def parent() -> str | None:
-            return next((n for n, w in workers.items() if f"job {job_id} (" in w.log.read_text()), None)
+            return next(
+                (n for n, w in workers.items() if f"job {job_id} (" in w.log.read_text()), None
+            )
 
         holder = wait_until(parent, 60, "a worker to start the job", interval_s=0.01)
         victim_name = next(n for n in workers if n != holder)
@@ -56,15 +62,23 @@ def test_a_worker_killed_mid_shard_costs_one_shard(
                     return index
             return None
 
-        killed = wait_until(lambda: (i := in_flight()) is not None and (i,), 60,
-                            "the second worker to start a shard", interval_s=0.002)[0]  # fmt: skip
+        killed = wait_until(
+            lambda: (i := in_flight()) is not None and (i,),
+            60,
+            "the second worker to start a shard",
+            interval_s=0.002,
+        )[0]
         workers[victim_name].kill()
         t_kill = time.monotonic()
         assert shard_meta(root, killed) is None, "the shard finished before the kill landed"
         done = wait_until(
-            lambda: (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed") and s,
-            JOB_TIMEOUT_S, "the job to finish",
-        )  # fmt: skip
+            lambda: (
+                (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed")
+                and s
+            ),
+            JOB_TIMEOUT_S,
+            "the job to finish",
+        )
         t_done = time.monotonic()
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 1, done  # the parent never stopped: only the shard was redone
@@ -74,9 +88,17 @@ def test_a_worker_killed_mid_shard_costs_one_shard(
     assert sorted(starts) == list(range(6)), starts
     rerun_by = [who for i, who in log if i == killed][-1]
     assert rerun_by.startswith(f"{holder}-"), log
-    assert ModelArtifact.load(settings.models_dir / done["model_id"]).manifest.id == done["model_id"]
+    assert (
+        ModelArtifact.load(settings.models_dir / done["model_id"]).manifest.id == done["model_id"]
+    )
     assert not root.exists()
-    observe("worker_sigkill_mid_shard", fault="worker SIGKILLed while ranking a candidate shard",
-            shards=len(starts), shard_rankings=sum(starts.values()), attempts=done["attempts"],
-            final_status=done["status"], seconds_kill_to_done=round(t_done - t_kill, 2))  # fmt: skip
+    observe(
+        "worker_sigkill_mid_shard",
+        fault="worker SIGKILLed while ranking a candidate shard",
+        shards=len(starts),
+        shard_rankings=sum(starts.values()),
+        attempts=done["attempts"],
+        final_status=done["status"],
+        seconds_kill_to_done=round(t_done - t_kill, 2),
+    )
     registry.close()

@@ -75,22 +75,33 @@ def _problem(response: requests.Response, names: set[str]) -> str | None:
         if not detail or not all(isinstance(e, dict) and e.get("loc") for e in detail):
             return f"{response.status_code} validation detail without loc: {detail!r:.300}"
         return None
-    if isinstance(detail, str) and any(re.search(rf"(^|\W){re.escape(n)}(\W|$)", detail) for n in names):
+    if isinstance(detail, str) and any(
+        re.search(rf"(^|\W){re.escape(n)}(\W|$)", detail) for n in names
+    ):
         return None
     return f"{response.status_code} detail names no field: {detail!r:.300}"
 
 
-def _fuzz(operation: Any, mode: GenerationMode, base_url: str, session: requests.Session,
-          statuses: Counter[int], problems: list[str]) -> None:  # fmt: skip
+def _fuzz(
+    operation: Any,
+    mode: GenerationMode,
+    base_url: str,
+    session: requests.Session,
+    statuses: Counter[int],
+    problems: list[str],
+) -> None:
     """Send one operation's generated requests; count statuses, collect contract breaks."""
     names = _names(operation)
     key = (operation.method.upper(), operation.path)
 
     @hypothesis.settings(
-        max_examples=HEAVY.get(key, EXAMPLES_PER_MODE), deadline=None, database=None,
-        derandomize=True, phases=[Phase.explicit, Phase.generate],
+        max_examples=HEAVY.get(key, EXAMPLES_PER_MODE),
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
-    )  # fmt: skip
+    )
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
         response = case.call(base_url=base_url, session=session, timeout=30)
@@ -106,8 +117,9 @@ def _fuzz(operation: Any, mode: GenerationMode, base_url: str, session: requests
 
 
 def test_fuzz_every_operation_no_5xx_and_4xx_name_the_field(
-    make_settings: Callable[..., Settings], live_api: Callable[..., LiveAPI],
-) -> None:  # fmt: skip
+    make_settings: Callable[..., Settings],
+    live_api: Callable[..., LiveAPI],
+) -> None:
     settings = make_settings()
     registry = Registry.from_url(settings.redis_url or "")
     dataset = seed_dataset(settings, registry)
@@ -115,7 +127,9 @@ def test_fuzz_every_operation_no_5xx_and_4xx_name_the_field(
     publish_direct(settings, registry, dataset, "student-fuzz")
     registry.close()
     api = live_api(settings)
-    schema = schemathesis.openapi.from_dict(requests.get(f"{api.url}/openapi.json", timeout=30).json())
+    schema = schemathesis.openapi.from_dict(
+        requests.get(f"{api.url}/openapi.json", timeout=30).json()
+    )
     session = requests.Session()
     statuses: Counter[int] = Counter()
     problems: list[str] = []
@@ -130,11 +144,15 @@ def test_fuzz_every_operation_no_5xx_and_4xx_name_the_field(
 
     session.close()
     observe(
-        "fuzz_openapi", attack=f"schemathesis, {EXAMPLES_PER_MODE} positive + {EXAMPLES_PER_MODE} "
-        "negative examples per operation", operations=operations, requests=sum(statuses.values()),
-        statuses={str(k): v for k, v in sorted(statuses.items())}, server_errors=sum(
-            v for k, v in statuses.items() if k >= 500), contract_violations=len(problems),
+        "fuzz_openapi",
+        attack=f"schemathesis, {EXAMPLES_PER_MODE} positive + {EXAMPLES_PER_MODE} "
+        "negative examples per operation",
+        operations=operations,
+        requests=sum(statuses.values()),
+        statuses={str(k): v for k, v in sorted(statuses.items())},
+        server_errors=sum(v for k, v in statuses.items() if k >= 500),
+        contract_violations=len(problems),
         seconds=round(time.monotonic() - t0, 1),
-    )  # fmt: skip
+    )
     assert problems == [], "\n".join(problems[:30])
     assert operations >= 15 and sum(statuses.values()) > operations * EXAMPLES_PER_MODE

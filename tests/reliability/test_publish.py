@@ -35,9 +35,13 @@ def _served(client: httpx.Client) -> str | None:
 
 def _finished(client: httpx.Client, job_id: str) -> dict:
     return wait_until(
-        lambda: (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed") and s,
-        JOB_TIMEOUT_S, f"job {job_id} to finish",
-    )  # fmt: skip
+        lambda: (
+            (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed")
+            and s
+        ),
+        JOB_TIMEOUT_S,
+        f"job {job_id} to finish",
+    )
 
 
 def _users(stack: Stack, n: int = 50) -> list[str]:
@@ -53,16 +57,24 @@ def test_publish_under_load_fails_no_request(stack: Stack) -> None:
     wait_until(lambda: _served(client) == "student-load-a", 20, "model A to be served")
     users = _users(stack)
 
-    with Load(stack.api.url, lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=10",
-              threads=4, max_requests=30_000, max_seconds=40) as load:  # fmt: skip
+    with Load(
+        stack.api.url,
+        lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=10",
+        threads=4,
+        max_requests=30_000,
+        max_seconds=40,
+    ) as load:
         time.sleep(1.0)
         t_publish = time.monotonic()
         r = client.post("/v1/models/student-load-b/publish")
         assert r.status_code == 202, r.text
         job = _finished(client, r.json()["id"])
         assert job["status"] == "succeeded", job
-        wait_until(lambda: any(s.model_id == "student-load-b" for s in load.samples), 20,
-                   "an answer from model B")  # fmt: skip
+        wait_until(
+            lambda: any(s.model_id == "student-load-b" for s in load.samples),
+            20,
+            "an answer from model B",
+        )
         time.sleep(1.0)
 
     assert load.failed == [], load.failed[:5]
@@ -76,12 +88,15 @@ def test_publish_under_load_fails_no_request(stack: Stack) -> None:
     swap_window = [s for s in load.samples if t_publish <= s.sent <= first_b]
     client.close()
     observe(
-        "publish_under_load", fault="publish job (real worker) while 4 threads request recommendations",
-        requests_served=load.served, requests_failed=len(load.failed),
-        served_during_publish=len(swap_window), answered_by_old_after_swap=len(stale),
-        models_seen=sorted(m for m in models if m), seconds=round(max(s.received for s in load.samples)
-                                                                  - min(s.sent for s in load.samples), 1),
-    )  # fmt: skip
+        "publish_under_load",
+        fault="publish job (real worker) while 4 threads request recommendations",
+        requests_served=load.served,
+        requests_failed=len(load.failed),
+        served_during_publish=len(swap_window),
+        answered_by_old_after_swap=len(stale),
+        models_seen=sorted(m for m in models if m),
+        seconds=round(max(s.received for s in load.samples) - min(s.sent for s in load.samples), 1),
+    )
 
 
 def _corrupt(path: Path) -> None:
@@ -98,7 +113,11 @@ def test_broken_bundles_never_replace_the_serving_model(stack: Stack) -> None:
     publish_direct(settings, registry, stack.dataset, "student-good")
     client = httpx.Client(base_url=stack.api.url, timeout=30)
     wait_until(lambda: _served(client) == "student-good", 20, "the good model to be served")
-    for model_id, seed in (("student-missing", 22), ("student-corrupt", 23), ("student-badbundle", 24)):
+    for model_id, seed in (
+        ("student-missing", 22),
+        ("student-corrupt", 23),
+        ("student-badbundle", 24),
+    ):
         seed_model(settings, registry, stack.dataset, model_id, seed=seed)
     models_dir = settings.models_dir.resolve()
     shutil.rmtree(models_dir / "student-missing")
@@ -106,8 +125,13 @@ def test_broken_bundles_never_replace_the_serving_model(stack: Stack) -> None:
     users = _users(stack)
     errors: dict[str, str] = {}
 
-    with Load(stack.api.url, lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=10",
-              threads=2, max_requests=20_000, max_seconds=60) as load:  # fmt: skip
+    with Load(
+        stack.api.url,
+        lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=10",
+        threads=2,
+        max_requests=20_000,
+        max_seconds=60,
+    ) as load:
         for model_id in ("student-missing", "student-corrupt"):
             r = client.post(f"/v1/models/{model_id}/publish")
             assert r.status_code == 202, r.text
@@ -119,9 +143,13 @@ def test_broken_bundles_never_replace_the_serving_model(stack: Stack) -> None:
         # worker must verify it (checksums) before it moves the pointer.
         job_id = "publish-corrupt-bundle-0001"
         planted = settings.bundles_dir.resolve() / f"student-badbundle-{job_id[:8]}"
-        build_bundle(models_dir / "student-badbundle", stack.dataset, planted, model_id="student-badbundle")
+        build_bundle(
+            models_dir / "student-badbundle", stack.dataset, planted, model_id="student-badbundle"
+        )
         _corrupt(planted / "items.faiss")
-        registry.create_job(JobRecord(id=job_id, kind="publish", params={"model_id": "student-badbundle"}))
+        registry.create_job(
+            JobRecord(id=job_id, kind="publish", params={"model_id": "student-badbundle"})
+        )
         celery_app = make_celery(settings, set_as_current=False)
         celery_app.send_task(PUBLISH, args=[job_id], task_id=job_id, queue=settings.light_queue)
         job = _finished(client, job_id)
@@ -135,8 +163,12 @@ def test_broken_bundles_never_replace_the_serving_model(stack: Stack) -> None:
         time.sleep(1.5)  # several reload polls
         refused_pointer = _served(client)
         ready = client.get("/readyz").json()
-        registry.set_active(ActiveModel(model_id="student-good",
-                                        bundle_dir=str(settings.bundles_dir.resolve() / "student-good")))
+        registry.set_active(
+            ActiveModel(
+                model_id="student-good",
+                bundle_dir=str(settings.bundles_dir.resolve() / "student-good"),
+            )
+        )
         time.sleep(0.5)
 
     assert "not a model directory" in errors["student-missing"], errors
@@ -147,8 +179,13 @@ def test_broken_bundles_never_replace_the_serving_model(stack: Stack) -> None:
     assert {s.model_id for s in load.samples} == {"student-good"}
     client.close()
     observe(
-        "broken_bundles", fault="publish of a missing model, a corrupt model, a corrupt bundle; "
-        "pointer moved to a corrupt bundle", publishes_failed=3, pointer_refused=True,
-        requests_served=load.served, requests_failed=len(load.failed),
-        models_seen=sorted({s.model_id for s in load.samples if s.model_id}), errors=errors,
-    )  # fmt: skip
+        "broken_bundles",
+        fault="publish of a missing model, a corrupt model, a corrupt bundle; "
+        "pointer moved to a corrupt bundle",
+        publishes_failed=3,
+        pointer_refused=True,
+        requests_served=load.served,
+        requests_failed=len(load.failed),
+        models_seen=sorted({s.model_id for s in load.samples if s.model_id}),
+        errors=errors,
+    )

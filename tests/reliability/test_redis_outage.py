@@ -33,9 +33,16 @@ AOF_FSYNC_S = 1.2  # appendfsync everysec: a write is on disk at most ~1s later
 def snapshot(client: redis.Redis) -> dict[str, object]:
     """Every unkd:* record with its value, whatever its type (strings, sorted sets, hashes);
     live exposure counters (unkd:exposure:*, binary, growing with traffic) are not records."""
-    read = {"string": client.get, "hash": client.hgetall,
-            "zset": lambda k: client.zrange(k, 0, -1, withscores=True)}  # fmt: skip
-    return {k: read[client.type(k)](k) for k in client.keys("unkd:*") if not k.startswith(f"{keys.EXPOSURE}:")}
+    read = {
+        "string": client.get,
+        "hash": client.hgetall,
+        "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+    }
+    return {
+        k: read[client.type(k)](k)
+        for k in client.keys("unkd:*")
+        if not k.startswith(f"{keys.EXPOSURE}:")
+    }
 
 
 def _registry_answers(client: httpx.Client, job_id: str) -> list[tuple[str, int, str, float]]:
@@ -45,8 +52,11 @@ def _registry_answers(client: httpx.Client, job_id: str) -> list[tuple[str, int,
         ("GET /v1/jobs", lambda: client.get("/v1/jobs")),
         ("GET /v1/models", lambda: client.get("/v1/models")),
         ("GET /v1/datasets", lambda: client.get("/v1/datasets")),
-        ("POST /v1/jobs", lambda: client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-rel0"})),
-    ]  # fmt: skip
+        (
+            "POST /v1/jobs",
+            lambda: client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-rel0"}),
+        ),
+    ]
     out = []
     for name, call in calls:
         t0 = time.monotonic()
@@ -56,15 +66,18 @@ def _registry_answers(client: httpx.Client, job_id: str) -> list[tuple[str, int,
 
 
 def test_redis_killed_and_frozen_while_serving(
-    own_redis: RedisServer, make_settings: Callable[..., Settings],
+    own_redis: RedisServer,
+    make_settings: Callable[..., Settings],
     live_api: Callable[..., LiveAPI],
-) -> None:  # fmt: skip
+) -> None:
     settings = make_settings(redis_url=own_redis.url)
     registry = Registry.from_url(own_redis.url)
     dataset = seed_dataset(settings, registry)
     seed_model(settings, registry, dataset, "student-a")
     publish_direct(settings, registry, dataset, "student-a")
-    registry.create_job(JobRecord(id="job-before-outage", kind="teacher", params={"dataset_id": "ds-rel0"}))
+    registry.create_job(
+        JobRecord(id="job-before-outage", kind="teacher", params={"dataset_id": "ds-rel0"})
+    )
     before = snapshot(registry.redis)
     registry.close()
 
@@ -74,8 +87,12 @@ def test_redis_killed_and_frozen_while_serving(
     users = [str(u) for u in dataset.user_ids[:50]]
     time.sleep(AOF_FSYNC_S)
 
-    with Load(api.url, lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=5",
-              threads=3, max_seconds=40) as load:  # fmt: skip
+    with Load(
+        api.url,
+        lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=5",
+        threads=3,
+        max_seconds=40,
+    ) as load:
         time.sleep(0.5)
         # -- kill: the process dies without a SHUTDOWN save -----------------------------------
         t_down = time.monotonic()
@@ -86,8 +103,11 @@ def test_redis_killed_and_frozen_while_serving(
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))
         own_redis.start()
         t_up = time.monotonic()
-        recovered = wait_until(lambda: client.get("/v1/jobs/job-before-outage").status_code == 200,
-                               15, "the job endpoint to recover by itself")  # fmt: skip
+        recovered = wait_until(
+            lambda: client.get("/v1/jobs/job-before-outage").status_code == 200,
+            15,
+            "the job endpoint to recover by itself",
+        )
         t_recovered = time.monotonic()
         # -- freeze: the process is alive but answers nothing ---------------------------------
         assert own_redis.pid is not None
@@ -97,8 +117,11 @@ def test_redis_killed_and_frozen_while_serving(
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_frozen)))
         os.kill(own_redis.pid, signal.SIGCONT)
         t_thawed = time.monotonic()
-        wait_until(lambda: client.get("/v1/jobs/job-before-outage").status_code == 200, 15,
-                   "the job endpoint to recover after the freeze")  # fmt: skip
+        wait_until(
+            lambda: client.get("/v1/jobs/job-before-outage").status_code == 200,
+            15,
+            "the job endpoint to recover after the freeze",
+        )
         time.sleep(0.5)
 
     for name, status, detail, _ in down + frozen:
@@ -107,7 +130,11 @@ def test_redis_killed_and_frozen_while_serving(
     slowest = max(seconds for *_, seconds in down + frozen)
     assert slowest < settings.redis_timeout_s * 4 + 2, (down, frozen)  # bounded, never hangs
     assert ready.status_code == 503 and ready.json() == {
-        "status": "not ready", "redis": False, "index_loaded": True, "model_id": "student-a"}
+        "status": "not ready",
+        "redis": False,
+        "index_loaded": True,
+        "model_id": "student-a",
+    }
     assert "unkd_registry_up 0.0" in metrics
     assert recovered
 
@@ -127,9 +154,14 @@ def test_redis_killed_and_frozen_while_serving(
     observe(
         "redis_kill_restart_freeze",
         fault=f"Redis SIGKILLed for {OUTAGE_S:.0f}s, restarted, then SIGSTOPped for {OUTAGE_S:.0f}s",
-        requests_served=load.served, requests_failed=len(load.failed),
-        served_while_killed=served_down, served_while_frozen=served_frozen,
+        requests_served=load.served,
+        requests_failed=len(load.failed),
+        served_while_killed=served_down,
+        served_while_frozen=served_frozen,
         registry_answers_while_down=sorted({s for _, s, _, _ in down + frozen}),
-        slowest_503_s=round(slowest, 2), seconds_to_recover=round(t_recovered - t_up, 2),
-        records_before=len(before), records_lost=len(lost), jobs_lost=0,
-    )  # fmt: skip
+        slowest_503_s=round(slowest, 2),
+        seconds_to_recover=round(t_recovered - t_up, 2),
+        records_before=len(before),
+        records_lost=len(lost),
+        jobs_lost=0,
+    )

@@ -41,8 +41,14 @@ def _publish(client: httpx.Client, model_id: str) -> dict:
     r = client.post(f"/v1/models/{model_id}/publish")
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    job = wait_until(lambda: (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed") and s,
-                     JOB_TIMEOUT_S, f"publish job {job_id} of {model_id}")  # fmt: skip
+    job = wait_until(
+        lambda: (
+            (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed")
+            and s
+        ),
+        JOB_TIMEOUT_S,
+        f"publish job {job_id} of {model_id}",
+    )
     assert job["status"] == "succeeded", job
     return job
 
@@ -58,8 +64,10 @@ def test_two_api_hosts_serve_what_the_worker_puts_in_s3(
 ) -> None:
     url = f"s3://{s3_server.make_bucket()}/artifacts"
     worker_settings = make_settings(data_dir=tmp_path / "host-worker", artifact_url=url)
-    api_settings = {host: worker_settings.model_copy(update={"data_dir": tmp_path / host})
-                    for host in ("host-a", "host-b")}  # same Redis and queues, own disks  # fmt: skip
+    api_settings = {
+        host: worker_settings.model_copy(update={"data_dir": tmp_path / host})
+        for host in ("host-a", "host-b")
+    }  # same Redis and queues, own disks
     registry = registry_of(worker_settings)
     dataset = seed_dataset(worker_settings, registry)  # datasets and models: the worker's disk only
     for model_id, seed in ((A, 41), (B, 42)):
@@ -80,18 +88,28 @@ def test_two_api_hosts_serve_what_the_worker_puts_in_s3(
     api_b = live_api(api_settings["host-b"], ready="/readyz", env=s3_env)
     b = httpx.Client(base_url=api_b.url, timeout=30)
     assert _served(b, user) == B
-    assert a.get(f"/v1/recommendations/{user}?k=5").json() == b.get(f"/v1/recommendations/{user}?k=5").json()
+    assert (
+        a.get(f"/v1/recommendations/{user}?k=5").json()
+        == b.get(f"/v1/recommendations/{user}?k=5").json()
+    )
 
     # An experiment arm host B never served (A) is fetched from the store when it starts.
-    r = b.put("/v1/serving/experiment", json={"arms": [{"model_id": A, "weight": 0.5},
-                                                      {"model_id": B, "weight": 0.5}]})  # fmt: skip
+    r = b.put(
+        "/v1/serving/experiment",
+        json={"arms": [{"model_id": A, "weight": 0.5}, {"model_id": B, "weight": 0.5}]},
+    )
     assert r.status_code == 200, r.text
     assert [arm["bundle_dir"] for arm in r.json()["arms"]] == [
-        f"{url}/bundles/{A}-{job_a['id'][:8]}", f"{url}/bundles/{B}-{job_b['id'][:8]}"]  # fmt: skip
+        f"{url}/bundles/{A}-{job_a['id'][:8]}",
+        f"{url}/bundles/{B}-{job_b['id'][:8]}",
+    ]
     users = [str(u) for u in dataset.user_ids[:40]]
     for client in (a, b):
-        wait_until(lambda c=client: {_served(c, u) for u in users} == {A, B}, SWAP_TIMEOUT_S,
-                   "both arms answering")  # fmt: skip
+        wait_until(
+            lambda c=client: {_served(c, u) for u in users} == {A, B},
+            SWAP_TIMEOUT_S,
+            "both arms answering",
+        )
     assert b.delete("/v1/serving/experiment").status_code == 200
 
     # A rollback (asked on host B) resolves A's bundle through the store; both hosts follow.
@@ -99,7 +117,9 @@ def test_two_api_hosts_serve_what_the_worker_puts_in_s3(
     assert r.status_code == 200, r.text
     assert r.json()["model_id"] == A and r.json()["bundle_dir"].startswith(url)
     for client in (a, b):
-        wait_until(lambda c=client: _served(c, user) == A, SWAP_TIMEOUT_S, "model A after the rollback")
+        wait_until(
+            lambda c=client: _served(c, user) == A, SWAP_TIMEOUT_S, "model A after the rollback"
+        )
 
     # Shared nothing: each API host holds only its cache of the two bundles, verified.
     for host in ("host-a", "host-b"):
@@ -114,6 +134,10 @@ def test_two_api_hosts_serve_what_the_worker_puts_in_s3(
     a.close()
     b.close()
     observe(
-        "replicas_s3", fault="two API hosts and a worker sharing only Redis and an S3 store (moto)",
-        publishes=2, experiment_arms=2, rollbacks=1, hosts_in_agreement=2,
-    )  # fmt: skip
+        "replicas_s3",
+        fault="two API hosts and a worker sharing only Redis and an S3 store (moto)",
+        publishes=2,
+        experiment_arms=2,
+        rollbacks=1,
+        hosts_in_agreement=2,
+    )

@@ -78,9 +78,17 @@ def test_publish_then_rollbacks_under_load_fail_no_request(
     bundle_a = settings.bundles_dir.resolve() / f"{A}-direct"
     build_bundle(settings.models_dir.resolve() / A, stack.dataset, bundle_a, model_id=A)
     registry.record_publish(PublishEntry(model_id=A, bundle_dir=str(bundle_a)))
-    keyed = make_test_settings("rollback", **{**RELIABILITY_SETTINGS, "redis_url": settings.redis_url,
-                               "data_dir": settings.data_dir, "train_queue": settings.train_queue,
-                               "light_queue": settings.light_queue, "api_keys": [f"ops:admin:{ADMIN}"]})  # fmt: skip
+    keyed = make_test_settings(
+        "rollback",
+        **{
+            **RELIABILITY_SETTINGS,
+            "redis_url": settings.redis_url,
+            "data_dir": settings.data_dir,
+            "train_queue": settings.train_queue,
+            "light_queue": settings.light_queue,
+            "api_keys": [f"ops:admin:{ADMIN}"],
+        },
+    )
     api = live_api(keyed, ready="/readyz")
     client = httpx.Client(
         base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {ADMIN}"}
@@ -90,15 +98,26 @@ def test_publish_then_rollbacks_under_load_fail_no_request(
     phases: list[tuple[str, float, float]] = [(A, -math.inf, -math.inf)]
     rollbacks = []
 
-    with Load(api.url, lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=10",
-              threads=4, max_requests=40_000, max_seconds=90) as load:  # fmt: skip
+    with Load(
+        api.url,
+        lambda i: f"/v1/recommendations/{users[i % len(users)]}?k=10",
+        threads=4,
+        max_requests=40_000,
+        max_seconds=90,
+    ) as load:
         time.sleep(1.0)
         asked = time.monotonic()
         r = client.post(f"/v1/models/{B}/publish")
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        job = wait_until(lambda: (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed") and s,
-                         JOB_TIMEOUT_S, f"publish job {job_id}")  # fmt: skip
+        job = wait_until(
+            lambda: (
+                (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed")
+                and s
+            ),
+            JOB_TIMEOUT_S,
+            f"publish job {job_id}",
+        )
         assert job["status"] == "succeeded", job
         phases.append((B, asked, _first_answer(load, B, asked)))
         time.sleep(SETTLE_S)
@@ -125,14 +144,22 @@ def test_publish_then_rollbacks_under_load_fail_no_request(
     answered = [len(answers) for answers in per_phase]
     assert all(n > 0 for n in answered), answered  # every phase was under load after its swap
     assert [(e["model_id"], e["previous_model_id"], e["key_name"]) for e in rollbacks] == [
-        (A, B, "ops"), (B, A, "ops"), (A, B, "ops")]  # fmt: skip
+        (A, B, "ops"),
+        (B, A, "ops"),
+        (A, B, "ops"),
+    ]
     history = [e.model_id for e in registry.publish_history(limit=5)[0]]
     assert history == [A, B, A, B, A], history
     observe(
-        "rollback_under_load", fault="publish (real worker), then 3 rollbacks (admin key), while 4 threads "
-        "request recommendations", requests_served=load.served, requests_failed=len(load.failed),
-        swaps=len(phases) - 1, answered_by_replaced_after_swap=len(stale), answered_per_phase=answered,
+        "rollback_under_load",
+        fault="publish (real worker), then 3 rollbacks (admin key), while 4 threads "
+        "request recommendations",
+        requests_served=load.served,
+        requests_failed=len(load.failed),
+        swaps=len(phases) - 1,
+        answered_by_replaced_after_swap=len(stale),
+        answered_per_phase=answered,
         seconds_to_swap=[round(seen - asked, 3) for _, asked, seen in phases[1:]],
         models_seen=sorted(m for m in {s.model_id for s in samples} if m),
         seconds=round(max(s.received for s in samples) - min(s.sent for s in samples), 1),
-    )  # fmt: skip
+    )

@@ -74,9 +74,14 @@ def _holder(workers: list[WorkerProcess], job_id: str) -> WorkerProcess:
 
 
 def _kill_mid_job(
-    client: TestClient, registry: Registry, settings: Settings, payload: dict[str, object],
-    workers: list[WorkerProcess], recover: Callable[[], object], name: str,
-) -> None:  # fmt: skip
+    client: TestClient,
+    registry: Registry,
+    settings: Settings,
+    payload: dict[str, object],
+    workers: list[WorkerProcess],
+    recover: Callable[[], object],
+    name: str,
+) -> None:
     r = client.post("/v1/jobs", json=payload)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
@@ -85,21 +90,29 @@ def _kill_mid_job(
     with PartialModelWatch(registry, settings.models_dir.resolve(), model_id) as watch:
         running = wait_until(
             lambda: (s := client.get(f"/v1/jobs/{job_id}").json())["progress"]["epoch"] >= 3 and s,
-            JOB_TIMEOUT_S, "the job to reach epoch 3",
-        )  # fmt: skip
+            JOB_TIMEOUT_S,
+            "the job to reach epoch 3",
+        )
         assert running["status"] == "running" and running["attempts"] == 1
         victim = _holder(workers, job_id)
         victim.kill()
         t_kill = time.monotonic()
         assert not registry.has_model(model_id)
         recover()
-        requeued = wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["attempts"] >= 2,
-                              30, "the job to be requeued and started again")  # fmt: skip
+        requeued = wait_until(
+            lambda: client.get(f"/v1/jobs/{job_id}").json()["attempts"] >= 2,
+            30,
+            "the job to be requeued and started again",
+        )
         t_restart = time.monotonic()
         done = wait_until(
-            lambda: (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed") and s,
-            JOB_TIMEOUT_S, "the retried job to finish",
-        )  # fmt: skip
+            lambda: (
+                (s := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed")
+                and s
+            ),
+            JOB_TIMEOUT_S,
+            "the retried job to finish",
+        )
     assert requeued
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2 and done["model_id"] == model_id and done["error"] is None, done
@@ -108,11 +121,16 @@ def _kill_mid_job(
     assert watch.partial == [], watch.partial
     assert not list(settings.models_dir.glob(f".{model_id}.tmp-*")), "temp dirs left behind"
     observe(
-        name, fault=f"worker SIGKILLed at epoch {running['progress']['epoch']} of a {payload['kind']} job",
-        jobs_submitted=1, jobs_lost=0, attempts=done["attempts"], final_status=done["status"],
-        seconds_kill_to_restart=round(t_restart - t_kill, 2), partial_model_sightings=len(watch.partial),
+        name,
+        fault=f"worker SIGKILLed at epoch {running['progress']['epoch']} of a {payload['kind']} job",
+        jobs_submitted=1,
+        jobs_lost=0,
+        attempts=done["attempts"],
+        final_status=done["status"],
+        seconds_kill_to_restart=round(t_restart - t_kill, 2),
+        partial_model_sightings=len(watch.partial),
         registry_polls=watch.polls,
-    )  # fmt: skip
+    )
 
 
 def test_killed_teacher_job_is_rerun_by_the_next_worker(
@@ -122,12 +140,26 @@ def test_killed_teacher_job_is_rerun_by_the_next_worker(
     registry = Registry.from_url(settings.redis_url or "")
     seed_dataset(settings, registry)
     w1 = start_worker(settings, "w1")
-    payload = {"kind": "teacher", "dataset_id": "ds-rel0", "dim": 16, "epochs": 100,
-               "patience": 1000, "eval_every": 1000, "batch_size": 128}  # fmt: skip
+    payload = {
+        "kind": "teacher",
+        "dataset_id": "ds-rel0",
+        "dim": 16,
+        "epochs": 100,
+        "patience": 1000,
+        "eval_every": 1000,
+        "batch_size": 128,
+    }
     with TestClient(create_app(settings)) as client:
         # The next worker starts after the kill: it finds the stale job at startup.
-        _kill_mid_job(client, registry, settings, payload, [w1],
-                      lambda: start_worker(settings, "w2"), "worker_sigkill_teacher")  # fmt: skip
+        _kill_mid_job(
+            client,
+            registry,
+            settings,
+            payload,
+            [w1],
+            lambda: start_worker(settings, "w2"),
+            "worker_sigkill_teacher",
+        )
     registry.close()
 
 
@@ -139,11 +171,20 @@ def test_killed_distill_job_is_taken_over_by_a_standby_worker(
     dataset = seed_dataset(settings, registry)
     seed_model(settings, registry, dataset, "teacher-seeded", kind="teacher", dim=16)
     workers = [start_worker(settings, "a"), start_worker(settings, "b")]
-    payload = {"kind": "distill", "teacher_id": "teacher-seeded", "method": "unkd", "dim": 8,
-               "epochs": 100, "patience": 1000, "eval_every": 1000, "batch_size": 128,
-               "unkd": {"pairs_per_user": 8, "top_l": 50}}  # fmt: skip
+    payload = {
+        "kind": "distill",
+        "teacher_id": "teacher-seeded",
+        "method": "unkd",
+        "dim": 8,
+        "epochs": 100,
+        "patience": 1000,
+        "eval_every": 1000,
+        "batch_size": 128,
+        "unkd": {"pairs_per_user": 8, "top_l": 50},
+    }
     with TestClient(create_app(settings)) as client:
         # The other worker is already up: its periodic reaper takes the job over.
-        _kill_mid_job(client, registry, settings, payload, workers, lambda: None,
-                      "worker_sigkill_distill")  # fmt: skip
+        _kill_mid_job(
+            client, registry, settings, payload, workers, lambda: None, "worker_sigkill_distill"
+        )
     registry.close()

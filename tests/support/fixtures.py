@@ -97,7 +97,9 @@ def start_worker(
     tmp_path/worker-<name>.log; every one still alive is stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, name: str = "w", env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        settings: Settings, name: str = "w", env: dict[str, str] | None = None
+    ) -> WorkerProcess:
         worker = WorkerProcess(settings, tmp_path / f"worker-{name}.log", name, env)
         watch_log(request, f"worker {name}", worker.log)
         started.append(worker.start())
@@ -114,7 +116,9 @@ def live_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
     `ready` answers 200 (ready=None: just spawned); every one is stopped after the test."""
     started: list[LiveAPI] = []
 
-    def start(settings: Settings, ready: str | None = "/healthz", env: dict[str, str] | None = None) -> LiveAPI:
+    def start(
+        settings: Settings, ready: str | None = "/healthz", env: dict[str, str] | None = None
+    ) -> LiveAPI:
         api = LiveAPI(settings, tmp_path / f"api-{len(started)}.log", env=env)
         watch_log(request, f"API {len(started)}", api.log)
         started.append(api)

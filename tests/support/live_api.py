@@ -29,8 +29,15 @@ class LiveAPI:
         env: variables added to the child's environment (AWS_* for an S3 artifact store).
     """
 
-    def __init__(self, settings: Settings, log: Path, *, port: int | None = None, workers: int = 1,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        log: Path,
+        *,
+        port: int | None = None,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.settings, self.log, self.env = settings, log, dict(env or {})
         self.workers = workers  # > 1: that many API processes on the port (unkd api --workers)
         self._fixed_port = port is not None
@@ -54,8 +61,15 @@ class LiveAPI:
         """Start the process and return at once (a test may watch it come up)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(api_argv("127.0.0.1", self.port, graceful_s=GRACEFUL_SHUTDOWN_S, workers=self.workers), cwd=ROOT, env=child_env(self.settings, self.env),
-                                         stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+            self.proc = subprocess.Popen(
+                api_argv(
+                    "127.0.0.1", self.port, graceful_s=GRACEFUL_SHUTDOWN_S, workers=self.workers
+                ),
+                cwd=ROOT,
+                env=child_env(self.settings, self.env),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def wait_ready(self, path: str = "/healthz", timeout_s: float = API_START_TIMEOUT_S) -> LiveAPI:

@@ -20,9 +20,13 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
     One BLAS/OpenMP thread per child: the tests share two CPU cores with their children.
     """
     return {
-        **os.environ, **settings_env(settings),
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra or {}),
-    }  # fmt: skip
+        **os.environ,
+        **settings_env(settings),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float) -> None:

@@ -49,18 +49,22 @@ class S3Server:
     def env(self) -> dict[str, str]:
         """The AWS variables a client (this process or a child) needs to reach the server."""
         return {
-            "AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
             "AWS_DEFAULT_REGION": "us-east-1",
-        }  # fmt: skip
+        }
 
     def start(self) -> S3Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                cwd=ROOT,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + S3_START_TIMEOUT_S
         while True:
             try:
@@ -69,7 +73,9 @@ class S3Server:
             except httpx.TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"moto server did not start:\n{log_tail(self.log)}") from None
+                    raise RuntimeError(
+                        f"moto server did not start:\n{log_tail(self.log)}"
+                    ) from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -81,8 +87,13 @@ class S3Server:
         import boto3  # s3fs's dependency botocore ships with moto[server]
 
         name = f"unkd-{uuid.uuid4().hex[:12]}"
-        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         client.create_bucket(Bucket=name)
         return name
 

@@ -28,7 +28,9 @@ class WorkerProcess:
         env: variables added to the child's environment (AWS_* for an S3 artifact store).
     """
 
-    def __init__(self, settings: Settings, log: Path, name: str = "w", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, log: Path, name: str = "w", env: dict[str, str] | None = None
+    ) -> None:
         self.settings, self.log, self.name, self.env = settings, log, name, dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -41,8 +43,13 @@ class WorkerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log.stat().st_size if self.log.is_file() else 0
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(self.settings, self.env),
-                                         stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=child_env(self.settings, self.env),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while b" ready." not in self.log.read_bytes()[offset:]:
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -45,8 +45,12 @@ def make_model_dir(root: Path, dataset: Dataset, dim: int = 8, seed: int = 0) ->
         user_emb=rng.standard_normal((dataset.n_users, dim)).astype(np.float32),
         item_emb=rng.standard_normal((dataset.n_items, dim)).astype(np.float32),
         # the least a model directory needs: made from embeddings, not trained here
-        manifest=ModelManifest(kind="student", model="mf", dim=dim,
-                               dataset=DatasetInfo(fingerprint=dataset.fingerprint)),
+        manifest=ModelManifest(
+            kind="student",
+            model="mf",
+            dim=dim,
+            dataset=DatasetInfo(fingerprint=dataset.fingerprint),
+        ),
     )
     return artifact.save(Path(root) / f"model-{seed}")
 
@@ -65,7 +69,11 @@ def make_bundle(
 
 
 def brute_force_topk(
-    user_emb: np.ndarray, item_emb: np.ndarray, users: np.ndarray, k: int, seen: list[np.ndarray] | None
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    users: np.ndarray,
+    k: int,
+    seen: list[np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference top-k in numpy: (n, k) scores and items, seen items masked when given."""
     scores = user_emb[users].astype(np.float64) @ item_emb.T.astype(np.float64)  # (n, n_items)

@@ -101,7 +101,9 @@ def test_a_key_without_its_manifest_is_absent(new_store, tmp_path: Path, monkeyp
     assert same_files(src, reader.fetch(KEY))
 
 
-def test_a_jobs_scratch_is_listed_fetched_into_place_and_deleted(new_store, tmp_path: Path, monkeypatch) -> None:
+def test_a_jobs_scratch_is_listed_fetched_into_place_and_deleted(
+    new_store, tmp_path: Path, monkeypatch
+) -> None:
     """Scratch keys (a fanned-out job's shards): complete ones listed in one call, fetched
     into a directory of the job's (not the cache), deleted with the job; artifacts never are."""
     writer, parent = new_store("worker"), new_store("parent")
@@ -118,17 +120,27 @@ def test_a_jobs_scratch_is_listed_fetched_into_place_and_deleted(new_store, tmp_
     assert parent.complete_keys("scratch/job9") == set()
 
     dest = tmp_path / "parent" / "shards" / "shard-00002"
-    assert parent.fetch_into(done[1], dest) == dest and same_files(make_src(tmp_path / "x", seed=1), dest)
-    assert not (parent.cache_dir / done[1]).exists() and [p.name for p in dest.parent.iterdir()] == [dest.name]
+    assert parent.fetch_into(done[1], dest) == dest and same_files(
+        make_src(tmp_path / "x", seed=1), dest
+    )
+    assert not (parent.cache_dir / done[1]).exists() and [
+        p.name for p in dest.parent.iterdir()
+    ] == [dest.name]
 
     parent.delete_scratch("scratch/job1")
-    assert parent.complete_keys("scratch/job1") == set() and not fs.exists(writer._path("scratch/job1"))
-    assert parent.complete_keys("scratch/job2") == {"scratch/job2/shard-00000"}  # another job's stays
+    assert parent.complete_keys("scratch/job1") == set() and not fs.exists(
+        writer._path("scratch/job1")
+    )
+    assert parent.complete_keys("scratch/job2") == {
+        "scratch/job2/shard-00000"
+    }  # another job's stays
     with pytest.raises(ArtifactError, match="only keys under scratch/ are ever deleted"):
         parent.delete_scratch("bundles")
 
 
-def test_a_key_listed_half_written_is_read_whole_once_complete(new_store, tmp_path: Path, monkeypatch) -> None:
+def test_a_key_listed_half_written_is_read_whole_once_complete(
+    new_store, tmp_path: Path, monkeypatch
+) -> None:
     """A reader that listed a key while its files were uploaded but not its manifest sees the
     manifest once it is written: no listing cached by the filesystem hides it (s3fs caches
     directory listings by default, and reads a file's size from them)."""
@@ -160,8 +172,11 @@ def test_a_corrupt_file_in_the_store_is_refused(new_store, tmp_path: Path, damag
         fs.pipe_file(path, b"\x00" * 100)
     else:
         fs.rm_file(path)
-    reason = {"same size": "sha256 .* does not match the manifest", "truncated": "100 bytes, the manifest says 70000",
-              "deleted": "listed in the manifest, missing from"}[damage]  # fmt: skip
+    reason = {
+        "same size": "sha256 .* does not match the manifest",
+        "truncated": "100 bytes, the manifest says 70000",
+        "deleted": "listed in the manifest, missing from",
+    }[damage]
     with pytest.raises(ArtifactCorruptError, match=f"artifact {KEY}: items.faiss: {reason}"):
         reader.fetch(KEY)
     assert not (reader.cache_dir / KEY).exists()  # nothing unverified is handed on or cached
@@ -175,13 +190,17 @@ def test_keys_are_written_once(new_store, tmp_path: Path) -> None:
     written = store.manifest(KEY)
     store.put(KEY, make_src(tmp_path / "again", seed=1))  # same content (a redelivered job): no-op
     assert store.manifest(KEY) == written
-    with pytest.raises(ArtifactExistsError, match=f"artifact {KEY}: already written with different content"):
+    with pytest.raises(
+        ArtifactExistsError, match=f"artifact {KEY}: already written with different content"
+    ):
         store.put(KEY, make_src(tmp_path, seed=2))
     assert store.manifest(KEY) == written
     assert same_files(first, new_store("api").fetch(KEY))  # the first content, untouched
 
 
-def test_the_cache_is_reused_without_asking_the_store(new_store, tmp_path: Path, monkeypatch) -> None:
+def test_the_cache_is_reused_without_asking_the_store(
+    new_store, tmp_path: Path, monkeypatch
+) -> None:
     writer, reader = new_store("worker"), new_store("api")
     writer.put(KEY, make_src(tmp_path))
     first = reader.fetch(KEY)
@@ -193,7 +212,9 @@ def test_the_cache_is_reused_without_asking_the_store(new_store, tmp_path: Path,
     for name in ("cat_file", "get_file", "exists", "info"):
         monkeypatch.setattr(fs, name, no_network)
     assert reader.fetch(KEY) == first
-    assert ArtifactStore(writer.url, tmp_path / "api").fetch(KEY) == first  # a restarted process too
+    assert (
+        ArtifactStore(writer.url, tmp_path / "api").fetch(KEY) == first
+    )  # a restarted process too
     monkeypatch.undo()
     (first / "items.faiss").write_bytes(b"truncated")  # a damaged cached copy is fetched again
     again = reader.fetch(KEY)
@@ -208,7 +229,9 @@ def test_the_cache_is_pruned_least_recently_used_first(tmp_path: Path) -> None:
     for seed, key in enumerate(keys):
         writer.put(key, make_src(tmp_path, seed=seed))
     host = ArtifactStore(writer.url, tmp_path / "host")
-    for age, key in zip((4000, 3000, 2000, 1000), keys, strict=True):  # a used longest ago ... d most recently
+    for age, key in zip(
+        (4000, 3000, 2000, 1000), keys, strict=True
+    ):  # a used longest ago ... d most recently
         marker = host.fetch(key) / MANIFEST_FILE
         os.utime(marker, (marker.stat().st_atime, marker.stat().st_mtime - age))
     size = host.cached()[0].size
@@ -233,13 +256,17 @@ def test_an_api_process_never_prunes_the_bundles_it_serves(tmp_path: Path, monke
     keys = [f"bundles/student-{n}-0123abcd" for n in "abcd"]
     for seed, key in enumerate(keys):
         writer.put(key, make_src(tmp_path, seed=seed))
-    settings = Settings(data_dir=tmp_path / "api", artifact_url=writer.url, artifact_cache_max_mb=0.001)
+    settings = Settings(
+        data_dir=tmp_path / "api", artifact_url=writer.url, artifact_cache_max_mb=0.001
+    )
     store = IndexStore(settings)  # static: no watcher reads the state set below
     for key in keys:
         store.artifacts.fetch(key)
     arms = [SimpleNamespace(bundle_dir=writer.location(k)) for k in keys[1:3]]
-    store._state = SimpleNamespace(pointer={"bundle_dir": writer.location(keys[0])},  # type: ignore[assignment]
-                                   experiment=SimpleNamespace(spec=SimpleNamespace(arms=arms)))  # fmt: skip
+    store._state = SimpleNamespace(
+        pointer={"bundle_dir": writer.location(keys[0])},  # type: ignore[assignment]
+        experiment=SimpleNamespace(spec=SimpleNamespace(arms=arms)),
+    )
     monkeypatch.setattr("service.core.artifacts.CACHE_GRACE_S", 0.0)
     assert store.prune_cache() == [keys[3]]
     assert [c.key for c in store.artifacts.cached()] == keys[:3]
@@ -251,7 +278,9 @@ def test_resolve_locations(new_store, tmp_path: Path) -> None:
     location = store.location(KEY)
     assert location == f"{store.url}/{KEY}" and store.key_of(location) == KEY
     assert same_files(make_src(tmp_path / "x"), store.resolve(location))
-    assert store.resolve("/srv/unkd/bundles/m-1") == Path("/srv/unkd/bundles/m-1")  # a path stays a path
+    assert store.resolve("/srv/unkd/bundles/m-1") == Path(
+        "/srv/unkd/bundles/m-1"
+    )  # a path stays a path
     assert store.resolve("bundles/m-1") == tmp_path / "api" / "bundles" / "m-1"
     with pytest.raises(ArtifactError, match="not in this process's artifact store"):
         store.resolve(f"s3://another-bucket/{KEY}")
@@ -286,7 +315,9 @@ def test_data_dir_mode_keeps_the_paths_of_today(tmp_path: Path) -> None:
     other = "bundles/student-b-89abcdef"
     store.put(other, make_src(tmp_path, seed=3))  # from elsewhere: copied in
     assert same_files(make_src(tmp_path / "y", seed=3), store.fetch(other))
-    with pytest.raises(ArtifactNotFoundError, match="artifact bundles/none-00000000: .* does not exist"):
+    with pytest.raises(
+        ArtifactNotFoundError, match="artifact bundles/none-00000000: .* does not exist"
+    ):
         store.fetch("bundles/none-00000000")
     with pytest.raises(ArtifactError, match="UNKD_ARTIFACT_URL is unset"):
         store.resolve("s3://bucket/artifacts/bundles/student-a-0123abcd")

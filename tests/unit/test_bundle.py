@@ -40,10 +40,20 @@ def test_round_trip_gives_identical_search_results(flat) -> None:
 def test_meta_describes_the_bundle(flat) -> None:
     path, ds, model = flat
     meta = json.loads((path / "meta.json").read_text())
-    assert meta["model_id"] == "m1" and meta["metric"] == "inner_product" and meta["factory"] == "Flat"
+    assert (
+        meta["model_id"] == "m1" and meta["metric"] == "inner_product" and meta["factory"] == "Flat"
+    )
     assert (meta["n_items"], meta["n_users"], meta["d"]) == (ds.n_items, ds.n_users, model.dim)
-    expected = {"items.faiss", "user_emb.npy", "seen_indptr.npy", "seen_indices.npy",
-                "user_ids.npy", "item_ids.npy", "groups.npy", "item_popularity.npy"}  # fmt: skip
+    expected = {
+        "items.faiss",
+        "user_emb.npy",
+        "seen_indptr.npy",
+        "seen_indices.npy",
+        "user_ids.npy",
+        "item_ids.npy",
+        "groups.npy",
+        "item_popularity.npy",
+    }
     assert set(meta["files"]) == expected and meta["format_version"] == 2
     assert all(len(h) == 64 for h in meta["files"].values())
     b = load_bundle(path)
@@ -97,7 +107,9 @@ def test_heavy_history_uses_exact_fallback(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(bundle_mod, "SEEN_SEARCH_BUDGET", 10)  # most users now count as heavy
     b = load_bundle(path)
     users = np.arange(ds.n_users)
-    ref_s, ref_i = brute_force_topk(model.user_emb, model.item_emb, users, 12, [b.seen(u) for u in users])
+    ref_s, ref_i = brute_force_topk(
+        model.user_emb, model.item_emb, users, 12, [b.seen(u) for u in users]
+    )
     scores, items = b.recommend(users, 12, exclude_seen=True)
     np.testing.assert_array_equal(items, ref_i)
     np.testing.assert_allclose(scores, ref_s, rtol=1e-5, atol=1e-5)
@@ -128,7 +140,9 @@ def test_short_approximate_rows_are_filled_exactly(tmp_path: Path) -> None:
     b = load_bundle(path, nprobe=1)  # one list holds ~47 items: k=100 cannot come from it
     users = np.arange(ds.n_users)
     scores, items = b.recommend(users, 100, exclude_seen=True)
-    ref_s, ref_i = brute_force_topk(model.user_emb, model.item_emb, users, 100, [b.seen(u) for u in users])
+    ref_s, ref_i = brute_force_topk(
+        model.user_emb, model.item_emb, users, 100, [b.seen(u) for u in users]
+    )
     np.testing.assert_array_equal(items, ref_i)
 
 

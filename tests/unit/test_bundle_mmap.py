@@ -30,6 +30,8 @@ def test_mapped_bundle_answers_as_the_copied_one(tmp_path: Path) -> None:
         a, b = copied.recommend(users, 20, exclude_seen), mapped.recommend(users, 20, exclude_seen)
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(copied.item_emb, mapped.item_emb)  # the flat index's vectors, mapped
+    np.testing.assert_array_equal(
+        copied.item_emb, mapped.item_emb
+    )  # the flat index's vectors, mapped
     history = np.array([3, 7, 11])
     np.testing.assert_array_equal(copied.fold_in(history), mapped.fold_in(history))

@@ -68,8 +68,9 @@ def counting_steps() -> Iterator[list[int]]:
 def _fit(ds: Dataset, cfg: OptimConfig, should_stop=None):
     torch.manual_seed(0)
     model = MF(ds.n_users, ds.n_items, 8)
-    return fit(model, ds.train, ds.csr("train"), ds.csr("valid"), cfg, device=CPU,
-               should_stop=should_stop)  # fmt: skip
+    return fit(
+        model, ds.train, ds.csr("train"), ds.csr("valid"), cfg, device=CPU, should_stop=should_stop
+    )
 
 
 SMALL_BATCHES = OptimConfig(epochs=3, batch_size=16, lr=0.01, eval_every=1, patience=10, seed=0)

@@ -34,25 +34,40 @@ CPU = torch.device("cpu")
 
 def _teacher(dataset: Dataset, dim: int = 16, seed: int = 3) -> EmbeddingScorer:
     rng = np.random.default_rng(seed)
-    return EmbeddingScorer(rng.standard_normal((dataset.n_users, dim)).astype(np.float32),
-                           rng.standard_normal((dataset.n_items, dim)).astype(np.float32), CPU)  # fmt: skip
+    return EmbeddingScorer(
+        rng.standard_normal((dataset.n_users, dim)).astype(np.float32),
+        rng.standard_normal((dataset.n_items, dim)).astype(np.float32),
+        CPU,
+    )
 
 
 def _groups(dataset: Dataset, n_groups: int = 4) -> np.ndarray:
     train = dataset.csr("train")
-    return np.asarray(popularity_groups(item_popularity(train.tocoo().col, dataset.n_items), n_groups))
+    return np.asarray(
+        popularity_groups(item_popularity(train.tocoo().col, dataset.n_items), n_groups)
+    )
 
 
-def _write_all(root: Path, teacher: EmbeddingScorer, dataset: Dataset, groups: np.ndarray, top_l: int,
-               plan: ShardPlan, with_scores: bool) -> None:  # fmt: skip
+def _write_all(
+    root: Path,
+    teacher: EmbeddingScorer,
+    dataset: Dataset,
+    groups: np.ndarray,
+    top_l: int,
+    plan: ShardPlan,
+    with_scores: bool,
+) -> None:
     for i in range(plan.n_shards):
         lo, hi = plan.users(i)
-        part = rank_user_range(teacher, dataset.csr("train"), groups, top_l, lo, hi, chunk=16,
-                               with_scores=with_scores)  # fmt: skip
+        part = rank_user_range(
+            teacher, dataset.csr("train"), groups, top_l, lo, hi, chunk=16, with_scores=with_scores
+        )
         assert write_shard(root, i, part, lo=lo, fp="fp")
 
 
-def _all_entries(lists: CandidateLists, n_users: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _all_entries(
+    lists: CandidateLists, n_users: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     u = torch.arange(n_users).repeat_interleave(width)
     c = torch.arange(width).repeat(n_users)
     return u, c
@@ -63,8 +78,14 @@ def test_shards_read_by_memory_map_equal_one_process_lists(
     tiny_dataset: Dataset, tmp_path: Path, n_groups: int, top_l: int, with_scores: bool
 ) -> None:
     teacher = _teacher(tiny_dataset)
-    groups = _groups(tiny_dataset, n_groups) if n_groups > 1 else np.zeros(tiny_dataset.n_items, np.int64)
-    full = teacher_candidates(teacher, tiny_dataset.csr("train"), groups, top_l, with_scores=with_scores)
+    groups = (
+        _groups(tiny_dataset, n_groups)
+        if n_groups > 1
+        else np.zeros(tiny_dataset.n_items, np.int64)
+    )
+    full = teacher_candidates(
+        teacher, tiny_dataset.csr("train"), groups, top_l, with_scores=with_scores
+    )
     plan = ShardPlan(tiny_dataset.n_users, 45)  # 200 users: 5 shards, the last one short
     assert plan.n_shards == 5 and plan.users(4) == (180, 200)
     _write_all(tmp_path, teacher, tiny_dataset, groups, top_l, plan, with_scores)
@@ -91,13 +112,18 @@ def test_shards_read_by_memory_map_equal_one_process_lists(
     uu = torch.randint(0, tiny_dataset.n_users, (500,), generator=gen)
     cc = torch.randint(0, width, (500,), generator=gen)
     assert torch.equal(sharded.items[uu, cc], full.items[uu, cc])
-    assert torch.equal(sharded.items[uu[:7, None], torch.arange(3)[None, :]], full.items[uu[:7, None], torch.arange(3)])
+    assert torch.equal(
+        sharded.items[uu[:7, None], torch.arange(3)[None, :]],
+        full.items[uu[:7, None], torch.arange(3)],
+    )
 
     in_memory = read_shards(tmp_path, plan, "fp", mmap=False)  # RRD's path
     assert torch.equal(in_memory.items, full.items) and torch.equal(in_memory.lengths, full.lengths)
 
 
-def test_unkd_pairs_drawn_from_shards_equal_the_in_memory_ones(tiny_dataset: Dataset, tmp_path: Path) -> None:
+def test_unkd_pairs_drawn_from_shards_equal_the_in_memory_ones(
+    tiny_dataset: Dataset, tmp_path: Path
+) -> None:
     teacher, groups = _teacher(tiny_dataset), _groups(tiny_dataset)
     full = teacher_candidates(teacher, tiny_dataset.csr("train"), groups, 30)
     plan = ShardPlan(tiny_dataset.n_users, 64)
@@ -144,9 +170,11 @@ def test_a_student_trained_on_shards_equals_the_one_trained_in_one_process(
 ) -> None:
     train = tiny_dataset.csr("train")
     rng = np.random.default_rng(1)
-    teacher = ModelArtifact(rng.standard_normal((tiny_dataset.n_users, 16)).astype(np.float32),
-                            rng.standard_normal((tiny_dataset.n_items, 16)).astype(np.float32),
-                            _teacher_manifest(tiny_dataset))  # fmt: skip
+    teacher = ModelArtifact(
+        rng.standard_normal((tiny_dataset.n_users, 16)).astype(np.float32),
+        rng.standard_normal((tiny_dataset.n_items, 16)).astype(np.float32),
+        _teacher_manifest(tiny_dataset),
+    )
     cfg = DistillConfig(method=method, dim=8, epochs=3, batch_size=256, seed=5)  # type: ignore[arg-type]
     one = distill_student(tiny_dataset, teacher, cfg, tmp_path / "one", device=CPU)
 
@@ -158,29 +186,50 @@ def test_a_student_trained_on_shards_equals_the_one_trained_in_one_process(
     root.mkdir()
     for i in range(plan.n_shards):
         lo, hi = plan.users(i)
-        part = rank_user_range(scorer, train, opts.groups, opts.top_l, lo, hi, with_scores=opts.with_scores)
+        part = rank_user_range(
+            scorer, train, opts.groups, opts.top_l, lo, hi, with_scores=opts.with_scores
+        )
         write_shard(root, i, part, lo=lo, fp="fp")
     pre = PrecomputedCandidates(read_shards(root, plan, "fp"), opts)
-    sharded = distill_student(tiny_dataset, teacher, cfg, tmp_path / "sharded", device=CPU, candidates=pre)
+    sharded = distill_student(
+        tiny_dataset, teacher, cfg, tmp_path / "sharded", device=CPU, candidates=pre
+    )
     assert np.array_equal(one.user_emb, sharded.user_emb)
     assert np.array_equal(one.item_emb, sharded.item_emb)
 
 
-def test_precomputed_lists_of_another_method_are_refused(tiny_dataset: Dataset, tmp_path: Path) -> None:
+def test_precomputed_lists_of_another_method_are_refused(
+    tiny_dataset: Dataset, tmp_path: Path
+) -> None:
     train = tiny_dataset.csr("train")
     rng = np.random.default_rng(1)
-    teacher = ModelArtifact(rng.standard_normal((tiny_dataset.n_users, 16)).astype(np.float32),
-                            rng.standard_normal((tiny_dataset.n_items, 16)).astype(np.float32),
-                            _teacher_manifest(tiny_dataset))  # fmt: skip
+    teacher = ModelArtifact(
+        rng.standard_normal((tiny_dataset.n_users, 16)).astype(np.float32),
+        rng.standard_normal((tiny_dataset.n_items, 16)).astype(np.float32),
+        _teacher_manifest(tiny_dataset),
+    )
     cd = candidate_options(DistillConfig(method="cd", dim=8), train)
     assert cd is not None
-    lists = teacher_candidates(EmbeddingScorer(teacher.user_emb, teacher.item_emb, CPU), train, cd.groups, 5)
+    lists = teacher_candidates(
+        EmbeddingScorer(teacher.user_emb, teacher.item_emb, CPU), train, cd.groups, 5
+    )
     cfg = DistillConfig(method="unkd", dim=8, epochs=1, batch_size=256)
     with pytest.raises(ValueError, match="not the lists method='unkd' ranks"):
-        distill_student(tiny_dataset, teacher, cfg, tmp_path / "m", device=CPU,
-                        candidates=PrecomputedCandidates(lists, cd))  # fmt: skip
+        distill_student(
+            tiny_dataset,
+            teacher,
+            cfg,
+            tmp_path / "m",
+            device=CPU,
+            candidates=PrecomputedCandidates(lists, cd),
+        )
 
 
 def _teacher_manifest(dataset: Dataset) -> ModelManifest:
-    return ModelManifest(id="t-shards", kind="teacher", model="mf", dim=16,
-                         dataset=DatasetInfo(name=dataset.name, fingerprint=dataset.fingerprint))  # fmt: skip
+    return ModelManifest(
+        id="t-shards",
+        kind="teacher",
+        model="mf",
+        dim=16,
+        dataset=DatasetInfo(name=dataset.name, fingerprint=dataset.fingerprint),
+    )

@@ -17,13 +17,16 @@ UNKD = [sys.executable, "-m", "service.cli"]
 
 
 def unkd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*UNKD, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          check=False)
+    return subprocess.run(
+        [*UNKD, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 @pytest.fixture(scope="module")
 def csv_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ds = generate_synthetic(n_users=150, n_items=100, dim=8, skew=1.0, interactions_per_user=20, seed=1)
+    ds = generate_synthetic(
+        n_users=150, n_items=100, dim=8, skew=1.0, interactions_per_user=20, seed=1
+    )
     # All interactions (train + held out) in one raw file: the CLI splits it itself.
     allp = np.concatenate([ds.train, ds.valid, ds.test])
     raw = RawInteractions(user=ds.user_ids[allp[:, 0]], item=ds.item_ids[allp[:, 1]])
@@ -37,14 +40,36 @@ def test_prepare_train_distill_evaluate(csv_file: Path, tmp_path: Path) -> None:
     stats = json.loads(r.stdout)
     assert stats["users"] == 150 and len(stats["popularity_groups"]) == 4
 
-    r = unkd("train-teacher", str(tmp_path / "ds"), "--dim", "16", "--epochs", "3", "--out",
-             str(tmp_path / "t"), cwd=repo)
+    r = unkd(
+        "train-teacher",
+        str(tmp_path / "ds"),
+        "--dim",
+        "16",
+        "--epochs",
+        "3",
+        "--out",
+        str(tmp_path / "t"),
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr
     assert "epoch" in r.stderr, "a progress bar is shown on stderr"
     assert (tmp_path / "t" / "manifest.json").is_file()
 
-    r = unkd("distill", str(tmp_path / "ds"), "--teacher", str(tmp_path / "t"), "--method", "unkd",
-             "--dim", "4", "--epochs", "3", "--out", str(tmp_path / "s"), cwd=repo)
+    r = unkd(
+        "distill",
+        str(tmp_path / "ds"),
+        "--teacher",
+        str(tmp_path / "t"),
+        "--method",
+        "unkd",
+        "--dim",
+        "4",
+        "--epochs",
+        "3",
+        "--out",
+        str(tmp_path / "s"),
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr
 
     # DATA may be the raw file: prepared on the fly with the same defaults, same fingerprint.
@@ -74,14 +99,34 @@ def test_bad_inputs_fail_with_a_clear_message(csv_file: Path, tmp_path: Path) ->
     assert r.returncode == 2 and "dim" in r.stderr
     assert not (tmp_path / "t").exists()
 
-    r = unkd("distill", str(csv_file), "--teacher", str(tmp_path / "none"), "--method", "magic",
-             "--out", str(tmp_path / "s"), cwd=repo)
+    r = unkd(
+        "distill",
+        str(csv_file),
+        "--teacher",
+        str(tmp_path / "none"),
+        "--method",
+        "magic",
+        "--out",
+        str(tmp_path / "s"),
+        cwd=repo,
+    )
     assert r.returncode == 2 and "method" in r.stderr
 
-    other = generate_synthetic(n_users=150, n_items=100, dim=8, skew=1.0, interactions_per_user=20, seed=9)
+    other = generate_synthetic(
+        n_users=150, n_items=100, dim=8, skew=1.0, interactions_per_user=20, seed=9
+    )
     other.save(tmp_path / "other")
-    r = unkd("train-teacher", str(tmp_path / "other"), "--dim", "4", "--epochs", "1", "--out",
-             str(tmp_path / "t2"), cwd=repo)
+    r = unkd(
+        "train-teacher",
+        str(tmp_path / "other"),
+        "--dim",
+        "4",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "t2"),
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr
     r = unkd("evaluate", str(csv_file), "--model", str(tmp_path / "t2"), cwd=repo)
     assert r.returncode == 2 and "trained on dataset" in r.stderr
@@ -109,8 +154,9 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], *named: str) -> N
 
 
 @pytest.mark.parametrize(("fmt", "name", "content", "line"), LATIN1, ids=[c[1] for c in LATIN1])
-def test_undecodable_input_is_one_line_naming_file_and_line(tmp_path: Path, fmt: str, name: str,
-                                                           content: bytes, line: int) -> None:  # fmt: skip
+def test_undecodable_input_is_one_line_naming_file_and_line(
+    tmp_path: Path, fmt: str, name: str, content: bytes, line: int
+) -> None:
     repo = Path(__file__).resolve().parents[2]
     png = tmp_path / "file.png"  # the fuzzer's case: a picture declared as interactions
     png.write_bytes(PNG)
@@ -133,8 +179,19 @@ def test_garbage_parquet_is_one_line(tmp_path: Path) -> None:
 
 def test_synthetic_dataset_and_help_on_every_command(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
-    r = unkd("data", "synthetic", "--out", str(tmp_path / "syn"), "--n-users", "120", "--n-items",
-             "80", "--skew", "1.5", cwd=repo)
+    r = unkd(
+        "data",
+        "synthetic",
+        "--out",
+        str(tmp_path / "syn"),
+        "--n-users",
+        "120",
+        "--n-items",
+        "80",
+        "--skew",
+        "1.5",
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["users"] == 120
 
@@ -142,6 +199,12 @@ def test_synthetic_dataset_and_help_on_every_command(tmp_path: Path) -> None:
 
     ds = Dataset.load(tmp_path / "syn")
     assert ds.truth is not None and ds.info["generator"]["skew"] == 1.5
-    for cmd in (["data", "prepare"], ["data", "synthetic"], ["train-teacher"], ["distill"], ["evaluate"]):
+    for cmd in (
+        ["data", "prepare"],
+        ["data", "synthetic"],
+        ["train-teacher"],
+        ["distill"],
+        ["evaluate"],
+    ):
         r = unkd(*cmd, "--help", cwd=repo)
         assert r.returncode == 0 and "usage:" in r.stdout, cmd

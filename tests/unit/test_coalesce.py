@@ -20,7 +20,9 @@ def slow_topk(delay_s: float = 0.005):
     """A batch function whose answer encodes (user, k, exclude_seen); slow enough to overlap."""
     calls: list[int] = []
 
-    def fn(users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def fn(
+        users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         calls.append(len(users))
         time.sleep(delay_s)
         items = users[:, None] * 1000 + np.arange(k)[None, :] + (500 if exclude_seen else 0)
@@ -70,7 +72,9 @@ def test_an_error_reaches_every_caller_of_the_batch_and_the_next_batch_runs() ->
     state = {"fail": True}
     sizes: list[int] = []  # callers per batch_fn call
 
-    def fn(users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def fn(
+        users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         sizes.append(len(users))
         gate.wait(5)
         if state["fail"]:
@@ -185,12 +189,19 @@ def test_queries_travel_with_their_rows() -> None:
     assert got == [([1], None)]
     gate.clear()
     got.clear()
-    threads = [threading.Thread(target=c.one, args=(u, 2, True, None if u % 2 else f"q{u}")) for u in range(4)]
+    threads = [
+        threading.Thread(target=c.one, args=(u, 2, True, None if u % 2 else f"q{u}"))
+        for u in range(4)
+    ]
     for th in threads:
         th.start()
     time.sleep(0.1)
     gate.set()
     for th in threads:
         th.join(timeout=10)
-    rows = {u: q for users, queries in got for u, q in zip(users, queries or [None] * len(users), strict=True)}
+    rows = {
+        u: q
+        for users, queries in got
+        for u, q in zip(users, queries or [None] * len(users), strict=True)
+    }
     assert rows == {0: "q0", 1: None, 2: "q2", 3: None}

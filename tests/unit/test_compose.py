@@ -61,7 +61,9 @@ def test_unkd_variables_are_settings_fields_with_valid_defaults(compose, service
         assert field in fields, f"{service}: {key} matches no field of service.core.config.Settings"
         m = DEFAULT.match(raw)
         if m is not None:
-            assert m.group("name") == key, f"{service}: {key} takes its value from {m.group('name')}"
+            assert m.group("name") == key, (
+                f"{service}: {key} takes its value from {m.group('name')}"
+            )
             raw = m.group("default") or ""
         values[field] = raw
     for required in ("redis_url", "data_dir"):
@@ -77,7 +79,9 @@ def test_api_and_worker_share_only_redis_and_the_store(compose) -> None:
     for name in ("api", "worker"):
         svc = compose["services"][name]
         env = env_of(compose, name)
-        (volume,) = [v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == env["UNKD_DATA_DIR"]]
+        (volume,) = [
+            v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == env["UNKD_DATA_DIR"]
+        ]
         mounts[name] = volume
         assert default_of(env["UNKD_ARTIFACT_URL"], "UNKD_ARTIFACT_URL").startswith("s3://")
     assert mounts["api"] != mounts["worker"] and set(mounts.values()) <= set(compose["volumes"])
@@ -95,23 +99,44 @@ def test_bundles_go_through_minio(compose) -> None:
     variables with MinIO's own credentials, once the bucket exists."""
     services = compose["services"]
     minio, init = services["minio"], services["minio-init"]
-    port = re.search(r":(\d+)$", default_of(env_of(compose, "api")["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL"))
-    assert minio["command"][:2] == ["server", "/data"] and port is not None and port.group(1) == "9000"
+    port = re.search(
+        r":(\d+)$", default_of(env_of(compose, "api")["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL")
+    )
+    assert (
+        minio["command"][:2] == ["server", "/data"] and port is not None and port.group(1) == "9000"
+    )
     assert any(v.endswith(":/data") for v in minio["volumes"])
-    root = {k: default_of(str(v), {"MINIO_ROOT_USER": "AWS_ACCESS_KEY_ID",
-                                   "MINIO_ROOT_PASSWORD": "AWS_SECRET_ACCESS_KEY"}[k])
-            for k, v in minio["environment"].items()}  # fmt: skip
+    root = {
+        k: default_of(
+            str(v),
+            {
+                "MINIO_ROOT_USER": "AWS_ACCESS_KEY_ID",
+                "MINIO_ROOT_PASSWORD": "AWS_SECRET_ACCESS_KEY",
+            }[k],
+        )
+        for k, v in minio["environment"].items()
+    }
     assert len(root["MINIO_ROOT_PASSWORD"]) >= 8  # MinIO refuses shorter ones
     assert init["depends_on"]["minio"]["condition"] == "service_healthy"
     for name in ("api", "worker"):
         env = env_of(compose, name)
-        url = Settings(artifact_url=default_of(env["UNKD_ARTIFACT_URL"], "UNKD_ARTIFACT_URL")).artifact_url
+        url = Settings(
+            artifact_url=default_of(env["UNKD_ARTIFACT_URL"], "UNKD_ARTIFACT_URL")
+        ).artifact_url
         bucket = url.removeprefix("s3://").split("/")[0]
-        assert url.startswith("s3://") and f"store/{bucket}" in init["command"][0]  # minio-init makes it
+        assert (
+            url.startswith("s3://") and f"store/{bucket}" in init["command"][0]
+        )  # minio-init makes it
         assert default_of(env["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL") == "http://minio:9000"
         assert default_of(env["AWS_ACCESS_KEY_ID"], "AWS_ACCESS_KEY_ID") == root["MINIO_ROOT_USER"]
-        assert default_of(env["AWS_SECRET_ACCESS_KEY"], "AWS_SECRET_ACCESS_KEY") == root["MINIO_ROOT_PASSWORD"]
-        assert services[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+        assert (
+            default_of(env["AWS_SECRET_ACCESS_KEY"], "AWS_SECRET_ACCESS_KEY")
+            == root["MINIO_ROOT_PASSWORD"]
+        )
+        assert (
+            services[name]["depends_on"]["minio-init"]["condition"]
+            == "service_completed_successfully"
+        )
 
 
 def test_worker_reserves_a_gpu(compose) -> None:
@@ -188,4 +213,8 @@ def test_compose_is_secure_by_default(compose) -> None:
     flower = compose["services"]["flower"]["command"]
     (auth,) = [a for a in flower if a.startswith("--basic-auth=")]
     m = DEFAULT.match(auth.removeprefix("--basic-auth="))
-    assert m is not None and m.group("name") == "FLOWER_BASIC_AUTH" and ":" in (m.group("default") or "")
+    assert (
+        m is not None
+        and m.group("name") == "FLOWER_BASIC_AUTH"
+        and ":" in (m.group("default") or "")
+    )

@@ -313,12 +313,16 @@ LATIN1 = {
     "movielens": ("u.data", b"1\t10\t5\t100\n2\t11\t3\t200\n3\tcaf\xe9\t4\t300\n", 3),
     "lines": ("train.txt", b"2 a b\n1 c\n1 caf\xe9\n", 3),
 }
-TEXT_FORMATS = [(fmt, name) for fmt, (name, _, _) in LATIN1.items()] + [("movielens", "ratings.dat")]
+TEXT_FORMATS = [(fmt, name) for fmt, (name, _, _) in LATIN1.items()] + [
+    ("movielens", "ratings.dat")
+]
 
 
 @pytest.mark.parametrize("fmt", ["auto", "explicit"])
 @pytest.mark.parametrize(("text_fmt", "name"), TEXT_FORMATS)
-def test_binary_file_in_a_text_format_names_line_one(tmp_path: Path, text_fmt: str, name: str, fmt: str):
+def test_binary_file_in_a_text_format_names_line_one(
+    tmp_path: Path, text_fmt: str, name: str, fmt: str
+):
     path = tmp_path / name
     path.write_bytes(PNG)
     msg = _error(path, text_fmt if fmt == "explicit" else "auto")

@@ -76,7 +76,9 @@ def test_unkd_pairs_stay_within_a_group_and_follow_the_teacher(block, monkeypatc
     dense = train.toarray()
     assert dense[u, i].sum() == 0 and dense[u, j].sum() == 0, "training items are never candidates"
     per_user = np.bincount(u, minlength=train.shape[0])
-    assert (per_user[cands.lengths.numpy().max(1) >= 2] > 0).all(), "a user with candidates got no pairs"
+    assert (per_user[cands.lengths.numpy().max(1) >= 2] > 0).all(), (
+        "a user with candidates got no pairs"
+    )
 
 
 def test_group_budget_splits_pairs_equally_over_epochs():
@@ -104,14 +106,21 @@ def test_rank_sampler_follows_the_exponential_law(n, mu):
     # And a wrong law is rejected: the test has power.
     wrong = rank_probabilities(n, mu * 2)[keep]
     if n > 20:
-        assert stats.chisquare(observed[keep], wrong / wrong.sum() * observed[keep].sum()).pvalue < 1e-6
+        assert (
+            stats.chisquare(observed[keep], wrong / wrong.sum() * observed[keep].sum()).pvalue
+            < 1e-6
+        )
 
 
 @pytest.mark.parametrize("method", ["unkd", "rd", "cd", "rrd"])
 def test_each_distillation_loss_falls_when_optimised(method):
     train, t_user, t_item, _ = _random_problem()
-    cfg = DistillConfig(method=method, dim=8, unkd={"top_l": 20, "mu": 5.0},
-                        rrd={"top_l": 20, "interesting": 5, "uninteresting": 10})
+    cfg = DistillConfig(
+        method=method,
+        dim=8,
+        unkd={"top_l": 20, "mu": 5.0},
+        rrd={"top_l": 20, "interesting": 5, "uninteresting": 10},
+    )
     dist = build_distiller(cfg, EmbeddingScorer(t_user, t_item), train, torch.device("cpu"))
     dist.prepare()
     torch.manual_seed(0)
@@ -127,12 +136,22 @@ def test_each_distillation_loss_falls_when_optimised(method):
         opt.step()
         losses.append(float(loss.detach()))
     assert np.isfinite(losses).all()
-    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), f"{method} loss did not fall: {losses}"
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), (
+        f"{method} loss did not fall: {losses}"
+    )
 
 
 def test_none_method_has_no_distiller_and_unknown_method_is_refused():
     train, t_user, t_item, _ = _random_problem()
-    assert build_distiller(DistillConfig(method="none"), EmbeddingScorer(t_user, t_item), train, torch.device("cpu")) is None
+    assert (
+        build_distiller(
+            DistillConfig(method="none"),
+            EmbeddingScorer(t_user, t_item),
+            train,
+            torch.device("cpu"),
+        )
+        is None
+    )
     with pytest.raises(ValueError, match="method"):
         DistillConfig(method="bogus")
 
@@ -153,12 +172,22 @@ def test_a_student_trains_on_pairs_drawn_in_blocks(monkeypatch):
     assert len(drawn["u"]) > 0 and set(np.unique(drawn["u"].numpy())) == set(range(train.shape[0]))
     seen: list[torch.dtype] = []
     loss = dist.loss
-    monkeypatch.setattr(dist, "loss", lambda emb, batch: seen.append(batch["u"].dtype) or loss(emb, batch))
+    monkeypatch.setattr(
+        dist, "loss", lambda emb, batch: seen.append(batch["u"].dtype) or loss(emb, batch)
+    )
     coo = train.tocoo()
     pairs = np.stack([coo.row, coo.col], axis=1).astype(np.int64)
     student = MF(train.shape[0], train.shape[1], 8)
-    result = fit(student, pairs, train, train, OptimConfig(epochs=6, batch_size=64, lr=0.05, eval_every=3),
-                 device=torch.device("cpu"), distiller=dist, lambda_kd=1.0)  # fmt: skip
+    result = fit(
+        student,
+        pairs,
+        train,
+        train,
+        OptimConfig(epochs=6, batch_size=64, lr=0.05, eval_every=3),
+        device=torch.device("cpu"),
+        distiller=dist,
+        lambda_kd=1.0,
+    )
     assert seen and set(seen) == {torch.int64}
     losses = [row["loss"] for row in result.history]
     assert np.isfinite(losses).all() and losses[-1] < losses[0], losses

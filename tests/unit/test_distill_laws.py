@@ -67,8 +67,9 @@ class Problem:
             items = rng.choice(N_ITEMS, size=rng.integers(5, 21), replace=False, p=p)
             rows += [u] * len(items)
             cols += list(items)
-        self.train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
-                                   shape=(N_USERS, N_ITEMS))  # fmt: skip
+        self.train = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, cols)), shape=(N_USERS, N_ITEMS)
+        )
         self.seen = self.train.toarray() > 0
         self.t_user = torch.from_numpy(rng.normal(size=(N_USERS, DIM)).astype(np.float32))
         self.t_item = torch.from_numpy(rng.normal(size=(N_ITEMS, DIM)).astype(np.float32))
@@ -242,8 +243,12 @@ def _check_pair_law(a: np.ndarray, r: np.ndarray, n: np.ndarray, mu: float) -> N
     )
 
 
-def _check_unkd_law(prob: Problem, batches: list[KDBatch], mu: float = UNKD_CFG["mu"],
-                    top_l: int = UNKD_CFG["top_l"]) -> None:  # fmt: skip
+def _check_unkd_law(
+    prob: Problem,
+    batches: list[KDBatch],
+    mu: float = UNKD_CFG["mu"],
+    top_l: int = UNKD_CFG["top_l"],
+) -> None:
     _check_pair_law(*_pair_ranks(prob, batches, top_l), mu)
 
 
@@ -339,8 +344,7 @@ def test_unkd_invariant_checks_catch_broken_variants(prob, unkd_batches, monkeyp
     with pytest.raises(AssertionError, match="worse item is the positive"):
         _check_unkd_invariants(prob, swapped)
     # every pair slot given to the head group
-    monkeypatch.setattr(unkd_mod, "group_budget",
-                        lambda n, g, e: torch.zeros(n, dtype=torch.int64))  # fmt: skip
+    monkeypatch.setattr(unkd_mod, "group_budget", lambda n, g, e: torch.zeros(n, dtype=torch.int64))
     with pytest.raises(AssertionError, match="pairs"):
         _check_unkd_invariants(prob, _epochs(_unkd(prob), range(1, 5)))
     monkeypatch.undo()
@@ -369,8 +373,12 @@ def _check_rd(prob: Problem, batch: KDBatch) -> None:
     weight = np.zeros((N_USERS, k))
     weight[u, r] = w
     ratio = weight / weight[:, :1]
-    np.testing.assert_allclose(ratio, np.broadcast_to(np.exp(-np.arange(k) / lam), ratio.shape),
-                               rtol=1e-5, err_msg="RD weights are not ∝ exp(-r/λ) in rank order")  # fmt: skip
+    np.testing.assert_allclose(
+        ratio,
+        np.broadcast_to(np.exp(-np.arange(k) / lam), ratio.shape),
+        rtol=1e-5,
+        err_msg="RD weights are not ∝ exp(-r/λ) in rank order",
+    )
 
 
 def _rd(prob: Problem) -> Distiller:
@@ -416,8 +424,13 @@ def _check_cd(prob: Problem, batches: list[KDBatch]) -> None:
     r = prob.rank_all[u, i]
     assert (r >= 0).all() and (r < top_l).all(), "a CD item outside the teacher's top-L"
     assert len(u) == N_USERS * CD_CFG["samples"] * len(batches), "samples per user"
-    np.testing.assert_allclose(y, 1.0 / (1.0 + np.exp(-prob.scores[u, i] / CD_CFG["temperature"])),
-                               rtol=1e-5, atol=1e-6, err_msg="CD soft labels are not σ(t/T)")  # fmt: skip
+    np.testing.assert_allclose(
+        y,
+        1.0 / (1.0 + np.exp(-prob.scores[u, i] / CD_CFG["temperature"])),
+        rtol=1e-5,
+        atol=1e-6,
+        err_msg="CD soft labels are not σ(t/T)",
+    )
     observed = np.bincount(r, minlength=top_l)
     expected = _exp_law(top_l, CD_CFG["rank_lambda"]) * len(r)
     p = _chisquare(observed, expected)
@@ -538,8 +551,12 @@ def _plackett_luce_by_hand(s_pos: np.ndarray, s_neg: np.ndarray) -> float:
 
 def _rrd_batch(prob: Problem, k: int = 4, n_neg: int = 6) -> KDBatch:
     """Every user's teacher top-k unobserved items in order, and n_neg items from far below."""
-    pos = np.stack([np.argsort(np.where(prob.rank_all[u] >= 0, prob.rank_all[u], 10**9))[:k]
-                    for u in range(N_USERS)])  # fmt: skip
+    pos = np.stack(
+        [
+            np.argsort(np.where(prob.rank_all[u] >= 0, prob.rank_all[u], 10**9))[:k]
+            for u in range(N_USERS)
+        ]
+    )
     neg = np.stack([np.flatnonzero(prob.rank_all[u] >= 50)[:n_neg] for u in range(N_USERS)])
     return {"u": torch.arange(N_USERS), "pos": torch.from_numpy(pos), "neg": torch.from_numpy(neg)}
 

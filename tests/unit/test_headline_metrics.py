@@ -194,7 +194,9 @@ def _mutant_module(
 def _on_embeddings(scorer_fn: Callable) -> Callable:
     """A scorer_validation variant called the way the trainer's validation_metrics is."""
 
-    def fn(user_emb: torch.Tensor, item_emb: torch.Tensor, *args: object, **kw: object) -> dict[str, float]:
+    def fn(
+        user_emb: torch.Tensor, item_emb: torch.Tensor, *args: object, **kw: object
+    ) -> dict[str, float]:
         return scorer_fn(EmbeddingScorer(user_emb, item_emb), *args, **kw)
 
     return fn
@@ -330,7 +332,9 @@ def test_validation_ndcg_is_the_report_ndcg_for_users_with_more_than_20_positive
 
 def test_validation_check_catches_idcg_over_k_slots():
     """Mutant: validation IDCG over K slots whatever |T_u| (the classic wrong normaliser)."""
-    mutant = _on_embeddings(_mutant_function(validation_mod.scorer_validation, "np.minimum(n_pos, k) - 1", "k - 1"))
+    mutant = _on_embeddings(
+        _mutant_function(validation_mod.scorer_validation, "np.minimum(n_pos, k) - 1", "k - 1")
+    )
     ds, user_emb, item_emb = _many_valid_positives()
     with pytest.raises(AssertionError, match="validation NDCG@20"):
         _check_validation_matches_report(mutant, ds, user_emb, item_emb)
@@ -338,7 +342,9 @@ def test_validation_check_catches_idcg_over_k_slots():
 
 def test_validation_check_catches_training_items_left_in_the_lists():
     """Mutant: validation ranks without excluding the training items."""
-    mutant = _on_embeddings(_mutant_function(validation_mod.scorer_validation, "block, train, k", "block, None, k"))
+    mutant = _on_embeddings(
+        _mutant_function(validation_mod.scorer_validation, "block, train, k", "block, None, k")
+    )
     ds, user_emb, item_emb = _many_valid_positives()
     with pytest.raises(AssertionError, match="validation"):
         _check_validation_matches_report(mutant, ds, user_emb, item_emb)

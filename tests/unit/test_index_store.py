@@ -36,7 +36,11 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def pointer(model_id: str, bundle_dir: Path | str) -> dict[str, str]:
-    return {"model_id": model_id, "bundle_dir": str(bundle_dir), "published_at": time.time().__repr__()}
+    return {
+        "model_id": model_id,
+        "bundle_dir": str(bundle_dir),
+        "published_at": time.time().__repr__(),
+    }
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> bool:
@@ -55,7 +59,9 @@ def test_static_store_starts_empty(tmp_path: Path) -> None:
     store.stop()
 
 
-def test_swap_under_concurrent_readers_never_fails_a_read(bundles: dict[str, Path], tmp_path: Path) -> None:
+def test_swap_under_concurrent_readers_never_fails_a_read(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
     store = IndexStore(Settings(data_dir=tmp_path), None)
     store.load_now(pointer("A", bundles["A"]))
     expected = {}
@@ -109,7 +115,9 @@ def test_relative_bundle_dir_resolves_against_data_dir(bundles: dict[str, Path])
     store.load_now(pointer("A", "A"))
     assert store.current is not None and store.current.model_id == "A"
     # the serving process sends coalesced batches of 4+ queries down faiss's BLAS path
-    assert faiss.cvar.distance_compute_blas_threshold == SERVING_BLAS_MIN_BATCH * store.current.index.d
+    assert (
+        faiss.cvar.distance_compute_blas_threshold == SERVING_BLAS_MIN_BATCH * store.current.index.d
+    )
 
 
 # -- with a real Redis -----------------------------------------------------------------------

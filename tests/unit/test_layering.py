@@ -26,12 +26,19 @@ def loaded_after(statement: str, modules: list[str]) -> dict[str, bool]:
 REPO = Path(__file__).resolve().parents[2]
 WEB_STACK = ["fastapi", "starlette", "uvicorn"]
 # Shared state and the queue's client side: settings, Redis keys, records, registry, queue.
-CORE_STATE = ["service.core.config", "service.core.keys", "service.core.records",
-              "service.core.registry", "service.core.queue"]
+CORE_STATE = [
+    "service.core.config",
+    "service.core.keys",
+    "service.core.records",
+    "service.core.registry",
+    "service.core.queue",
+]
 
 
 def test_api_imports_without_torch() -> None:
-    loaded = loaded_after("import service.api.app; service.api.app.create_app", ["torch", "fastapi"])
+    loaded = loaded_after(
+        "import service.api.app; service.api.app.create_app", ["torch", "fastapi"]
+    )
     assert loaded == {"torch": False, "fastapi": True}
 
 

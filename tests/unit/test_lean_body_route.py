@@ -58,7 +58,9 @@ BODIES = [
 
 
 @pytest.mark.parametrize("raw", BODIES)
-def test_same_status_and_body_as_fastapi(clients: tuple[TestClient, TestClient], raw: bytes) -> None:
+def test_same_status_and_body_as_fastapi(
+    clients: tuple[TestClient, TestClient], raw: bytes
+) -> None:
     stock, lean = clients
     headers = {"Content-Type": "application/json"}
     a = stock.post("/echo", content=raw, headers=headers)
@@ -93,9 +95,12 @@ async def no_body(request: Request) -> Response:
 
 @pytest.mark.parametrize(
     ("endpoint", "message"),
-    [(takes_query, "only take a Request and one body model"), (plain_def, "must be async def"),
-     (no_body, "exactly one body parameter")],
-)  # fmt: skip
+    [
+        (takes_query, "only take a Request and one body model"),
+        (plain_def, "must be async def"),
+        (no_body, "exactly one body parameter"),
+    ],
+)
 def test_unsuitable_endpoints_are_refused_at_startup(endpoint: object, message: str) -> None:
     router = APIRouter()
     with pytest.raises(TypeError, match=message):

@@ -26,9 +26,17 @@ def echo(
 ) -> Response:
     """Echo the parsed values."""
     assert isinstance(request, Request)
-    values = {"user_id": user_id, "k": k, "exclude_seen": exclude_seen, "model": model,
-              "temperature": temperature, "needed": needed, "tags": tags, "groups": groups,
-              "mode": mode}  # fmt: skip
+    values = {
+        "user_id": user_id,
+        "k": k,
+        "exclude_seen": exclude_seen,
+        "model": model,
+        "temperature": temperature,
+        "needed": needed,
+        "tags": tags,
+        "groups": groups,
+        "mode": mode,
+    }
     return Response(json.dumps(values), media_type="application/json")
 
 
@@ -87,7 +95,9 @@ def test_same_answers_as_fastapi(clients, query: str) -> None:
         assert a.json() == b.json()
 
 
-@pytest.mark.parametrize("raw, user_id", [("a%2Fb", "a/b"), ("a/b/c", "a/b/c"), ("%2Flead", "/lead")])
+@pytest.mark.parametrize(
+    "raw, user_id", [("a%2Fb", "a/b"), ("a/b/c", "a/b/c"), ("%2Flead", "/lead")]
+)
 def test_path_converter_parameters_arrive_whole(clients, raw: str, user_id: str) -> None:
     lean, plain = clients
     a, b = lean.get(f"/echo-path/{raw}?needed=1"), plain.get(f"/echo-path/{raw}?needed=1")
@@ -112,7 +122,9 @@ def test_bad_values_give_fastapis_422(clients, query: str, loc: str | list, kind
     a, b = lean.get(f"/echo/u1?{query}"), plain.get(f"/echo/u1?{query}")
     assert a.status_code == b.status_code == 422
     (err,) = a.json()["detail"]
-    assert err["loc"] == ["query", *([loc] if isinstance(loc, str) else loc)] and err["type"] == kind
+    assert (
+        err["loc"] == ["query", *([loc] if isinstance(loc, str) else loc)] and err["type"] == kind
+    )
     assert b.json()["detail"][0]["loc"] == err["loc"] and b.json()["detail"][0]["type"] == kind
     assert b.json()["detail"][0]["msg"] == err["msg"]
 

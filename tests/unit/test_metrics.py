@@ -265,8 +265,15 @@ def _random_case(n_users: int, n_items: int = 40, kmax: int = 5, seed: int = 3):
     excl = sp.random(n_users, n_items, density=0.1, random_state=seed, format="csr")
     pop = rng.integers(0, 50, n_items)
     groups = np.minimum(np.argsort(np.argsort(-pop)) * 3 // n_items, 2)
-    args = dict(pop=pop, groups=groups, head=groups == 0, n_train_users=n_users, ks=(2, 5),
-                n_groups=3, excluded=excl)  # fmt: skip
+    args = dict(
+        pop=pop,
+        groups=groups,
+        head=groups == 0,
+        n_train_users=n_users,
+        ks=(2, 5),
+        n_groups=3,
+        excluded=excl,
+    )
     return topk, positives, args
 
 
@@ -288,13 +295,16 @@ def test_the_block_size_changes_no_figure(block):
         np.testing.assert_array_equal(part.per_user[key], values, err_msg=key)
     reference = np.roll(topk, 1, axis=1)
     for fn in (overlap_metrics,):
-        (ow, gw), (op, gp) = (fn(topk, reference, args["groups"], (2, 5), 3, block=b) for b in (10_000, block))
+        (ow, gw), (op, gp) = (
+            fn(topk, reference, args["groups"], (2, 5), 3, block=b) for b in (10_000, block)
+        )
         assert ow == pytest.approx(op, rel=1e-12)
         for key in gw:
             np.testing.assert_allclose(gp[key], gw[key], rtol=1e-12)
     full = np.where(topk >= 0, topk, 0)  # the oracle's lists are full
     assert oracle_metrics(topk, full, (2, 5), block=block) == pytest.approx(
-        oracle_metrics(topk, full, (2, 5), block=10_000), rel=1e-12)  # fmt: skip
+        oracle_metrics(topk, full, (2, 5), block=10_000), rel=1e-12
+    )
 
 
 def test_memory_follows_the_block_not_the_users():

@@ -26,7 +26,9 @@ FAST = {"epochs": 25, "batch_size": 512, "patience": 5, "eval_every": 1}
 
 @pytest.fixture(scope="module")
 def data() -> Dataset:
-    return generate_synthetic(n_users=400, n_items=200, dim=8, skew=1.0, interactions_per_user=25, seed=3)
+    return generate_synthetic(
+        n_users=400, n_items=200, dim=8, skew=1.0, interactions_per_user=25, seed=3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,10 @@ def test_mf_teacher_beats_most_popular(data: Dataset, teacher: ModelArtifact) ->
     pop = evaluate_topk(data, most_popular_topk(data, users, 50))
     assert teacher.report is not None
     ours = teacher.report.metrics
-    assert ours["ndcg@20"] > 1.1 * pop["metrics"]["ndcg@20"], (ours["ndcg@20"], pop["metrics"]["ndcg@20"])
+    assert ours["ndcg@20"] > 1.1 * pop["metrics"]["ndcg@20"], (
+        ours["ndcg@20"],
+        pop["metrics"]["ndcg@20"],
+    )
     assert ours["recall@20"] > pop["metrics"]["recall@20"]
 
 
@@ -58,7 +63,9 @@ def test_teacher_artifact_is_self_describing(teacher: ModelArtifact) -> None:
     best = max(h.figures["valid_ndcg@20"] or 0.0 for h in hist)
     assert hist[m.training.best_epoch - 1].figures["valid_ndcg@20"] == best, "best checkpoint kept"
     on_disk = json.loads((teacher.path / "manifest.json").read_text())
-    assert on_disk["lineage"] == {"dataset_id": None, "teacher_id": None} and "teacher" not in on_disk
+    assert (
+        on_disk["lineage"] == {"dataset_id": None, "teacher_id": None} and "teacher" not in on_disk
+    )
     assert "candidates_seconds" not in on_disk["training"]
     assert json.loads((teacher.path / "report.json").read_text())["metrics"]["ndcg@20"] > 0
 
@@ -77,7 +84,9 @@ def test_each_method_distils_a_student_with_lineage(data, teacher, tmp_path, met
     assert report is not None and report.teacher is not None and t_report is not None
     assert report.teacher.metrics["ndcg@20"] == t_report.metrics["ndcg@20"]
     delta = (report.deltas or {})["ndcg@20"]
-    assert delta == pytest.approx((report.metrics["ndcg@20"] or 0) - (t_report.metrics["ndcg@20"] or 0))
+    assert delta == pytest.approx(
+        (report.metrics["ndcg@20"] or 0) - (t_report.metrics["ndcg@20"] or 0)
+    )
     assert "overlap@20" in report.metrics and report.retention is not None
 
 
@@ -104,16 +113,26 @@ def test_cancellation_leaves_no_model(data, tmp_path) -> None:
         return calls["n"] > 2
 
     with pytest.raises(JobCancelled):
-        train_teacher(data, TeacherConfig(dim=8, **FAST), tmp_path / "t", device=CPU,
-                      should_stop=stop_after_two)
+        train_teacher(
+            data,
+            TeacherConfig(dim=8, **FAST),
+            tmp_path / "t",
+            device=CPU,
+            should_stop=stop_after_two,
+        )
     assert not (tmp_path / "t").exists()
     assert [p.name for p in tmp_path.iterdir()] == [], "no half-written temporary directory left"
 
 
 def test_progress_events_report_epochs(data, tmp_path) -> None:
     events = []
-    train_teacher(data, TeacherConfig(dim=8, epochs=3, batch_size=512, eval_every=1), tmp_path / "t",
-                  device=CPU, on_progress=events.append)
+    train_teacher(
+        data,
+        TeacherConfig(dim=8, epochs=3, batch_size=512, eval_every=1),
+        tmp_path / "t",
+        device=CPU,
+        on_progress=events.append,
+    )
     train = [e for e in events if e.stage == "train"]
     assert [e.epoch for e in train] == [1, 2, 3] and all(e.epochs == 3 for e in train)
     assert all(e.loss is not None and "valid_ndcg@20" in e.metrics for e in train)
@@ -121,9 +140,13 @@ def test_progress_events_report_epochs(data, tmp_path) -> None:
 
 
 def test_student_on_another_dataset_is_refused(teacher, tmp_path) -> None:
-    other = generate_synthetic(n_users=400, n_items=200, dim=8, skew=1.0, interactions_per_user=25, seed=4)
+    other = generate_synthetic(
+        n_users=400, n_items=200, dim=8, skew=1.0, interactions_per_user=25, seed=4
+    )
     with pytest.raises(FingerprintMismatchError, match="trained on dataset"):
-        distill_student(other, teacher.path, DistillConfig(dim=8, epochs=1), tmp_path / "s", device=CPU)
+        distill_student(
+            other, teacher.path, DistillConfig(dim=8, epochs=1), tmp_path / "s", device=CPU
+        )
     with pytest.raises(FingerprintMismatchError):
         evaluate_model(other, teacher.path)
 
@@ -147,8 +170,12 @@ def test_evaluate_model_matches_the_saved_report(data, teacher) -> None:
 
 
 def test_lightgcn_teacher_trains(data, tmp_path) -> None:
-    art = train_teacher(data, TeacherConfig(model="lightgcn", dim=16, n_layers=2, epochs=5, batch_size=1024),
-                        tmp_path / "lg", device=CPU)
+    art = train_teacher(
+        data,
+        TeacherConfig(model="lightgcn", dim=16, n_layers=2, epochs=5, batch_size=1024),
+        tmp_path / "lg",
+        device=CPU,
+    )
     assert art.manifest.model == "lightgcn" and np.isfinite(art.item_emb).all()
     assert art.report is not None and (art.report.metrics["recall@20"] or 0) > 0
 
@@ -160,14 +187,17 @@ def test_unkd_recipe_options_warm_start_and_head_share_cap(
     validation head share is at most the teacher's whenever any check met it."""
     from training.validation import scorer_validation
 
-    cfg = DistillConfig(dim=8, warm_start="als", head_share_cap="teacher", lr=0.001, lambda_kd=1.0,
-                        **FAST)  # fmt: skip
+    cfg = DistillConfig(
+        dim=8, warm_start="als", head_share_cap="teacher", lr=0.001, lambda_kd=1.0, **FAST
+    )
     art = distill_student(data, teacher, cfg, tmp_path / "s", device=CPU)
     assert art.manifest.config is not None and art.manifest.config.warm_start == "als"  # type: ignore[union-attr]
     history = art.manifest.training.history  # type: ignore[union-attr]
     head = np.asarray(data.groups(4)) == 0
     scorer = EmbeddingScorer(teacher.user_emb, teacher.item_emb)
-    cap = scorer_validation(scorer, data.csr("train"), data.csr("valid"), head_items=head)["head_share@20"]
+    cap = scorer_validation(scorer, data.csr("train"), data.csr("valid"), head_items=head)[
+        "head_share@20"
+    ]
     rows = [r.model_dump() for r in history]
     under = [r for r in rows if r["valid_head_share@20"] <= cap]
     best = art.manifest.training.best_epoch  # type: ignore[union-attr]
@@ -177,7 +207,9 @@ def test_unkd_recipe_options_warm_start_and_head_share_cap(
         assert best == max(rows, key=lambda r: r["valid_ndcg@20"])["epoch"]
 
 
-def test_als_warm_start_needs_an_mf_student(data: Dataset, teacher: ModelArtifact, tmp_path: Path) -> None:
+def test_als_warm_start_needs_an_mf_student(
+    data: Dataset, teacher: ModelArtifact, tmp_path: Path
+) -> None:
     cfg = DistillConfig(dim=8, warm_start="als", student_model="lightgcn", **FAST)
     with pytest.raises(ConfigError, match="warm_start='als' needs student_model='mf'"):
         distill_student(data, teacher, cfg, tmp_path / "s", device=CPU)
@@ -232,11 +264,21 @@ def test_trials_of_one_teacher_rank_its_candidates_once(
     monkeypatch.setattr(base, "teacher_candidates", counting)
     monkeypatch.setattr(base, "CANDIDATE_CACHE", ranking.CANDIDATE_CACHE)
     fast = {**FAST, "epochs": 2, "warm_start": "none"}
-    a = distill_student(data, teacher, DistillConfig(dim=8, lr=0.01, **fast), tmp_path / "a", device=CPU)
-    b = distill_student(data, teacher, DistillConfig(dim=8, lr=0.02, lambda_kd=2.0, **fast), tmp_path / "b", device=CPU)
+    a = distill_student(
+        data, teacher, DistillConfig(dim=8, lr=0.01, **fast), tmp_path / "a", device=CPU
+    )
+    b = distill_student(
+        data,
+        teacher,
+        DistillConfig(dim=8, lr=0.02, lambda_kd=2.0, **fast),
+        tmp_path / "b",
+        device=CPU,
+    )
     assert len(built) == 1  # the second student reused the lists
     assert not np.array_equal(a.user_emb, b.user_emb)
-    distill_student(data, teacher, DistillConfig(dim=8, unkd={"top_l": 50}, **fast), tmp_path / "c", device=CPU)  # type: ignore[arg-type]
+    distill_student(
+        data, teacher, DistillConfig(dim=8, unkd={"top_l": 50}, **fast), tmp_path / "c", device=CPU
+    )  # type: ignore[arg-type]
     assert len(built) == 2  # other list options: ranked again
 
 

@@ -27,7 +27,9 @@ from worker import tasks
 from worker.recovery import JobLease, lease_key, reap_lost_jobs
 
 
-def test_a_job_whose_lease_is_held_elsewhere_is_not_run_twice(monkeypatch, settings, registry, dataset) -> None:
+def test_a_job_whose_lease_is_held_elsewhere_is_not_run_twice(
+    monkeypatch, settings, registry, dataset
+) -> None:
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     teacher_job(registry)
@@ -60,20 +62,28 @@ def test_reaper_requeues_running_jobs_without_a_lease_only(settings, registry) -
     assert live.acquire()
     resent: list[tuple[str, str]] = []
     try:
-        recovered = reap_lost_jobs(registry, settings, FakeTask(settings).app,
-                                   lambda job_id, kind: resent.append((job_id, kind)))  # fmt: skip
+        recovered = reap_lost_jobs(
+            registry,
+            settings,
+            FakeTask(settings).app,
+            lambda job_id, kind: resent.append((job_id, kind)),
+        )
         # A second reaper (another worker starting at the same moment) does nothing.
         again = reap_lost_jobs(registry, settings, FakeTask(settings).app, lambda *_: None)
     finally:
         live.release()
-    assert recovered == ["dead"] and resent == [("dead", "teacher")]  # no unacked message: a new one
+    assert recovered == ["dead"] and resent == [
+        ("dead", "teacher")
+    ]  # no unacked message: a new one
     assert again == []
     dead, alive = registry.get_job("dead"), registry.get_job("alive")
     assert dead.status == "queued" and "worker lost" in (dead.error or "")
     assert alive.status == "running"
 
 
-def test_a_job_that_lost_its_lease_stops_without_recording(monkeypatch, settings, registry, dataset) -> None:
+def test_a_job_that_lost_its_lease_stops_without_recording(
+    monkeypatch, settings, registry, dataset
+) -> None:
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     acquire = JobLease.acquire
@@ -100,11 +110,16 @@ def test_memory_error_fails_the_job_without_retry(monkeypatch, settings, registr
     teacher_job(registry)
     task = FakeTask(settings)
     summary = tasks.run_job(task, "j1", tasks._teacher_body)
-    assert summary["status"] == "failed" and summary["error"] == "out of memory: cannot allocate 64 GiB"
+    assert (
+        summary["status"] == "failed"
+        and summary["error"] == "out of memory: cannot allocate 64 GiB"
+    )
     assert task.retries == []
 
 
-def test_stale_temp_dirs_of_an_interrupted_attempt_are_removed(monkeypatch, settings, registry, dataset) -> None:
+def test_stale_temp_dirs_of_an_interrupted_attempt_are_removed(
+    monkeypatch, settings, registry, dataset
+) -> None:
     monkeypatch.setattr(pipelines, "train_teacher", fake_train([]))
     stale = settings.models_dir.resolve() / ".teacher-j1.tmp-abc123"
     stale.mkdir(parents=True)
@@ -132,7 +147,9 @@ def test_a_fanned_out_jobs_shards_outlive_a_retry_and_not_the_job(settings, regi
     assert not shards_root(settings, "jd").exists()
 
 
-def test_worker_refuses_a_job_over_its_memory_budget(monkeypatch, settings, registry, dataset) -> None:
+def test_worker_refuses_a_job_over_its_memory_budget(
+    monkeypatch, settings, registry, dataset
+) -> None:
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     settings = settings.model_copy(update={"max_job_memory_mb": 1})
@@ -140,13 +157,17 @@ def test_worker_refuses_a_job_over_its_memory_budget(monkeypatch, settings, regi
     teacher_job(registry, dim=4096)
     summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
     assert summary["status"] == "failed" and calls == []
-    assert summary["error"].startswith("dim: a mf teacher of dim=4096 over 20 users x 30 items needs about")
+    assert summary["error"].startswith(
+        "dim: a mf teacher of dim=4096 over 20 users x 30 items needs about"
+    )
 
 
 def test_budget_estimates_name_the_parameter_to_lower() -> None:
     limit = 64 * 2**20
     assert check_teacher(1000, 1000, TeacherConfig(dim=64), limit) < limit
-    with pytest.raises(MemoryBudgetError, match=r"^dim: .* over the max_job_memory_mb=64 MiB limit"):
+    with pytest.raises(
+        MemoryBudgetError, match=r"^dim: .* over the max_job_memory_mb=64 MiB limit"
+    ):
         check_teacher(1_000_000, 100_000, TeacherConfig(dim=64), limit)
     # UnKD keeps groups x top_l teacher candidates per user: that is what to lower here.
     cfg = DistillConfig(dim=8, unkd={"groups": 4, "top_l": 100_000})
@@ -162,6 +183,11 @@ def test_budget_estimates_name_the_parameter_to_lower() -> None:
     assert not lists_mapped(1_000_000, DistillConfig(method="rrd"), fanout_min_users=200_000)
     with pytest.raises(MemoryBudgetError):  # 1M x 2,000 int32 entries in memory: 7.5 GiB
         check_distill(1_000_000, 20_000, cfg, teacher_dim=64, limit_bytes=limit)
-    assert check_distill(1_000_000, 20_000, cfg, teacher_dim=64, limit_bytes=limit, mapped=True) < limit
+    assert (
+        check_distill(1_000_000, 20_000, cfg, teacher_dim=64, limit_bytes=limit, mapped=True)
+        < limit
+    )
     lightgcn = TeacherConfig(dim=64, model="lightgcn", n_layers=3)
-    assert check_teacher(1000, 1000, lightgcn, 2**40) > check_teacher(1000, 1000, TeacherConfig(dim=64), 2**40)
+    assert check_teacher(1000, 1000, lightgcn, 2**40) > check_teacher(
+        1000, 1000, TeacherConfig(dim=64), 2**40
+    )

@@ -50,8 +50,11 @@ def test_redis_server_needs_its_password(redis_server: RedisServer) -> None:
 
 def test_dataset_and_model_records(registry: Registry) -> None:
     for i in range(3):
-        registry.add_dataset(DatasetRecord(id=f"ds{i}", name=f"n{i}", source="synthetic",
-                                           fingerprint="f", path=f"/d/{i}"))  # fmt: skip
+        registry.add_dataset(
+            DatasetRecord(
+                id=f"ds{i}", name=f"n{i}", source="synthetic", fingerprint="f", path=f"/d/{i}"
+            )
+        )
     items, total = registry.list_datasets(limit=2, offset=0)
     assert total == 3 and [d.id for d in items] == ["ds2", "ds1"]  # newest first
     assert [d.id for d in registry.list_datasets(limit=2, offset=2)[0]] == ["ds0"]

@@ -33,8 +33,9 @@ def complete_artifact(report: ModuleType) -> dict[str, dict[str, Any]]:
     return data
 
 
-def run(report: ModuleType, tmp_path: Path, data: dict[str, Any],
-        capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:  # fmt: skip
+def run(
+    report: ModuleType, tmp_path: Path, data: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
     artifact = tmp_path / "reliability.json"
     artifact.write_text(json.dumps(data))
     rc = report.main([str(artifact)])
@@ -42,8 +43,9 @@ def run(report: ModuleType, tmp_path: Path, data: dict[str, Any],
     return rc, out, err
 
 
-def test_complete_artifact_prints_every_row_and_exits_0(report: ModuleType, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_complete_artifact_prints_every_row_and_exits_0(
+    report: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, out, err = run(report, tmp_path, complete_artifact(report), capsys)
     assert rc == 0 and err == ""
     rows = out.splitlines()[2:]
@@ -51,8 +53,9 @@ def test_complete_artifact_prints_every_row_and_exits_0(report: ModuleType, tmp_
     assert rows[0].startswith(f"| fault {report.ROWS[0][0]} | `{report.ROWS[0][1]}` | 7 | – | – |")
 
 
-def test_a_row_not_run_exits_1_and_names_it(report: ModuleType, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_row_not_run_exits_1_and_names_it(
+    report: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = complete_artifact(report)
     key, test, _ = report.ROWS[3]
     del data[key]
@@ -62,8 +65,9 @@ def test_a_row_not_run_exits_1_and_names_it(report: ModuleType, tmp_path: Path,
     assert f"1 of {len(report.ROWS)} rows incomplete" in err and f"{key} ({test}): not run" in err
 
 
-def test_a_row_lacking_a_figure_exits_1(report: ModuleType, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_row_lacking_a_figure_exits_1(
+    report: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = complete_artifact(report)
     key = report.ROWS[0][0]
     del data[key]["final_status"]
@@ -72,8 +76,9 @@ def test_a_row_lacking_a_figure_exits_1(report: ModuleType, tmp_path: Path,
     assert f"{key} (" in err and "artifact lacks 'final_status'" in err
 
 
-def test_empty_or_missing_artifact_exits_1(report: ModuleType, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_or_missing_artifact_exits_1(
+    report: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, out, err = run(report, tmp_path, {}, capsys)
     assert rc == 1 and out.count("not run") == len(report.ROWS)
     assert f"{len(report.ROWS)} of {len(report.ROWS)} rows incomplete" in err

@@ -48,10 +48,18 @@ print(json.dumps(seen))
 
 
 def test_bundle_search_thread_runs_faiss_on_one_openmp_thread(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "4",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "unit")])}  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "4",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "unit")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     import json
 
@@ -64,11 +72,17 @@ def test_bundle_search_thread_runs_faiss_on_one_openmp_thread(tmp_path: Path) ->
 def test_on_thread_start_runs_on_each_new_search_thread_before_its_batches() -> None:
     events: list[tuple[str, str]] = []
 
-    def fn(users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def fn(
+        users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         events.append(("batch", threading.current_thread().name))
         return np.zeros((len(users), k), np.float32), np.zeros((len(users), k), np.int64)
 
-    c = Coalescer(fn, idle_s=0.05, on_thread_start=lambda: events.append(("start", threading.current_thread().name)))
+    c = Coalescer(
+        fn,
+        idle_s=0.05,
+        on_thread_start=lambda: events.append(("start", threading.current_thread().name)),
+    )
     c.one(1, 2, True)
     deadline = time.monotonic() + 5
     while c._running and time.monotonic() < deadline:
@@ -81,7 +95,9 @@ def test_a_failing_on_thread_start_does_not_stop_the_searches() -> None:
     def boom() -> None:
         raise RuntimeError("hook failed")
 
-    def fn(users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def fn(
+        users: np.ndarray, k: int, exclude_seen: bool, queries: list | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((len(users), k), np.float32), users[:, None].repeat(k, 1).astype(np.int64)
 
     _, items = Coalescer(fn, on_thread_start=boom).one(7, 3, False)

@@ -22,8 +22,13 @@ faiss.omp_set_num_threads(1)
 K = 25
 
 
-def reference(b: ServingBundle, model: ModelArtifact, users: np.ndarray, banned: list[int],
-              allowed: np.ndarray | None) -> list[list[int]]:  # fmt: skip
+def reference(
+    b: ServingBundle,
+    model: ModelArtifact,
+    users: np.ndarray,
+    banned: list[int],
+    allowed: np.ndarray | None,
+) -> list[list[int]]:
     """Brute-force lists in float64: seen + banned masked, only allowed items, tie rule."""
     out = []
     for u in users.tolist():
@@ -44,7 +49,9 @@ def served_lists(b: ServingBundle, users: np.ndarray, query: RowQuery) -> list[l
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory):
-    path, ds, model = make_bundle(tmp_path_factory.mktemp("big"), n_users=40, n_items=6000, max_seen=40, seed=3)
+    path, ds, model = make_bundle(
+        tmp_path_factory.mktemp("big"), n_users=40, n_items=6000, max_seen=40, seed=3
+    )
     return load_bundle(path), ds, model
 
 
@@ -72,7 +79,9 @@ def test_filtered_rows_match_brute_force(big, exclude, include, groups, path: st
     got = served_lists(b, users, filters.query())
     assert got == reference(b, model, users, filters.banned.tolist(), allowed)
     assert all(len(row) == K for row in got) or include is not None
-    if path == "search" and (filters.allowed is None or len(filters.allowed.idx) > EXACT_SCAN_ITEMS):
+    if path == "search" and (
+        filters.allowed is None or len(filters.allowed.idx) > EXACT_SCAN_ITEMS
+    ):
         assert b.exact_scans == scans
     if path == "scan":
         assert b.exact_scans == scans + len(users)
@@ -85,13 +94,19 @@ def test_a_search_that_comes_up_short_is_finished_by_an_exact_scan(tmp_path: Pat
     item_emb = rng.standard_normal((ds.n_items, 8)).astype(np.float32)
     tail = ds.groups(4) == 3
     item_emb[tail] *= 1e-3
-    model = ModelArtifact(user_emb=rng.standard_normal((ds.n_users, 8)).astype(np.float32), item_emb=item_emb,
-                          manifest=ModelManifest(kind="student", model="mf", dim=8,
-                                                 dataset=DatasetInfo(fingerprint=ds.fingerprint)))  # fmt: skip
+    model = ModelArtifact(
+        user_emb=rng.standard_normal((ds.n_users, 8)).astype(np.float32),
+        item_emb=item_emb,
+        manifest=ModelManifest(
+            kind="student", model="mf", dim=8, dataset=DatasetInfo(fingerprint=ds.fingerprint)
+        ),
+    )
     build_bundle(model.save(tmp_path / "model"), ds, tmp_path / "bundle", model_id="short")
     b = load_bundle(tmp_path / "bundle")
     filters = resolve_filters(b, None, None, [3])
-    assert filters.allowed is not None and len(filters.allowed.idx) > EXACT_SCAN_ITEMS  # searched first
+    assert (
+        filters.allowed is not None and len(filters.allowed.idx) > EXACT_SCAN_ITEMS
+    )  # searched first
     users = np.arange(ds.n_users)
     got = served_lists(b, users, filters.query())
     assert got == reference(b, model, users, [], tail)
@@ -100,13 +115,17 @@ def test_a_search_that_comes_up_short_is_finished_by_an_exact_scan(tmp_path: Pat
 
 
 def test_approximate_index_with_filters_and_a_vector_query(tmp_path: Path) -> None:
-    path, ds, model = make_bundle(tmp_path, factory="IVF16,Flat", n_users=30, n_items=6000, nprobe=16)
+    path, ds, model = make_bundle(
+        tmp_path, factory="IVF16,Flat", n_users=30, n_items=6000, nprobe=16
+    )
     b = load_bundle(path, nprobe=16)  # every list probed: exact, and item_emb is a memory map
     users = np.arange(ds.n_users)
     for groups in ([3], [0]):
         filters = resolve_filters(b, ["i1", "i2"], None, groups)
         allowed = np.isin(b.groups, groups)
-        assert served_lists(b, users, filters.query()) == reference(b, model, users, [1, 2], allowed)
+        assert served_lists(b, users, filters.query()) == reference(
+            b, model, users, [1, 2], allowed
+        )
     # a folded-in history searches like a user vector, without the user's seen items
     history = b.seen(0)
     _, items = b.recommend(np.array([-1]), K, False, [RowQuery(history, None, history)])
@@ -132,4 +151,6 @@ def test_format_1_bundle_still_loads_and_counts_popularity_from_seen_items(tmp_p
     np.testing.assert_array_equal(old.item_popularity, ds.popularity())
     none = np.zeros(0, dtype=np.int64)
     for kind in ("popular", "debiased"):
-        np.testing.assert_array_equal(old.fallback(kind, 12, none, None)[1], fresh.fallback(kind, 12, none, None)[1])
+        np.testing.assert_array_equal(
+            old.fallback(kind, 12, none, None)[1], fresh.fallback(kind, 12, none, None)[1]
+        )

@@ -41,7 +41,9 @@ def test_a_used_bundle_is_freed_by_reference_counting(tmp_path: Path, collector_
     path, _, _ = make_bundle(tmp_path)
     bundle = load_bundle(path)
     _use_every_path(bundle)
-    coalescer = bundle._coalescer  # its search thread may still be alive (idle_s): it must not pin the bundle
+    coalescer = (
+        bundle._coalescer
+    )  # its search thread may still be alive (idle_s): it must not pin the bundle
     ref = weakref.ref(bundle)
     del bundle
     assert ref() is None, "a dropped bundle survived: it is part of a reference cycle"

@@ -85,7 +85,9 @@ def test_fold_in_is_the_ridge_solution() -> None:
     direction = qs.sum(axis=0)
     cos = far @ direction / np.linalg.norm(far) / np.linalg.norm(direction)
     assert cos > 0.9999
-    assert mean_sq_norm(q, chunk=7) == pytest.approx(float((q.astype(np.float64) ** 2).sum(1).mean()))
+    assert mean_sq_norm(q, chunk=7) == pytest.approx(
+        float((q.astype(np.float64) ** 2).sum(1).mean())
+    )
     with pytest.raises(ValueError, match="empty"):
         fold_in(q, np.array([], dtype=np.int64), 1.0)
     with pytest.raises(ValueError, match="lam"):
@@ -141,7 +143,9 @@ def test_fallback_filters_restrict_the_candidates(table) -> None:
     t, groups = table
     only_tail = candidates(t, groups, 3, np.array([6]), [1, 2], None)
     assert [c.tolist() for c in only_tail] == [[3, 8], [1, 4, 9]]  # item 6 banned
-    included = candidates(t, groups, 3, np.zeros(0, dtype=np.int64), range(4), np.array([9, 8, 2, 6]))
+    included = candidates(
+        t, groups, 3, np.zeros(0, dtype=np.int64), range(4), np.array([9, 8, 2, 6])
+    )
     assert [c.tolist() for c in included] == [[2], [6, 8], [9], []]  # include, in popularity order
     # 1.93, 0.75, 0.32 -> 2, 1, 0; g0 has 1 item: the 2 slots left go 1.4 : 0.6 -> 1, 1
     assert debiased(t, included, range(4), 3).tolist() == [2, 6, 9]

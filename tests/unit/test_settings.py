@@ -36,9 +36,16 @@ def test_empty_redis_url_means_unset() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("redis_url", "http://localhost"), ("api_keys", ["short"]), ("nprobe", 0),
-     ("device", "tpu"), ("upload_max_bytes", 10), ("train_queue", ""), ("log_level", "LOUD")],
-)  # fmt: skip
+    [
+        ("redis_url", "http://localhost"),
+        ("api_keys", ["short"]),
+        ("nprobe", 0),
+        ("device", "tpu"),
+        ("upload_max_bytes", 10),
+        ("train_queue", ""),
+        ("log_level", "LOUD"),
+    ],
+)
 def test_impossible_values_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as info:
         Settings(**{field: value})  # type: ignore[arg-type]
@@ -79,8 +86,14 @@ def test_worker_threads_reach_the_workers_environment() -> None:
     from service.cli import build_parser, worker_env
 
     args = build_parser().parse_args(["worker", "--threads", "1"])
-    env = worker_env({"PATH": "/bin", "OMP_NUM_THREADS": "8"}, {"UNKD_REDIS_URL": "redis://x"}, args.threads)
-    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["OPENBLAS_NUM_THREADS"]) == ("1", "1", "1")
+    env = worker_env(
+        {"PATH": "/bin", "OMP_NUM_THREADS": "8"}, {"UNKD_REDIS_URL": "redis://x"}, args.threads
+    )
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["OPENBLAS_NUM_THREADS"]) == (
+        "1",
+        "1",
+        "1",
+    )
     assert env["UNKD_REDIS_URL"] == "redis://x" and env["PATH"] == "/bin"
     # Without --threads the environment is left as it is (torch: one thread per core).
     unset = worker_env({"OMP_NUM_THREADS": "8"}, {}, build_parser().parse_args(["worker"]).threads)

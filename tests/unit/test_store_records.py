@@ -39,8 +39,11 @@ def make_dir(root: Path, text: str = "a") -> Path:
 
 
 def files_of(path: Path) -> dict[str, bytes]:
-    return {p.relative_to(path).as_posix(): p.read_bytes() for p in path.rglob("*")
-            if p.is_file() and p.name != MANIFEST_FILE}  # fmt: skip
+    return {
+        p.relative_to(path).as_posix(): p.read_bytes()
+        for p in path.rglob("*")
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
 
 
 # -- commit ------------------------------------------------------------------------------------
@@ -54,7 +57,9 @@ def test_commit_in_the_data_dir_keeps_the_path_and_copies_nothing(tmp_path: Path
     assert store.resolve(str(built.resolve())) == built.resolve()
 
 
-def test_commit_to_a_url_uploads_and_keeps_the_local_copy_as_cache(tmp_path: Path, monkeypatch) -> None:
+def test_commit_to_a_url_uploads_and_keeps_the_local_copy_as_cache(
+    tmp_path: Path, monkeypatch
+) -> None:
     url = f"file://{tmp_path / 'store'}"
     writer = ArtifactStore(url, tmp_path / "host-a")
     built = make_dir(tmp_path / "host-a" / "datasets" / "ds-1")
@@ -85,8 +90,13 @@ def test_commit_again_is_a_no_op_for_the_same_files_and_refused_for_others(tmp_p
 
 @pytest.fixture()
 def settings(redis_url: str, tmp_path: Path) -> Settings:
-    return Settings(redis_url=redis_url, data_dir=tmp_path / "worker", device="cpu", job_max_retries=0,
-                    artifact_url=f"file://{tmp_path / 'store'}")  # fmt: skip
+    return Settings(
+        redis_url=redis_url,
+        data_dir=tmp_path / "worker",
+        device="cpu",
+        job_max_retries=0,
+        artifact_url=f"file://{tmp_path / 'store'}",
+    )
 
 
 @pytest.fixture()
@@ -100,8 +110,11 @@ def dataset(settings: Settings, registry: Registry, tmp_path: Path):
     ds = generate_synthetic(n_users=20, n_items=30, interactions_per_user=6, dim=4)
     api = ArtifactStore(settings.artifact_url, tmp_path / "api")
     location = api.commit(dataset_key("ds-1"), ds.save(tmp_path / "api" / "datasets" / "ds-1"))
-    registry.add_dataset(DatasetRecord(id="ds-1", name="s", source="synthetic",
-                                       fingerprint=ds.fingerprint, path=location))  # fmt: skip
+    registry.add_dataset(
+        DatasetRecord(
+            id="ds-1", name="s", source="synthetic", fingerprint=ds.fingerprint, path=location
+        )
+    )
     return ds
 
 
@@ -128,11 +141,25 @@ def test_a_redelivered_job_finds_its_model_and_never_trains_twice(
     """What a first delivery killed before recording its model leaves: the model in the
     store (this worker's cache gone with its host), or saved on this host before the put."""
     store = ArtifactStore.from_settings(settings)
-    out = settings.models_dir / "teacher-j1" if left == "saved here, not stored" else tmp_path / "lost-host"
-    fake_train([])(dataset, TeacherConfig(dim=4, epochs=1), out, device=None, on_progress=lambda e: None,
-                   should_stop=lambda: False, model_id="teacher-j1", dataset_id="ds-1")  # fmt: skip
+    out = (
+        settings.models_dir / "teacher-j1"
+        if left == "saved here, not stored"
+        else tmp_path / "lost-host"
+    )
+    fake_train([])(
+        dataset,
+        TeacherConfig(dim=4, epochs=1),
+        out,
+        device=None,
+        on_progress=lambda e: None,
+        should_stop=lambda: False,
+        model_id="teacher-j1",
+        dataset_id="ds-1",
+    )
     if left == "stored, not recorded":
-        ArtifactStore(settings.artifact_url, tmp_path / "lost-host-data").commit(model_key("teacher-j1"), out)
+        ArtifactStore(settings.artifact_url, tmp_path / "lost-host-data").commit(
+            model_key("teacher-j1"), out
+        )
     assert store.exists(model_key("teacher-j1")) is (left == "stored, not recorded")
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
@@ -141,7 +168,9 @@ def test_a_redelivered_job_finds_its_model_and_never_trains_twice(
     assert summary["status"] == "succeeded", summary
     assert calls == []  # not trained again
     assert registry.get_model("teacher-j1").path == store.location(model_key("teacher-j1"))
-    assert store.exists(model_key("teacher-j1")) and not (settings.models_dir / "teacher-j1").exists()
+    assert (
+        store.exists(model_key("teacher-j1")) and not (settings.models_dir / "teacher-j1").exists()
+    )
 
 
 def test_a_dataset_missing_from_the_store_fails_the_job_naming_the_key(
@@ -153,4 +182,6 @@ def test_a_dataset_missing_from_the_store_fails_the_job_naming_the_key(
     teacher_job(registry)
     summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
     assert summary["status"] == "failed"
-    assert summary["error"].startswith(f"artifact datasets/ds-1: not in {settings.artifact_url}"), summary
+    assert summary["error"].startswith(f"artifact datasets/ds-1: not in {settings.artifact_url}"), (
+        summary
+    )

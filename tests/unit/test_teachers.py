@@ -33,7 +33,14 @@ DEVICES = ["cpu"] + [pytest.param("cuda", marks=pytest.mark.gpu)] * torch.cuda.i
 # Small, fast settings per teacher; each must still solve the checkerboard exactly.
 CONFIGS = {
     "mf": {"dim": 8, "lr": 0.05, "epochs": 40, "patience": 40, "batch_size": 128},
-    "lightgcn": {"dim": 8, "n_layers": 2, "lr": 0.05, "epochs": 40, "patience": 40, "batch_size": 128},
+    "lightgcn": {
+        "dim": 8,
+        "n_layers": 2,
+        "lr": 0.05,
+        "epochs": 40,
+        "patience": 40,
+        "batch_size": 128,
+    },
     # rank 3 like implicit's own test: more factors could fit the withheld zeros themselves
     "als": {"dim": 3, "als": {"alpha": 10.0, "regularization": 0.1, "iterations": 15}},
     "ease": {"ease": {"l2": 10.0}},
@@ -46,9 +53,14 @@ def checkerboard(n: int = 40) -> Dataset:
     must rank item u first among u's unseen items."""
     train = np.array([(u, i) for u in range(n) for i in range(u % 2, n, 2) if i != u])
     ids = [str(x) for x in range(n)]
-    return Dataset(name="checkerboard", user_ids=ids, item_ids=ids, train=train,
-                   valid=np.array([(u, u) for u in range(0, n, 2)]),
-                   test=np.array([(u, u) for u in range(1, n, 2)]))  # fmt: skip
+    return Dataset(
+        name="checkerboard",
+        user_ids=ids,
+        item_ids=ids,
+        train=train,
+        valid=np.array([(u, u) for u in range(0, n, 2)]),
+        test=np.array([(u, u) for u in range(1, n, 2)]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +71,9 @@ def board() -> Dataset:
 # -- the contract, over every teacher ------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("model", ["mf", "lightgcn", "als", "ease"])
-def test_every_teacher_solves_the_checkerboard(board: Dataset, tmp_path, model: str, device: str) -> None:
+def test_every_teacher_solves_the_checkerboard(
+    board: Dataset, tmp_path, model: str, device: str
+) -> None:
     dev = torch.device(device)
     cfg = TeacherConfig(model=model, **CONFIGS[model])  # type: ignore[arg-type]
     art = train_teacher(board, cfg, tmp_path / model, device=dev)
@@ -77,8 +91,12 @@ def test_every_teacher_solves_the_checkerboard(board: Dataset, tmp_path, model: 
 
 
 def test_ease_artifact_keeps_b_instead_of_embeddings(board: Dataset, tmp_path) -> None:
-    art = train_teacher(board, TeacherConfig(model="ease", ease={"l2": 10.0}), tmp_path / "e",  # type: ignore[arg-type]
-                        device=CPU)  # fmt: skip
+    art = train_teacher(
+        board,
+        TeacherConfig(model="ease", ease={"l2": 10.0}),
+        tmp_path / "e",  # type: ignore[arg-type]
+        device=CPU,
+    )
     files = sorted(p.name for p in (tmp_path / "e").iterdir())
     assert files == [EASE_FILE, "manifest.json", "report.json"] and EMBEDDINGS not in files
     loaded = ModelArtifact.load(tmp_path / "e")
@@ -89,7 +107,9 @@ def test_ease_artifact_keeps_b_instead_of_embeddings(board: Dataset, tmp_path) -
     assert loaded.item_item is not None and loaded.item_item.shape == (board.n_items,) * 2
     np.testing.assert_array_equal(loaded.item_item, art.item_item)
     assert (np.diag(loaded.item_item) == 0).all()
-    with pytest.raises(NoEmbeddingsError, match="EASE teachers have no embeddings to serve: distil a student"):
+    with pytest.raises(
+        NoEmbeddingsError, match="EASE teachers have no embeddings to serve: distil a student"
+    ):
         loaded.embeddings()
     assert evaluate_model(board, tmp_path / "e").metrics["ndcg@20"] == art.report.metrics["ndcg@20"]  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="student is embeddings"):
@@ -98,7 +118,9 @@ def test_ease_artifact_keeps_b_instead_of_embeddings(board: Dataset, tmp_path) -
 
 def test_publishing_an_ease_teacher_fails_with_a_clear_message(board: Dataset, tmp_path) -> None:
     train_teacher(board, TeacherConfig(model="ease"), tmp_path / "e", device=CPU)
-    with pytest.raises(BundleError, match="EASE teachers have no embeddings to serve: distil a student"):
+    with pytest.raises(
+        BundleError, match="EASE teachers have no embeddings to serve: distil a student"
+    ):
         build_bundle(tmp_path / "e", board, tmp_path / "bundle", model_id="teacher-ease")
     assert not (tmp_path / "bundle").exists()
 
@@ -124,7 +146,9 @@ def test_als_factors_solve_implicits_weighted_least_squares(board: Dataset) -> N
     from training.teachers.als import fit_als
 
     alpha, reg = 5.0, 0.3
-    cfg = TeacherConfig(model="als", dim=3, als={"alpha": alpha, "regularization": reg, "iterations": 4})  # type: ignore[arg-type]
+    cfg = TeacherConfig(
+        model="als", dim=3, als={"alpha": alpha, "regularization": reg, "iterations": 4}
+    )  # type: ignore[arg-type]
     train = board.csr("train")
     fitted = fit_als(train, board.csr("valid"), cfg, device=CPU)
     xu, yi = fitted.user_emb.astype(np.float64), fitted.item_emb.astype(np.float64)
@@ -142,7 +166,9 @@ def test_als_reports_every_iteration_and_stops_when_asked(board: Dataset, tmp_pa
     cfg = TeacherConfig(model="als", dim=4, als={"iterations": 5})  # type: ignore[arg-type]
     train_teacher(board, cfg, tmp_path / "a", device=CPU, on_progress=events.append)
     epochs = [e.epoch for e in events if e.stage == "train"]
-    assert epochs[:5] == [1, 2, 3, 4, 5] and all(e.epochs == 5 for e in events if e.stage == "train")
+    assert epochs[:5] == [1, 2, 3, 4, 5] and all(
+        e.epochs == 5 for e in events if e.stage == "train"
+    )
     assert "valid_ndcg@20" in [e for e in events if e.stage == "train"][-1].metrics
     calls = {"n": 0}
 
@@ -170,24 +196,42 @@ def test_als_backend_is_chosen_in_one_place(monkeypatch: pytest.MonkeyPatch) -> 
 
 # -- every distiller from ALS and EASE teachers ------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_teachers(tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelArtifact]:
+def tiny_teachers(
+    tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, ModelArtifact]:
     root = tmp_path_factory.mktemp("teachers")
     return {
-        "als": train_teacher(tiny_dataset, TeacherConfig(model="als", dim=16), root / "als", device=CPU),
+        "als": train_teacher(
+            tiny_dataset, TeacherConfig(model="als", dim=16), root / "als", device=CPU
+        ),
         "ease": train_teacher(tiny_dataset, TeacherConfig(model="ease"), root / "ease", device=CPU),
     }
 
 
 @pytest.mark.parametrize("teacher", ["als", "ease"])
 @pytest.mark.parametrize("method", ["none", "rd", "cd", "rrd", "unkd"])
-def test_every_distiller_runs_from_als_and_ease(tiny_dataset, tiny_teachers, tmp_path, teacher, method) -> None:
+def test_every_distiller_runs_from_als_and_ease(
+    tiny_dataset, tiny_teachers, tmp_path, teacher, method
+) -> None:
     t = tiny_teachers[teacher]
-    cfg = DistillConfig(method=method, dim=4, epochs=2, batch_size=1024,
-                        unkd={"top_l": 30}, cd={"top_l": 50}, rrd={"top_l": 30})  # type: ignore[arg-type]
+    cfg = DistillConfig(
+        method=method,
+        dim=4,
+        epochs=2,
+        batch_size=1024,
+        unkd={"top_l": 30},
+        cd={"top_l": 50},
+        rrd={"top_l": 30},
+    )  # type: ignore[arg-type]
     art = distill_student(tiny_dataset, t, cfg, tmp_path / "s", device=CPU)
     assert art.user_emb is not None and art.user_emb.shape == (tiny_dataset.n_users, 4)
     m = art.manifest
-    assert m.kind == "student" and m.model == "mf" and m.teacher is not None and m.teacher.model == teacher
+    assert (
+        m.kind == "student"
+        and m.model == "mf"
+        and m.teacher is not None
+        and m.teacher.model == teacher
+    )
     assert art.report is not None and art.report.teacher is not None
     assert "overlap@20" in art.report.metrics
     assert art.report.teacher.metrics["ndcg@20"] == t.report.metrics["ndcg@20"]  # type: ignore[union-attr]
@@ -209,7 +253,9 @@ def test_cd_labels_are_the_teachers_scores_of_the_listed_items(tiny_dataset, tin
 
 
 # -- EASE's size limit, before any work ---------------------------------------------------
-def test_ease_over_the_limit_is_refused_before_any_work(tiny_dataset, tmp_path, monkeypatch) -> None:
+def test_ease_over_the_limit_is_refused_before_any_work(
+    tiny_dataset, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setattr(budget, "EASE_MAX_ITEMS", tiny_dataset.n_items - 1)
 
     def heavy(*args: object, **kwargs: object) -> None:
@@ -224,7 +270,9 @@ def test_ease_over_the_limit_is_refused_before_any_work(tiny_dataset, tmp_path, 
 
 def test_budget_knows_the_teachers() -> None:
     limit = 2**50
-    with pytest.raises(EASETooLargeError, match=f"limit of {budget.EASE_MAX_ITEMS:,} items.*model='als'"):
+    with pytest.raises(
+        EASETooLargeError, match=f"limit of {budget.EASE_MAX_ITEMS:,} items.*model='als'"
+    ):
         check_teacher(1000, budget.EASE_MAX_ITEMS + 1, TeacherConfig(model="ease"), limit)
     ease = check_teacher(1000, 10_000, TeacherConfig(model="ease"), limit)
     assert ease >= 2 * 10_000**2 * 4  # the solve holds XᵀX + λI and its factor
@@ -280,19 +328,51 @@ def test_scorer_validation_matches_the_trainers(tiny_dataset: Dataset) -> None:
     ue = torch.from_numpy(rng.normal(size=(tiny_dataset.n_users, 6)).astype(np.float32))
     ie = torch.from_numpy(rng.normal(size=(tiny_dataset.n_items, 6)).astype(np.float32))
     train, valid = tiny_dataset.csr("train"), tiny_dataset.csr("valid")
-    assert scorer_validation(EmbeddingScorer(ue, ie), train, valid) == validation_metrics(ue, ie, train, valid)
+    assert scorer_validation(EmbeddingScorer(ue, ie), train, valid) == validation_metrics(
+        ue, ie, train, valid
+    )
 
 
 def test_cli_trains_als_and_ease_teachers(tiny_dataset: Dataset, tmp_path, capsys) -> None:
     from service.cli import main
 
     tiny_dataset.save(tmp_path / "ds")
-    assert main(["train-teacher", str(tmp_path / "ds"), "--model", "als", "--dim", "8",
-                 "--als-alpha", "5", "--als-iterations", "3", "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train-teacher",
+                str(tmp_path / "ds"),
+                "--model",
+                "als",
+                "--dim",
+                "8",
+                "--als-alpha",
+                "5",
+                "--als-iterations",
+                "3",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     m = ModelArtifact.load(tmp_path / "a").manifest
     assert m.model == "als" and m.dim == 8 and m.config is not None
     assert m.config.als.alpha == 5.0 and m.config.als.iterations == 3  # type: ignore[union-attr]
-    assert main(["train-teacher", str(tmp_path / "ds"), "--model", "ease", "--ease-l2", "50",
-                 "--out", str(tmp_path / "e")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train-teacher",
+                str(tmp_path / "ds"),
+                "--model",
+                "ease",
+                "--ease-l2",
+                "50",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "e" / EASE_FILE).is_file()
     capsys.readouterr()

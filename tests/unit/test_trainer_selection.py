@@ -22,7 +22,9 @@ def _fit(ds: Dataset, **kw: object):  # type: ignore[no-untyped-def]
     cfg = OptimConfig(epochs=12, eval_every=1, patience=50, lr=0.02, batch_size=512, seed=0)
     model = build_model("mf", ds.n_users, ds.n_items, 8, ds.csr("train"), device=CPU)
     head = np.asarray(ds.groups(4)) == 0
-    return fit(model, ds.train, ds.csr("train"), ds.csr("valid"), cfg, device=CPU, head_items=head, **kw)
+    return fit(
+        model, ds.train, ds.csr("train"), ds.csr("valid"), cfg, device=CPU, head_items=head, **kw
+    )
 
 
 def test_validation_reports_head_share(tiny_dataset: Dataset) -> None:
@@ -43,7 +45,9 @@ def test_cap_picks_the_best_epoch_under_it(tiny_dataset: Dataset) -> None:
     assert chosen["valid_head_share@20"] <= cap
 
 
-def test_unreachable_cap_keeps_the_best_ndcg_and_says_so(tiny_dataset: Dataset, caplog: pytest.LogCaptureFixture) -> None:
+def test_unreachable_cap_keeps_the_best_ndcg_and_says_so(
+    tiny_dataset: Dataset, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="training.trainer")
     res = _fit(tiny_dataset, max_head_share=-1.0)
     best = max(res.history, key=lambda r: r["valid_ndcg@20"])
@@ -53,10 +57,19 @@ def test_unreachable_cap_keeps_the_best_ndcg_and_says_so(tiny_dataset: Dataset, 
 
 def test_cap_needs_the_head_mask(tiny_dataset: Dataset) -> None:
     cfg = OptimConfig(epochs=1)
-    model = build_model("mf", tiny_dataset.n_users, tiny_dataset.n_items, 4, tiny_dataset.csr("train"), device=CPU)
+    model = build_model(
+        "mf", tiny_dataset.n_users, tiny_dataset.n_items, 4, tiny_dataset.csr("train"), device=CPU
+    )
     with pytest.raises(ValueError, match="head_items"):
-        fit(model, tiny_dataset.train, tiny_dataset.csr("train"), tiny_dataset.csr("valid"), cfg,
-            device=CPU, max_head_share=0.5)  # fmt: skip
+        fit(
+            model,
+            tiny_dataset.train,
+            tiny_dataset.csr("train"),
+            tiny_dataset.csr("valid"),
+            cfg,
+            device=CPU,
+            max_head_share=0.5,
+        )
 
 
 def test_negatives_are_never_training_items(tiny_dataset: Dataset) -> None:
@@ -96,10 +109,20 @@ def test_patience_spares_a_student_still_getting_more_accurate(tiny_dataset: Dat
     later = [r for r in free.history[1:] if r["valid_head_share@20"] > first]
     assert later, "the fixture's head share should rise above its first check's"
     cfg = OptimConfig(epochs=12, eval_every=1, patience=2, lr=0.02, batch_size=512, seed=0)
-    model = build_model("mf", tiny_dataset.n_users, tiny_dataset.n_items, 8, tiny_dataset.csr("train"), device=CPU)
+    model = build_model(
+        "mf", tiny_dataset.n_users, tiny_dataset.n_items, 8, tiny_dataset.csr("train"), device=CPU
+    )
     head = np.asarray(tiny_dataset.groups(4)) == 0
-    capped = fit(model, tiny_dataset.train, tiny_dataset.csr("train"), tiny_dataset.csr("valid"), cfg,
-                 device=CPU, head_items=head, max_head_share=first)  # fmt: skip
+    capped = fit(
+        model,
+        tiny_dataset.train,
+        tiny_dataset.csr("train"),
+        tiny_dataset.csr("valid"),
+        cfg,
+        device=CPU,
+        head_items=head,
+        max_head_share=first,
+    )
     assert capped.epochs_run == _expected_stop(free.history, first, patience=2)
     # Same trajectory as the free run up to the stop, so the kept epoch is the best under the cap.
     under = [r for r in capped.history if r["valid_head_share@20"] <= first]

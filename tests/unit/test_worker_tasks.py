@@ -48,8 +48,11 @@ def registry(settings: Settings) -> Registry:
 def dataset(settings: Settings, registry: Registry):
     ds = generate_synthetic(n_users=20, n_items=30, interactions_per_user=6, dim=4)
     path = ds.save(settings.datasets_dir / "ds-1")
-    registry.add_dataset(DatasetRecord(id="ds-1", name="s", source="synthetic",
-                                       fingerprint=ds.fingerprint, path=str(path)))  # fmt: skip
+    registry.add_dataset(
+        DatasetRecord(
+            id="ds-1", name="s", source="synthetic", fingerprint=ds.fingerprint, path=str(path)
+        )
+    )
     return ds
 
 
@@ -67,16 +70,23 @@ class FakeTask:
 
 
 def teacher_job(registry: Registry, job_id: str = "j1", **config: Any) -> JobRecord:
-    job = JobRecord(id=job_id, kind="teacher", output_model_id=f"teacher-{job_id}",
-                    params={"dataset_id": "ds-1", "config": {"dim": 4, "epochs": 3, **config}})  # fmt: skip
+    job = JobRecord(
+        id=job_id,
+        kind="teacher",
+        output_model_id=f"teacher-{job_id}",
+        params={"dataset_id": "ds-1", "config": {"dim": 4, "epochs": 3, **config}},
+    )
     return registry.create_job(job)
 
 
 def write_partial_model(out_dir: Path) -> None:
     """A model directory cut short: the embeddings are written, the manifest is not."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(out_dir / EMBEDDINGS, user_emb=np.zeros((2, 4), np.float32),
-             item_emb=np.zeros((3, 4), np.float32))  # fmt: skip
+    np.savez(
+        out_dir / EMBEDDINGS,
+        user_emb=np.zeros((2, 4), np.float32),
+        item_emb=np.zeros((3, 4), np.float32),
+    )
     assert (out_dir / EMBEDDINGS).is_file() and not (out_dir / MANIFEST).exists()
 
 
@@ -95,14 +105,27 @@ def write_killed_save(out_dir: Path) -> Path:
     return tmp
 
 
-def fake_train(calls: list[str], behaviour: str = "ok", leave: str | None = None,
-               left: list[Path] | None = None) -> Callable[..., ModelArtifact]:  # fmt: skip
+def fake_train(
+    calls: list[str],
+    behaviour: str = "ok",
+    leave: str | None = None,
+    left: list[Path] | None = None,
+) -> Callable[..., ModelArtifact]:
     """A train_teacher stand-in. `leave`: "partial" writes a partial model directory before
     the first stop check, "killed-save" an interrupted save's temp dir; `left` collects them."""
     written = left if left is not None else []
 
-    def train_teacher(dataset: Any, cfg: Any, out_dir: Path, *, device: Any, on_progress: Any,
-                      should_stop: Any, model_id: str, dataset_id: str) -> ModelArtifact:  # fmt: skip
+    def train_teacher(
+        dataset: Any,
+        cfg: Any,
+        out_dir: Path,
+        *,
+        device: Any,
+        on_progress: Any,
+        should_stop: Any,
+        model_id: str,
+        dataset_id: str,
+    ) -> ModelArtifact:
         calls.append(model_id)
         if leave == "partial":
             write_partial_model(out_dir)
@@ -110,9 +133,18 @@ def fake_train(calls: list[str], behaviour: str = "ok", leave: str | None = None
         for epoch in range(1, cfg.epochs + 1):
             if should_stop():
                 raise JobCancelled(f"cancelled before epoch {epoch}")
-            on_progress(ProgressEvent(stage="train", epoch=epoch, epochs=cfg.epochs, loss=1.0 / epoch))
-            on_progress(ProgressEvent(stage="train", epoch=epoch, epochs=cfg.epochs, loss=1.0 / epoch,
-                                      metrics={"valid_ndcg@20": 0.1 * epoch}))
+            on_progress(
+                ProgressEvent(stage="train", epoch=epoch, epochs=cfg.epochs, loss=1.0 / epoch)
+            )
+            on_progress(
+                ProgressEvent(
+                    stage="train",
+                    epoch=epoch,
+                    epochs=cfg.epochs,
+                    loss=1.0 / epoch,
+                    metrics={"valid_ndcg@20": 0.1 * epoch},
+                )
+            )
         if behaviour == "config":
             raise ConfigError("dim=4: not allowed here")
         if behaviour == "disk":
@@ -124,11 +156,17 @@ def fake_train(calls: list[str], behaviour: str = "ok", leave: str | None = None
         art = ModelArtifact(
             rng.random((dataset.n_users, cfg.dim), dtype=np.float32),
             rng.random((dataset.n_items, cfg.dim), dtype=np.float32),
-            ModelManifest(id=model_id, kind="teacher", model=cfg.model, dim=cfg.dim, config=cfg,
-                          dataset=DatasetInfo(fingerprint=dataset.fingerprint),
-                          lineage=Lineage(dataset_id=dataset_id)),
+            ModelManifest(
+                id=model_id,
+                kind="teacher",
+                model=cfg.model,
+                dim=cfg.dim,
+                config=cfg,
+                dataset=DatasetInfo(fingerprint=dataset.fingerprint),
+                lineage=Lineage(dataset_id=dataset_id),
+            ),
             QualityReport.model_validate(report),
-        )  # fmt: skip
+        )
         art.save(out_dir)
         return art
 
@@ -140,7 +178,12 @@ def test_teacher_job_succeeds(monkeypatch, settings, registry, dataset) -> None:
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     teacher_job(registry)
     summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
-    assert summary == {"job_id": "j1", "status": "succeeded", "model_id": "teacher-j1", "error": None}
+    assert summary == {
+        "job_id": "j1",
+        "status": "succeeded",
+        "model_id": "teacher-j1",
+        "error": None,
+    }
     job = registry.get_job("j1")
     assert job.status == "succeeded" and job.attempts == 1 and job.model_id == "teacher-j1"
     assert (job.progress.epoch, job.progress.epochs) == (3, 3)
@@ -174,9 +217,13 @@ def test_invalid_payload_names_the_field(monkeypatch, settings, registry, datase
     assert job.error == "lr: Input should be greater than 0 (got -1)"
 
 
-def test_transient_error_is_retried_and_counts_attempts(monkeypatch, settings, registry, dataset) -> None:
+def test_transient_error_is_retried_and_counts_attempts(
+    monkeypatch, settings, registry, dataset
+) -> None:
     left: list[Path] = []
-    monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "disk", leave="killed-save", left=left))
+    monkeypatch.setattr(
+        pipelines, "train_teacher", fake_train([], "disk", leave="killed-save", left=left)
+    )
     teacher_job(registry)
     task = FakeTask(settings)
     with pytest.raises(Retry):
@@ -190,7 +237,9 @@ def test_transient_error_is_retried_and_counts_attempts(monkeypatch, settings, r
     job = registry.get_job("j1")
     assert job.status == "succeeded" and job.attempts == 2 and job.error is None
     # The retry removed the failed attempt's temp dir: only the finished model is left.
-    assert not left[0].exists() and list(settings.models_dir.iterdir()) == [settings.models_dir / "teacher-j1"]
+    assert not left[0].exists() and list(settings.models_dir.iterdir()) == [
+        settings.models_dir / "teacher-j1"
+    ]
     assert ModelArtifact.load(settings.models_dir / "teacher-j1").dim == 4
 
     monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "disk"))
@@ -200,12 +249,14 @@ def test_transient_error_is_retried_and_counts_attempts(monkeypatch, settings, r
 
 
 @pytest.mark.parametrize("stop", ["cancel", "time_limit"])
-def test_stopped_running_job_leaves_no_model(monkeypatch: pytest.MonkeyPatch, settings: Settings,
-                                             registry: Registry, dataset: Any, stop: str) -> None:
+def test_stopped_running_job_leaves_no_model(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, registry: Registry, dataset: Any, stop: str
+) -> None:
     written: list[Path] = []
 
-    def train(dataset: Any, cfg: Any, out_dir: Path, *, should_stop: Any, on_progress: Any,
-              **_: Any) -> ModelArtifact:  # fmt: skip
+    def train(
+        dataset: Any, cfg: Any, out_dir: Path, *, should_stop: Any, on_progress: Any, **_: Any
+    ) -> ModelArtifact:
         on_progress(ProgressEvent(stage="train", epoch=1, epochs=cfg.epochs))
         write_partial_model(out_dir)  # epoch 1 wrote part of the model directory
         written.append(out_dir)
@@ -225,7 +276,9 @@ def test_stopped_running_job_leaves_no_model(monkeypatch: pytest.MonkeyPatch, se
         assert summary["status"] == job.status == "cancelled" and job.error is None
     else:
         assert summary["status"] == job.status == "failed"
-        assert job.error == f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
+        assert (
+            job.error == f"stopped: exceeded job_soft_time_limit_s={settings.job_soft_time_limit_s}"
+        )
     assert job.model_id is None and not registry.has_model("teacher-j1")
     assert written == [settings.models_dir.resolve() / "teacher-j1"]  # the fake did write there
     assert not (settings.models_dir / "teacher-j1").exists()

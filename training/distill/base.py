@@ -70,14 +70,25 @@ class Distiller(ABC):
         """Memory held by precomputed teacher rankings (for the benchmarks)."""
         return 0
 
-    def candidates(self, groups: np.ndarray, top_l: int, should_stop: ShouldStop | None,
-                   with_scores: bool = False) -> CandidateLists:  # fmt: skip
+    def candidates(
+        self,
+        groups: np.ndarray,
+        top_l: int,
+        should_stop: ShouldStop | None,
+        with_scores: bool = False,
+    ) -> CandidateLists:
         """The teacher's top-L unobserved items per (user, group), from the process's cache
         when this teacher (cache_key) was ranked with the same options before."""
 
         def build() -> CandidateLists:
-            return teacher_candidates(self.teacher, self.train, groups, top_l,
-                                      with_scores=with_scores, should_stop=should_stop)  # fmt: skip
+            return teacher_candidates(
+                self.teacher,
+                self.train,
+                groups,
+                top_l,
+                with_scores=with_scores,
+                should_stop=should_stop,
+            )
 
         if self.cache_key is None:
             return build()
@@ -90,8 +101,13 @@ def pair_scores(emb: Lookup, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     return (emb.user(u) * emb.item(i)).sum(-1)
 
 
-def bpr_loss(emb: Lookup, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-             weight: torch.Tensor | None = None) -> torch.Tensor:
+def bpr_loss(
+    emb: Lookup,
+    u: torch.Tensor,
+    i: torch.Tensor,
+    j: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """mean of -log σ(s(u,i) - s(u,j)), optionally weighted per row."""
     pu = emb.user(u)  # read once, used for both items
     diff = (pu * emb.item(i)).sum(-1) - (pu * emb.item(j)).sum(-1)

@@ -15,8 +15,9 @@ from training.progress import ShouldStop
 from training.sampling import TrainingPairs, draw_unobserved
 
 
-def _single_list(d: Distiller, top_l: int, should_stop: ShouldStop | None,
-                 with_scores: bool = False) -> CandidateLists:  # fmt: skip
+def _single_list(
+    d: Distiller, top_l: int, should_stop: ShouldStop | None, with_scores: bool = False
+) -> CandidateLists:
     """The teacher's top-L unobserved items over the whole catalogue (one 'group')."""
     return d.candidates(np.zeros(d.n_items, dtype=np.int64), top_l, should_stop, with_scores)
 
@@ -71,7 +72,9 @@ class CollaborativeDistillation(Distiller):
         i = self.cands.items[u, r].long()
         if self.cands.scores is None:
             raise RuntimeError("CD's candidate lists were ranked without the teacher's scores")
-        label = torch.sigmoid(self.cands.scores[u, r] / opts.temperature)  # t(u, i), kept at prepare
+        label = torch.sigmoid(
+            self.cands.scores[u, r] / opts.temperature
+        )  # t(u, i), kept at prepare
         return {"u": u, "i": i, "y": label}
 
     def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:
@@ -114,8 +117,13 @@ class RelaxedRankingDistillation(Distiller):
         users = torch.arange(self.n_users)
         keep = self.cands.lengths[:, 0] >= k
         # Uninteresting: unobserved and below the top ranks the interesting ones come from.
-        boring = draw_unobserved(self.train_pairs, users.unsqueeze(1), (self.n_users, opts.uninteresting),
-                                 generator, also_excluded=self.cands.items[:, :width].long())  # fmt: skip
+        boring = draw_unobserved(
+            self.train_pairs,
+            users.unsqueeze(1),
+            (self.n_users, opts.uninteresting),
+            generator,
+            also_excluded=self.cands.items[:, :width].long(),
+        )
         return {"u": users[keep], "pos": interesting[keep], "neg": boring[keep]}
 
     def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:

@@ -29,8 +29,14 @@ class CandidateLists:
     item in the same layout (0 where the item is -1).
     """
 
-    def __init__(self, items: torch.Tensor, lengths: torch.Tensor, offsets: torch.Tensor,
-                 widths: torch.Tensor, scores: torch.Tensor | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        items: torch.Tensor,
+        lengths: torch.Tensor,
+        offsets: torch.Tensor,
+        widths: torch.Tensor,
+        scores: torch.Tensor | None = None,
+    ) -> None:
         self.items = items  # (n_users, sum L_g) int32 item ids, -1 = none
         self.lengths = lengths  # (n_users, G) int64
         self.offsets = offsets  # (G,) int64
@@ -78,8 +84,17 @@ def teacher_candidates(
         with_scores: also keep the teacher's score of every listed item (CD's soft labels).
         should_stop: checked before every chunk; JobCancelled when it says stop.
     """
-    return rank_user_range(teacher, train, groups, top_l, 0, train.shape[0], chunk=chunk,
-                           with_scores=with_scores, should_stop=should_stop)  # fmt: skip
+    return rank_user_range(
+        teacher,
+        train,
+        groups,
+        top_l,
+        0,
+        train.shape[0],
+        chunk=chunk,
+        with_scores=with_scores,
+        should_stop=should_stop,
+    )
 
 
 def rank_user_range(
@@ -103,8 +118,10 @@ def rank_user_range(
     """
     n_users, n_items = train.shape
     if (teacher.n_users, teacher.n_items) != (n_users, n_items):
-        raise ValueError(f"teacher scores {teacher.n_users} users x {teacher.n_items} items, "
-                         f"training data has {n_users} x {n_items}")  # fmt: skip
+        raise ValueError(
+            f"teacher scores {teacher.n_users} users x {teacher.n_items} items, "
+            f"training data has {n_users} x {n_items}"
+        )
     if not 0 <= lo <= hi <= n_users:
         raise ValueError(f"user range {lo}..{hi} is outside 0..{n_users}")
     device = teacher.device
@@ -126,13 +143,17 @@ def rank_user_range(
     seen_per_group = np.zeros((n_rows, n_groups), dtype=np.int64)
     coo = train[lo:hi].tocoo()
     np.add.at(seen_per_group, (coo.row, groups[coo.col]), 1)
-    lengths = torch.from_numpy(np.minimum(group_sizes[None, :] - seen_per_group, widths.numpy()[None, :]))
+    lengths = torch.from_numpy(
+        np.minimum(group_sizes[None, :] - seen_per_group, widths.numpy()[None, :])
+    )
 
     order_t = torch.from_numpy(order).to(device)
     with torch.inference_mode():
         for start in range(lo, hi, chunk):
             if should_stop is not None and should_stop():
-                raise JobCancelled(f"cancelled while ranking the teacher's candidates (user {start})")
+                raise JobCancelled(
+                    f"cancelled while ranking the teacher's candidates (user {start})"
+                )
             rows = np.arange(start, min(start + chunk, hi))
             scores = teacher.score(torch.from_numpy(rows))  # (b, n_items), item order
             if not bool(torch.isfinite(scores).all()):
@@ -145,8 +166,12 @@ def rank_user_range(
                 w, g_lo = int(widths[g]), int(starts[g])
                 if w == 0:
                     continue
-                top = topk_rows(by_group[:, g_lo : g_lo + int(group_sizes[g])], w)  # -1 past the end
-                block[:, offsets[g] : offsets[g] + w] = torch.where(top >= 0, order_t[top.clamp(min=0) + g_lo], -1)
+                top = topk_rows(
+                    by_group[:, g_lo : g_lo + int(group_sizes[g])], w
+                )  # -1 past the end
+                block[:, offsets[g] : offsets[g] + w] = torch.where(
+                    top >= 0, order_t[top.clamp(min=0) + g_lo], -1
+                )
             block_cpu = block.cpu()
             at = start - lo
             out[at : at + len(rows)] = block_cpu.to(torch.int32)
@@ -171,7 +196,9 @@ class CandidateCache:
         self._lock = threading.Lock()
         self.hits = 0
 
-    def get_or_build(self, key: tuple[object, ...], build: Callable[[], CandidateLists]) -> CandidateLists:
+    def get_or_build(
+        self, key: tuple[object, ...], build: Callable[[], CandidateLists]
+    ) -> CandidateLists:
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -192,8 +219,9 @@ class CandidateCache:
 CANDIDATE_CACHE = CandidateCache()
 
 
-def candidates_key(teacher_key: str, train: sp.csr_matrix, groups: np.ndarray, top_l: int,
-                   with_scores: bool) -> tuple[object, ...]:  # fmt: skip
+def candidates_key(
+    teacher_key: str, train: sp.csr_matrix, groups: np.ndarray, top_l: int, with_scores: bool
+) -> tuple[object, ...]:
     """What the lists depend on besides the teacher: the training pairs' shape and count,
     the grouping (hashed) and the list options."""
     digest = hashlib.blake2b(np.ascontiguousarray(groups).tobytes(), digest_size=16).hexdigest()

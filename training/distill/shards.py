@@ -94,7 +94,9 @@ class ShardPlan:
 
     def __post_init__(self) -> None:
         if self.shard_users < 1 or self.n_users < 1:
-            raise ValueError(f"shard_users={self.shard_users} and n_users={self.n_users} must be >= 1")
+            raise ValueError(
+                f"shard_users={self.shard_users} and n_users={self.n_users} must be >= 1"
+            )
 
     @property
     def n_shards(self) -> int:
@@ -120,8 +122,15 @@ def shard_meta(root: Path, index: int) -> dict[str, Any] | None:
         return None
 
 
-def write_shard(root: Path, index: int, lists: CandidateLists, *, lo: int, fp: str,
-                extra: dict[str, Any] | None = None) -> bool:  # fmt: skip
+def write_shard(
+    root: Path,
+    index: int,
+    lists: CandidateLists,
+    *,
+    lo: int,
+    fp: str,
+    extra: dict[str, Any] | None = None,
+) -> bool:
     """Write one shard (rows of users lo.. of `lists`) once; False if it was already there.
 
     The parent `root` must exist: a root removed meanwhile (its job ended) raises
@@ -130,13 +139,22 @@ def write_shard(root: Path, index: int, lists: CandidateLists, *, lo: int, fp: s
     arrays = {"items": lists.items.numpy(), "lengths": lists.lengths.numpy()}
     if lists.scores is not None:
         arrays["scores"] = lists.scores.numpy()
-    meta = {"index": index, "lo": lo, "hi": lo + int(lists.items.shape[0]), "fingerprint": fp,
-            "offsets": lists.offsets.tolist(), "widths": lists.widths.tolist(),
-            "with_scores": lists.scores is not None, **(extra or {})}  # fmt: skip
+    meta = {
+        "index": index,
+        "lo": lo,
+        "hi": lo + int(lists.items.shape[0]),
+        "fingerprint": fp,
+        "offsets": lists.offsets.tolist(),
+        "widths": lists.widths.tolist(),
+        "with_scores": lists.scores is not None,
+        **(extra or {}),
+    }
     return write_arrays(root, index, arrays, meta)
 
 
-def write_arrays(root: Path, index: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+def write_arrays(
+    root: Path, index: int, arrays: dict[str, np.ndarray], meta: dict[str, Any]
+) -> bool:
     """Shard `index` under `root` as <name>.npy files and meta.json, written once: built in a
     hidden temp directory, made durable, then renamed into place. False if it was already
     there (another writer got there first). `root` must exist (see write_shard)."""
@@ -195,9 +213,15 @@ class ShardedRows:
         return int(self.parts[0].dtype.itemsize)
 
     def __getitem__(self, key: object) -> torch.Tensor:
-        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, torch.Tensor) for k in key)):
-            raise TypeError("ShardedRows supports rows[u, c] with index tensors only (no slices: "
-                            "they would read the whole lists into memory)")  # fmt: skip
+        if not (
+            isinstance(key, tuple)
+            and len(key) == 2
+            and all(isinstance(k, torch.Tensor) for k in key)
+        ):
+            raise TypeError(
+                "ShardedRows supports rows[u, c] with index tensors only (no slices: "
+                "they would read the whole lists into memory)"
+            )
         u_t, c_t = torch.broadcast_tensors(*cast(tuple[torch.Tensor, torch.Tensor], key))
         u, c = u_t.reshape(-1).numpy(), c_t.reshape(-1).numpy()
         if u.size and (u.min() < 0 or u.max() >= self.n_rows):
@@ -233,8 +257,10 @@ def read_shards(root: Path, plan: ShardPlan, fp: str, *, mmap: bool = True) -> C
             raise FileNotFoundError(f"candidate shard {i} of {plan.n_shards} missing under {root}")
         lo, hi = plan.users(i)
         if meta["fingerprint"] != fp or (meta["lo"], meta["hi"]) != (lo, hi):
-            raise ValueError(f"shard {i} under {root} holds users {meta['lo']}..{meta['hi']} of "
-                             f"lists {meta['fingerprint']}; expected {lo}..{hi} of {fp}")  # fmt: skip
+            raise ValueError(
+                f"shard {i} under {root} holds users {meta['lo']}..{meta['hi']} of "
+                f"lists {meta['fingerprint']}; expected {lo}..{hi} of {fp}"
+            )
         d = shard_dir(root, i)
         items.append(np.load(d / "items.npy", mmap_mode="r" if mmap else None))
         lengths.append(np.load(d / "lengths.npy"))
@@ -246,8 +272,13 @@ def read_shards(root: Path, plan: ShardPlan, fp: str, *, mmap: bool = True) -> C
     widths = torch.tensor(meta["widths"], dtype=torch.int64)
     length_t = torch.from_numpy(np.concatenate(lengths))
     if not mmap:
-        return CandidateLists(torch.from_numpy(np.concatenate(items)), length_t, offsets, widths,
-                              torch.from_numpy(np.concatenate(scores)) if scores else None)  # fmt: skip
+        return CandidateLists(
+            torch.from_numpy(np.concatenate(items)),
+            length_t,
+            offsets,
+            widths,
+            torch.from_numpy(np.concatenate(scores)) if scores else None,
+        )
     # Duck-typed for the row samplers (UnKD, RD, CD), which only index items[u, cols].
     item_rows = cast(torch.Tensor, ShardedRows(items, starts))
     score_rows = cast(torch.Tensor, ShardedRows(scores, starts)) if scores else None

@@ -101,7 +101,9 @@ class UnKD(Distiller):
         self.cands = self.candidates(self.groups, opts.top_l, should_stop)
         logger.info(
             "UnKD candidates: %d users x %s per group (%.1f MB)",
-            self.n_users, self.cands.widths.tolist(), self.cands.nbytes() / 2**20,
+            self.n_users,
+            self.cands.widths.tolist(),
+            self.cands.nbytes() / 2**20,
         )
 
     def sample_epoch(self, epoch: int, generator: torch.Generator) -> KDBatch:

@@ -14,7 +14,13 @@ __all__ = ["MF", "LightGCN", "Ranker", "build_model"]
 
 
 def build_model(
-    name: str, n_users: int, n_items: int, dim: int, train: sp.csr_matrix, *, n_layers: int = 3,
+    name: str,
+    n_users: int,
+    n_items: int,
+    dim: int,
+    train: sp.csr_matrix,
+    *,
+    n_layers: int = 3,
     device: torch.device,
 ) -> Ranker:
     """Model factory: "mf" or "lightgcn", placed on `device`."""

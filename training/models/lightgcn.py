@@ -31,8 +31,9 @@ def normalized_adjacency(train: sp.csr_matrix, device: torch.device) -> torch.Te
     inv_sqrt[deg > 0] = deg[deg > 0] ** -0.5
     vals = (inv_sqrt[rows] * inv_sqrt[cols]).astype(np.float32)
     idx = torch.from_numpy(np.vstack([rows, cols]).astype(np.int64))
-    adj = torch.sparse_coo_tensor(idx, torch.from_numpy(vals), (n_users + n_items,) * 2,
-                                  check_invariants=False)
+    adj = torch.sparse_coo_tensor(
+        idx, torch.from_numpy(vals), (n_users + n_items,) * 2, check_invariants=False
+    )
     return adj.coalesce().to(device)
 
 

@@ -23,8 +23,15 @@ class MF(Ranker):
     SparseAdam (`sparse`; DENSE_MAX_PARAMS).
     """
 
-    def __init__(self, n_users: int, n_items: int, dim: int, *, init_std: float = 0.1,
-                 sparse: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        *,
+        init_std: float = 0.1,
+        sparse: bool | None = None,
+    ) -> None:
         super().__init__()
         self.sparse = (n_users + n_items) * dim > DENSE_MAX_PARAMS if sparse is None else sparse
         self.user = nn.Embedding(n_users, dim, sparse=self.sparse)

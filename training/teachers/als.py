@@ -57,7 +57,9 @@ def als_backend(device: torch.device) -> tuple[type[Any], bool]:
 
         return implicit.gpu.als.AlternatingLeastSquares, True
     if device.type == "cuda":
-        logger.info("ALS on the CPU: implicit has no CUDA build here (implicit.gpu.HAS_CUDA is False)")
+        logger.info(
+            "ALS on the CPU: implicit has no CUDA build here (implicit.gpu.HAS_CUDA is False)"
+        )
     import implicit.cpu.als
 
     return implicit.cpu.als.AlternatingLeastSquares, False
@@ -86,21 +88,39 @@ def fit_als(
     opts = cfg.als
     cls, on_gpu = als_backend(device)
     kwargs: dict[str, Any] = {
-        "factors": cfg.dim, "regularization": opts.regularization, "alpha": opts.alpha,
-        "iterations": opts.iterations, "calculate_training_loss": True, "random_state": cfg.seed,
-    }  # fmt: skip
+        "factors": cfg.dim,
+        "regularization": opts.regularization,
+        "alpha": opts.alpha,
+        "iterations": opts.iterations,
+        "calculate_training_loss": True,
+        "random_state": cfg.seed,
+    }
     if not on_gpu:
         kwargs["num_threads"] = torch.get_num_threads()
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
 
     def callback(iteration: int, elapsed: float, loss: float | None) -> None:
-        history.append({"epoch": iteration + 1, "loss": float(loss or 0.0), "seconds": float(elapsed)})
-        logger.info("als iteration %d/%d loss %.5f (%.2fs)", iteration + 1, opts.iterations,
-                    loss or 0.0, elapsed)  # fmt: skip
+        history.append(
+            {"epoch": iteration + 1, "loss": float(loss or 0.0), "seconds": float(elapsed)}
+        )
+        logger.info(
+            "als iteration %d/%d loss %.5f (%.2fs)",
+            iteration + 1,
+            opts.iterations,
+            loss or 0.0,
+            elapsed,
+        )
         if on_progress is not None:
-            on_progress(ProgressEvent(stage="train", epoch=iteration + 1, epochs=opts.iterations,
-                                      loss=loss, elapsed_s=time.perf_counter() - started))  # fmt: skip
+            on_progress(
+                ProgressEvent(
+                    stage="train",
+                    epoch=iteration + 1,
+                    epochs=opts.iterations,
+                    loss=loss,
+                    elapsed_s=time.perf_counter() - started,
+                )
+            )
         if should_stop is not None and should_stop():
             raise JobCancelled(f"cancelled after ALS iteration {iteration + 1}")
 
@@ -121,10 +141,29 @@ def fit_als(
     if history:
         history[-1].update(metrics)
     if on_progress is not None:
-        on_progress(ProgressEvent(stage="train", epoch=opts.iterations, epochs=opts.iterations,
-                                  loss=history[-1]["loss"] if history else None, metrics=metrics,
-                                  elapsed_s=time.perf_counter() - started))  # fmt: skip
-    logger.info("ALS-%d (%s) in %.1fs: valid ndcg@%d=%.4f", cfg.dim, "gpu" if on_gpu else "cpu",
-                seconds, VALID_K, valid_metrics[f"ndcg@{VALID_K}"])  # fmt: skip
-    return ALSFit(user_emb, item_emb, "implicit.gpu" if on_gpu else "implicit.cpu", seconds,
-                  history, valid_metrics)  # fmt: skip
+        on_progress(
+            ProgressEvent(
+                stage="train",
+                epoch=opts.iterations,
+                epochs=opts.iterations,
+                loss=history[-1]["loss"] if history else None,
+                metrics=metrics,
+                elapsed_s=time.perf_counter() - started,
+            )
+        )
+    logger.info(
+        "ALS-%d (%s) in %.1fs: valid ndcg@%d=%.4f",
+        cfg.dim,
+        "gpu" if on_gpu else "cpu",
+        seconds,
+        VALID_K,
+        valid_metrics[f"ndcg@{VALID_K}"],
+    )
+    return ALSFit(
+        user_emb,
+        item_emb,
+        "implicit.gpu" if on_gpu else "implicit.cpu",
+        seconds,
+        history,
+        valid_metrics,
+    )

@@ -63,7 +63,9 @@ def ease_weights(train: sp.csr_matrix, l2: float, device: torch.device) -> torch
     chol, info = torch.linalg.cholesky_ex(gram)
     del gram
     if int(info) != 0:
-        raise ConfigError(f"ease.l2={l2}: XᵀX + λI is not positive definite in float32; raise ease.l2")
+        raise ConfigError(
+            f"ease.l2={l2}: XᵀX + λI is not positive definite in float32; raise ease.l2"
+        )
     p = torch.cholesky_inverse(chol)  # (n_items, n_items) P = G⁻¹, symmetric
     del chol
     b = p.div_(-p.diagonal().clone())  # B_ij = −P_ij / P_jj for i != j
@@ -105,8 +107,14 @@ def fit_ease(
     if should_stop is not None and should_stop():
         raise JobCancelled("cancelled before the EASE solve")
     if on_progress is not None:
-        on_progress(ProgressEvent(stage="train", epoch=0, epochs=1,
-                                  message=f"EASE: solving {n_items:,} x {n_items:,} on {device}"))  # fmt: skip
+        on_progress(
+            ProgressEvent(
+                stage="train",
+                epoch=0,
+                epochs=1,
+                message=f"EASE: solving {n_items:,} x {n_items:,} on {device}",
+            )
+        )
     t0 = time.perf_counter()
     b = ease_weights(train, opts.l2, device)
     seconds = time.perf_counter() - t0
@@ -115,10 +123,24 @@ def fit_ease(
     scorer = ItemItemScorer(train, b, device)
     valid_metrics = scorer_validation(scorer, train, valid)
     loss = reconstruction_loss(scorer)
-    logger.info("EASE over %d items (l2=%g) in %.1fs on %s: valid ndcg@%d=%.4f", n_items, opts.l2,
-                seconds, device, VALID_K, valid_metrics[f"ndcg@{VALID_K}"])  # fmt: skip
+    logger.info(
+        "EASE over %d items (l2=%g) in %.1fs on %s: valid ndcg@%d=%.4f",
+        n_items,
+        opts.l2,
+        seconds,
+        device,
+        VALID_K,
+        valid_metrics[f"ndcg@{VALID_K}"],
+    )
     if on_progress is not None:
-        on_progress(ProgressEvent(stage="train", epoch=1, epochs=1, loss=loss,
-                                  metrics={f"valid_{k}": v for k, v in valid_metrics.items()},
-                                  elapsed_s=seconds))  # fmt: skip
+        on_progress(
+            ProgressEvent(
+                stage="train",
+                epoch=1,
+                epochs=1,
+                loss=loss,
+                metrics={f"valid_{k}": v for k, v in valid_metrics.items()},
+                elapsed_s=seconds,
+            )
+        )
     return EASEFit(weights=b.cpu().numpy(), seconds=seconds, loss=loss, valid=valid_metrics)

@@ -41,8 +41,13 @@ class FittedModel:
         return EmbeddingScorer(self.user_emb, self.item_emb, device)
 
 
-def summary_of(result: FitResult, seconds: float, *, candidates_s: float | None = None,
-               candidate_bytes: int | None = None) -> TrainingSummary:  # fmt: skip
+def summary_of(
+    result: FitResult,
+    seconds: float,
+    *,
+    candidates_s: float | None = None,
+    candidate_bytes: int | None = None,
+) -> TrainingSummary:
     """The manifest's TrainingSummary of one run of training.trainer.fit."""
     return TrainingSummary(
         best_epoch=result.best_epoch,
@@ -77,35 +82,73 @@ def fit_teacher(
     t0 = time.perf_counter()
     train, valid = dataset.csr("train"), dataset.csr("valid")
     if cfg.model == "als":
-        als = fit_als(train, valid, cfg, device=device, on_progress=on_progress, should_stop=should_stop)
+        als = fit_als(
+            train, valid, cfg, device=device, on_progress=on_progress, should_stop=should_stop
+        )
         n = len(als.history)
         summary = TrainingSummary(
-            best_epoch=n, epochs_run=n, seconds=round(als.seconds, 3),
+            best_epoch=n,
+            epochs_run=n,
+            seconds=round(als.seconds, 3),
             seconds_per_epoch=round(als.seconds / max(1, n), 4),
-            history=[EpochRecord.model_validate(row) for row in als.history], backend=als.backend,
-        )  # fmt: skip
+            history=[EpochRecord.model_validate(row) for row in als.history],
+            backend=als.backend,
+        )
         return FittedModel(summary, user_emb=als.user_emb, item_emb=als.item_emb)
     if cfg.model == "ease":
-        ease = fit_ease(train, valid, cfg.ease, device=device, on_progress=on_progress,
-                        should_stop=should_stop)  # fmt: skip
-        row = {"epoch": 1, "loss": ease.loss, "seconds": ease.seconds,
-               **{f"valid_{k}": v for k, v in ease.valid.items()}}  # fmt: skip
-        summary = TrainingSummary(best_epoch=1, epochs_run=1, seconds=round(ease.seconds, 3),
-                                  seconds_per_epoch=round(ease.seconds, 4),
-                                  history=[EpochRecord.model_validate(row)], backend="torch")  # fmt: skip
+        ease = fit_ease(
+            train, valid, cfg.ease, device=device, on_progress=on_progress, should_stop=should_stop
+        )
+        row = {
+            "epoch": 1,
+            "loss": ease.loss,
+            "seconds": ease.seconds,
+            **{f"valid_{k}": v for k, v in ease.valid.items()},
+        }
+        summary = TrainingSummary(
+            best_epoch=1,
+            epochs_run=1,
+            seconds=round(ease.seconds, 3),
+            seconds_per_epoch=round(ease.seconds, 4),
+            history=[EpochRecord.model_validate(row)],
+            backend="torch",
+        )
         return FittedModel(summary, item_item=ease.weights)
     if cfg.model not in ("mf", "lightgcn"):
         raise ConfigError(f"model={cfg.model!r}: expected mf, lightgcn, als or ease")
-    torch.manual_seed(cfg.seed)  # the initial embeddings: cfg.seed, not whatever ran before in the process
-    model = build_model(cfg.model, dataset.n_users, dataset.n_items, cfg.dim, train,
-                        n_layers=cfg.n_layers, device=device)  # fmt: skip
-    result = fit(model, dataset.train, train, valid, cfg, device=device, on_progress=on_progress,
-                 should_stop=should_stop, stage="train")  # fmt: skip
-    return FittedModel(summary_of(result, time.perf_counter() - t0), user_emb=result.user_emb,
-                      item_emb=result.item_emb)  # fmt: skip
+    torch.manual_seed(
+        cfg.seed
+    )  # the initial embeddings: cfg.seed, not whatever ran before in the process
+    model = build_model(
+        cfg.model,
+        dataset.n_users,
+        dataset.n_items,
+        cfg.dim,
+        train,
+        n_layers=cfg.n_layers,
+        device=device,
+    )
+    result = fit(
+        model,
+        dataset.train,
+        train,
+        valid,
+        cfg,
+        device=device,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        stage="train",
+    )
+    return FittedModel(
+        summary_of(result, time.perf_counter() - t0),
+        user_emb=result.user_emb,
+        item_emb=result.item_emb,
+    )
 
 
-def load_scorer(artifact: ModelArtifact, train: sp.csr_matrix, device: torch.device) -> TeacherScorer:
+def load_scorer(
+    artifact: ModelArtifact, train: sp.csr_matrix, device: torch.device
+) -> TeacherScorer:
     """A saved teacher (or student) as a scorer on `device`.
 
     Args:

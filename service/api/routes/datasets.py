@@ -97,18 +97,29 @@ def _prepare_upload(
 
     try:
         dataset = prepare_dataset(
-            path, fmt=opts.format, split=opts.split, seed=opts.seed, holdout=opts.holdout,
+            path,
+            fmt=opts.format,
+            split=opts.split,
+            seed=opts.seed,
+            holdout=opts.holdout,
             min_user_interactions=opts.min_user_interactions,
-            min_item_interactions=opts.min_item_interactions, name=opts.name or path.name,
-        )  # fmt: skip
+            min_item_interactions=opts.min_item_interactions,
+            name=opts.name or path.name,
+        )
     except DataError as exc:
         raise DataError(f"{FILE_FIELD}: {exc}".replace(str(path), path.name)) from exc
-    location = _store(dataset.save(settings.datasets_dir.resolve() / dataset_id), dataset_id, settings)
+    location = _store(
+        dataset.save(settings.datasets_dir.resolve() / dataset_id), dataset_id, settings
+    )
     return DatasetRecord(
-        id=dataset_id, name=dataset.name, source="upload", fingerprint=dataset.fingerprint,
-        path=location, options={"filename": path.name, **opts.model_dump(exclude={"name"})},
+        id=dataset_id,
+        name=dataset.name,
+        source="upload",
+        fingerprint=dataset.fingerprint,
+        path=location,
+        options={"filename": path.name, **opts.model_dump(exclude={"name"})},
         statistics=dataset.statistics(),
-    )  # fmt: skip
+    )
 
 
 def _generate(req: SyntheticDatasetRequest, dataset_id: str, settings: Settings) -> DatasetRecord:
@@ -120,11 +131,18 @@ def _generate(req: SyntheticDatasetRequest, dataset_id: str, settings: Settings)
         dataset = generate_synthetic(**params, name=name)
     except ValueError as exc:
         raise DataError(f"synthetic: {exc}") from exc
-    location = _store(dataset.save(settings.datasets_dir.resolve() / dataset_id), dataset_id, settings)
+    location = _store(
+        dataset.save(settings.datasets_dir.resolve() / dataset_id), dataset_id, settings
+    )
     return DatasetRecord(
-        id=dataset_id, name=name, source="synthetic", fingerprint=dataset.fingerprint,
-        path=location, options={**SYNTHETIC_DEFAULTS, **params}, statistics=dataset.statistics(),
-    )  # fmt: skip
+        id=dataset_id,
+        name=name,
+        source="synthetic",
+        fingerprint=dataset.fingerprint,
+        path=location,
+        options={**SYNTHETIC_DEFAULTS, **params},
+        statistics=dataset.statistics(),
+    )
 
 
 @router.post(
@@ -134,7 +152,9 @@ def _generate(req: SyntheticDatasetRequest, dataset_id: str, settings: Settings)
     openapi_extra=_BODY_DOC,
     responses={413: {"description": "upload larger than upload_max_bytes"}},
 )
-async def create_dataset(request: Request, settings: SettingsDep, registry: RegistryDep) -> DatasetOut:
+async def create_dataset(
+    request: Request, settings: SettingsDep, registry: RegistryDep
+) -> DatasetOut:
     """Register a dataset: multipart upload (field `file`) or JSON {"synthetic": {...}}."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     dataset_id = new_dataset_id()
@@ -145,7 +165,9 @@ async def create_dataset(request: Request, settings: SettingsDep, registry: Regi
             opts = _validated(UploadOptions, upload.fields, ("body",))
             if upload.path is None:  # receive_upload refuses a body without one
                 raise UploadError(422, f"{FILE_FIELD}: missing")
-            record = await run_in_threadpool(_prepare_upload, upload.path, opts, dataset_id, settings)
+            record = await run_in_threadpool(
+                _prepare_upload, upload.path, opts, dataset_id, settings
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     elif ctype == "application/json":
@@ -157,12 +179,18 @@ async def create_dataset(request: Request, settings: SettingsDep, registry: Regi
         record = await run_in_threadpool(_generate, req, dataset_id, settings)
     else:
         raise UploadError(
-            415, f"Content-Type: {ctype or 'none'} not accepted; send multipart/form-data "
-                 f"(field '{FILE_FIELD}') or application/json ({{\"synthetic\": {{...}}}})",
-        )  # fmt: skip
+            415,
+            f"Content-Type: {ctype or 'none'} not accepted; send multipart/form-data "
+            f"(field '{FILE_FIELD}') or application/json ({{\"synthetic\": {{...}}}})",
+        )
     await run_in_threadpool(registry.add_dataset, record)
-    logger.info("dataset %s registered (%s, %s users x %s items)", record.id, record.source,
-                record.statistics.get("users"), record.statistics.get("items"))
+    logger.info(
+        "dataset %s registered (%s, %s users x %s items)",
+        record.id,
+        record.source,
+        record.statistics.get("users"),
+        record.statistics.get("items"),
+    )
     return DatasetOut.of(record)
 
 
@@ -174,7 +202,9 @@ def list_datasets(
 ) -> DatasetList:
     """List datasets, newest first."""
     items, total = registry.list_datasets(limit=limit, offset=offset)
-    return DatasetList(items=[DatasetOut.of(r) for r in items], total=total, limit=limit, offset=offset)
+    return DatasetList(
+        items=[DatasetOut.of(r) for r in items], total=total, limit=limit, offset=offset
+    )
 
 
 @router.get("/{dataset_id}")

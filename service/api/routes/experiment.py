@@ -93,10 +93,15 @@ def start_experiment(
     for i, arm in enumerate(req.arms):
         bundle_dir = newest_bundle(registry, arm.model_id)
         if bundle_dir is None:
-            raise ConflictError(f"arms[{i}].model_id", arm.model_id, (
-                "this arm has no serving bundle: the model was never published "
-                f"(POST /v1/models/{arm.model_id}/publish with {{\"activate\": false}} builds one "
-                "without serving it); nothing changed"))  # fmt: skip
+            raise ConflictError(
+                f"arms[{i}].model_id",
+                arm.model_id,
+                (
+                    "this arm has no serving bundle: the model was never published "
+                    f'(POST /v1/models/{arm.model_id}/publish with {{"activate": false}} builds one '
+                    "without serving it); nothing changed"
+                ),
+            )
         arms.append(ExperimentArm(model_id=arm.model_id, weight=arm.weight, bundle_dir=bundle_dir))
     spec = Experiment(
         arms=arms,
@@ -115,11 +120,19 @@ def start_experiment(
     try:
         store.apply_experiment(spec, commit=commit)
     except ArmLoadError as exc:
-        raise ConflictError(f"arms[{exc.index}].model_id", exc.model_id, (
-            f"this arm cannot be served: its serving bundle {exc.bundle_dir} is gone or broken ({exc.reason}); "
-            f"nothing changed. Publish it again with POST /v1/models/{exc.model_id}/publish")) from exc  # fmt: skip
-    logger.info("experiment started by key %s: %s", caller.name or "-",
-                ", ".join(f"{a.model_id} {a.weight:g}" for a in spec.arms))  # fmt: skip
+        raise ConflictError(
+            f"arms[{exc.index}].model_id",
+            exc.model_id,
+            (
+                f"this arm cannot be served: its serving bundle {exc.bundle_dir} is gone or broken ({exc.reason}); "
+                f"nothing changed. Publish it again with POST /v1/models/{exc.model_id}/publish"
+            ),
+        ) from exc
+    logger.info(
+        "experiment started by key %s: %s",
+        caller.name or "-",
+        ", ".join(f"{a.model_id} {a.weight:g}" for a in spec.arms),
+    )
     return spec
 
 
@@ -133,7 +146,8 @@ def end_experiment(
         raise HTTPException(404, NO_EXPERIMENT)
     registry.redis.publish(keys.EXPERIMENT_EVENTS, "")
     store.apply_experiment(None)
-    ended = EndedExperiment(**Experiment.model_validate_json(raw).model_dump(), ended_at=utcnow(),
-                            ended_by=caller.name)  # fmt: skip
+    ended = EndedExperiment(
+        **Experiment.model_validate_json(raw).model_dump(), ended_at=utcnow(), ended_by=caller.name
+    )
     logger.info("experiment ended by key %s", caller.name or "-")
     return ended

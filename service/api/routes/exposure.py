@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/serving", tags=["serving"])
 
 
-def offline_group_shares(registry: Registry, store: ArtifactStore, model_id: str) -> list[float | None] | None:
+def offline_group_shares(
+    registry: Registry, store: ArtifactStore, model_id: str
+) -> list[float | None] | None:
     """Per popularity group, exposure_share@20 of the model's quality report (its directory
     resolved through the artifact store: fetched into this host's cache for a store URL);
     None when the model is not registered or has no readable report."""

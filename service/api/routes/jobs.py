@@ -67,9 +67,11 @@ def submit(
     registry.create_job(job)
     try:
         celery_app.send_task(
-            TASK_BY_KIND[job.kind], args=[job.id], task_id=job.id,
+            TASK_BY_KIND[job.kind],
+            args=[job.id],
+            task_id=job.id,
             queue=queue_for(job.kind, settings),
-        )  # fmt: skip
+        )
     except (OperationalError, ConnectionError, OSError) as exc:
         registry.finish_job(job.id, "failed", error=f"could not enqueue: {exc}")
         raise ServiceUnavailableError("job queue (broker)") from exc
@@ -85,13 +87,16 @@ def _within_budget(check: Callable[[], int]) -> None:
     try:
         check()
     except EASETooLargeError as exc:
-        raise HTTPException(422, [{"type": "value_error", "loc": ["body", exc.field], "msg": str(exc),
-                                   "input": "ease"}]) from exc  # fmt: skip
+        raise HTTPException(
+            422,
+            [{"type": "value_error", "loc": ["body", exc.field], "msg": str(exc), "input": "ease"}],
+        ) from exc
     except MemoryBudgetError as exc:
         loc = ["body", *exc.field.split(".")]
         value = exc.needed // 2**20
-        raise HTTPException(422, [{"type": "value_error", "loc": loc, "msg": str(exc),
-                                   "input": f"~{value} MiB"}]) from exc  # fmt: skip
+        raise HTTPException(
+            422, [{"type": "value_error", "loc": loc, "msg": str(exc), "input": f"~{value} MiB"}]
+        ) from exc
 
 
 def _sizes(record: DatasetRecord) -> tuple[int, int]:
@@ -110,12 +115,16 @@ def _teacher_job(req: TeacherJobRequest, registry: Registry, settings: Settings)
     if req.tune is not None:  # a tuning job (worker/tuning.py)
         params["tune"] = req.tune.model_dump(mode="json")
     return JobRecord(
-        id=job_id, kind="teacher", output_model_id=f"teacher-{job_id[:12]}", params=params,
-    )  # fmt: skip
+        id=job_id,
+        kind="teacher",
+        output_model_id=f"teacher-{job_id[:12]}",
+        params=params,
+    )
 
 
-def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings,
-                 key_name: str | None) -> JobRecord:  # fmt: skip
+def _distill_job(
+    req: DistillJobRequest, registry: Registry, settings: Settings, key_name: str | None
+) -> JobRecord:
     teacher = registry.get_model(req.teacher_id, field="teacher_id")  # 404 naming teacher_id
     if teacher.kind != "teacher":
         raise HTTPException(
@@ -127,7 +136,9 @@ def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings,
         users, items = _sizes(registry.get_dataset(dataset_id, field="teacher_id"))
         limit = settings.max_job_memory_mb * 2**20
         mapped = lists_mapped(users, req, settings.fanout_min_users)
-        _within_budget(lambda: check_distill(users, items, req, teacher.dim, limit, teacher.model, mapped))
+        _within_budget(
+            lambda: check_distill(users, items, req, teacher.dim, limit, teacher.model, mapped)
+        )
     job_id = new_job_id()
     config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish", "force", "tune"})
     params: dict[str, Any] = {
@@ -143,9 +154,11 @@ def _distill_job(req: DistillJobRequest, registry: Registry, settings: Settings,
     if req.tune is not None:
         params["tune"] = req.tune.model_dump(mode="json")
     return JobRecord(
-        id=job_id, kind="distill", output_model_id=f"student-{req.method}-{job_id[:12]}",
+        id=job_id,
+        kind="distill",
+        output_model_id=f"student-{req.method}-{job_id[:12]}",
         params=params,
-    )  # fmt: skip
+    )
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
@@ -169,8 +182,14 @@ def create_job(
             metrics.auth_failures.labels(reason="role").inc()
             raise forbidden(caller, "admin", 'a distill job with "publish": true')
         job = _distill_job(req, registry, settings, caller.name)
-    return submit(job, registry=registry, celery_app=celery_app, settings=settings,
-                  metrics=metrics, response=response)  # fmt: skip
+    return submit(
+        job,
+        registry=registry,
+        celery_app=celery_app,
+        settings=settings,
+        metrics=metrics,
+        response=response,
+    )
 
 
 @router.get("")

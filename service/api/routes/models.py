@@ -41,8 +41,10 @@ def list_models(
     active_id = active.model_id if active else None
     return ModelList(
         items=[ModelOut.of(m, active=m.id == active_id) for m in items],
-        total=total, limit=limit, offset=offset,
-    )  # fmt: skip
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @router.get("/{model_id}")
@@ -66,8 +68,11 @@ def get_report(model_id: Id, registry: RegistryDep, settings: SettingsDep) -> Qu
         raise RuntimeError(f"model {model_id}: unreadable quality report") from exc
 
 
-@router.post("/{model_id}/publish", status_code=status.HTTP_202_ACCEPTED,
-             responses={409: {"description": "the publish gate refused it, or a publish is running"}})  # fmt: skip
+@router.post(
+    "/{model_id}/publish",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={409: {"description": "the publish gate refused it, or a publish is running"}},
+)
 def publish_model(
     model_id: Id,
     response: Response,
@@ -93,12 +98,23 @@ def publish_model(
     holder = registry.claim_publish(model_id, job_id, ttl_s=settings.job_soft_time_limit_s)
     if holder is not None:
         raise ConflictError("model_id", model_id, f"already being published by job {holder}")
-    params = {"model_id": model_id, "force": req.force, "key_name": caller.name,
-              "gate_policy": policy.model_dump(mode="json"), "activate": req.activate}  # fmt: skip
+    params = {
+        "model_id": model_id,
+        "force": req.force,
+        "key_name": caller.name,
+        "gate_policy": policy.model_dump(mode="json"),
+        "activate": req.activate,
+    }
     job = JobRecord(id=job_id, kind="publish", params=params)
     try:
-        return submit(job, registry=registry, celery_app=celery_app, settings=settings,
-                      metrics=metrics, response=response)  # fmt: skip
+        return submit(
+            job,
+            registry=registry,
+            celery_app=celery_app,
+            settings=settings,
+            metrics=metrics,
+            response=response,
+        )
     except Exception:
         registry.release_publish(model_id, job_id)
         raise

@@ -36,13 +36,16 @@ def readyz(response: Response, registry: RegistryDep, store: IndexStoreDep) -> R
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return Readiness(
-        status="ready" if ready else "not ready", redis=redis_ok,
-        index_loaded=bundle is not None, model_id=bundle.model_id if bundle else None,
-    )  # fmt: skip
+        status="ready" if ready else "not ready",
+        redis=redis_ok,
+        index_loaded=bundle is not None,
+        model_id=bundle.model_id if bundle else None,
+    )
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {PROMETHEUS_CONTENT_TYPE: {}}}})  # fmt: skip
+@router.get(
+    "/metrics", response_class=Response, responses={200: {"content": {PROMETHEUS_CONTENT_TYPE: {}}}}
+)
 def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics of this API process (and job counts from the registry)."""
     return Response(content=metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)

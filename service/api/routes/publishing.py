@@ -39,29 +39,50 @@ def publish_history(
     return PublishHistory(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.post("/rollback", responses={409: {"description": "nothing to roll back to, or its bundle is gone"}})
+@router.post(
+    "/rollback", responses={409: {"description": "nothing to roll back to, or its bundle is gone"}}
+)
 def rollback(registry: RegistryDep, settings: SettingsDep, caller: AdminCaller) -> PublishEntry:
     """Serve again the model published before the current one (an admin key)."""
     found = registry.rollback_target()
     if found is None:
         active = registry.get_active()
         served = active.model_id if active is not None else "nothing"
-        raise ConflictError("rollback", served, (
-            "nothing to roll back to: the publish history holds no model other than the served one"
-            if active is not None else "nothing to roll back to: no model is served"))  # fmt: skip
+        raise ConflictError(
+            "rollback",
+            served,
+            (
+                "nothing to roll back to: the publish history holds no model other than the served one"
+                if active is not None
+                else "nothing to roll back to: no model is served"
+            ),
+        )
     target, served = found
     try:  # resolved as the API processes resolve the pointer (a store URL: fetched, verified)
         bundle_dir = ArtifactStore.from_settings(settings).resolve(target.bundle_dir)
         read_bundle(bundle_dir, nprobe=settings.nprobe, ef_search=settings.hnsw_ef_search)
     except (BundleError, ArtifactError, OSError) as exc:
-        raise ConflictError("model_id", target.model_id, (
-            f"cannot roll back to it: its serving bundle is gone or broken ({exc}); still serving "
-            f"{served}. Publish it again with POST /v1/models/{target.model_id}/publish")) from exc  # fmt: skip
+        raise ConflictError(
+            "model_id",
+            target.model_id,
+            (
+                f"cannot roll back to it: its serving bundle is gone or broken ({exc}); still serving "
+                f"{served}. Publish it again with POST /v1/models/{target.model_id}/publish"
+            ),
+        ) from exc
     entry = registry.record_publish(
-        PublishEntry(model_id=target.model_id, bundle_dir=target.bundle_dir, action="rollback",
-                     key_name=caller.name),
+        PublishEntry(
+            model_id=target.model_id,
+            bundle_dir=target.bundle_dir,
+            action="rollback",
+            key_name=caller.name,
+        ),
         expect_active=served,
-    )  # fmt: skip
-    logger.info("rollback: serving %s again (was %s), asked by key %s", entry.model_id, served,
-                caller.name or "-")  # fmt: skip
+    )
+    logger.info(
+        "rollback: serving %s again (was %s), asked by key %s",
+        entry.model_id,
+        served,
+        caller.name or "-",
+    )
     return entry

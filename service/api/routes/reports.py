@@ -63,7 +63,9 @@ DASHBOARD_JS = (
     "dashboard-chart.js",
 )
 STATIC_FILES = {**dict.fromkeys(DASHBOARD_JS, "text/javascript"), "report.css": "text/css"}
-ModelsParam = Annotated[str, Query(description="comma-separated model ids, e.g. a,b,c", min_length=1)]
+ModelsParam = Annotated[
+    str, Query(description="comma-separated model ids, e.g. a,b,c", min_length=1)
+]
 
 
 class CompareRow(BaseModel):
@@ -111,8 +113,9 @@ def _read_optional(read: Callable[[Path], _T], model_dir: Path, name: str) -> _T
         return None
 
 
-def load_view(registry: Registry, store: ArtifactStore, model_id: str, *, field: str,
-              href: str | None = None) -> ModelView:  # fmt: skip
+def load_view(
+    registry: Registry, store: ArtifactStore, model_id: str, *, field: str, href: str | None = None
+) -> ModelView:
     """A registered model with its report (404 without one), manifest and dataset name."""
     record = registry.get_model(model_id, field=field)
     try:  # a store URL: fetched and verified into this host's cache
@@ -131,18 +134,27 @@ def load_view(registry: Registry, store: ArtifactStore, model_id: str, *, field:
         except NotFoundError:
             dataset_name = None
     active = registry.get_active()
-    return view_from_record(record, report, manifest=_read_optional(read_manifest, model_dir, MANIFEST),
-                            active=active is not None and active.model_id == model_id,
-                            dataset_name=dataset_name, href=href)  # fmt: skip
+    return view_from_record(
+        record,
+        report,
+        manifest=_read_optional(read_manifest, model_dir, MANIFEST),
+        active=active is not None and active.model_id == model_id,
+        dataset_name=dataset_name,
+        href=href,
+    )
 
 
 def _model_ids(models: str) -> list[str]:
     """Split ?models=a,b,c: ids in order, duplicates dropped, each checked like a path id."""
     ids = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
     if not ids:
-        raise HTTPException(status_code=422, detail="models: give at least one model id (models=a,b,c)")
+        raise HTTPException(
+            status_code=422, detail="models: give at least one model id (models=a,b,c)"
+        )
     if len(ids) > MAX_COMPARE:
-        raise HTTPException(status_code=422, detail=f"models: at most {MAX_COMPARE} models, got {len(ids)}")
+        raise HTTPException(
+            status_code=422, detail=f"models: at most {MAX_COMPARE} models, got {len(ids)}"
+        )
     for mid in ids:
         if not _ID.match(mid):
             raise HTTPException(status_code=422, detail=f"models: {mid[:140]!r} is not a model id")
@@ -160,11 +172,19 @@ def _compare_views(registry: Registry, settings: Settings, models: str) -> list[
 
 
 def _html(page: str) -> HTMLResponse:
-    return HTMLResponse(page, headers={"Content-Security-Policy": REPORT_CSP, "Cache-Control": "no-cache"})
+    return HTMLResponse(
+        page, headers={"Content-Security-Policy": REPORT_CSP, "Cache-Control": "no-cache"}
+    )
 
 
-@router.get("/v1/models/{model_id}/report.html", response_class=HTMLResponse,
-            responses={200: {"content": {"text/html": {}}}, 404: {"description": "no such model or report"}})  # fmt: skip
+@router.get(
+    "/v1/models/{model_id}/report.html",
+    response_class=HTMLResponse,
+    responses={
+        200: {"content": {"text/html": {}}},
+        404: {"description": "no such model or report"},
+    },
+)
 def report_page(model_id: Id, registry: RegistryDep, settings: SettingsDep) -> HTMLResponse:
     """The model's quality report as a page: headline table, bias charts, training curve."""
     view = load_view(registry, ArtifactStore.from_settings(settings), model_id, field="model_id")
@@ -175,28 +195,47 @@ def report_page(model_id: Id, registry: RegistryDep, settings: SettingsDep) -> H
     return _html(render_report_page(view, link=link, dashboard_href="../../../"))
 
 
-@router.get("/v1/compare", responses={404: {"description": "no such model"},
-                                      422: {"description": "bad ids, or models of different datasets"}})  # fmt: skip
+@router.get(
+    "/v1/compare",
+    responses={
+        404: {"description": "no such model"},
+        422: {"description": "bad ids, or models of different datasets"},
+    },
+)
 def compare(models: ModelsParam, registry: RegistryDep, settings: SettingsDep) -> Comparison:
     """Several models of one dataset side by side, with the best value of each row."""
     return Comparison.model_validate(comparison(_compare_views(registry, settings, models)))
 
 
-@router.get("/v1/compare.html", response_class=HTMLResponse,
-            responses={200: {"content": {"text/html": {}}}, 404: {"description": "no such model"},
-                       422: {"description": "bad ids, or models of different datasets"}})  # fmt: skip
+@router.get(
+    "/v1/compare.html",
+    response_class=HTMLResponse,
+    responses={
+        200: {"content": {"text/html": {}}},
+        404: {"description": "no such model"},
+        422: {"description": "bad ids, or models of different datasets"},
+    },
+)
 def compare_page(models: ModelsParam, registry: RegistryDep, settings: SettingsDep) -> HTMLResponse:
     """The comparison as a page: one table with the best value per row marked, two charts."""
     views = _compare_views(registry, settings, models)
-    return _html(render_compare_page(views, link=lambda mid: f"models/{quote(mid, safe='')}/report.html",
-                                     dashboard_href="../"))  # fmt: skip
+    return _html(
+        render_compare_page(
+            views,
+            link=lambda mid: f"models/{quote(mid, safe='')}/report.html",
+            dashboard_href="../",
+        )
+    )
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def dashboard() -> FileResponse:
     """Datasets, jobs, models and the served model, with the forms that change them."""
-    return FileResponse(STATIC / "dashboard.html", media_type="text/html",
-                        headers={"Content-Security-Policy": DASHBOARD_CSP, "Cache-Control": "no-cache"})  # fmt: skip
+    return FileResponse(
+        STATIC / "dashboard.html",
+        media_type="text/html",
+        headers={"Content-Security-Policy": DASHBOARD_CSP, "Cache-Control": "no-cache"},
+    )
 
 
 @router.get("/static/{name}", include_in_schema=False)
