@@ -113,7 +113,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         exposure_redis,
         lambda model_id: exposure.offline_group_shares(registry, artifacts, model_id),
     )
-    store = IndexStore(settings, registry.redis, exposure=counter)
+    store = IndexStore(settings, registry, exposure=counter)
     app.state.registry = registry
     app.state.celery = celery_app
     app.state.index_store = store

@@ -1,6 +1,89 @@
-"""Redis key names and channels shared by the API, the workers and the serving index."""
+"""Redis key names and channels shared by the API, the workers and the serving index.
+
+Every key of service/ is built here, so one file tells what Redis holds:
+
+    unkd:dataset:<id>  unkd:datasets            dataset records (sorted set: newest first)
+    unkd:model:<id>    unkd:models              model records
+    unkd:model:<id>:publishing                  the publish job holding the model's claim
+    unkd:job:<id>      unkd:jobs                job records
+    unkd:jobs:status:<status>, unkd:jobs:kind:<kind>   job indexes for filtered listing
+    unkd:stats:jobs                             hash "<kind>:<status>" -> jobs that reached it
+    unkd:serving:*                              the served model, its history, staged bundles,
+                                                the running experiment (constants below)
+    unkd:exposure:*                             live exposure counts (layout at EXPOSURE)
+"""
+
+import hashlib
 
 PREFIX = "unkd"
+
+# -- the registry: datasets, models, jobs (service.core.registry) ----------------------------
+DATASETS = f"{PREFIX}:datasets"  # sorted set of dataset ids, score = creation time
+MODELS = f"{PREFIX}:models"  # sorted set of model ids, score = creation time
+JOBS = f"{PREFIX}:jobs"  # sorted set of job ids, score = queued time
+JOB_STATS = f"{PREFIX}:stats:jobs"  # hash "<kind>:<status>" -> jobs that ever reached it
+
+
+def dataset(dataset_id: str) -> str:
+    """The JSON DatasetRecord of `dataset_id`."""
+    return f"{PREFIX}:dataset:{dataset_id}"
+
+
+def model(model_id: str) -> str:
+    """The JSON ModelRecord of `model_id`."""
+    return f"{PREFIX}:model:{model_id}"
+
+
+def publish_claim(model_id: str) -> str:
+    """The id of the publish job building `model_id`'s bundle now (SET NX with a TTL)."""
+    return f"{model(model_id)}:publishing"
+
+
+def job(job_id: str) -> str:
+    """The JSON JobRecord of `job_id`."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def jobs_by_status(status: str) -> str:
+    """Sorted set of the jobs in `status` now."""
+    return f"{PREFIX}:jobs:status:{status}"
+
+
+def jobs_by_kind(kind: str) -> str:
+    """Sorted set of the jobs of `kind`."""
+    return f"{PREFIX}:jobs:kind:{kind}"
+
+
+# -- live exposure: one family of keys per served model and serving epoch, under EXPOSURE -----
+# (defined with the serving keys below, where its layout is drawn).
+
+
+def exposure_epoch(model_id: str, since: str) -> str:
+    """The prefix of one model's serving epoch: EXPOSURE:<model_id>:<hash of since>."""
+    return f"{EXPOSURE}:{model_id}:{hashlib.sha1(since.encode()).hexdigest()[:12]}"
+
+
+def exposure_bucket(epoch: str, bucket: int) -> str:
+    """Hash of the counters of one 10-s bucket of an epoch."""
+    return f"{epoch}:b:{bucket}"
+
+
+def exposure_bucket_items(epoch: str, bucket: int) -> str:
+    """Item counts of one 10-s bucket of an epoch."""
+    return f"{epoch}:bi:{bucket}"
+
+
+def exposure_total(epoch: str) -> str:
+    """Hash of the counters since the epoch began."""
+    return f"{epoch}:total"
+
+
+def exposure_items(epoch: str) -> str:
+    """Item counts since the epoch began."""
+    return f"{epoch}:items"
+
+
+# -- serving: the pointer, its history, staged bundles, the experiment, exposure -------------
 ACTIVE_MODEL = f"{PREFIX}:serving:active"  # JSON {"model_id", "bundle_dir", "published_at"}
 SERVING_EVENTS = f"{PREFIX}:serving:events"  # pub/sub: the same JSON on every publish
 PUBLISH_HISTORY = f"{PREFIX}:serving:history"  # list of PublishEntry JSON, newest first
@@ -8,7 +91,7 @@ PUBLISH_HISTORY_MAX = 1000  # older entries are trimmed
 # Bundles built by a publish with "activate": false (hash model_id -> StagedBundle JSON): not
 # served, there for an experiment arm.
 STAGED_BUNDLES = f"{PREFIX}:serving:staged"
-# The running A/B experiment: JSON of service.serving.schemas.Experiment; absent when none runs.
+# The running A/B experiment: JSON of service.core.records.Experiment; absent when none runs.
 EXPERIMENT = f"{PREFIX}:serving:experiment"
 EXPERIMENT_EVENTS = f"{PREFIX}:serving:experiment:events"  # pub/sub: a hint to re-read EXPERIMENT
 # Live exposure counts (service.serving.exposure), one family per served model and serving epoch:

@@ -7,10 +7,11 @@ ModelManifest and QualityReport) by `ModelRecord.of`, and shares its `Lineage`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.core.config import Settings
 from training.manifest import Lineage, ModelKind, ModelManifest, QualityReport
@@ -46,11 +47,15 @@ def utcnow() -> datetime:
 
 
 class NotFoundError(LookupError):
-    """An id that names nothing. `field` is the request field or path parameter at fault."""
+    """An id that names nothing. `field` is the request field or path parameter at fault.
 
-    def __init__(self, field: str, value: str, what: str) -> None:
+    `message` replaces the usual "<field>=<value>: no such <what>" where one value does not
+    tell it (several unknown ids of a batch, no experiment running); it names the field too.
+    """
+
+    def __init__(self, field: str, value: str, what: str, *, message: str | None = None) -> None:
         self.field, self.value, self.what = field, value, what
-        super().__init__(f"{field}={value!r}: no such {what}")
+        super().__init__(message or f"{field}={value!r}: no such {what}")
 
 
 class ConflictError(RuntimeError):
@@ -59,6 +64,15 @@ class ConflictError(RuntimeError):
     def __init__(self, field: str, value: str, reason: str) -> None:
         self.field, self.value, self.reason = field, value, reason
         super().__init__(f"{field}={value!r}: {reason}")
+
+
+class NotServingError(RuntimeError):
+    """Nothing is served yet (no model was published), so the request cannot be answered now
+    (503; it will be once a model is published). `field` names what is missing."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field, self.reason = field, reason
+        super().__init__(f"{field}: {reason}")
 
 
 # -- records ---------------------------------------------------------------------------
@@ -172,6 +186,76 @@ class ActiveModel(BaseModel):
     model_id: str
     bundle_dir: str
     published_at: datetime = Field(default_factory=utcnow)
+
+
+# -- the A/B experiment (service.serving.experiment serves it) --------------------------------
+
+
+class ExperimentArm(BaseModel):
+    model_id: str
+    weight: float
+    bundle_dir: str = Field(
+        description="the serving bundle the arm answers from (its newest publish)"
+    )
+
+
+class Experiment(BaseModel):
+    """The running experiment, as stored at service.core.keys.EXPERIMENT and answered by the routes."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "arms": [
+                        {
+                            "model_id": "student-unkd-4e1f",
+                            "weight": 0.5,
+                            "bundle_dir": "/srv/unkd/bundles/student-unkd-4e1f-9a0b1c2d",
+                        },
+                        {
+                            "model_id": "student-rd-77a0",
+                            "weight": 0.5,
+                            "bundle_dir": "/srv/unkd/bundles/student-rd-77a0-5e6f7a8b",
+                        },
+                    ],
+                    "salt": "unkd-vs-rd-december",
+                    "started_at": "2026-12-01T09:30:00Z",
+                    "started_by": "alice",
+                }
+            ]
+        }
+    )
+
+    arms: list[ExperimentArm]
+    salt: str = Field(
+        description="mixed into the user hash (service.serving.experiment.assignment_point)"
+    )
+    started_at: datetime
+    started_by: str | None = Field(
+        description="the name of the API key that started it; null when keys are off"
+    )
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """The active pointer and the running experiment as stored (JSON text; None: absent), read
+    together in one round trip by every API process's watcher.
+
+    Kept as text: the watcher compares the experiment's text with the one it serves, and a
+    record that does not parse must be reported by the reader without hiding the other one.
+    `active()` and `experiment()` type them (pydantic.ValidationError when one does not parse).
+    """
+
+    active_json: str | None
+    experiment_json: str | None
+
+    def active(self) -> ActiveModel | None:
+        raw = self.active_json
+        return ActiveModel.model_validate_json(raw) if raw is not None else None
+
+    def experiment(self) -> Experiment | None:
+        raw = self.experiment_json
+        return Experiment.model_validate_json(raw) if raw is not None else None
 
 
 # -- publishing: the gate and the history ----------------------------------------------------

@@ -1,17 +1,12 @@
 """The Redis registry of datasets, jobs, models and the active serving model.
 
 Shared by the API and the workers, so it imports no FastAPI and no Celery. Records are
-JSON strings under `unkd:` keys; sorted sets (score = creation time) list them newest
-first. A job record is changed only through `_mutate_job`, an optimistic WATCH/MULTI
-transaction, so a worker's progress write can never undo the API's cancel request.
-
-    unkd:dataset:<id>  unkd:datasets            dataset records
-    unkd:model:<id>    unkd:models              model records
-    unkd:job:<id>      unkd:jobs                job records
-    unkd:jobs:status:<status>, unkd:jobs:kind:<kind>   job indexes for filtered listing
-    unkd:stats:jobs                             hash "<kind>:<status>" -> jobs that reached it
-    unkd:serving:active, unkd:serving:history    the served model, and every publish/rollback
-                                                that set it (a list, newest first)
+JSON strings under the keys of service/core/keys.py; sorted sets (score = creation time)
+list them newest first. A job record is changed only through `_mutate_job`, an optimistic
+WATCH/MULTI transaction, so a worker's progress write can never undo the API's cancel
+request. The served model's pointer, publish history, staged bundles and the A/B
+experiment are the serving half, `ServingRegistry` (service/core/serving_registry.py),
+which `Registry` extends.
 """
 
 from __future__ import annotations
@@ -46,6 +41,7 @@ from service.core.records import (
     evaluate_gate,
     utcnow,
 )
+from service.core.serving_registry import ServingRegistry
 
 __all__ = [
     "JOB_KINDS",
@@ -66,67 +62,21 @@ __all__ = [
     "PublishEntry",
     "PublishGateError",
     "Registry",
+    "ServingRegistry",
     "StagedBundle",
     "utcnow",
 ]
 
 logger = logging.getLogger(__name__)
 
-_DATASETS = f"{keys.PREFIX}:datasets"
-_MODELS = f"{keys.PREFIX}:models"
-_JOBS = f"{keys.PREFIX}:jobs"
-_JOB_STATS = f"{keys.PREFIX}:stats:jobs"
-
-
-def _dataset_key(dataset_id: str) -> str:
-    return f"{keys.PREFIX}:dataset:{dataset_id}"
-
-
-def _model_key(model_id: str) -> str:
-    return f"{keys.PREFIX}:model:{model_id}"
-
-
-def _job_key(job_id: str) -> str:
-    return f"{keys.PREFIX}:job:{job_id}"
-
-
-def _status_index(status: str) -> str:
-    return f"{keys.PREFIX}:jobs:status:{status}"
-
-
-def _kind_index(kind: str) -> str:
-    return f"{keys.PREFIX}:jobs:kind:{kind}"
-
 
 def _score(when: datetime) -> float:
     return when.timestamp()
 
 
-class Registry:
-    """Typed access to the registry keys through one redis-py client (decode_responses=True)."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
-
-    @classmethod
-    def from_url(cls, url: str, *, timeout_s: float | None = None) -> Registry:
-        """A client for `url`; `timeout_s` bounds connects and replies (a hung Redis then
-        raises TimeoutError, which the API answers with 503, instead of hanging a request)."""
-        return cls(
-            redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                health_check_interval=30,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-            )
-        )
-
-    def ping(self) -> bool:
-        return bool(self.redis.ping())
-
-    def close(self) -> None:
-        self.redis.close()
+class Registry(ServingRegistry):
+    """Typed access to datasets, models and jobs, and (ServingRegistry) to the served model,
+    through one redis-py client (decode_responses=True)."""
 
     # -- listing helper ------------------------------------------------------------------
     def _page(self, index: str, limit: int, offset: int) -> tuple[list[str], int]:
@@ -145,132 +95,43 @@ class Registry:
     # -- datasets ------------------------------------------------------------------------
     def add_dataset(self, record: DatasetRecord) -> DatasetRecord:
         pipe = self.redis.pipeline()
-        pipe.set(_dataset_key(record.id), record.model_dump_json())
-        pipe.zadd(_DATASETS, {record.id: _score(record.created_at)})
+        pipe.set(keys.dataset(record.id), record.model_dump_json())
+        pipe.zadd(keys.DATASETS, {record.id: _score(record.created_at)})
         pipe.execute()
         return record
 
     def get_dataset(self, dataset_id: str, *, field: str = "dataset_id") -> DatasetRecord:
-        raw = self.redis.get(_dataset_key(dataset_id))
+        raw = self.redis.get(keys.dataset(dataset_id))
         if raw is None:
             raise NotFoundError(field, dataset_id, "dataset")
         return DatasetRecord.model_validate_json(raw)
 
     def list_datasets(self, *, limit: int = 50, offset: int = 0) -> tuple[list[DatasetRecord], int]:
-        ids, total = self._page(_DATASETS, limit, offset)
-        return self._load_many(_dataset_key, ids, DatasetRecord), total
+        ids, total = self._page(keys.DATASETS, limit, offset)
+        return self._load_many(keys.dataset, ids, DatasetRecord), total
 
     # -- models --------------------------------------------------------------------------
     def add_model(self, record: ModelRecord) -> ModelRecord:
         pipe = self.redis.pipeline()
-        pipe.set(_model_key(record.id), record.model_dump_json())
-        pipe.zadd(_MODELS, {record.id: _score(record.created_at)})
+        pipe.set(keys.model(record.id), record.model_dump_json())
+        pipe.zadd(keys.MODELS, {record.id: _score(record.created_at)})
         pipe.execute()
         return record
 
     def get_model(self, model_id: str, *, field: str = "model_id") -> ModelRecord:
-        raw = self.redis.get(_model_key(model_id))
+        raw = self.redis.get(keys.model(model_id))
         if raw is None:
             raise NotFoundError(field, model_id, "model")
         return ModelRecord.model_validate_json(raw)
 
     def has_model(self, model_id: str) -> bool:
-        return bool(self.redis.exists(_model_key(model_id)))
+        return bool(self.redis.exists(keys.model(model_id)))
 
     def list_models(self, *, limit: int = 50, offset: int = 0) -> tuple[list[ModelRecord], int]:
-        ids, total = self._page(_MODELS, limit, offset)
-        return self._load_many(_model_key, ids, ModelRecord), total
+        ids, total = self._page(keys.MODELS, limit, offset)
+        return self._load_many(keys.model, ids, ModelRecord), total
 
-    # -- serving pointer -----------------------------------------------------------------
-    def get_active(self) -> ActiveModel | None:
-        raw = self.redis.get(keys.ACTIVE_MODEL)
-        return ActiveModel.model_validate_json(raw) if raw is not None else None
-
-    def set_active(self, active: ActiveModel) -> None:
-        """Move the pointer and tell every API process, in one MULTI."""
-        payload = active.model_dump_json()
-        pipe = self.redis.pipeline()
-        pipe.set(keys.ACTIVE_MODEL, payload)
-        pipe.publish(keys.SERVING_EVENTS, payload)
-        pipe.execute()
-
-    def record_publish(
-        self, entry: PublishEntry, *, expect_active: str | None = None
-    ) -> PublishEntry:
-        """Make `entry`'s model the served one: move the pointer, add the entry to the
-        history (with the model it replaces as `previous_model_id`) and tell every API
-        process, in one WATCH/MULTI transaction.
-
-        Args:
-            expect_active: when given, the model that must still be served (a rollback
-                chose its target from it); otherwise ConflictError and nothing changes.
-        """
-
-        def txn(pipe: redis.client.Pipeline) -> PublishEntry:
-            raw = pipe.get(keys.ACTIVE_MODEL)
-            current = ActiveModel.model_validate_json(raw) if raw is not None else None
-            current_id = current.model_id if current is not None else None
-            if expect_active is not None and current_id != expect_active:
-                raise ConflictError(
-                    "model_id",
-                    entry.model_id,
-                    (
-                        f"the served model changed meanwhile ({expect_active} -> {current_id}); nothing rolled back"
-                    ),
-                )
-            recorded = entry.model_copy(update={"previous_model_id": current_id})
-            pointer = ActiveModel(
-                model_id=recorded.model_id,
-                bundle_dir=recorded.bundle_dir,
-                published_at=recorded.published_at,
-            ).model_dump_json()
-            pipe.multi()
-            pipe.set(keys.ACTIVE_MODEL, pointer)
-            pipe.lpush(keys.PUBLISH_HISTORY, recorded.model_dump_json())
-            pipe.ltrim(keys.PUBLISH_HISTORY, 0, keys.PUBLISH_HISTORY_MAX - 1)
-            pipe.publish(keys.SERVING_EVENTS, pointer)
-            return recorded
-
-        result = self.redis.transaction(txn, keys.ACTIVE_MODEL, value_from_callable=True)  # type: ignore[arg-type]
-        if not isinstance(result, PublishEntry):
-            raise TypeError(
-                f"publish of {entry.model_id}: transaction returned {type(result).__name__}"
-            )
-        return result
-
-    def record_staged(self, staged: StagedBundle) -> StagedBundle:
-        """A bundle built without serving it (publish with "activate": false): the model's
-        newest staged bundle, for experiment arms. The active pointer and history are untouched."""
-        self.redis.hset(keys.STAGED_BUNDLES, staged.model_id, staged.model_dump_json())
-        return staged
-
-    def staged_bundle(self, model_id: str) -> StagedBundle | None:
-        raw = self.redis.hget(keys.STAGED_BUNDLES, model_id)
-        return StagedBundle.model_validate_json(raw) if raw is not None else None
-
-    def publish_history(
-        self, *, limit: int = 50, offset: int = 0
-    ) -> tuple[list[PublishEntry], int]:
-        """Publishes and rollbacks, newest first."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.lrange(keys.PUBLISH_HISTORY, offset, offset + limit - 1)
-        pipe.llen(keys.PUBLISH_HISTORY)
-        raws, total = pipe.execute()
-        return [PublishEntry.model_validate_json(raw) for raw in raws], int(total)
-
-    def rollback_target(self) -> tuple[PublishEntry, str] | None:
-        """The newest history entry of a model other than the served one, and the served
-        model's id; None when nothing is served or the history holds no other model."""
-        active = self.get_active()
-        if active is None:
-            return None
-        raws = self.redis.lrange(keys.PUBLISH_HISTORY, 0, -1)
-        for raw in raws:
-            entry = PublishEntry.model_validate_json(raw)
-            if entry.model_id != active.model_id:
-                return entry, active.model_id
-        return None
-
+    # -- publishing: the gate and the claim ------------------------------------------------
     def gate_checks(self, model_id: str, policy: GatePolicy) -> list[GateCheck]:
         """The publish gate's rules for `model_id`, from the headline figures of the
         registered models (the candidate, its teacher, the served model)."""
@@ -299,21 +160,21 @@ class Registry:
         A claim held by a job that has finished (its worker died before releasing it) is
         taken over.
         """
-        key = f"{_model_key(model_id)}:publishing"
+        key = keys.publish_claim(model_id)
         for _ in range(3):
             if self.redis.set(key, job_id, nx=True, ex=ttl_s):
                 return None
             holder = self.redis.get(key)
             if holder is None:
                 continue
-            raw = self.redis.get(_job_key(str(holder)))
+            raw = self.redis.get(keys.job(str(holder)))
             if raw is not None and JobRecord.model_validate_json(raw).status not in TERMINAL:
                 return str(holder)
             self.redis.delete(key)
         return None
 
     def release_publish(self, model_id: str, job_id: str) -> None:
-        key = f"{_model_key(model_id)}:publishing"
+        key = keys.publish_claim(model_id)
         if self.redis.get(key) == job_id:
             self.redis.delete(key)
 
@@ -321,16 +182,16 @@ class Registry:
     def create_job(self, record: JobRecord) -> JobRecord:
         score = _score(record.timings.queued_at)
         pipe = self.redis.pipeline()
-        pipe.set(_job_key(record.id), record.model_dump_json())
-        pipe.zadd(_JOBS, {record.id: score})
-        pipe.zadd(_kind_index(record.kind), {record.id: score})
-        pipe.zadd(_status_index(record.status), {record.id: score})
-        pipe.hincrby(_JOB_STATS, f"{record.kind}:{record.status}", 1)
+        pipe.set(keys.job(record.id), record.model_dump_json())
+        pipe.zadd(keys.JOBS, {record.id: score})
+        pipe.zadd(keys.jobs_by_kind(record.kind), {record.id: score})
+        pipe.zadd(keys.jobs_by_status(record.status), {record.id: score})
+        pipe.hincrby(keys.JOB_STATS, f"{record.kind}:{record.status}", 1)
         pipe.execute()
         return record
 
     def get_job(self, job_id: str, *, field: str = "job_id") -> JobRecord:
-        raw = self.redis.get(_job_key(job_id))
+        raw = self.redis.get(keys.job(job_id))
         if raw is None:
             raise NotFoundError(field, job_id, "job")
         return JobRecord.model_validate_json(raw)
@@ -346,19 +207,27 @@ class Registry:
         """Newest first, optionally filtered by status and/or kind."""
         if status and kind:
             ranked: list[tuple[str, float]] = self.redis.zinter(  # type: ignore[assignment]
-                [_status_index(status), _kind_index(kind)], aggregate="MAX", withscores=True
+                [keys.jobs_by_status(status), keys.jobs_by_kind(kind)],
+                aggregate="MAX",
+                withscores=True,
             )
             ids = [str(job_id) for job_id, _ in sorted(ranked, key=lambda pair: -pair[1])]
             page, total = ids[offset : offset + limit], len(ids)
         else:
-            index = _status_index(status) if status else _kind_index(kind) if kind else _JOBS
+            index = (
+                keys.jobs_by_status(status)
+                if status
+                else keys.jobs_by_kind(kind)
+                if kind
+                else keys.JOBS
+            )
             page, total = self._page(index, limit, offset)
-        return self._load_many(_job_key, page, JobRecord), total
+        return self._load_many(keys.job, page, JobRecord), total
 
     def job_counts(self) -> dict[tuple[str, str], int]:
         """(kind, status) -> number of jobs that ever reached that status (monotonic)."""
         counts: dict[tuple[str, str], int] = {}
-        for field, value in self.redis.hgetall(_JOB_STATS).items():
+        for field, value in self.redis.hgetall(keys.JOB_STATS).items():
             kind, _, status = str(field).partition(":")
             counts[(kind, status)] = int(value)
         return counts
@@ -366,7 +235,7 @@ class Registry:
     def jobs_by_status(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
         for status in JOB_STATES:
-            pipe.zcard(_status_index(status))
+            pipe.zcard(keys.jobs_by_status(status))
         return dict(zip(JOB_STATES, (int(n) for n in pipe.execute()), strict=True))
 
     def _mutate_job(
@@ -377,7 +246,7 @@ class Registry:
         `change` may run more than once (WATCH retries when another process wrote the
         record meanwhile), so it must be a pure function of the record it is given.
         """
-        key = _job_key(job_id)
+        key = keys.job(job_id)
 
         def txn(pipe: redis.client.Pipeline) -> JobRecord:
             raw = pipe.get(key)
@@ -391,9 +260,9 @@ class Registry:
             pipe.set(key, new.model_dump_json())
             if new.status != old.status:
                 score = _score(new.timings.queued_at)
-                pipe.zrem(_status_index(old.status), job_id)
-                pipe.zadd(_status_index(new.status), {job_id: score})
-                pipe.hincrby(_JOB_STATS, f"{new.kind}:{new.status}", 1)
+                pipe.zrem(keys.jobs_by_status(old.status), job_id)
+                pipe.zadd(keys.jobs_by_status(new.status), {job_id: score})
+                pipe.hincrby(keys.JOB_STATS, f"{new.kind}:{new.status}", 1)
             return new
 
         result = self.redis.transaction(txn, key, value_from_callable=True)  # type: ignore[arg-type]
@@ -504,5 +373,5 @@ class Registry:
         return self._mutate_job(job_id, change)
 
     def cancel_requested(self, job_id: str) -> bool:
-        raw = self.redis.get(_job_key(job_id))
+        raw = self.redis.get(keys.job(job_id))
         return raw is not None and JobRecord.model_validate_json(raw).cancel_requested

@@ -1,14 +1,14 @@
 """The read side of serving: hold the published bundle (and an experiment's arms) and
 hot-swap them when the pointers move.
 
-The active pointer (keys.ACTIVE_MODEL, JSON {"model_id", "bundle_dir", "published_at"}) is
-the truth; a message on keys.SERVING_EVENTS is only a hint to look at it now. A watcher
-thread waits for such a hint at most `settings.reload_poll_s` and then re-reads the pointer
-either way, so a lost message or a Redis outage only delays a swap, never breaks serving.
-The running experiment (keys.EXPERIMENT, service/serving/experiment.py; hints on
-keys.EXPERIMENT_EVENTS) is read in the same round trip: when it changes, every arm's bundle
-is loaded (a bundle already loaded, the active one or a previous arm's, is reused), and only
-then swapped in.
+The active pointer (an ActiveModel record: model_id, bundle_dir, published_at) is the
+truth; a message on the registry's serving events is only a hint to look at it now. A
+watcher thread waits for such a hint at most `settings.reload_poll_s` and then re-reads the
+pointer either way, so a lost message or a Redis outage only delays a swap, never breaks
+serving. The running experiment (an Experiment record, service/serving/experiment.py) is
+read in the same round trip (ServingRegistry.serving_state): when it changes, every arm's
+bundle is loaded (a bundle already loaded, the active one or a previous arm's, is reused),
+and only then swapped in.
 
 A pointer's `bundle_dir` is a local path, or a URL in the shared artifact store
 (UNKD_ARTIFACT_URL, service/core/artifacts.py): such a bundle is fetched into this host's
@@ -23,7 +23,6 @@ live bundles are never mutated.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,22 +30,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from service.core import keys
 from service.core.artifacts import ArtifactError, ArtifactStore
 from service.core.bundle_format import BundleError
 from service.core.config import Settings
+from service.core.records import Experiment, ServingState
+from service.core.serving_registry import ServingRegistry
 from service.serving.bundle import ServingBundle, load_bundle, use_blas_for_batches
 from service.serving.experiment import LoadedExperiment, cumulative_weights
 from service.serving.exposure import ExposureCounter, ServedModel, Tally
 from service.serving.gc_policy import freeze_long_lived
-from service.serving.schemas import Experiment
-
-if TYPE_CHECKING:
-    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -111,19 +107,19 @@ class IndexStore:
         settings: data_dir (relative bundle_dir values resolve against it), artifact_url
             (bundle_dir URLs are fetched from that store into the local cache first), nprobe,
             hnsw_ef_search and reload_poll_s are used.
-        redis_client: None gives a static store, filled only by `load_now` and
-            `apply_experiment` (bench, tests).
+        registry: where the pointer and the experiment are read; None gives a static
+            store, filled only by `load_now` and `apply_experiment` (bench, tests).
         exposure: the process's exposure counter; None: answers are not counted.
     """
 
     def __init__(
         self,
         settings: Settings,
-        redis_client: redis.Redis | None = None,
+        registry: ServingRegistry | None = None,
         exposure: ExposureCounter | None = None,
     ) -> None:
         self.settings = settings
-        self.redis = redis_client
+        self.registry = registry
         self.exposure = exposure
         self.artifacts = ArtifactStore.from_settings(settings)
         self._state: LoadedBundle | None = None
@@ -168,8 +164,8 @@ class IndexStore:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Load the active model (if any) now, then watch for changes in a daemon thread."""
-        if self.redis is None:
-            logger.info("index store: no Redis client, serving only what load_now() gives it")
+        if self.registry is None:
+            logger.info("index store: no registry, serving only what load_now() gives it")
             return
         self.check_pointer()
         self._stop.clear()
@@ -228,23 +224,21 @@ class IndexStore:
         Returns True when something new was swapped in. Redis errors propagate to the
         watcher; load errors are logged and the current bundles keep serving.
         """
-        assert self.redis is not None
-        raw, raw_experiment = (
-            v.decode() if isinstance(v, bytes) else v
-            for v in self.redis.mget([keys.ACTIVE_MODEL, keys.EXPERIMENT])
-        )
-        swapped = self._check_active(raw)
-        return self._check_experiment(raw_experiment) or swapped
+        assert self.registry is not None
+        stored = self.registry.serving_state()
+        swapped = self._check_active(stored)
+        return self._check_experiment(stored) or swapped
 
-    def _check_active(self, raw: str | None) -> bool:
-        if raw is None:
-            return False
+    def _check_active(self, stored: ServingState) -> bool:
         try:
-            pointer = json.loads(raw)
-            key = _pointer_key(pointer)
-        except (ValueError, AttributeError) as exc:
-            logger.error("active model pointer %r is not valid JSON: %s", raw, exc)
+            active = stored.active()
+        except ValidationError as exc:
+            logger.error("active model pointer %r is not readable: %s", stored.active_json, exc)
             return False
+        if active is None:
+            return False
+        pointer = active.model_dump(mode="json")  # the stored text's values (published_at too)
+        key = _pointer_key(pointer)
         state = self._state
         if state is not None and _pointer_key(state.pointer) == key:
             return False
@@ -268,8 +262,9 @@ class IndexStore:
             return False
         return True
 
-    def _check_experiment(self, raw: str | None) -> bool:
+    def _check_experiment(self, stored: ServingState) -> bool:
         """Install the stored experiment (or its end) when it differs from the served one."""
+        raw = stored.experiment_json
         state = self._state
         if state is None:  # arms are installed beside an active model, once one is loaded
             return False
@@ -285,8 +280,7 @@ class IndexStore:
         ):
             return False
         try:
-            spec = Experiment.model_validate_json(raw) if raw is not None else None
-            self.apply_experiment(spec, raw=raw)
+            self.apply_experiment(stored.experiment(), raw=raw)
         except (ValidationError, ArmLoadError) as exc:
             self._failed_experiment = (raw or "", time.monotonic())
             logger.error(
@@ -302,12 +296,12 @@ class IndexStore:
         spec: Experiment | None,
         *,
         raw: str | None = None,
-        commit: Callable[[str | None], None] | None = None,
+        commit: Callable[[], None] | None = None,
     ) -> LoadedExperiment | None:
         """Load every arm of `spec` (None: end the experiment), then swap them in.
 
         Under the load lock: the arms are loaded (and so verified: checksums, shapes), then
-        `commit(raw)` runs (the route writes keys.EXPERIMENT there), then the swap. An arm
+        `commit()` runs (the route stores the experiment there), then the swap. An arm
         that cannot be loaded raises ArmLoadError before `commit`, and nothing changes.
         With no active model loaded yet the arms are verified and committed, and the
         watcher installs them once the active model loads.
@@ -321,7 +315,7 @@ class IndexStore:
             state = self._state
             loaded = self._load_arms(spec, raw or "", state) if spec is not None else None
             if commit is not None:
-                commit(raw if spec is not None else None)
+                commit()
             if state is not None:
                 self._state = replace(state, experiment=loaded)  # the swap
             self._failed_experiment = None
@@ -426,13 +420,12 @@ class IndexStore:
         """Wait for a publish message (at most reload_poll_s), then re-read the pointer."""
         import redis as redis_lib  # the API has Redis; the static store never gets here
 
-        assert self.redis is not None
+        assert self.registry is not None
         pubsub = None
         while not self._stop.is_set():
             try:
                 if pubsub is None:
-                    pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(keys.SERVING_EVENTS, keys.EXPERIMENT_EVENTS)
+                    pubsub = self.registry.serving_events()
                 pubsub.get_message(timeout=self.settings.reload_poll_s)
                 self.check_pointer()
                 if self._redis_down:

@@ -13,6 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The stored experiment is a registry record (the routes answer with it as it is).
+from service.core.records import Experiment, ExperimentArm
+
 FALLBACKS = ("popular", "debiased")
 Fallback = Literal["popular", "debiased"]
 
@@ -364,51 +367,6 @@ class ExperimentRequest(BaseModel):
                 f"each arm must be a different model; {', '.join(map(repr, twice))} is named twice"
             )
         return arms
-
-
-class ExperimentArm(BaseModel):
-    model_id: str
-    weight: float
-    bundle_dir: str = Field(
-        description="the serving bundle the arm answers from (its newest publish)"
-    )
-
-
-class Experiment(BaseModel):
-    """The running experiment, as stored at service.core.keys.EXPERIMENT and answered by the routes."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "arms": [
-                        {
-                            "model_id": "student-unkd-4e1f",
-                            "weight": 0.5,
-                            "bundle_dir": "/srv/unkd/bundles/student-unkd-4e1f-9a0b1c2d",
-                        },
-                        {
-                            "model_id": "student-rd-77a0",
-                            "weight": 0.5,
-                            "bundle_dir": "/srv/unkd/bundles/student-rd-77a0-5e6f7a8b",
-                        },
-                    ],
-                    "salt": "unkd-vs-rd-december",
-                    "started_at": "2026-12-01T09:30:00Z",
-                    "started_by": "alice",
-                }
-            ]
-        }
-    )
-
-    arms: list[ExperimentArm]
-    salt: str = Field(
-        description="mixed into the user hash (service.serving.experiment.assignment_point)"
-    )
-    started_at: datetime
-    started_by: str | None = Field(
-        description="the name of the API key that started it; null when keys are off"
-    )
 
 
 class ExperimentState(BaseModel):

@@ -22,6 +22,7 @@ from bundle_fixtures import make_bundle
 from service.core import keys
 from service.core.bundle_format import BundleError
 from service.core.config import Settings
+from service.core.serving_registry import ServingRegistry
 from service.serving.bundle import SERVING_BLAS_MIN_BATCH
 from service.serving.index_store import IndexStore
 from service.stack.redis_server import RedisServer
@@ -127,7 +128,7 @@ def test_relative_bundle_dir_resolves_against_data_dir(bundles: dict[str, Path])
 def watched(own_redis: RedisServer, bundles: dict[str, Path], tmp_path: Path):
     client = redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=2.0)
     client.set(keys.ACTIVE_MODEL, json.dumps(pointer("A", bundles["A"])))
-    store = IndexStore(Settings(data_dir=tmp_path, reload_poll_s=0.1), client)
+    store = IndexStore(Settings(data_dir=tmp_path, reload_poll_s=0.1), ServingRegistry(client))
     store.start()
     yield store, client
     store.stop()

@@ -5,8 +5,8 @@ naming `arms[i].model_id` otherwise) and has a serving bundle, the one it is ser
 when it is the active model, else the one of its newest publish in the history (409 when
 it was never published). The bundles are then loaded into this process's IndexStore, which
 verifies them (checksums, shapes; a broken one is a 409 naming the arm, and nothing
-changes), the experiment is written to keys.EXPERIMENT with a hint on
-keys.EXPERIMENT_EVENTS, and the arms are swapped in; every other API process's watcher
+changes), the experiment is stored in the registry (Registry.start_experiment, with a hint
+to every API process), and the arms are swapped in; every other API process's watcher
 loads them within `reload_poll_s`. Arms are not gated by the publish gate: an experiment is
 how a model that the gate would refuse can be tried on a share of users.
 
@@ -21,20 +21,14 @@ import logging
 import secrets
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from service.api.auth import AdminCaller
 from service.api.deps import IndexStoreDep, RegistryDep
-from service.core import keys
-from service.core.registry import ConflictError, NotFoundError, Registry, utcnow
+from service.core.records import Experiment, ExperimentArm
+from service.core.registry import ConflictError, NotFoundError, utcnow
 from service.serving.index_store import ArmLoadError
-from service.serving.schemas import (
-    EndedExperiment,
-    Experiment,
-    ExperimentArm,
-    ExperimentRequest,
-    ExperimentState,
-)
+from service.serving.schemas import EndedExperiment, ExperimentRequest, ExperimentState
 
 logger = logging.getLogger(__name__)
 
@@ -44,28 +38,14 @@ NO_EXPERIMENT = "arms: no experiment is running (PUT /v1/serving/experiment star
 NOT_RUNNING: dict[int | str, dict[str, Any]] = {404: {"description": NO_EXPERIMENT}}
 
 
-def newest_bundle(registry: Registry, model_id: str) -> str | None:
-    """The bundle `model_id` is served from: the active pointer's when it is the active
-    model, else its staged bundle (a publish with "activate": false), else its newest
-    publish's in the history; None when it was never published."""
-    active = registry.get_active()
-    if active is not None and active.model_id == model_id:
-        return active.bundle_dir
-    staged = registry.staged_bundle(model_id)
-    if staged is not None:
-        return staged.bundle_dir
-    entries, _ = registry.publish_history(limit=keys.PUBLISH_HISTORY_MAX)
-    return next((e.bundle_dir for e in entries if e.model_id == model_id), None)
-
-
 @router.get("/experiment", summary="The running A/B experiment, or running: false")
 def get_experiment(registry: RegistryDep) -> ExperimentState:
     """Arms, weights, salt, and who started it when; `running` false (and the other fields
     null) when none runs: a 200, since a page polls this and no experiment is a state."""
-    raw = registry.redis.get(keys.EXPERIMENT)
-    if raw is None:
+    running = registry.get_experiment()
+    if running is None:
         return ExperimentState(running=False)
-    return ExperimentState(running=True, **Experiment.model_validate_json(raw).model_dump())
+    return ExperimentState(running=True, **running.model_dump())
 
 
 @router.put(
@@ -91,7 +71,7 @@ def start_experiment(
             raise NotFoundError(f"arms[{i}].model_id", arm.model_id, "model")
     arms = []
     for i, arm in enumerate(req.arms):
-        bundle_dir = newest_bundle(registry, arm.model_id)
+        bundle_dir = registry.newest_bundle(arm.model_id)
         if bundle_dir is None:
             raise ConflictError(
                 f"arms[{i}].model_id",
@@ -109,16 +89,8 @@ def start_experiment(
         started_at=utcnow(),
         started_by=caller.name,
     )
-
-    def commit(raw: str | None) -> None:
-        assert raw is not None
-        pipe = registry.redis.pipeline()
-        pipe.set(keys.EXPERIMENT, raw)
-        pipe.publish(keys.EXPERIMENT_EVENTS, raw)
-        pipe.execute()
-
     try:
-        store.apply_experiment(spec, commit=commit)
+        store.apply_experiment(spec, commit=lambda: registry.start_experiment(spec))
     except ArmLoadError as exc:
         raise ConflictError(
             f"arms[{exc.index}].model_id",
@@ -141,13 +113,10 @@ def end_experiment(
     registry: RegistryDep, store: IndexStoreDep, caller: AdminCaller
 ) -> EndedExperiment:
     """Stop the experiment (an admin key): the active model serves everyone again."""
-    raw = registry.redis.getdel(keys.EXPERIMENT)
-    if raw is None:
-        raise HTTPException(404, NO_EXPERIMENT)
-    registry.redis.publish(keys.EXPERIMENT_EVENTS, "")
+    running = registry.end_experiment()
+    if running is None:
+        raise NotFoundError("arms", "", "experiment", message=NO_EXPERIMENT)
     store.apply_experiment(None)
-    ended = EndedExperiment(
-        **Experiment.model_validate_json(raw).model_dump(), ended_at=utcnow(), ended_by=caller.name
-    )
+    ended = EndedExperiment(**running.model_dump(), ended_at=utcnow(), ended_by=caller.name)
     logger.info("experiment ended by key %s", caller.name or "-")
     return ended
