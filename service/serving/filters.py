@@ -31,12 +31,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from service.serving.bundle import ServingBundle
 
 EXACT_SCAN_ITEMS = 4096
 WIDEN_SLACK = 2.0
@@ -160,8 +157,21 @@ def _shown(ids: Sequence[str]) -> str:
     return ", ".join(repr(i) for i in ids[:SHOWN_IDS]) + more
 
 
+class Catalogue(Protocol):
+    """What resolving filters reads of a served bundle (service.serving.bundle.ServingBundle;
+    a protocol, because the bundle itself searches with the Filters made here)."""
+
+    n_groups: int
+
+    def item_indices(self, external_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]: ...
+
+    def allowed_groups(self, groups: tuple[int, ...]) -> Allowed | None: ...
+
+    def allowed_items(self, include: np.ndarray, groups: tuple[int, ...] | None) -> Allowed: ...
+
+
 def resolve_filters(
-    bundle: ServingBundle,
+    bundle: Catalogue,
     exclude: Sequence[str] | None,
     include: Sequence[str] | None,
     groups: Sequence[int] | None,
