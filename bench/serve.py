@@ -188,7 +188,7 @@ def full_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
 
     from service.api.app import create_app
     from service.core.config import Settings
-    from service.serving.exposure import ExposureCounter
+    from service.serving.exposure.counter import ExposureCounter
     from service.serving.index_store import IndexStore
 
     settings = Settings(data_dir=bundle_dir.parent)
@@ -546,7 +546,7 @@ def time_tally_add(bundle_dir: Path, n: int = 200_000) -> float:
     from time import perf_counter
 
     from service.serving.bundle import load_bundle
-    from service.serving.exposure import Tally
+    from service.serving.exposure.counter import Tally
 
     sink: deque[Any] = deque()
     tally = Tally(load_bundle(bundle_dir), "bench", sink)

@@ -34,7 +34,8 @@ from service.core.queue import make_celery
 from service.core.registry import Registry
 from service.serving import item_routes
 from service.serving import routes as serving_routes
-from service.serving.exposure import ExposureCounter, ExposureReader
+from service.serving.exposure.counter import ExposureCounter
+from service.serving.exposure.reader import ExposureReader, offline_group_shares
 from service.serving.index_store import IndexStore
 from service.serving.schemas import ExposureReport
 
@@ -111,7 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     artifacts = ArtifactStore.from_settings(settings)
     reader = ExposureReader(
         exposure_redis,
-        lambda model_id: exposure.offline_group_shares(registry, artifacts, model_id),
+        lambda model_id: offline_group_shares(registry, artifacts, model_id),
     )
     store = IndexStore(settings, registry, exposure=counter)
     app.state.registry = registry

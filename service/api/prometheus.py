@@ -10,7 +10,7 @@
   scrape time, so they count the work of every worker, not just this process.
 - unkd_exposure_*{model_id[, group]}: live exposure of the served models (the active one,
   an experiment's arms), read from Redis at scrape time, so summed over every API process
-  (service/serving/exposure.py). GET /v1/serving/exposure as gauges, one name per figure and
+  (service/serving/exposure/). GET /v1/serving/exposure as gauges, one name per figure and
   span (`window`: the last 10 minutes, `since_publish`): requests, slots, head_share,
   group_share{group}, arp, coverage, gini, latency_p50_seconds, latency_p99_seconds; and
   unkd_exposure_offline_group_share{group} (the offline report's exposure_share@20),

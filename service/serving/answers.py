@@ -19,10 +19,10 @@ from fastapi import HTTPException, Query, Request
 
 from service.core.config import Settings
 from service.serving.bundle import ServingBundle
-from service.serving.exposure import ServedModel
 from service.serving.filters import FilterError, Filters, resolve_filters
 from service.serving.index_store import IndexStore, LoadedBundle
 from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC
+from service.serving.served_model import ServedModel
 
 # The filter parameters of the GET routes: repeated query parameters (?exclude=a&exclude=b).
 ExcludeQuery = Annotated[

@@ -36,8 +36,8 @@ import hashlib
 from dataclasses import dataclass
 from itertools import accumulate
 
-from service.serving.exposure import ServedModel
-from service.serving.schemas import Experiment
+from service.core.records import Experiment
+from service.serving.served_model import ServedModel
 
 
 def assignment_point(salt: str, user_id: str) -> float:

@@ -41,8 +41,9 @@ from service.core.records import Experiment, ServingState
 from service.core.serving_registry import ServingRegistry
 from service.serving.bundle import ServingBundle, load_bundle, use_blas_for_batches
 from service.serving.experiment import LoadedExperiment, cumulative_weights
-from service.serving.exposure import ExposureCounter, ServedModel, Tally
+from service.serving.exposure.counter import ExposureCounter, Tally
 from service.serving.gc_policy import freeze_long_lived
+from service.serving.served_model import ServedModel
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ The bundle builds a unit-norm copy of the item vectors and an exact inner-produc
 over it on the first request (one more n_items x d float32 array); the item itself is
 never in its answer, and the filters work as on the recommendation routes. During an A/B
 experiment the active model answers (`model` may name an arm); these lists are not counted
-as live exposure (service/serving/exposure.py).
+as live exposure (service/serving/exposure/).
 
 Item ids are any text, "/" included (the `ext_id` convertor of service.serving.routes):
 `/v1/items/a/b/similar` asks about item "a/b".

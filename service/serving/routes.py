@@ -17,7 +17,7 @@ and run in the threadpool. An unknown user is 404 unless `fallback` asks for a p
 list (service/serving/fallback.py).
 
 Every answer is counted for live exposure under the model that produced it (`Tally.add`: one
-deque append; service/serving/exposure.py), with the handler's latency. During an A/B
+deque append; service/serving/exposure/counter.py), with the handler's latency. During an A/B
 experiment each user is answered by their arm (service/serving/experiment.py), by-history
 by the active model; `model` names any served model.
 
@@ -52,7 +52,6 @@ from service.serving.answers import (
     serving_state,
     settings_of,
 )
-from service.serving.exposure import ServedModel
 from service.serving.index_store import IndexStore
 from service.serving.lean_route import JsonBodyRoute, ScalarQueryRoute
 from service.serving.schemas import (
@@ -64,6 +63,7 @@ from service.serving.schemas import (
     RecommendationsBatchRequest,
     ServingStatus,
 )
+from service.serving.served_model import ServedModel
 
 router = APIRouter(tags=["recommendations"])
 

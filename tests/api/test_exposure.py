@@ -25,7 +25,9 @@ from service.api.app import create_app
 from service.core.config import Settings
 from service.core.registry import Registry
 from service.serving.bundle import load_bundle
-from service.serving.exposure import ExposureCounter, ExposureReader, ServedModel
+from service.serving.exposure.counter import ExposureCounter
+from service.serving.exposure.reader import ExposureReader
+from service.serving.served_model import ServedModel
 from service.stack.redis_server import RedisServer
 from tests.api.test_publishing import bundle_of, serve, wait_served
 from tests.api.test_recommendations import make_bundle

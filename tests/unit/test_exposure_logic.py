@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.serving.experiment import assignment_point, cumulative_weights, pick_arm
-from service.serving.exposure import (
+from service.serving.exposure.counts import (
     LATENCY_BINS,
     LATENCY_EDGES_S,
     Counts,
