@@ -22,7 +22,8 @@ One class, two modes, picked by ``settings.artifact_url`` (UNKD_ARTIFACT_URL):
   then renames it to ``cache/artifacts/<key>``; a later fetch of the key reuses that copy
   without asking the store. `prune_cache` keeps that cache under
   ``settings.artifact_cache_max_mb``, least recently used first (workers after each job,
-  API processes after each bundle swap).
+  API processes after each bundle swap): service/core/artifact_cache.py. Keys, manifests
+  and the errors are service/core/artifact_manifest.py, which both build on.
 
 `put` onto a key already written is a no-op when the content is the same (same names, sizes
 and checksums: a redelivered job) and raises ArtifactExistsError otherwise; nothing is
@@ -41,17 +42,26 @@ sees every file uploaded before it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from service.core import artifact_cache
+from service.core.artifact_cache import CACHE_SUBDIR, CachedArtifact
+from service.core.artifact_manifest import (
+    MANIFEST_FILE,
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactExistsError,
+    ArtifactNotFoundError,
+    Manifest,
+    check_key,
+    scan_dir,
+    sha256_of,
+)
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -60,35 +70,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = (
-    "_artifact.json"  # not manifest.json: a model directory has one (and macOS folds case)
-)
-MANIFEST_FORMAT = 1
-CACHE_SUBDIR = Path("cache") / "artifacts"
 SCRATCH = "scratch"  # keys a job writes for itself and deletes when it ends (delete_scratch)
-CACHE_GRACE_S = 600.0  # an artifact used this recently is never pruned (a reader may hold it)
-_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-_KEY = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")  # relative, no "..", no empty segment
 
-
-class ArtifactError(RuntimeError):
-    """An artifact that cannot be stored or read; the message names the key and the reason."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        self.key, self.reason = key, reason
-        super().__init__(f"artifact {key}: {reason}")
-
-
-class ArtifactNotFoundError(ArtifactError):
-    """No complete artifact under the key (no manifest: absent, or still being written)."""
-
-
-class ArtifactCorruptError(ArtifactError):
-    """A stored file that does not match the manifest (size, sha256, missing, unreadable)."""
-
-
-class ArtifactExistsError(ArtifactError):
-    """A put of different content onto a key that is already written."""
+__all__ = [  # the store's names, with those of the modules below it that its callers use
+    "MANIFEST_FILE",
+    "SCRATCH",
+    "ArtifactCorruptError",
+    "ArtifactError",
+    "ArtifactExistsError",
+    "ArtifactNotFoundError",
+    "ArtifactStore",
+    "CachedArtifact",
+    "Manifest",
+    "bundle_key",
+    "check_key",
+    "dataset_key",
+    "model_key",
+    "scan_dir",
+]
 
 
 def bundle_key(model_id: str, job_id: str) -> str:
@@ -104,108 +103,6 @@ def dataset_key(dataset_id: str) -> str:
 def model_key(model_id: str) -> str:
     """The key of a trained model directory, teacher or student (written once by its job)."""
     return f"models/{model_id}"
-
-
-def check_key(key: str) -> str:
-    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
-        raise ArtifactError(
-            key, "not a valid key (relative segments of letters, digits, '.', '_', '-')"
-        )
-    return key
-
-
-# -- manifests ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a complete artifact holds: every file (relative posix name) with size and sha256."""
-
-    key: str
-    files: dict[str, FileEntry]
-    created_at: str
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "format": MANIFEST_FORMAT,
-                "key": self.key,
-                "created_at": self.created_at,
-                "files": {
-                    n: {"size": e.size, "sha256": e.sha256} for n, e in sorted(self.files.items())
-                },
-            },
-            indent=1,
-        ).encode()
-
-    @classmethod
-    def from_json(cls, key: str, raw: bytes) -> Manifest:
-        try:
-            data = json.loads(raw)
-            files = {
-                str(n): FileEntry(int(e["size"]), str(e["sha256"]))
-                for n, e in data["files"].items()
-            }
-            created_at = str(data.get("created_at", ""))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ArtifactCorruptError(key, f"unreadable {MANIFEST_FILE} ({exc!r})") from exc
-        for name in files:
-            if not _KEY.match(name) or name == MANIFEST_FILE:
-                raise ArtifactCorruptError(
-                    key, f"{MANIFEST_FILE} lists an unsafe file name {name!r}"
-                )
-        return cls(key, files, created_at)
-
-
-@dataclass(frozen=True)
-class CachedArtifact:
-    """One artifact in a host's cache: its key, directory, bytes and last use (epoch s)."""
-
-    key: str
-    path: Path
-    size: int
-    last_used: float
-
-
-def _touch(path: Path) -> None:
-    try:
-        os.utime(path)
-    except OSError:
-        pass  # a read-only cache still serves; it just ages as written
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def scan_dir(src: Path, key: str) -> Manifest:
-    """The manifest of a local directory: every regular file below it, sizes and sha256."""
-    src = Path(src)
-    if not src.is_dir():
-        raise ArtifactError(key, f"{src} is not a directory")
-    files: dict[str, FileEntry] = {}
-    for path in sorted(src.rglob("*")):
-        if path.is_dir():
-            continue
-        name = path.relative_to(src).as_posix()
-        if path.is_symlink() or not path.is_file():
-            raise ArtifactError(key, f"{path}: only regular files can be stored")
-        if name == MANIFEST_FILE or not _KEY.match(name):
-            raise ArtifactError(key, f"{path}: file name {name!r} cannot be stored")
-        files[name] = FileEntry(path.stat().st_size, _sha256(path))
-    if not files:
-        raise ArtifactError(key, f"{src} holds no files")
-    return Manifest(key, files, datetime.now(timezone.utc).isoformat())
 
 
 # -- the store ---------------------------------------------------------------------------------
@@ -373,7 +270,9 @@ class ArtifactStore:
 
     def _adopt(self, key: str, src: Path, manifest: Manifest) -> None:
         dest = self.cache_dir / key
-        if self._cached(key, dest):  # cached already (a redelivered job): the local copy goes
+        if artifact_cache.whole(
+            key, dest
+        ):  # cached already (a redelivered job): the local copy goes
             shutil.rmtree(src, ignore_errors=True)
             return
         (src / MANIFEST_FILE).write_bytes(manifest.to_json())
@@ -433,8 +332,8 @@ class ArtifactStore:
                 raise ArtifactNotFoundError(key, f"{path} does not exist")
             return path
         dest = self.cache_dir / key
-        if self._cached(key, dest):
-            _touch(dest / MANIFEST_FILE)  # its last use, for prune_cache
+        if artifact_cache.whole(key, dest):
+            artifact_cache.touch(dest / MANIFEST_FILE)  # its last use, for prune_cache
             return dest
         self._download(key, dest, self.cache_dir / ".tmp")
         return dest
@@ -474,7 +373,7 @@ class ArtifactStore:
                     raise ArtifactCorruptError(
                         key, f"{name}: {size} bytes, the manifest says {entry.size}"
                     )
-                digest = _sha256(local)
+                digest = sha256_of(local)
                 if digest != entry.sha256:
                     raise ArtifactCorruptError(
                         key,
@@ -533,27 +432,11 @@ class ArtifactStore:
         except FileNotFoundError:
             pass
 
-    # -- the cache's size ----------------------------------------------------------------------
+    # -- the cache's size (service/core/artifact_cache.py) --------------------------------------
     def cached(self) -> list[CachedArtifact]:
         """The complete artifacts in this host's cache, least recently used first (URL mode;
         the data-dir mode has no cache: [])."""
-        if self.in_place or not self.cache_dir.is_dir():
-            return []
-        out = []
-        for marker in self.cache_dir.rglob(MANIFEST_FILE):
-            where = marker.parent
-            key = where.relative_to(self.cache_dir).as_posix()
-            if key.startswith(".tmp/") or not _KEY.match(key):
-                continue
-            try:
-                manifest = Manifest.from_json(key, marker.read_bytes())
-                used = marker.stat().st_mtime
-            except (ArtifactError, OSError):
-                continue  # a damaged copy: _cached removes it on its next use
-            out.append(
-                CachedArtifact(key, where, sum(e.size for e in manifest.files.values()), used)
-            )
-        return sorted(out, key=lambda c: (c.last_used, c.key))
+        return [] if self.in_place else artifact_cache.cached(self.cache_dir)
 
     def prune_cache(
         self,
@@ -561,61 +444,9 @@ class ArtifactStore:
         keep: set[str] | frozenset[str] = frozenset(),
         grace_s: float | None = None,
     ) -> list[str]:
-        """Remove least recently used cached artifacts until the cache holds <= max_bytes.
-
-        Never removed: the keys in `keep` (what this process serves) and artifacts used in the
-        last `grace_s` seconds (default CACHE_GRACE_S: a job may have just resolved one and be
-        reading it). A removed
-        artifact is renamed out of the cache before it is deleted, so a reader sees it whole
-        or not at all and fetches it again from the store. The data-dir mode never prunes: its
-        "cache" is the store itself. Returns the removed keys.
-        """
-        if self.in_place or max_bytes <= 0:
+        """artifact_cache.prune of this host's cache: least recently used first, down to
+        max_bytes, never `keep` nor what was used in the last `grace_s` (default
+        CACHE_GRACE_S). The data-dir mode never prunes: its "cache" is the store itself."""
+        if self.in_place:
             return []
-        grace_s = CACHE_GRACE_S if grace_s is None else grace_s
-        entries = self.cached()
-        total = sum(c.size for c in entries)
-        removed: list[str] = []
-        now = datetime.now(timezone.utc).timestamp()
-        for c in entries:
-            if total <= max_bytes:
-                break
-            if c.key in keep or now - c.last_used < grace_s:
-                continue
-            gone = self.cache_dir / ".tmp" / f"evicted-{uuid.uuid4().hex[:12]}"
-            gone.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(c.path, gone)
-            except OSError:
-                continue  # removed or replaced meanwhile
-            shutil.rmtree(gone, ignore_errors=True)
-            total -= c.size
-            removed.append(c.key)
-        if removed:
-            logger.info(
-                "artifact cache %s: removed %d least recently used (%s); %.1f MB left",
-                self.cache_dir,
-                len(removed),
-                ", ".join(removed),
-                total / 1e6,
-            )
-        return removed
-
-    def _cached(self, key: str, dest: Path) -> bool:
-        """A cached copy is complete (renamed in after verification) and whole (sizes match
-        its manifest); one that is not is removed, to be fetched again."""
-        marker = dest / MANIFEST_FILE
-        if not marker.is_file():
-            return False
-        try:
-            manifest = Manifest.from_json(key, marker.read_bytes())
-            whole = all(
-                (dest / n).is_file() and (dest / n).stat().st_size == e.size
-                for n, e in manifest.files.items()
-            )
-        except (ArtifactError, OSError):
-            whole = False
-        if not whole:
-            logger.warning("artifact %s: cached copy %s is damaged; fetching it again", key, dest)
-            shutil.rmtree(dest, ignore_errors=True)
-        return whole
+        return artifact_cache.prune(self.cache_dir, max_bytes, keep, grace_s)

@@ -267,7 +267,7 @@ def test_an_api_process_never_prunes_the_bundles_it_serves(tmp_path: Path, monke
         pointer={"bundle_dir": writer.location(keys[0])},  # type: ignore[assignment]
         experiment=SimpleNamespace(spec=SimpleNamespace(arms=arms)),
     )
-    monkeypatch.setattr("service.core.artifacts.CACHE_GRACE_S", 0.0)
+    monkeypatch.setattr("service.core.artifact_cache.CACHE_GRACE_S", 0.0)
     assert store.prune_cache() == [keys[3]]
     assert [c.key for c in store.artifacts.cached()] == keys[:3]
 
