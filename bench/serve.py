@@ -159,12 +159,14 @@ def endpoint_app(bundle_dir: Path):  # type: ignore[no-untyped-def]
     """The recommendations router over a static IndexStore (no Redis needed)."""
     from fastapi import FastAPI
 
+    from service.api.errors import install_error_handlers
     from service.core.config import Settings
     from service.serving.index_store import IndexStore
     from service.serving.routes import router
 
     settings = Settings(data_dir=bundle_dir.parent)
     app = FastAPI()
+    install_error_handlers(app)  # the serving routes raise domain errors the app maps
     app.include_router(router)
     app.state.settings = settings
     app.state.index_store = IndexStore(settings, None)

@@ -1,7 +1,9 @@
 """Domain errors -> HTTP status, mapped once. Every body keeps FastAPI's {"detail": ...}.
 
-unknown id -> 404, state conflict -> 409, bad data -> 422, Redis or the broker
-unreachable -> 503. Each detail names the field at fault and the reason.
+unknown id -> 404, state conflict -> 409, bad data -> 422, no model served yet -> 503,
+Redis or the broker unreachable -> 503 (with Retry-After). Each detail names the field at
+fault and the reason. Request values refused at run time (k above max_k, a bad filter) are
+FastAPI's RequestValidationError, whose 422 FastAPI shapes itself.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 
 from service.api.uploads import UploadError
-from service.core.registry import ConflictError, NotFoundError
+from service.core.records import ConflictError, NotFoundError, NotServingError
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,10 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
 
 async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return _detail(409, str(exc))
+
+
+async def _not_serving(_: Request, exc: Exception) -> JSONResponse:
+    return _detail(503, str(exc))
 
 
 async def _bad_data(_: Request, exc: Exception) -> JSONResponse:
@@ -56,6 +62,7 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(ConflictError, _conflict)
+    app.add_exception_handler(NotServingError, _not_serving)
     app.add_exception_handler(DataError, _bad_data)
     app.add_exception_handler(UploadError, _upload)
     app.add_exception_handler(redis.ConnectionError, _unavailable)

@@ -2,6 +2,10 @@
 or the one named by `model`), bounds on k, filters from a request, and the JSON text of an
 answer.
 
+Errors are the domain errors that service/api/errors.py maps (NotServingError 503,
+ConflictError 409, NotFoundError 404), and bad request values FastAPI's own
+RequestValidationError (422 in the shape every validation error has).
+
 Answers are JSON text assembled from per-item strings prepared when the bundle loaded
 (ServingBundle.items_json): encoding a pydantic model costs more CPU than the search. The
 routes declare the pydantic models of service.serving.schemas for OpenAPI only.
@@ -15,9 +19,11 @@ from json.encoder import encode_basestring_ascii
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import HTTPException, Query, Request
+from fastapi import Query, Request
+from fastapi.exceptions import RequestValidationError
 
 from service.core.config import Settings
+from service.core.records import ConflictError, NotServingError
 from service.serving.bundle import ServingBundle
 from service.serving.filters import FilterError, Filters, resolve_filters
 from service.serving.index_store import IndexStore, LoadedBundle
@@ -60,8 +66,8 @@ def serving_state(request: Request) -> LoadedBundle:
     store: IndexStore = request.app.state.index_store
     state = store.snapshot()
     if state is None:
-        raise HTTPException(
-            503, "no model is being served yet: publish one with POST /v1/models/{id}/publish"
+        raise NotServingError(
+            "model", "no model is being served yet: publish one with POST /v1/models/{id}/publish"
         )
     return state
 
@@ -72,9 +78,10 @@ def named_model(state: LoadedBundle, model: str) -> ServedModel:
     if served is None:
         arms = state.experiment.arms if state.experiment is not None else ()
         also = f"; experiment arms {', '.join(repr(a.model_id) for a in arms)}" if arms else ""
-        raise HTTPException(
-            409,
-            f"model {model!r} is not the served model (serving {state.bundle.model_id!r}{also}); publish it first",
+        raise ConflictError(
+            "model",
+            model,
+            f"not the served model (serving {state.bundle.model_id!r}{also}); publish it first",
         )
     return served
 
@@ -102,9 +109,10 @@ def serving_bundle(request: Request, model: str | None) -> ServingBundle:
     return served_model(request, model).bundle
 
 
-def invalid(loc: list[str | int], msg: str, value: object) -> HTTPException:
-    """A 422 in FastAPI's validation-error shape, so clients parse one format."""
-    return HTTPException(422, [{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
+def invalid(loc: list[str | int], msg: str, value: object) -> RequestValidationError:
+    """A 422 of a value only known bad at run time (k above settings.max_k, a filter the
+    bundle refuses): FastAPI's validation error, so clients parse one format."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": value}])
 
 
 def check_k(k: int, max_k: int, loc: list[str | int]) -> None:

@@ -10,7 +10,7 @@ never in its answer, and the filters work as on the recommendation routes. Durin
 experiment the active model answers (`model` may name an arm); these lists are not counted
 as live exposure (service/serving/exposure/).
 
-Item ids are any text, "/" included (the `ext_id` convertor of service.serving.routes):
+Item ids are any text, "/" included (service/serving/paths.py):
 `/v1/items/a/b/similar` asks about item "a/b".
 """
 
@@ -20,8 +20,9 @@ import json
 from json.encoder import encode_basestring_ascii
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
+from service.core.records import NotFoundError
 from service.serving.answers import (
     ERRORS,
     ExcludeQuery,
@@ -33,7 +34,7 @@ from service.serving.answers import (
     settings_of,
 )
 from service.serving.lean_route import ScalarQueryRoute
-from service.serving.routes import ExternalIdConvertor  # noqa: F401  (registers `ext_id`)
+from service.serving.paths import ext_id
 from service.serving.schemas import MODEL_DOC, SimilarItems
 
 router = APIRouter(tags=["items"])
@@ -54,7 +55,7 @@ async def similar_items(
     filters = request_filters(bundle, "query", exclude, include, groups)
     idx = bundle.item_index(item_id)
     if idx is None:
-        raise HTTPException(404, f"unknown item_id {item_id!r} (model {bundle.model_id})")
+        raise NotFoundError("item_id", item_id, f"item in model {bundle.model_id}")
     query = filters.query(item=idx, also_banned=np.array([idx], dtype=np.int64))
     scores, items = await bundle.recommend_one_async(-1, k, False, query)
     unknown = f',"unknown_items":{json.dumps(filters.unknown)}' if filters.unknown else ""
@@ -67,7 +68,7 @@ async def similar_items(
 
 
 router.add_api_route(
-    "/v1/items/{item_id:ext_id}/similar",
+    f"/v1/items/{ext_id('item_id')}/similar",
     similar_items,
     methods=["GET"],
     response_model=SimilarItems,

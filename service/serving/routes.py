@@ -21,9 +21,8 @@ deque append; service/serving/exposure/counter.py), with the handler's latency. 
 experiment each user is answered by their arm (service/serving/experiment.py), by-history
 by the active model; `model` names any served model.
 
-User ids are any text, "/" included: the ASGI server decodes `%2F` before routing, so the
-single-user route takes the whole rest of the path (`{user_id:ext_id}`, never empty, so
-`/v1/recommendations/` still falls through to the batch route's trailing-slash redirect).
+User ids are any text, "/" included: the single-user route takes the whole rest of the path
+(service/serving/paths.py).
 """
 
 from __future__ import annotations
@@ -34,9 +33,9 @@ from time import perf_counter
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query, Request, Response
-from starlette.convertors import PathConvertor, register_url_convertor
+from fastapi import APIRouter, Query, Request, Response
 
+from service.core.records import NotFoundError
 from service.serving.answers import (
     ERRORS,
     ExcludeQuery,
@@ -54,6 +53,7 @@ from service.serving.answers import (
 )
 from service.serving.index_store import IndexStore
 from service.serving.lean_route import JsonBodyRoute, ScalarQueryRoute
+from service.serving.paths import ext_id
 from service.serving.schemas import (
     MODEL_DOC,
     Fallback,
@@ -67,14 +67,6 @@ from service.serving.served_model import ServedModel
 
 router = APIRouter(tags=["recommendations"])
 
-
-class ExternalIdConvertor(PathConvertor):
-    """The rest of the path, "/" included, at least one character: an external id."""
-
-    regex = r"[\s\S]+"  # any character, a newline (%0A) included: ids are opaque strings
-
-
-register_url_convertor("ext_id", ExternalIdConvertor())
 
 FALLBACK_DOC = (
     "for a user the model does not know, answer 200 with this list instead of 404: `popular` "
@@ -111,7 +103,7 @@ async def recommend_user(
     filters = request_filters(bundle, "query", exclude, include, groups)
     if idx is None:
         if fallback is None:
-            raise HTTPException(404, f"unknown user_id {user_id!r} (model {bundle.model_id})")
+            raise NotFoundError("user_id", user_id, f"user in model {bundle.model_id}")
         scores, items = bundle.fallback(fallback, k, filters.banned, filters.allowed)
     else:
         query = filters.query() if filters.active else None
@@ -131,7 +123,7 @@ async def recommend_user(
 # The hot path: ScalarQueryRoute parses the query parameters without FastAPI's per-request
 # dependency solving; OpenAPI and error bodies stay as FastAPI makes them.
 router.add_api_route(
-    "/v1/recommendations/{user_id:ext_id}",
+    f"/v1/recommendations/{ext_id('user_id')}",
     recommend_user,
     methods=["GET"],
     response_model=Recommendations,
@@ -236,8 +228,11 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
             " …" if len(unknown_users) > 10 else ""
         )
         models = ", ".join(sorted({m for _, m in unknown_users}))
-        raise HTTPException(
-            404, f"unknown user_ids ({len(unknown_users)}): {shown} (model {models})"
+        raise NotFoundError(
+            "user_ids",
+            unknown_users[0][0],
+            "user",
+            message=f"user_ids: {len(unknown_users)} unknown to model {models}: {shown}",
         )
     answers: list[str] = [""] * len(req.user_ids)
     latency = perf_counter() - t0

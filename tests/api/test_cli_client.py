@@ -438,7 +438,8 @@ def test_recommend_prints_a_table_or_the_json(unkd, world: World) -> None:
     r = unkd("recommend", "a-new-visitor")
     assert (
         r.code == 1
-        and r.err == "error: unknown user_id 'a-new-visitor' (model student-good) (HTTP 404)\n"
+        and r.err
+        == "error: user_id='a-new-visitor': no such user in model student-good (HTTP 404)\n"
     )
 
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.api.errors import install_error_handlers
 from service.core import keys
 from service.core.bundle_format import build_bundle
 from service.core.config import Settings
@@ -43,6 +44,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory):
 def make_client(root: Path) -> tuple[TestClient, IndexStore]:
     settings = Settings(data_dir=root, max_k=MAX_K, max_batch_users=MAX_BATCH)
     app = FastAPI()
+    install_error_handlers(app)  # the serving routes raise domain errors the app maps
     app.include_router(router)
     app.state.settings = settings
     app.state.index_store = IndexStore(settings, None)
@@ -93,7 +95,7 @@ def test_exclude_seen_false_and_default_k(static_client, bundles) -> None:
 def test_unknown_user_is_404_naming_it(static_client) -> None:
     r = static_client.get("/v1/recommendations/nobody-42")
     assert r.status_code == 404
-    assert "nobody-42" in r.json()["detail"]
+    assert r.json() == {"detail": "user_id='nobody-42': no such user in model A"}
 
 
 # Ids with "/", asked for percent-encoded ("a%2Fb"): the ASGI server decodes %2F before
@@ -161,13 +163,15 @@ def test_model_parameter_must_name_the_served_model(static_client) -> None:
     assert static_client.get("/v1/recommendations/u1", params={"model": "A"}).status_code == 200
     r = static_client.get("/v1/recommendations/u1", params={"model": "B"})
     assert r.status_code == 409
-    assert "'B' is not the served model" in r.json()["detail"] and "'A'" in r.json()["detail"]
+    assert r.json() == {"detail": "model='B': not the served model (serving 'A'); publish it first"}
 
 
 def test_nothing_published_is_503(tmp_path: Path) -> None:
     c, _ = make_client(tmp_path)
     r = c.get("/v1/recommendations/u1")
-    assert r.status_code == 503 and "publish" in r.json()["detail"]
+    assert r.status_code == 503 and r.json() == {
+        "detail": "model: no model is being served yet: publish one with POST /v1/models/{id}/publish"
+    }
     assert c.post("/v1/recommendations", json={"user_ids": ["u1"]}).status_code == 503
     status = c.get("/v1/serving")
     assert status.status_code == 200 and status.json()["ready"] is False
@@ -191,8 +195,12 @@ def test_batch_errors(static_client) -> None:
     assert too_many.status_code == 422
     assert too_many.json()["detail"][0]["loc"] == ["body", "user_ids"]
     assert f"at most {MAX_BATCH}" in too_many.json()["detail"][0]["msg"]
-    unknown = static_client.post("/v1/recommendations", json={"user_ids": ["u1", "ghost", "u2"]})
-    assert unknown.status_code == 404 and "'ghost'" in unknown.json()["detail"]
+    unknown = static_client.post(
+        "/v1/recommendations", json={"user_ids": ["u1", "ghost", "u2", "nobody/7"]}
+    )
+    assert unknown.status_code == 404 and unknown.json() == {
+        "detail": "user_ids: 2 unknown to model A: 'ghost', 'nobody/7'"
+    }
     bad_k = static_client.post("/v1/recommendations", json={"user_ids": ["u1"], "k": 0})
     assert bad_k.status_code == 422 and bad_k.json()["detail"][0]["loc"] == ["body", "k"]
     assert static_client.post("/v1/recommendations", json={"user_ids": []}).status_code == 422

@@ -392,7 +392,10 @@ def test_similar_items_take_the_filters_and_404_unknown_items(served: Served) ->
     ).json()
     assert items_of(body) == ranked(cosine_to(served, 17), 6, [17, 0], served.groups == 3)
     r = c.get("/v1/items/no%2Fsuch/similar")
-    assert r.status_code == 404 and "'no/such'" in r.json()["detail"]
+    model_id = c.get("/v1/serving").json()["model_id"]
+    assert r.status_code == 404 and r.json() == {
+        "detail": f"item_id='no/such': no such item in model {model_id}"
+    }
     assert c.get("/v1/items/i1/similar", params={"k": 0}).json()["detail"][0]["loc"] == [
         "query",
         "k",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 
@@ -148,16 +148,12 @@ def _model_ids(models: str) -> list[str]:
     """Split ?models=a,b,c: ids in order, duplicates dropped, each checked like a path id."""
     ids = list(dict.fromkeys(m.strip() for m in models.split(",") if m.strip()))
     if not ids:
-        raise HTTPException(
-            status_code=422, detail="models: give at least one model id (models=a,b,c)"
-        )
+        raise DataError("models: give at least one model id (models=a,b,c)")
     if len(ids) > MAX_COMPARE:
-        raise HTTPException(
-            status_code=422, detail=f"models: at most {MAX_COMPARE} models, got {len(ids)}"
-        )
+        raise DataError(f"models: at most {MAX_COMPARE} models, got {len(ids)}")
     for mid in ids:
         if not _ID.match(mid):
-            raise HTTPException(status_code=422, detail=f"models: {mid[:140]!r} is not a model id")
+            raise DataError(f"models: {mid[:140]!r} is not a model id")
     return ids
 
 
@@ -167,7 +163,7 @@ def _compare_views(registry: Registry, settings: Settings, models: str) -> list[
     try:
         check_same_dataset(views)
     except MixedDatasetsError as exc:
-        raise HTTPException(status_code=422, detail=f"models: {exc}") from exc
+        raise DataError(f"models: {exc}") from exc
     return views
 
 
@@ -243,5 +239,5 @@ def static_file(name: str) -> FileResponse:
     """The dashboard's script modules and the shared stylesheet (a fixed list, nothing else)."""
     media_type = STATIC_FILES.get(name)
     if media_type is None:
-        raise HTTPException(status_code=404, detail=f"name={name!r}: no such static file")
+        raise NotFoundError("name", name, "static file")
     return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "no-cache"})
