@@ -4,13 +4,16 @@ and that concurrent writers (worker progress vs API cancel) never lose an update
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 from service.core import keys
+from service.core.records import Experiment, ExperimentArm, PublishEntry, StagedBundle
 from service.core.registry import (
     ActiveModel,
     ConflictError,
@@ -20,6 +23,7 @@ from service.core.registry import (
     ModelRecord,
     NotFoundError,
     Registry,
+    utcnow,
 )
 from service.stack.redis_server import RedisServer
 
@@ -77,6 +81,87 @@ def test_active_pointer_is_set_and_published(registry: Registry) -> None:
     message = pubsub.get_message(timeout=2)
     assert message is not None and ActiveModel.model_validate_json(message["data"]) == active
     pubsub.close()
+
+
+def test_the_registry_writes_the_documented_key_names(registry: Registry) -> None:
+    """The layout keys.py documents, spelled out here: other tools read these keys by name."""
+    registry.add_dataset(
+        DatasetRecord(id="d1", name="n", source="synthetic", fingerprint="f", path="/d")
+    )
+    registry.add_model(ModelRecord(id="m1", kind="teacher", model="mf", dim=8, path="/m/1"))
+    registry.create_job(job("j1"))
+    assert registry.claim_publish("m1", "j1", ttl_s=60) is None
+    assert sorted(registry.redis.keys("unkd:*")) == [
+        "unkd:dataset:d1",
+        "unkd:datasets",
+        "unkd:job:j1",
+        "unkd:jobs",
+        "unkd:jobs:kind:teacher",
+        "unkd:jobs:status:queued",
+        "unkd:model:m1",
+        "unkd:model:m1:publishing",
+        "unkd:models",
+        "unkd:stats:jobs",
+    ]
+
+
+def experiment(*model_ids: str) -> Experiment:
+    arms = [
+        ExperimentArm(model_id=m, weight=1 / len(model_ids), bundle_dir=f"/b/{m}")
+        for m in model_ids
+    ]
+    return Experiment(arms=arms, salt="s", started_at=utcnow(), started_by="alice")
+
+
+def next_message(pubsub: redis.client.PubSub, timeout_s: float = 3.0) -> dict | None:
+    """The next published message (subscribe confirmations are skipped: they read as None)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            return message
+    return None
+
+
+def test_experiment_is_stored_published_read_and_ended(registry: Registry) -> None:
+    pubsub = registry.serving_events()
+    assert registry.get_experiment() is None and registry.end_experiment() is None
+    spec = experiment("m1", "m2")
+    registry.start_experiment(spec)
+    assert registry.get_experiment() == spec
+    assert registry.redis.get("unkd:serving:experiment") == spec.model_dump_json()
+    message = next_message(pubsub)
+    assert message is not None and message["channel"] == "unkd:serving:experiment:events"
+    state = registry.serving_state()
+    assert state.active_json is None and state.experiment() == spec
+    assert registry.end_experiment() == spec
+    assert registry.get_experiment() is None and registry.serving_state().experiment_json is None
+    message = next_message(pubsub)
+    assert message is not None and message["data"] == ""
+    pubsub.close()
+
+
+def test_serving_state_reads_the_pointer_as_stored(registry: Registry) -> None:
+    active = ActiveModel(model_id="m1", bundle_dir="/b/m1")
+    registry.set_active(active)
+    state = registry.serving_state()
+    assert state.active() == active and state.active_json == registry.redis.get(keys.ACTIVE_MODEL)
+    registry.redis.set(keys.ACTIVE_MODEL, "{not json")
+    with pytest.raises(ValidationError):
+        registry.serving_state().active()
+
+
+def test_newest_bundle_of_a_model(registry: Registry) -> None:
+    """The active pointer's bundle first, then a staged one, then the newest publish."""
+    assert registry.newest_bundle("m1") is None
+    for bundle in ("/b/m1-old", "/b/m1-new"):
+        registry.record_publish(PublishEntry(model_id="m1", bundle_dir=bundle))
+    registry.record_publish(PublishEntry(model_id="m2", bundle_dir="/b/m2"))
+    assert registry.newest_bundle("m1") == "/b/m1-new"
+    registry.record_staged(StagedBundle(model_id="m1", bundle_dir="/b/m1-staged"))
+    assert registry.newest_bundle("m1") == "/b/m1-staged"
+    assert registry.newest_bundle("m2") == "/b/m2"  # served: its pointer
+    assert registry.newest_bundle("m3") is None
 
 
 def test_job_lifecycle_and_filters(registry: Registry) -> None:
