@@ -154,6 +154,32 @@ def test_approximate_index_with_filters_and_a_vector_query(tmp_path: Path) -> No
     assert items[0].tolist() == np.lexsort((np.arange(len(s)), -s))[:K].tolist()
 
 
+def test_an_approximate_search_that_returns_fewer_hits_than_asked_is_not_trusted(
+    tmp_path: Path,
+) -> None:
+    """One probed IVF cell holds fewer items than the filtered row's search width: after the
+    excluded hit is dropped exactly k hits remain, the k-th being the last one the index
+    returned. Items outside the cell may score higher, so the row must be scored exactly."""
+    path, ds, model = make_bundle(
+        tmp_path, factory="IVF64,Flat", n_users=20, n_items=3000, nprobe=64
+    )
+    b = load_bundle(path, nprobe=1)  # one cell of ~47 items per query
+    checked = 0
+    for u in range(ds.n_users):
+        _, hits = b.index.search(model.user_emb[u : u + 1], 3000)
+        real = hits[0][hits[0] >= 0]
+        k = len(real) - 1  # width k + 2 > the cell: the index pads with -1
+        excluded = int(real[0])
+        filters = resolve_filters(b, [f"i{excluded}"], None, None)
+        _, items = b.recommend(np.array([u]), k, False, [filters.query()])
+        s = model.item_emb.astype(np.float64) @ model.user_emb[u].astype(np.float64)
+        s[excluded] = -np.inf
+        expected = np.lexsort((np.arange(len(s)), -s))[:k].tolist()
+        assert items[0].tolist() == expected, u
+        checked += set(expected) != set(real.tolist()) - {excluded}  # the cell alone is wrong
+    assert checked > 0
+
+
 def ridge_fold_in(item_emb: np.ndarray, history: np.ndarray) -> np.ndarray:
     """The documented fold-in as a least-squares problem solved by numpy: u minimising
     ||Q_S u - 1||^2 + lam ||u||^2 (lam = FOLD_IN_LAMBDA x the mean squared item norm), i.e.
