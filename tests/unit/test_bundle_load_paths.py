@@ -125,6 +125,13 @@ def test_every_load_path_answers_like_brute_force(built, how: str, tmp_path: Pat
         assert with_seen[u].tolist() == top(user_scores[u], K), (how, u)
         assert without[u].tolist() == top(user_scores[u], K, seen_of(ds, u)), (how, u)
 
+    # every unseen item and nothing else, when k is the whole catalogue
+    _, everything = b.recommend(users, N_ITEMS, exclude_seen=True)
+    for u in users.tolist():
+        unseen = set(range(N_ITEMS)) - set(seen_of(ds, u).tolist())
+        row = everything[u].tolist()
+        assert set(row) - {-1} == unseen and row.count(-1) == N_ITEMS - len(unseen), (how, u)
+
     # a filtered row: exclude two ids, head and tail groups only (groups from the dataset)
     groups = ds.groups(4)
     filters = resolve_filters(b, ["i3", "i4"], None, [0, 3])
