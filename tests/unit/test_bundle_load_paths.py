@@ -26,7 +26,6 @@ from service.serving.bundle import ServingBundle, load_bundle
 from service.serving.filters import RowQuery, resolve_filters
 from service.serving.foldin import FOLD_IN_LAMBDA
 from service.serving.index_store import IndexStore
-from training.checkpoint import ModelArtifact
 from training.dataset import Dataset
 
 faiss.omp_set_num_threads(1)
