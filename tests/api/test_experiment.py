@@ -9,6 +9,7 @@ last (the active model), m-b and m-c before it; m-d is registered but never publ
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import time
@@ -23,7 +24,6 @@ from service.api.app import create_app
 from service.api.routes.experiment import NO_EXPERIMENT
 from service.core.config import Settings
 from service.core.registry import Registry
-from service.serving.experiment import assignment_point, cumulative_weights, pick_arm
 from tests.api.test_publishing import serve, wait_served
 from tests.reliability.conftest import seed_dataset, seed_model
 
@@ -76,9 +76,17 @@ def world(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Worl
 
 
 def expected_arm(salt: str, arms: list[dict[str, Any]], user: str) -> str:
-    """The arm the documented assignment gives `user` (service.serving.experiment)."""
-    cum = cumulative_weights([a["weight"] for a in arms])
-    return str(arms[pick_arm(assignment_point(salt, user), cum)]["model_id"])
+    """The arm the documented assignment gives `user`, computed here from the formula of
+    service/serving/experiment.py (not with its helpers): u = the first 8 bytes of
+    BLAKE2b(salt, 0x00, user id) / 2^64; the first arm whose running weight exceeds u."""
+    digest = hashlib.blake2b(f"{salt}\x00{user}".encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "big") / 2**64
+    running = 0.0
+    for arm in arms[:-1]:
+        running += arm["weight"]
+        if u < running:
+            return str(arm["model_id"])
+    return str(arms[-1]["model_id"])
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
@@ -359,6 +367,31 @@ def test_assignment_is_sticky_across_instances_and_follows_the_weights(world) ->
         assert one.delete("/v1/serving/experiment", headers=AS_ADMIN).status_code == 200
         wait_for(lambda: store.experiment is None, "the second instance to end the experiment")
         assert {model_of(two, u) for u in w.users[:20]} == {"m-a"}
+
+
+def test_each_user_keeps_one_arm_and_the_split_follows_three_weights(world) -> None:
+    """Single GETs over HTTP, each user asked twice: one arm per user, the one the documented
+    hash gives, and each arm's share of users within a binomial bound computed here."""
+    w = world(n_users=900)
+    arms = [
+        {"model_id": "m-a", "weight": 0.2},
+        {"model_id": "m-b", "weight": 0.5},
+        {"model_id": "m-c", "weight": 0.3},
+    ]
+    with w.app() as c:
+        wait_served(c, "m-a")
+        r = c.put("/v1/serving/experiment", json={"arms": arms, "salt": "three"}, headers=AS_ADMIN)
+        assert r.status_code == 200, r.text
+        first = {u: model_of(c, u) for u in w.users}
+        again = {u: model_of(c, u) for u in reversed(w.users)}
+        assert first == again  # sticky: the same arm on every request
+        assert first == {u: expected_arm("three", arms, u) for u in w.users}
+        n, got = len(w.users), Counter(first.values())
+        for arm in arms:
+            p = arm["weight"]
+            # 5 sd of Binomial(n, p): a false alarm near 1 in 1.7 million per arm
+            bound = 5 * math.sqrt(n * p * (1 - p))
+            assert abs(got[arm["model_id"]] - n * p) < bound, (arm, got)
 
 
 def test_exposure_is_reported_per_arm(world) -> None:

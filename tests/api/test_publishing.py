@@ -36,6 +36,7 @@ FIGURES = {
     "student-good": (0.40, 0.29),
     "student-biased": (0.60, 0.30),  # more head items than its teacher: gated
     "student-weak": (0.30, 0.10),  # below 0.9 x the served ndcg: gated while good is served
+    "teacher-weak": (0.90, 0.20),  # a teacher below 0.9 x the served ndcg: gated too
 }
 
 
@@ -183,6 +184,22 @@ def test_gate_refuses_a_model_far_below_the_served_ndcg(world) -> None:
             "ndcg@20 of student-weak is 0.1000, below 0.9 x the served student-good's 0.2900 = 0.2610"
             in r.json()["detail"]
         )
+        assert registry.get_active().model_id == "student-good"  # type: ignore[union-attr]
+
+
+def test_gate_holds_a_teacher_to_the_served_ndcg(world) -> None:
+    client, settings, registry, dataset = world()
+    with client:
+        serve(registry, settings, dataset, "student-good")  # ndcg@20 0.29: floor 0.261
+        r = client.post("/v1/models/teacher-weak/publish")
+        assert r.status_code == 409, r.text
+        detail = r.json()["detail"]
+        assert (
+            "ndcg@20 of teacher-weak is 0.2000, below 0.9 x the served student-good's 0.2900 = 0.2610"
+            in detail
+        )
+        assert "head_share" not in detail  # a teacher is not held to its own head share
+        assert client.post("/v1/models/teacher-1/publish").status_code == 202  # 0.30 passes
         assert registry.get_active().model_id == "student-good"  # type: ignore[union-attr]
 
 

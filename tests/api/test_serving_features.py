@@ -209,6 +209,27 @@ def test_batch_takes_the_filters_as_json_lists(served: Served) -> None:
         ).json()
         assert res == single
         check_items(served, res)
+    # exclude_seen=false: training items come back, in the batch too (users chosen, by brute
+    # force, among those whose top MAX_K holds one of their training items)
+    back = [u for u in range(60) if set(ranked(served.scores(u), MAX_K)) & set(served.seen(u))]
+    assert len(back) >= 2
+    kept = c.post(
+        "/v1/recommendations",
+        json={"user_ids": [f"u{u}" for u in back[:4]], "k": MAX_K, "exclude_seen": False},
+    ).json()
+    for res, u in zip(kept["results"], back[:4], strict=True):
+        assert items_of(res) == ranked(served.scores(u), MAX_K)
+    kept = c.post(
+        "/v1/recommendations",
+        json={
+            "user_ids": [f"u{u}" for u in back[:4]],
+            "k": MAX_K,
+            "exclude_seen": False,
+            "exclude": ["i5"],
+        },
+    ).json()
+    for res, u in zip(kept["results"], back[:4], strict=True):
+        assert items_of(res) == ranked(served.scores(u), MAX_K, [5])
     bad = c.post("/v1/recommendations", json={"user_ids": ["u1"], "groups": [9]})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "groups"]
     empty = c.post("/v1/recommendations", json={"user_ids": ["u1"], "include": []})

@@ -1,7 +1,7 @@
 """Serving and evaluation order tied scores by one rule: equal scores, lower item index first.
 
-The reference is the evaluation's own top-k (training.topk.topk_from_embeddings, used by
-training.evaluation). The model has tied embeddings: a block of identical item vectors and
+The reference is a numpy brute force (lexsort by score, then index), which the evaluation's
+own top-k (training.topk.topk_from_embeddings, used by training.evaluation) must match too. The model has tied embeddings: a block of identical item vectors and
 small-integer vectors everywhere else, so every score is exact in float32 and equal scores
 are equal in faiss, numpy and torch alike. The app runs on the real Redis of tests/support.
 """
@@ -86,7 +86,19 @@ def evaluation_lists(
             for i in extra:
                 excl[u, i] = 1
     csr = excl.tocsr() if excl is not None else None
-    return topk_from_embeddings(user_emb, item_emb, np.arange(ds.n_users), csr, k)
+    evaluation = topk_from_embeddings(user_emb, item_emb, np.arange(ds.n_users), csr, k)
+    # The answer itself comes from a numpy brute force (exact integer scores, lexsort by
+    # (-score, index)); evaluation must agree with it, and serving is compared with both.
+    scores = user_emb.astype(np.float64) @ item_emb.astype(np.float64).T  # (n_users, n_items)
+    if csr is not None:
+        scores[csr.toarray() > 0] = -np.inf
+    brute = np.full((ds.n_users, k), -1, dtype=np.int64)
+    for u in range(ds.n_users):
+        order = np.lexsort((np.arange(ds.n_items), -scores[u]))
+        kept = order[np.isfinite(scores[u][order])][:k]
+        brute[u, : len(kept)] = kept
+    np.testing.assert_array_equal(evaluation, brute)
+    return brute
 
 
 def items_of(body: dict) -> list[int]:

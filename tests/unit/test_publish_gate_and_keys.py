@@ -81,6 +81,37 @@ def test_ndcg_rule_against_the_served_model_of_the_same_dataset() -> None:
     assert [c.rule for c in same] == ["head_share"]  # republishing the served model
 
 
+def test_ndcg_rule_holds_a_teacher_candidate_too() -> None:
+    """A teacher is spared the head-share rule, not the accuracy rule: the floor is computed
+    here as 0.9 x the served model's ndcg@20."""
+    policy = GatePolicy()
+    for served in (
+        model("old-student", ndcg=0.40),
+        model("old-teacher", kind="teacher", ndcg=0.40),
+    ):
+        floor = 0.9 * 0.40
+        for ndcg, passed in ((floor, True), (floor + 0.05, True), (floor - 0.0001, False)):
+            checks = evaluate_gate(
+                model("t2", kind="teacher", head=0.9, ndcg=ndcg),
+                teacher=None,
+                served=served,
+                policy=policy,
+            )
+            assert [c.rule for c in checks] == ["ndcg"], checks  # no head-share rule
+            assert checks[0].passed is passed, (served.id, ndcg, checks[0].detail)
+        (low,) = evaluate_gate(
+            model("t2", kind="teacher", ndcg=0.30), teacher=None, served=served, policy=policy
+        )
+        assert f"ndcg@20 of t2 is 0.3000, below 0.9 x the served {served.id}'s 0.4000" in low.detail
+    other = evaluate_gate(
+        model("t2", kind="teacher", ndcg=0.01, dataset="ds-2"),
+        teacher=None,
+        served=model("old", ndcg=0.40),
+        policy=policy,
+    )
+    assert [(c.rule, c.passed) for c in other] == [("ndcg", None)]  # other data: not comparable
+
+
 def test_missing_figures_are_not_checked_and_a_disabled_policy_checks_nothing() -> None:
     (c,) = evaluate_gate(model("s", head=None), teacher=TEACHER, served=None, policy=GatePolicy())
     assert c.passed is None and "no figure for s" in c.detail

@@ -5,6 +5,7 @@ a search that came up short, and an approximate index."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
@@ -15,15 +16,23 @@ from bundle_fixtures import make_bundle, make_dataset
 from service.core.bundle_format import BundleError, build_bundle
 from service.serving.bundle import ServingBundle, load_bundle
 from service.serving.filters import EXACT_SCAN_ITEMS, RowQuery, resolve_filters
+from service.serving.foldin import FOLD_IN_LAMBDA
 from training.checkpoint import ModelArtifact
+from training.dataset import Dataset
 from training.manifest import DatasetInfo, ModelManifest
 
 faiss.omp_set_num_threads(1)
 K = 25
 
 
+def seen_of(ds: Dataset, u: int) -> np.ndarray:
+    """The user's training items, read from the dataset (not from the bundle under test)."""
+    train = ds.csr("train")
+    return train.indices[train.indptr[u] : train.indptr[u + 1]]
+
+
 def reference(
-    b: ServingBundle,
+    ds: Dataset,
     model: ModelArtifact,
     users: np.ndarray,
     banned: list[int],
@@ -33,13 +42,29 @@ def reference(
     out = []
     for u in users.tolist():
         s = model.item_emb.astype(np.float64) @ model.user_emb[u].astype(np.float64)
-        s[b.seen(u)] = -np.inf
+        s[seen_of(ds, u)] = -np.inf
         s[banned] = -np.inf
         if allowed is not None:
             s[~allowed] = -np.inf
         order = np.lexsort((np.arange(len(s)), -s))
         out.append([int(i) for i in order[np.isfinite(s[order])][:K]])
     return out
+
+
+def allowed_by_hand(
+    ds: Dataset, include: Sequence[int] | None, groups: Sequence[int] | None
+) -> np.ndarray | None:
+    """(n_items,) bool allow-list from the request and the data: the include ids the catalogue
+    holds, within the dataset's popularity groups; None when the request restricts nothing."""
+    if include is None and groups is None:
+        return None
+    allowed = np.ones(ds.n_items, dtype=bool)
+    if include is not None:
+        allowed[:] = False
+        allowed[[i for i in include if 0 <= i < ds.n_items]] = True
+    if groups is not None:
+        allowed &= np.isin(ds.groups(4), list(groups))
+    return allowed
 
 
 def served_lists(b: ServingBundle, users: np.ndarray, query: RowQuery) -> list[list[int]]:
@@ -70,21 +95,19 @@ def test_filtered_rows_match_brute_force(big, exclude, include, groups, path: st
     b, ds, model = big
     ids = lambda r: None if r is None else [f"i{i}" for i in r]  # noqa: E731
     filters = resolve_filters(b, ids(exclude), ids(include), groups)
-    allowed = None
-    if filters.allowed is not None:
-        allowed = np.zeros(ds.n_items, dtype=bool)
-        allowed[filters.allowed.idx] = True
+    # The reference reads the request and the data only, never the resolved filters.
+    allowed = allowed_by_hand(ds, include, groups)
+    banned = sorted(set(exclude or ()))
     users = np.arange(ds.n_users)
     scans = b.exact_scans
     got = served_lists(b, users, filters.query())
-    assert got == reference(b, model, users, filters.banned.tolist(), allowed)
+    assert got == reference(ds, model, users, banned, allowed)
     assert all(len(row) == K for row in got) or include is not None
-    if path == "search" and (
-        filters.allowed is None or len(filters.allowed.idx) > EXACT_SCAN_ITEMS
-    ):
+    n_allowed = ds.n_items if allowed is None else int(allowed.sum())
+    if path == "search" and n_allowed > EXACT_SCAN_ITEMS:
         assert b.exact_scans == scans
     if path == "scan":
-        assert b.exact_scans == scans + len(users)
+        assert n_allowed <= EXACT_SCAN_ITEMS and b.exact_scans == scans + len(users)
 
 
 def test_a_search_that_comes_up_short_is_finished_by_an_exact_scan(tmp_path: Path) -> None:
@@ -104,12 +127,10 @@ def test_a_search_that_comes_up_short_is_finished_by_an_exact_scan(tmp_path: Pat
     build_bundle(model.save(tmp_path / "model"), ds, tmp_path / "bundle", model_id="short")
     b = load_bundle(tmp_path / "bundle")
     filters = resolve_filters(b, None, None, [3])
-    assert (
-        filters.allowed is not None and len(filters.allowed.idx) > EXACT_SCAN_ITEMS
-    )  # searched first
+    assert tail.sum() > EXACT_SCAN_ITEMS  # searched first
     users = np.arange(ds.n_users)
     got = served_lists(b, users, filters.query())
-    assert got == reference(b, model, users, [], tail)
+    assert got == reference(ds, model, users, [], tail)
     assert all(len(row) == K for row in got)
     assert b.exact_scans == len(users)  # every row came up short and was scanned
 
@@ -122,17 +143,54 @@ def test_approximate_index_with_filters_and_a_vector_query(tmp_path: Path) -> No
     users = np.arange(ds.n_users)
     for groups in ([3], [0]):
         filters = resolve_filters(b, ["i1", "i2"], None, groups)
-        allowed = np.isin(b.groups, groups)
         assert served_lists(b, users, filters.query()) == reference(
-            b, model, users, [1, 2], allowed
+            ds, model, users, [1, 2], allowed_by_hand(ds, None, groups)
         )
     # a folded-in history searches like a user vector, without the user's seen items
-    history = b.seen(0)
+    history = seen_of(ds, 0)
     _, items = b.recommend(np.array([-1]), K, False, [RowQuery(history, None, history)])
-    u = b.fold_in(history).astype(np.float64)
-    s = model.item_emb.astype(np.float64) @ u
+    s = model.item_emb.astype(np.float64) @ ridge_fold_in(model.item_emb, history)
     s[history] = -np.inf
     assert items[0].tolist() == np.lexsort((np.arange(len(s)), -s))[:K].tolist()
+
+
+def test_an_approximate_search_that_returns_fewer_hits_than_asked_is_not_trusted(
+    tmp_path: Path,
+) -> None:
+    """One probed IVF cell holds fewer items than the filtered row's search width: after the
+    excluded hit is dropped exactly k hits remain, the k-th being the last one the index
+    returned. Items outside the cell may score higher, so the row must be scored exactly."""
+    path, ds, model = make_bundle(
+        tmp_path, factory="IVF64,Flat", n_users=20, n_items=3000, nprobe=64
+    )
+    b = load_bundle(path, nprobe=1)  # one cell of ~47 items per query
+    checked = 0
+    for u in range(ds.n_users):
+        _, hits = b.index.search(model.user_emb[u : u + 1], 3000)
+        real = hits[0][hits[0] >= 0]
+        k = len(real) - 1  # width k + 2 > the cell: the index pads with -1
+        excluded = int(real[0])
+        filters = resolve_filters(b, [f"i{excluded}"], None, None)
+        _, items = b.recommend(np.array([u]), k, False, [filters.query()])
+        s = model.item_emb.astype(np.float64) @ model.user_emb[u].astype(np.float64)
+        s[excluded] = -np.inf
+        expected = np.lexsort((np.arange(len(s)), -s))[:k].tolist()
+        assert items[0].tolist() == expected, u
+        checked += set(expected) != set(real.tolist()) - {excluded}  # the cell alone is wrong
+    assert checked > 0
+
+
+def ridge_fold_in(item_emb: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """The documented fold-in as a least-squares problem solved by numpy: u minimising
+    ||Q_S u - 1||^2 + lam ||u||^2 (lam = FOLD_IN_LAMBDA x the mean squared item norm), i.e.
+    the stacked system [Q_S; sqrt(lam) I] u = [1; 0], never the code's normal equations."""
+    q = item_emb.astype(np.float64)
+    qs = q[np.unique(history)]
+    lam = FOLD_IN_LAMBDA * float(np.mean(np.sum(q * q, axis=1)))
+    d = q.shape[1]
+    a = np.vstack([qs, np.sqrt(lam) * np.eye(d)])
+    y = np.concatenate([np.ones(len(qs)), np.zeros(d)])
+    return np.linalg.lstsq(a, y, rcond=None)[0]
 
 
 def test_format_1_bundle_still_loads_and_counts_popularity_from_seen_items(tmp_path: Path) -> None:
