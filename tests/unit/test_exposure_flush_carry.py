@@ -21,7 +21,9 @@ import redis
 from bundle_fixtures import make_bundle
 
 from service.serving.bundle import ServingBundle, load_bundle
-from service.serving.exposure import ExposureCounter, ExposureReader, ServedModel
+from service.serving.exposure.counter import ExposureCounter
+from service.serving.exposure.reader import ExposureReader
+from service.serving.served_model import ServedModel
 from service.stack.redis_server import RedisServer
 from tests.support.redis_dbs import kill_redis, resume_redis
 from training.dataset import Dataset
