@@ -155,6 +155,13 @@ class DistillConfig(OptimConfig):
         description="teacher: keep the best validation epoch among those whose validation "
         "head share@20 is at most the teacher's",
     )
+    cap_rule: Literal["shift", "select"] = Field(
+        "shift",
+        description="how a head_share_cap is met. shift: after training, lower the head "
+        "group's scores by the smallest shift that puts the validation head share@20 "
+        "a margin under the teacher's (training.calibration; one more embedding column); "
+        "select: keep the best epoch under the cap, or the best overall if none is (may miss it)",
+    )
     unkd: UnKDOptions = Field(default_factory=UnKDOptions)
     rd: RDOptions = Field(default_factory=RDOptions)
     cd: CDOptions = Field(default_factory=CDOptions)

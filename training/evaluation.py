@@ -58,6 +58,9 @@ DEFINITIONS = {
     "groups": "UnKD popularity groups: items sorted by φ desc, equal training-interaction mass, 0 = head",
     "group_recall": "UnKD RecallAndPrecisionByGroup with denominator |U_g|, U_g = {u: T_u∩G_g ≠ ∅}",
     "mrecall": "mean of Recall_g over groups with U_g ≠ ∅ (same for mndcg)",
+    "popular": "the UnKD paper's view (Chen et al., WSDM 2023): recall_popular / ndcg_popular "
+    "restrict T_u to group 0, recall_unpopular / ndcg_unpopular to groups 1..G-1, each over "
+    "the users with a positive in the set; the list is the full list",
     "ips": "w_i = max(φ_i,1)^-γ (φ=0 items use φ=1), per-user self-normalised; "
     "IPS-NDCG ideal = positives sorted by weight",
     "arp": "Elliot ARP, φ = training interactions; narp = arp / max φ",

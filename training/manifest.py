@@ -112,6 +112,35 @@ class EpochRecord(_Figures):
     seconds: float = Field(ge=0)
 
 
+class HeadShareCap(_Closed):
+    """A student's head share@20 against its teacher's (the cap), as kept: both over the
+    top-20 lists of every user, training items excluded (training.calibration.exposure: a
+    property of the lists, no held-out label is read). The job's cap, its status and the
+    publish gate compare these two figures."""
+
+    teacher: float = Field(ge=0, le=1, description="the teacher's head share@20: the cap")
+    student: float = Field(ge=0, le=1, description="the kept student's head share@20")
+    met: bool = Field(description="student <= teacher")
+    rule: Literal["shift", "select"] = Field(
+        description="how the job met it (DistillConfig.cap_rule)"
+    )
+    unshifted: float | None = Field(
+        None, ge=0, le=1, description="shift: the student's head share@20 before the shifts"
+    )
+    users_shifted: float = Field(
+        0.0, ge=0, le=1, description="shift: share of users whose head scores were lowered"
+    )
+    shift_column: int | None = Field(
+        None,
+        ge=0,
+        description="shift: the embedding column that holds the shifts (users: their shift; "
+        "items: -1 in the head group, 0 elsewhere); None when no user was shifted",
+    )
+    new_user_shift: float = Field(
+        0.0, ge=0, description="shift: the shift a folded-in user gets (the mean over users)"
+    )
+
+
 class TrainingSummary(_Closed):
     """How the embeddings were fitted: the kept (best) epoch, timings and the history."""
 
@@ -129,6 +158,9 @@ class TrainingSummary(_Closed):
     # Students only: ranking the teacher's candidates before the first epoch.
     candidates_seconds: float | None = Field(None, ge=0, exclude_if=_absent)
     candidate_bytes: int | None = Field(None, ge=0, exclude_if=_absent)
+    # Students under a head-share cap: the one measure the job, its status and the publish
+    # gate share (validation head share@20 of the kept model against its teacher's).
+    head_share_cap: HeadShareCap | None = Field(None, exclude_if=_absent)
 
 
 class WeightsInfo(_Closed):

@@ -206,6 +206,11 @@ def compute_metrics(
             gm[f"{name}@{k}"] = vals
             # macro over the groups where it is defined (all G unless a group has no positives)
             m[f"m{name}@{k}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        for name in ("recall", "ndcg"):  # the paper's view; NaN without a positive in the set
+            for subset in ("popular", "unpopular"):
+                m[f"{name}_{subset}@{k}"] = float(
+                    _safe_div(totals[f"{name}_{subset}@{k}"], totals[f"{subset}_users"])
+                )
         m[f"ips_recall@{k}"] = totals[f"ips_recall@{k}"] / n
         m[f"ips_ndcg@{k}"] = totals[f"ips_ndcg@{k}"] / n
 
@@ -291,6 +296,23 @@ def _block_sums(
         for k in ks:
             sums[f"group_recall@{k}"][g] = (hg[:, k - 1] / t_g).sum()
             sums[f"group_ndcg@{k}"][g] = (dg[:, k - 1] / cumdisc[np.minimum(t_g, k)]).sum()
+
+    # -- B. the UnKD paper's view: popular items (the head group) against the rest ----------
+    # Chen et al. (WSDM 2023) report Recall/NDCG@10 on popular and on unpopular items beside the
+    # overall figure: the ground truth restricted to the set, over the users with a positive in it.
+    for name, t_s, in_s in (
+        ("popular", pos_by_group[:, 0], grp == 0),
+        ("unpopular", pos_by_group[:, 1:].sum(axis=1), grp > 0),
+    ):
+        users_s = t_s > 0
+        h_s = hit[users_s] & in_s[users_s]
+        hs, ds = np.cumsum(h_s, axis=1), np.cumsum(h_s * disc, axis=1)
+        sums[f"{name}_users"] = int(users_s.sum())
+        for k in ks:
+            sums[f"recall_{name}@{k}"] = float((hs[:, k - 1] / t_s[users_s]).sum())
+            sums[f"ndcg_{name}@{k}"] = float(
+                (ds[:, k - 1] / cumdisc[np.minimum(t_s[users_s], k)]).sum()
+            )
 
     # -- B. IPS-weighted recall / NDCG, w_i = max(φ_i, 1)^-γ -------------------------------
     w = np.maximum(pop, 1.0) ** (-ips_gamma)  # φ = 0 items get φ = 1: a finite, largest weight

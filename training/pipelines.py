@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from training.calibration import Exposure, exposure, head_shifts
 from training.checkpoint import ModelArtifact
 from training.config import ALSOptions, DistillConfig, EvalConfig, TeacherConfig
 from training.dataset import Dataset
@@ -25,6 +26,7 @@ from training.errors import ConfigError, JobCancelled
 from training.evaluation import attach_teacher, evaluate_scorer
 from training.manifest import (
     DatasetInfo,
+    HeadShareCap,
     Lineage,
     QualityReport,
     TeacherInfo,
@@ -37,7 +39,7 @@ from training.progress import ProgressCallback, ProgressEvent, ShouldStop
 from training.scoring import EmbeddingScorer, TeacherScorer
 from training.teachers import FittedModel, fit_teacher, load_scorer, summary_of
 from training.teachers.als import fit_als
-from training.trainer import fit
+from training.trainer import FitResult, fit
 from training.validation import VALID_K, scorer_validation
 
 logger = logging.getLogger(__name__)
@@ -297,16 +299,16 @@ def distill_student(
                 CANDIDATE_CACHE.clear()
         candidates_s = time.perf_counter() - tc
     valid = dataset.csr("valid")
-    head_items, cap = None, None
+    head_items, teacher_exposure, select_cap = None, None, None
     if cfg.head_share_cap == "teacher":
         head_items = np.asarray(dataset.groups(cfg.unkd.groups)) == 0
-        cap = scorer_validation(scorer, train, valid, head_items=head_items)[
-            f"head_share@{VALID_K}"
-        ]
-        logger.info("student epochs are chosen under the teacher's validation head share %.4f", cap)
-    torch.manual_seed(
-        cfg.seed
-    )  # the initial embeddings: cfg.seed, not whatever ran before in the process
+        teacher_exposure = exposure(scorer, train, head_items)
+        logger.info("the teacher's head share@%d: %.4f", VALID_K, teacher_exposure.share)
+        if cfg.cap_rule == "select":  # epochs are selected on validation's own lists
+            valid_figures = scorer_validation(scorer, train, valid, head_items=head_items)
+            select_cap = valid_figures[f"head_share@{VALID_K}"]
+    # The initial embeddings: cfg.seed, not whatever ran before in the process.
+    torch.manual_seed(cfg.seed)
     student = build_model(
         cfg.student_model,
         dataset.n_users,
@@ -331,8 +333,11 @@ def distill_student(
         should_stop=should_stop,
         stage="train",
         head_items=head_items,
-        max_head_share=cap,
+        max_head_share=select_cap,
     )
+    capped = None
+    if teacher_exposure is not None and head_items is not None:
+        capped = _meet_cap(result, cfg, train, head_items, teacher_exposure, device, on_progress)
     train_s = time.perf_counter() - t0
     _emit(on_progress, "evaluate")
     if student_report is not None:
@@ -353,6 +358,7 @@ def distill_student(
         candidates_s=candidates_s,
         candidate_bytes=distiller.candidate_bytes() if distiller else 0,
     )
+    training.head_share_cap = capped
     fitted = FittedModel(training, user_emb=result.user_emb, item_emb=result.item_emb)
     artifact = _save(
         cfg,
@@ -366,10 +372,59 @@ def distill_student(
         should_stop=should_stop,
         teacher=teacher_art,
     )
+    if capped is not None and not capped.met:
+        logger.warning(
+            "student %s is above its teacher's validation head share@%d: %.4f > %.4f",
+            artifact.manifest.id,
+            VALID_K,
+            capped.student,
+            capped.teacher,
+        )
     logger.info(
         "student %s (%s) saved to %s (%.1fs)", artifact.manifest.id, cfg.method, out_dir, train_s
     )
     return artifact
+
+
+def _meet_cap(
+    result: FitResult,
+    cfg: DistillConfig,
+    train: sp.csr_matrix,
+    head_items: np.ndarray,
+    teacher: Exposure,
+    device: torch.device,
+    on_progress: ProgressCallback | None,
+) -> HeadShareCap:
+    """Make the trained student meet its teacher's head share (cfg.cap_rule): `shift` folds
+    per-user head shifts into result's embeddings (training.calibration), so that no user's
+    list holds more head items than the teacher's list for that user.
+    Returns the figures the job, its status and the publish gate read: the teacher's head
+    share and the kept student's, after any shift, in the one measure of
+    training.calibration.exposure."""
+    unshifted, shifted, new_user = None, 0.0, 0.0
+    if cfg.cap_rule == "shift":
+        _emit(on_progress, "calibrate", "meeting the teacher's head share, user by user")
+        shifts = head_shifts(result.user_emb, result.item_emb, teacher, train, head_items)
+        unshifted, shifted, new_user = (
+            shifts.head_share_before,
+            shifts.users_shifted,
+            shifts.new_user,
+        )
+        result.user_emb, result.item_emb = shifts.apply(
+            result.user_emb, result.item_emb, head_items
+        )
+    scorer = EmbeddingScorer(result.user_emb, result.item_emb, device)
+    student = exposure(scorer, train, head_items).share
+    return HeadShareCap(
+        teacher=teacher.share,
+        student=student,
+        met=student <= teacher.share,
+        rule=cfg.cap_rule,
+        unshifted=unshifted,
+        users_shifted=shifted,
+        shift_column=cfg.dim if shifted > 0 else None,
+        new_user_shift=new_user,
+    )
 
 
 def evaluate_model(

@@ -259,13 +259,18 @@ def run_trial(
         shutil.rmtree(out, ignore_errors=True)
         return taken
     training = artifact.manifest.training
+    # A student that met its cap in its own job carries both figures of the one measure the
+    # job, its status and the publish gate read (training.calibration): the constraint is its.
+    capped = training.head_share_cap if training is not None else None
+    head = capped.student if capped is not None else figures.head_share
+    bound = capped.teacher if capped is not None else setup.teacher_head_share
     attrs(
         valid_ndcg=figures.ndcg,
-        valid_head_share=figures.head_share,
+        valid_head_share=head,
         epochs=training.epochs_run if training is not None else last_epoch,
     )
-    if setup.teacher_head_share is not None:
-        trial.set_constraint(HEAD_CONSTRAINT, figures.head_share - setup.teacher_head_share)
+    if bound is not None and setup.teacher_head_share is not None:
+        trial.set_constraint(HEAD_CONSTRAINT, head - bound)
     frozen = study.tell(trial, figures.ndcg)
     logger.info(
         "trial %d: %s %.4f, head share %.4f (%s)",
