@@ -287,7 +287,7 @@ def pipeline(a: argparse.Namespace, watch_extra: dict[str, int]) -> dict[str, An
     from service.core.registry import Registry
     from training.checkpoint import ModelArtifact
     from training.distill.shards import shard_meta
-    from worker.fanout import shards_root
+    from worker.shards import shards_root
 
     root = a.work_dir / f"stack-{a.users}"
     shutil.rmtree(root, ignore_errors=True)

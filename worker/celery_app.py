@@ -20,7 +20,7 @@ from service.core.queue import make_celery
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-TASK_MODULES = ["worker.tasks", "worker.tuning", "worker.fanout"]
+TASK_MODULES = ["worker.tasks"]  # every task; it imports the rest
 
 _app: Celery | None = None
 

@@ -40,10 +40,6 @@ logger = logging.getLogger(__name__)
 LEASE_INTERVALS = 3  # a lease outlives this many missed heartbeats
 
 
-def lease_key(job_id: str) -> str:
-    return f"{keys.PREFIX}:job:{job_id}:lease"
-
-
 def lease_ttl_s(settings: Settings) -> float:
     return LEASE_INTERVALS * settings.job_heartbeat_s
 
@@ -59,7 +55,10 @@ class JobLease:
         self.job_id = job_id
         self.interval_s = settings.job_heartbeat_s
         self._lock = client.lock(
-            lease_key(job_id), timeout=lease_ttl_s(settings), blocking=False, thread_local=False
+            keys.job_lease(job_id),
+            timeout=lease_ttl_s(settings),
+            blocking=False,
+            thread_local=False,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -138,10 +137,10 @@ def reap_lost_jobs(
     recovered: list[str] = []
     running, _ = registry.list_jobs(status="running", limit=500)
     for job in running:
-        if registry.redis.exists(lease_key(job.id)):
+        if registry.redis.exists(keys.job_lease(job.id)):
             continue
         # One reaper per job, even with many workers starting at once.
-        if not registry.redis.set(f"{lease_key(job.id)}:reap", "1", nx=True, ex=60):
+        if not registry.redis.set(keys.reap_claim(job.id), "1", nx=True, ex=60):
             continue
         reason = f"worker lost (no heartbeat for {lease_ttl_s(settings):.1f}s)"
         requeued = registry.requeue_job(job.id, reason)

@@ -1,11 +1,12 @@
 """Tuning jobs: the trials of one Optuna study run on every worker that is up (docs/tuning.md).
 
-A teacher or distill job whose params carry "tune" runs as a tuning job:
+A teacher or distill job whose payload carries `tune` runs as a tuning job:
 
-- The job's own task, the *coordinator* (`tune_body`, under `run_job` and its heartbeat
+- The job's own task, the *coordinator* (`tune_teacher` / `tune_distill`, called by the
+  job's body in worker/training_jobs.py under `run_job` and its heartbeat
   lease like any job), creates the study in Redis: an Optuna JournalStorage on
   JournalRedisBackend, keys `unkd:tune:<job id>:*`. It sends `trials - 1` helper tasks
-  (`unkd.tune_trials`) to the train queue, then runs trials itself.
+  (`unkd.tune_trials`, run by `run_helper`) to the train queue, then runs trials itself.
 - Every task, coordinator or helper, loops: under a short Redis lock
   (`unkd:tune:<job id>:lock`) it fails the stale trials and, while finished + running
   trials are fewer than asked, asks the study for a trial and takes the trial's lease;
@@ -17,8 +18,8 @@ A teacher or distill job whose params carry "tune" runs as a tuning job:
   gone lost its worker (SIGKILL, OOM): it is failed and its configuration enqueued once
   more, so the study still ends with N finished trials.
 - When no trial is left to start, the coordinator waits for the running ones, failing
-  stale ones as it polls, keeps the best trial's model (training.tuning.keep_best),
-  registers it and publishes it when the distill job asks.
+  stale ones as it polls, and keeps the best trial's model (training.tuning.keep_best),
+  which the job's body registers (and publishes, when a distill job asks).
 - A killed coordinator's job lease expires and a Reaper requeues the job; the next worker
   runs the coordinator again, which loads the same study and carries on.
 - Trial models: each worker trains into its own `models/.tune-<job id>/trial-<n>`. On the
@@ -40,38 +41,39 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from celery import Task, current_app, shared_task
+from celery import Task, current_app
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from service.core import keys
 from service.core.artifacts import MANIFEST_FILE as ARTIFACT_MANIFEST
 from service.core.artifacts import ArtifactStore, check_key
 from service.core.config import Settings
+from service.core.payloads import (
+    DistillPayload,
+    PublishPayload,
+    TeacherPayload,
+    TrainingPayload,
+    payload_of,
+)
 from service.core.queue import TUNE_TRIALS, settings_of
 from service.core.registry import TERMINAL, JobProgress, JobRecord, Registry
 from training import pipelines, tuning
-from training.budget import check_distill, check_teacher
 from training.checkpoint import ModelArtifact
 from training.config import DistillConfig, TeacherConfig, TuneOptions
-from training.dataset import Dataset
 from training.device import resolve_device
 from training.errors import JobCancelled
 from training.manifest import MANIFEST
 from training.progress import ProgressEvent
 from training.tuning_space import suggest
+from worker.inputs import DistillInputs, TeacherInputs, distill_inputs, teacher_inputs
+from worker.jobs import JobContext, registry_for
 from worker.progress import StopCheck
-from worker.recovery import JobLease, lease_key, lease_ttl_s
-from worker.tasks import JobContext, _finished_before, _register, publish_model, registry_for
+from worker.recovery import JobLease, lease_ttl_s
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often the coordinator looks at the trials still running
 LOCK_WAIT_S = 120  # how long a task waits for the ask lock before it gives up (transient)
-
-
-def study_prefix(job_id: str) -> str:
-    """Redis key prefix of a tuning job's study (Optuna's journal: log_number, log:<n>, snapshot)."""
-    return f"{keys.PREFIX}:tune:{job_id}"
 
 
 def trial_lease_id(job_id: str, number: int) -> str:
@@ -152,7 +154,7 @@ class TuningRun:
         lease's TTL: a holder killed inside it blocks the others no longer than its trial
         takes to be found lost."""
         lock = self.registry.redis.lock(
-            f"{study_prefix(self.job.id)}:lock",
+            keys.tuning_lock(self.job.id),
             timeout=lease_ttl_s(self.settings),
             blocking_timeout=LOCK_WAIT_S,
         )
@@ -169,7 +171,7 @@ class TuningRun:
         for t in trials:
             if t.state != TrialState.RUNNING:
                 continue
-            if self.registry.redis.exists(lease_key(trial_lease_id(self.job.id, t.number))):
+            if self.registry.redis.exists(keys.job_lease(trial_lease_id(self.job.id, t.number))):
                 continue
             self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             retried = tuning.retry(self.study, t, "its worker was lost")
@@ -272,37 +274,35 @@ class TuningRun:
         """Remove the trials' models; let the study's keys expire (the report has the trials)."""
         shutil.rmtree(self.setup.work_dir, ignore_errors=True)
         client = self.registry.redis
-        for key in client.scan_iter(match=f"{study_prefix(self.job.id)}:*", count=500):
+        for key in client.scan_iter(match=f"{keys.tuning_study(self.job.id)}:*", count=500):
             client.expire(key, self.settings.result_expires_s)
 
 
 def open_run(
-    job: JobRecord, settings: Settings, registry: Registry, *, create: bool, seed_offset: int
+    job: JobRecord,
+    payload: TrainingPayload,
+    settings: Settings,
+    registry: Registry,
+    *,
+    create: bool,
+    seed_offset: int,
 ) -> TuningRun:
     """The study of a tuning job and the trainer of its trials (dataset, teacher, device)."""
     _optuna_logging()
-    params = job.params
-    options = TuneOptions.model_validate(params["tune"])
+    if payload.tune is None:
+        raise ValueError(f"job {job.id} asks for no tuning")
+    options = payload.tune
     device = resolve_device(settings.device)
-    budget = settings.max_job_memory_mb * 2**20
     model_id = str(job.output_model_id)
     store = ArtifactStore.from_settings(settings)  # the dataset and the teacher are read through it
     cfg: TeacherConfig | DistillConfig
     teacher: ModelArtifact | None = None
-    if job.kind == "teacher":
-        cfg = TeacherConfig.model_validate(params["config"])
-        dataset_id = str(params["dataset_id"])
-        dataset = Dataset.load(store.resolve(registry.get_dataset(dataset_id).path))
-        check_teacher(dataset.n_users, dataset.n_items, cfg, budget)
+    if isinstance(payload, TeacherPayload):
+        inputs: TeacherInputs | DistillInputs = teacher_inputs(payload, settings, registry, store)
     else:
-        cfg = DistillConfig.model_validate(params["config"])
-        record = registry.get_model(str(params["teacher_id"]), field="teacher_id")
-        dataset_id = str(record.lineage.dataset_id)
-        dataset = Dataset.load(store.resolve(registry.get_dataset(dataset_id).path))
-        check_distill(
-            dataset.n_users, dataset.n_items, cfg, record.dim, budget, teacher_model=record.model
-        )
-        teacher = ModelArtifact.load(store.resolve(record.path))
+        inputs = distill_inputs(payload, settings, registry, store)
+        teacher = ModelArtifact.load(inputs.teacher_dir)
+    dataset, dataset_id, cfg = inputs.dataset, inputs.dataset_id, inputs.config
 
     def train(c: Any, out: Path, on_progress: Any, should_stop: Any) -> ModelArtifact:
         if teacher is None:
@@ -331,7 +331,7 @@ def open_run(
     setup = tuning.StudySetup(
         dataset, cfg, options, train, work_dir(settings, job.id), device=device
     )
-    storage = tuning.make_storage(settings.redis_url, prefix=study_prefix(job.id))
+    storage = tuning.make_storage(settings.redis_url, prefix=keys.tuning_study(job.id))
     study = tuning.open_study(setup, storage, job.id, create=create, seed_offset=seed_offset)
     if teacher is not None:  # the constraint's bound, measured once per study
         bound = study.user_attrs.get("teacher_valid_head_share")
@@ -369,59 +369,60 @@ def _send_helpers(ctx: JobContext, run: TuningRun) -> None:
         app.send_task(TUNE_TRIALS, args=[run.job.id, slot], queue=run.settings.train_queue)
 
 
-def tune_body(ctx: JobContext) -> str:
-    """Run a tuning job to its model: trials here and on every worker, then the best kept."""
-    artifact = _finished_before(ctx)
-    if artifact is None:
-        t0 = time.perf_counter()
-        run = open_run(
-            ctx.job,
-            ctx.settings,
-            ctx.registry,
-            create=True,
-            seed_offset=1009 * max(0, ctx.job.attempts - 1),
+def tune_teacher(ctx: JobContext[TeacherPayload], options: TuneOptions) -> ModelArtifact:
+    """A tuned teacher job's model: the best of its study's trials."""
+    return _coordinate(ctx, options)
+
+
+def tune_distill(ctx: JobContext[DistillPayload], options: TuneOptions) -> ModelArtifact:
+    """A tuned distill job's student: the best of its study's trials."""
+    return _coordinate(ctx, options)
+
+
+def _coordinate(ctx: JobContext[Any], options: TuneOptions) -> ModelArtifact:
+    """Run a tuning job's study: trials here and on every worker, then the best kept as the
+    job's model (the job's body registers it)."""
+    t0 = time.perf_counter()
+    run = open_run(
+        ctx.job,
+        ctx.payload,
+        ctx.settings,
+        ctx.registry,
+        create=True,
+        seed_offset=1009 * max(0, ctx.job.attempts - 1),
+    )
+    logger.info("job %s: coordinating its study of %d trials", ctx.job.id, options.trials)
+    try:
+        run.progress("study open")
+        _send_helpers(ctx, run)
+        while True:
+            trial, lease, done = run.next_trial()
+            if trial is not None and lease is not None:
+                run.run_one(trial, lease, ctx.stop)
+            elif done:
+                break
+            elif ctx.stop():
+                raise JobCancelled("stopped while waiting for the running trials")
+            else:
+                time.sleep(POLL_S)
+        ctx.reporter(ProgressEvent(stage="keep", message="keeping the best trial's model"))
+        run.fetch_best()
+        artifact = tuning.keep_best(
+            run.setup,
+            run.study,
+            ctx.model_dir,
+            model_id=ctx.model_id,
+            seconds=time.perf_counter() - t0,
         )
-        logger.info("job %s: coordinating its study of %d trials", ctx.job.id, run.trials)
-        try:
-            run.progress("study open")
-            _send_helpers(ctx, run)
-            while True:
-                trial, lease, done = run.next_trial()
-                if trial is not None and lease is not None:
-                    run.run_one(trial, lease, ctx.stop)
-                elif done:
-                    break
-                elif ctx.stop():
-                    raise JobCancelled("stopped while waiting for the running trials")
-                else:
-                    time.sleep(POLL_S)
-            ctx.reporter(ProgressEvent(stage="keep", message="keeping the best trial's model"))
-            run.fetch_best()
-            artifact = tuning.keep_best(
-                run.setup,
-                run.study,
-                ctx.model_dir,
-                model_id=ctx.model_id,
-                seconds=time.perf_counter() - t0,
-            )
-        except JobCancelled:
-            if ctx.stop.cancelled:
-                run.cleanup()
-            raise
-        except (ValueError, LookupError):  # deterministic: the job fails, its trials go
+    except JobCancelled:
+        if ctx.stop.cancelled:
             run.cleanup()
-            raise
+        raise
+    except (ValueError, LookupError):  # deterministic: the job fails, its trials go
         run.cleanup()
-    params = ctx.job.params
-    if ctx.job.kind == "teacher":
-        _register(ctx, artifact, dataset_id=str(params["dataset_id"]), teacher_id=None)
-        return ctx.model_id
-    teacher = ctx.registry.get_model(str(params["teacher_id"]), field="teacher_id")
-    _register(ctx, artifact, dataset_id=str(teacher.lineage.dataset_id), teacher_id=teacher.id)
-    ctx.saved_model_id = ctx.model_id
-    if params.get("publish"):
-        publish_model(ctx, ctx.model_id)
-    return ctx.model_id
+        raise
+    run.cleanup()
+    return artifact
 
 
 # -- helpers (every other worker) ------------------------------------------------------------
@@ -432,10 +433,13 @@ def run_helper(task: Task, job_id: str, slot: int) -> dict[str, Any]:
     settings = settings_of(task.app)
     registry = registry_for(settings)
     job = registry.get_job(job_id)
-    if job.status in TERMINAL or not job.params.get("tune"):
+    if job.status in TERMINAL:
+        return {"job_id": job_id, "trials": 0}
+    payload = payload_of(job)
+    if isinstance(payload, PublishPayload) or payload.tune is None:
         return {"job_id": job_id, "trials": 0}
     try:
-        run = open_run(job, settings, registry, create=False, seed_offset=7919 * slot)
+        run = open_run(job, payload, settings, registry, create=False, seed_offset=7919 * slot)
     except KeyError:  # the study is gone (expired): the job finished long ago
         return {"job_id": job_id, "trials": 0}
     stop = StopCheck(registry, job_id, settings.job_soft_time_limit_s)
@@ -451,9 +455,3 @@ def run_helper(task: Task, job_id: str, slot: int) -> dict[str, Any]:
         ran += 1
     logger.info("job %s: helper %d ran %d trials", job_id, slot, ran)
     return {"job_id": job_id, "trials": ran}
-
-
-@shared_task(bind=True, name=TUNE_TRIALS)
-def tune_trials(self: Task, job_id: str, slot: int) -> dict[str, Any]:
-    """Run trials of a tuning job's study on this worker (sent by the job's coordinator)."""
-    return run_helper(self, job_id, slot)

@@ -161,6 +161,17 @@ class JobAccepted(BaseModel):
     status: JobState
     status_url: str
 
+    @staticmethod
+    def url(job_id: str) -> str:
+        """Where a job's status is read (also the 202's Location)."""
+        return f"/v1/jobs/{job_id}"
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobAccepted:
+        return cls(
+            id=record.id, kind=record.kind, status=record.status, status_url=cls.url(record.id)
+        )
+
 
 class JobStatus(BaseModel):
     id: str

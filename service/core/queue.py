@@ -1,7 +1,8 @@
-"""The Celery app's client side: task names, queues, and the app both sides build.
+"""The Celery app's client side: task names, queues, job submission, and the app both sides
+build.
 
-Light: Celery only (no torch, no FastAPI). The API builds `make_celery(settings)` to send
-tasks by name; the worker (worker/celery_app.py) builds the same app with its task module
+Light: Celery only (no torch, no FastAPI). The API builds `make_celery(settings)` and
+submits jobs with `submit_job` (the record, then a task sent by name); the worker (worker/celery_app.py) builds the same app with its task module
 included and runs it:
 
     celery -A worker.celery_app worker -Q train,light --pool=solo
@@ -9,9 +10,17 @@ included and runs it:
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from service.core.config import Settings, get_settings
+from service.core.records import JobRecord
+from service.core.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 TRAIN_TEACHER = "unkd.train_teacher"
 DISTILL = "unkd.distill"
@@ -27,6 +36,36 @@ TASK_BY_KIND: dict[str, str] = {"teacher": TRAIN_TEACHER, "distill": DISTILL, "p
 def queue_for(kind: str, settings: Settings) -> str:
     """Training jobs go to the GPU-bound train queue, publishing to the light queue."""
     return settings.light_queue if kind == "publish" else settings.train_queue
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def send_job(celery_app: Celery, job_id: str, kind: str, settings: Settings) -> None:
+    """The job's task message: only its id (the payload is in the registry), under the job's
+    id as task id, on the kind's queue. A submission and a reaper's resend both send this."""
+    celery_app.send_task(
+        TASK_BY_KIND[kind], args=[job_id], task_id=job_id, queue=queue_for(kind, settings)
+    )
+
+
+def submit_job(
+    job: JobRecord, *, registry: Registry, celery_app: Celery, settings: Settings
+) -> JobRecord:
+    """Record the job as queued, then send its task.
+
+    A broker that cannot take the message fails the job (its record says why) and raises
+    kombu's OperationalError, which the API answers with a 503 naming the job queue.
+    """
+    job = registry.create_job(job)
+    try:
+        send_job(celery_app, job.id, job.kind, settings)
+    except (OperationalError, ConnectionError, OSError) as exc:
+        registry.finish_job(job.id, "failed", error=f"could not enqueue: {exc}")
+        raise OperationalError(f"job {job.id}: could not enqueue: {exc}") from exc
+    logger.info("job %s (%s) queued on %s", job.id, job.kind, queue_for(job.kind, settings))
+    return job
 
 
 def make_celery(

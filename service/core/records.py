@@ -169,6 +169,8 @@ class JobRecord(BaseModel):
     id: str
     kind: JobKind
     status: JobState = "queued"
+    # The job's payload in its JSON form (service.core.payloads: built by new_job, typed again
+    # by payload_of), so a record an older client wrote stays readable when it no longer validates.
     params: dict[str, Any] = Field(default_factory=dict)
     output_model_id: str | None = Field(None, description="id the job's model gets (idempotent)")
     progress: JobProgress = Field(default_factory=JobProgress)

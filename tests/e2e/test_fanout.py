@@ -20,6 +20,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.core import keys
 from service.core.artifacts import ArtifactStore, dataset_key, model_key
 from service.core.config import Settings
 from service.core.registry import DatasetRecord, ModelRecord, Registry
@@ -33,7 +34,7 @@ from training.evaluation import evaluated_users
 from training.manifest import DatasetInfo, Lineage, ModelManifest
 from training.pipelines import distill_student
 from training.synthetic import generate_synthetic
-from worker.fanout import log_key, scratch_prefix, shards_root, starts_key
+from worker.shards import scratch_prefix, shards_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -111,11 +112,14 @@ def shard_runs(
 ) -> tuple[Counter[int], list[tuple[int, str]]]:
     """How often each shard's ranking started, and (shard, worker) of every start."""
     starts = Counter(
-        {int(k): int(v) for k, v in registry.redis.hgetall(starts_key(job_id, phase)).items()}
+        {
+            int(k): int(v)
+            for k, v in registry.redis.hgetall(keys.fanout_shards(job_id, phase, "starts")).items()
+        }
     )
     entries = [
         e.decode() if isinstance(e, bytes) else e
-        for e in registry.redis.lrange(log_key(job_id, phase), 0, -1)
+        for e in registry.redis.lrange(keys.fanout_shards(job_id, phase, "log"), 0, -1)
     ]
     log = [(int(s), w) for s, w in (e.split(" ", 1) for e in entries)]
     return starts, log

@@ -27,7 +27,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.core import keys
 from service.core.config import Settings
+from service.core.payloads import payload_of
 from service.core.queue import make_celery
 from service.core.registry import DatasetRecord, JobRecord, Registry
 from tests.e2e.test_service_flow import tiny_interactions
@@ -36,9 +38,9 @@ from tests.support.workers import WorkerProcess
 from training.checkpoint import ModelArtifact
 from training.synthetic import generate_synthetic
 from training.tuning_space import suggest
-from worker import tasks
-from worker.recovery import lease_key
-from worker.tuning import open_run, run_helper, study_prefix, trial_lease_id, work_dir
+from worker import jobs
+from worker.training_jobs import TEACHER_JOB
+from worker.tuning import open_run, run_helper, trial_lease_id, work_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -189,11 +191,11 @@ def test_the_coordinator_fails_a_stale_trial_and_tries_it_again(settings: Settin
             },
         )
     )
-    run = open_run(job, settings, registry, create=True, seed_offset=0)
+    run = open_run(job, payload_of(job), settings, registry, create=True, seed_offset=0)
     lost = run.study.ask()  # a worker took trial 0 (the job's own configuration) and died
     suggest(lost, run.setup.base)
     task = _Task(settings)
-    result = tasks.run_job(task, "tj", tasks._teacher_body)
+    result = jobs.run_job(task, "tj", TEACHER_JOB)
     assert result["status"] == "succeeded", result
     trials = ModelArtifact.load(settings.models_dir / "teacher-tj").report.tuning.trials  # type: ignore[union-attr]
     assert [(t.number, t.state) for t in trials] == [(0, "fail"), (1, "complete"), (2, "complete")]
@@ -233,7 +235,7 @@ def test_tuning_survives_a_worker_killed_mid_trial(
 
         def leases() -> int:  # trials running now: each holds a lease
             return sum(
-                registry.redis.exists(lease_key(trial_lease_id(job_id, n))) for n in range(12)
+                registry.redis.exists(keys.job_lease(trial_lease_id(job_id, n))) for n in range(12)
             )
 
         deadline = time.monotonic() + 60
@@ -269,7 +271,7 @@ def test_tuning_survives_a_worker_killed_mid_trial(
     survivors = [w for w in workers if w is not killed]
     assert all(w.alive() for w in survivors)
     assert not work_dir(settings, job_id).exists()
-    assert registry.redis.ttl(f"{study_prefix(job_id)}:log_number") > 0  # the study expires
+    assert registry.redis.ttl(f"{keys.tuning_study(job_id)}:log_number") > 0  # the study expires
     registry.close()
 
 

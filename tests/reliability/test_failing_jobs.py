@@ -83,7 +83,7 @@ def test_failing_jobs_leave_the_worker_up(stack: Stack) -> None:
         results[k] for k in ("bad_params", "memory_budget", "dataset_gone", "next_job")
     )
     assert bad["status"] == "failed" and bad["error"].startswith(
-        "dim: Input should be greater than or equal to 1"
+        "teacher.config.dim: Input should be greater than or equal to 1"
     ), bad
     assert mem["status"] == "failed", mem
     assert (

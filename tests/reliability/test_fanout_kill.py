@@ -19,7 +19,7 @@ from tests.reliability.conftest import RELIABILITY_SETTINGS, observe, wait_until
 from tests.support.workers import WorkerProcess
 from training.checkpoint import ModelArtifact
 from training.distill.shards import shard_meta
-from worker.fanout import shards_root
+from worker.shards import shards_root
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(240)]
 

@@ -11,6 +11,8 @@ import time
 import pytest
 from celery.exceptions import Retry
 
+from service.core import keys
+from service.core.payloads import DistillPayload, new_job
 from service.core.registry import JobRecord
 from tests.unit.test_worker_tasks import (  # noqa: F401 - fixtures
     FakeTask,
@@ -23,8 +25,10 @@ from tests.unit.test_worker_tasks import (  # noqa: F401 - fixtures
 from training import pipelines
 from training.budget import MemoryBudgetError, check_distill, check_teacher, lists_mapped
 from training.config import DistillConfig, TeacherConfig
-from worker import tasks
-from worker.recovery import JobLease, lease_key, reap_lost_jobs
+from worker import jobs
+from worker.jobs import JobType
+from worker.recovery import JobLease, reap_lost_jobs
+from worker.training_jobs import DISTILL_JOB, TEACHER_JOB
 
 
 def test_a_job_whose_lease_is_held_elsewhere_is_not_run_twice(
@@ -36,12 +40,12 @@ def test_a_job_whose_lease_is_held_elsewhere_is_not_run_twice(
     other = JobLease(registry.redis, "j1", settings)
     assert other.acquire()  # another live worker runs it
     try:
-        summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+        summary = jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     finally:
         other.release()
     assert summary["status"] == "running" and calls == []
     assert registry.get_job("j1").attempts == 0
-    assert not registry.redis.exists(lease_key("j1"))  # released: a later delivery may run it
+    assert not registry.redis.exists(keys.job_lease("j1"))  # released: a later delivery may run it
 
 
 def test_lease_is_refreshed_while_the_job_runs_and_released_after(settings, registry) -> None:
@@ -49,9 +53,9 @@ def test_lease_is_refreshed_while_the_job_runs_and_released_after(settings, regi
     lease = JobLease(registry.redis, "jx", settings)
     assert lease.acquire()
     time.sleep(0.5)  # past the 0.3s TTL: only the refreshes keep it alive
-    assert registry.redis.exists(lease_key("jx")) and not lease.lost
+    assert registry.redis.exists(keys.job_lease("jx")) and not lease.lost
     lease.release()
-    assert not registry.redis.exists(lease_key("jx"))
+    assert not registry.redis.exists(keys.job_lease("jx"))
 
 
 def test_reaper_requeues_running_jobs_without_a_lease_only(settings, registry) -> None:
@@ -95,7 +99,7 @@ def test_a_job_that_lost_its_lease_stops_without_recording(
 
     monkeypatch.setattr(JobLease, "acquire", acquire_then_lose)
     teacher_job(registry)
-    summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    summary = jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     assert summary["status"] == "lost"
     job = registry.get_job("j1")
     assert job.status == "running" and job.model_id is None  # the run that took over records it
@@ -109,7 +113,7 @@ def test_memory_error_fails_the_job_without_retry(monkeypatch, settings, registr
     monkeypatch.setattr(pipelines, "train_teacher", oom)
     teacher_job(registry)
     task = FakeTask(settings)
-    summary = tasks.run_job(task, "j1", tasks._teacher_body)
+    summary = jobs.run_job(task, "j1", TEACHER_JOB)
     assert (
         summary["status"] == "failed"
         and summary["error"] == "out of memory: cannot allocate 64 GiB"
@@ -125,24 +129,26 @@ def test_stale_temp_dirs_of_an_interrupted_attempt_are_removed(
     stale.mkdir(parents=True)
     (stale / "embeddings.npz").write_bytes(b"half written")
     teacher_job(registry)
-    assert tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)["status"] == "succeeded"
+    assert jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)["status"] == "succeeded"
     assert not stale.exists()
 
 
 def test_a_fanned_out_jobs_shards_outlive_a_retry_and_not_the_job(settings, registry) -> None:
     """Shards kept for the retry of a transient failure are removed once the job gives up."""
-    from worker.fanout import shards_root
+    from worker.shards import shards_root
 
     def no_space(_ctx: object) -> str:
         raise OSError(28, "No space left on device")
 
-    registry.create_job(JobRecord(id="jd", kind="distill", output_model_id="student-jd"))
+    no_space_job = JobType(DistillPayload, no_space, ended=DISTILL_JOB.ended)
+    payload = DistillPayload(teacher_id="t", config=DistillConfig(method="unkd"))
+    registry.create_job(new_job("jd", payload, output_model_id="student-jd"))
     shard = shards_root(settings, "jd") / "shard-00000"
     shard.mkdir(parents=True)
     with pytest.raises(Retry):
-        tasks.run_job(FakeTask(settings), "jd", no_space)
+        jobs.run_job(FakeTask(settings), "jd", no_space_job)
     assert shard.is_dir()  # the retry ranks only the shards that are missing
-    summary = tasks.run_job(FakeTask(settings, retries=settings.job_max_retries), "jd", no_space)
+    summary = jobs.run_job(FakeTask(settings, retries=settings.job_max_retries), "jd", no_space_job)
     assert summary["status"] == "failed" and summary["error"].startswith("gave up after")
     assert not shards_root(settings, "jd").exists()
 
@@ -153,9 +159,9 @@ def test_worker_refuses_a_job_over_its_memory_budget(
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     settings = settings.model_copy(update={"max_job_memory_mb": 1})
-    monkeypatch.setattr(tasks, "settings_of", lambda _app: settings)
+    monkeypatch.setattr(jobs, "settings_of", lambda _app: settings)
     teacher_job(registry, dim=4096)
-    summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    summary = jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     assert summary["status"] == "failed" and calls == []
     assert summary["error"].startswith(
         "dim: a mf teacher of dim=4096 over 20 users x 30 items needs about"

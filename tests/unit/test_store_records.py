@@ -28,7 +28,8 @@ from training import pipelines
 from training.checkpoint import ModelArtifact
 from training.config import TeacherConfig
 from training.synthetic import generate_synthetic
-from worker import tasks
+from worker import jobs
+from worker.training_jobs import TEACHER_JOB
 
 
 def make_dir(root: Path, text: str = "a") -> Path:
@@ -101,7 +102,7 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture()
 def registry(settings: Settings) -> Registry:
-    return tasks.registry_for(settings)
+    return jobs.registry_for(settings)
 
 
 @pytest.fixture()
@@ -124,7 +125,7 @@ def test_a_teacher_job_reads_its_dataset_from_the_store_and_stores_its_model(
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     teacher_job(registry)
-    summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    summary = jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     assert summary["status"] == "succeeded", summary
     assert registry.get_model("teacher-j1").path == f"{settings.artifact_url}/models/teacher-j1"
     assert not (settings.models_dir / "teacher-j1").exists()  # moved into the worker's cache
@@ -164,7 +165,7 @@ def test_a_redelivered_job_finds_its_model_and_never_trains_twice(
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     teacher_job(registry)
-    summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    summary = jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     assert summary["status"] == "succeeded", summary
     assert calls == []  # not trained again
     assert registry.get_model("teacher-j1").path == store.location(model_key("teacher-j1"))
@@ -180,7 +181,7 @@ def test_a_dataset_missing_from_the_store_fails_the_job_naming_the_key(
     shutil.rmtree(tmp_path / "store" / "datasets" / "ds-1")
     shutil.rmtree(tmp_path / "api")  # and no host has it cached
     teacher_job(registry)
-    summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    summary = jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     assert summary["status"] == "failed"
     assert summary["error"].startswith(f"artifact datasets/ds-1: not in {settings.artifact_url}"), (
         summary

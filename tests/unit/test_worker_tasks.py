@@ -30,8 +30,9 @@ from training.errors import ConfigError, JobCancelled
 from training.manifest import DatasetInfo, Lineage, ModelManifest, QualityReport
 from training.progress import ProgressEvent
 from training.synthetic import generate_synthetic
-from worker import tasks
+from worker import jobs
 from worker.progress import JobReporter, StopCheck
+from worker.training_jobs import TEACHER_JOB
 
 
 @pytest.fixture()
@@ -41,7 +42,7 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture()
 def registry(settings: Settings) -> Registry:
-    return tasks.registry_for(settings)  # redis_url: an emptied database of its own
+    return jobs.registry_for(settings)  # redis_url: an emptied database of its own
 
 
 @pytest.fixture()
@@ -177,7 +178,7 @@ def test_teacher_job_succeeds(monkeypatch, settings, registry, dataset) -> None:
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     teacher_job(registry)
-    summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    summary = jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     assert summary == {
         "job_id": "j1",
         "status": "succeeded",
@@ -194,7 +195,7 @@ def test_teacher_job_succeeds(monkeypatch, settings, registry, dataset) -> None:
     assert Path(model.path) == settings.models_dir.resolve() / "teacher-j1"
 
     # The same message delivered again: nothing runs twice.
-    tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     assert calls == ["teacher-j1"] and registry.get_job("j1").attempts == 1
 
 
@@ -202,7 +203,7 @@ def test_deterministic_error_fails_without_retry(monkeypatch, settings, registry
     monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "config"))
     teacher_job(registry)
     task = FakeTask(settings)
-    summary = tasks.run_job(task, "j1", tasks._teacher_body)
+    summary = jobs.run_job(task, "j1", TEACHER_JOB)
     assert summary["status"] == "failed" and summary["error"] == "dim=4: not allowed here"
     assert task.retries == [] and registry.get_job("j1").error == "dim=4: not allowed here"
 
@@ -211,10 +212,11 @@ def test_invalid_payload_names_the_field(monkeypatch, settings, registry, datase
     calls: list[str] = []
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     teacher_job(registry, lr=-1)
-    tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     job = registry.get_job("j1")
     assert job.status == "failed" and calls == []
-    assert job.error == "lr: Input should be greater than 0 (got -1)"
+    # The payload's kind, then the field's path in it.
+    assert job.error == "teacher.config.lr: Input should be greater than 0 (got -1)"
 
 
 def test_transient_error_is_retried_and_counts_attempts(
@@ -227,13 +229,13 @@ def test_transient_error_is_retried_and_counts_attempts(
     teacher_job(registry)
     task = FakeTask(settings)
     with pytest.raises(Retry):
-        tasks.run_job(task, "j1", tasks._teacher_body)
+        jobs.run_job(task, "j1", TEACHER_JOB)
     job = registry.get_job("j1")
     assert job.status == "queued" and "No space left" in (job.error or "") and task.retries == [2]
     assert len(left) == 1  # the failed attempt left a half-written save behind
 
     monkeypatch.setattr(pipelines, "train_teacher", fake_train([]))
-    tasks.run_job(FakeTask(settings, retries=1), "j1", tasks._teacher_body)
+    jobs.run_job(FakeTask(settings, retries=1), "j1", TEACHER_JOB)
     job = registry.get_job("j1")
     assert job.status == "succeeded" and job.attempts == 2 and job.error is None
     # The retry removed the failed attempt's temp dir: only the finished model is left.
@@ -244,7 +246,7 @@ def test_transient_error_is_retried_and_counts_attempts(
 
     monkeypatch.setattr(pipelines, "train_teacher", fake_train([], "disk"))
     teacher_job(registry, job_id="j2")
-    summary = tasks.run_job(FakeTask(settings, retries=2), "j2", tasks._teacher_body)
+    summary = jobs.run_job(FakeTask(settings, retries=2), "j2", TEACHER_JOB)
     assert summary["status"] == "failed" and summary["error"].startswith("gave up after 2 retries")
 
 
@@ -270,7 +272,7 @@ def test_stopped_running_job_leaves_no_model(
 
     monkeypatch.setattr(pipelines, "train_teacher", train)
     teacher_job(registry)
-    summary = tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    summary = jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     job = registry.get_job("j1")
     if stop == "cancel":
         assert summary["status"] == job.status == "cancelled" and job.error is None
@@ -289,7 +291,7 @@ def test_cancelled_before_start_never_runs(monkeypatch, settings, registry, data
     monkeypatch.setattr(pipelines, "train_teacher", fake_train(calls))
     teacher_job(registry)
     registry.request_cancel("j1")
-    assert tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)["status"] == "cancelled"
+    assert jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)["status"] == "cancelled"
     assert calls == [] and registry.get_job("j1").attempts == 0
 
 
@@ -326,7 +328,7 @@ def test_worker_shutdown_hands_the_job_back(monkeypatch, settings, registry, dat
     monkeypatch.setattr(worker.progress, "worker_stopping", lambda: True)  # SIGTERM arrived
     teacher_job(registry)
     with pytest.raises(Reject) as info:
-        tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+        jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     assert info.value.requeue is True
     job = registry.get_job("j1")
     assert job.status == "queued" and job.attempts == 1 and "worker shut down" in (job.error or "")
@@ -334,7 +336,7 @@ def test_worker_shutdown_hands_the_job_back(monkeypatch, settings, registry, dat
     assert not (settings.models_dir / "teacher-j1").exists()
 
     monkeypatch.setattr(worker.progress, "worker_stopping", lambda: False)  # the next worker
-    tasks.run_job(FakeTask(settings), "j1", tasks._teacher_body)
+    jobs.run_job(FakeTask(settings), "j1", TEACHER_JOB)
     job = registry.get_job("j1")
     assert job.status == "succeeded" and job.attempts == 2 and job.error is None
 

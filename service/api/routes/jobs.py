@@ -8,17 +8,14 @@ never trains.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from celery import Celery
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
-from kombu.exceptions import OperationalError
 
 from service.api.auth import WriteAccess, WriteCaller, forbidden
 from service.api.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
-from service.api.errors import ServiceUnavailableError
 from service.api.prometheus import ServiceMetrics
 from service.api.schemas import (
     MAX_OFFSET,
@@ -31,30 +28,23 @@ from service.api.schemas import (
     TeacherJobRequest,
 )
 from service.core.config import Settings
-from service.core.queue import TASK_BY_KIND, queue_for
+from service.core.payloads import DistillPayload, TeacherPayload, new_job
+from service.core.queue import new_job_id, submit_job
 from service.core.registry import DatasetRecord, GatePolicy, JobKind, JobRecord, JobState, Registry
 from training.budget import (
     EASETooLargeError,
     MemoryBudgetError,
     check_distill,
     check_teacher,
-    lists_mapped,
 )
+from training.config import DistillConfig, TeacherConfig
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def new_job_id() -> str:
-    return uuid.uuid4().hex
-
-
-def status_url(job_id: str) -> str:
-    return f"/v1/jobs/{job_id}"
-
-
-def submit(
+def accepted(
     job: JobRecord,
     *,
     registry: Registry,
@@ -63,22 +53,12 @@ def submit(
     metrics: ServiceMetrics,
     response: Response,
 ) -> JobAccepted:
-    """Record the job, then enqueue it; a broker failure fails the job and answers 503."""
-    registry.create_job(job)
-    try:
-        celery_app.send_task(
-            TASK_BY_KIND[job.kind],
-            args=[job.id],
-            task_id=job.id,
-            queue=queue_for(job.kind, settings),
-        )
-    except (OperationalError, ConnectionError, OSError) as exc:
-        registry.finish_job(job.id, "failed", error=f"could not enqueue: {exc}")
-        raise ServiceUnavailableError("job queue (broker)") from exc
+    """Submit the job (service.core.queue.submit_job: a broker failure fails it, a 503) and
+    answer 202 with where to follow it."""
+    job = submit_job(job, registry=registry, celery_app=celery_app, settings=settings)
     metrics.jobs_submitted.labels(job.kind).inc()
-    logger.info("job %s (%s) queued on %s", job.id, job.kind, queue_for(job.kind, settings))
-    response.headers["Location"] = status_url(job.id)
-    return JobAccepted(id=job.id, kind=job.kind, status=job.status, status_url=status_url(job.id))
+    response.headers["Location"] = JobAccepted.url(job.id)
+    return JobAccepted.of(job)
 
 
 def _within_budget(check: Callable[[], int]) -> None:
@@ -109,17 +89,13 @@ def _teacher_job(req: TeacherJobRequest, registry: Registry, settings: Settings)
     users, items = _sizes(dataset)
     limit = settings.max_job_memory_mb * 2**20
     _within_budget(lambda: check_teacher(users, items, req, limit))
-    job_id = new_job_id()
-    config = req.model_dump(mode="json", exclude={"kind", "dataset_id", "tune"})
-    params: dict[str, Any] = {"dataset_id": req.dataset_id, "config": config}
-    if req.tune is not None:  # a tuning job (worker/tuning.py)
-        params["tune"] = req.tune.model_dump(mode="json")
-    return JobRecord(
-        id=job_id,
-        kind="teacher",
-        output_model_id=f"teacher-{job_id[:12]}",
-        params=params,
+    payload = TeacherPayload(
+        dataset_id=req.dataset_id,
+        config=TeacherConfig.model_validate(req.model_dump(exclude={"kind", "dataset_id", "tune"})),
+        tune=req.tune,  # a tuning job (worker/tuning.py)
     )
+    job_id = new_job_id()
+    return new_job(job_id, payload, output_model_id=f"teacher-{job_id[:12]}")
 
 
 def _distill_job(
@@ -131,34 +107,27 @@ def _distill_job(
             status_code=422,
             detail=f"teacher_id={req.teacher_id!r}: model is a {teacher.kind}, not a teacher",
         )
-    dataset_id = teacher.lineage.dataset_id
-    if dataset_id:
-        users, items = _sizes(registry.get_dataset(dataset_id, field="teacher_id"))
+    config = req.model_dump(exclude={"kind", "teacher_id", "publish", "force", "tune"})
+    payload = DistillPayload(
+        teacher_id=req.teacher_id,
+        dataset_id=teacher.lineage.dataset_id,
+        config=DistillConfig.model_validate(config),
+        publish=req.publish,
+        # for the worker's publish step: the gate as set now, who asked (kept with publish only)
+        gate_policy=GatePolicy.of(settings) if req.publish else None,
+        key_name=key_name,
+        force=req.force,
+        tune=req.tune,
+    )
+    if payload.dataset_id:
+        users, items = _sizes(registry.get_dataset(payload.dataset_id, field="teacher_id"))
         limit = settings.max_job_memory_mb * 2**20
-        mapped = lists_mapped(users, req, settings.fanout_min_users)
+        mapped = payload.lists_on_disk(users, settings)
         _within_budget(
             lambda: check_distill(users, items, req, teacher.dim, limit, teacher.model, mapped)
         )
     job_id = new_job_id()
-    config = req.model_dump(mode="json", exclude={"kind", "teacher_id", "publish", "force", "tune"})
-    params: dict[str, Any] = {
-        "teacher_id": req.teacher_id,
-        "dataset_id": teacher.lineage.dataset_id,
-        "config": config,
-        "publish": req.publish,
-    }
-    if req.publish:  # for the worker's publish step: the gate as set now, who asked
-        params["gate_policy"] = GatePolicy.of(settings).model_dump(mode="json")
-        params["key_name"] = key_name
-        params["force"] = req.force
-    if req.tune is not None:
-        params["tune"] = req.tune.model_dump(mode="json")
-    return JobRecord(
-        id=job_id,
-        kind="distill",
-        output_model_id=f"student-{req.method}-{job_id[:12]}",
-        params=params,
-    )
+    return new_job(job_id, payload, output_model_id=f"student-{req.method}-{job_id[:12]}")
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED)
@@ -182,7 +151,7 @@ def create_job(
             metrics.auth_failures.labels(reason="role").inc()
             raise forbidden(caller, "admin", 'a distill job with "publish": true')
         job = _distill_job(req, registry, settings, caller.name)
-    return submit(
+    return accepted(
         job,
         registry=registry,
         celery_app=celery_app,

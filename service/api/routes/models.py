@@ -9,7 +9,6 @@ from fastapi import APIRouter, Body, Query, Response, status
 
 from service.api.auth import AdminCaller
 from service.api.deps import CeleryDep, MetricsDep, RegistryDep, SettingsDep
-from service.api.routes.jobs import new_job_id, submit
 from service.api.schemas import (
     MAX_OFFSET,
     Id,
@@ -20,7 +19,9 @@ from service.api.schemas import (
     QualityReport,
 )
 from service.core.artifacts import ArtifactNotFoundError, ArtifactStore
-from service.core.registry import ConflictError, GatePolicy, JobRecord, NotFoundError
+from service.core.payloads import PublishPayload, new_job
+from service.core.queue import new_job_id, submit_job
+from service.core.registry import ConflictError, GatePolicy, NotFoundError
 from training.errors import DataError
 from training.manifest import NO_EMBEDDINGS, read_report
 
@@ -98,23 +99,21 @@ def publish_model(
     holder = registry.claim_publish(model_id, job_id, ttl_s=settings.job_soft_time_limit_s)
     if holder is not None:
         raise ConflictError("model_id", model_id, f"already being published by job {holder}")
-    params = {
-        "model_id": model_id,
-        "force": req.force,
-        "key_name": caller.name,
-        "gate_policy": policy.model_dump(mode="json"),
-        "activate": req.activate,
-    }
-    job = JobRecord(id=job_id, kind="publish", params=params)
+    job = new_job(
+        job_id,
+        PublishPayload(
+            model_id=model_id,
+            force=req.force,
+            key_name=caller.name,
+            gate_policy=policy,
+            activate=req.activate,
+        ),
+    )
     try:
-        return submit(
-            job,
-            registry=registry,
-            celery_app=celery_app,
-            settings=settings,
-            metrics=metrics,
-            response=response,
-        )
+        job = submit_job(job, registry=registry, celery_app=celery_app, settings=settings)
     except Exception:
         registry.release_publish(model_id, job_id)
         raise
+    metrics.jobs_submitted.labels(job.kind).inc()
+    response.headers["Location"] = JobAccepted.url(job.id)
+    return JobAccepted.of(job)
