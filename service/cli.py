@@ -54,7 +54,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  metrics  {stack.api_url}/metrics")
     print(f"  redis    {redis_note}")
     print(
-        f"  worker   queues {settings.train_queue},{settings.light_queue} (pid {stack.worker.pid if stack.worker else '-'})"
+        f"  worker   queues {settings.train_queue},{settings.light_queue}, "
+        f"{stack.worker_threads} training thread(s) (pid {stack.worker.pid if stack.worker else '-'})"
     )
     print("Ctrl-C stops everything.", flush=True)
     reason = stack.wait()
@@ -136,18 +137,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def worker_env(
     environ: dict[str, str], settings: dict[str, str], threads: int | None
 ) -> dict[str, str]:
-    """The worker's environment: the settings as UNKD_*, and with `threads` the thread count
-    of torch, BLAS and OpenMP. Several workers on one host each take cores / workers: with
+    """The worker's environment: the settings as UNKD_*, and the threads of its training jobs
+    (service.stack.local.training_threads_env: `threads`, or every core it may use, with
+    OpenMP's passive wait). Several workers on one host each take cores / workers: with
     every worker on all cores, two on 2 cores ran a training epoch 3x slower (docs/tuning.md)."""
-    env = {**environ, **settings}
-    if threads is not None:
-        env.update(
-            {
-                name: str(threads)
-                for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-            }
-        )
-    return env
+    from service.stack.local import training_threads_env
+
+    return training_threads_env({**environ, **settings}, threads)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -198,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_positive,
         help="threads per training job (OMP_NUM_THREADS); "
-        "N workers on C cores: C/N each (default: all cores)",
+        "N workers on C cores: C/N each (default: the cores this process may use)",
     )
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_worker)

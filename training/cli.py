@@ -162,6 +162,7 @@ def _saved(a: argparse.Namespace, art: Any) -> int:
     from training.evaluation import render_table
 
     print(render_table(art.report))
+    _print_cap(art)
     tuning = art.report.tuning if art.report is not None else None
     if tuning is not None:
         best = next(t for t in tuning.trials if t.number == tuning.best_trial)
@@ -341,8 +342,16 @@ def cmd_distill(a: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(render_table(art.report))
+    _print_cap(art)
     print(f"saved to {a.out}")
     return 0
+
+
+def _print_cap(art: Any) -> None:
+    """A capped student's line: met or missed, with both figures (never silent)."""
+    cap = art.manifest.training.head_share_cap if art.manifest.training else None
+    if cap is not None:
+        print(cap.summary())
 
 
 @_friendly

@@ -140,6 +140,20 @@ class HeadShareCap(_Closed):
         0.0, ge=0, description="shift: the shift a folded-in user gets (the mean over users)"
     )
 
+    def summary(self) -> str:
+        """One line for the CLI and the report page: met or missed, with both figures."""
+        if self.met:
+            text = f"head-share cap met: {self.student:.4f} <= teacher's {self.teacher:.4f}"
+        else:
+            text = f"head-share cap MISSED: {self.student:.4f} > teacher's {self.teacher:.4f}"
+        text += " (head share@20 over every user's list"
+        if self.rule == "shift" and self.unshifted is not None:
+            text += (
+                f"; {self.unshifted:.4f} before the head shifts, "
+                f"{100 * self.users_shifted:.0f} % of users shifted"
+            )
+        return text + ")"
+
 
 class TrainingSummary(_Closed):
     """How the embeddings were fitted: the kept (best) epoch, timings and the history."""

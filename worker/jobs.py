@@ -119,9 +119,12 @@ class JobType(Generic[P]):
 def finished_metrics(ctx: JobContext[Any], model: ModelRecord) -> dict[str, float]:
     """The figures a job's status gains once its model is registered, beside those its
     training reported on the way (loss, valid_* of the last checked epoch; a study's
-    best_valid_*). None today; a job's own figures of its model (a student's cap_met, say)
-    are assembled here."""
-    return {}
+    best_valid_*): a capped student's head share@20 and its teacher's, over every user's list
+    (the job's cap_met and head_share_cap fields say the same, with how it was met)."""
+    cap = model.head_share_cap
+    if cap is None:
+        return {}
+    return {"head_share@20": cap.student, "teacher_head_share@20": cap.teacher}
 
 
 def _store_model(ctx: JobContext[Any]) -> str:
@@ -147,6 +150,16 @@ def register_model(ctx: JobContext[Any], artifact: ModelArtifact, lineage: Linea
     metrics = finished_metrics(ctx, record)
     if metrics:
         ctx.registry.update_progress(ctx.job.id, ctx.registry.get_job(ctx.job.id).progress, metrics)
+    if record.head_share_cap is not None:
+        ctx.registry.record_cap(ctx.job.id, record.head_share_cap)
+        if not record.head_share_cap.met:
+            logger.warning(
+                "job %s: student %s is above its teacher's head share@20 (%.4f > %.4f)",
+                ctx.job.id,
+                record.id,
+                record.head_share_cap.student,
+                record.head_share_cap.teacher,
+            )
     return record
 
 

@@ -24,6 +24,7 @@ from service.core.records import (
     PublishEntry,
 )
 from training.config import DistillConfig, TeacherConfig, TuneOptions
+from training.manifest import HeadShareCap
 from training.manifest import QualityReport as QualityReport  # GET /v1/models/{id}/report
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -185,6 +186,12 @@ class JobStatus(BaseModel):
     attempts: int = Field(description="times a worker started it; above 1 after a retry")
     cancel_requested: bool
     params: dict[str, Any]
+    cap_met: bool | None = Field(
+        None,
+        description="a distill job under a head-share cap, once it succeeded: whether its "
+        "student's head share@20 is at most its teacher's (both in head_share_cap)",
+    )
+    head_share_cap: HeadShareCap | None = None
 
     @classmethod
     def of(cls, record: JobRecord) -> JobStatus:

@@ -17,6 +17,7 @@ from typing import Any, TypedDict, cast
 from urllib.parse import quote
 
 import httpx
+from typing_extensions import NotRequired
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -51,6 +52,8 @@ class JobStatus(TypedDict):
     attempts: int
     cancel_requested: bool
     params: dict[str, Any]
+    cap_met: NotRequired[bool | None]
+    head_share_cap: NotRequired[dict[str, Any] | None]
 
 
 class JobList(TypedDict):

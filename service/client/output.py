@@ -68,6 +68,14 @@ def job_summary(status: JobStatus) -> str:
         text += f" in {elapsed:.1f}s"
     if status["status"] == "succeeded" and status.get("model_id"):
         text += f": model {status['model_id']}"
+        cap = status.get("head_share_cap")
+        if cap:  # a capped student: met or missed, with both figures (never silent)
+            met = "met" if cap["met"] else "MISSED"
+            sign = "<=" if cap["met"] else ">"
+            text += (
+                f"; head-share cap {met}: {cap['student']:.4f} {sign} teacher's "
+                f"{cap['teacher']:.4f}"
+            )
     elif status.get("error"):
         text += f": {status['error']}"
     return text

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.core.config import Settings
-from training.manifest import Lineage, ModelKind, ModelManifest, QualityReport
+from training.manifest import HeadShareCap, Lineage, ModelKind, ModelManifest, QualityReport
 
 JobKind = Literal["teacher", "distill", "publish"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -115,6 +115,11 @@ class ModelInfo(BaseModel):
     metrics: dict[str, float] = Field(
         default_factory=dict, description="headline @20 figures of its quality report"
     )
+    head_share_cap: HeadShareCap | None = Field(
+        None,
+        description="a student under a head-share cap: its head share@20 and its teacher's over "
+        "every user's list (the figures the publish gate compares)",
+    )
     job_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -143,6 +148,7 @@ class ModelRecord(ModelInfo):
             parameters=manifest.config.model_dump(mode="json") if manifest.config else {},
             lineage=lineage,
             metrics=headline_metrics(report),
+            head_share_cap=manifest.training.head_share_cap if manifest.training else None,
             path=path,
             job_id=job_id,
         )
@@ -180,6 +186,10 @@ class JobRecord(BaseModel):
     model_id: str | None = None
     attempts: int = 0
     cancel_requested: bool = False
+    # A distill job under a head-share cap, once its model is registered: whether the kept
+    # student's head share@20 is at most its teacher's, and both figures.
+    cap_met: bool | None = None
+    head_share_cap: HeadShareCap | None = None
 
 
 class ActiveModel(BaseModel):
@@ -318,6 +328,26 @@ def _figure(model: ModelRecord, name: str) -> float | None:
     return float(value) if value is not None else None
 
 
+def _cap_check(candidate: ModelRecord, policy: GatePolicy) -> GateCheck:
+    """The head-share rule on the figures the student's own job kept: its head share@20 and
+    its teacher's over every user's list (training.calibration.exposure). The job met its cap
+    on these very numbers, so a job that says cap_met passes at the default ratio 1; no test
+    split's noise enters (test users are half of the users)."""
+    cap = candidate.head_share_cap
+    assert cap is not None
+    limit = policy.max_head_share_ratio * cap.teacher
+    ok = cap.student <= limit + 1e-12
+    return GateCheck(
+        rule="head_share",
+        passed=ok,
+        detail=(
+            f"head_share@{GATE_K} of {candidate.id} over every user's list is {cap.student:.4f}, "
+            f"{'within' if ok else 'above'} {policy.max_head_share_ratio:g} x its teacher "
+            f"{candidate.lineage.teacher_id}'s {cap.teacher:.4f} = {limit:.4f}"
+        ),
+    )
+
+
 def evaluate_gate(
     candidate: ModelRecord,
     *,
@@ -327,7 +357,9 @@ def evaluate_gate(
 ) -> list[GateCheck]:
     """The gate's rules for publishing `candidate`, each with its figures.
 
-    head_share: a student's head_share@20 <= max_head_share_ratio x its teacher's.
+    head_share: a student's head_share@20 <= max_head_share_ratio x its teacher's: the figures
+    its job kept (ModelRecord.head_share_cap, over every user's list), or for a model without
+    them, the test reports' figures.
     ndcg: ndcg@20 >= min_ndcg_ratio x the served model's, when another model trained on the
     same dataset is served (NDCG of different test splits is not comparable). A rule whose
     figures are missing from the reports is not checked (passed None), and says why.
@@ -335,7 +367,9 @@ def evaluate_gate(
     if not policy.enabled:
         return []
     k, checks = GATE_K, []
-    if candidate.kind == "student":
+    if candidate.kind == "student" and candidate.head_share_cap is not None:
+        checks.append(_cap_check(candidate, policy))
+    elif candidate.kind == "student":  # a model from before the job recorded its cap
         mine = _figure(candidate, "head_share")
         theirs = _figure(teacher, "head_share") if teacher is not None else None
         if teacher is None or mine is None or theirs is None:

@@ -42,6 +42,7 @@ from service.core.records import (
     utcnow,
 )
 from service.core.serving_registry import ServingRegistry
+from training.manifest import HeadShareCap
 
 __all__ = [
     "JOB_KINDS",
@@ -315,6 +316,15 @@ class Registry(ServingRegistry):
             job.progress = JobProgress.model_validate(update)
             if metrics:
                 job.metrics = {**job.metrics, **metrics}
+            return job
+
+        return self._mutate_job(job_id, change)
+
+    def record_cap(self, job_id: str, cap: HeadShareCap) -> JobRecord:
+        """A distill job's head-share cap as its model kept it (JobRecord.cap_met)."""
+
+        def change(job: JobRecord) -> JobRecord:
+            job.cap_met, job.head_share_cap = cap.met, cap
             return job
 
         return self._mutate_job(job_id, change)

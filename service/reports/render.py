@@ -192,6 +192,10 @@ def _lineage(view: ModelView, link: Linker | None) -> str:
             ("training time", escape(f"{t.seconds} s on {view.device or '?'}")),
             ("epochs", escape(f"{t.epochs_run} run, best {t.best_epoch}")),
         ]
+    if view.head_share_cap is not None:  # never silent: a missed cap is said where users look
+        cls = "ok" if view.head_share_cap.met else "bad"
+        text = escape(view.head_share_cap.summary())
+        pairs.append(("head-share cap", f'<span class="{cls}" id="head-share-cap">{text}</span>'))
     return _kv(pairs, raw_values=True)
 
 

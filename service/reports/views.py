@@ -18,6 +18,7 @@ from service.core.records import ModelInfo
 from training.manifest import (
     MANIFEST,
     REPORT,
+    HeadShareCap,
     ModelManifest,
     QualityReport,
     TrainingSummary,
@@ -47,6 +48,7 @@ class ModelView:
     device: str | None = None
     active: bool = False
     href: str | None = None  # where its report page lives, when pages link to each other
+    head_share_cap: HeadShareCap | None = None  # a capped student: met or missed, both figures
 
     @property
     def has_teacher(self) -> bool:
@@ -89,6 +91,7 @@ def view_from_manifest(
         created_at=manifest.created_at,
         device=manifest.device,
         href=href,
+        head_share_cap=manifest.training.head_share_cap if manifest.training else None,
     )
 
 
@@ -123,6 +126,7 @@ def view_from_record(
         device=manifest.device if manifest else None,
         active=active,
         href=href,
+        head_share_cap=record.head_share_cap,
     )
 
 

@@ -56,6 +56,36 @@ def _stop_process(
     proc.wait()
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container's cpuset sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def training_threads_env(env: dict[str, str], threads: int | None) -> dict[str, str]:
+    """`env` with the thread settings of a worker's training jobs.
+
+    threads: torch's, BLAS's and OpenMP's thread count; None: the usable cores, unless `env`
+    already names one. OpenMP's wait policy becomes passive unless `env` sets it: torch's
+    default (active) has idle threads spin between parallel regions, and when another process
+    holds a core the spinning threads take turns with the ones doing the work. An MF epoch
+    on ML-100K took 15x longer beside one busy 2-thread process (issue "Debiased by
+    default"); bench/neighbour.py measures the sharing with these settings.
+    """
+    out = dict(env)
+    if threads is not None:
+        out.update({name: str(threads) for name in THREAD_VARIABLES})
+    elif not any(name in env for name in THREAD_VARIABLES):
+        out.update({name: str(usable_cores()) for name in THREAD_VARIABLES})
+    out.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return out
+
+
 def celery_worker_argv(
     queues: str,
     *,
@@ -172,11 +202,18 @@ class LocalStack:
         self._logs.append(fh)
         return fh
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    @property
+    def worker_threads(self) -> int:
+        """The local worker's training threads: every usable core but one (API, Redis)."""
+        return max(1, usable_cores() - 1)
+
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         out = self._output(name)
         proc = subprocess.Popen(
             args,
-            env=self.child_env(),
+            env=env or self.child_env(),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
@@ -200,9 +237,11 @@ class LocalStack:
                 self.redis = RedisServer(self.data_dir / "redis").start()
                 self.redis_url = self.redis.url
             queues = f"{self.settings.train_queue},{self.settings.light_queue}"
+            # The API and Redis share the host: the worker trains on the other cores.
             self.worker = self._spawn(
                 "worker",
                 celery_worker_argv(queues, hostname=f"unkd-{os.getpid()}@%h", loglevel="INFO"),
+                env=training_threads_env(self.child_env(), self.worker_threads),
             )
             self.api = self._spawn("api", api_argv(self.host, self.port, workers=self.api_workers))
             self._wait_api()

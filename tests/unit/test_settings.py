@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,15 @@ def test_worker_threads_reach_the_workers_environment() -> None:
         "1",
     )
     assert env["UNKD_REDIS_URL"] == "redis://x" and env["PATH"] == "/bin"
-    # Without --threads the environment is left as it is (torch: one thread per core).
-    unset = worker_env({"OMP_NUM_THREADS": "8"}, {}, build_parser().parse_args(["worker"]).threads)
-    assert unset == {"OMP_NUM_THREADS": "8"}
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # idle OpenMP threads sleep, not spin
+    # Without --threads a thread count already in the environment stays ...
+    no_flag = build_parser().parse_args(["worker"]).threads
+    kept = worker_env({"OMP_NUM_THREADS": "8", "OMP_WAIT_POLICY": "ACTIVE"}, {}, no_flag)
+    assert kept == {"OMP_NUM_THREADS": "8", "OMP_WAIT_POLICY": "ACTIVE"}
+    # ... and none becomes the cores this process may use.
+    cores = str(len(os.sched_getaffinity(0)))
+    fresh = worker_env({}, {}, no_flag)
+    assert (fresh["OMP_NUM_THREADS"], fresh["MKL_NUM_THREADS"]) == (cores, cores)
+    assert fresh["OMP_WAIT_POLICY"] == "PASSIVE"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["worker", "--threads", "0"])
