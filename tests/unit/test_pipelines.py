@@ -74,7 +74,11 @@ def test_teacher_artifact_is_self_describing(teacher: ModelArtifact) -> None:
 def test_each_method_distils_a_student_with_lineage(data, teacher, tmp_path, method) -> None:
     cfg = DistillConfig(method=method, dim=8, **FAST)
     art = distill_student(data, teacher.path, cfg, tmp_path / method, device=CPU, dataset_id="ds-1")
-    assert art.user_emb.shape == (data.n_users, 8)
+    # A UnKD student may carry one more column: its per-user head shifts (training.calibration).
+    cap = art.manifest.training.head_share_cap
+    extra = 1 if cap is not None and cap.shift_column is not None else 0
+    assert art.user_emb.shape == (data.n_users, 8 + extra)
+    assert (cap is not None) == (method == "unkd") and (cap is None or cap.met)
     m = art.manifest
     assert m.kind == "student" and m.method == method and isinstance(m.config, DistillConfig)
     assert m.lineage == Lineage(dataset_id="ds-1", teacher_id=teacher.manifest.id)

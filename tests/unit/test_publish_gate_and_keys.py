@@ -252,3 +252,24 @@ def test_local_stack_refuses_before_starting_anything(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="UNKD_API_KEYS"):
         stack.start()
     assert stack.redis is None and stack.worker is None and not (tmp_path / "d").exists()
+
+
+def test_the_gate_reads_the_figures_the_students_job_kept() -> None:
+    """One measure: a student whose job recorded its cap is judged on those two figures (over
+    every user's list), not on the test reports' head shares, which a half of the users moves."""
+    from training.manifest import HeadShareCap
+
+    policy = GatePolicy()
+    met = HeadShareCap(teacher=0.50, student=0.48, met=True, rule="shift")
+    # Test figures that alone would refuse it (0.52 > the teacher's 0.50): the job's figures decide.
+    student = model("s", head=0.52).model_copy(update={"head_share_cap": met})
+    (check,) = evaluate_gate(student, teacher=TEACHER, served=None, policy=policy)
+    assert check.passed is True and "0.4800, within 1 x its teacher t's 0.5000" in check.detail
+    missed = HeadShareCap(teacher=0.50, student=0.51, met=False, rule="select")
+    # ... and the other way round: test figures under the teacher's do not pass a missed cap.
+    student = model("s", head=0.40).model_copy(update={"head_share_cap": missed})
+    (check,) = evaluate_gate(student, teacher=TEACHER, served=None, policy=policy)
+    assert check.passed is False and "0.5100, above 1 x its teacher t's 0.5000" in check.detail
+    loose = GatePolicy(max_head_share_ratio=1.05)
+    (check,) = evaluate_gate(student, teacher=TEACHER, served=None, policy=loose)
+    assert check.passed is True

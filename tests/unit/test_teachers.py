@@ -224,7 +224,9 @@ def test_every_distiller_runs_from_als_and_ease(
         rrd={"top_l": 30},
     )  # type: ignore[arg-type]
     art = distill_student(tiny_dataset, t, cfg, tmp_path / "s", device=CPU)
-    assert art.user_emb is not None and art.user_emb.shape == (tiny_dataset.n_users, 4)
+    cap = art.manifest.training.head_share_cap  # UnKD: maybe one more column, the head shifts
+    extra = 1 if cap is not None and cap.shift_column is not None else 0
+    assert art.user_emb is not None and art.user_emb.shape == (tiny_dataset.n_users, 4 + extra)
     m = art.manifest
     assert (
         m.kind == "student"

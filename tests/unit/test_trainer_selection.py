@@ -127,3 +127,36 @@ def test_patience_spares_a_student_still_getting_more_accurate(tiny_dataset: Dat
     # Same trajectory as the free run up to the stop, so the kept epoch is the best under the cap.
     under = [r for r in capped.history if r["valid_head_share@20"] <= first]
     assert capped.best_epoch == max(under, key=lambda r: r["valid_ndcg@20"])["epoch"]
+
+
+def test_patience_ends_a_run_whose_cap_is_never_met(tiny_dataset: Dataset) -> None:
+    """A cap no check meets no longer holds the run to the epoch budget (it trained default
+    jobs for all 400 epochs): patience ends it where the same run without a cap ends."""
+    cfg = OptimConfig(epochs=40, eval_every=1, patience=2, lr=0.05, batch_size=512, seed=0)
+    head = np.asarray(tiny_dataset.groups(4)) == 0
+
+    def run(cap: float | None):  # type: ignore[no-untyped-def]
+        torch.manual_seed(0)  # the same start for both runs
+        model = build_model(
+            "mf",
+            tiny_dataset.n_users,
+            tiny_dataset.n_items,
+            8,
+            tiny_dataset.csr("train"),
+            device=CPU,
+        )
+        return fit(
+            model,
+            tiny_dataset.train,
+            tiny_dataset.csr("train"),
+            tiny_dataset.csr("valid"),
+            cfg,
+            device=CPU,
+            head_items=head,
+            max_head_share=cap,
+        )
+
+    free, never = run(None), run(-1.0)
+    assert free.epochs_run < cfg.epochs, "the fixture should stop by patience"
+    assert never.epochs_run == free.epochs_run and never.cap_met is False
+    assert free.cap_met is None
