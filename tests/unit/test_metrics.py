@@ -325,13 +325,14 @@ def test_memory_follows_the_block_not_the_users():
 def test_the_unkd_papers_popular_and_unpopular_view():
     """Recall/NDCG with the ground truth restricted to the head group (popular) or to the
     other groups (unpopular), over the users with a positive there; worked by hand with G = 3
-    (groups 0 0 1 1 2 2), so "unpopular" spans two groups:
+    (groups 0 0 1 2 1 2), so "unpopular" spans two groups (u1's item 4 is in group 1, u0's 5
+    in group 2):
 
         popular   T∩{0,1}: u0 {0}, u2 {1}          unpopular T∩{2..5}: u0 {5}, u1 {4}
         @2  u0 finds 0 at slot 1, u2 misses 1      u0 misses 5, u1 finds 4 at slot 2
         @3  u2 finds 1 at slot 3                   no change
     """
-    m = _run(groups=np.array([0, 0, 1, 1, 2, 2]), n_groups=3).metrics
+    m = _run(groups=np.array([0, 0, 1, 2, 1, 2]), n_groups=3).metrics
     assert m["recall_popular@2"] == pytest.approx(0.5)
     assert m["recall_popular@3"] == pytest.approx(1.0)
     assert m["ndcg_popular@2"] == pytest.approx(0.5)
