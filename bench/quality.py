@@ -10,7 +10,12 @@ model's default), chosen on validation NDCG@20 only; students under the product'
 chosen configuration is then trained with --seeds seeds and reported on test as mean ± std.
 A "win" is claimed only where the means differ by more than 2 standard errors.
 
-Exits 1 unless, on every dataset,
+Two blocks (--blocks): "defaults", what a job gets with no tuning (bench/defaults.py: each
+teacher kind at its defaults, the UnKD-10 and the plain student a distill job gets from it),
+and "tuned", every row tuned alike (below).
+
+Exits 1 unless the defaults block's targets (D1-D4, bench/defaults.py) hold and, on every
+dataset, the tuned block's
   T1  the best teacher's test NDCG@20 >= 0.98 x implicit ALS-100's;
   T2  the tuned plain student's >= implicit BPR-10's;
   T3  the tuned UnKD-10 student's >= 0.95 x implicit ALS-10's, with a test head share below
@@ -20,11 +25,13 @@ and, on Amazon-Beauty, 20 UnKD trials would finish in under 10 minutes on 2 work
 
     python bench/quality.py [--datasets ml-100k,amazon-beauty,synthetic] [--trials 6]
                             [--seeds 3] [--methods none,rd,cd,rrd,unkd] [--json out.json]
+                            [--blocks defaults,tuned] [--teachers als,ease,mf,lightgcn]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -346,6 +353,35 @@ def check(name: str, res: dict[str, Any]) -> tuple[list[str], list[str]]:
     return misses, notes
 
 
+def implicit_als10(name: str, trials: int, seeds: int, rows: dict[str, Row] | None) -> Row:
+    """implicit ALS-10 tuned on validation: the tuned block's row, or tuned here alone."""
+    from bench import anchors
+
+    if rows is not None and "implicit ALS-10" in rows:
+        return rows["implicit ALS-10"]
+    ds = load(name)
+    anchor = anchors.tune("als", 10, ds, trials)
+    reports = [anchors.test_report(anchor, ds, seed) for seed in range(seeds)]
+    return Row(anchor.label, reports)
+
+
+def run_defaults(
+    name: str, work: Path, device: Any, a: argparse.Namespace, tuned_rows: dict[str, Row] | None
+) -> tuple[list[str], list[str], list[Any]]:
+    """The defaults block on one dataset: (misses, notes, rows)."""
+    from bench import defaults
+    from training.config import TeacherConfig
+
+    print(f"\n## {name}: defaults (no tuning)\n", flush=True)
+    rows = defaults.run_dataset(name, load(name), work / f"defaults-{name}", device, a.teachers)
+    defaults.print_table(rows)
+    als10 = implicit_als10(name, a.trials, a.seeds, tuned_rows)
+    misses, notes = defaults.check(
+        rows, {name: (als10.mean, als10.head_share)}, TeacherConfig().model
+    )
+    return misses, notes, rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -359,8 +395,16 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", type=Path, help="write all figures to this file")
+    ap.add_argument("--blocks", default="defaults,tuned", help="defaults, tuned or both")
+    ap.add_argument(
+        "--teachers", default="als,ease,mf,lightgcn", help="teacher kinds of the defaults block"
+    )
     a = ap.parse_args()
     a.methods = [m for m in a.methods.split(",") if m]
+    a.teachers = tuple(t for t in a.teachers.split(",") if t)
+    blocks = {b for b in a.blocks.split(",") if b}
+    if not blocks <= {"defaults", "tuned"}:
+        raise SystemExit(f"--blocks {a.blocks}: expected defaults, tuned or both")
     logging.basicConfig(level=logging.WARNING)
     import optuna
     import torch
@@ -372,14 +416,21 @@ def main() -> int:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
     print(f"environment: {environment()}")
-    results, misses, notes = {}, [], []
+    results, default_rows, misses, notes = {}, [], [], []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="unkd-bench-") as tmp:
         for name in a.datasets.split(","):
-            results[name] = run_dataset(name, Path(tmp), device, a)
-            m, n = check(name, results[name])
-            misses += m
-            notes += n
+            if "tuned" in blocks:
+                results[name] = run_dataset(name, Path(tmp), device, a)
+                m, n = check(name, results[name])
+                misses += m
+                notes += n
+            if "defaults" in blocks:
+                tuned_rows = results[name]["rows"] if name in results else None
+                m, n, rows = run_defaults(name, Path(tmp), device, a, tuned_rows)
+                misses += m
+                notes += n
+                default_rows += rows
     if a.json:
         out = {
             name: {"teacher": r["teacher"], "rows": {k: v.as_json() for k, v in r["rows"].items()}}
@@ -392,6 +443,7 @@ def main() -> int:
                     "trials": a.trials,
                     "seeds": a.seeds,
                     "results": out,
+                    "defaults": [dataclasses.asdict(r) for r in default_rows],
                 },
                 indent=2,
             )

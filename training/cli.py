@@ -24,7 +24,9 @@ from training.config import (
     DistillConfig,
     EASEOptions,
     TeacherConfig,
+    TeacherModelName,
 )
+from training.defaults import default_teacher_model
 
 
 def _friendly(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -292,10 +294,11 @@ def cmd_train_teacher(a: argparse.Namespace) -> int:
     from training.evaluation import render_table
     from training.pipelines import train_teacher
 
-    cfg = TeacherConfig(
-        model=a.model, dim=a.dim, n_layers=a.layers, **_teacher_options(a), **_optim_values(a)
-    )
     ds = _load(a.data)
+    model: TeacherModelName = a.model or default_teacher_model(ds.n_users, ds.n_items)
+    cfg = TeacherConfig(
+        model=model, dim=a.dim, n_layers=a.layers, **_teacher_options(a), **_optim_values(a)
+    )
     if a.tune is not None:
         return _saved(a, _tuned(a, ds, cfg))
     bar = _Bar(f"teacher {a.model}-{a.dim}")
@@ -407,9 +410,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         choices=list(TEACHER_MODELS),
-        default="mf",
+        default=None,
         help="mf | lightgcn (BPR) | als (implicit ALS) | ease (closed form, catalogues "
-        f"up to {EASE_MAX_ITEMS:,} items) (docs/teachers.md)",
+        f"up to {EASE_MAX_ITEMS:,} items) (docs/teachers.md); default: ease, or als on "
+        "larger catalogues",
     )
     p.add_argument(
         "--dim",

@@ -68,9 +68,14 @@ class EASEOptions(_Strict):
 class TeacherConfig(OptimConfig):
     """A teacher. mf and lightgcn train with BPR (the OptimConfig fields); als and ease use
     their own options (`als`, `ease`) and ignore the optimiser's; `dim` is the embedding
-    size of mf, lightgcn and als (EASE has no embeddings)."""
+    size of mf, lightgcn and als (EASE has no embeddings).
 
-    model: TeacherModelName = "mf"
+    The default model is EASE, the best teacher of bench/quality.py on the dense, the sparse
+    and the synthetic data alike; where EASE does not fit (more than EASE_MAX_ITEMS items, or
+    over the memory budget) a job that leaves `model` unset gets ALS
+    (training.defaults.default_teacher_model, applied by the API and the CLI)."""
+
+    model: TeacherModelName = "ease"
     dim: int = Field(100, ge=1, le=4096)
     n_layers: int = Field(3, ge=1, le=8, description="LightGCN propagation layers")
     als: ALSOptions = Field(default_factory=ALSOptions)

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import scipy.sparse as sp
 
-from training.config import DECAY_AT_DENSITY_1, OptimConfig
+from training.config import DECAY_AT_DENSITY_1, OptimConfig, TeacherModelName
 
 C = TypeVar("C", bound=OptimConfig)
 
@@ -40,3 +40,19 @@ def resolve(cfg: C, train: sp.spmatrix) -> C:
 def decay_of(cfg: OptimConfig, train: sp.spmatrix) -> float:
     """The L2 weight `cfg` trains with on `train`."""
     return density_decay(train) if cfg.decay == "auto" else float(cfg.decay)
+
+
+def default_teacher_model(
+    n_users: int, n_items: int, limit_bytes: int | None = None
+) -> TeacherModelName:
+    """The teacher a job gets when it names none: EASE (the best teacher of bench/quality.py on
+    MovieLens-100K, Amazon-Beauty and the synthetic data), or ALS where EASE does not fit: a
+    catalogue over EASE_MAX_ITEMS items, or an EASE solve over `limit_bytes`."""
+    from training.budget import EASE_MAX_ITEMS, teacher_bytes
+    from training.config import TeacherConfig
+
+    if n_items > EASE_MAX_ITEMS:
+        return "als"
+    if limit_bytes is not None and teacher_bytes(n_users, n_items, TeacherConfig()) > limit_bytes:
+        return "als"
+    return "ease"

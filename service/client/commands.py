@@ -355,7 +355,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ksub = submit.add_subparsers(dest="kind", required=True, metavar="KIND")
     p = _leaf(ksub, "teacher", cmd_jobs_submit, "train a teacher on a dataset", [common, waiting])
     p.add_argument("--dataset", metavar="ID", help="the dataset to train on (required unless in --body)")
-    p.add_argument("--model", metavar="NAME", help="als | ease | mf | lightgcn (default: the API's, mf)")
+    p.add_argument("--model", metavar="NAME", help="als | ease | mf | lightgcn (default: the API's: ease, als on large catalogues)")
     _job_flags(p)
     p = _leaf(ksub, "distill", cmd_jobs_submit, "distil a teacher into a small student", [common, waiting])
     p.add_argument("--teacher", metavar="ID", help="the teacher model (required unless in --body)")

@@ -38,6 +38,7 @@ from training.budget import (
     check_teacher,
 )
 from training.config import DistillConfig, TeacherConfig
+from training.defaults import default_teacher_model
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def _teacher_job(req: TeacherJobRequest, registry: Registry, settings: Settings)
     dataset = registry.get_dataset(req.dataset_id, field="dataset_id")  # 404 naming dataset_id
     users, items = _sizes(dataset)
     limit = settings.max_job_memory_mb * 2**20
+    if "model" not in req.model_fields_set:  # the default: EASE where it fits, else ALS
+        req = req.model_copy(update={"model": default_teacher_model(users, items, limit)})
     _within_budget(lambda: check_teacher(users, items, req, limit))
     payload = TeacherPayload(
         dataset_id=req.dataset_id,
