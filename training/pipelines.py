@@ -374,7 +374,7 @@ def distill_student(
     )
     if capped is not None and not capped.met:
         logger.warning(
-            "student %s is above its teacher's validation head share@%d: %.4f > %.4f",
+            "student %s is above its teacher's head share@%d over every user's list: %.4f > %.4f",
             artifact.manifest.id,
             VALID_K,
             capped.student,
