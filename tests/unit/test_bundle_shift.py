@@ -277,3 +277,39 @@ def test_fold_in_and_cosine_table_leave_out_a_column_anywhere() -> None:
     unit, index = cosine_table(emb, shift_column=2, chunk=16)  # chunks that do not divide 50
     np.testing.assert_allclose(unit, unit_rows(learned), rtol=1e-5, atol=1e-6)
     assert index.ntotal == 50 and index.d == 4
+
+
+def test_a_distilled_students_bundle_serves_its_column_as_the_pipeline_wrote_it(
+    tmp_path: Path,
+) -> None:
+    """training.pipelines.distill_student with cap_rule='shift' on synthetic data: the bundle
+    takes the column the manifest names, and fold-in and similar items leave it out."""
+    import torch
+
+    from training.config import DistillConfig, TeacherConfig
+    from training.pipelines import distill_student, train_teacher
+    from training.synthetic import generate_synthetic
+
+    cpu = torch.device("cpu")
+    fast = {"epochs": 10, "batch_size": 512, "patience": 5, "eval_every": 1}
+    data = generate_synthetic(
+        n_users=400, n_items=200, dim=8, skew=1.0, interactions_per_user=25, seed=3
+    )
+    teacher = train_teacher(data, TeacherConfig(dim=32, **fast), tmp_path / "t", device=cpu)
+    cfg = DistillConfig(dim=DIM, head_share_cap="teacher", cap_rule="shift", **fast)
+    art = distill_student(data, teacher, cfg, tmp_path / "s", device=cpu)
+    cap = art.manifest.training.head_share_cap  # type: ignore[union-attr]
+    assert cap is not None and cap.shift_column == DIM, cap  # some user was shifted here
+    users, items = (x.astype(np.float64) for x in art.embeddings())
+    assert users.shape[1] == items.shape[1] == DIM + 1
+    meta = build_bundle(art.path, data, tmp_path / "b", model_id="s")
+    assert meta["shift_column"] == DIM
+    assert meta["new_user_shift"] == pytest.approx(users[:, DIM].mean(), rel=1e-5)
+    b = load_bundle(tmp_path / "b")
+    learned = items[:, :DIM]
+    history = np.flatnonzero(items[:, DIM] == -1)[:4]  # head items
+    u = np.append(ridge(learned, history), meta["new_user_shift"])
+    np.testing.assert_allclose(b.fold_in(history), u, rtol=1e-4, atol=1e-6)
+    unit = unit_rows(learned)
+    _, rows = b.recommend(np.array([-1]), K, False, [RowQuery(np.array([0]), None, None, 0)])
+    assert rows[0].tolist() == top(unit @ unit[0], K, [0])
