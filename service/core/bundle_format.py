@@ -12,7 +12,16 @@ One directory per published model version, written atomically:
     groups.npy         (n_items,) int32       popularity group, 0 = head
     item_popularity.npy (n_items,) int64      training interactions per item (format 2+;
                                               the popular and debiased fallbacks rank by it)
-    meta.json          model_id, d, metric, factory, sizes, created_at, sha256 of every file
+    meta.json          model_id, d, metric, factory, sizes, created_at, sha256 of every file;
+                       shift_column and new_user_shift for a student with a head-shift column
+
+A student that meets its teacher's head share by construction (training.calibration) has one
+embedding column that is no learned coordinate: users hold their shift beta_u >= 0, items -1
+in the head group and 0 elsewhere. The inner product ranks with it as it is, so the index and
+the plain search ignore it; meta.json names it (`shift_column`, with `new_user_shift`, the
+shift of a user without a trained vector) so that fold-in and similar items can leave it out
+(`ShiftColumn`). Bundles without the keys (every model before, and students no user of which
+was shifted) have no such column.
 
 Format 1 bundles (no item_popularity.npy) still load: `BundleFiles.optional` lacks the
 array and the reader counts the same numbers from the seen matrix (every training pair).
@@ -26,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +67,60 @@ VALIDATION_K = 10
 
 class BundleError(RuntimeError):
     """A serving bundle that cannot be built or loaded. The message names the file or check."""
+
+
+@dataclass(frozen=True)
+class ShiftColumn:
+    """The head-shift column of a student's embeddings (training.calibration): not learned.
+
+    column: its index in the (n, d) embeddings; new_user: the shift a folded-in user gets.
+    """
+
+    column: int
+    new_user: float
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"shift_column": self.column, "new_user_shift": self.new_user}
+
+    @classmethod
+    def checked(cls, column: int, new_user: float, d: int) -> ShiftColumn:
+        """Raises BundleError for a column outside the d embedding columns, or a negative or
+        non-finite new-user shift."""
+        if not 0 <= column < d:
+            raise BundleError(f"shift_column={column} is outside the d={d} embedding columns")
+        if not (math.isfinite(new_user) and new_user >= 0):
+            raise BundleError(f"new_user_shift={new_user} must be finite and >= 0")
+        return cls(column, new_user)
+
+    @classmethod
+    def of_meta(cls, meta: dict[str, Any]) -> ShiftColumn | None:
+        """The column a bundle's meta.json names, or None (the keys absent: no column)."""
+        if meta.get("shift_column") is None:
+            return None
+        try:
+            column, new_user = int(meta["shift_column"]), float(meta.get("new_user_shift", 0.0))
+            d = int(meta["d"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"unreadable shift column in bundle meta ({exc!r})") from exc
+        return cls.checked(column, new_user, d)
+
+
+def _shift_column(
+    artifact: ModelArtifact, item_emb: np.ndarray, model_id: str
+) -> ShiftColumn | None:
+    """The model manifest's head-shift column, checked against the item embeddings: the
+    column must exist and hold only -1 (head) and 0, or the manifest does not describe them."""
+    training = artifact.manifest.training
+    cap = training.head_share_cap if training is not None else None
+    if cap is None or cap.shift_column is None:
+        return None
+    shift = ShiftColumn.checked(cap.shift_column, cap.new_user_shift, item_emb.shape[1])
+    if not np.isin(item_emb[:, shift.column], (-1.0, 0.0)).all():
+        raise BundleError(
+            f"model {model_id}: item column {shift.column} is not a head-shift column "
+            "(values other than -1 and 0), though the manifest names it one"
+        )
+    return shift
 
 
 # -- build ------------------------------------------------------------------------------
@@ -197,6 +261,7 @@ def build_bundle(
     if not (np.isfinite(item_emb).all() and np.isfinite(user_emb).all()):
         raise BundleError(f"model {model_id}: embeddings contain NaN or infinite values")
 
+    shift = _shift_column(artifact, item_emb, model_id)
     index = _build_index(item_emb, index_factory)
     set_search_params(index, nprobe, ef_search)
     recall = _validate_index(index, item_emb, user_emb, index_factory, min_recall)
@@ -228,6 +293,7 @@ def build_bundle(
         "validation_recall": recall,
         "max_seen": int(np.diff(seen.indptr).max(initial=0)),
         "dataset_fingerprint": dataset.fingerprint,
+        **(shift.to_meta() if shift is not None else {}),
         "created_at": datetime.now(timezone.utc).isoformat(),
         "files": {},
     }
@@ -329,6 +395,10 @@ def read_bundle(
     for what, (got, want) in checks.items():
         if got != want:
             raise BundleError(f"{path}: {what} is {got}, meta says {want}")
+    try:
+        ShiftColumn.of_meta(meta)
+    except BundleError as exc:
+        raise BundleError(f"{meta_path}: {exc}") from exc
     set_search_params(index, nprobe, ef_search)
     if not meta.get("exact", True) and (
         nprobe < meta.get("nprobe", 0) or ef_search < meta.get("ef_search", 0)

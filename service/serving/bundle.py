@@ -16,8 +16,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from service.core.bundle_format import BundleFiles, read_bundle
+from service.core.bundle_format import BundleFiles, ShiftColumn, read_bundle
 from service.serving.coalescer import Coalescer
+from service.serving.cosine import cosine_table
 from service.serving.fallback import PopularityTable
 from service.serving.fallback import candidates as fallback_candidates
 from service.serving.fallback import debiased as debiased_list
@@ -116,6 +117,11 @@ class ServingBundle:
             xb = faiss.rev_swig_ptr(flat.get_xb(), self.n_items * index.d)  # type: ignore[attr-defined]
             item_emb = xb.reshape(self.n_items, index.d)
         self.item_emb = item_emb  # (n_items, d) float32, for exact scans and fold-in
+        # A student's head-shift column (service.core.bundle_format): searched like any other,
+        # left out of fold-in's regression and of the cosine table. None: no such column.
+        shift = ShiftColumn.of_meta(meta)
+        self.shift_column = shift.column if shift is not None else None
+        self.new_user_shift = shift.new_user if shift is not None else 0.0
         # Built once at load so a request does a dict lookup and string concatenation only.
         self._user_index = {uid: i for i, uid in enumerate(arrays["user_ids"].tolist())}
         self._item_index = {iid: i for i, iid in enumerate(self.item_ids.tolist())}
@@ -187,24 +193,15 @@ class ServingBundle:
     # -- built on first use, on the search thread --------------------------------------------
     @cached_property
     def fold_in_lambda(self) -> float:
-        """FOLD_IN_LAMBDA in this model's units (mean squared item norm), on first use."""
-        return FOLD_IN_LAMBDA * max(mean_sq_norm(self.item_emb), 1e-12)
+        """FOLD_IN_LAMBDA in this model's units (mean squared norm of the learned item columns)."""
+        norm = mean_sq_norm(self.item_emb, shift_column=self.shift_column)
+        return FOLD_IN_LAMBDA * max(norm, 1e-12)
 
     @cached_property
     def _cosine(self) -> tuple[np.ndarray, faiss.IndexFlatIP]:
-        """Unit-norm item vectors and an exact inner-product index over them (similar items).
-
-        One more (n_items, d) float32 copy, built on the first similar-items request; a
-        zero vector stays zero (cosine 0 with everything).
-        """
-        emb = np.asarray(self.item_emb, dtype=np.float32)
-        norms = np.sqrt(np.einsum("ij,ij->i", emb, emb))
-        unit = np.ascontiguousarray(
-            emb / np.where(norms > 0, norms, 1.0)[:, None], dtype=np.float32
-        )
-        index = faiss.IndexFlatIP(unit.shape[1])
-        index.add(unit)
-        return unit, index
+        """Unit-norm learned item vectors and an exact index over them (similar items): one
+        more (n_items, d) float32 copy, built on the first similar-items request."""
+        return cosine_table(self.item_emb, self.shift_column)
 
     def fallback(
         self, kind: str, k: int, banned: np.ndarray, allowed: Allowed | None
@@ -233,8 +230,11 @@ class ServingBundle:
         return out_s, out_i
 
     def fold_in(self, history: np.ndarray) -> np.ndarray:
-        """(d,) float32 user vector of a history of item indices (service.serving.foldin)."""
-        return fold_in(self.item_emb, history, self.fold_in_lambda)
+        """(d,) float32 user vector of a history of item indices (service.serving.foldin);
+        with a shift column, the new-user shift in it."""
+        return fold_in(
+            self.item_emb, history, self.fold_in_lambda, self.shift_column, self.new_user_shift
+        )
 
     # -- search -----------------------------------------------------------------------------
     def recommend(

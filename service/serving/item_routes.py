@@ -3,7 +3,9 @@
 Similarity is the cosine of item embeddings, not their inner product. The inner product
 with item j ranks items as a user whose vector is q_j would see them, so items with large
 norms come first whatever j is: in an MF student the norm grows with popularity, and the
-same few head items would be "similar" to everything. The cosine keeps only direction.
+same few head items would be "similar" to everything. The cosine keeps only direction,
+and only of the learned columns: a student's head-shift column (service/serving/cosine.py)
+would make every head item like every other.
 The bundle builds a unit-norm copy of the item vectors and an exact inner-product index
 over it on the first request (one more n_items x d float32 array); the item itself is
 never in its answer, and the filters work as on the recommendation routes. During an A/B
