@@ -54,6 +54,11 @@ def headline_specs(k: int) -> tuple[MetricSpec, ...]:
         MetricSpec(f"ips_recall@{k}", f"IPS Recall@{k}"),
         MetricSpec(f"ips_ndcg@{k}", f"IPS NDCG@{k}"),
         MetricSpec(f"mrecall@{k}", f"Group-mean Recall@{k}"),
+        # The UnKD paper's view (Chen et al., WSDM 2023): popular items against the rest, @10.
+        MetricSpec("recall_popular@10", "Recall@10, popular items (head group)"),
+        MetricSpec("ndcg_popular@10", "NDCG@10, popular items (head group)"),
+        MetricSpec("recall_unpopular@10", "Recall@10, unpopular items (other groups)"),
+        MetricSpec("ndcg_unpopular@10", "NDCG@10, unpopular items (other groups)"),
         MetricSpec(f"arp@{k}", f"ARP@{k} (mean item popularity)"),
         MetricSpec(f"head_share@{k}", f"Head-group share@{k}"),
         MetricSpec(f"coverage@{k}", f"Item coverage@{k}"),

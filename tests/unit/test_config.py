@@ -15,8 +15,10 @@ import argparse
 
 import pytest
 
+from training.budget import EASE_MAX_ITEMS
 from training.cli import register
 from training.config import METHODS, DistillConfig, EvalConfig, TeacherConfig, UnKDOptions
+from training.defaults import default_teacher_model
 
 # method: (decay, lambda_kd) a student gets when the caller sets neither.
 DOCUMENTED_STUDENT_DEFAULTS: dict[str, tuple[float | str, float]] = {
@@ -64,7 +66,13 @@ def test_the_default_method_is_unkd_with_its_defaults() -> None:
 
 
 def test_teacher_and_unkd_defaults_are_the_documented_ones() -> None:
-    assert (TeacherConfig().model, TeacherConfig().decay) == ("mf", 0.01)
+    assert (TeacherConfig().model, TeacherConfig().decay) == ("ease", 0.01)
+    # Unset in a job: EASE where it fits, ALS on catalogues over EASE_MAX_ITEMS or the budget.
+    assert default_teacher_model(1000, 2000) == "ease"
+    assert default_teacher_model(1000, EASE_MAX_ITEMS + 1) == "als"
+    assert default_teacher_model(1000, 20_000, limit_bytes=2**30) == "als"  # 3.2 GB solve
+    cfg = DistillConfig(method="unkd")  # the cap is met by per-user head shifts
+    assert (cfg.head_share_cap, cfg.cap_rule) == ("teacher", "shift")
     unkd = UnKDOptions()  # README: G = 4, L = 1000, 30 pairs per user, P(r) ∝ exp(-r/20)
     assert (unkd.groups, unkd.top_l, unkd.pairs_per_user, unkd.mu) == (4, 1000, 30, 20.0)
     assert EvalConfig().ks == (10, 20, 50)  # README: metrics @{10,20,50}
