@@ -136,7 +136,7 @@ def sample_manifest(
         for e in range(1, epochs + 1)
     ]
     config = (
-        TeacherConfig(dim=dim, epochs=epochs, lr=0.01)
+        TeacherConfig(model="mf", dim=dim, epochs=epochs, lr=0.01)
         if kind == "teacher"
         else DistillConfig(method=method or "none", dim=dim, epochs=epochs, lambda_kd=1.0)
     )

@@ -98,12 +98,24 @@ def test_submit_distill_job(client: TestClient, teacher_id: str) -> None:
 @pytest.mark.parametrize(
     ("payload", "loc"),
     [
-        ({"kind": "teacher", "dataset_id": "ds-1", "dim": 0}, ["body", "teacher", "dim"]),
-        ({"kind": "teacher", "dataset_id": "ds-1", "lr": 2.0}, ["body", "teacher", "lr"]),
+        (
+            {"kind": "teacher", "model": "mf", "dataset_id": "ds-1", "dim": 0},
+            ["body", "teacher", "dim"],
+        ),
+        (
+            {"kind": "teacher", "model": "mf", "dataset_id": "ds-1", "lr": 2.0},
+            ["body", "teacher", "lr"],
+        ),
         ({"kind": "teacher", "dataset_id": "ds-1", "model": "svd"}, ["body", "teacher", "model"]),
-        ({"kind": "teacher", "dataset_id": "ds-1", "epochs": 10**6}, ["body", "teacher", "epochs"]),
-        ({"kind": "teacher", "dataset_id": "ds-1", "colour": 1}, ["body", "teacher", "colour"]),
-        ({"kind": "teacher"}, ["body", "teacher", "dataset_id"]),
+        (
+            {"kind": "teacher", "model": "mf", "dataset_id": "ds-1", "epochs": 10**6},
+            ["body", "teacher", "epochs"],
+        ),
+        (
+            {"kind": "teacher", "model": "mf", "dataset_id": "ds-1", "colour": 1},
+            ["body", "teacher", "colour"],
+        ),
+        ({"kind": "teacher", "model": "mf"}, ["body", "teacher", "dataset_id"]),
         ({"kind": "distill", "teacher_id": "t", "method": "magic"}, ["body", "distill", "method"]),
         (
             {"kind": "distill", "teacher_id": "t", "unkd": {"groups": 0}},
@@ -111,15 +123,15 @@ def test_submit_distill_job(client: TestClient, teacher_id: str) -> None:
         ),
         ({"kind": "quantum", "dataset_id": "ds-1"}, ["body"]),
         (
-            {"kind": "teacher", "dataset_id": "ds-1", "tune": {"trials": 0}},
+            {"kind": "teacher", "model": "mf", "dataset_id": "ds-1", "tune": {"trials": 0}},
             ["body", "teacher", "tune", "trials"],
         ),
         (
-            {"kind": "teacher", "dataset_id": "ds-1", "tune": {"trials": 201}},
+            {"kind": "teacher", "model": "mf", "dataset_id": "ds-1", "tune": {"trials": 201}},
             ["body", "teacher", "tune", "trials"],
         ),
         (
-            {"kind": "teacher", "dataset_id": "ds-1", "tune": {}},
+            {"kind": "teacher", "model": "mf", "dataset_id": "ds-1", "tune": {}},
             ["body", "teacher", "tune", "trials"],
         ),
         (
@@ -147,7 +159,13 @@ def test_submit_tuning_jobs(
     """ "tune": {"trials": N} makes a tuning job: same task and queue, the options in params."""
     r = client.post(
         "/v1/jobs",
-        json={"kind": "teacher", "dataset_id": dataset_id, "dim": 16, "tune": {"trials": 12}},
+        json={
+            "kind": "teacher",
+            "model": "mf",
+            "dataset_id": dataset_id,
+            "dim": 16,
+            "tune": {"trials": 12},
+        },
     )
     assert r.status_code == 202, r.text
     params = client.get(r.json()["status_url"]).json()["params"]
@@ -174,7 +192,7 @@ def test_submit_tuning_jobs(
 def test_unknown_ids_are_404_naming_the_field(
     client: TestClient, registry: Registry, dataset_id: str
 ) -> None:
-    r = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-nope"})
+    r = client.post("/v1/jobs", json={"kind": "teacher", "model": "mf", "dataset_id": "ds-nope"})
     assert r.status_code == 404 and r.json() == {"detail": "dataset_id='ds-nope': no such dataset"}
     r = client.post("/v1/jobs", json={"kind": "distill", "teacher_id": "t-nope"})
     assert r.status_code == 404 and r.json() == {"detail": "teacher_id='t-nope': no such model"}
@@ -191,7 +209,9 @@ def test_unknown_ids_are_404_naming_the_field(
 
 def test_listing_filters_and_pagination(client: TestClient, teacher_id: str) -> None:
     ids = [
-        client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-1"}).json()["id"]
+        client.post(
+            "/v1/jobs", json={"kind": "teacher", "model": "mf", "dataset_id": "ds-1"}
+        ).json()["id"]
         for _ in range(3)
     ]
     ids.append(
@@ -208,7 +228,9 @@ def test_listing_filters_and_pagination(client: TestClient, teacher_id: str) -> 
     } == {ids[3]}
     cancelled = client.get("/v1/jobs", params={"status": "cancelled"}).json()
     assert [j["id"] for j in cancelled["items"]] == [ids[0]]
-    queued_teachers = client.get("/v1/jobs", params={"status": "queued", "kind": "teacher"}).json()
+    queued_teachers = client.get(
+        "/v1/jobs", params={"status": "queued", "kind": "teacher", "model": "mf"}
+    ).json()
     assert queued_teachers["total"] == 2 and {j["id"] for j in queued_teachers["items"]} == set(
         ids[1:3]
     )
@@ -218,9 +240,9 @@ def test_listing_filters_and_pagination(client: TestClient, teacher_id: str) -> 
 
 
 def test_cancel_queued_job(client: TestClient, dataset_id: str) -> None:
-    job_id = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id}).json()[
-        "id"
-    ]
+    job_id = client.post(
+        "/v1/jobs", json={"kind": "teacher", "model": "mf", "dataset_id": dataset_id}
+    ).json()["id"]
     r = client.delete(f"/v1/jobs/{job_id}")
     assert r.status_code == 202
     body = r.json()
@@ -232,9 +254,9 @@ def test_cancel_queued_job(client: TestClient, dataset_id: str) -> None:
 def test_cancel_finished_job_is_a_conflict(
     client: TestClient, registry: Registry, dataset_id: str
 ) -> None:
-    job_id = client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id}).json()[
-        "id"
-    ]
+    job_id = client.post(
+        "/v1/jobs", json={"kind": "teacher", "model": "mf", "dataset_id": dataset_id}
+    ).json()["id"]
     registry.start_job(job_id)
     registry.finish_job(job_id, "succeeded", model_id="m")
     r = client.delete(f"/v1/jobs/{job_id}")

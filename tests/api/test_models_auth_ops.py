@@ -101,7 +101,7 @@ def test_publish_is_a_light_job_and_conflicts_while_pending(
 def test_mutating_endpoints_need_an_api_key(auth_client: TestClient) -> None:
     calls = [
         ("POST", "/v1/datasets", {"json": {"synthetic": {}}}),
-        ("POST", "/v1/jobs", {"json": {"kind": "teacher", "dataset_id": "ds-1"}}),
+        ("POST", "/v1/jobs", {"json": {"kind": "teacher", "model": "mf", "dataset_id": "ds-1"}}),
         ("DELETE", "/v1/jobs/j1", {}),
         ("POST", "/v1/models/m1/publish", {}),
     ]
@@ -121,7 +121,9 @@ def test_mutating_endpoints_need_an_api_key(auth_client: TestClient) -> None:
         )
         assert r.status_code == 401
     good = {"Authorization": f"Bearer {API_KEY}"}
-    r = auth_client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-1"}, headers=good)
+    r = auth_client.post(
+        "/v1/jobs", json={"kind": "teacher", "model": "mf", "dataset_id": "ds-1"}, headers=good
+    )
     assert r.status_code == 404  # past auth: the unknown dataset is the next problem
     assert auth_client.get("/v1/jobs").status_code == 200  # reads stay open
     metrics = auth_client.get("/metrics").text

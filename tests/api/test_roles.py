@@ -19,7 +19,7 @@ from service.core.registry import Registry
 
 ADMIN, WRITER, READER = "alice-admin-key-01", "bob-write-key-0001", "carol-read-key-001"
 KEYS = [f"alice:admin:{ADMIN}", f"bob:write:{WRITER}", f"carol:read:{READER}"]
-TEACHER = {"kind": "teacher", "dataset_id": "ds-none"}
+TEACHER = {"kind": "teacher", "model": "mf", "dataset_id": "ds-none"}
 DISTILL_PUBLISH = {"kind": "distill", "teacher_id": "teacher-none", "publish": True}
 
 # (method, path, body): what each role may do; past auth, the unknown ids answer 404 or 409.

@@ -100,7 +100,7 @@ def test_mutating_endpoints_need_a_key_and_keys_never_reach_the_logs(
     calls.clear()
     ok = client.post(
         "/v1/jobs",
-        json={"kind": "teacher", "dataset_id": "nope"},
+        json={"kind": "teacher", "model": "mf", "dataset_id": "nope"},
         headers={"Authorization": f"Bearer {KEY}"},
     )
     assert ok.status_code == 404 and len(calls) == 2  # matched the first key, still compared both
@@ -135,7 +135,7 @@ def test_resource_bounds_answer_4xx_naming_the_field(secured: tuple[TestClient, 
     client, settings = secured
     h = {"Authorization": f"Bearer {KEY}"}
     user = "0"
-    teacher = {"kind": "teacher", "dataset_id": "ds-rel0"}
+    teacher = {"kind": "teacher", "model": "mf", "dataset_id": "ds-rel0"}
     distill = {"kind": "distill", "teacher_id": "teacher-bounds"}
     cases: list[tuple[str, Callable[[], object], int, list]] = [
         (

@@ -67,13 +67,20 @@ def test_failing_jobs_leave_the_worker_up(stack: Stack) -> None:
         # Accepted by the API (16 GiB budget), over the worker's budget of 2 MiB.
         "memory_budget": client.post(
             "/v1/jobs",
-            json={"kind": "teacher", "dataset_id": stack.dataset_id, **SMALL, "dim": 512},
+            json={
+                "kind": "teacher",
+                "model": "mf",
+                "dataset_id": stack.dataset_id,
+                **SMALL,
+                "dim": 512,
+            },
         ).json()["id"],
         "dataset_gone": client.post(
-            "/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-gone", **SMALL}
+            "/v1/jobs", json={"kind": "teacher", "model": "mf", "dataset_id": "ds-gone", **SMALL}
         ).json()["id"],
         "next_job": client.post(
-            "/v1/jobs", json={"kind": "teacher", "dataset_id": stack.dataset_id, **SMALL}
+            "/v1/jobs",
+            json={"kind": "teacher", "model": "mf", "dataset_id": stack.dataset_id, **SMALL},
         ).json()["id"],
     }
     results = {name: _final(client, job_id) for name, job_id in jobs.items()}

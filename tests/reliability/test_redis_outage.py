@@ -54,7 +54,9 @@ def _registry_answers(client: httpx.Client, job_id: str) -> list[tuple[str, int,
         ("GET /v1/datasets", lambda: client.get("/v1/datasets")),
         (
             "POST /v1/jobs",
-            lambda: client.post("/v1/jobs", json={"kind": "teacher", "dataset_id": "ds-rel0"}),
+            lambda: client.post(
+                "/v1/jobs", json={"kind": "teacher", "model": "mf", "dataset_id": "ds-rel0"}
+            ),
         ),
     ]
     out = []

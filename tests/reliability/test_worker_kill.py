@@ -142,6 +142,7 @@ def test_killed_teacher_job_is_rerun_by_the_next_worker(
     w1 = start_worker(settings, "w1")
     payload = {
         "kind": "teacher",
+        "model": "mf",
         "dataset_id": "ds-rel0",
         "dim": 16,
         "epochs": 100,

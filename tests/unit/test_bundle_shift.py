@@ -295,7 +295,9 @@ def test_a_distilled_students_bundle_serves_its_column_as_the_pipeline_wrote_it(
     data = generate_synthetic(
         n_users=400, n_items=200, dim=8, skew=1.0, interactions_per_user=25, seed=3
     )
-    teacher = train_teacher(data, TeacherConfig(dim=32, **fast), tmp_path / "t", device=cpu)
+    teacher = train_teacher(
+        data, TeacherConfig(model="mf", dim=32, **fast), tmp_path / "t", device=cpu
+    )
     cfg = DistillConfig(dim=DIM, head_share_cap="teacher", cap_rule="shift", **fast)
     art = distill_student(data, teacher, cfg, tmp_path / "s", device=cpu)
     cap = art.manifest.training.head_share_cap  # type: ignore[union-attr]

@@ -52,7 +52,7 @@ def family(
     root = tmp_path_factory.mktemp("models")
     teacher = train_teacher(
         tiny_dataset,
-        TeacherConfig(dim=8, epochs=3, batch_size=512),
+        TeacherConfig(model="mf", dim=8, epochs=3, batch_size=512),
         root / "t",
         device=CPU,
         model_id="teacher-1",
@@ -217,7 +217,7 @@ def test_pipeline_manifests_validate(
     tm, sm = teacher.manifest, student.manifest
     assert (tm.id, tm.kind, tm.model, tm.method, tm.dim) == ("teacher-1", "teacher", "mf", None, 8)
     assert tm.lineage == Lineage(dataset_id="ds-1") and tm.teacher is None
-    assert tm.config == TeacherConfig(dim=8, epochs=3, batch_size=512)
+    assert tm.config == TeacherConfig(model="mf", dim=8, epochs=3, batch_size=512)
     assert (sm.id, sm.kind, sm.model, sm.method, sm.dim) == (
         "student-1",
         "student",

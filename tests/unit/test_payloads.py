@@ -98,7 +98,7 @@ def test_json_form_is_what_the_api_always_wrote() -> None:
     }
     assert tuned.params()["gate_policy"]["min_ndcg_ratio"] == 0.5
     assert tuned.params()["tune"]["trials"] == 3
-    teacher = TeacherPayload(dataset_id="ds", config=TeacherConfig(dim=4))
+    teacher = TeacherPayload(dataset_id="ds", config=TeacherConfig(model="mf", dim=4))
     assert set(teacher.params()) == {"dataset_id", "config"}
     publish = PublishPayload(model_id="m", key_name=None)
     assert set(publish.params()) == {"model_id", "force", "key_name", "gate_policy", "activate"}

@@ -34,7 +34,7 @@ def data() -> Dataset:
 @pytest.fixture(scope="module")
 def teacher(data: Dataset, tmp_path_factory: pytest.TempPathFactory) -> ModelArtifact:
     out = tmp_path_factory.mktemp("models") / "teacher"
-    return train_teacher(data, TeacherConfig(dim=32, **FAST), out, device=CPU)
+    return train_teacher(data, TeacherConfig(model="mf", dim=32, **FAST), out, device=CPU)
 
 
 def test_mf_teacher_beats_most_popular(data: Dataset, teacher: ModelArtifact) -> None:
@@ -97,7 +97,7 @@ def test_each_method_distils_a_student_with_lineage(data, teacher, tmp_path, met
 def test_same_seed_same_model(data, teacher, tmp_path) -> None:
     """The seed fixes the initial embeddings too, whatever ran before in the process (a
     worker's earlier jobs): the global RNG is disturbed between the two runs."""
-    cfg = TeacherConfig(dim=8, epochs=3, batch_size=512)
+    cfg = TeacherConfig(model="mf", dim=8, epochs=3, batch_size=512)
     a = train_teacher(data, cfg, tmp_path / "a", device=CPU)
     torch.rand(17)
     b = train_teacher(data, cfg, tmp_path / "b", device=CPU)
@@ -119,7 +119,7 @@ def test_cancellation_leaves_no_model(data, tmp_path) -> None:
     with pytest.raises(JobCancelled):
         train_teacher(
             data,
-            TeacherConfig(dim=8, **FAST),
+            TeacherConfig(model="mf", dim=8, **FAST),
             tmp_path / "t",
             device=CPU,
             should_stop=stop_after_two,
@@ -132,7 +132,7 @@ def test_progress_events_report_epochs(data, tmp_path) -> None:
     events = []
     train_teacher(
         data,
-        TeacherConfig(dim=8, epochs=3, batch_size=512, eval_every=1),
+        TeacherConfig(model="mf", dim=8, epochs=3, batch_size=512, eval_every=1),
         tmp_path / "t",
         device=CPU,
         on_progress=events.append,
@@ -157,7 +157,7 @@ def test_student_on_another_dataset_is_refused(teacher, tmp_path) -> None:
 
 def test_bad_dimension_and_method_are_refused(data, teacher, tmp_path) -> None:
     with pytest.raises(ValueError, match="dim"):
-        TeacherConfig(dim=0)
+        TeacherConfig(model="mf", dim=0)
     with pytest.raises(ValueError, match="method"):
         DistillConfig(method="distill-harder")
     with pytest.raises(ConfigError, match="dim=0"):

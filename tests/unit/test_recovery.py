@@ -170,11 +170,11 @@ def test_worker_refuses_a_job_over_its_memory_budget(
 
 def test_budget_estimates_name_the_parameter_to_lower() -> None:
     limit = 64 * 2**20
-    assert check_teacher(1000, 1000, TeacherConfig(dim=64), limit) < limit
+    assert check_teacher(1000, 1000, TeacherConfig(model="mf", dim=64), limit) < limit
     with pytest.raises(
         MemoryBudgetError, match=r"^dim: .* over the max_job_memory_mb=64 MiB limit"
     ):
-        check_teacher(1_000_000, 100_000, TeacherConfig(dim=64), limit)
+        check_teacher(1_000_000, 100_000, TeacherConfig(model="mf", dim=64), limit)
     # UnKD keeps groups x top_l teacher candidates per user: that is what to lower here.
     cfg = DistillConfig(dim=8, unkd={"groups": 4, "top_l": 100_000})
     with pytest.raises(MemoryBudgetError) as err:
@@ -195,5 +195,5 @@ def test_budget_estimates_name_the_parameter_to_lower() -> None:
     )
     lightgcn = TeacherConfig(dim=64, model="lightgcn", n_layers=3)
     assert check_teacher(1000, 1000, lightgcn, 2**40) > check_teacher(
-        1000, 1000, TeacherConfig(dim=64), 2**40
+        1000, 1000, TeacherConfig(model="mf", dim=64), 2**40
     )

@@ -149,7 +149,7 @@ def test_a_redelivered_job_finds_its_model_and_never_trains_twice(
     )
     fake_train([])(
         dataset,
-        TeacherConfig(dim=4, epochs=1),
+        TeacherConfig(model="mf", dim=4, epochs=1),
         out,
         device=None,
         on_progress=lambda e: None,

@@ -49,7 +49,7 @@ def _train_teacher(ds: Dataset) -> Any:
 def test_best_trial_has_the_highest_validation_ndcg(tiny_dataset: Dataset, tmp_path: Path) -> None:
     setup = StudySetup(
         tiny_dataset,
-        TeacherConfig(**FAST),
+        TeacherConfig(model="mf", **FAST),
         TuneOptions(trials=3, prune=False),
         _train_teacher(tiny_dataset),
         tmp_path / "work",
@@ -115,7 +115,7 @@ def _popular_or_random(ds: Dataset, base_lr: float) -> Any:
 def test_constraint_excludes_a_trial_over_the_teachers_head_share(
     tiny_dataset: Dataset, tmp_path: Path, bound: float | None
 ) -> None:
-    cfg = TeacherConfig(**FAST)
+    cfg = TeacherConfig(model="mf", **FAST)
     setup = StudySetup(
         tiny_dataset,
         cfg,
@@ -140,7 +140,7 @@ def test_constraint_excludes_a_trial_over_the_teachers_head_share(
 
 
 def test_pruning_stops_a_bad_trial_early(tiny_dataset: Dataset, tmp_path: Path) -> None:
-    cfg = TeacherConfig(**{**FAST, "epochs": 8, "lr": 0.02})
+    cfg = TeacherConfig(model="mf", **{**FAST, "epochs": 8, "lr": 0.02})
     setup = StudySetup(
         tiny_dataset,
         cfg,
@@ -172,7 +172,11 @@ def test_no_completed_trial_is_an_error(tiny_dataset: Dataset, tmp_path: Path) -
         raise TrainingDivergedError("loss became nan at epoch 1")
 
     setup = StudySetup(
-        tiny_dataset, TeacherConfig(**FAST), TuneOptions(trials=2), diverge, tmp_path / "work"
+        tiny_dataset,
+        TeacherConfig(model="mf", **FAST),
+        TuneOptions(trials=2),
+        diverge,
+        tmp_path / "work",
     )
     with pytest.raises(TuningError, match="giving up"):
         tune(setup, tmp_path / "out")
@@ -205,7 +209,7 @@ def test_select_best_prefers_feasible_then_least_violating() -> None:
 
 
 def test_search_spaces() -> None:
-    assert {p.name for p in space_for(TeacherConfig())} == {"lr", "decay"}
+    assert {p.name for p in space_for(TeacherConfig(model="mf"))} == {"lr", "decay"}
     assert {p.name for p in space_for(TeacherConfig(model="als"))} == {
         "als.regularization",
         "als.alpha",
@@ -228,7 +232,9 @@ def test_search_spaces() -> None:
         "lambda_kd": 1.0,
         "unkd.mu": 20.0,
     }
-    assert "decay" not in given_params(TeacherConfig(decay=0.5))  # outside the range: sampled
+    assert "decay" not in given_params(
+        TeacherConfig(model="mf", decay=0.5)
+    )  # outside the range: sampled
 
 
 def test_a_lost_trial_is_retried_once() -> None:
@@ -320,7 +326,7 @@ def test_unkd_studies_try_the_second_default_right_after_the_first(
     (guess,) = second_guesses(cfg, auto)
     assert guess == {**given_params(cfg), "lr": 0.01, "lambda_kd": 3.0, "decay": auto}
     assert second_guesses(DistillConfig(method="none"), auto) == []
-    assert second_guesses(TeacherConfig(), auto) == []
+    assert second_guesses(TeacherConfig(model="mf"), auto) == []
     assert set(SECOND_GUESSES) == {"unkd"}
 
     def never(*_: object) -> ModelArtifact:
