@@ -83,6 +83,12 @@ def exposure_items(epoch: str) -> str:
     return f"{epoch}:items"
 
 
+def exposure_token(epoch: str, token: str) -> str:
+    """Marker of one flushed delta of an epoch, set when Redis applies it: a retry of the same
+    delta finds it and adds nothing (service.serving.exposure.delta)."""
+    return f"{epoch}:t:{token}"
+
+
 # -- serving: the pointer, its history, staged bundles, the experiment, exposure -------------
 ACTIVE_MODEL = f"{PREFIX}:serving:active"  # JSON {"model_id", "bundle_dir", "published_at"}
 SERVING_EVENTS = f"{PREFIX}:serving:events"  # pub/sub: the same JSON on every publish
@@ -99,6 +105,7 @@ EXPERIMENT_EVENTS = f"{PREFIX}:serving:experiment:events"  # pub/sub: a hint to 
 #   <EXPOSURE>:<model_id>:<epoch>:bi:<bucket>  item counts of that bucket, dense big-endian u32
 #   <EXPOSURE>:<model_id>:<epoch>:total        hash of counters since the epoch began
 #   <EXPOSURE>:<model_id>:<epoch>:items        item counts since the epoch began
+#   <EXPOSURE>:<model_id>:<epoch>:t:<token>    "1": one flushed delta applied (TTL 1 h)
 EXPOSURE = f"{PREFIX}:exposure"
 
 

@@ -1,17 +1,23 @@
-"""The exposure flush across a Redis outage: what is tallied while Redis is down is written
-once it is back, none lost, none doubled (service/serving/exposure.py, ExposureCounter).
+"""The exposure flush across Redis faults: what is tallied while Redis is down is written
+once it is back, and a write whose reply never came (Redis frozen, the connection cut after
+the command ran) is not counted twice (service/serving/exposure: counter.py, delta.py).
 
-A real redis-server of the test's own (tests/support: own_redis) is killed, or frozen, and
-brought back. The expected counts are tallied here from the answers handed to the counter,
-with the items' groups and training popularity read from the dataset, and compared with
-what the public reader (ExposureReader) and the raw bucket hashes hold afterwards.
+A real redis-server of the test's own (tests/support: own_redis) is killed, frozen, or
+reached through a proxy that cuts connections after Redis answered. The expected counts are
+tallied here from the answers handed to the counter, with the items' groups and training
+popularity read from the dataset, and compared with what the public reader (ExposureReader)
+and the raw hashes hold afterwards.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +25,8 @@ import numpy as np
 import pytest
 import redis
 from bundle_fixtures import make_bundle
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.serving.bundle import ServingBundle, load_bundle
 from service.serving.exposure.counter import ExposureCounter
@@ -107,6 +115,32 @@ def bucket_requests(client: redis.Redis, key: str, bucket: int) -> int:
     return int(client.hget(f"{key}:b:{bucket}", "requests") or 0)
 
 
+def aof_written(client: redis.Redis) -> bool:
+    """Whether every write so far is in the append-only file (written, maybe not fsynced): with
+    appendfsync everysec Redis may hold writes in its buffer while a background fsync runs."""
+    return int(client.info("persistence")["aof_buffer_length"]) == 0
+
+
+def total_requests(client: redis.Redis, key: str) -> int:
+    return int(client.hget(f"{key}:total", "requests") or 0)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def few_retries_client(url: str, timeout_s: float) -> redis.Redis:
+    """The API's exposure client (timeouts, redis-py's own resend after a lost connection),
+    with one resend instead of ten so that a failing flush ends in seconds."""
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
+    )
+
+
 def test_counts_tallied_while_redis_is_down_are_written_once_when_it_is_back(
     own_redis: RedisServer, bundles
 ) -> None:
@@ -125,6 +159,7 @@ def test_counts_tallied_while_redis_is_down_are_written_once_when_it_is_back(
         want_x.add(a)
     assert counter.flush() == want_x.lists
 
+    wait_for(lambda: aof_written(client))  # SIGKILL keeps only what reached the append-only file
     kill_redis(own_redis)
     during_x, during_y, later_x = make_answers(rng, 7), make_answers(rng, 5), make_answers(rng, 4)
     for a in during_x:
@@ -158,26 +193,23 @@ def test_counts_tallied_while_redis_is_down_are_written_once_when_it_is_back(
     client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known bug: a flush whose MULTI reaches a frozen (or stalled) Redis and times out is "
-        "kept and written again, and the first MULTI also runs when Redis resumes: counted twice"
-    ),
-)
 def test_a_flush_that_times_out_on_a_frozen_redis_is_not_counted_twice(
     own_redis: RedisServer, bundles
 ) -> None:
-    """Answers with no item make a flush of counters only (no item script, whose SCRIPT EXISTS
-    round trip would time out before the MULTI is sent): the MULTI sits in the frozen server's
-    socket buffer when the client gives up, and runs when the server resumes."""
+    """The send reaches a frozen server's socket buffer; the client times out and gives up;
+    the server resumes and runs it. The next flush sends the same delta again: Redis answers
+    that it has it, and nothing is added. Answers with no item make a flush of counters only."""
     bx, _, ds = bundles
     groups, pop = ds.groups(4), np.bincount(ds.train[:, 1], minlength=ds.n_items)
-    client = redis.Redis.from_url(own_redis.url, socket_timeout=1, socket_connect_timeout=1)
+    client = few_retries_client(own_redis.url, 1.0)
+    direct = redis.Redis.from_url(own_redis.url)
     counter = ExposureCounter(client, flush_s=60)
     tx = counter.tally(bx, "epoch-x")
     want = Expected(groups, pop)
-    client.ping()  # connected before the freeze
+    warm = np.array([1, 2, -1, 3], dtype=np.int64)  # loads the script: the frozen send runs
+    tx.add(warm, 0.001)
+    want.add(warm)
+    assert counter.flush() == 1
     assert own_redis.pid is not None
     os.kill(own_redis.pid, signal.SIGSTOP)
     try:
@@ -185,11 +217,147 @@ def test_a_flush_that_times_out_on_a_frozen_redis_is_not_counted_twice(
             empty = np.full(4, -1, dtype=np.int64)
             tx.add(empty, 0.001)
             want.add(empty)
-        assert counter.flush() == 0  # timed out: kept for the next flush
+        assert counter.flush() == 0  # timed out: in doubt, kept for the next flush
     finally:
         resume_redis(own_redis)
-    assert counter.flush() == want.lists
+    wait_for(lambda: total_requests(direct, tx.key) == want.lists)  # it ran after all
+    assert counter.flush() == 3  # settled: Redis had it
     assert counter.flush() == 0
-    total = client.hgetall(f"{tx.key}:total")
-    assert int(total[b"requests"]) == want.lists  # fails today: 6, each answer twice
+    assert counter.applied_before_retry == 1
+    total = direct.hgetall(f"{tx.key}:total")
+    assert int(total[b"requests"]) == want.lists  # was 1 + 6 before tokens: each answer twice
+    check(direct, bx, ServedModel(bx, "active", None, tx), want)
     client.close()
+    direct.close()
+
+
+class ReplyCutter:
+    """A TCP proxy in front of Redis. It forwards every request; while `cut` is set, it closes
+    the connection when the reply to a script (EVALSHA) comes back instead of forwarding it:
+    the script ran, and the client sees only a lost connection. Other replies (AUTH when
+    redis-py reconnects) pass.
+
+    Args:
+        port: the Redis server's port on 127.0.0.1.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.upstream_port = port
+        self.cut = threading.Event()
+        self.cuts = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, redis_url: str) -> str:
+        return redis_url.replace(f":{self.upstream_port}/", f":{self.port}/")
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            link = _Link(downstream, upstream)
+            threading.Thread(target=self._requests, args=(link,), daemon=True).start()
+            threading.Thread(target=self._replies, args=(link,), daemon=True).start()
+
+    def _requests(self, link: _Link) -> None:
+        try:
+            while data := link.downstream.recv(65536):
+                link.script = b"evalsha" in data.lower()
+                link.upstream.sendall(data)
+        except OSError:
+            pass
+        link.close()
+
+    def _replies(self, link: _Link) -> None:
+        try:
+            while data := link.upstream.recv(65536):
+                if link.script and self.cut.is_set():
+                    self.cuts += 1
+                    break
+                link.downstream.sendall(data)
+        except OSError:
+            pass
+        link.close()
+
+
+@dataclass
+class _Link:
+    """One client connection through the proxy and its connection to Redis."""
+
+    downstream: socket.socket
+    upstream: socket.socket
+    script: bool = False  # the last request was a script
+
+    def close(self) -> None:
+        for sock in (self.downstream, self.upstream):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+@pytest.fixture()
+def reply_cutter(own_redis: RedisServer) -> Iterator[ReplyCutter]:
+    assert own_redis.port is not None
+    proxy = ReplyCutter(own_redis.port)
+    yield proxy
+    proxy.close()
+
+
+def test_a_write_whose_reply_is_lost_is_sent_again_and_counted_once(
+    own_redis: RedisServer, reply_cutter: ReplyCutter, bundles
+) -> None:
+    """The connection is cut after Redis ran the flush's script and before its reply reached
+    the client. The delta stays in doubt and is sent again, unchanged, until a reply comes;
+    answers tallied meanwhile are held back and written once it is settled, under a token of
+    their own, into the bucket current then."""
+    bx, _, ds = bundles
+    groups, pop = ds.groups(4), np.bincount(ds.train[:, 1], minlength=ds.n_items)
+    client = few_retries_client(reply_cutter.url(own_redis.url), 2.0)
+    direct = redis.Redis.from_url(own_redis.url)
+    now = [2_000.0]  # bucket 200
+    counter = ExposureCounter(client, flush_s=60, clock=lambda: now[0])
+    tx = counter.tally(bx, "epoch-x")
+    want_first, want = Expected(groups, pop), Expected(groups, pop)
+    rng = np.random.default_rng(1)
+    warm, first, later = make_answers(rng, 1), make_answers(rng, 5), make_answers(rng, 4)
+    tx.add(warm[0], 0.001)  # loads the script: the sends below run it
+    want_first.add(warm[0])
+    want.add(warm[0])
+    assert counter.flush() == want.lists
+    for a in first:
+        tx.add(a, 0.002)
+        want_first.add(a)
+        want.add(a)
+
+    reply_cutter.cut.set()
+    assert counter.flush() == 0  # no reply: in doubt
+    assert reply_cutter.cuts >= 2  # the first send and redis-py's own resend both ran
+    assert total_requests(direct, tx.key) == want_first.lists  # applied, and only once
+    for a in later:
+        tx.add(a, 0.004)
+        want.add(a)
+    now[0] = 2_010.0
+    assert counter.flush() == 0  # the retry's reply is cut too
+    assert total_requests(direct, tx.key) == want_first.lists  # the later answers wait
+
+    reply_cutter.cut.clear()
+    now[0] = 2_020.0  # bucket 202
+    # the first settled (Redis had it) and the later written: all but the warm-up
+    assert counter.flush() == want.lists - np.atleast_2d(warm[0]).shape[0]
+    assert counter.flush() == 0
+    assert counter.applied_before_retry == 1
+    check(direct, bx, ServedModel(bx, "active", None, tx), want)
+    assert bucket_requests(direct, tx.key, 200) == want_first.lists  # where it was applied
+    assert bucket_requests(direct, tx.key, 201) == 0
+    assert bucket_requests(direct, tx.key, 202) == want.lists - want_first.lists
+    client.close()
+    direct.close()

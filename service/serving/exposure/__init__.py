@@ -8,11 +8,13 @@ training popularity (ARP), and the handler's latency (one observation per HTTP a
 model: a batch answered by two arms counts once for each). Similar-items lists are not
 counted: they rank items against an item, which the offline report does not measure.
 
-Count in memory, add up in Redis; three modules:
+Count in memory, add up in Redis; four modules:
 - `counts`: the pure logic: the counters of a span (`Counts`), an answer batch aggregated
   into them, buckets of the window, the figures of a span.
 - `counter`: the hot path's `Tally` (one deque append per answer) and the per-process
   `ExposureCounter`, whose flusher thread writes the deltas to Redis.
+- `delta`: one delta written by its token at most once, however often a failed flush sends
+  it again (one Lua script).
 - `reader`: `ExposureReader`, the summed counts of the served models read back for the route
   and /metrics, next to each model's offline report.
 
