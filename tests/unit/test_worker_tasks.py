@@ -75,7 +75,7 @@ def teacher_job(registry: Registry, job_id: str = "j1", **config: Any) -> JobRec
         id=job_id,
         kind="teacher",
         output_model_id=f"teacher-{job_id}",
-        params={"dataset_id": "ds-1", "config": {"dim": 4, "epochs": 3, **config}},
+        params={"dataset_id": "ds-1", "config": {"model": "mf", "dim": 4, "epochs": 3, **config}},
     )
     return registry.create_job(job)
 
