@@ -74,6 +74,7 @@ def test_teacher_distill_publish_recommend(
         api,
         {
             "kind": "teacher",
+            "model": "mf",
             "dataset_id": dataset_id,
             "dim": 16,
             "epochs": 40,
@@ -216,6 +217,7 @@ def check_shared_nothing(
 def test_cancel_running_and_queued_jobs(api: httpx.Client, dataset_id: str, e2e: E2EStack) -> None:
     long_job = {
         "kind": "teacher",
+        "model": "mf",
         "dataset_id": dataset_id,
         "dim": 8,
         "epochs": 10_000,
@@ -250,7 +252,9 @@ def test_job_with_bad_parameters_reports_its_error(
     api: httpx.Client, dataset_id: str, e2e_settings: Settings
 ) -> None:
     # The API refuses out-of-range values at the edge ...
-    r = api.post("/v1/jobs", json={"kind": "teacher", "dataset_id": dataset_id, "lr": 5.0})
+    r = api.post(
+        "/v1/jobs", json={"kind": "teacher", "model": "mf", "dataset_id": dataset_id, "lr": 5.0}
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "lr"
     # ... and the worker validates the stored payload again (a job queued by an older
     # client or edited in Redis), failing it with a message that names the field.
@@ -270,7 +274,9 @@ def test_job_with_bad_parameters_reports_its_error(
     assert failed["status"] == "failed" and failed["attempts"] == 1, failed
     assert "dim" in failed["error"] and "greater than or equal to 1" in failed["error"], failed
     assert not Path(e2e_settings.models_dir / "teacher-bad-params").exists()
-    listed = api.get("/v1/jobs", params={"status": "failed", "kind": "teacher"}).json()
+    listed = api.get(
+        "/v1/jobs", params={"status": "failed", "kind": "teacher", "model": "mf"}
+    ).json()
     assert job.id in [j["id"] for j in listed["items"]]
     celery_app.close()
     registry.close()

@@ -95,6 +95,7 @@ def _teacher_then_tuning_job(client: TestClient) -> str:
         "/v1/jobs",
         json={
             "kind": "teacher",
+            "model": "mf",
             "dataset_id": dataset_id,
             "dim": 16,
             "epochs": 30,
@@ -186,7 +187,7 @@ def test_the_coordinator_fails_a_stale_trial_and_tries_it_again(settings: Settin
             output_model_id="teacher-tj",
             params={
                 "dataset_id": "ds-1",
-                "config": {"dim": 4, "epochs": 3, "batch_size": 64},
+                "config": {"model": "mf", "dim": 4, "epochs": 3, "batch_size": 64},
                 "tune": {"trials": 2, "prune": False},
             },
         )
@@ -221,6 +222,7 @@ def test_tuning_survives_a_worker_killed_mid_trial(
             "/v1/jobs",
             json={
                 "kind": "teacher",
+                "model": "mf",
                 "dataset_id": dataset_id,
                 "dim": 8,
                 "epochs": 150,
