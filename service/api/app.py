@@ -40,6 +40,7 @@ from service.serving.exposure.reader import ExposureReader, offline_group_shares
 from service.serving.index_store import IndexStore
 from service.serving.outcomes.consumer import OutcomeConsumer
 from service.serving.outcomes.reader import OutcomeReader
+from service.serving.outcomes.schemas import OutcomesReport
 from service.serving.schemas import ExposureReport
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.exposure_counter = counter
     app.state.exposure_reader = reader
     app.state.outcome_consumer = consumer
-    app.state.outcome_reader = OutcomeReader(exposure_redis)
+    outcome_reader = OutcomeReader(exposure_redis)
+    app.state.outcome_reader = outcome_reader
     app.state.metrics.watch_registry(lambda: registry)
 
     def served_exposure() -> ExposureReport:
@@ -147,6 +149,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
 
     app.state.metrics.watch_exposure(served_exposure)
+
+    def served_outcomes() -> OutcomesReport:
+        state = store.snapshot()
+        if state is None:
+            return outcome_reader.report([], None)
+        return outcome_reader.report(state.models(), state.experiment)
+
+    app.state.metrics.watch_outcomes(served_outcomes)
     if counter is not None:
         counter.start()
     if consumer is not None:
@@ -169,6 +179,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             counter.stop()  # flushes what is left
         app.state.metrics.watch_registry(lambda: None)
         app.state.metrics.watch_exposure(lambda: None)
+        app.state.metrics.watch_outcomes(lambda: None)
         celery_app.close()
         exposure_redis.close()
         events_redis.close()
