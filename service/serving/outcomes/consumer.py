@@ -58,7 +58,7 @@ end
 return 1
 """
 
-Entry = tuple[str, dict[str, str] | None]
+Entry = tuple[str, dict[str, str] | None]  # fields None (or empty): trimmed while pending
 
 
 def entry_age_s(entry_id: str, now: float) -> float:
@@ -181,7 +181,7 @@ class OutcomeConsumer:
         pipe = self.redis.pipeline(transaction=False)
         decided: list[bool] = []  # per script call: attributed or not
         for entry_id, fields in entries:
-            if fields is None:  # trimmed from the stream while pending: nothing to count
+            if not fields:  # trimmed from the stream (MAXLEN) while pending: nothing to count
                 self.redis.xack(self.stream, keys.OUTCOME_GROUP, entry_id)
                 continue
             outcome = attribute(fields, records.get(fields.get("rec_id", "")))
