@@ -16,6 +16,7 @@ from service.serving.outcomes.attribution import (
     Unattributed,
     attribute,
     position_bucket,
+    rec_head,
     rec_lists,
 )
 from service.serving.outcomes.stats import (
@@ -160,7 +161,8 @@ def record() -> dict[str, str]:
     item_ids = np.array(["a", "b", "c", "d"])
     groups = np.array([0, 1, 3, 2])
     items = np.array([[1, 2, -1], [0, -1, -1]])
-    return rec_lists("unkd:outcomes:m:e", "m", item_ids, groups, items, ["u1", "u2"])
+    head = rec_head("unkd:outcomes:m:e", "m")
+    return rec_lists(head, item_ids.tolist(), groups.tolist(), items, ["u1", "u2"])
 
 
 def test_rec_lists_hold_what_each_user_was_shown() -> None:
@@ -172,6 +174,8 @@ def test_rec_lists_hold_what_each_user_was_shown() -> None:
         "g": [1, 3],
     }
     assert json.loads(fields["u2"])["i"] == ["a"]
+    odd = rec_lists(rec_head("k", 'm"1'), ['a"b', "é/\n"], [0, 3], np.array([1, -1]), [None])
+    assert json.loads(odd[""]) == {"o": "k", "m": 'm"1', "i": ["é/\n"], "g": [3]}
 
 
 def test_attribute_an_event_to_its_list_position_and_group() -> None:

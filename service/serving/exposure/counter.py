@@ -41,7 +41,7 @@ import numpy as np
 from service.core import keys
 from service.serving.exposure.counts import BUCKET_S, Counts, aggregate
 from service.serving.exposure.delta import Delta, DeltaWriter
-from service.serving.outcomes.attribution import rec_lists
+from service.serving.outcomes.attribution import rec_head, rec_lists
 from service.serving.outcomes.recs import Rec, RecWriter
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class Tally:
         "popularity",
         "n_groups",
         "item_ids",
+        "_rec_parts",
         "_sink",
     )
 
@@ -77,6 +78,7 @@ class Tally:
         self.key = keys.exposure_epoch(bundle.model_id, since)
         self.outcomes = keys.outcomes_epoch(bundle.model_id, since)
         self.item_ids = bundle.item_ids
+        self._rec_parts: tuple[str, list[str], list[int]] | None = None
         self.groups = bundle.groups
         self.popularity = bundle.item_popularity
         self.n_groups = bundle.n_groups
@@ -85,6 +87,14 @@ class Tally:
     @property
     def counting(self) -> bool:
         return self._sink is not None
+
+    def rec_parts(self) -> tuple[str, list[str], list[int]]:
+        """What rec records are built from (attribution.rec_lists): the JSON head, the item
+        ids and groups as Python lists, made by the flusher on first use (~60 bytes an item)."""
+        if self._rec_parts is None:
+            head = rec_head(self.outcomes, self.model_id)
+            self._rec_parts = (head, self.item_ids.tolist(), self.groups.tolist())
+        return self._rec_parts
 
     def add(self, items: np.ndarray, latency_s: float, rec: Rec | None = None) -> None:
         """Count one HTTP answer: items (k,) or (n, k) int64 (-1: empty slot), its latency,
@@ -164,10 +174,8 @@ class ExposureCounter:
             for tally, items, latency, rec in drained:
                 by_key.setdefault(tally.key, (tally, []))[1].append((items, latency))
                 if rec is not None:
-                    fields = rec_lists(
-                        tally.outcomes, tally.model_id, tally.item_ids, tally.groups, items, rec[1]
-                    )
-                    records.append((rec[0], fields))
+                    head, ids, groups = tally.rec_parts()
+                    records.append((rec[0], rec_lists(head, ids, groups, items, rec[1])))
             self.recs.write(records)  # before the counts: an event may cite them at once
             for key, (tally, answers) in by_key.items():
                 counts = aggregate(answers, tally.groups, tally.popularity, tally.n_groups)

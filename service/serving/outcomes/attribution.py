@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Literal
 
 import numpy as np
@@ -48,33 +49,36 @@ def event_type(raw: str) -> str:
     return raw if _TYPE.fullmatch(raw) else "other"
 
 
+def rec_head(outcome_key: str, model_id: str) -> str:
+    """The JSON text every list of one model's records begins with."""
+    return f'{{"o":{encode_basestring_ascii(outcome_key)},"m":{encode_basestring_ascii(model_id)}'
+
+
 def rec_lists(
-    outcome_key: str,
-    model_id: str,
-    item_ids: np.ndarray,
-    groups: np.ndarray,
+    head: str,
+    item_ids: list[str],
+    groups: list[int],
     items: np.ndarray,
     users: Sequence[str | None],
 ) -> dict[str, str]:
     """The fields of a rec record for the lists of one model in one answer.
 
+    JSON assembled by hand from Python lists (the flusher's cost per answer: ~5 us at k = 20,
+    against ~12 with numpy indexing and json.dumps).
+
     Args:
-        outcome_key: keys.outcomes_epoch of the model that answered.
+        head: rec_head of the model that answered.
         item_ids: (n_items,) external ids; groups: (n_items,) popularity group of each item.
         items: (k,) for one list or (n, k) for n lists, int64 item indices, -1 empty slots.
         users: the user of each list (None: a history).
     """
-    rows = np.atleast_2d(items)
+    rows = [items.tolist()] if items.ndim == 1 else items.tolist()
     out: dict[str, str] = {}
     for user, row in zip(users, rows, strict=True):
-        shown = row[row >= 0]
-        value = {
-            "o": outcome_key,
-            "m": model_id,
-            "i": item_ids[shown].tolist(),
-            "g": groups[shown].tolist(),
-        }
-        out.setdefault("" if user is None else user, json.dumps(value, separators=(",", ":")))
+        shown = [i for i in row if i >= 0]
+        ids = ",".join([encode_basestring_ascii(item_ids[i]) for i in shown])
+        kinds = ",".join([str(groups[i]) for i in shown])
+        out.setdefault("" if user is None else user, f'{head},"i":[{ids}],"g":[{kinds}]}}')
     return out
 
 
