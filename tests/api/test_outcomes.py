@@ -242,6 +242,7 @@ def test_an_event_waits_for_its_record_then_gives_up(redis_url: str, events) -> 
         "click": "1",
         "click:g:2": "1",
         "click:p:2": "1",
+        "click:g:2:p:2": "1",
     }
     now[0] += 31  # the second has waited long enough
     assert first.step() == 1 and first.unattributed == 1

@@ -182,7 +182,7 @@ def test_attribute_an_event_to_its_list_position_and_group() -> None:
     fields = record()
     click = {"rec_id": "r", "user_id": "u1", "item_id": "c", "type": "click"}
     assert attribute(click, fields) == Attributed(
-        "unkd:outcomes:m:e", "m", ("click", "click:g:3", "click:p:2")
+        "unkd:outcomes:m:e", "m", ("click", "click:g:3", "click:p:2", "click:g:3:p:2")
     )
     assert attribute({**click, "item_id": "a"}, fields) == Unattributed("item_not_shown")
     assert attribute({**click, "user_id": "u9"}, fields) == Unattributed("item_not_shown")
@@ -191,6 +191,6 @@ def test_attribute_an_event_to_its_list_position_and_group() -> None:
     history = {"": fields["u2"]}  # one list: any user id matches it
     buy = {"rec_id": "r", "user_id": "visitor", "item_id": "a", "type": "purchase"}
     assert attribute(buy, history) == Attributed(
-        "unkd:outcomes:m:e", "m", ("purchase", "purchase:g:0", "purchase:p:1")
+        "unkd:outcomes:m:e", "m", ("purchase", "purchase:g:0", "purchase:p:1", "purchase:g:0:p:1")
     )
     assert attribute({**buy, "type": "Weird Type!"}, history).fields[0] == "other"  # type: ignore[union-attr]

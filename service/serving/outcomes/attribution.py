@@ -10,8 +10,9 @@ batch one per user.
 An event (the stream entry: event_id, user_id, item_id, type, ts, rec_id) is attributed when
 its rec_id names a record, the record has a list for the event's user (or only one list: a
 history's visitor, or a client that reports another id), and the item is in that list. It
-then counts, under the list's model and epoch, `<type>`, `<type>:g:<group>` and
-`<type>:p:<position bucket>` (positions from 1, best first). Anything else is unattributed,
+then counts, under the list's model and epoch, `<type>`, `<type>:g:<group>`,
+`<type>:p:<position bucket>` (positions from 1, best first) and the pair
+`<type>:g:<group>:p:<position bucket>`. Anything else is unattributed,
 by reason: `no_rec_id`, `unknown_rec_id` (no record: never answered, expired after 24 h, or
 still unflushed after the consumer's wait), `item_not_shown`.
 """
@@ -120,5 +121,6 @@ def attribute(
         return Unattributed("item_not_shown")
     kind = event_type(event.get("type", ""))
     group = shown["g"][position]
-    fields = (kind, f"{kind}:g:{group}", f"{kind}:p:{position_bucket(position + 1)}")
+    place = position_bucket(position + 1)
+    fields = (kind, f"{kind}:g:{group}", f"{kind}:p:{place}", f"{kind}:g:{group}:p:{place}")
     return Attributed(shown["o"], shown["m"], fields)

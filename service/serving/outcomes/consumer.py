@@ -165,7 +165,9 @@ class OutcomeConsumer:
         )
         entries = self._read("0", None)
         seen = {eid for eid, _ in entries}
-        block_ms = int(self.period_s * 1000) if block and not entries else None
+        # Blocks even with pending entries in hand: a pass then runs every period_s at most
+        # while events wait for their records, and at once when new ones come.
+        block_ms = int(self.period_s * 1000) if block else None
         entries += [e for e in self._read(">", block_ms) if e[0] not in seen]
         return self._decide(entries) if entries else 0
 
