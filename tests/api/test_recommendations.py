@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -28,6 +27,7 @@ from service.core.bundle_format import build_bundle
 from service.core.config import Settings
 from service.serving.index_store import IndexStore
 from service.serving.routes import router
+from tests.support.answers import same_answer
 from training.dataset import Dataset
 
 # The bundle helpers live beside the unit tests that use them most.
@@ -35,13 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from bundle_fixtures import brute_force_topk, make_bundle, make_dataset, make_model_dir  # noqa: E402
 
 MAX_K, MAX_BATCH = 50, 5
-
-
-def same_answer(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Two answers list the same thing (each answer has its own rec_id)."""
-    return {k: v for k, v in a.items() if k != "rec_id"} == {
-        k: v for k, v in b.items() if k != "rec_id"
-    }
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.serving.bundle import ServingBundle
 from service.serving.foldin import FOLD_IN_LAMBDA
-from tests.api.test_recommendations import make_bundle, publish, same_answer, wait_serving
+from tests.api.test_recommendations import make_bundle, publish, wait_serving
+from tests.support.answers import same_answer
 from tests.support.config import make_test_settings
 from tests.support.redis_dbs import RedisDatabases
 from training.checkpoint import ModelArtifact
