@@ -229,7 +229,7 @@ def test_an_event_waits_for_its_record_then_gives_up(redis_url: str, events) -> 
         client, name=name, wait_s=30.0, clock=lambda: now[0], **kw
     )
     first = make("first")
-    record = '{"o":"unkd:outcomes:m:e1","m":"m","i":["x","y"],"g":[0,2]}'
+    record = '{"o":"unkd:outcomes:m:e1","i":["x","y"],"g":[0,2]}'
     events("u1", "y", "click", "rec000000001")
     events("u1", "x", "click", "rec000000002")  # its record never comes
     assert (

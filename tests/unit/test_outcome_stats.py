@@ -18,6 +18,7 @@ from service.serving.outcomes.attribution import (
     position_bucket,
     rec_head,
     rec_lists,
+    rec_texts,
 )
 from service.serving.outcomes.stats import (
     ALPHA,
@@ -161,28 +162,28 @@ def record() -> dict[str, str]:
     item_ids = np.array(["a", "b", "c", "d"])
     groups = np.array([0, 1, 3, 2])
     items = np.array([[1, 2, -1], [0, -1, -1]])
-    head = rec_head("unkd:outcomes:m:e", "m")
-    return rec_lists(head, item_ids.tolist(), groups.tolist(), items, ["u1", "u2"])
+    head = rec_head("unkd:outcomes:m:e")
+    return rec_lists(head, *rec_texts(item_ids.tolist(), groups.tolist()), items, ["u1", "u2"])
 
 
 def test_rec_lists_hold_what_each_user_was_shown() -> None:
     fields = record()
     assert json.loads(fields["u1"]) == {
         "o": "unkd:outcomes:m:e",
-        "m": "m",
         "i": ["b", "c"],
         "g": [1, 3],
     }
     assert json.loads(fields["u2"])["i"] == ["a"]
-    odd = rec_lists(rec_head("k", 'm"1'), ['a"b', "é/\n"], [0, 3], np.array([1, -1]), [None])
-    assert json.loads(odd[""]) == {"o": "k", "m": 'm"1', "i": ["é/\n"], "g": [3]}
+    texts = rec_texts(['a"b', "é/\n"], [0, 3])
+    odd = rec_lists(rec_head('k"1'), *texts, np.array([1, -1]), [None])
+    assert json.loads(odd[""]) == {"o": 'k"1', "i": ["é/\n"], "g": [3]}
 
 
 def test_attribute_an_event_to_its_list_position_and_group() -> None:
     fields = record()
     click = {"rec_id": "r", "user_id": "u1", "item_id": "c", "type": "click"}
     assert attribute(click, fields) == Attributed(
-        "unkd:outcomes:m:e", "m", ("click", "click:g:3", "click:p:2", "click:g:3:p:2")
+        "unkd:outcomes:m:e", ("click", "click:g:3", "click:p:2", "click:g:3:p:2")
     )
     assert attribute({**click, "item_id": "a"}, fields) == Unattributed("item_not_shown")
     assert attribute({**click, "user_id": "u9"}, fields) == Unattributed("item_not_shown")
@@ -191,6 +192,6 @@ def test_attribute_an_event_to_its_list_position_and_group() -> None:
     history = {"": fields["u2"]}  # one list: any user id matches it
     buy = {"rec_id": "r", "user_id": "visitor", "item_id": "a", "type": "purchase"}
     assert attribute(buy, history) == Attributed(
-        "unkd:outcomes:m:e", "m", ("purchase", "purchase:g:0", "purchase:p:1", "purchase:g:0:p:1")
+        "unkd:outcomes:m:e", ("purchase", "purchase:g:0", "purchase:p:1", "purchase:g:0:p:1")
     )
     assert attribute({**buy, "type": "Weird Type!"}, history).fields[0] == "other"  # type: ignore[union-attr]

@@ -41,7 +41,7 @@ import numpy as np
 from service.core import keys
 from service.serving.exposure.counts import BUCKET_S, Counts, aggregate
 from service.serving.exposure.delta import Delta, DeltaWriter
-from service.serving.outcomes.attribution import rec_head, rec_lists
+from service.serving.outcomes.attribution import rec_head, rec_lists, rec_texts
 from service.serving.outcomes.recs import Rec, RecWriter
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Tally:
         self.key = keys.exposure_epoch(bundle.model_id, since)
         self.outcomes = keys.outcomes_epoch(bundle.model_id, since)
         self.item_ids = bundle.item_ids
-        self._rec_parts: tuple[str, list[str], list[int]] | None = None
+        self._rec_parts: tuple[str, list[str], list[str]] | None = None
         self.groups = bundle.groups
         self.popularity = bundle.item_popularity
         self.n_groups = bundle.n_groups
@@ -88,12 +88,12 @@ class Tally:
     def counting(self) -> bool:
         return self._sink is not None
 
-    def rec_parts(self) -> tuple[str, list[str], list[int]]:
-        """What rec records are built from (attribution.rec_lists): the JSON head, the item
-        ids and groups as Python lists, made by the flusher on first use (~60 bytes an item)."""
+    def rec_parts(self) -> tuple[str, list[str], list[str]]:
+        """What rec records are built from (attribution.rec_lists): the JSON head and the
+        items' texts, made by the flusher on first use (~60 bytes an item)."""
         if self._rec_parts is None:
-            head = rec_head(self.outcomes, self.model_id)
-            self._rec_parts = (head, self.item_ids.tolist(), self.groups.tolist())
+            texts = rec_texts(self.item_ids.tolist(), self.groups.tolist())
+            self._rec_parts = (rec_head(self.outcomes), *texts)
         return self._rec_parts
 
     def add(self, items: np.ndarray, latency_s: float, rec: Rec | None = None) -> None:

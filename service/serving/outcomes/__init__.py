@@ -7,7 +7,7 @@ The path of an outcome:
 1. Every answer gets a rec_id (service/serving/answers.py) and hands it, with the user of each
    list, to its model's exposure Tally: one deque append, the same as before.
 2. The exposure flusher writes a rec record per answer (`recs`: a Redis hash, one field per
-   list, 24 h TTL) in its once-a-second batch.
+   list, 1 h TTL) in its once-a-second batch.
 3. POST /v1/events stores events in one Redis Stream (keys.events_stream). A consumer thread
    per API process (`consumer`) reads it in one consumer group, so each event is handled by
    one process; it looks the rec record up, decides the event (`attribution`), and counts and

@@ -153,5 +153,5 @@ class OutcomesReport(BaseModel):
     )
     unattributed: Unattributed = Field(
         description="events no answer explains: no_rec_id, unknown_rec_id (no record: never "
-        "answered, expired after 24 h, or not flushed within the wait), item_not_shown"
+        "answered, expired after an hour, or not flushed within the wait), item_not_shown"
     )
