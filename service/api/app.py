@@ -25,6 +25,7 @@ from service.api.routes import (
     jobs,
     models,
     ops,
+    outcomes,
     publishing,
     reports,
 )
@@ -37,6 +38,9 @@ from service.serving import routes as serving_routes
 from service.serving.exposure.counter import ExposureCounter
 from service.serving.exposure.reader import ExposureReader, offline_group_shares
 from service.serving.index_store import IndexStore
+from service.serving.outcomes.consumer import OutcomeConsumer
+from service.serving.outcomes.reader import OutcomeReader
+from service.serving.outcomes.schemas import OutcomesReport
 from service.serving.schemas import ExposureReport
 
 logger = logging.getLogger(__name__)
@@ -88,8 +92,8 @@ def _start_index_store(store: IndexStore, retry_s: float) -> threading.Event:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Connect the registry, build the Celery client, start the index watcher and the
-    exposure flusher; undo on exit."""
+    """Connect the registry, build the Celery client, start the index watcher, the
+    exposure flusher and the outcome consumer; undo on exit."""
     settings: Settings = app.state.settings
     if not settings.redis_url:
         raise RuntimeError(
@@ -114,12 +118,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         exposure_redis,
         lambda model_id: offline_group_shares(registry, artifacts, model_id),
     )
+    # Attributing events to answers runs where answers are counted: one consumer per process.
+    events_redis = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s + 2.0,  # above the consumer's blocking read
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+        decode_responses=True,
+    )
+    # Passes every 0.25 s at most: an idle pass costs Redis 3 commands, and a stop waits for
+    # the pass's blocking read.
+    consumer = (
+        OutcomeConsumer(events_redis, period_s=min(0.25, settings.exposure_flush_s))
+        if settings.exposure_counting
+        else None
+    )
     store = IndexStore(settings, registry, exposure=counter)
     app.state.registry = registry
     app.state.celery = celery_app
     app.state.index_store = store
     app.state.exposure_counter = counter
     app.state.exposure_reader = reader
+    app.state.outcome_consumer = consumer
+    outcome_reader = OutcomeReader(exposure_redis)
+    app.state.outcome_reader = outcome_reader
     app.state.metrics.watch_registry(lambda: registry)
 
     def served_exposure() -> ExposureReport:
@@ -129,8 +151,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
 
     app.state.metrics.watch_exposure(served_exposure)
+
+    def served_outcomes() -> OutcomesReport:
+        state = store.snapshot()
+        if state is None:
+            return outcome_reader.report([], None)
+        return outcome_reader.report(state.models(), state.experiment)
+
+    app.state.metrics.watch_outcomes(served_outcomes)
     if counter is not None:
         counter.start()
+    if consumer is not None:
+        consumer.start()
     stop_retry = _start_index_store(store, settings.reload_poll_s)
     logger.info(
         "API up: queues %s/%s, data dir %s",
@@ -143,12 +175,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         stop_retry.set()
         store.stop()
+        if consumer is not None:
+            consumer.stop()
         if counter is not None:
             counter.stop()  # flushes what is left
         app.state.metrics.watch_registry(lambda: None)
         app.state.metrics.watch_exposure(lambda: None)
+        app.state.metrics.watch_outcomes(lambda: None)
         celery_app.close()
         exposure_redis.close()
+        events_redis.close()
         registry.close()
         logger.info("API stopped")
 
@@ -176,6 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         serving_routes.router,
         publishing.router,
         exposure.router,
+        outcomes.router,
         experiment.router,
         item_routes.router,
         ops.router,

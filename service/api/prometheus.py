@@ -16,6 +16,14 @@
   unkd_exposure_offline_group_share{group} (the offline report's exposure_share@20),
   unkd_exposure_arm_weight (arms only), unkd_exposure_up. Labels are model_id and group
   only, for the models served now: the series are bounded by the arms and G.
+- unkd_outcomes_*{model_id[, group]}: events attributed to the served models' answers
+  (service/serving/outcomes/), read from Redis at scrape time like exposure: per span
+  (`window`, `since_publish`) exposures, clicks, purchases, click_rate_per_1000,
+  purchase_rate_per_1000, tail_click_share, group_click_rate_per_1000{group};
+  unkd_outcomes_unattributed{reason} (since the counters began); with an experiment of two
+  arms unkd_outcomes_test_p_value (always-valid), unkd_outcomes_test_decided and
+  unkd_outcomes_test_difference_per_1000 (B - A); unkd_outcomes_up. A scrape is a look of
+  the test (its running minimum is kept in Redis), which the always-valid p-value allows.
 
 Each app gets its own CollectorRegistry: several apps in one process (tests) never clash.
 """
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from service.core.registry import Registry
+    from service.serving.outcomes.schemas import OutcomeScope, OutcomesReport
     from service.serving.schemas import ExposureReport, ExposureScope
 
 logger = logging.getLogger(__name__)
@@ -160,6 +169,87 @@ class ExposureCollector(Collector):
         yield weight
 
 
+_OUTCOME_FIGURES: tuple[tuple[str, str, Callable[[OutcomeScope], float | None]], ...] = (
+    ("exposures", "items shown", lambda s: s.exposures),
+    ("clicks", "clicks attributed to the answers", lambda s: s.clicks),
+    ("purchases", "purchases attributed to the answers", lambda s: s.purchases),
+    ("click_rate_per_1000", "clicks per 1,000 exposures", lambda s: s.click_rate.per_1000),
+    (
+        "purchase_rate_per_1000",
+        "purchases per 1,000 exposures",
+        lambda s: s.purchase_rate.per_1000,
+    ),
+    ("tail_click_share", "share of clicks on groups 1 .. G-1", lambda s: s.tail_click_share),
+)
+
+
+class OutcomesCollector(Collector):
+    """Outcomes of the served models and the arms' test, read from Redis when scraped."""
+
+    def __init__(self, get_report: Callable[[], OutcomesReport | None]) -> None:
+        self.get_report = get_report
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("unkd_outcomes_up", "1 when the outcome counts were read from Redis")
+        try:
+            report = self.get_report()
+        except Exception as exc:  # a scrape must not fail because Redis is down
+            logger.warning("metrics: outcomes unreadable (%s)", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        if report is None:  # the app is not started
+            return
+        up.add_metric([], 1)
+        yield up
+        for span in ("window", "since_publish"):
+            for name, doc, value in _OUTCOME_FIGURES:
+                family = GaugeMetricFamily(
+                    f"unkd_outcomes_{span}_{name}", f"{doc} ({span})", labels=["model_id"]
+                )
+                for m in report.models:
+                    v = value(getattr(m, span))
+                    if v is not None:
+                        family.add_metric([m.model_id], float(v))
+                yield family
+            groups = GaugeMetricFamily(
+                f"unkd_outcomes_{span}_group_click_rate_per_1000",
+                f"clicks per 1,000 exposures of each popularity group ({span})",
+                labels=["model_id", "group"],
+            )
+            for m in report.models:
+                for g in getattr(m, span).groups:
+                    if g.click_rate.per_1000 is not None:
+                        groups.add_metric([m.model_id, str(g.group)], g.click_rate.per_1000)
+            yield groups
+        lost = GaugeMetricFamily(
+            "unkd_outcomes_unattributed",
+            "events no answer explains, by reason (since the counters began)",
+            labels=["reason"],
+        )
+        for reason, n in report.unattributed.total.items():
+            lost.add_metric([reason], float(n))
+        yield lost
+        test = report.test
+        if test is None:
+            return
+        labels = ["arm_a", "arm_b"]
+        arms = [test.arm_a, test.arm_b]
+        for name, doc, v in (
+            ("p_value", "always-valid p-value of the arms' click rates (mSPRT)", test.p_value),
+            ("decided", "1 once the p-value fell to alpha", float(test.decided)),
+            (
+                "difference_per_1000",
+                "B's clicks per 1,000 exposures - A's",
+                test.difference_per_1000,
+            ),
+        ):
+            family = GaugeMetricFamily(f"unkd_outcomes_test_{name}", doc, labels=labels)
+            if v is not None:
+                family.add_metric(arms, float(v))
+            yield family
+
+
 class ServiceMetrics:
     """The collectors of one app."""
 
@@ -194,12 +284,17 @@ class ServiceMetrics:
         self.registry.register(RegistryCollector(lambda: self._source()))
         self._exposure: Callable[[], ExposureReport | None] = lambda: None
         self.registry.register(ExposureCollector(lambda: self._exposure()))
+        self._outcomes: Callable[[], OutcomesReport | None] = lambda: None
+        self.registry.register(OutcomesCollector(lambda: self._outcomes()))
 
     def watch_registry(self, source: Callable[[], Registry | None]) -> None:
         self._source = source
 
     def watch_exposure(self, source: Callable[[], ExposureReport | None]) -> None:
         self._exposure = source
+
+    def watch_outcomes(self, source: Callable[[], OutcomesReport | None]) -> None:
+        self._outcomes = source
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

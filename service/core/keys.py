@@ -11,6 +11,9 @@ Every key of service/ is built here, so one file tells what Redis holds:
     unkd:serving:*                              the served model, its history, staged bundles,
                                                 the running experiment (constants below)
     unkd:exposure:*                             live exposure counts (layout at EXPOSURE)
+    unkd:events                                 the stream of user events (events_stream)
+    unkd:rec:<rec_id>                           what one answer showed (rec_record)
+    unkd:outcomes:*                             events attributed to answers (layout at OUTCOMES)
 """
 
 import hashlib
@@ -107,6 +110,55 @@ EXPERIMENT_EVENTS = f"{PREFIX}:serving:experiment:events"  # pub/sub: a hint to 
 #   <EXPOSURE>:<model_id>:<epoch>:items        item counts since the epoch began
 #   <EXPOSURE>:<model_id>:<epoch>:t:<token>    "1": one flushed delta applied (TTL 1 h)
 EXPOSURE = f"{PREFIX}:exposure"
+
+
+# -- events and their outcomes (service.serving.outcomes) -------------------------------------
+# The one Redis Stream of user events (entry fields: event_id, user_id, item_id, type, ts,
+# rec_id); POST /v1/events writes it, the outcome consumers read it as one consumer group.
+EVENTS = f"{PREFIX}:events"
+OUTCOME_GROUP = "unkd-outcomes"  # the consumer group of the API processes on EVENTS
+# Events attributed to the answers that showed their item, per served model and epoch:
+#   <OUTCOMES>:<model_id>:<epoch>:b:<bucket>   hash of counters of one 10-s bucket (TTL ~ window)
+#   <OUTCOMES>:<model_id>:<epoch>:total        hash of counters since the epoch began
+#   <OUTCOMES>:unattributed:{b:<bucket>,total} events no answer explains, by reason
+#   <OUTCOMES>:test:<experiment hash>          the running minimum of the arms' always-valid p
+OUTCOMES = f"{PREFIX}:outcomes"
+REC = f"{PREFIX}:rec"
+
+
+def events_stream() -> str:
+    """The one Redis Stream of user events (written by POST /v1/events)."""
+    return EVENTS
+
+
+def rec_record(rec_id: str) -> str:
+    """Hash of one answer: user id ("" for a history) -> JSON of the list it was shown (TTL)."""
+    return f"{REC}:{rec_id}"
+
+
+def outcomes_epoch(model_id: str, since: str) -> str:
+    """The prefix of one model's serving epoch's outcomes (the same epoch as its exposure)."""
+    return f"{OUTCOMES}:{model_id}:{hashlib.sha1(since.encode()).hexdigest()[:12]}"
+
+
+def outcomes_unattributed() -> str:
+    """The prefix of the counters of events that no answer explains."""
+    return f"{OUTCOMES}:unattributed"
+
+
+def outcomes_bucket(epoch: str, bucket: int) -> str:
+    """Hash of the outcome counters of one 10-s bucket of an epoch (or of `unattributed`)."""
+    return f"{epoch}:b:{bucket}"
+
+
+def outcomes_total(epoch: str) -> str:
+    """Hash of the outcome counters since the epoch began."""
+    return f"{epoch}:total"
+
+
+def outcomes_test(experiment: str) -> str:
+    """The smallest always-valid p-value an experiment's arms comparison has shown so far."""
+    return f"{OUTCOMES}:test:{hashlib.sha1(experiment.encode()).hexdigest()[:12]}"
 
 
 # -- worker: fan-out, leases, tuning --

@@ -16,8 +16,10 @@ search thread (the fold-in runs there too); the batch POST and the status are pl
 and run in the threadpool. An unknown user is 404 unless `fallback` asks for a popularity
 list (service/serving/fallback.py).
 
-Every answer is counted for live exposure under the model that produced it (`Tally.add`: one
-deque append; service/serving/exposure/counter.py), with the handler's latency. During an A/B
+Every answer is finished by service/serving/answers.py (`answer`, `batch_answer`): it gets a
+rec_id and is counted for live exposure and outcomes under the model that produced it
+(`Tally.add`: one deque append; service/serving/exposure/counter.py), with the handler's
+latency. During an A/B
 experiment each user is answered by their arm (service/serving/experiment.py), by-history
 by the active model; `model` names any served model.
 
@@ -27,8 +29,6 @@ User ids are any text, "/" included: the single-user route takes the whole rest 
 
 from __future__ import annotations
 
-import json
-from json.encoder import encode_basestring_ascii
 from time import perf_counter
 from typing import Annotated
 
@@ -41,10 +41,11 @@ from service.serving.answers import (
     ExcludeQuery,
     GroupsQuery,
     IncludeQuery,
+    answer,
+    batch_answer,
     check_k,
     invalid,
     named_model,
-    recommendations_json,
     request_filters,
     served_for_user,
     served_model,
@@ -97,9 +98,7 @@ async def recommend_user(
     idx = bundle.user_index(user_id)
     if idx is not None and exclude is None and include is None and groups is None:  # the hot path
         scores, items = await bundle.recommend_one_async(idx, k, exclude_seen)
-        body = recommendations_json(bundle, user_id, scores, items)
-        served.tally.add(items, perf_counter() - t0)
-        return Response(body, media_type="application/json")
+        return answer(served, user_id, scores, items, t0)
     filters = request_filters(bundle, "query", exclude, include, groups)
     if idx is None:
         if fallback is None:
@@ -108,16 +107,15 @@ async def recommend_user(
     else:
         query = filters.query() if filters.active else None
         scores, items = await bundle.recommend_one_async(idx, k, exclude_seen, query)
-    body = recommendations_json(
-        bundle,
+    return answer(
+        served,
         user_id,
         scores,
         items,
+        t0,
         fallback=fallback if idx is None else None,
         unknown=filters.unknown,
     )
-    served.tally.add(items, perf_counter() - t0)
-    return Response(body, media_type="application/json")
 
 
 # The hot path: ScalarQueryRoute parses the query parameters without FastAPI's per-request
@@ -154,9 +152,7 @@ async def recommend_history(request: Request, req: HistoryRequest) -> Response:
     query = filters.query(history=history, also_banned=history if req.exclude_seen else None)
     scores, items = await bundle.recommend_one_async(-1, req.k, False, query)
     unknown = {**filters.unknown, **({"items": missing} if missing else {})}
-    body = recommendations_json(bundle, None, scores, items, unknown=unknown)
-    served.tally.add(items, perf_counter() - t0)
-    return Response(body, media_type="application/json")
+    return answer(served, None, scores, items, t0, unknown=unknown)
 
 
 # JsonBodyRoute parses the body in one pydantic pass (service/serving/lean_route.py); OpenAPI
@@ -234,18 +230,7 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
             "user",
             message=f"user_ids: {len(unknown_users)} unknown to model {models}: {shown}",
         )
-    answers: list[str] = [""] * len(req.user_ids)
-    latency = perf_counter() - t0
-    for served, rows, scores, items in parts:
-        for j, row in enumerate(rows):
-            answers[row] = recommendations_json(
-                served.bundle, req.user_ids[row], scores[j], items[j]
-            )
-        served.tally.add(items, latency)
-    extra = f',"unknown_items":{json.dumps(unknown_items)}' if unknown_items else ""
-    model_id = encode_basestring_ascii(parts[0][0].model_id) if len(parts) == 1 else "null"
-    body = f'{{"model_id":{model_id}{extra},"results":[{",".join(answers)}]}}'
-    return Response(body, media_type="application/json")
+    return batch_answer(req.user_ids, parts, unknown_items, t0)
 
 
 @router.get("/v1/serving", response_model=ServingStatus, summary="The model being served")

@@ -50,6 +50,7 @@ class Recommendations(BaseModel):
         json_schema_extra={
             "examples": [
                 {
+                    "rec_id": "3f9a0c41d27e",
                     "user_id": "42",
                     "model_id": "student-unkd-4e1f",
                     "items": [
@@ -61,6 +62,11 @@ class Recommendations(BaseModel):
         }
     )
 
+    rec_id: str = Field(
+        description="this answer's id (12 hex digits; a batch's, in each result): cite it as an "
+        "event's rec_id to attribute the event to the model, position and group that showed "
+        "the item (GET /v1/serving/outcomes)"
+    )
     user_id: str | None = Field(description="the user asked for; null for an answer from a history")
     model_id: str = Field(description="the published model that answered")
     items: list[RecommendedItem] = Field(
@@ -112,6 +118,7 @@ class RecommendationsBatchRequest(FilterFields):
 
 
 class RecommendationsBatch(BaseModel):
+    rec_id: str = Field(description="the answer's id, the same in every result (Recommendations)")
     model_id: str | None = Field(
         description="the model that answered every user; null when an experiment's arms answered "
         "different users (each result names its own model)"

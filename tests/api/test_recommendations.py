@@ -8,6 +8,7 @@ tests/api/conftest.py and publish by moving the active pointer.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from service.core.bundle_format import build_bundle
 from service.core.config import Settings
 from service.serving.index_store import IndexStore
 from service.serving.routes import router
+from tests.support.answers import same_answer
 from training.dataset import Dataset
 
 # The bundle helpers live beside the unit tests that use them most.
@@ -128,12 +130,12 @@ def test_ids_with_slashes_are_reachable(slash_bundle: Path, tmp_path: Path, user
     batch = c.post("/v1/recommendations", json={"user_ids": [user_id], "k": 3}).json()["results"][0]
     r = c.get(f"/v1/recommendations/{quote(user_id, safe='')}", params={"k": 3})
     assert r.status_code == 200, r.text
-    assert r.json() == batch and r.json()["user_id"] == user_id
+    assert same_answer(r.json(), batch) and r.json()["user_id"] == user_id
     # Unencoded slashes reach the same id (a "../" segment would be resolved by the client).
     raw = c.get(
         f"/v1/recommendations/{quote(user_id.replace('../', '..%2F'), safe='/%')}", params={"k": 3}
     )
-    assert raw.json() == batch
+    assert same_answer(raw.json(), batch)
 
 
 def test_slash_ids_do_not_shadow_other_paths(slash_bundle: Path, tmp_path: Path) -> None:
@@ -185,7 +187,10 @@ def test_batch_answers_in_request_order(static_client) -> None:
     assert [res["user_id"] for res in body["results"]] == ["u5", "u2", "u5"]
     assert all(len(res["items"]) == 4 for res in body["results"])
     single = static_client.get("/v1/recommendations/u2", params={"k": 4}).json()
-    assert body["results"][1] == single
+    assert same_answer(body["results"][1], single)
+    # one rec_id per answer: the batch's, in each of its results; a fresh one per answer
+    assert re.fullmatch("[0-9a-f]{12}", body["rec_id"]) and single["rec_id"] != body["rec_id"]
+    assert {res["rec_id"] for res in body["results"]} == {body["rec_id"]}
 
 
 def test_batch_errors(static_client) -> None:

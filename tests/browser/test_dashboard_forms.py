@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from service.core import keys
 from service.core.bundle_format import build_bundle
 from service.core.config import Settings
 from service.core.records import headline_metrics
@@ -588,6 +590,43 @@ def expected_drawing(model: dict[str, Any], window_s: int) -> dict[str, Any]:
     return {"bars": bars, "figures": figures}
 
 
+def check_outcomes_drawn(
+    browser: Any, server: LiveAPI, settings: Settings, users: list[str], arms: list[str]
+) -> None:
+    """Clicks on answers (XADDed as POST /v1/events stores them), then the page's outcomes
+    table shows each arm's click rate of GET /v1/serving/outcomes, and the test's verdict."""
+    client = redis.Redis.from_url(settings.redis_url or "", decode_responses=True)
+    for user in users:
+        body = api(server, "GET", f"/v1/recommendations/{user}", params={"k": 10}).json()
+        fields = {"event_id": f"b-{user}", "user_id": user, "item_id": body["items"][0]["item_id"]}
+        fields |= {"type": "click", "ts": repr(time.time()), "rec_id": body["rec_id"]}
+        client.xadd(keys.events_stream(), fields)
+    client.close()
+    answer: dict[str, Any] = {}
+
+    def drawn() -> bool:
+        answer.update(api(server, "GET", "/v1/serving/outcomes").json())
+        models = {m["model_id"]: m for m in answer["models"]}
+        if sorted(models) != sorted(arms) or sum(
+            m["since_publish"]["clicks"] for m in models.values()
+        ) != len(users):
+            return False
+        cells = browser.evaluate("""Object.fromEntries([...document.querySelectorAll(
+            '#outcomes tr[data-model-id] td[data-key="since_publish.click_rate"]')]
+            .map(td => [td.parentElement.dataset.modelId, td.dataset.value === '' ? null : Number(td.dataset.value)]))""")
+        want = {m: models[m]["since_publish"]["click_rate"]["per_1000"] for m in arms}
+        return bool(cells == want)
+
+    for _ in range(100):
+        if drawn():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the page never drew GET /v1/serving/outcomes: {json.dumps(answer)[:2000]}")
+    text = browser.evaluate("document.getElementById('outcomes-verdict').textContent")
+    assert "always-valid p =" in text and answer["test"]["arm_a"] in text
+
+
 def test_exposure_charts_draw_the_numbers_of_the_exposure_api(
     browser: Any, live_server: LiveAPI, live_settings: Settings, registry: Registry
 ) -> None:
@@ -646,6 +685,7 @@ def test_exposure_charts_draw_the_numbers_of_the_exposure_api(
     assert {m["role"] for m in answer["models"]} == {"arm"}
     assert all(m["window"]["requests"] > 0 for m in answer["models"])
     browser.wait_for("document.getElementById('experiment-state').dataset.running === 'true'")
+    check_outcomes_drawn(browser, live_server, live_settings, users[:12], ids)
     browser.screenshot(ARTIFACTS / "dashboard-exposure-arms.png")
     assert api(live_server, "DELETE", EXPERIMENT, headers=AS_ADMIN).status_code == 200
     browser.wait_for("document.querySelectorAll('.exposure-model').length === 1")

@@ -32,7 +32,8 @@ AOF_FSYNC_S = 1.2  # appendfsync everysec: a write is on disk at most ~1s later
 
 def snapshot(client: redis.Redis) -> dict[str, object]:
     """Every unkd:* record with its value, whatever its type (strings, sorted sets, hashes);
-    live exposure counters (unkd:exposure:*, binary, growing with traffic) are not records."""
+    what live traffic writes is not a record: exposure counters (unkd:exposure:*, binary),
+    answers' rec records and outcome counters, and the events stream (its consumer group)."""
     read = {
         "string": client.get,
         "hash": client.hgetall,
@@ -41,7 +42,8 @@ def snapshot(client: redis.Redis) -> dict[str, object]:
     return {
         k: read[client.type(k)](k)
         for k in client.keys("unkd:*")
-        if not k.startswith(f"{keys.EXPOSURE}:")
+        if not k.startswith((f"{keys.EXPOSURE}:", f"{keys.OUTCOMES}:", f"{keys.REC}:"))
+        and k != keys.events_stream()
     }
 
 

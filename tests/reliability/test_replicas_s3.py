@@ -21,6 +21,7 @@ from service.core.artifacts import MANIFEST_FILE
 from service.core.config import Settings
 from service.core.registry import Registry
 from tests.reliability.conftest import observe, seed_dataset, seed_model, wait_until
+from tests.support.answers import same_answer
 from tests.support.live_api import LiveAPI
 from tests.support.s3 import S3Server
 from tests.support.workers import WorkerProcess
@@ -88,9 +89,9 @@ def test_two_api_hosts_serve_what_the_worker_puts_in_s3(
     api_b = live_api(api_settings["host-b"], ready="/readyz", env=s3_env)
     b = httpx.Client(base_url=api_b.url, timeout=30)
     assert _served(b, user) == B
-    assert (
-        a.get(f"/v1/recommendations/{user}?k=5").json()
-        == b.get(f"/v1/recommendations/{user}?k=5").json()
+    assert same_answer(
+        a.get(f"/v1/recommendations/{user}?k=5").json(),
+        b.get(f"/v1/recommendations/{user}?k=5").json(),
     )
 
     # An experiment arm host B never served (A) is fetched from the store when it starts.

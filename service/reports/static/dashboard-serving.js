@@ -1,7 +1,8 @@
 // What is served and how it is changed: publish (from the models table, with the gate's
 // "publish anyway (force)"), the publish history and rollback, the A/B experiment
 // (PUT/DELETE /v1/serving/experiment) and the live exposure of each served model
-// (GET /v1/serving/exposure) drawn beside its offline figures.
+// (GET /v1/serving/exposure) drawn beside its offline figures, with the outcomes of its
+// answers (GET /v1/serving/outcomes: click rates per arm and the arms' always-valid test).
 //
 // The experiment's state is read from GET /v1/serving/experiment on every exposure refresh
 // (200 with "running": false when none runs).
@@ -12,7 +13,7 @@ import {
   showOk, submitWith, when,
 } from "./dashboard-lib.js";
 
-const state = { models: [], servedModels: [], exposure: "" };
+const state = { models: [], servedModels: [], exposure: "", outcomes: "" };
 
 // -- publish ---------------------------------------------------------------------------
 
@@ -248,12 +249,70 @@ function drawExposure(exposure) {
       + (exposure.counting === false ? " This API process does not count its answers (UNKD_EXPOSURE_COUNTING=0)." : "");
 }
 
+// -- outcomes: clicks per 1,000 exposures per served model and arm, the arms' test --------
+
+const per1000 = (rate) => (rate && isNum(rate.per_1000)
+  ? `${rate.per_1000.toFixed(2)} [${rate.low.toFixed(2)}, ${rate.high.toFixed(2)}]` : "–");
+
+function outcomesTable(report) {
+  const span = windowLabel(report.window_s);
+  const head = el("tr", {}, el("th", { text: "model" }), el("th", { text: "role" }),
+    el("th", { class: "num", text: `clicks / 1,000 · ${span}` }),
+    el("th", { class: "num", text: "clicks / 1,000 · since publish" }),
+    el("th", { class: "num", text: "tail share of clicks" }),
+    el("th", { class: "num", text: "purchases / 1,000" }),
+    el("th", { class: "num", text: "exposures" }));
+  const rows = report.models.map((m) => {
+    const since = m.since_publish || {};
+    return el("tr", { "data-model-id": m.model_id, "data-role": m.role },
+      el("th", { scope: "row", text: m.model_id }),
+      el("td", { text: m.role === "arm" ? `arm · ${pct(m.weight, 0)}` : m.role }),
+      el("td", { class: "num", "data-key": "window.click_rate", text: per1000((m.window || {}).click_rate) }),
+      el("td", { class: "num", "data-key": "since_publish.click_rate",
+        "data-value": since.click_rate && isNum(since.click_rate.per_1000) ? String(since.click_rate.per_1000) : "",
+        text: per1000(since.click_rate) }),
+      el("td", { class: "num", text: pct(since.tail_click_share) }),
+      el("td", { class: "num", text: per1000(since.purchase_rate) }),
+      el("td", { class: "num", text: isNum(since.exposures) ? String(since.exposures) : "–" }));
+  });
+  return el("table", { class: "exposure-figures outcomes" }, el("thead", {}, head), el("tbody", {}, ...rows));
+}
+
+function verdict(test) {
+  if (!test) return "The arms' test appears with an experiment of two arms.";
+  const diff = isNum(test.difference_per_1000) ? test.difference_per_1000.toFixed(2) : "–";
+  const ci = test.interval_per_1000
+    ? ` (always-valid 95% interval ${test.interval_per_1000[0].toFixed(2)} to ${test.interval_per_1000[1].toFixed(2)})` : "";
+  const head = test.decided
+    ? `Decided: ${test.better} has the higher click rate`
+    : "Not decided yet: the arms' click rates are not shown to differ";
+  return `${head}. ${test.arm_b} − ${test.arm_a}: ${diff} clicks per 1,000 exposures${ci}; `
+    + `always-valid p = ${num(test.p_value, 4)} (alpha ${test.alpha}; ${test.method}, mixing variance ${test.mixing_variance}), `
+    + "valid however often this page is looked at.";
+}
+
+function drawOutcomes(report) {
+  const signature = JSON.stringify(report);
+  if (signature === state.outcomes) return;
+  state.outcomes = signature;
+  const box = document.getElementById("outcomes");
+  const lost = Object.entries((report.unattributed || {}).total || {}).map(([r, n]) => `${r} ${n}`).join(", ");
+  box.replaceChildren(
+    report.models.length ? outcomesTable(report) : el("p", { class: "note", text: "No served model yet." }),
+    el("p", { id: "outcomes-verdict", "data-decided": String(Boolean(report.test && report.test.decided)),
+      text: verdict(report.test) }),
+    el("p", { class: "note", text: "Rates: events citing an answer's rec_id per 1,000 items shown, "
+      + `with Wilson 95% intervals.${lost ? ` Unattributed events: ${lost}.` : ""}` }));
+}
+
 // One exposure refresh: nothing while nothing is served; the experiment's state with it.
 export async function refreshExposure() {
   const note = document.getElementById("exposure-note");
   if (!state.servedModels.length) {
     state.exposure = "";
     document.getElementById("exposure").replaceChildren();
+    state.outcomes = "";
+    document.getElementById("outcomes").replaceChildren();
     note.textContent = "Live exposure appears once a model is served.";
     drawExperiment(null);
     return;
@@ -266,6 +325,8 @@ export async function refreshExposure() {
     return;
   }
   drawExposure(exposure);
+  const outcomes = await getJSON("v1/serving/outcomes").catch(() => null);
+  if (outcomes) drawOutcomes(outcomes);
   const experiment = await getJSON("v1/serving/experiment").catch(() => null);
   drawExperiment(experiment && experiment.running ? experiment : null);
 }

@@ -22,6 +22,9 @@
   settles it. Answers counted meanwhile are held back, merged into one delta per model, and go
   under a new token once the one in doubt is settled: a model has at most one delta in doubt,
   and none is lost or added twice. The request path never waits on any of this.
+- Rec records. An answer also hands over its rec_id and the user of each list (in the same
+  tuple: still one append); the flusher writes what each answer showed, for attributing the
+  events that cite it (service/serving/outcomes/recs.py), in one more pipeline.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import numpy as np
 from service.core import keys
 from service.serving.exposure.counts import BUCKET_S, Counts, aggregate
 from service.serving.exposure.delta import Delta, DeltaWriter
+from service.serving.outcomes.attribution import rec_head, rec_lists, rec_texts
+from service.serving.outcomes.recs import Rec, RecWriter
 
 if TYPE_CHECKING:
     import redis
@@ -54,14 +59,26 @@ class Tally:
     groups and popularity travel with the tally so the flusher needs no bundle lookup.
     """
 
-    __slots__ = ("model_id", "since", "key", "groups", "popularity", "n_groups", "_sink")
+    __slots__ = (
+        "model_id",
+        "since",
+        "key",
+        "outcomes",
+        "groups",
+        "popularity",
+        "n_groups",
+        "item_ids",
+        "_rec_parts",
+        "_sink",
+    )
 
-    def __init__(
-        self, bundle: ServingBundle, since: str, sink: deque[tuple[Tally, np.ndarray, float]] | None
-    ) -> None:
+    def __init__(self, bundle: ServingBundle, since: str, sink: deque[Answer] | None) -> None:
         self.model_id = bundle.model_id
         self.since = since
         self.key = keys.exposure_epoch(bundle.model_id, since)
+        self.outcomes = keys.outcomes_epoch(bundle.model_id, since)
+        self.item_ids = bundle.item_ids
+        self._rec_parts: tuple[str, list[str], list[str]] | None = None
         self.groups = bundle.groups
         self.popularity = bundle.item_popularity
         self.n_groups = bundle.n_groups
@@ -71,11 +88,24 @@ class Tally:
     def counting(self) -> bool:
         return self._sink is not None
 
-    def add(self, items: np.ndarray, latency_s: float) -> None:
-        """Count one HTTP answer: items (k,) or (n, k) int64 (-1: empty slot), its latency."""
+    def rec_parts(self) -> tuple[str, list[str], list[str]]:
+        """What rec records are built from (attribution.rec_lists): the JSON head and the
+        items' texts, made by the flusher on first use (~60 bytes an item)."""
+        if self._rec_parts is None:
+            texts = rec_texts(self.item_ids.tolist(), self.groups.tolist())
+            self._rec_parts = (rec_head(self.outcomes), *texts)
+        return self._rec_parts
+
+    def add(self, items: np.ndarray, latency_s: float, rec: Rec | None = None) -> None:
+        """Count one HTTP answer: items (k,) or (n, k) int64 (-1: empty slot), its latency,
+        and its rec_id with the user of each list (None: no rec record)."""
         sink = self._sink
         if sink is not None:
-            sink.append((self, items, latency_s))
+            sink.append((self, items, latency_s, rec))
+
+
+# What the hot path queues per answer: its tally, items, latency and rec (Tally.add).
+Answer = tuple[Tally, np.ndarray, float, Rec | None]
 
 
 class ExposureCounter:
@@ -96,7 +126,7 @@ class ExposureCounter:
         self.redis = redis_client
         self.flush_s = flush_s
         self.clock = clock
-        self._pending: deque[tuple[Tally, np.ndarray, float]] = deque()
+        self._pending: deque[Answer] = deque()
         # Per epoch key: the delta sent without a reply, and the counts held back behind it.
         self._in_doubt: dict[str, Delta] = {}
         self._held: dict[str, Counts] = {}
@@ -105,6 +135,7 @@ class ExposureCounter:
         self._thread: threading.Thread | None = None
         self._down = False
         self._writer = DeltaWriter(redis_client)
+        self.recs = RecWriter(redis_client)
         # statistics, read by tests: answers written; deltas a retry found applied already
         self.flushed_answers = 0
         self.applied_before_retry = 0
@@ -139,8 +170,13 @@ class ExposureCounter:
             n = len(self._pending)
             drained = [self._pending.popleft() for _ in range(n)]
             by_key: dict[str, tuple[Tally, list[tuple[np.ndarray, float]]]] = {}
-            for tally, items, latency in drained:
+            records = []
+            for tally, items, latency, rec in drained:
                 by_key.setdefault(tally.key, (tally, []))[1].append((items, latency))
+                if rec is not None:
+                    head, ids, groups = tally.rec_parts()
+                    records.append((rec[0], rec_lists(head, ids, groups, items, rec[1])))
+            self.recs.write(records)  # before the counts: an event may cite them at once
             for key, (tally, answers) in by_key.items():
                 counts = aggregate(answers, tally.groups, tally.popularity, tally.n_groups)
                 if key in self._held:
