@@ -67,14 +67,25 @@ class DefaultRow:
     plain_test_head: float
 
 
-def run_one(ds_name: str, ds: Any, kind: str, work: Path, device: Any) -> DefaultRow:
+def run_one(
+    ds_name: str, ds: Any, kind: str, work: Path, device: Any, teacher_dir: Path | None = None
+) -> DefaultRow:
+    """One teacher kind at its defaults and the students a job gets from it. teacher_dir: keep
+    the teacher there, or reuse the one found there (its time is then its manifest's)."""
+    from training.checkpoint import ModelArtifact
     from training.config import DistillConfig, TeacherConfig
     from training.pipelines import distill_student, train_teacher
     from training.tuning import validation_figures
 
-    t0 = time.perf_counter()
-    teacher = train_teacher(ds, TeacherConfig(model=kind), work / f"t-{kind}", device=device)
-    teacher_s = time.perf_counter() - t0
+    kept = teacher_dir / f"{ds_name}-{kind}" if teacher_dir is not None else None
+    if kept is not None and (kept / "manifest.json").is_file():  # trained before: its own time
+        teacher = ModelArtifact.load(kept)
+        teacher_s = teacher.manifest.training.seconds if teacher.manifest.training else 0.0
+    else:
+        t0 = time.perf_counter()
+        out = kept or work / f"t-{kind}"
+        teacher = train_teacher(ds, TeacherConfig(model=kind), out, device=device)
+        teacher_s = time.perf_counter() - t0
     tv = validation_figures(ds, teacher, device=device)
     t0 = time.perf_counter()
     student = distill_student(
@@ -118,7 +129,12 @@ def run_one(ds_name: str, ds: Any, kind: str, work: Path, device: Any) -> Defaul
 
 
 def run_dataset(
-    name: str, ds: Any, work: Path, device: Any, teachers: tuple[str, ...]
+    name: str,
+    ds: Any,
+    work: Path,
+    device: Any,
+    teachers: tuple[str, ...],
+    teacher_dir: Path | None = None,
 ) -> list[DefaultRow]:
     from training.budget import EASE_MAX_ITEMS
 
@@ -127,7 +143,7 @@ def run_dataset(
         if kind == "ease" and ds.n_items > EASE_MAX_ITEMS:
             print(f"  {name}: ease skipped ({ds.n_items} items > {EASE_MAX_ITEMS})", flush=True)
             continue
-        row = run_one(name, ds, kind, work, device)
+        row = run_one(name, ds, kind, work, device, teacher_dir)
         print(
             f"  {name} {kind}: teacher {row.teacher_seconds:.0f} s, UnKD {row.student_seconds:.0f} s "
             f"(plain {row.plain_seconds:.0f} s): test NDCG {row.student_test_ndcg:.4f}, head "
@@ -223,6 +239,7 @@ def main() -> int:
     ap.add_argument("--teachers", default=",".join(TEACHERS))
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--teacher-dir", type=Path, help="keep (and reuse) the teachers here")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -237,7 +254,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="unkd-defaults-") as tmp:
         for name in a.datasets.split(","):
             ds = load(name)
-            rows += run_dataset(name, ds, Path(tmp) / name, device, tuple(a.teachers.split(",")))
+            rows += run_dataset(
+                name, ds, Path(tmp) / name, device, tuple(a.teachers.split(",")), a.teacher_dir
+            )
     print_table(rows)
     if a.json:
         a.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))

@@ -373,7 +373,9 @@ def run_defaults(
     from training.config import TeacherConfig
 
     print(f"\n## {name}: defaults (no tuning)\n", flush=True)
-    rows = defaults.run_dataset(name, load(name), work / f"defaults-{name}", device, a.teachers)
+    rows = defaults.run_dataset(
+        name, load(name), work / f"defaults-{name}", device, a.teachers, a.teacher_dir
+    )
     defaults.print_table(rows)
     als10 = implicit_als10(name, a.trials, a.seeds, tuned_rows)
     misses, notes = defaults.check(
@@ -398,6 +400,9 @@ def main() -> int:
     ap.add_argument("--blocks", default="defaults,tuned", help="defaults, tuned or both")
     ap.add_argument(
         "--teachers", default="als,ease,mf,lightgcn", help="teacher kinds of the defaults block"
+    )
+    ap.add_argument(
+        "--teacher-dir", type=Path, help="defaults block: keep (and reuse) its teachers here"
     )
     a = ap.parse_args()
     a.methods = [m for m in a.methods.split(",") if m]
