@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from training.calibration import SHIFT_PAD, Exposure, exposure, head_shifts
+from training.calibration import HEAD_MARGIN, SHIFT_PAD, Exposure, exposure, head_shifts
 from training.scoring import EmbeddingScorer
 
 CPU = torch.device("cpu")
@@ -72,12 +72,12 @@ def test_no_user_gets_more_head_items_than_from_the_teacher(seed: int) -> None:
     assert (after <= teacher.head).all()
     # Users already at or under their teacher keep their list: no shift.
     np.testing.assert_array_equal(shifts.beta[before <= teacher.head], 0.0)
-    # The shift is the smallest that does it: a little less and the user is over again.
+    # Each shift is the smallest that gives the user's count: a little less, one head item more.
     over = np.flatnonzero(shifts.beta > 0)
     less = shifts.beta.copy()
     less[over] = np.maximum(0.0, less[over] - 2 * SHIFT_PAD)
     again = _brute_head_counts(*_shifted(su, si, head, less), train, head)
-    assert (again[over] > teacher.head[over]).all()
+    assert (again[over] > after[over]).all()
     # Over any set of users, so over a validation or a test half alike.
     half = np.random.default_rng(seed).permutation(len(su))[: len(su) // 2]
     assert after[half].sum() <= teacher.head[half].sum()
@@ -133,3 +133,25 @@ def test_a_job_that_misses_its_cap_says_so(tiny_dataset) -> None:  # type: ignor
     cap = _meet_cap(shifted, DistillConfig(method="unkd", dim=4), train, head, teacher, CPU, None)
     assert cap.met is True and cap.student == 0.0 and cap.shift_column == 4
     assert shifted.user_emb.shape[1] == 5 and cap.summary().startswith("head-share cap met: ")
+
+
+def test_level_with_the_teacher_is_not_enough_the_margin_goes_under_it() -> None:
+    """A student far more head-heavy than its teacher would end level with it on every user;
+    the margin takes one head item more from the cheapest users until the share over every
+    user is HEAD_MARGIN under the teacher's, and no user goes over its teacher."""
+    train, head, (su, si), _ = _world(5)
+    si = si.copy()
+    si[head] += 5.0  # every list all head where it can be
+    before = _brute_head_counts(su, si, train, head)
+    teacher = Exposure(np.maximum(before - 6, 0), np.full(len(su), K, dtype=np.int64))
+    shifts = head_shifts(su, si, teacher, train, head)
+    after = _brute_head_counts(*_shifted(su, si, head, shifts.beta), train, head)
+    assert (after <= teacher.head).all()
+    share, theirs = after.sum() / (K * len(su)), teacher.share
+    assert share <= theirs - HEAD_MARGIN
+    # ... and not far past it: the margin costs about as many head items as it needs.
+    assert share > theirs - HEAD_MARGIN - 5 / (K * len(su))
+    assert (after < teacher.head).sum() >= 1
+    no_margin = head_shifts(su, si, teacher, train, head, margin=0.0)
+    level = _brute_head_counts(*_shifted(su, si, head, no_margin.beta), train, head)
+    np.testing.assert_array_equal(level, teacher.head)  # "at most" alone ends level
