@@ -178,7 +178,7 @@ def print_table(rows: list[DefaultRow]) -> None:
             f"{r.student_seconds:.0f} ({r.student_epochs})",
             f"{r.plain_seconds:.0f}",
             f"{r.users_shifted:.2f}",
-            f"{r.student_valid_head:.3f}"
+            f"{r.student_all_head:.3f} vs {r.teacher_all_head:.3f}"
             + (
                 f" ({r.student_unshifted_head:.3f})" if r.student_unshifted_head is not None else ""
             ),
