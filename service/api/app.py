@@ -20,6 +20,7 @@ from service.api.limits import BodyLimitMiddleware
 from service.api.prometheus import MetricsMiddleware, ServiceMetrics
 from service.api.routes import (
     datasets,
+    events,
     experiment,
     exposure,
     jobs,
@@ -30,12 +31,14 @@ from service.api.routes import (
 )
 from service.core.artifacts import ArtifactStore
 from service.core.config import Settings, get_settings
+from service.core.events import EventLog
 from service.core.queue import make_celery
 from service.core.registry import Registry
 from service.serving import item_routes
 from service.serving import routes as serving_routes
 from service.serving.exposure.counter import ExposureCounter
 from service.serving.exposure.reader import ExposureReader, offline_group_shares
+from service.serving.fresh import FreshFeed, FreshItems
 from service.serving.index_store import IndexStore
 from service.serving.schemas import ExposureReport
 
@@ -88,8 +91,8 @@ def _start_index_store(store: IndexStore, retry_s: float) -> threading.Event:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Connect the registry, build the Celery client, start the index watcher and the
-    exposure flusher; undo on exit."""
+    """Connect the registry, build the Celery client, start the index watcher, the
+    exposure flusher and the fresh-items feed; undo on exit."""
     settings: Settings = app.state.settings
     if not settings.redis_url:
         raise RuntimeError(
@@ -115,6 +118,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lambda model_id: offline_group_shares(registry, artifacts, model_id),
     )
     store = IndexStore(settings, registry, exposure=counter)
+    events_redis = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    fresh = FreshItems(
+        settings.fresh_max_users, settings.fresh_items_per_user, settings.fresh_ttl_s
+    )
+    feed_block_ms = 500
+    # Its own connection: XREAD BLOCK holds it, with a read timeout beyond the block.
+    feed_redis = redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_s + feed_block_ms / 1000,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+    feed = FreshFeed(
+        feed_redis,
+        fresh,
+        settings.events_positive_types,
+        tail_entries=settings.fresh_tail_entries,
+        block_ms=feed_block_ms,
+        retry_s=settings.reload_poll_s,
+    )
+    app.state.event_log = EventLog(
+        events_redis, settings.events_dedup_ttl_s, settings.events_stream_maxlen
+    )
+    app.state.fresh = fresh
     app.state.registry = registry
     app.state.celery = celery_app
     app.state.index_store = store
@@ -131,6 +163,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.metrics.watch_exposure(served_exposure)
     if counter is not None:
         counter.start()
+    feed.start()
     stop_retry = _start_index_store(store, settings.reload_poll_s)
     logger.info(
         "API up: queues %s/%s, data dir %s",
@@ -143,12 +176,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         stop_retry.set()
         store.stop()
+        feed.stop()
         if counter is not None:
             counter.stop()  # flushes what is left
         app.state.metrics.watch_registry(lambda: None)
         app.state.metrics.watch_exposure(lambda: None)
         celery_app.close()
         exposure_redis.close()
+        events_redis.close()
+        feed_redis.close()
         registry.close()
         logger.info("API stopped")
 
@@ -171,6 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (
         datasets.router,
+        events.router,
         jobs.router,
         models.router,
         serving_routes.router,

@@ -11,6 +11,8 @@ Every key of service/ is built here, so one file tells what Redis holds:
     unkd:serving:*                              the served model, its history, staged bundles,
                                                 the running experiment (constants below)
     unkd:exposure:*                             live exposure counts (layout at EXPOSURE)
+    unkd:events                                 the event stream (POST /v1/events)
+    unkd:events:id:<event_id>                   an event id already stored (SET NX EX)
 """
 
 import hashlib
@@ -100,6 +102,20 @@ EXPERIMENT_EVENTS = f"{PREFIX}:serving:experiment:events"  # pub/sub: a hint to 
 #   <EXPOSURE>:<model_id>:<epoch>:total        hash of counters since the epoch began
 #   <EXPOSURE>:<model_id>:<epoch>:items        item counts since the epoch began
 EXPOSURE = f"{PREFIX}:exposure"
+
+
+# -- events: what users did after the upload (service.core.events) -----------------------------
+EVENTS = f"{PREFIX}:events"
+
+
+def events_stream() -> str:
+    """The one Redis Stream of user events; entry fields are service.core.events.EVENT_FIELDS."""
+    return EVENTS
+
+
+def event_seen(event_id: str) -> str:
+    """Present (with a TTL) while `event_id` counts as stored: a repeat within it is dropped."""
+    return f"{EVENTS}:id:{event_id}"
 
 
 # -- worker: fan-out, leases, tuning --

@@ -14,7 +14,7 @@ routes declare the pydantic models of service.serving.schemas for OpenAPI only.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Annotated, Any
 
@@ -25,9 +25,10 @@ from fastapi.exceptions import RequestValidationError
 from service.core.config import Settings
 from service.core.records import ConflictError, NotServingError
 from service.serving.bundle import ServingBundle
-from service.serving.filters import FilterError, Filters, resolve_filters
+from service.serving.filters import NO_ITEMS, FilterError, Filters, resolve_filters
+from service.serving.fresh import FreshItems
 from service.serving.index_store import IndexStore, LoadedBundle
-from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC
+from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC, Source
 from service.serving.served_model import ServedModel
 
 # The filter parameters of the GET routes: repeated query parameters (?exclude=a&exclude=b).
@@ -143,6 +144,7 @@ def recommendations_json(
     *,
     fallback: str | None = None,
     unknown: dict[str, list[str]] | None = None,
+    source: Source = "model",
 ) -> str:
     """One `Recommendations` object as JSON text. scores, items: (k,) rows of recommend()."""
     head = "null" if user_id is None else encode_basestring_ascii(user_id)
@@ -150,6 +152,24 @@ def recommendations_json(
     if unknown:
         extra += f',"unknown_items":{json.dumps(unknown)}'
     return (
-        f'{{"user_id":{head},"model_id":{encode_basestring_ascii(bundle.model_id)}{extra},'
-        f'"items":{bundle.items_json(scores, items)}}}'
+        f'{{"user_id":{head},"model_id":{encode_basestring_ascii(bundle.model_id)},'
+        f'"source":"{source}"{extra},"items":{bundle.items_json(scores, items)}}}'
     )
+
+
+# An app without the feed (the serving routes mounted alone, in tests) has no recent items.
+NO_FRESH = FreshItems(max_users=1, per_user=1, ttl_s=1.0)
+
+
+def fresh_items(request: Request) -> FreshItems:
+    """This process's recent positive items per user (service.serving.fresh)."""
+    fresh: FreshItems = getattr(request.app.state, "fresh", NO_FRESH)
+    return fresh
+
+
+def fresh_indices(bundle: ServingBundle, items: Collection[str]) -> np.ndarray:
+    """(m,) sorted unique int64 indices of the fresh items the catalogue knows."""
+    if not items:
+        return NO_ITEMS
+    known, _ = bundle.item_indices(list(items))
+    return np.unique(known)
