@@ -62,7 +62,9 @@ def read_events(text: str, source: str, json_lines: bool) -> Iterator[tuple[int,
             try:
                 fields["ts"] = float(fields["ts"])
             except ValueError:
-                raise UsageError(f"{source} line {n}: ts={fields['ts']!r} is not a number") from None
+                raise UsageError(
+                    f"{source} line {n}: ts={fields['ts']!r} is not a number"
+                ) from None
         fields.setdefault(
             "event_id", _event_id(source, n, ",".join(row.get(f) or "" for f in FIELDS))
         )

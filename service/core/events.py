@@ -54,6 +54,35 @@ return out
 """
 
 
+# What a reader of positive feedback needs, projected in Redis (service/serving/fresh.py).
+# KEYS[1]: the stream. ARGV[1]: "fwd" (XRANGE) or "rev" (XREVRANGE); ARGV[2]: the start, as
+# XRANGE takes it ("(<id>" exclusive); ARGV[3]: the end; ARGV[4]: COUNT; ARGV[5..]: the types.
+# Returns {id of the last entry read ("" if none), entries read, {id, user_id, item_id, ...}
+# of those whose type is listed}.
+_POSITIVE_LUA = """
+local cmd = ARGV[1] == 'rev' and 'XREVRANGE' or 'XRANGE'
+local entries = redis.call(cmd, KEYS[1], ARGV[2], ARGV[3], 'COUNT', ARGV[4])
+local wanted = {}
+for i = 5, #ARGV do wanted[ARGV[i]] = true end
+local out = {}
+local last = ''
+for _, e in ipairs(entries) do
+  last = e[1]
+  local f = e[2]
+  local t, u, it
+  for j = 1, #f, 2 do
+    local k = f[j]
+    if k == 'type' then t = f[j + 1] elseif k == 'user_id' then u = f[j + 1]
+    elseif k == 'item_id' then it = f[j + 1] end
+  end
+  if t and wanted[t] and u and it then
+    out[#out + 1] = e[1]; out[#out + 1] = u; out[#out + 1] = it
+  end
+end
+return {last, #entries, out}
+"""
+
+
 @dataclass(frozen=True)
 class Event:
     """One validated event, ready to store (the API's schema checked every field)."""
@@ -76,7 +105,7 @@ class StoredEvent:
     @property
     def stored_at(self) -> float:
         """Seconds since the epoch when Redis stored it (the stream id's milliseconds)."""
-        return int(self.stream_id.split("-", 1)[0]) / 1000.0
+        return stored_at(self.stream_id)
 
 
 def parse_entry(stream_id: str, fields: dict[str, str]) -> StoredEvent:
@@ -141,6 +170,53 @@ class EventLog:
         raw = self._append(keys=key_list, args=args)
         ids = [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
         return AppendResult([i or None for i in ids])
+
+
+@dataclass(frozen=True)
+class PositiveRead:
+    """One read of the stream for positive feedback.
+
+    Attributes:
+        last_id: the id of the last entry read (a cursor), "" when none was.
+        read: entries read, positive or not.
+        hits: (stream id, user_id, item_id) of the positive ones, in reading order.
+    """
+
+    last_id: str
+    read: int
+    hits: list[tuple[str, str, str]]
+
+
+def stored_at(stream_id: str) -> float:
+    """Seconds since the epoch when Redis stored the entry `stream_id`."""
+    return int(stream_id.split("-", 1)[0]) / 1000.0
+
+
+class PositiveReader:
+    """Reads (stream id, user, item) of the events of some types, projected in Redis.
+
+    Why a script and not XRANGE: redis-py's pure-Python reply parser takes ~35 ms for 1000
+    entries of six fields (13,000 strings; Redis itself spends ~1 ms), which would make a
+    process's feed slower than one process's intake. The script returns three strings per
+    positive entry and nothing for the others.
+
+    Args:
+        client: a redis-py client with decode_responses=True.
+        types: the event types wanted.
+    """
+
+    def __init__(self, client: redis.Redis, types: Sequence[str]) -> None:
+        self.client, self.types = client, list(types)
+        self._script = client.register_script(_POSITIVE_LUA)
+
+    def read(self, start: str, end: str, count: int, *, reverse: bool = False) -> PositiveRead:
+        """Up to `count` entries from `start` towards `end` (XRANGE syntax: "(<id>" excludes)."""
+        last, n, flat = self._script(
+            keys=[keys.events_stream()],
+            args=["rev" if reverse else "fwd", start, end, count, *self.types],
+        )
+        hits = [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+        return PositiveRead(str(last), int(n), hits)
 
 
 def now() -> float:
