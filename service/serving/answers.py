@@ -171,5 +171,6 @@ def fresh_indices(bundle: ServingBundle, items: Collection[str]) -> np.ndarray:
     """(m,) sorted unique int64 indices of the fresh items the catalogue knows."""
     if not items:
         return NO_ITEMS
-    known, _ = bundle.item_indices(list(items))
-    return np.unique(known)
+    lookup = bundle.item_index
+    known = sorted({i for i in map(lookup, items) if i is not None})
+    return np.array(known, dtype=np.int64) if known else NO_ITEMS

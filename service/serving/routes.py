@@ -122,11 +122,11 @@ async def recommend_user(
     fresh = fresh_indices(bundle, recent)
     source: Source = "model"
     if idx is not None:
-        query = (
-            filters.query(also_banned=fresh if exclude_seen and len(fresh) else None)
-            if filters.active or (exclude_seen and len(fresh))
-            else None
-        )
+        ban = fresh if exclude_seen and len(fresh) else None
+        if filters.active:
+            query: RowQuery | None = filters.query(also_banned=ban)
+        else:  # recent items only: the row rides the plain rows' search (ServingBundle.recommend)
+            query = RowQuery(ban) if ban is not None else None
         scores, items = await bundle.recommend_one_async(idx, k, exclude_seen, query)
     elif len(fresh):  # unknown to the model, known by their events: fold them in
         source = "history"
