@@ -57,7 +57,7 @@ K = 20
 # 16)" (still printed, for information); the yardstick is the app a user would otherwise write:
 TARGET_BASELINE_SPEEDUP = 1.5  # create_app's plain GET req/s over bench/serve_baseline.py's at 16
 TARGET_FRESH_SHARE = 0.10  # the fresh-seen filter: under this share of the plain GET's CPU
-ROUNDS = 2  # alternated rounds of (create_app fresh on, baseline, create_app fresh off)
+ROUNDS = 3  # alternated rounds of (create_app fresh on, baseline, create_app fresh off)
 TARGET_P99_MS = 5.0
 TARGET_TAIL_RATIO = 3.0  # p99 / p50 at 16 connections, endpoint and create_app's plain GET
 TARGET_COUNTING_SHARE = 0.05  # live exposure counting: at most this share of the plain GET's CPU
@@ -630,12 +630,12 @@ def baseline_and_fresh(
 ) -> dict[str, Any]:
     """The plain GET of create_app with the fresh filter on, against the baseline a user would
     write (bench/serve_baseline.py) and against create_app with an empty recent-items map
-    (BENCH_FRESH=0): all three on the same core with the same wrk script, in ROUNDS rounds
+    (BENCH_FRESH=0): all three on the same core with the same wrk script, in --rounds rounds
     that alternate them (on a shared host one run against another moves by 20-30 %), compared
     by their medians. The baseline first answers users 0, 1 and 3 as brute force says."""
     runs: dict[str, list[dict[str, float]]] = {"fresh on": [], "baseline": [], "fresh off": []}
     port = args.port + 171 + 10 * i
-    for _ in range(ROUNDS):
+    for _ in range(args.rounds):
         for name, kind, env in (
             ("fresh on", "app", {"BENCH_FRESH": "1"}),
             ("baseline", "baseline", {"OMP_NUM_THREADS": "1"}),
@@ -661,6 +661,7 @@ def baseline_and_fresh(
         for name in runs
     }
     out["runs"] = runs
+    out["rounds"] = args.rounds
     out["speedup"] = out["fresh on"]["rps"] / out["baseline"]["rps"]
     on, off = out["fresh on"]["cpu_ms_per_req"], out["fresh off"]["cpu_ms_per_req"]
     out["fresh_share"] = (on - off) / on
@@ -778,6 +779,14 @@ def main() -> int:
     ap.add_argument("--work-dir", type=Path, default=None, help="keep bundles and server logs here")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument(
+        "--rounds", type=int, default=ROUNDS, help="alternated rounds of the baseline comparison"
+    )
+    ap.add_argument(
+        "--versus-only",
+        action="store_true",
+        help="only the baseline comparison and the fresh filter's share (step 5)",
+    )
+    ap.add_argument(
         "--serve", choices=["floor", "endpoint", "app", "baseline"], help=argparse.SUPPRESS
     )
     ap.add_argument("--bundle", help=argparse.SUPPRESS)
@@ -803,9 +812,60 @@ def main() -> int:
         os.sched_setaffinity(redis_server.pid, {args.wrk_core})
     os.environ["BENCH_REDIS_URL"] = redis_server.url
     try:
-        return run_all(args, work, warm)
+        return versus_only(args, work) if args.versus_only else run_all(args, work, warm)
     finally:
         redis_server.stop()
+
+
+def versus_table(rows: list[dict[str, Any]]) -> str:
+    """Step 5's table: create_app's plain GET (fresh on) against the baseline and fresh off."""
+    headers = [
+        "dim",
+        "plain GET req/s @16 (fresh on)",
+        "baseline req/s @16",
+        "x baseline",
+        "plain GET p50/p99 @16 ms",
+        "baseline p50/p99 @16 ms",
+        "CPU ms/req fresh on / off",
+        "fresh filter share",
+        "result",
+    ]
+    body = [
+        [
+            r["dim"],
+            round(r["versus"]["fresh on"]["rps"]),
+            round(r["versus"]["baseline"]["rps"]),
+            f"{r['versus']['speedup']:.2f}",
+            f"{r['versus']['fresh on']['p50_ms']:.2f} / {r['versus']['fresh on']['p99_ms']:.2f}",
+            f"{r['versus']['baseline']['p50_ms']:.2f} / {r['versus']['baseline']['p99_ms']:.2f}",
+            f"{r['versus']['fresh on']['cpu_ms_per_req']:.3f} / "
+            f"{r['versus']['fresh off']['cpu_ms_per_req']:.3f}",
+            f"{100 * r['versus']['fresh_share']:.1f} %",
+            "ok" if r["versus"]["pass"] else "MISS",
+        ]
+        for r in rows
+    ]
+    return (
+        table(headers, body) + f"\n(medians of {rows[0]['versus']['rounds']} alternated rounds; "
+        f"targets: >= {TARGET_BASELINE_SPEEDUP} x the baseline, p99 < {TARGET_TAIL_RATIO} x p50, "
+        f"fresh filter < {100 * TARGET_FRESH_SHARE:.0f} % of the CPU per request)"
+    )
+
+
+def versus_only(args: argparse.Namespace, work: Path) -> int:
+    """Step 5 alone, for each --dim: the baseline comparison and the fresh filter's share."""
+    dataset = synthetic_dataset(args.users, args.items, args.seen_mean, args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    wrk_users = rng.integers(0, args.users, N_WRK_USERS)
+    rows = []
+    for i, dim in enumerate(args.dim):
+        bundle_dir, _ = publish_student(dataset, dim, args.factory, work, args.seed)
+        script = route_scripts(work, dataset, wrk_users, args.seed)["plain GET"][0]
+        rows.append({"dim": dim, "versus": baseline_and_fresh(bundle_dir, args, work, i, script)})
+    print(versus_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
+    return 0 if all(r["versus"]["pass"] for r in rows) else 1
 
 
 def run_all(args: argparse.Namespace, work: Path, warm: float) -> int:
@@ -1034,33 +1094,7 @@ def run_all(args: argparse.Namespace, work: Path, warm: float) -> int:
         for r in rows
     ]
     print(table(cheaders, cbody))
-    vheaders = [
-        "dim",
-        f"plain GET req/s @16 (fresh on, median of {ROUNDS})",
-        "baseline req/s @16",
-        "x baseline",
-        "plain GET p50/p99 @16 ms",
-        "baseline p50/p99 @16 ms",
-        "CPU ms/req fresh on / off",
-        "fresh filter share",
-        "result",
-    ]
-    vbody = [
-        [
-            r["dim"],
-            round(r["versus"]["fresh on"]["rps"]),
-            round(r["versus"]["baseline"]["rps"]),
-            f"{r['versus']['speedup']:.2f}",
-            f"{r['versus']['fresh on']['p50_ms']:.2f} / {r['versus']['fresh on']['p99_ms']:.2f}",
-            f"{r['versus']['baseline']['p50_ms']:.2f} / {r['versus']['baseline']['p99_ms']:.2f}",
-            f"{r['versus']['fresh on']['cpu_ms_per_req']:.3f} / "
-            f"{r['versus']['fresh off']['cpu_ms_per_req']:.3f}",
-            f"{100 * r['versus']['fresh_share']:.1f} %",
-            "ok" if r["versus"]["pass"] else "MISS",
-        ]
-        for r in rows
-    ]
-    print(table(vheaders, vbody))
+    print(versus_table(rows))
     pheaders = [
         "API processes",
         "req/s @16",
