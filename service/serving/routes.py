@@ -13,8 +13,10 @@ ScalarQueryRoute (service/serving/lean_route.py) to skip FastAPI's per-request p
 introspection. Filters (exclude, include, groups: service/serving/filters.py) travel with
 the request into the same batched search. POST by-history is `async def` on the same
 search thread (the fold-in runs there too); the batch POST and the status are plain `def`
-and run in the threadpool. An unknown user is 404 unless `fallback` asks for a popularity
-list (service/serving/fallback.py).
+and run in the threadpool. With exclude_seen, a user's recent positive events (this process's
+map, service/serving/fresh.py) are left out beside their training items; a user the model does
+not know but who has such events is answered by folding them in ("source": "history"), else
+404 unless `fallback` asks for a popularity list (service/serving/fallback.py).
 
 Every answer is counted for live exposure under the model that produced it (`Tally.add`: one
 deque append; service/serving/exposure/counter.py), with the handler's latency. During an A/B
