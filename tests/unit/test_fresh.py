@@ -51,3 +51,14 @@ def test_items_expire_ttl_after_they_were_stored() -> None:
     clock.t = 1060.0
     assert list(fresh.items("u")) == []
     assert fresh.applied == 2
+
+
+def test_a_stream_entry_parses_back_into_its_event() -> None:
+    """The entry format the intake writes and other readers (outcome attribution) parse."""
+    from service.core.events import EVENT_FIELDS, parse_entry
+
+    fields = dict(zip(EVENT_FIELDS, ["e-1", "u1", "i3", "click", "1767225600.5", ""], strict=True))
+    stored = parse_entry("1767225601234-0", fields)
+    assert stored.stored_at == 1767225601.234
+    assert (stored.event.user_id, stored.event.item_id, stored.event.type) == ("u1", "i3", "click")
+    assert stored.event.ts == 1767225600.5 and stored.event.rec_id == ""
