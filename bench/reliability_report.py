@@ -81,6 +81,18 @@ ROWS: list[tuple[str, str, str]] = [
         "ready {seconds_to_ready_after_redis}s after Redis returned",
     ),
     (
+        "events_api_sigkill",
+        "test_events_faults.py::test_api_sigkilled_while_a_client_streams_events",
+        "{acknowledged} events acknowledged, {stored} stored; lost {lost}; stored twice {stored_twice} "
+        "({client_retries} batches resent)",
+    ),
+    (
+        "events_redis_restart",
+        "test_events_faults.py::test_redis_restarted_while_a_client_streams_events",
+        "{acknowledged} events acknowledged ({acknowledged_before_kill} before the kill); lost {lost}; "
+        "stored twice {stored_twice}; refused while down {refusals}",
+    ),
+    (
         "fuzz_openapi",
         "test_fuzz_api.py::test_fuzz_every_operation_no_5xx_and_4xx_name_the_field",
         "{requests} requests over {operations} operations: statuses {statuses}; 5xx {server_errors}; "

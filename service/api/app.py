@@ -20,6 +20,7 @@ from service.api.limits import BodyLimitMiddleware
 from service.api.prometheus import MetricsMiddleware, ServiceMetrics
 from service.api.routes import (
     datasets,
+    events,
     experiment,
     exposure,
     jobs,
@@ -31,12 +32,14 @@ from service.api.routes import (
 )
 from service.core.artifacts import ArtifactStore
 from service.core.config import Settings, get_settings
+from service.core.events import EventLog
 from service.core.queue import make_celery
 from service.core.registry import Registry
 from service.serving import item_routes
 from service.serving import routes as serving_routes
 from service.serving.exposure.counter import ExposureCounter
 from service.serving.exposure.reader import ExposureReader, offline_group_shares
+from service.serving.fresh import FreshFeed, FreshItems
 from service.serving.index_store import IndexStore
 from service.serving.outcomes.consumer import OutcomeConsumer
 from service.serving.outcomes.reader import OutcomeReader
@@ -93,7 +96,7 @@ def _start_index_store(store: IndexStore, retry_s: float) -> threading.Event:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Connect the registry, build the Celery client, start the index watcher, the
-    exposure flusher and the outcome consumer; undo on exit."""
+    exposure flusher, the outcome consumer and the fresh-items feed; undo on exit."""
     settings: Settings = app.state.settings
     if not settings.redis_url:
         raise RuntimeError(
@@ -134,6 +137,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         else None
     )
     store = IndexStore(settings, registry, exposure=counter)
+    log_redis = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    fresh = FreshItems(
+        settings.fresh_max_users, settings.fresh_items_per_user, settings.fresh_ttl_s
+    )
+    feed_block_ms = 500
+    # Its own connection: XREAD BLOCK holds it, with a read timeout beyond the block.
+    feed_redis = redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_s + feed_block_ms / 1000,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+    feed = FreshFeed(
+        feed_redis,
+        fresh,
+        settings.events_positive_types,
+        tail_entries=settings.fresh_tail_entries,
+        block_ms=feed_block_ms,
+        retry_s=settings.reload_poll_s,
+    )
+    app.state.event_log = EventLog(
+        log_redis, settings.events_dedup_ttl_s, settings.events_stream_maxlen
+    )
+    app.state.fresh = fresh
     app.state.registry = registry
     app.state.celery = celery_app
     app.state.index_store = store
@@ -163,6 +195,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         counter.start()
     if consumer is not None:
         consumer.start()
+    feed.start()
     stop_retry = _start_index_store(store, settings.reload_poll_s)
     logger.info(
         "API up: queues %s/%s, data dir %s",
@@ -177,6 +210,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.stop()
         if consumer is not None:
             consumer.stop()
+        feed.stop()
         if counter is not None:
             counter.stop()  # flushes what is left
         app.state.metrics.watch_registry(lambda: None)
@@ -185,6 +219,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         celery_app.close()
         exposure_redis.close()
         events_redis.close()
+        feed_redis.close()
+        log_redis.close()
         registry.close()
         logger.info("API stopped")
 
@@ -207,6 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (
         datasets.router,
+        events.router,
         jobs.router,
         models.router,
         serving_routes.router,

@@ -6,6 +6,8 @@
 - unkd_auth_failures_total{reason}: requests refused for a missing or wrong API key (missing,
   invalid) or a key whose role is below the route's (role).
 - unkd_jobs_submitted_total{kind}: jobs this process accepted.
+- unkd_events_total{result}: events of POST /v1/events this process stored, or dropped as a
+  repeated event_id (result="duplicate").
 - unkd_jobs_total{kind, status} and unkd_jobs{status}: read from the Redis registry at
   scrape time, so they count the work of every worker, not just this process.
 - unkd_exposure_*{model_id[, group]}: live exposure of the served models (the active one,
@@ -278,6 +280,12 @@ class ServiceMetrics:
             "unkd_jobs_submitted",
             "jobs accepted by this API process",
             ["kind"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "unkd_events",
+            "events of POST /v1/events by result: stored, or duplicate (event_id seen before)",
+            ["result"],
             registry=self.registry,
         )
         self._source: Callable[[], Registry | None] = lambda: None

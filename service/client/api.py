@@ -283,3 +283,12 @@ class ApiClient:
             params["fallback"] = fallback
         path = f"/v1/recommendations/{quote(user_id, safe='')}"
         return cast(Recommendations, self._request("GET", path, params=params))
+
+    # -- events ---------------------------------------------------------------------------
+
+    def post_events(self, events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+        """POST /v1/events (a write key): {"received", "stored", "duplicates"} of the batch."""
+        return cast(
+            "dict[str, int]",
+            self._request("POST", "/v1/events", json_body={"events": [dict(e) for e in events]}),
+        )

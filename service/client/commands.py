@@ -7,6 +7,7 @@
     unkd jobs show ID [--wait]          unkd jobs cancel ID
     unkd models list                    unkd models publish ID [--force | --stage] [--wait]
     unkd recommend USER [-k 20] [--exclude ITEM ...] [--fallback debiased]
+    unkd events push FILE [--batch 500]   (CSV or JSON lines; service/client/events.py)
 
 Every command takes `--api URL` (default $UNKD_API_URL, else http://127.0.0.1:8000), sends
 the key in $UNKD_API_KEY (or the variable `--key-env` names) as `Authorization: Bearer`,
@@ -36,6 +37,7 @@ from service.client.api import (
     JobStatus,
 )
 from service.client.bodies import UsageError, job_body, publish_body
+from service.client.events import push
 from service.client.output import (
     HEADLINE,
     JobBar,
@@ -283,6 +285,18 @@ def cmd_recommend(client: ApiClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_push(client: ApiClient, args: argparse.Namespace) -> int:
+    totals = push(client, args.file, args.batch, progress=not args.json)
+    if args.json:
+        _print_json(totals)
+    else:
+        say(
+            f"{totals['received']} events sent: {totals['stored']} stored, "
+            f"{totals['duplicates']} already stored (repeated event_id)"
+        )
+    return 0
+
+
 # -- the parser --------------------------------------------------------------------------------
 
 
@@ -399,4 +413,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fallback", choices=["popular", "debiased"],
                    help="answer a user the model does not know with this list instead of 404")
     p.add_argument("--include-seen", action="store_true", help="keep the user's training items")
+
+    events = sub.add_parser("events", help="send user events (views, clicks, purchases) to a running API")
+    esub = events.add_subparsers(dest="events_command", required=True, metavar="COMMAND")
+    p = _leaf(esub, "push", cmd_events_push,
+              "send a CSV (user_id,item_id,type[,ts,rec_id,event_id]) or JSON-lines file of events "
+              "(a write key); safe to run again: each event is stored once", [common])
+    p.add_argument("file", metavar="FILE", help="the events file; '-' reads stdin")
+    p.add_argument("--batch", type=_count, default=500, metavar="N",
+                   help="events per request (default: 500; the API takes up to 1000)")
 # fmt: on

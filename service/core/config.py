@@ -16,6 +16,9 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Role = Literal["read", "write", "admin"]
+EventType = Literal["view", "click", "cart", "purchase"]
+EVENT_TYPES: tuple[EventType, ...] = ("view", "click", "cart", "purchase")
+DEFAULT_POSITIVE: tuple[EventType, ...] = ("click", "purchase")
 ROLES: tuple[Role, ...] = ("read", "write", "admin")  # each allows what the ones before it do
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -203,6 +206,46 @@ class Settings(BaseSettings):
         1.0, gt=0, le=60, description="API: how often the live exposure counts are flushed to Redis"
     )
 
+    # -- events (POST /v1/events) and the fresh-seen filter (service/serving/fresh.py) --------
+    events_positive_types: Annotated[list[EventType], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_POSITIVE),
+        description="event types that count as positive feedback: their items leave the user's "
+        "next answers and feed a history answer for a user the model does not know "
+        "(comma-separated); the others are stored only",
+    )
+    events_dedup_ttl_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="how long an event_id is remembered: a repeat within it is stored once",
+    )
+    events_stream_maxlen: int = Field(
+        5_000_000,
+        ge=0,
+        description="the event stream keeps about this many newest entries (XADD MAXLEN ~); "
+        "0 keeps every entry",
+    )
+    fresh_max_users: int = Field(
+        50_000,
+        ge=1,
+        description="API: users whose recent positive items each process holds (least recently "
+        "active dropped first)",
+    )
+    fresh_items_per_user: int = Field(
+        32, ge=1, le=1024, description="API: most recent positive items held per user"
+    )
+    fresh_ttl_s: float = Field(
+        3 * 24 * 3600.0,
+        gt=0,
+        description="API: an event's item stays excluded (or in a history answer) this long "
+        "after it was stored; the next retrain is expected to know it by then",
+    )
+    fresh_tail_entries: int = Field(
+        200_000,
+        ge=0,
+        description="API: newest stream entries read at start (within fresh_ttl_s) to fill the "
+        "recent-items map before following the stream",
+    )
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
@@ -226,6 +269,13 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("events_positive_types", mode="before")
+    @classmethod
+    def _split_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -11,7 +11,8 @@ Every key of service/ is built here, so one file tells what Redis holds:
     unkd:serving:*                              the served model, its history, staged bundles,
                                                 the running experiment (constants below)
     unkd:exposure:*                             live exposure counts (layout at EXPOSURE)
-    unkd:events                                 the stream of user events (events_stream)
+    unkd:events                                 the stream of user events (POST /v1/events)
+    unkd:events:id:<event_id>                   an event id already stored (SET NX EX)
     unkd:rec:<rec_id>                           what one answer showed (rec_record)
     unkd:outcomes:*                             events attributed to answers (layout at OUTCOMES)
 """
@@ -127,8 +128,13 @@ REC = f"{PREFIX}:rec"
 
 
 def events_stream() -> str:
-    """The one Redis Stream of user events (written by POST /v1/events)."""
+    """The one Redis Stream of user events; entry fields are service.core.events.EVENT_FIELDS."""
     return EVENTS
+
+
+def event_seen(event_id: str) -> str:
+    """Present (with a TTL) while `event_id` counts as stored: a repeat within it is dropped."""
+    return f"{EVENTS}:id:{event_id}"
 
 
 def rec_record(rec_id: str) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from json.encoder import encode_basestring_ascii
 from time import perf_counter
 from typing import Annotated, Any
@@ -34,9 +34,10 @@ from fastapi.exceptions import RequestValidationError
 from service.core.config import Settings
 from service.core.records import ConflictError, NotServingError
 from service.serving.bundle import ServingBundle
-from service.serving.filters import FilterError, Filters, resolve_filters
+from service.serving.filters import NO_ITEMS, FilterError, Filters, resolve_filters
+from service.serving.fresh import FreshItems
 from service.serving.index_store import IndexStore, LoadedBundle
-from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC
+from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC, Source
 from service.serving.served_model import ServedModel
 
 # The filter parameters of the GET routes: repeated query parameters (?exclude=a&exclude=b).
@@ -158,6 +159,7 @@ def recommendations_json(
     rec_id: str,
     fallback: str | None = None,
     unknown: dict[str, list[str]] | None = None,
+    source: Source = "model",
 ) -> str:
     """One `Recommendations` object as JSON text. scores, items: (k,) rows of recommend()."""
     head = "null" if user_id is None else encode_basestring_ascii(user_id)
@@ -166,8 +168,8 @@ def recommendations_json(
         extra += f',"unknown_items":{json.dumps(unknown)}'
     return (
         f'{{"rec_id":"{rec_id}","user_id":{head},'
-        f'"model_id":{encode_basestring_ascii(bundle.model_id)}{extra},'
-        f'"items":{bundle.items_json(scores, items)}}}'
+        f'"model_id":{encode_basestring_ascii(bundle.model_id)},'
+        f'"source":"{source}"{extra},"items":{bundle.items_json(scores, items)}}}'
     )
 
 
@@ -180,6 +182,7 @@ def answer(
     *,
     fallback: str | None = None,
     unknown: dict[str, list[str]] | None = None,
+    source: Source = "model",
 ) -> Response:
     """The response of a one-list answer, counted (with its rec_id) on the model's tally.
 
@@ -189,7 +192,14 @@ def answer(
     """
     rec_id = new_rec_id()
     body = recommendations_json(
-        served.bundle, user_id, scores, items, rec_id=rec_id, fallback=fallback, unknown=unknown
+        served.bundle,
+        user_id,
+        scores,
+        items,
+        rec_id=rec_id,
+        fallback=fallback,
+        unknown=unknown,
+        source=source,
     )
     served.tally.add(items, perf_counter() - t0, (rec_id, (user_id,)))
     return Response(body, media_type="application/json")
@@ -219,3 +229,22 @@ def batch_answer(
     model_id = encode_basestring_ascii(parts[0][0].model_id) if len(parts) == 1 else "null"
     body = f'{{"rec_id":"{rec_id}","model_id":{model_id}{extra},"results":[{",".join(answers)}]}}'
     return Response(body, media_type="application/json")
+
+
+# An app without the feed (the serving routes mounted alone, in tests) has no recent items.
+NO_FRESH = FreshItems(max_users=1, per_user=1, ttl_s=1.0)
+
+
+def fresh_items(request: Request) -> FreshItems:
+    """This process's recent positive items per user (service.serving.fresh)."""
+    fresh: FreshItems = getattr(request.app.state, "fresh", NO_FRESH)
+    return fresh
+
+
+def fresh_indices(bundle: ServingBundle, items: Collection[str]) -> np.ndarray:
+    """(m,) sorted unique int64 indices of the fresh items the catalogue knows."""
+    if not items:
+        return NO_ITEMS
+    lookup = bundle.item_index
+    known = sorted({i for i in map(lookup, items) if i is not None})
+    return np.array(known, dtype=np.int64) if known else NO_ITEMS

@@ -31,7 +31,13 @@ from service.serving.filters import (
     search_width,
 )
 from service.serving.foldin import FOLD_IN_LAMBDA, fold_in, mean_sq_norm
-from service.serving.ranking import exact_topk, inner_products, padded, settle_hits
+from service.serving.ranking import (
+    exact_topk,
+    inner_products,
+    padded,
+    settle_hits,
+    settle_in_order,
+)
 
 # Users who saw more items than this are scored by the exact fallback instead of widening
 # the faiss search of the whole batch to k + their history (one heavy user would make
@@ -266,10 +272,15 @@ class ServingBundle:
         if queries is None:
             self._plain_rows(users, list(range(n)), k, exclude_seen, out_scores, out_items)
             return out_scores, out_items
-        plain = [row for row, q in enumerate(queries) if q is None]
+        # Rows whose only filter is a list of banned items (a user's recent items, exclude ids)
+        # join the plain rows' shared search, a little wider.
+        plain = [row for row, q in enumerate(queries) if q is None or q.only_banned]
         if plain:
-            self._plain_rows(users, plain, k, exclude_seen, out_scores, out_items)
-        filtered = [(row, q) for row, q in enumerate(queries) if q is not None]
+            extra = {r: q.banned for r in plain if (q := queries[r]) is not None}
+            self._plain_rows(users, plain, k, exclude_seen, out_scores, out_items, extra)
+        filtered = [
+            (row, q) for row, q in enumerate(queries) if q is not None and not q.only_banned
+        ]
         if filtered:
             self._query_rows(users, filtered, k, exclude_seen, out_scores, out_items)
         return out_scores, out_items
@@ -282,22 +293,28 @@ class ServingBundle:
         exclude_seen: bool,
         out_scores: np.ndarray,
         out_items: np.ndarray,
+        extra: dict[int, np.ndarray] | None = None,
     ) -> None:
         """The hot path: one search for the rows, seen items dropped in plain Python.
 
-        The search reaches one item beyond k + the row's seen count, so a row whose hits hold
-        no equal scores is exact as faiss ordered it; a row with equal scores among its hits
-        (rare outside tied embeddings) is settled by the tie rule in numpy.
+        The search reaches one item beyond k + the row's seen count (+ its `extra` banned
+        items: sorted int64 per row), so a row whose hits hold no equal scores is exact as
+        faiss ordered it; a row with equal scores among its hits (rare outside tied
+        embeddings) is settled by the tie rule in numpy.
         """
         indptr = self.seen_indptr
+        extra = extra or {}
         bounds = [
             (int(indptr[users[r]]), int(indptr[users[r] + 1])) if exclude_seen else (0, 0)
             for r in rows
         ]
-        light = [j for j, (s, e) in enumerate(bounds) if e - s <= SEEN_SEARCH_BUDGET]
-        short = [rows[j] for j, (s, e) in enumerate(bounds) if e - s > SEEN_SEARCH_BUDGET]
+        more = [len(extra[r]) if r in extra else 0 for r in rows]
+        light = [j for j, (s, e) in enumerate(bounds) if e - s + more[j] <= SEEN_SEARCH_BUDGET]
+        short = [rows[j] for j, (s, e) in enumerate(bounds) if e - s + more[j] > SEEN_SEARCH_BUDGET]
         if light:
-            k_search = min(self.n_items, k + 1 + max(bounds[j][1] - bounds[j][0] for j in light))
+            k_search = min(
+                self.n_items, k + 1 + max(bounds[j][1] - bounds[j][0] + more[j] for j in light)
+            )
             sub = [users[rows[j]] for j in light]
             scores, items = self.index.search(self.user_emb[sub], k_search)  # (m, k_search)
             # Equal scores among real hits (-1 padding of an approximate index aside): one numpy
@@ -307,8 +324,11 @@ class ServingBundle:
             for m, j in enumerate(light):
                 row = rows[j]
                 s, e = bounds[j]
+                ban = extra.get(row)
                 if tied[m]:  # rare outside tied embeddings: settled by the tie rule in numpy
                     ok = ~np.isin(items[m], self.seen_indices[s:e])
+                    if ban is not None:
+                        ok &= ~np.isin(items[m], ban)
                     settled = settle_hits(scores[m], items[m], ok, k, searched_all)
                     if settled is None:
                         short.append(row)
@@ -318,18 +338,30 @@ class ServingBundle:
                 # Per-row filtering in plain Python: for the ~k + |seen| hits of a row a set
                 # lookup costs a few microseconds, less than the fixed cost of numpy calls.
                 hits = items[m].tolist()
-                if e > s:
+                n_banned = e - s
+                if e > s or ban is not None:
                     seen = set(self.seen_indices[s:e].tolist())
+                    if ban is not None:
+                        seen.update(ban.tolist())
+                        n_banned = len(seen)
                     keep = [c for c, i in enumerate(hits) if i >= 0 and i not in seen][:k]
                 else:
                     keep = [c for c, i in enumerate(hits[:k]) if i >= 0]
                 out_items[row, : len(keep)] = items[m, keep]
                 out_scores[row, : len(keep)] = scores[m, keep]
-                if len(keep) < min(k, self.n_items - (e - s)):
+                if len(keep) < min(k, self.n_items - n_banned):
+                    short.append(row)
+                elif ban is not None and (
+                    len(keep) < k or keep[-1] >= len(hits) - hits.count(-1) - 1
+                ):
+                    # a banned list is a filter: its row is trusted as filtered rows are
+                    # (ranking.settle_in_order), else scored exactly
                     short.append(row)
         for row in short:  # rare: heavy users, ties at the cut, an approximate index came up short
             u = users[row]
             banned = self.seen(u) if exclude_seen else None
+            if row in extra:
+                banned = extra[row] if banned is None else np.union1d(banned, extra[row])
             out_scores[row], out_items[row] = self._scan(
                 self.user_emb[u], banned, None, k, cosine=False
             )
@@ -374,9 +406,7 @@ class ServingBundle:
                 if (
                     q.allowed is None
                     and not tied[m]
-                    and self._settle_in_order(
-                        scores[m], items[m], banned, k, row, out_scores, out_items
-                    )
+                    and settle_in_order(scores[m], items[m], banned, k, row, out_scores, out_items)
                 ):
                     continue
                 ok = qualifying_hits(items[m], banned, q.allowed)
@@ -389,32 +419,6 @@ class ServingBundle:
             out_scores[row], out_items[row] = self._scan(
                 vec, banned, q.allowed, k, q.item is not None
             )
-
-    @staticmethod
-    def _settle_in_order(
-        hit_scores: np.ndarray,
-        hit_items: np.ndarray,
-        banned: np.ndarray,
-        k: int,
-        row: int,
-        out_scores: np.ndarray,
-        out_items: np.ndarray,
-    ) -> bool:
-        """The fast lane of a searched row with no allow-list and no equal scores among its hits:
-        drop banned hits in plain Python (a set lookup per hit costs less than numpy's fixed
-        costs for ~k + |banned| hits) and keep the first k. Proven exact only when k hits
-        remain and the k-th is not the last real hit (an unsearched item scores at most the
-        last hit, and so strictly less than the k-th); returns False otherwise, writing nothing.
-        """
-        hits = hit_items.tolist()
-        ban = set(banned.tolist())
-        n_real = len(hits) - hits.count(-1)
-        keep = [c for c, i in enumerate(hits) if i >= 0 and i not in ban][:k]
-        if len(keep) < k or keep[-1] >= n_real - 1:
-            return False
-        out_items[row] = hit_items[keep]
-        out_scores[row] = hit_scores[keep]
-        return True
 
     def _row_vector(self, user: int, q: RowQuery) -> np.ndarray:
         """(d,) float32 query of a row: a folded-in history, an item's unit vector, or the user's."""

@@ -85,6 +85,11 @@ class RowQuery:
     history: np.ndarray | None = None
     item: int | None = None
 
+    @property
+    def only_banned(self) -> bool:
+        """A user's own query that only bans items: it rides the plain rows' shared search."""
+        return self.allowed is None and self.history is None and self.item is None
+
 
 @dataclass(frozen=True)
 class Filters:

@@ -91,3 +91,29 @@ def settle_hits(
             return None
     order = np.argsort(kept_i, kind="stable")
     return exact_topk(kept_s[order], kept_i[order], k)
+
+
+def settle_in_order(
+    hit_scores: np.ndarray,
+    hit_items: np.ndarray,
+    banned: np.ndarray,
+    k: int,
+    row: int,
+    out_scores: np.ndarray,
+    out_items: np.ndarray,
+) -> bool:
+    """The fast lane of a searched row with no allow-list and no equal scores among its hits:
+    drop banned hits in plain Python (a set lookup per hit costs less than numpy's fixed
+    costs for ~k + |banned| hits) and keep the first k. Proven exact only when k hits
+    remain and the k-th is not the last real hit (an unsearched item scores at most the
+    last hit, and so strictly less than the k-th); returns False otherwise, writing nothing.
+    """
+    hits = hit_items.tolist()
+    ban = set(banned.tolist())
+    n_real = len(hits) - hits.count(-1)
+    keep = [c for c, i in enumerate(hits) if i >= 0 and i not in ban][:k]
+    if len(keep) < k or keep[-1] >= n_real - 1:
+        return False
+    out_items[row] = hit_items[keep]
+    out_scores[row] = hit_scores[keep]
+    return True

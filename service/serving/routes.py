@@ -13,8 +13,10 @@ ScalarQueryRoute (service/serving/lean_route.py) to skip FastAPI's per-request p
 introspection. Filters (exclude, include, groups: service/serving/filters.py) travel with
 the request into the same batched search. POST by-history is `async def` on the same
 search thread (the fold-in runs there too); the batch POST and the status are plain `def`
-and run in the threadpool. An unknown user is 404 unless `fallback` asks for a popularity
-list (service/serving/fallback.py).
+and run in the threadpool. With exclude_seen, a user's recent positive events (this process's
+map, service/serving/fresh.py) are left out beside their training items; a user the model does
+not know but who has such events is answered by folding them in ("source": "history"), else
+404 unless `fallback` asks for a popularity list (service/serving/fallback.py).
 
 Every answer is finished by service/serving/answers.py (`answer`, `batch_answer`): it gets a
 rec_id and is counted for live exposure and outcomes under the model that produced it
@@ -44,6 +46,8 @@ from service.serving.answers import (
     answer,
     batch_answer,
     check_k,
+    fresh_indices,
+    fresh_items,
     invalid,
     named_model,
     request_filters,
@@ -52,6 +56,9 @@ from service.serving.answers import (
     serving_state,
     settings_of,
 )
+from service.serving.bundle import ServingBundle
+from service.serving.filters import NO_ITEMS, Filters, RowQuery
+from service.serving.fresh import FreshItems
 from service.serving.index_store import IndexStore
 from service.serving.lean_route import JsonBodyRoute, ScalarQueryRoute
 from service.serving.paths import ext_id
@@ -63,6 +70,7 @@ from service.serving.schemas import (
     RecommendationsBatch,
     RecommendationsBatchRequest,
     ServingStatus,
+    Source,
 )
 from service.serving.served_model import ServedModel
 
@@ -80,7 +88,11 @@ async def recommend_user(
     request: Request,
     user_id: str,
     k: int = Query(20, description="items to return, 1 .. settings.max_k"),
-    exclude_seen: bool = Query(True, description="leave out the user's training items"),
+    exclude_seen: bool = Query(
+        True,
+        description="leave out the user's training items and the items of their recent "
+        "positive events (POST /v1/events)",
+    ),
     model: str | None = Query(None, description=MODEL_DOC),
     exclude: ExcludeQuery = None,
     include: IncludeQuery = None,
@@ -90,31 +102,51 @@ async def recommend_user(
     ] = None,
 ) -> Response:
     """Top-k items for one user from the published model (or the user's experiment arm), with
-    optional filters, and a fallback list for users the model does not know."""
+    optional filters; a user the model does not know is answered from their recent positive
+    events ("source": "history"), else by a fallback list if asked, else 404."""
     t0 = perf_counter()
     check_k(k, settings_of(request).max_k, ["query", "k"])
     served = served_for_user(request, user_id, model)
     bundle = served.bundle
     idx = bundle.user_index(user_id)
-    if idx is not None and exclude is None and include is None and groups is None:  # the hot path
+    recent = fresh_items(request).items(user_id)  # this process's map: no Redis round trip
+    if (
+        idx is not None
+        and exclude is None
+        and include is None
+        and groups is None
+        and not (recent and exclude_seen)
+    ):  # the hot path
         scores, items = await bundle.recommend_one_async(idx, k, exclude_seen)
         return answer(served, user_id, scores, items, t0)
     filters = request_filters(bundle, "query", exclude, include, groups)
-    if idx is None:
-        if fallback is None:
-            raise NotFoundError("user_id", user_id, f"user in model {bundle.model_id}")
+    fresh = fresh_indices(bundle, recent)
+    source: Source = "model"
+    if idx is not None:
+        ban = fresh if exclude_seen and len(fresh) else None
+        if filters.active:
+            query: RowQuery | None = filters.query(also_banned=ban)
+        else:  # recent items only: the row rides the plain rows' search (ServingBundle.recommend)
+            query = RowQuery(ban) if ban is not None else None
+        scores, items = await bundle.recommend_one_async(idx, k, exclude_seen, query)
+    elif len(fresh):  # unknown to the model, known by their events: fold them in
+        source = "history"
+        query = filters.query(history=fresh, also_banned=fresh if exclude_seen else None)
+        scores, items = await bundle.recommend_one_async(-1, k, False, query)
+    elif fallback is not None:
+        source = "fallback"
         scores, items = bundle.fallback(fallback, k, filters.banned, filters.allowed)
     else:
-        query = filters.query() if filters.active else None
-        scores, items = await bundle.recommend_one_async(idx, k, exclude_seen, query)
+        raise NotFoundError("user_id", user_id, f"user in model {bundle.model_id}")
     return answer(
         served,
         user_id,
         scores,
         items,
         t0,
-        fallback=fallback if idx is None else None,
+        fallback=fallback if source == "fallback" else None,
         unknown=filters.unknown,
+        source=source,
     )
 
 
@@ -152,7 +184,7 @@ async def recommend_history(request: Request, req: HistoryRequest) -> Response:
     query = filters.query(history=history, also_banned=history if req.exclude_seen else None)
     scores, items = await bundle.recommend_one_async(-1, req.k, False, query)
     unknown = {**filters.unknown, **({"items": missing} if missing else {})}
-    return answer(served, None, scores, items, t0, unknown=unknown)
+    return answer(served, None, scores, items, t0, unknown=unknown, source="history")
 
 
 # JsonBodyRoute parses the body in one pydantic pass (service/serving/lean_route.py); OpenAPI
@@ -166,6 +198,24 @@ router.add_api_route(
     summary="Top-k items for a visitor the model has not seen, from their history",
     route_class_override=JsonBodyRoute,
 )
+
+
+def _batch_queries(
+    bundle: ServingBundle,
+    filters: Filters,
+    users: list[str],
+    fresh: FreshItems,
+    exclude_seen: bool,
+) -> list[RowQuery | None] | None:
+    """One query per row: the filters, plus a user's recent positive items when exclude_seen;
+    None when no row needs one (the plain batched search)."""
+    recent = [fresh_indices(bundle, fresh.items(u)) if exclude_seen else NO_ITEMS for u in users]
+    if not filters.active and not any(len(r) for r in recent):
+        return None
+    return [
+        filters.query(also_banned=r if len(r) else None) if filters.active or len(r) else None
+        for r in recent
+    ]
 
 
 @router.post(
@@ -187,6 +237,7 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
             len(req.user_ids),
         )
     state = serving_state(request)
+    fresh = fresh_items(request)
     if req.model is not None or state.experiment is None:
         only = named_model(state, req.model) if req.model is not None else state.active
         by_model: dict[str, tuple[ServedModel, list[int]]] = {
@@ -214,7 +265,9 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
         ]
         if unknown_users:
             continue
-        queries = [filters.query()] * len(idx) if filters.active else None
+        queries = _batch_queries(
+            bundle, filters, [req.user_ids[r] for r in rows], fresh, req.exclude_seen
+        )
         scores, items = bundle.recommend(
             np.array(idx, dtype=np.int64), req.k, req.exclude_seen, queries
         )

@@ -45,6 +45,9 @@ class RecommendedItem(BaseModel):
     group: int = Field(description="popularity group of the item, 0 = head ... G-1 = tail")
 
 
+Source = Literal["model", "history", "fallback"]
+
+
 class Recommendations(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -53,11 +56,18 @@ class Recommendations(BaseModel):
                     "rec_id": "3f9a0c41d27e",
                     "user_id": "42",
                     "model_id": "student-unkd-4e1f",
+                    "source": "model",
                     "items": [
                         {"item_id": "i17", "group": 2, "score": 3.21},
                         {"item_id": "i5", "group": 0, "score": 3.02},
                     ],
-                }
+                },
+                {
+                    "user_id": "visitor-7",
+                    "model_id": "student-unkd-4e1f",
+                    "source": "history",
+                    "items": [{"item_id": "i4", "group": 1, "score": 0.88}],
+                },
             ]
         }
     )
@@ -69,6 +79,12 @@ class Recommendations(BaseModel):
     )
     user_id: str | None = Field(description="the user asked for; null for an answer from a history")
     model_id: str = Field(description="the published model that answered")
+    source: Source = Field(
+        default="model",
+        description="what the answer was computed from: `model` (the user's trained vector), "
+        "`history` (an item history folded in: by-history, or a user the model does not know "
+        "with recent positive events, POST /v1/events) or `fallback` (a popularity list)",
+    )
     items: list[RecommendedItem] = Field(
         description="best first (equal scores: the item listed first in the catalogue first); k "
         "items whenever k qualify, fewer only when fewer pass the filters and the seen items"

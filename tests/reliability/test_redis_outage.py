@@ -1,7 +1,7 @@
 """Redis killed (SIGKILL, no chance to save) and restarted, then frozen (SIGSTOP), while
 the API serves: recommendations never fail, the registry endpoints answer 503 quickly
 with a clear message and recover by themselves, and every record written before the
-outage is still there afterwards (append-only file, fsync every second).
+outage is still there afterwards (append-only file, fsynced before each reply).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.support.redis_dbs import kill_redis
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
 
 OUTAGE_S = 3.0
-AOF_FSYNC_S = 1.2  # appendfsync everysec: a write is on disk at most ~1s later
+AOF_FSYNC_S = 1.2  # margin: the stack's appendfsync always has a write on disk at its reply
 
 
 def snapshot(client: redis.Redis) -> dict[str, object]:
