@@ -41,7 +41,7 @@ from training.prepare import prepare_dataset
 from training.synthetic import SYNTHETIC_DEFAULTS, generate_synthetic
 data = Path(sys.argv[2])
 ds = prepare_dataset(data) if data.is_file() else generate_synthetic(**SYNTHETIC_DEFAULTS)
-cfg = TeacherConfig(model="mf", epochs=int(sys.argv[3]), eval_every=10_000)
+cfg = TeacherConfig(model="mf", epochs=int(sys.argv[3]), eval_every=1000)
 with tempfile.TemporaryDirectory() as tmp:
     art = train_teacher(ds, cfg, Path(tmp) / "m", device=torch.device("cpu"))
 secs = [r.seconds for r in art.manifest.training.history]
