@@ -330,7 +330,12 @@ def cmd_distill(a: argparse.Namespace) -> int:
         dim=a.dim,
         student_model=a.student_model,
         # a dict, not UnKDOptions(...): its errors then name the field as unkd.<field>
-        unkd={"groups": a.groups, "pairs_per_user": a.pairs_per_user, "mu": a.mu, "top_l": a.top_l},  # type: ignore[arg-type]
+        unkd={  # type: ignore[arg-type]
+            "groups": a.groups,
+            "mu": a.mu,
+            "top_l": a.top_l,
+            **({} if a.pairs_per_user is None else {"pairs_per_user": a.pairs_per_user}),
+        },
         **extra,
         **_optim_values(a),
     )
@@ -463,7 +468,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--groups", type=int, default=u.groups, help="UnKD popularity groups G")
     p.add_argument(
-        "--pairs-per-user", type=int, default=u.pairs_per_user, help="UnKD pairs per user per epoch"
+        "--pairs-per-user",
+        type=int,
+        default=None,
+        help="UnKD pairs per user per epoch (default: min(30, 2 x training interactions per user))",
     )
     p.add_argument("--mu", type=float, default=u.mu, help="UnKD rank-sampling temperature")
     p.add_argument("--top-l", type=int, default=u.top_l, help="UnKD candidates per (user, group)")

@@ -84,7 +84,12 @@ class TeacherConfig(OptimConfig):
 
 class UnKDOptions(_Strict):
     groups: int = Field(4, ge=1, le=100, description="popularity groups G")
-    pairs_per_user: int = Field(30, ge=1, le=10_000, description="pairs per user per epoch, N")
+    pairs_per_user: Annotated[int, Field(ge=1, le=10_000)] | Literal["auto"] = Field(
+        "auto",
+        description="pairs per user per epoch, N; auto: min(30, 2 x the training interactions "
+        "per user), at least one per group (training.defaults: an epoch's distillation pairs "
+        "at most twice its training pairs)",
+    )
     mu: float = Field(20.0, gt=0, description="rank-sampling temperature: P(r) ∝ exp(-r/mu)")
     top_l: int = Field(
         1000, ge=2, le=100_000, description="teacher candidates kept per (user, group)"

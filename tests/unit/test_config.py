@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import pytest
 
 from training.budget import EASE_MAX_ITEMS
@@ -73,8 +74,10 @@ def test_teacher_and_unkd_defaults_are_the_documented_ones() -> None:
     assert default_teacher_model(1000, 20_000, limit_bytes=2**30) == "als"  # 3.2 GB solve
     cfg = DistillConfig(method="unkd")  # the cap is met by per-user head shifts
     assert (cfg.head_share_cap, cfg.cap_rule) == ("teacher", "shift")
-    unkd = UnKDOptions()  # README: G = 4, L = 1000, 30 pairs per user, P(r) ∝ exp(-r/20)
-    assert (unkd.groups, unkd.top_l, unkd.pairs_per_user, unkd.mu) == (4, 1000, 30, 20.0)
+    unkd = (
+        UnKDOptions()
+    )  # README: G = 4, L = 1000, N = min(30, 2 x interactions/user), P(r) ∝ exp(-r/20)
+    assert (unkd.groups, unkd.top_l, unkd.pairs_per_user, unkd.mu) == (4, 1000, "auto", 20.0)
     assert EvalConfig().ks == (10, 20, 50)  # README: metrics @{10,20,50}
 
 
@@ -115,3 +118,24 @@ def test_cli_leaves_unset_flags_to_the_method_defaults() -> None:
     assert _optim_values(a) == {"decay": "auto"}
     with pytest.raises(SystemExit):
         parser.parse_args(["distill", "data", "--teacher", "t", "--out", "o", "--decay", "lots"])
+
+
+def test_unkd_pairs_per_user_follow_the_interactions_per_user() -> None:
+    """auto: min(30, floor(2 x training interactions per user)), at least one per group; the
+    number used is resolved into the config (the manifest records it, never "auto")."""
+    import scipy.sparse as sp
+
+    from training.defaults import resolve, unkd_pairs_per_user
+
+    def train(n_users: int, per_user: int) -> sp.csr_matrix:
+        rows = np.repeat(np.arange(n_users), per_user)
+        cols = np.concatenate([np.arange(per_user) for _ in range(n_users)])
+        return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_users, 200))
+
+    assert unkd_pairs_per_user(train(10, 7), groups=4) == 14  # sparse: 2 x 7
+    assert unkd_pairs_per_user(train(10, 85), groups=4) == 30  # dense: the paper's 30
+    assert unkd_pairs_per_user(train(10, 1), groups=4) == 4  # at least one per group
+    cfg = resolve(DistillConfig(method="unkd"), train(10, 7))
+    assert cfg.unkd.pairs_per_user == 14 and isinstance(cfg.decay, float)
+    explicit = resolve(DistillConfig(method="unkd", unkd={"pairs_per_user": 30}), train(10, 7))  # type: ignore[arg-type]
+    assert explicit.unkd.pairs_per_user == 30

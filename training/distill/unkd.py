@@ -12,6 +12,7 @@ import logging
 
 import torch
 
+from training.defaults import unkd_pairs_per_user
 from training.distill.base import Distiller, KDBatch, bpr_loss
 from training.distill.ranking import CandidateLists, sample_ranks
 from training.models.lookup import Lookup
@@ -108,7 +109,10 @@ class UnKD(Distiller):
 
     def sample_epoch(self, epoch: int, generator: torch.Generator) -> KDBatch:
         opts = self.cfg.unkd
-        return sample_unkd_pairs(self.cands, opts.pairs_per_user, opts.mu, epoch, generator)
+        pairs = opts.pairs_per_user  # "auto" is resolved by training.defaults before training
+        if pairs == "auto":
+            pairs = unkd_pairs_per_user(self.train, opts.groups)
+        return sample_unkd_pairs(self.cands, pairs, opts.mu, epoch, generator)
 
     def loss(self, emb: Lookup, batch: KDBatch) -> torch.Tensor:
         return bpr_loss(emb, batch["u"], batch["i"], batch["j"])
