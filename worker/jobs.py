@@ -116,17 +116,6 @@ class JobType(Generic[P]):
 # -- the job's model -------------------------------------------------------------------------
 
 
-def finished_metrics(ctx: JobContext[Any], model: ModelRecord) -> dict[str, float]:
-    """The figures a job's status gains once its model is registered, beside those its
-    training reported on the way (loss, valid_* of the last checked epoch; a study's
-    best_valid_*): a capped student's head share@20 and its teacher's, over every user's list
-    (the job's cap_met and head_share_cap fields say the same, with how it was met)."""
-    cap = model.head_share_cap
-    if cap is None:
-        return {}
-    return {"head_share@20": cap.student, "teacher_head_share@20": cap.teacher}
-
-
 def _store_model(ctx: JobContext[Any]) -> str:
     """Put the job's model directory in the store; returns its location (data dir: its path)."""
     key = model_key(ctx.model_id)
@@ -136,7 +125,8 @@ def _store_model(ctx: JobContext[Any]) -> str:
 
 
 def register_model(ctx: JobContext[Any], artifact: ModelArtifact, lineage: Lineage) -> ModelRecord:
-    """Store the job's model, record it in the registry, and add its figures to the job's."""
+    """Store the job's model, record it in the registry, and add a capped student's head-share
+    figures to the job's (registry.record_cap)."""
     record = ModelRecord.of(
         artifact.manifest,
         artifact.report,
@@ -147,10 +137,7 @@ def register_model(ctx: JobContext[Any], artifact: ModelArtifact, lineage: Linea
     )
     record = ctx.registry.add_model(record)
     ctx.saved_model_id = ctx.model_id
-    metrics = finished_metrics(ctx, record)
-    if metrics:
-        ctx.registry.update_progress(ctx.job.id, ctx.registry.get_job(ctx.job.id).progress, metrics)
-    if record.head_share_cap is not None:
+    if record.head_share_cap is not None:  # cap_met and both figures, in one registry write
         ctx.registry.record_cap(ctx.job.id, record.head_share_cap)
         if not record.head_share_cap.met:
             logger.warning(

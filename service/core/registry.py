@@ -321,10 +321,17 @@ class Registry(ServingRegistry):
         return self._mutate_job(job_id, change)
 
     def record_cap(self, job_id: str, cap: HeadShareCap) -> JobRecord:
-        """A distill job's head-share cap as its model kept it (JobRecord.cap_met)."""
+        """A distill job's head-share cap as its model kept it: JobRecord.cap_met and
+        head_share_cap, and the two figures among its metrics (head_share@20 and
+        teacher_head_share@20)."""
 
         def change(job: JobRecord) -> JobRecord:
             job.cap_met, job.head_share_cap = cap.met, cap
+            job.metrics = {
+                **job.metrics,
+                "head_share@20": cap.student,
+                "teacher_head_share@20": cap.teacher,
+            }
             return job
 
         return self._mutate_job(job_id, change)
