@@ -286,6 +286,51 @@ def test_trials_of_one_teacher_rank_its_candidates_once(
     assert len(built) == 2  # other list options: ranked again
 
 
+def test_trials_of_one_teacher_fit_the_warm_start_and_rank_its_exposure_once(
+    data: Dataset, teacher: ModelArtifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.pipelines as pipelines
+    from training.process_cache import ProcessCache
+
+    fits: list[float] = []
+    exposures: list[int] = []
+    real_fit, real_exposure = pipelines.fit_als, pipelines.exposure
+
+    def counting_fit(*args: object, **kw: object) -> object:
+        fits.append(1)
+        return real_fit(*args, **kw)  # type: ignore[arg-type]
+
+    def counting_exposure(*args: object, **kw: object) -> object:
+        exposures.append(1)
+        return real_exposure(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipelines, "fit_als", counting_fit)
+    monkeypatch.setattr(pipelines, "exposure", counting_exposure)
+    warm: ProcessCache[object] = ProcessCache(max_entries=2)
+    monkeypatch.setattr(pipelines, "WARM_START_CACHE", warm)
+    monkeypatch.setattr(pipelines, "EXPOSURE_CACHE", ProcessCache(max_entries=2))
+    fast = {**FAST, "epochs": 2, "warm_start": "als", "head_share_cap": "teacher"}
+    grid = len(pipelines.WARM_START_GRID)
+
+    def trial(name: str, **kw: object) -> ModelArtifact:
+        cfg = DistillConfig(**{"dim": 8, **fast, **kw})  # type: ignore[arg-type]
+        return distill_student(data, teacher, cfg, tmp_path / name, device=CPU)
+
+    trial("a", lr=0.01)
+    assert len(fits) == grid
+    (chosen,) = warm._entries.values()
+    before = np.array(chosen.user_emb, copy=True)  # type: ignore[attr-defined]
+    after_a = len(exposures)
+    trial("b", lr=0.02, lambda_kd=2.0)
+    assert len(fits) == grid  # the second trial reused the chosen ALS factors
+    # ... and the teacher's exposure: only the student's own is measured again
+    assert len(exposures) - after_a == after_a - 1
+    # The first student's training did not write into the shared factors.
+    np.testing.assert_array_equal(chosen.user_emb, before)  # type: ignore[attr-defined]
+    trial("c", dim=6)
+    assert len(fits) == 2 * grid  # another size: fitted again
+
+
 def test_small_mf_tables_train_dense_and_large_ones_sparse() -> None:
     from training.models.mf import DENSE_MAX_PARAMS, MF
 

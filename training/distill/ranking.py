@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from training.errors import JobCancelled
+from training.process_cache import ProcessCache
 from training.progress import ShouldStop
 from training.scoring import TeacherScorer
 from training.topk import topk_rows
@@ -181,7 +179,7 @@ def rank_user_range(
     return CandidateLists(out, lengths, offsets, widths, out_scores)
 
 
-class CandidateCache:
+class CandidateCache(ProcessCache[CandidateLists]):
     """The last candidate lists built in this process, so that the trials of a tuning study
     (same teacher, data and list options, different learning rates and λ) rank the
     teacher's catalogue once: 9 s of every UnKD trial on Amazon-Beauty.
@@ -189,31 +187,6 @@ class CandidateCache:
     Bounded by entries, not bytes: one Amazon-Beauty UnKD entry is 360 MB (22k users × 4
     groups × 1000 int32). The lists are read-only once built, so sharing them is safe.
     """
-
-    def __init__(self, max_entries: int = 1) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[object, ...], CandidateLists] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-
-    def get_or_build(
-        self, key: tuple[object, ...], build: Callable[[], CandidateLists]
-    ) -> CandidateLists:
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return self._entries[key]
-        lists = build()  # outside the lock: minutes on a large catalogue
-        with self._lock:
-            self._entries[key] = lists
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return lists
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
 
 CANDIDATE_CACHE = CandidateCache()
