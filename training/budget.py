@@ -98,7 +98,7 @@ def distill_bytes(
     (CD keeps the teacher's score beside each ranked item). mapped (`lists_mapped`): the
     rankings sit in the page cache, not in the process, and are not counted."""
     width = {
-        "unkd": cfg.unkd.groups * cfg.unkd.top_l,
+        "unkd": cfg.unkd.groups * cfg.unkd.list_length,
         "rd": cfg.rd.top_k,
         "cd": cfg.cd.top_l,
         "rrd": cfg.rrd.top_l,

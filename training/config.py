@@ -6,6 +6,7 @@ Defaults work on a new dataset without tuning; they come from `bench/quality.py`
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -92,8 +93,24 @@ class UnKDOptions(_Strict):
     )
     mu: float = Field(20.0, gt=0, description="rank-sampling temperature: P(r) ∝ exp(-r/mu)")
     top_l: int = Field(
-        1000, ge=2, le=100_000, description="teacher candidates kept per (user, group)"
+        1000,
+        ge=2,
+        le=100_000,
+        description="teacher candidates kept per (user, group), at most: the lists stop "
+        "where the rank sampler's chance of reaching further is under 1e-6 (about 14 mu)",
     )
+
+    @property
+    def list_length(self) -> int:
+        """The candidates ranked per (user, group): top_l, or fewer where P(r) ∝ exp(-r/mu)
+        would draw a rank past them with probability under UNKD_RANK_TAIL (mu 20: 277, not
+        1000). The law of the drawn ranks moves by at most that much, and the ranking, its
+        sorts and the lists' memory shrink in proportion."""
+        return min(self.top_l, math.ceil(self.mu * math.log(1.0 / UNKD_RANK_TAIL)))
+
+
+# The mass of the rank law a UnKD list may leave out: P(r >= L) = exp(-L/mu) < this.
+UNKD_RANK_TAIL = 1e-6
 
 
 class RDOptions(_Strict):

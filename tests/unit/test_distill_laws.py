@@ -264,6 +264,26 @@ def test_unkd_pair_law_holds_where_the_clash_rule_shows(prob):
     _check_unkd_law(prob, _epochs(_unkd(prob, **SHARP), SHARP_EPOCHS), SHARP["mu"], SHARP["top_l"])
 
 
+def test_unkd_lists_stop_where_the_sampler_cannot_reach_and_the_law_holds(prob):
+    """mu 2 against top_l 40: the lists stop early (the default mu 20 stops at 277, not 1000),
+    every list is the head of the full list, and the pairs follow the law of the full lists."""
+    short = _unkd(prob, mu=2.0, top_l=40)
+    full = _unkd(prob, mu=1000.0, top_l=40)  # mu this large keeps every one of the 40 ranks
+    width = int(short.cands.widths.max())
+    assert width < 40 and int(full.cands.widths.max()) == 40
+    # What the shorter lists leave out, by the law over the full lists: under 1e-6; one rank
+    # fewer would leave out more.
+    law = _exp_law(40, 2.0)
+    assert law[width:].sum() < 1e-6 <= law[width - 1 :].sum()
+    for g in range(short.cands.n_groups):
+        s_lo, f_lo = int(short.cands.offsets[g]), int(full.cands.offsets[g])
+        w = int(short.cands.widths[g])
+        assert torch.equal(
+            short.cands.items[:, s_lo : s_lo + w], full.cands.items[:, f_lo : f_lo + w]
+        )
+    _check_unkd_law(prob, _epochs(short, SHARP_EPOCHS), mu=2.0, top_l=40)
+
+
 def _redraw(
     n: np.ndarray, mu: float, rng: np.random.Generator, both: bool
 ) -> tuple[np.ndarray, np.ndarray]:

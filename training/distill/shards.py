@@ -69,7 +69,7 @@ def candidate_options(cfg: DistillConfig, train: sp.csr_matrix) -> CandidateOpti
     if cfg.method == "unkd":
         pop = item_popularity(train.tocoo().col, n_items)
         groups = np.asarray(popularity_groups(pop, cfg.unkd.groups))
-        return CandidateOptions(groups, cfg.unkd.top_l, False, True)
+        return CandidateOptions(groups, cfg.unkd.list_length, False, True)
     if cfg.method == "rd":
         return CandidateOptions(single, cfg.rd.top_k, False, True)
     if cfg.method == "cd":

@@ -99,7 +99,7 @@ class UnKD(Distiller):
 
     def prepare(self, should_stop: ShouldStop | None = None) -> None:
         opts = self.cfg.unkd
-        self.cands = self.candidates(self.groups, opts.top_l, should_stop)
+        self.cands = self.candidates(self.groups, opts.list_length, should_stop)
         logger.info(
             "UnKD candidates: %d users x %s per group (%.1f MB)",
             self.n_users,
