@@ -29,6 +29,7 @@ from service.api.routes import (
     outcomes,
     publishing,
     reports,
+    versions,
 )
 from service.core.artifacts import ArtifactStore
 from service.core.config import Settings, get_settings
@@ -243,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (
         datasets.router,
+        versions.router,
         events.router,
         jobs.router,
         models.router,

@@ -3,6 +3,8 @@
 Every key of service/ is built here, so one file tells what Redis holds:
 
     unkd:dataset:<id>  unkd:datasets            dataset records (sorted set: newest first)
+    unkd:dataset:<root>:versions                a lineage's versions (score = version number)
+    unkd:dataset:<root>:building                the lock of the one build of a lineage
     unkd:model:<id>    unkd:models              model records
     unkd:model:<id>:publishing                  the publish job holding the model's claim
     unkd:job:<id>      unkd:jobs                job records
@@ -31,6 +33,17 @@ JOB_STATS = f"{PREFIX}:stats:jobs"  # hash "<kind>:<status>" -> jobs that ever r
 def dataset(dataset_id: str) -> str:
     """The JSON DatasetRecord of `dataset_id`."""
     return f"{PREFIX}:dataset:{dataset_id}"
+
+
+def dataset_versions(root_id: str) -> str:
+    """Sorted set of the versions of the lineage rooted at `root_id` (score = version number;
+    the root itself is not a member)."""
+    return f"{dataset(root_id)}:versions"
+
+
+def dataset_build_lock(root_id: str) -> str:
+    """Held (SET NX PX, a token as value) while a version of `root_id`'s lineage is built."""
+    return f"{dataset(root_id)}:building"
 
 
 def model(model_id: str) -> str:
