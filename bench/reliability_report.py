@@ -99,6 +99,12 @@ ROWS: list[tuple[str, str, str]] = [
         "4xx without the field {contract_violations}",
     ),
     (
+        "versions_crash",
+        "test_versions_crash.py::test_a_killed_build_neither_loses_nor_doubles_events",
+        "{kills} builds SIGKILLed (at {steps}), then rerun: {positive_events} positive events of "
+        "{events_sent} sent in the lineage; lost {lost}, doubled {doubled}",
+    ),
+    (
         "upload_over_limit",
         "test_uploads.py::test_size_limit_is_enforced_while_streaming",
         "413 after {bytes_sent_before_413} bytes sent ({share_of_body_sent} of the body); "
