@@ -27,6 +27,7 @@ from service.api.routes import (
     models,
     ops,
     outcomes,
+    pipelines,
     publishing,
     reports,
 )
@@ -251,6 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exposure.router,
         outcomes.router,
         experiment.router,
+        pipelines.router,
         item_routes.router,
         ops.router,
         reports.router,
