@@ -30,6 +30,7 @@ from service.api.routes import (
     pipelines,
     publishing,
     reports,
+    versions,
 )
 from service.core.artifacts import ArtifactStore
 from service.core.config import Settings, get_settings
@@ -244,6 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (
         datasets.router,
+        versions.router,
         events.router,
         jobs.router,
         models.router,
