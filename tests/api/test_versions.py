@@ -296,3 +296,18 @@ def test_a_teacher_trains_on_a_version(
     )
     assert artifact.user_emb is not None and artifact.item_emb is not None
     assert artifact.user_emb.shape == (13, 8) and artifact.item_emb.shape == (21, 8)
+
+
+def test_openapi_documents_the_version_routes_with_examples(client: TestClient) -> None:
+    from service.api.schemas import DatasetOut
+
+    doc = client.get("/openapi.json").json()
+    routes = doc["paths"]["/v1/datasets/{dataset_id}/versions"]
+    created = routes["post"]["responses"]["201"]["content"]["application/json"]["example"]
+    assert DatasetOut.model_validate(created).source == "version"  # the example is a DatasetOut
+    assert {"409", "404"} <= set(routes["post"]["responses"])
+    listed = routes["get"]["responses"]["200"]["content"]["application/json"]["example"]
+    assert listed["items"] == [created]
+    body = doc["components"]["schemas"]["VersionRequest"]
+    assert body["examples"] == [{"min_new_events": 100}]
+    assert body["properties"]["min_new_events"]["minimum"] == 1
