@@ -66,10 +66,21 @@ def parse_cron(expr: str) -> crontab:
         raise ValueError(f"{expr!r}: {exc}") from exc
 
 
+RECIPE_EXAMPLE: dict[str, Any] = {
+    "dataset_id": "ds-1a2b3c4d5e6f",
+    "teacher": {"model": "als", "dim": 64, "epochs": 15},
+    "distill": {"method": "unkd", "dim": 32, "epochs": 20},
+    "gate": {"max_head_share_ratio": 1.0, "min_ndcg_ratio": 0.9},
+    "on_pass": {"action": "experiment", "share": 0.1},
+    "schedule": "0 3 * * *",
+    "min_new_events": 1000,
+}
+
+
 class PipelineRecipe(BaseModel):
     """What a run does and when. PUT /v1/pipelines/{name}'s body, less `name`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [RECIPE_EXAMPLE]})
 
     dataset_id: str = Field(min_length=1, max_length=128, description="the lineage's dataset")
     teacher: TeacherSpec

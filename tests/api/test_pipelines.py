@@ -325,3 +325,20 @@ def test_on_pass_stage_and_experiment(
     }
     arms = {a["model_id"]: a["weight"] for a in client.get("/v1/serving/experiment").json()["arms"]}
     assert arms == pytest.approx({served: 0.7, exp["student_id"]: 0.3})
+
+
+def test_openapi_documents_the_pipeline_routes_with_examples(client: TestClient) -> None:
+    from service.core.pipelines import PipelineRecipe, PipelineRun
+
+    doc = client.get("/openapi.json").json()
+    paths = doc["paths"]
+    assert {"put", "get", "delete"} <= set(paths["/v1/pipelines/{name}"])
+    run = paths["/v1/pipelines/{name}/run"]["post"]["responses"]
+    queued = PipelineRun.model_validate(run["202"]["content"]["application/json"]["example"])
+    assert queued.status == "queued" and "409" in run
+    listed = paths["/v1/pipelines/{name}/runs"]["get"]["responses"]["200"]["content"]
+    one = PipelineRun.model_validate(listed["application/json"]["example"]["items"][0])
+    assert one.status == "succeeded" and one.published is not None
+    assert "get" in paths["/v1/pipelines/{name}/runs/{run_id}"]
+    (example,) = doc["components"]["schemas"]["PipelineRecipe"]["examples"]
+    assert PipelineRecipe.model_validate(example).on_pass == "experiment"

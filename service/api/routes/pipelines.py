@@ -13,10 +13,10 @@ task to the train queue; the worker runs it (worker/pipeline_runs.py).
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.auth import AdminCaller, WriteAccess
 from service.api.deps import CeleryDep, RegistryDep, SettingsDep
@@ -52,12 +52,69 @@ class RunList(BaseModel):
 class RunRequest(BaseModel):
     """POST /v1/pipelines/{name}/run's optional body."""
 
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"min_new_events": 0}]}
+    )
+
     min_new_events: int | None = Field(
         None,
         ge=0,
         description="this run's threshold instead of the recipe's; 0 trains even without new "
         "events (on the lineage's newest version)",
     )
+
+
+RUN_EXAMPLE: dict[str, Any] = {
+    "run_id": "5c0f9e2a7b3d4e8f9a1b2c3d4e5f6a7b",
+    "pipeline": "nightly",
+    "trigger": "schedule",
+    "status": "succeeded",
+    "reason": None,
+    "dataset_version": "ds-7e8f9a0b1c2d",
+    "new_events": 1843,
+    "teacher_job": "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6",
+    "distill_job": "b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7",
+    "publish_job": "c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8",
+    "teacher_id": "teacher-a1b2c3d4e5f6",
+    "student_id": "student-unkd-b2c3d4e5f6a7",
+    "gate": [
+        {
+            "rule": "head_share",
+            "passed": True,
+            "detail": "head_share@20 of student-unkd-b2c3d4e5f6a7 is 0.4815, within 1 x its "
+            "teacher teacher-a1b2c3d4e5f6's 0.5025 = 0.5025",
+        },
+    ],
+    "published": {
+        "model_id": "student-unkd-b2c3d4e5f6a7",
+        "action": "experiment",
+        "experiment_share": 0.1,
+    },
+    "metrics": {
+        "student_ndcg@20": 0.0547,
+        "student_head_share@20": 0.4815,
+        "teacher_ndcg@20": 0.0571,
+        "teacher_head_share@20": 0.5025,
+    },
+    "min_new_events": None,
+    "created_at": "2026-12-07T03:00:00Z",
+    "started_at": "2026-12-07T03:00:01Z",
+    "finished_at": "2026-12-07T03:04:12Z",
+}
+
+
+QUEUED_EXAMPLE: dict[str, Any] = {
+    **dict.fromkeys(RUN_EXAMPLE),
+    **{k: RUN_EXAMPLE[k] for k in ("run_id", "pipeline", "created_at")},
+    "trigger": "manual",
+    "status": "queued",
+    "gate": [],
+    "metrics": {},
+}
+
+
+def _example(example: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"example": example}}}
 
 
 def store_of(registry: Registry) -> PipelineStore:
@@ -131,7 +188,10 @@ def delete_pipeline(name: NameParam, registry: RegistryDep, caller: AdminCaller)
     "/{name}/run",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[WriteAccess],
-    responses={409: {"description": "a run of this pipeline is queued or running"}},
+    responses={
+        202: _example(QUEUED_EXAMPLE, "the run, queued (follow its Location)"),
+        409: {"description": "a run of this pipeline is queued or running"},
+    },
 )
 def run_pipeline(
     name: NameParam,
@@ -159,7 +219,14 @@ def run_pipeline(
     return run
 
 
-@router.get("/{name}/runs")
+@router.get(
+    "/{name}/runs",
+    responses={
+        200: _example(
+            {"items": [RUN_EXAMPLE], "total": 1, "limit": 50, "offset": 0}, "newest first"
+        )
+    },
+)
 def list_runs(
     name: NameParam,
     registry: RegistryDep,
@@ -171,7 +238,7 @@ def list_runs(
     return RunList(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/{name}/runs/{run_id}")
+@router.get("/{name}/runs/{run_id}", responses={200: _example(RUN_EXAMPLE, "one run")})
 def get_run(name: NameParam, run_id: Id, registry: RegistryDep) -> PipelineRun:
     """One run."""
     return store_of(registry).get_run(run_id, name=name)
