@@ -342,3 +342,44 @@ def test_openapi_documents_the_pipeline_routes_with_examples(client: TestClient)
     assert "get" in paths["/v1/pipelines/{name}/runs/{run_id}"]
     (example,) = doc["components"]["schemas"]["PipelineRecipe"]["examples"]
     assert PipelineRecipe.model_validate(example).on_pass == "experiment"
+
+
+def test_concurrent_ticks_start_one_run_per_slot(
+    client: TestClient, dataset_id: str, worker_app: Celery, settings: Settings
+) -> None:
+    """Eight ticks at the same instant (as from several schedulers and workers), twice per
+    slot: one run per slot, and none while a run holds the lock."""
+    import threading
+
+    from worker.pipeline_tick import tick
+
+    body = recipe(dataset_id, every_s=60)
+    assert client.put("/v1/pipelines/p1", json=body).status_code == 201
+    slot = (int(time.time()) // 60 + 1) * 60  # the next slot, after the recipe was saved
+    started: list[str] = []
+
+    def ticks(now: float) -> None:
+        barrier = threading.Barrier(8)
+
+        def one() -> None:
+            barrier.wait()
+            started.extend(tick(worker_app, now=now)["started"])
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    ticks(slot + 1.0)
+    assert len(started) == 1, started
+    ticks(slot + 2.0)  # the same slot, its run still queued: nothing more
+    assert len(started) == 1, started
+    execute(worker_app, started[0])  # skipped (no new data): the lock is free again
+    ticks(slot + 3.0)  # the same slot, already run
+    assert len(started) == 1, started
+    ticks(slot + 61.0)  # the next slot
+    assert len(started) == 2, started
+    runs = client.get("/v1/pipelines/p1/runs").json()["items"]
+    assert [r["run_id"] for r in runs] == started[::-1]
+    assert [r["trigger"] for r in runs] == ["schedule", "schedule"]
