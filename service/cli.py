@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     from service.client.commands import register as register_client  # the API over HTTP: httpx only
 
     register_client(sub)
+    from service.client.pipelines import register as register_pipelines  # httpx only
+
+    register_pipelines(sub)
     return parser
 
 
