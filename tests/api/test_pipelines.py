@@ -383,3 +383,18 @@ def test_concurrent_ticks_start_one_run_per_slot(
     runs = client.get("/v1/pipelines/p1/runs").json()["items"]
     assert [r["run_id"] for r in runs] == started[::-1]
     assert [r["trigger"] for r in runs] == ["schedule", "schedule"]
+
+
+def test_a_recipe_without_distill_publishes_its_teacher(
+    client: TestClient, dataset_id: str, worker_app: Celery
+) -> None:
+    body = {"dataset_id": dataset_id, "teacher": TEACHER, "min_new_events": 0}
+    assert client.put("/v1/pipelines/t", json=body).status_code == 201
+    run = client.post("/v1/pipelines/t/run").json()
+    execute(worker_app, run["run_id"])
+    done = client.get(f"/v1/pipelines/t/runs/{run['run_id']}").json()
+    assert done["status"] == "succeeded", done
+    assert done["distill_job"] is None and done["student_id"] is None
+    assert done["published"]["model_id"] == done["teacher_id"]
+    assert set(done["metrics"]) >= {"teacher_ndcg@20", "teacher_head_share@20"}
+    assert client.get(f"/v1/models/{done['teacher_id']}").json()["active"] is True
