@@ -172,10 +172,10 @@ async function refresh() {
   redraw("serving", { serving, models: models.items.filter((m) => m.active) }, drawServing);
   redraw("history", history, drawHistory);
   redraw("choices", listings, (data) => { updateChoices(data); updateServing(data); });
-  await refreshPipelines();
   state.polls += 1;
   document.body.dataset.polls = String(state.polls);
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()} · every ${POLL_MS / 1000}s`;
+  await refreshPipelines();  // after the count: the rest of the page is drawn by then
 }
 
 let refreshing = null;
