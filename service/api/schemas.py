@@ -204,6 +204,9 @@ class JobStatus(BaseModel):
         "student's head share@20 is at most its teacher's (both in head_share_cap)",
     )
     head_share_cap: HeadShareCap | None = None
+    pipeline_run: str | None = Field(
+        None, description="the pipeline run this job is a step of (GET /v1/pipelines/…/runs)"
+    )
 
     @classmethod
     def of(cls, record: JobRecord) -> JobStatus:

@@ -17,6 +17,11 @@ Every key of service/ is built here, so one file tells what Redis holds:
     unkd:events:id:<event_id>                   an event id already stored (SET NX EX)
     unkd:rec:<rec_id>                           what one answer showed (rec_record)
     unkd:outcomes:*                             events attributed to answers (layout at OUTCOMES)
+    unkd:pipeline:<name>  unkd:pipelines        pipeline recipes (sorted set: newest first)
+    unkd:pipeline:<name>:runs                   a pipeline's run ids (sorted set: newest first)
+    unkd:pipeline-run:<run id>                  one run's record
+    unkd:pipeline-runs:open                     the ids of the runs queued or running (set)
+    unkd:pipeline:<name>:{lock,fired,slot:<t>}  one run at a time, the schedule's last slot
 """
 
 import hashlib
@@ -216,3 +221,41 @@ def fanout_shard_holder(job_id: str, phase: str, index: int) -> str:
     candidates phase; `<job id>:<phase>-shard-<i>` the others)."""
     tag = "" if phase == "candidates" else f"{phase}-"
     return f"{job_id}:{tag}shard-{index}"
+
+
+# -- pipelines (service.core.pipelines_store) --------------------------------------------------
+PIPELINES = f"{PREFIX}:pipelines"  # sorted set of pipeline names, score = creation time
+# The runs not ended yet, of every pipeline (deleted ones too): where the tick looks for a
+# run whose worker died.
+PIPELINE_RUNS_OPEN = f"{PREFIX}:pipeline-runs:open"
+
+
+def pipeline(name: str) -> str:
+    """The JSON PipelineRecipe of pipeline `name`."""
+    return f"{PREFIX}:pipeline:{name}"
+
+
+def pipeline_runs(name: str) -> str:
+    """Sorted set of the run ids of pipeline `name`, score = when the run was created."""
+    return f"{pipeline(name)}:runs"
+
+
+def pipeline_run(run_id: str) -> str:
+    """The JSON PipelineRun of `run_id`."""
+    return f"{PREFIX}:pipeline-run:{run_id}"
+
+
+def pipeline_lock(name: str) -> str:
+    """The id of the one run of `name` queued or running now (SET NX; a TTL its heartbeat
+    renews while it runs)."""
+    return f"{pipeline(name)}:lock"
+
+
+def pipeline_fired(name: str) -> str:
+    """The time (epoch seconds) of the last schedule slot of `name` that was claimed."""
+    return f"{pipeline(name)}:fired"
+
+
+def pipeline_slot(name: str, slot: int) -> str:
+    """Claimed (SET NX EX) by the one tick that starts the run of this slot (epoch seconds)."""
+    return f"{pipeline(name)}:slot:{slot}"

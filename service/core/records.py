@@ -210,6 +210,10 @@ class JobRecord(BaseModel):
     # student's head share@20 is at most its teacher's, and both figures.
     cap_met: bool | None = None
     head_share_cap: HeadShareCap | None = None
+    # A step of a pipeline run (worker/pipeline_runs.py), which runs it in its own process:
+    # the run's id. The reaper leaves such a job to the pipeline tick, which fails it with
+    # its run; a job of its own would run again without the run around it.
+    pipeline_run: str | None = None
 
 
 class ActiveModel(BaseModel):
