@@ -59,7 +59,7 @@ ARMS = ("plain", "unkd", "teacher")
 JOB_TIMEOUT_S = 1800.0
 SERVE_SWAP_TIMEOUT_S = 120.0
 EVENTS_PER_BATCH = 1000
-TEACHER = {"model": "als", "dim": 64}
+TEACHER = {"model": "als"}  # ALS at its defaults: it has embeddings, so it can be served
 STUDENT_DIM = 10
 GROUPS = 4  # the service's popularity groups (UnKD's default G)
 

@@ -4,6 +4,7 @@ by hand from the definitions in its docstring (not from the functions' own steps
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,3 +134,64 @@ def test_mean_std() -> None:
     assert mean_std([4.0]) == (4.0, 0.0)
     assert mean_std([None]) == (None, None)
     assert mean_std([None, 2.0, 4.0])[0] == pytest.approx(3.0)
+
+
+# -- bench/loop.py's pure parts: the recipes it PUTs and its summary -----------------------
+
+
+def test_recipes_follow_the_arms() -> None:
+    from bench.loop import recipe
+
+    unkd, plain, teacher = recipe("unkd"), recipe("plain"), recipe("teacher")
+    assert unkd["distill"] == {"method": "unkd", "dim": 10} and "gate" not in unkd
+    assert plain["distill"] == {"method": "none", "dim": 10}
+    assert plain["gate"] == {"enabled": False} == teacher["gate"]
+    assert "distill" not in teacher  # the pipeline publishes the teacher itself
+    assert unkd["teacher"]["model"] == plain["teacher"]["model"] == teacher["teacher"]["model"]
+    assert {r["on_pass"] for r in (unkd, plain, teacher)} == {"activate"}
+
+
+def _round(r: int, head: float, clicks: int, run: str | None = "published") -> Any:
+    from bench.loop import RoundResult
+
+    return RoundResult(
+        round=r,
+        model_id=f"m{r}",
+        exposures=1000,
+        clicks=clicks,
+        head_exposure=head,
+        head_clicks=None,
+        head_exposure_current=head,
+        coverage=0.1,
+        gini=0.9,
+        clicks_per_1000=float(clicks),
+        true_ndcg=0.1,
+        run={"status": run} if run else None,
+    )
+
+
+def test_summary_drift_and_clicks_over_seeds() -> None:
+    from bench.loop import WorldResult, drift_lines, plot_svg, summarise
+
+    worlds = [
+        WorldResult("unkd", 0, rounds=[_round(1, 0.5, 10), _round(2, 0.6, 20, None)]),
+        WorldResult("unkd", 1, rounds=[_round(1, 0.5, 30, "refused"), _round(2, 0.8, 30, None)]),
+        WorldResult("plain", 0, error="boom"),  # a broken world counts in no mean
+    ]
+    summary = summarise(worlds, ["unkd", "plain"], rounds=2)
+    d = summary["drift"]["unkd"]
+    # drifts 0.1 and 0.3: mean 0.2, sample std sqrt((0.01 + 0.01) / 1)
+    assert d["head_exposure_drift"][0] == pytest.approx(0.2)
+    assert d["head_exposure_drift"][1] == pytest.approx(math.sqrt(0.02))
+    # clicks per 1,000 over the rounds: 30 / 2000 -> 15, 60 / 2000 -> 30
+    assert d["clicks_per_1000"][0] == pytest.approx(22.5)
+    assert d["runs"] == {"published": 1, "refused": 1} and d["seeds"] == 2
+    assert summary["drift"]["plain"]["seeds"] == 0
+    row = next(x for x in summary["per_round"] if x["round"] == 2 and x["arm"] == "unkd")
+    assert row["head_exposure"][0] == pytest.approx(0.7) and row["seeds"] == 2
+    assert "round 2 - round 1 = 0.200 ± 0.141" in drift_lines(summary, 2)[0]
+    svg = plot_svg(summary, ["unkd", "plain"], 2)
+    assert svg.count('class="chart chart-lines"') == 6
+    # plain has no values anywhere, unkd none for the head share of clicks (None above)
+    assert svg.count('<polyline class="line" data-series="unkd"') == 5
+    assert svg.count('<polyline class="line" data-series="plain"') == 0
