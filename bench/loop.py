@@ -74,6 +74,7 @@ class LoopConfig:
     click_a: float = lm.CLICK_A
     click_b: float = lm.CLICK_B
     relevant_top: int = lm.RELEVANT_TOP
+    retrain: str = "auto"  # Retrainer's mode
 
 
 @dataclass
@@ -182,30 +183,76 @@ def train_and_publish(http: Any, dataset_id: str, arm: str) -> RunOutcome:
     return RunOutcome("published", model_id, dataset_id, "", time.monotonic() - t0)
 
 
-class Retrainer:
-    """One round's retrain, through the pipeline routes when the service has them
-    (mode "pipeline"), else by explicit calls (mode "explicit")."""
+class GrownData:
+    """A world's data as it grows, kept by the bench for the "upload" retrain: the round-0
+    interactions with their splits (train, valid, test as the generator made them) and every
+    click so far, added to train (the test split stays the round-0 one)."""
 
-    def __init__(self, http: Any, dataset_id: str, arm: str, name: str) -> None:
+    def __init__(self, pop: Population) -> None:
+        self.pop = pop
+        self.clicks: list[tuple[int, int]] = []
+
+    def add(self, users: np.ndarray, items: np.ndarray) -> None:
+        self.clicks.extend(zip(users.tolist(), items.tolist(), strict=True))
+
+    def csv(self) -> bytes:
+        u, i = self.pop.user_ids, self.pop.item_ids
+        lines = ["user_id,item_id,split"]
+        for split, rows in self.pop.splits.items():
+            lines.extend(f"{u[a]},{i[b]},{split}" for a, b in rows.tolist())
+        lines.extend(f"{u[a]},{i[b]},train" for a, b in self.clicks)
+        return ("\n".join(lines) + "\n").encode()
+
+
+RETRAIN_MODES = ("auto", "pipeline", "versions", "upload")
+
+
+class Retrainer:
+    """One round's retrain, behind one call (`retrain`), in one of three modes:
+
+    - "pipeline": POST /v1/pipelines/{name}/run and poll the run (the contract; PUT once here);
+    - "versions": POST /v1/datasets/{id}/versions (the clicks since the last version), then
+      the recipe by explicit jobs (teacher, distill, publish);
+    - "upload": a fresh upload of the grown data (GrownData: round 0's splits plus every click
+      in train), then the same explicit jobs; for a service without issue 19's routes.
+
+    "auto" picks the first the service has, in that order."""
+
+    def __init__(
+        self, http: Any, dataset_id: str, arm: str, name: str, grown: GrownData, mode: str = "auto"
+    ) -> None:
         self.http, self.dataset_id, self.arm, self.name = http, dataset_id, arm, name
+        self.grown = grown
         paths = _ok(http.get("/openapi.json"), 200)["paths"]
-        if "/v1/pipelines/{name}/run" in paths:
-            self.mode = "pipeline"
+        have = {
+            "pipeline": "/v1/pipelines/{name}/run" in paths,
+            "versions": "/v1/datasets/{dataset_id}/versions" in paths,
+            "upload": True,
+        }
+        if mode == "auto":
+            mode = next(m for m in RETRAIN_MODES[1:] if have[m])
+        if not have[mode]:
+            raise RuntimeError(f"retrain mode {mode!r}: the service lacks its routes (issue 19)")
+        self.mode = mode
+        if mode == "pipeline":
             body = {"dataset_id": dataset_id, **recipe(arm)}
             _ok(http.put(f"/v1/pipelines/{name}", json=body), 200, 201)
-        elif "/v1/datasets/{dataset_id}/versions" in paths:
-            self.mode = "explicit"
-        else:
-            raise RuntimeError(
-                "the service has neither POST /v1/pipelines/{name}/run nor "
-                "POST /v1/datasets/{id}/versions (issue 19): nothing can retrain on the clicks"
-            )
 
     def retrain(self) -> RunOutcome:
-        return self._pipeline() if self.mode == "pipeline" else self._explicit()
+        t0 = time.monotonic()
+        if self.mode == "pipeline":
+            out = self._pipeline()
+        else:
+            dataset = self._version() if self.mode == "versions" else self._upload()
+            out = (
+                dataset
+                if isinstance(dataset, RunOutcome)
+                else train_and_publish(self.http, dataset, self.arm)
+            )
+        out.seconds = time.monotonic() - t0
+        return out
 
     def _pipeline(self) -> RunOutcome:
-        t0 = time.monotonic()
         run = _ok(self.http.post(f"/v1/pipelines/{self.name}/run"), 202)
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while run["status"] in ("queued", "running"):
@@ -222,21 +269,25 @@ class Retrainer:
             published.get("model_id") or run.get("student_id") or run.get("teacher_id"),
             run.get("dataset_version"),
             str(run.get("reason") or ""),
-            time.monotonic() - t0,
         )
         if status == "published" and out.model_id:
             _wait_served(self.http, out.model_id)
         return out
 
-    def _explicit(self) -> RunOutcome:
-        t0 = time.monotonic()
+    def _version(self) -> str | RunOutcome:
         r = self.http.post(f"/v1/datasets/{self.dataset_id}/versions", json={"min_new_events": 1})
         if r.status_code == 409:
-            return RunOutcome("skipped", None, None, r.text[:300], time.monotonic() - t0)
-        version = _ok(r, 201)["id"]
-        out = train_and_publish(self.http, version, self.arm)
-        out.seconds = time.monotonic() - t0
-        return out
+            return RunOutcome("skipped", None, None, r.text[:300])
+        version: str = _ok(r, 201)["id"]
+        return version
+
+    def _upload(self) -> str | RunOutcome:
+        if not self.grown.clicks:
+            return RunOutcome("skipped", None, None, "no clicks yet")
+        files = {"file": ("grown.csv", self.grown.csv(), "text/csv")}
+        form = {"split": "given", "name": f"{self.name}-{len(self.grown.clicks)}"}
+        dataset: str = _ok(self.http.post("/v1/datasets", files=files, data=form), 201)["id"]
+        return dataset
 
 
 # -- one world ---------------------------------------------------------------------------
@@ -250,7 +301,7 @@ class Population:
         from training.popularity import item_popularity, popularity_groups
         from training.synthetic import generate_synthetic
 
-        self.params = {
+        self.params: dict[str, Any] = {
             "n_users": cfg.users,
             "n_items": cfg.items,
             "interactions_per_user": cfg.interactions_per_user,
@@ -263,8 +314,9 @@ class Population:
         self.item_index = {str(i): n for n, i in enumerate(ds.item_ids)}
         self.item_ids = [str(i) for i in ds.item_ids]
         self.scores = ds.truth.user_factors.astype(np.float64) @ ds.truth.item_factors.T
+        self.splits = {"train": ds.train, "valid": ds.valid, "test": ds.test}
         self.consumed = np.zeros((cfg.users, cfg.items), dtype=bool)
-        for split in (ds.train, ds.valid, ds.test):
+        for split in self.splits.values():
             self.consumed[split[:, 0], split[:, 1]] = True
         pop = item_popularity(ds.train[:, 1], cfg.items)
         self.head = popularity_groups(pop, GROUPS) == 0
@@ -304,7 +356,12 @@ def play_world(http: Any, cfg: LoopConfig, arm: str, seed: int, pop: Population)
     first = train_and_publish(http, ds["id"], arm)
     if first.status != "published":
         raise RuntimeError(f"round 0's model was not published: {first.status} {first.detail}")
-    retrainer = Retrainer(http, ds["id"], arm, f"loop-{arm}") if cfg.rounds > 1 else None
+    grown = GrownData(pop)
+    retrainer = (
+        Retrainer(http, ds["id"], arm, f"loop-{arm}", grown, cfg.retrain)
+        if cfg.rounds > 1
+        else None
+    )
     world.mode = retrainer.mode if retrainer else "one round"
     consumed = pop.consumed.copy()
     rng = np.random.default_rng([seed, 19])  # the same uniforms in every arm of a seed
@@ -347,6 +404,7 @@ def play_world(http: Any, cfg: LoopConfig, arm: str, seed: int, pop: Population)
         ]
         _send_clicks(http, events)
         consumed[us, lists[us, ps]] = True
+        grown.add(us, lists[us, ps])
         if retrainer is not None and r < cfg.rounds:
             result.run = asdict(retrainer.retrain())
         result.seconds = time.monotonic() - t0
@@ -404,7 +462,9 @@ METRICS = (
 )
 
 
-def _fmt(mean: float | None, std: float | None, wide: bool = False) -> str:
+def _fmt(pair: tuple[float | None, float | None], wide: bool = False) -> str:
+    """(mean, std) as "m ± s" (one decimal when wide, else three); "–" without a value."""
+    mean, std = pair
     if mean is None or std is None:
         return "–"
     return f"{mean:.1f} ± {std:.1f}" if wide else f"{mean:.3f} ± {std:.3f}"
@@ -449,8 +509,8 @@ def round_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         [
             str(row["round"]),
             row["arm"],
-            *(_fmt(*row[key], wide) for key, _, wide in METRICS),
-            _fmt(*row["head_exposure_current"]),
+            *(_fmt(row[key], wide) for key, _, wide in METRICS),
+            _fmt(row["head_exposure_current"]),
         ]
         for row in summary["per_round"]
     ]
@@ -463,8 +523,8 @@ def drift_lines(summary: dict[str, Any], rounds: int) -> list[str]:
         runs = ", ".join(f"{n} {s}" for s, n in d["runs"].items()) or "none"
         out.append(
             f"drift {arm}: head share of exposure, round {rounds} - round 1 = "
-            f"{_fmt(*d['head_exposure_drift'])}; clicks per 1,000 over the rounds = "
-            f"{_fmt(*d['clicks_per_1000'], wide=True)}; runs: {runs} ({d['seeds']} seeds)"
+            f"{_fmt(d['head_exposure_drift'])}; clicks per 1,000 over the rounds = "
+            f"{_fmt(d['clicks_per_1000'], wide=True)}; runs: {runs} ({d['seeds']} seeds)"
         )
     return out
 
@@ -552,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--click-a", type=float, default=lm.CLICK_A)
     ap.add_argument("--click-b", type=float, default=lm.CLICK_B)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "loop.svg")
+    ap.add_argument("--retrain", choices=RETRAIN_MODES, default="auto", help="Retrainer's mode")
     ap.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     ap.add_argument("--work-dir", type=Path, default=None, help="keep the worlds' data here")
     a = ap.parse_args(argv)
@@ -569,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         interactions_per_user=a.interactions_per_user,
         click_a=a.click_a,
         click_b=a.click_b,
+        retrain=a.retrain,
     )
     print(f"environment: {environment()}", flush=True)
     worlds: list[WorldResult] = []

@@ -195,3 +195,30 @@ def test_summary_drift_and_clicks_over_seeds() -> None:
     # plain has no values anywhere, unkd none for the head share of clicks (None above)
     assert svg.count('<polyline class="line" data-series="unkd"') == 5
     assert svg.count('<polyline class="line" data-series="plain"') == 0
+
+
+def test_grown_data_keeps_round_zero_splits_and_adds_clicks_to_train() -> None:
+    from types import SimpleNamespace
+
+    from bench.loop import GrownData
+
+    pop = SimpleNamespace(
+        user_ids=["u0", "u1"],
+        item_ids=["a", "b", "c"],
+        splits={
+            "train": np.array([[0, 0], [1, 1]]),
+            "valid": np.array([[0, 1]]),
+            "test": np.array([[1, 2]]),
+        },
+    )
+    grown = GrownData(pop)  # type: ignore[arg-type]
+    grown.add(np.array([1, 0]), np.array([0, 2]))
+    assert grown.csv().decode().splitlines() == [
+        "user_id,item_id,split",
+        "u0,a,train",
+        "u1,b,train",
+        "u0,b,valid",
+        "u1,c,test",
+        "u1,a,train",
+        "u0,c,train",
+    ]
