@@ -148,7 +148,9 @@ def _wait_served(http: Any, model_id: str) -> None:
 
 def recipe(arm: str) -> dict[str, Any]:
     """The pipeline body of an arm, without dataset_id (the contract's PUT /v1/pipelines)."""
-    body: dict[str, Any] = {"teacher": dict(TEACHER), "on_pass": "activate"}
+    # min_new_events 0: no run starts by itself when the clicks arrive (the scheduler's
+    # "events" trigger needs at least 1); the bench starts each round's run.
+    body: dict[str, Any] = {"teacher": dict(TEACHER), "on_pass": "activate", "min_new_events": 0}
     if arm != "teacher":  # no distill block: the pipeline gates and publishes the teacher
         body["distill"] = {"method": "unkd" if arm == "unkd" else "none", "dim": STUDENT_DIM}
     if arm != "unkd":  # the counterfactual arms: gate off

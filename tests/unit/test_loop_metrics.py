@@ -149,6 +149,8 @@ def test_recipes_follow_the_arms() -> None:
     assert "distill" not in teacher  # the pipeline publishes the teacher itself
     assert unkd["teacher"]["model"] == plain["teacher"]["model"] == teacher["teacher"]["model"]
     assert {r["on_pass"] for r in (unkd, plain, teacher)} == {"activate"}
+    # no run of its own when clicks arrive: the bench starts every round's run
+    assert {r["min_new_events"] for r in (unkd, plain, teacher)} == {0}
 
 
 def _round(r: int, head: float, clicks: int, run: str | None = "published") -> Any:
