@@ -1,12 +1,13 @@
 """`unkd`: run the service (up, api, worker), the demo, and the offline training commands.
 
-    unkd up [--host 127.0.0.1] [--port 8000] [--data-dir DIR]   Redis (if needed) + worker + API
+    unkd up [--host 127.0.0.1] [--port 8000] [--data-dir DIR]   Redis (if needed), worker, scheduler, API
     unkd api [--workers N]                                      the API alone (Docker, many hosts)
     unkd worker [-Q train,light]                                one Celery worker
+    unkd scheduler                                              celery beat: the pipelines' tick
     unkd demo                                                   the whole story in ~3 minutes
     unkd data prepare | train-teacher | distill | evaluate      offline, no service needed
     unkd report MODEL_DIR [--compare DIR …] --out report.html   report / comparison page, offline
-    unkd jobs | models | recommend                              the REST API from a terminal (docs/cli.md)
+    unkd jobs | models | recommend | pipelines                  the REST API from a terminal (docs/cli.md)
 
 Every command reads the same UNKD_* settings; flags override them.
 """
@@ -56,6 +57,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(
         f"  worker   queues {settings.train_queue},{settings.light_queue}, "
         f"{stack.worker_threads} training thread(s) (pid {stack.worker.pid if stack.worker else '-'})"
+    )
+    print(
+        f"  scheduler  pipelines' tick every {settings.pipeline_tick_s:g}s "
+        f"(pid {stack.scheduler.pid if stack.scheduler else '-'})"
     )
     print("Ctrl-C stops everything.", flush=True)
     reason = stack.wait()
@@ -134,6 +139,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.execve(argv[0], argv, worker_env(dict(os.environ), settings_env(settings), args.threads))
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.redis_url:
+        print(
+            "error: UNKD_REDIS_URL is not set (the scheduler needs the stack's Redis)",
+            file=sys.stderr,
+        )
+        return 2
+    import os
+
+    from service.core.config import settings_env
+    from service.stack.local import celery_beat_argv
+
+    schedule = Path(args.schedule) if args.schedule else settings.data_dir / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    argv = celery_beat_argv(schedule, loglevel=settings.log_level)
+    # beat is its own entry point (worker.celery_app's beat_schedule): replace this process.
+    os.execve(argv[0], argv, {**os.environ, **settings_env(settings)})
+
+
 def worker_env(
     environ: dict[str, str], settings: dict[str, str], threads: int | None
 ) -> dict[str, str]:
@@ -200,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser(
+        "scheduler",
+        help="run celery beat (the pipelines' tick every UNKD_PIPELINE_TICK_S), against "
+        "UNKD_REDIS_URL; two are safe (one run per slot)",
+    )
+    p.add_argument("--schedule", help="beat's state file (default: DATA_DIR/celerybeat-schedule)")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser(
         "demo", help="local stack, synthetic data, teacher, 3 students, publish, compare"
     )
     p.add_argument("--data-dir", help="keep everything here (default: a temporary directory)")
@@ -216,13 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     from service.client.commands import register as register_client  # the API over HTTP: httpx only
 
     register_client(sub)
+    from service.client.pipelines import register as register_pipelines  # httpx only
+
+    register_pipelines(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.command in ("up", "api", "worker") else logging.WARNING,
+        level=logging.INFO
+        if args.command in ("up", "api", "worker", "scheduler")
+        else logging.WARNING,
         format=LOG_FORMAT,
         stream=sys.stderr,
     )

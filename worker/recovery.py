@@ -137,6 +137,8 @@ def reap_lost_jobs(
     recovered: list[str] = []
     running, _ = registry.list_jobs(status="running", limit=500)
     for job in running:
+        if job.pipeline_run is not None:  # a pipeline run's step: the pipeline tick ends it
+            continue
         if registry.redis.exists(keys.job_lease(job.id)):
             continue
         # One reaper per job, even with many workers starting at once.

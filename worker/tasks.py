@@ -15,12 +15,16 @@ from service.core.queue import (
     CANDIDATE_SHARD,
     DISTILL,
     EVAL_SHARD,
+    PIPELINE_RUN,
+    PIPELINE_TICK,
     PUBLISH,
     TRAIN_TEACHER,
     TUNE_TRIALS,
 )
 from worker.fanout_phases import CANDIDATE_SHARDS, EVAL_SHARDS
 from worker.jobs import run_job
+from worker.pipeline_runs import run_pipeline
+from worker.pipeline_tick import tick
 from worker.publishing import PUBLISH_JOB
 from worker.shards import run_shard
 from worker.training_jobs import DISTILL_JOB, TEACHER_JOB
@@ -62,3 +66,15 @@ def eval_shard(self: Task, job_id: str, index: int) -> dict[str, Any]:
     """Rank the student's and the teacher's report lists for one shard of evaluated users
     (sent by the job's parent task once the student is trained)."""
     return run_shard(self, job_id, index, EVAL_SHARDS)
+
+
+@shared_task(bind=True, name=PIPELINE_RUN)
+def pipeline_run(self: Task, run_id: str) -> dict[str, Any]:
+    """Run one pipeline run's steps (version, teacher, distill, gate, publish) here."""
+    return run_pipeline(self, run_id)
+
+
+@shared_task(bind=True, name=PIPELINE_TICK)
+def pipelines_tick(self: Task) -> dict[str, Any]:
+    """Fail the runs whose worker died, start the runs that are due (sent by the scheduler)."""
+    return tick(self.app)

@@ -27,8 +27,10 @@ from service.api.routes import (
     models,
     ops,
     outcomes,
+    pipelines,
     publishing,
     reports,
+    versions,
 )
 from service.core.artifacts import ArtifactStore
 from service.core.config import Settings, get_settings
@@ -243,6 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (
         datasets.router,
+        versions.router,
         events.router,
         jobs.router,
         models.router,
@@ -251,6 +254,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exposure.router,
         outcomes.router,
         experiment.router,
+        pipelines.router,
         item_routes.router,
         ops.router,
         reports.router,

@@ -101,11 +101,23 @@ class SyntheticDatasetRequest(_Forbid):
 class DatasetOut(BaseModel):
     id: str
     name: str
-    source: Literal["upload", "synthetic"]
+    source: Literal["upload", "synthetic", "version"]
     fingerprint: str
     options: dict[str, Any]
     statistics: dict[str, Any] = Field(description="sizes, split and popularity groups")
     created_at: datetime
+    root_id: str | None = Field(None, description="the lineage's root; None for a root")
+    parent_id: str | None = Field(None, description="the version it grew from; None for a root")
+    version: int = Field(0, description="0 for a root, then 1, 2, … along its lineage")
+    events_cursor: str = Field(
+        "0-0", description="events stream id up to which events are in it (inclusive)"
+    )
+    lineage: dict[str, Any] | None = Field(
+        None,
+        description="a version's parent_id, events_from (exclusive), events_to (inclusive), "
+        "events (positive events added), segment (artifact-store key), new_users, new_items, "
+        "new_pairs",
+    )
 
     @classmethod
     def of(cls, record: DatasetRecord) -> DatasetOut:
@@ -192,6 +204,9 @@ class JobStatus(BaseModel):
         "student's head share@20 is at most its teacher's (both in head_share_cap)",
     )
     head_share_cap: HeadShareCap | None = None
+    pipeline_run: str | None = Field(
+        None, description="the pipeline run this job is a step of (GET /v1/pipelines/…/runs)"
+    )
 
     @classmethod
     def of(cls, record: JobRecord) -> JobStatus:

@@ -292,3 +292,37 @@ class ApiClient:
             "dict[str, int]",
             self._request("POST", "/v1/events", json_body={"events": [dict(e) for e in events]}),
         )
+
+    # -- pipelines ------------------------------------------------------------------------
+
+    def put_pipeline(self, name: str, recipe: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT /v1/pipelines/{name} (an admin key): create or replace the recipe."""
+        path = f"/v1/pipelines/{quote(name, safe='')}"
+        return cast("dict[str, Any]", self._request("PUT", path, json_body=dict(recipe)))
+
+    def pipeline(self, name: str, *, method: str = "GET") -> dict[str, Any]:
+        """GET (or DELETE, an admin key) /v1/pipelines/{name}."""
+        return cast(
+            "dict[str, Any]", self._request(method, f"/v1/pipelines/{quote(name, safe='')}")
+        )
+
+    def list_pipelines(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        params = {"limit": limit, "offset": offset}
+        return cast("dict[str, Any]", self._request("GET", "/v1/pipelines", params=params))
+
+    def run_pipeline(self, name: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """POST /v1/pipelines/{name}/run (a write key): the queued run; 409 while one runs."""
+        path = f"/v1/pipelines/{quote(name, safe='')}/run"
+        return cast(
+            "dict[str, Any]", self._request("POST", path, json_body=dict(body) if body else None)
+        )
+
+    def pipeline_runs(self, name: str, *, limit: int = 20, offset: int = 0) -> dict[str, Any]:
+        """GET /v1/pipelines/{name}/runs: newest first."""
+        path = f"/v1/pipelines/{quote(name, safe='')}/runs"
+        params = {"limit": limit, "offset": offset}
+        return cast("dict[str, Any]", self._request("GET", path, params=params))
+
+    def pipeline_run(self, name: str, run_id: str) -> dict[str, Any]:
+        path = f"/v1/pipelines/{quote(name, safe='')}/runs/{quote(run_id, safe='')}"
+        return cast("dict[str, Any]", self._request("GET", path))

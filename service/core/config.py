@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         description="a running job refreshes its heartbeat this often; any worker requeues a "
         "running job whose heartbeat is 3 intervals old (its worker died)",
     )
+    pipeline_tick_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="`unkd scheduler` sends the pipelines' tick this often: it starts the runs "
+        "that are due (schedule, every_s or min_new_events) and fails the runs whose worker died",
+    )
     fanout_min_users: int = Field(
         200_000,
         ge=1,

@@ -3,6 +3,8 @@
 Every key of service/ is built here, so one file tells what Redis holds:
 
     unkd:dataset:<id>  unkd:datasets            dataset records (sorted set: newest first)
+    unkd:dataset:<root>:versions                a lineage's versions (score = version number)
+    unkd:dataset:<root>:building                the lock of the one build of a lineage
     unkd:model:<id>    unkd:models              model records
     unkd:model:<id>:publishing                  the publish job holding the model's claim
     unkd:job:<id>      unkd:jobs                job records
@@ -15,6 +17,10 @@ Every key of service/ is built here, so one file tells what Redis holds:
     unkd:events:id:<event_id>                   an event id already stored (SET NX EX)
     unkd:rec:<rec_id>                           what one answer showed (rec_record)
     unkd:outcomes:*                             events attributed to answers (layout at OUTCOMES)
+    unkd:pipeline:<name>  unkd:pipelines        pipeline recipes (sorted set: newest first)
+    unkd:pipeline:<name>:runs                   a pipeline's run ids (sorted set: newest first)
+    unkd:pipeline-run:<run id>                  one run's record
+    unkd:pipeline:<name>:{lock,fired,slot:<t>}  one run at a time, the schedule's last slot
 """
 
 import hashlib
@@ -31,6 +37,17 @@ JOB_STATS = f"{PREFIX}:stats:jobs"  # hash "<kind>:<status>" -> jobs that ever r
 def dataset(dataset_id: str) -> str:
     """The JSON DatasetRecord of `dataset_id`."""
     return f"{PREFIX}:dataset:{dataset_id}"
+
+
+def dataset_versions(root_id: str) -> str:
+    """Sorted set of the versions of the lineage rooted at `root_id` (score = version number;
+    the root itself is not a member)."""
+    return f"{dataset(root_id)}:versions"
+
+
+def dataset_build_lock(root_id: str) -> str:
+    """Held (SET NX PX, a token as value) while a version of `root_id`'s lineage is built."""
+    return f"{dataset(root_id)}:building"
 
 
 def model(model_id: str) -> str:
@@ -203,3 +220,38 @@ def fanout_shard_holder(job_id: str, phase: str, index: int) -> str:
     candidates phase; `<job id>:<phase>-shard-<i>` the others)."""
     tag = "" if phase == "candidates" else f"{phase}-"
     return f"{job_id}:{tag}shard-{index}"
+
+
+# -- pipelines (service.core.pipelines_store) --------------------------------------------------
+PIPELINES = f"{PREFIX}:pipelines"  # sorted set of pipeline names, score = creation time
+
+
+def pipeline(name: str) -> str:
+    """The JSON PipelineRecipe of pipeline `name`."""
+    return f"{PREFIX}:pipeline:{name}"
+
+
+def pipeline_runs(name: str) -> str:
+    """Sorted set of the run ids of pipeline `name`, score = when the run was created."""
+    return f"{pipeline(name)}:runs"
+
+
+def pipeline_run(run_id: str) -> str:
+    """The JSON PipelineRun of `run_id`."""
+    return f"{PREFIX}:pipeline-run:{run_id}"
+
+
+def pipeline_lock(name: str) -> str:
+    """The id of the one run of `name` queued or running now (SET NX; a TTL its heartbeat
+    renews while it runs)."""
+    return f"{pipeline(name)}:lock"
+
+
+def pipeline_fired(name: str) -> str:
+    """The time (epoch seconds) of the last schedule slot of `name` that was claimed."""
+    return f"{pipeline(name)}:fired"
+
+
+def pipeline_slot(name: str, slot: int) -> str:
+    """Claimed (SET NX EX) by the one tick that starts the run of this slot (epoch seconds)."""
+    return f"{pipeline(name)}:slot:{slot}"

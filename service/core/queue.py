@@ -30,6 +30,10 @@ TUNE_TRIALS = "unkd.tune_trials"
 # A large distillation job's candidate shards, taken by every worker (worker/fanout.py).
 CANDIDATE_SHARD = "unkd.candidate_shard"
 EVAL_SHARD = "unkd.eval_shard"
+# A pipeline's run (worker/pipeline_runs.py), and the scheduler's one periodic task that
+# starts the runs that are due (worker/pipeline_tick.py; `unkd scheduler` sends it).
+PIPELINE_RUN = "unkd.pipelines.run"
+PIPELINE_TICK = "unkd.pipelines.tick"
 TASK_BY_KIND: dict[str, str] = {"teacher": TRAIN_TEACHER, "distill": DISTILL, "publish": PUBLISH}
 
 
@@ -48,6 +52,12 @@ def send_job(celery_app: Celery, job_id: str, kind: str, settings: Settings) -> 
     celery_app.send_task(
         TASK_BY_KIND[kind], args=[job_id], task_id=job_id, queue=queue_for(kind, settings)
     )
+
+
+def send_pipeline_run(celery_app: Celery, run_id: str, settings: Settings) -> None:
+    """A pipeline run's task message: only its id, under the run's id as task id, on the
+    train queue (a run trains, in its own process)."""
+    celery_app.send_task(PIPELINE_RUN, args=[run_id], task_id=run_id, queue=settings.train_queue)
 
 
 def submit_job(
@@ -108,6 +118,17 @@ def make_celery(
             TUNE_TRIALS: {"queue": settings.train_queue},
             CANDIDATE_SHARD: {"queue": settings.train_queue},
             EVAL_SHARD: {"queue": settings.train_queue},
+            PIPELINE_RUN: {"queue": settings.train_queue},
+            PIPELINE_TICK: {"queue": settings.light_queue},
+        },
+        # `unkd scheduler` (celery beat) sends one thing: the pipelines' tick. A tick that
+        # waited longer than its period is dropped: the next one does the same work.
+        beat_schedule={
+            "pipelines.tick": {
+                "task": PIPELINE_TICK,
+                "schedule": settings.pipeline_tick_s,
+                "options": {"queue": settings.light_queue, "expires": settings.pipeline_tick_s},
+            }
         },
         task_soft_time_limit=settings.job_soft_time_limit_s,
         task_time_limit=settings.job_soft_time_limit_s + 300,

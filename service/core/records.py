@@ -79,14 +79,34 @@ class NotServingError(RuntimeError):
 
 
 class DatasetRecord(BaseModel):
+    """A registered dataset: a root (an upload, the synthetic set) or a version of one, built
+    from its parent and the positive events since (service/core/versions.py). The lineage
+    fields have defaults, so records written before versions existed still read."""
+
     id: str
     name: str
-    source: Literal["upload", "synthetic"]
+    source: Literal["upload", "synthetic", "version"]
     fingerprint: str
     path: str
     options: dict[str, Any] = Field(default_factory=dict, description="format, split, seed, …")
     statistics: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
+    root_id: str | None = Field(None, description="the lineage's root; None for a root")
+    parent_id: str | None = Field(None, description="the version it grew from; None for a root")
+    version: int = Field(0, description="0 for a root, then 1, 2, … along its lineage")
+    events_cursor: str = Field(
+        "0-0", description="events stream id up to which events are in it (inclusive)"
+    )
+    lineage: dict[str, Any] | None = Field(
+        None,
+        description="a version's parent_id, events_from (exclusive), events_to (inclusive), "
+        "events (positive events added) and segment (artifact-store key)",
+    )
+
+    @property
+    def lineage_root(self) -> str:
+        """The id of the root of this record's lineage (its own id for a root)."""
+        return self.root_id or self.id
 
 
 def headline_metrics(report: QualityReport | None, k: int = HEADLINE_K) -> dict[str, float]:
@@ -190,6 +210,10 @@ class JobRecord(BaseModel):
     # student's head share@20 is at most its teacher's, and both figures.
     cap_met: bool | None = None
     head_share_cap: HeadShareCap | None = None
+    # A step of a pipeline run (worker/pipeline_runs.py), which runs it in its own process:
+    # the run's id. The reaper leaves such a job to the pipeline tick, which fails it with
+    # its run; a job of its own would run again without the run around it.
+    pipeline_run: str | None = None
 
 
 class ActiveModel(BaseModel):

@@ -1,5 +1,6 @@
 """The local stack behind `unkd up` and `unkd demo`: Redis (when UNKD_REDIS_URL is unset),
-one Celery worker and the API, each its own process, stopped cleanly together.
+one Celery worker, the scheduler (celery beat: the pipelines' tick) and the API, each its own
+process, stopped cleanly together.
 
 Children run in their own session, so a Ctrl-C in the terminal reaches only this process,
 which then stops them in order: API first (no new jobs), then the worker (warm shutdown:
@@ -120,6 +121,24 @@ def celery_worker_argv(
     return argv + (["--without-gossip", "--without-mingle"] if alone else [])
 
 
+def celery_beat_argv(schedule_file: Path, *, loglevel: str = "INFO") -> list[str]:
+    """The command line of the scheduler (celery beat with the project's app), the same for
+    `unkd up`, `unkd scheduler` and the tests. Its one entry is the pipelines' tick
+    (service.core.queue.make_celery); what is due is decided by the tick from Redis, so two
+    schedulers start one run per slot. `schedule_file` keeps beat's own last-run times."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "beat",
+        f"--loglevel={loglevel}",
+        "--schedule",
+        str(schedule_file),
+    ]
+
+
 def api_argv(
     host: str,
     port: int,
@@ -181,6 +200,7 @@ class LocalStack:
         self.redis_url = settings.redis_url
         self.api: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
+        self.scheduler: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
 
     @property
@@ -243,6 +263,9 @@ class LocalStack:
                 celery_worker_argv(queues, hostname=f"unkd-{os.getpid()}@%h", loglevel="INFO"),
                 env=training_threads_env(self.child_env(), self.worker_threads),
             )
+            self.scheduler = self._spawn(
+                "scheduler", celery_beat_argv(self.data_dir / "celerybeat-schedule")
+            )
             self.api = self._spawn("api", api_argv(self.host, self.port, workers=self.api_workers))
             self._wait_api()
         except BaseException:
@@ -269,7 +292,8 @@ class LocalStack:
 
     def failed_child(self) -> str | None:
         """The name of a child process that exited on its own, if any."""
-        for name, proc in (("api", self.api), ("worker", self.worker)):
+        children = (("api", self.api), ("worker", self.worker), ("scheduler", self.scheduler))
+        for name, proc in children:
             if proc is not None and proc.poll() is not None:
                 return f"{name} exited with code {proc.returncode}"
         return None
@@ -294,10 +318,14 @@ class LocalStack:
                 signal.signal(sig, handler)
 
     def stop(self) -> None:
-        """API, then worker (warm, then cold shutdown), then Redis. Safe to call twice."""
+        """API, scheduler, then worker (warm, then cold shutdown), then Redis. Safe to call
+        twice."""
         if self.api is not None:
             _stop_process("api", self.api, soft=signal.SIGTERM, timeout_s=10.0)
             self.api = None
+        if self.scheduler is not None:
+            _stop_process("scheduler", self.scheduler, soft=signal.SIGTERM, timeout_s=10.0)
+            self.scheduler = None
         if self.worker is not None:
             _stop_process(
                 "worker",

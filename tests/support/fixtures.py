@@ -16,7 +16,7 @@ from service.stack.redis_server import RedisServer
 from tests.support.live_api import LiveAPI
 from tests.support.processes import log_tail
 from tests.support.redis_dbs import RedisDatabases, resume_redis
-from tests.support.workers import WorkerProcess
+from tests.support.workers import BeatProcess, WorkerProcess
 
 pytest_plugins = ["tests.support.s3"]  # s3_server, s3_env: moto's S3 server for the artifact store
 
@@ -127,3 +127,22 @@ def live_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
     yield start
     for api in started:
         api.stop()
+
+
+@pytest.fixture()
+def start_beat(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., BeatProcess]]:
+    """start_beat(settings, name="beat"): a started scheduler (celery beat) logging to
+    tmp_path/<name>.log; every one is stopped after the test."""
+    started: list[BeatProcess] = []
+
+    def start(settings: Settings, name: str = "beat") -> BeatProcess:
+        beat = BeatProcess(settings, tmp_path / f"{name}.log")
+        watch_log(request, name, beat.log)
+        started.append(beat.start())
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()

@@ -1,4 +1,5 @@
-"""A real Celery worker process, launched as `unkd up` launches it (service.stack.local.celery_worker_argv)."""
+"""A real Celery worker process, launched as `unkd up` launches it (service.stack.local.celery_worker_argv),
+and a real scheduler (celery beat, service.stack.local.celery_beat_argv)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from service.core.config import Settings
-from service.stack.local import celery_worker_argv
+from service.stack.local import celery_beat_argv, celery_worker_argv
 from tests.support.processes import ROOT, child_env, kill_process, log_tail, stop_process
 
 WORKER_START_TIMEOUT_S = 60.0
@@ -80,3 +81,42 @@ class WorkerProcess:
 
     def tail(self, n: int = 3000) -> str:
         return log_tail(self.log, n)
+
+
+class BeatProcess:
+    """`celery -A worker.celery_app beat`: the scheduler `unkd up` starts, sending the
+    pipelines' tick every settings.pipeline_tick_s to the settings' light queue.
+
+    Args:
+        settings: the scheduler's settings (Redis, queues, tick period).
+        log: file its output is appended to; its beat state file is beside it.
+    """
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings, self.log = settings, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = WORKER_START_TIMEOUT_S) -> BeatProcess:
+        """Spawn beat and return once it logs that it started; RuntimeError with its log if not."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        schedule = self.log.with_suffix(".schedule")
+        offset = self.log.stat().st_size if self.log.is_file() else 0
+        with open(self.log, "ab") as fh:
+            self.proc = subprocess.Popen(
+                celery_beat_argv(schedule),
+                cwd=ROOT,
+                env=child_env(self.settings),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while b"beat: Starting" not in self.log.read_bytes()[offset:]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                kill_process(self.proc)
+                raise RuntimeError(f"celery beat did not start:\n{log_tail(self.log)}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout_s)

@@ -32,8 +32,10 @@ def env_of(compose: dict[str, Any], service: str) -> dict[str, str]:
 
 def test_services_and_profiles(compose) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "minio", "minio-init", "api", "worker", "flower"}
+    assert set(services) == {"redis", "minio", "minio-init", "api", "worker", "scheduler", "flower"}
     assert services["flower"]["profiles"] == ["monitoring"]
+    assert "profiles" not in services["scheduler"], "the pipelines' schedules need it"
+    assert services["scheduler"]["command"] == ["unkd", "scheduler"]
     for name in ("redis", "minio", "api", "worker"):
         assert "profiles" not in services[name], f"{name} must start by default"
         assert "healthcheck" in services[name], f"{name} needs a health check"
@@ -44,11 +46,11 @@ def test_redis_persists_and_others_wait_for_it(compose) -> None:
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(v.endswith(":/data") for v in redis["volumes"])
-    for name in ("api", "worker", "flower"):
+    for name in ("api", "worker", "scheduler", "flower"):
         assert compose["services"][name]["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-@pytest.mark.parametrize("service", ["api", "worker"])
+@pytest.mark.parametrize("service", ["api", "worker", "scheduler"])
 def test_unkd_variables_are_settings_fields_with_valid_defaults(compose, service: str) -> None:
     env = env_of(compose, service)
     fields = Settings.model_fields
@@ -70,7 +72,7 @@ def test_unkd_variables_are_settings_fields_with_valid_defaults(compose, service
         assert required in values, f"{service}: UNKD_{required.upper()} missing"
     settings = Settings.model_validate(values)  # the defaults pass the validators
     assert settings.redis_url == "redis://redis:6379/0"
-    assert "api_keys" in values or service == "worker"
+    assert "api_keys" in values or service in ("worker", "scheduler")
 
 
 def test_api_and_worker_share_only_redis_and_the_store(compose) -> None:

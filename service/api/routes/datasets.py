@@ -5,7 +5,9 @@ request: it needs numpy and pyarrow only, never torch, and a malformed file is a
 at once with a 422 that names the file, line and field. The prepared dataset is saved in
 this process's data dir, then committed to the artifact store under datasets/<id> (an
 object store when UNKD_ARTIFACT_URL is set: uploaded, the local copy kept as cache); its
-record holds the store's location, which every worker resolves.
+record holds the store's location, which every worker resolves, and the events stream's
+last id when the request began (`events_cursor`): the events its versions start after
+(service/api/routes/versions.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from service.api.uploads import FILE_FIELD, UploadError, receive_upload
 from service.core.artifacts import ArtifactStore, dataset_key
 from service.core.config import Settings
 from service.core.registry import DatasetRecord
+from service.core.versions import stream_last_id
 from training.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -158,6 +161,8 @@ async def create_dataset(
     """Register a dataset: multipart upload (field `file`) or JSON {"synthetic": {...}}."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     dataset_id = new_dataset_id()
+    # Read before preparing: an event stored meanwhile goes to the first version, not nowhere.
+    cursor = await run_in_threadpool(stream_last_id, registry.redis)
     if ctype == "multipart/form-data":
         staging = settings.uploads_dir.resolve() / dataset_id
         try:
@@ -183,6 +188,7 @@ async def create_dataset(
             f"Content-Type: {ctype or 'none'} not accepted; send multipart/form-data "
             f"(field '{FILE_FIELD}') or application/json ({{\"synthetic\": {{...}}}})",
         )
+    record = record.model_copy(update={"events_cursor": cursor})
     await run_in_threadpool(registry.add_dataset, record)
     logger.info(
         "dataset %s registered (%s, %s users x %s items)",
