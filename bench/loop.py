@@ -3,9 +3,9 @@ generator) is served by the running service over HTTP, clicks on what it is show
 go in as events, and a pipeline retrains and publishes before the next round.
 
 Each arm is its own world from the same start: its own `unkd up` stack (LocalStack: Redis,
-one worker, the API, its own data dir), the same synthetic dataset, the same users and the
-same random numbers (common random numbers: the clicks of two arms differ only where what
-they showed differs). Arms: `plain` (an ALS teacher distilled into a dim-10 student with no
+one worker, the scheduler, the API, its own data dir), the same synthetic dataset, the same
+users and the same random numbers (common random numbers: the clicks of two arms differ only
+where what they showed differs). Arms: `plain` (an ALS teacher distilled into a dim-10 student with no
 debiasing), `unkd` (the same with UnKD) and `teacher` (the ALS teacher itself served). The
 UnKD arm publishes through the service's default gate (the product); the plain and teacher
 arms run with the gate off (UNKD_PUBLISH_GATE=0 and a pipeline gate {"enabled": false}): they
@@ -16,9 +16,10 @@ then per round: every user asks for top-k (POST /v1/recommendations in chunks, e
 clicks with the model of bench/loop_metrics.py, the clicks go in through POST /v1/events with
 the answer's rec_id, and (except after the last round) the pipeline runs
 (PUT /v1/pipelines/{name} once, POST .../run, poll the run) and the next round is served by
-whatever it published; a refused or skipped run keeps the old model and is counted. Without
-the pipeline routes the same round is driven by explicit calls (POST
-/v1/datasets/{id}/versions, a teacher job, a distill job, a publish): `retrain` below.
+whatever it published; a refused or skipped run keeps the old model and is counted. The
+retrain is one call, `Retrainer.retrain`, in one of three modes: the pipeline run above, or
+POST /v1/datasets/{id}/versions then explicit jobs (teacher, distill, publish), or a fresh
+upload of the grown data then the same jobs (`--retrain`, "auto": the first the service has).
 
 Metrics per round (bench/loop_metrics.py; head = popularity group 0 of the round-0 dataset,
 fixed): head share of exposure and of clicks, the head share by the served version's own
