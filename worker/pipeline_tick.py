@@ -35,29 +35,27 @@ from worker.jobs import registry_for
 
 logger = logging.getLogger(__name__)
 
-RECENT_RUNS = 5  # runs of a pipeline looked at for one left without its worker
 FAILED_COOLDOWN_TICKS = 5
 
 
 def reap_lost_runs(store: PipelineStore, registry: Registry, settings: Settings) -> list[str]:
-    """Fail every queued or running run that lost its pipeline's lock; returns their ids."""
+    """Fail every queued or running run that lost its pipeline's lock (of any pipeline,
+    one deleted meanwhile too); returns their ids."""
     reaped: list[str] = []
-    for name in store.names():
-        runs, _ = store.list_runs(name, limit=RECENT_RUNS)
-        for run in runs:
-            if run.ended or store.lock_holder(name) == run.run_id:
-                continue
-            reason = (
-                f"worker lost (no heartbeat for {3 * settings.job_heartbeat_s:.1f}s)"
-                if run.status == "running"
-                else "its task never started before the pipeline's lock expired"
-            )
-            ended = store.end_run(run.run_id, "failed", reason)
-            if ended.reason != reason:  # it ended by itself meanwhile
-                continue
-            fail_steps(registry, ended, reason)
-            logger.warning("pipeline run %s of %s: %s; failed", run.run_id, name, reason)
-            reaped.append(run.run_id)
+    for run in store.open_runs():
+        if store.lock_holder(run.pipeline) == run.run_id:
+            continue
+        reason = (
+            f"worker lost (no heartbeat for {3 * settings.job_heartbeat_s:.1f}s)"
+            if run.status == "running"
+            else "its task never started before the pipeline's lock expired"
+        )
+        ended = store.end_run(run.run_id, "failed", reason)
+        if ended.reason != reason:  # it ended by itself meanwhile
+            continue
+        fail_steps(registry, ended, reason)
+        logger.warning("pipeline run %s of %s: %s; failed", run.run_id, run.pipeline, reason)
+        reaped.append(run.run_id)
     return reaped
 
 

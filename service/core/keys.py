@@ -20,6 +20,7 @@ Every key of service/ is built here, so one file tells what Redis holds:
     unkd:pipeline:<name>  unkd:pipelines        pipeline recipes (sorted set: newest first)
     unkd:pipeline:<name>:runs                   a pipeline's run ids (sorted set: newest first)
     unkd:pipeline-run:<run id>                  one run's record
+    unkd:pipeline-runs:open                     the ids of the runs queued or running (set)
     unkd:pipeline:<name>:{lock,fired,slot:<t>}  one run at a time, the schedule's last slot
 """
 
@@ -224,6 +225,9 @@ def fanout_shard_holder(job_id: str, phase: str, index: int) -> str:
 
 # -- pipelines (service.core.pipelines_store) --------------------------------------------------
 PIPELINES = f"{PREFIX}:pipelines"  # sorted set of pipeline names, score = creation time
+# The runs not ended yet, of every pipeline (deleted ones too): where the tick looks for a
+# run whose worker died.
+PIPELINE_RUNS_OPEN = f"{PREFIX}:pipeline-runs:open"
 
 
 def pipeline(name: str) -> str:

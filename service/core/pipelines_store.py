@@ -72,8 +72,8 @@ class PipelineStore:
         return [Pipeline.model_validate_json(r) for r in raws if r is not None], int(total)
 
     def delete(self, name: str) -> Pipeline:
-        """Remove the recipe (its runs stay readable until it is created again); a queued or
-        running run goes on to its end."""
+        """Remove the recipe; its runs stay readable (and are the pipeline's again if it is
+        created again); a queued or running run goes on to its end."""
         pipeline = self.get(name)
         pipe = self.redis.pipeline()
         pipe.delete(keys.pipeline(name), keys.pipeline_fired(name))
@@ -97,8 +97,21 @@ class PipelineStore:
         pipe = self.redis.pipeline()
         pipe.set(keys.pipeline_run(run.run_id), run.model_dump_json())
         pipe.zadd(keys.pipeline_runs(name), {run.run_id: _score(run.created_at)})
+        pipe.sadd(keys.PIPELINE_RUNS_OPEN, run.run_id)
         pipe.execute()
         return run
+
+    def open_runs(self) -> list[PipelineRun]:
+        """Every run not ended yet, of any pipeline (one deleted meanwhile too)."""
+        ids = sorted(str(i) for i in self.redis.smembers(keys.PIPELINE_RUNS_OPEN))
+        raws = self.redis.mget([keys.pipeline_run(i) for i in ids]) if ids else []
+        runs = [PipelineRun.model_validate_json(r) for r in raws if r is not None]
+        gone = [i for i, r in zip(ids, raws, strict=True) if r is None] + [
+            r.run_id for r in runs if r.ended
+        ]
+        if gone:
+            self.redis.srem(keys.PIPELINE_RUNS_OPEN, *gone)
+        return [r for r in runs if not r.ended]
 
     def get_run(self, run_id: str, *, name: str | None = None) -> PipelineRun:
         raw = self.redis.get(keys.pipeline_run(run_id))
@@ -168,6 +181,7 @@ class PipelineStore:
             return run
 
         run = self.mutate_run(run_id, change)
+        self.redis.srem(keys.PIPELINE_RUNS_OPEN, run_id)
         self.release(run.pipeline, run_id)
         return run
 

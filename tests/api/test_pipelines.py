@@ -398,3 +398,22 @@ def test_a_recipe_without_distill_publishes_its_teacher(
     assert done["published"]["model_id"] == done["teacher_id"]
     assert set(done["metrics"]) >= {"teacher_ndcg@20", "teacher_head_share@20"}
     assert client.get(f"/v1/models/{done['teacher_id']}").json()["active"] is True
+
+
+def test_a_run_that_lost_its_lock_is_failed_once_even_after_its_pipeline_is_deleted(
+    client: TestClient, dataset_id: str, worker_app: Celery, redis_client: Any
+) -> None:
+    from service.core import keys
+    from worker.pipeline_tick import tick
+
+    assert client.put("/v1/pipelines/p1", json=recipe(dataset_id)).status_code == 201
+    run = client.post("/v1/pipelines/p1/run").json()
+    assert client.delete("/v1/pipelines/p1").status_code == 200
+    assert tick(worker_app)["reaped"] == []  # it holds the lock: left alone
+    redis_client.delete(keys.pipeline_lock("p1"))  # as when its worker stopped renewing it
+    assert tick(worker_app)["reaped"] == [run["run_id"]]
+    failed = client.get(f"/v1/pipelines/p1/runs/{run['run_id']}").json()
+    assert failed["status"] == "failed" and "lock expired" in failed["reason"], failed
+    assert tick(worker_app)["reaped"] == []  # once
+    execute(worker_app, run["run_id"])  # its task delivered late: does nothing
+    assert client.get(f"/v1/pipelines/p1/runs/{run['run_id']}").json() == failed

@@ -60,6 +60,7 @@ DASHBOARD_JS = (
     "dashboard-lib.js",
     "dashboard-forms.js",
     "dashboard-serving.js",
+    "dashboard-pipelines.js",
     "dashboard-chart.js",
 )
 STATIC_FILES = {**dict.fromkeys(DASHBOARD_JS, "text/javascript"), "report.css": "text/css"}

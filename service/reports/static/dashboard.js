@@ -11,6 +11,8 @@
 //                         either job tuned with "tune trials" (POST /v1/datasets, /v1/jobs).
 //   dashboard-serving.js  "Serving": publish (+ force past the gate), the publish history
 //                         and rollback, the A/B experiment, the live exposure charts.
+//   dashboard-pipelines.js "Pipelines": save a recipe, run one now, the chosen pipeline's
+//                         runs with their gate answers (polled with the rest).
 //   dashboard-chart.js    the SVG bar chart (the report pages' markup: rect.bar + data-*).
 //   dashboard-lib.js      DOM helpers, API calls with the key, and API errors shown beside
 //                         their form: the field `detail` names (marked .invalid), the reason.
@@ -19,6 +21,7 @@
 
 import { updateChoices, setupForms } from "./dashboard-forms.js";
 import { KEY_STORE, el, getJSON, num, reportHref, when } from "./dashboard-lib.js";
+import { refreshPipelines, setupPipelines } from "./dashboard-pipelines.js";
 import { drawHistory, publish, refreshExposure, setupServing, updateServing } from "./dashboard-serving.js";
 
 const params = new URLSearchParams(window.location.search);
@@ -172,6 +175,7 @@ async function refresh() {
   state.polls += 1;
   document.body.dataset.polls = String(state.polls);
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()} · every ${POLL_MS / 1000}s`;
+  await refreshPipelines();  // after the count: the rest of the page is drawn by then
 }
 
 let refreshing = null;
@@ -218,5 +222,6 @@ document.getElementById("compare").addEventListener("click", () => {
 setupKey();
 setupForms(changed);
 setupServing(changed);
+setupPipelines(changed);
 loop();
 refreshNow().finally(() => window.setTimeout(exposureLoop, 0));
