@@ -21,7 +21,7 @@ from service.core.config import Settings
 from service.core.pipelines_store import PipelineStore
 from service.core.queue import PIPELINE_RUN, make_celery
 from service.core.registry import Registry
-from tests.api.test_pipelines import DISTILL, TEACHER, interactions
+from tests.api.test_pipeline_routes import DISTILL, TEACHER, interactions
 from tests.support.live_api import LiveAPI
 
 ADMIN = "pipes-admin-key-0123"

@@ -15,7 +15,7 @@ import pytest
 
 from service.core.config import Settings
 from service.core.queue import PIPELINE_RUN, make_celery
-from tests.api.test_pipelines import DISTILL, TEACHER, interactions
+from tests.api.test_pipeline_routes import DISTILL, TEACHER, interactions
 from tests.browser.conftest import API_KEY
 from tests.browser.test_dashboard_forms import fill, open_dashboard, submit
 from tests.support.live_api import LiveAPI
