@@ -210,11 +210,13 @@ def batch_answer(
     parts: Sequence[tuple[ServedModel, list[int], np.ndarray, np.ndarray]],
     unknown_items: dict[str, list[str]],
     t0: float,
+    sources: Sequence[Source] | None = None,
 ) -> Response:
     """The response of a batch: one result per user in request order, one rec_id for all.
 
     Args:
         parts: per served model, the request rows it answered and their (n, k) scores, items.
+        sources: per request row, what answered it ("model" or "history"); None: all "model".
     """
     rec_id = new_rec_id()
     answers: list[str] = [""] * len(user_ids)
@@ -222,7 +224,12 @@ def batch_answer(
     for served, rows, scores, items in parts:
         for j, row in enumerate(rows):
             answers[row] = recommendations_json(
-                served.bundle, user_ids[row], scores[j], items[j], rec_id=rec_id
+                served.bundle,
+                user_ids[row],
+                scores[j],
+                items[j],
+                rec_id=rec_id,
+                source="model" if sources is None else sources[row],
             )
         served.tally.add(items, latency, (rec_id, tuple(user_ids[row] for row in rows)))
     extra = f',"unknown_items":{json.dumps(unknown_items)}' if unknown_items else ""
