@@ -36,6 +36,7 @@ from service.core.records import ConflictError, NotServingError
 from service.serving.bundle import ServingBundle
 from service.serving.filters import NO_ITEMS, FilterError, Filters, resolve_filters
 from service.serving.fresh import FreshItems
+from service.serving.gc_policy import note_answer
 from service.serving.index_store import IndexStore, LoadedBundle
 from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC, Source
 from service.serving.served_model import ServedModel
@@ -202,6 +203,7 @@ def answer(
         source=source,
     )
     served.tally.add(items, perf_counter() - t0, (rec_id, (user_id,)))
+    note_answer()  # the warm-up freeze of the collector (gc_policy)
     return Response(body, media_type="application/json")
 
 
@@ -235,6 +237,7 @@ def batch_answer(
     extra = f',"unknown_items":{json.dumps(unknown_items)}' if unknown_items else ""
     model_id = encode_basestring_ascii(parts[0][0].model_id) if len(parts) == 1 else "null"
     body = f'{{"rec_id":"{rec_id}","model_id":{model_id}{extra},"results":[{",".join(answers)}]}}'
+    note_answer()
     return Response(body, media_type="application/json")
 
 
