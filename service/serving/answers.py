@@ -36,6 +36,7 @@ from service.core.records import ConflictError, NotServingError
 from service.serving.bundle import ServingBundle
 from service.serving.filters import NO_ITEMS, FilterError, Filters, resolve_filters
 from service.serving.fresh import FreshItems
+from service.serving.gc_policy import note_answer
 from service.serving.index_store import IndexStore, LoadedBundle
 from service.serving.schemas import EXCLUDE_DOC, GROUPS_DOC, INCLUDE_DOC, Source
 from service.serving.served_model import ServedModel
@@ -202,6 +203,7 @@ def answer(
         source=source,
     )
     served.tally.add(items, perf_counter() - t0, (rec_id, (user_id,)))
+    note_answer()  # the warm-up freeze of the collector (gc_policy)
     return Response(body, media_type="application/json")
 
 
@@ -210,11 +212,13 @@ def batch_answer(
     parts: Sequence[tuple[ServedModel, list[int], np.ndarray, np.ndarray]],
     unknown_items: dict[str, list[str]],
     t0: float,
+    sources: Sequence[Source] | None = None,
 ) -> Response:
     """The response of a batch: one result per user in request order, one rec_id for all.
 
     Args:
         parts: per served model, the request rows it answered and their (n, k) scores, items.
+        sources: per request row, what answered it ("model" or "history"); None: all "model".
     """
     rec_id = new_rec_id()
     answers: list[str] = [""] * len(user_ids)
@@ -222,12 +226,18 @@ def batch_answer(
     for served, rows, scores, items in parts:
         for j, row in enumerate(rows):
             answers[row] = recommendations_json(
-                served.bundle, user_ids[row], scores[j], items[j], rec_id=rec_id
+                served.bundle,
+                user_ids[row],
+                scores[j],
+                items[j],
+                rec_id=rec_id,
+                source="model" if sources is None else sources[row],
             )
         served.tally.add(items, latency, (rec_id, tuple(user_ids[row] for row in rows)))
     extra = f',"unknown_items":{json.dumps(unknown_items)}' if unknown_items else ""
     model_id = encode_basestring_ascii(parts[0][0].model_id) if len(parts) == 1 else "null"
     body = f'{{"rec_id":"{rec_id}","model_id":{model_id}{extra},"results":[{",".join(answers)}]}}'
+    note_answer()
     return Response(body, media_type="application/json")
 
 

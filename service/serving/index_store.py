@@ -42,7 +42,7 @@ from service.core.serving_registry import ServingRegistry
 from service.serving.bundle import ServingBundle, load_bundle, use_blas_for_batches
 from service.serving.experiment import LoadedExperiment, cumulative_weights
 from service.serving.exposure.counter import ExposureCounter, Tally
-from service.serving.gc_policy import freeze_long_lived
+from service.serving.gc_policy import arm_warm_freeze, freeze_long_lived
 from service.serving.served_model import ServedModel
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ class IndexStore:
         )
         if self.settings.serving_gc_freeze:  # the new bundle leaves the collector's walks
             freeze_long_lived(f"model {bundle.model_id} loaded")
+            arm_warm_freeze()  # and what its first answers make (gc_policy)
         self.prune_cache()
         return bundle
 
@@ -330,6 +331,7 @@ class IndexStore:
             logger.info("experiment: none; the active model serves everyone")
         if self.settings.serving_gc_freeze:
             freeze_long_lived("experiment arms loaded")
+            arm_warm_freeze()
         return loaded
 
     def _load_arms(

@@ -56,9 +56,7 @@ from service.serving.answers import (
     serving_state,
     settings_of,
 )
-from service.serving.bundle import ServingBundle
-from service.serving.filters import NO_ITEMS, Filters, RowQuery
-from service.serving.fresh import FreshItems
+from service.serving.filters import Filters, RowQuery
 from service.serving.index_store import IndexStore
 from service.serving.lean_route import JsonBodyRoute, ScalarQueryRoute
 from service.serving.paths import ext_id
@@ -201,21 +199,30 @@ router.add_api_route(
 
 
 def _batch_queries(
-    bundle: ServingBundle,
     filters: Filters,
-    users: list[str],
-    fresh: FreshItems,
+    idx: list[int | None],
+    recent: list[np.ndarray],
     exclude_seen: bool,
 ) -> list[RowQuery | None] | None:
     """One query per row: the filters, plus a user's recent positive items when exclude_seen;
-    None when no row needs one (the plain batched search)."""
-    recent = [fresh_indices(bundle, fresh.items(u)) if exclude_seen else NO_ITEMS for u in users]
-    if not filters.active and not any(len(r) for r in recent):
+    a user the model does not know (idx None) folds those items in, as the GET does. None
+    when no row needs one (the plain batched search).
+
+    Args:
+        idx: per row, the user's index in the bundle, or None (then `recent` is not empty).
+        recent: per row, (m,) sorted int64 indices of the user's recent positive items.
+    """
+    if not filters.active and all(i is not None for i in idx) and not any(map(len, recent)):
         return None
-    return [
-        filters.query(also_banned=r if len(r) else None) if filters.active or len(r) else None
-        for r in recent
-    ]
+    queries: list[RowQuery | None] = []
+    for i, r in zip(idx, recent, strict=True):
+        if i is None:
+            queries.append(filters.query(history=r, also_banned=r if exclude_seen else None))
+        elif filters.active or (exclude_seen and len(r)):
+            queries.append(filters.query(also_banned=r if exclude_seen and len(r) else None))
+        else:
+            queries.append(None)
+    return queries
 
 
 @router.post(
@@ -226,7 +233,9 @@ def _batch_queries(
 )
 def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Response:
     """Top-k items for each user of a batch, with one index search per served model (during
-    an experiment each user is answered by their arm); the filters apply to every user."""
+    an experiment each user is answered by their arm); the filters apply to every user. A
+    user the model does not know is answered from their recent positive events ("source":
+    "history", the GET's fold-in), else the batch is 404."""
     t0 = perf_counter()
     settings = settings_of(request)
     check_k(req.k, settings.max_k, ["body", "k"])
@@ -251,6 +260,7 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
     parts: list[tuple[ServedModel, list[int], np.ndarray, np.ndarray]] = []
     unknown_items: dict[str, list[str]] = {}
     unknown_users: list[tuple[str, str]] = []
+    sources: list[Source] = ["model"] * len(req.user_ids)
     for served, rows in by_model.values():
         bundle = served.bundle
         filters = request_filters(bundle, "body", req.exclude, req.include, req.groups)
@@ -258,19 +268,22 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
             listed = unknown_items.setdefault(name, [])
             listed += [i for i in ids if i not in listed]
         idx = [bundle.user_index(req.user_ids[row]) for row in rows]
+        # Recent items are read for every row: a known user's are left out (exclude_seen), an
+        # unknown user's are their history.
+        recent = [fresh_indices(bundle, fresh.items(req.user_ids[row])) for row in rows]
         unknown_users += [
             (req.user_ids[row], bundle.model_id)
-            for row, i in zip(rows, idx, strict=True)
-            if i is None
+            for row, i, r in zip(rows, idx, recent, strict=True)
+            if i is None and not len(r)
         ]
         if unknown_users:
             continue
-        queries = _batch_queries(
-            bundle, filters, [req.user_ids[r] for r in rows], fresh, req.exclude_seen
-        )
-        scores, items = bundle.recommend(
-            np.array(idx, dtype=np.int64), req.k, req.exclude_seen, queries
-        )
+        for row, i in zip(rows, idx, strict=True):
+            if i is None:
+                sources[row] = "history"
+        queries = _batch_queries(filters, idx, recent, req.exclude_seen)
+        users = np.array([-1 if i is None else i for i in idx], dtype=np.int64)
+        scores, items = bundle.recommend(users, req.k, req.exclude_seen, queries)
         parts.append((served, rows, scores, items))
     if unknown_users:
         shown = ", ".join(repr(u) for u, _ in unknown_users[:10]) + (
@@ -283,7 +296,7 @@ def recommend_batch(request: Request, req: RecommendationsBatchRequest) -> Respo
             "user",
             message=f"user_ids: {len(unknown_users)} unknown to model {models}: {shown}",
         )
-    return batch_answer(req.user_ids, parts, unknown_items, t0)
+    return batch_answer(req.user_ids, parts, unknown_items, t0, sources)
 
 
 @router.get("/v1/serving", response_model=ServingStatus, summary="The model being served")

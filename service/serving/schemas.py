@@ -63,6 +63,7 @@ class Recommendations(BaseModel):
                     ],
                 },
                 {
+                    "rec_id": "b71e09a4c3d2",
                     "user_id": "visitor-7",
                     "model_id": "student-unkd-4e1f",
                     "source": "history",
@@ -129,11 +130,42 @@ class RecommendationsBatchRequest(FilterFields):
         min_length=1, description="external user ids; at most settings.max_batch_users"
     )
     k: int = Field(20, description="items per user, 1 .. settings.max_k")
-    exclude_seen: bool = Field(True, description="leave out each user's training items")
+    exclude_seen: bool = Field(
+        True,
+        description="leave out each user's training items and the items of their recent "
+        "positive events (POST /v1/events)",
+    )
     model: str | None = Field(default=None, description=MODEL_DOC)
 
 
 class RecommendationsBatch(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "rec_id": "5c20d8e1f93a",
+                    "model_id": "student-unkd-4e1f",
+                    "results": [
+                        {
+                            "rec_id": "5c20d8e1f93a",
+                            "user_id": "42",
+                            "model_id": "student-unkd-4e1f",
+                            "source": "model",
+                            "items": [{"item_id": "i17", "group": 2, "score": 3.21}],
+                        },
+                        {
+                            "rec_id": "5c20d8e1f93a",
+                            "user_id": "visitor-7",
+                            "model_id": "student-unkd-4e1f",
+                            "source": "history",
+                            "items": [{"item_id": "i4", "group": 1, "score": 0.88}],
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
     rec_id: str = Field(description="the answer's id, the same in every result (Recommendations)")
     model_id: str | None = Field(
         description="the model that answered every user; null when an experiment's arms answered "

@@ -330,3 +330,38 @@ def test_a_restarted_process_loads_the_stream_tail(
         body = c.get("/v1/recommendations/u3", params={"k": K}).json()
         scores = model.user_emb[3] @ model.item_emb.T
         assert items_of(body) == ranked(scores, K, seen_of(ds, 3) + [2])
+
+
+def test_openapi_documents_events_outcomes_and_history_answers_with_examples(
+    app_client: TestClient,
+) -> None:
+    """Issue 18's "done when": the new routes and the history answer are in the OpenAPI
+    document with examples, and those examples are valid requests and answers."""
+    from service.api.routes.events import EventBatch, EventsAccepted
+    from service.serving.schemas import Recommendations, RecommendationsBatch
+
+    spec = app_client.get("/openapi.json").json()
+    paths, schemas = spec["paths"], spec["components"]["schemas"]
+
+    def schema_of(op: dict[str, Any], code: str) -> dict[str, Any]:
+        ref = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+        return schemas[ref.rsplit("/", 1)[1]]  # type: ignore[no-any-return]
+
+    events = paths["/v1/events"]["post"]
+    body_ref = events["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    for example in schemas[body_ref.rsplit("/", 1)[1]]["examples"]:
+        EventBatch.model_validate(example)
+    assert {"401", "422"} <= set(events["responses"])
+    for example in schema_of(events, "202")["examples"]:
+        EventsAccepted.model_validate(example)
+
+    outcomes = schema_of(paths["/v1/serving/outcomes"]["get"], "200")["examples"][0]
+    window = outcomes["models"][0]["window"]
+    assert {"clicks", "exposures", "click_rate", "groups"} <= set(window)
+    assert outcomes["test"]["method"].startswith("mSPRT")
+
+    one = schema_of(paths["/v1/recommendations/{user_id}"]["get"], "200")["examples"]
+    assert {Recommendations.model_validate(e).source for e in one} >= {"model", "history"}
+    batch = schema_of(paths["/v1/recommendations"]["post"], "200")["examples"]
+    results = [r for e in batch for r in RecommendationsBatch.model_validate(e).results]
+    assert "history" in {r.source for r in results}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 from bundle_fixtures import make_bundle
 
 from service.serving.bundle import load_bundle
-from service.serving.gc_policy import freeze_long_lived
+from service.serving.exposure.counter import Tally
+from service.serving.gc_policy import arm_warm_freeze, freeze_long_lived, note_answer
 
 
 @pytest.fixture()
@@ -58,3 +60,39 @@ def test_freeze_moves_live_objects_to_the_permanent_generation() -> None:
         assert gc.get_freeze_count() >= before + len(marker)
     finally:
         gc.unfreeze()
+
+
+def test_the_warm_up_freeze_comes_after_the_armed_number_of_answers() -> None:
+    """What the first answers make is frozen once, after `answers` answers, and not again."""
+    gc.collect()
+    try:
+        arm_warm_freeze(3)
+        note_answer()
+        note_answer()
+        made_by_requests = [[] for _ in range(50)]  # tracked containers made after the load
+        before = gc.get_freeze_count()
+        assert gc.is_tracked(made_by_requests[0])
+        note_answer()  # the third answer: freeze
+        frozen = gc.get_freeze_count()
+        assert frozen >= before + len(made_by_requests)
+        later = [[] for _ in range(50)]
+        for _ in range(10):
+            note_answer()
+        assert gc.get_freeze_count() == frozen, "froze again without a new load"
+        assert later
+    finally:
+        arm_warm_freeze(0)
+        gc.unfreeze()
+
+
+def test_a_counting_tallys_item_texts_leave_the_collectors_walks(tmp_path: Path) -> None:
+    """Made with the tally (before the load's freeze), as objects the collector stops
+    tracking: made later as lists, they were walked by every full pass (n_items each)."""
+    path, _, _ = make_bundle(tmp_path)
+    bundle = load_bundle(path)
+    tally = Tally(bundle, "since", deque())
+    gc.collect()
+    head, ids, groups = tally.rec_parts()
+    assert len(ids) == len(groups) == bundle.n_items
+    assert not gc.is_tracked(ids) and not gc.is_tracked(groups)
+    assert tally.rec_parts()[1] is ids  # made once

@@ -78,22 +78,34 @@ class Tally:
         self.key = keys.exposure_epoch(bundle.model_id, since)
         self.outcomes = keys.outcomes_epoch(bundle.model_id, since)
         self.item_ids = bundle.item_ids
-        self._rec_parts: tuple[str, list[str], list[str]] | None = None
         self.groups = bundle.groups
         self.popularity = bundle.item_popularity
         self.n_groups = bundle.n_groups
         self._sink = sink
+        # Made here, while the bundle loads, and not by the flusher on first use: the serving
+        # process freezes what is alive after a load (service/serving/gc_policy.py), and two
+        # lists of n_items strings made after that freeze were walked by every full collection
+        # (200k references at 100k items: a 3-13 ms pause every second or so under load, the
+        # p99 of bench/serve.py's plain GET). Tuples, so that even texts made after a freeze
+        # (counting off, then rec_parts called) leave the walks: the collector stops tracking a
+        # tuple that holds only strings.
+        self._rec_parts: tuple[str, tuple[str, ...], tuple[str, ...]] | None = (
+            self._make_rec_parts() if sink is not None else None
+        )
 
     @property
     def counting(self) -> bool:
         return self._sink is not None
 
-    def rec_parts(self) -> tuple[str, list[str], list[str]]:
+    def _make_rec_parts(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        ids, groups = rec_texts(self.item_ids.tolist(), self.groups.tolist())
+        return rec_head(self.outcomes), tuple(ids), tuple(groups)
+
+    def rec_parts(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         """What rec records are built from (attribution.rec_lists): the JSON head and the
-        items' texts, made by the flusher on first use (~60 bytes an item)."""
+        items' texts (~60 bytes an item), made with the tally when it counts."""
         if self._rec_parts is None:
-            texts = rec_texts(self.item_ids.tolist(), self.groups.tolist())
-            self._rec_parts = (rec_head(self.outcomes), *texts)
+            self._rec_parts = self._make_rec_parts()
         return self._rec_parts
 
     def add(self, items: np.ndarray, latency_s: float, rec: Rec | None = None) -> None:

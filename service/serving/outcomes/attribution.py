@@ -65,8 +65,8 @@ def rec_texts(item_ids: Sequence[str], groups: Sequence[int]) -> tuple[list[str]
 
 def rec_lists(
     head: str,
-    id_texts: list[str],
-    group_texts: list[str],
+    id_texts: Sequence[str],
+    group_texts: Sequence[str],
     items: np.ndarray,
     users: Sequence[str | None],
 ) -> dict[str, str]:
