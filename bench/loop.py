@@ -20,6 +20,9 @@ whatever it published; a refused or skipped run keeps the old model and is count
 retrain is one call, `Retrainer.retrain`, in one of three modes: the pipeline run above, or
 POST /v1/datasets/{id}/versions then explicit jobs (teacher, distill, publish), or a fresh
 upload of the grown data then the same jobs (`--retrain`, "auto": the first the service has).
+The versions the pipeline or the versions route build are split by `--version-split`:
+"append" (the default: the root's held-out pairs stay the test, every click goes to train)
+or "temporal" (each user's newest rows, i.e. their clicks, held out; docs/loop.md).
 
 Metrics per round (bench/loop_metrics.py; head = popularity group 0 of the round-0 dataset,
 fixed): head share of exposure and of clicks, the head share by the served version's own
@@ -31,6 +34,7 @@ failures), 1 otherwise (a world that stopped, or a run that failed).
 
     python bench/loop.py [--rounds 10] [--seeds 3] [--users 1000] [--items 800] [--k 10]
                          [--arms plain,unkd,teacher] [--out docs/img/loop.svg] [--json out.json]
+                         [--retrain auto] [--version-split append|temporal]
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class LoopConfig:
     click_b: float = lm.CLICK_B
     relevant_top: int = lm.RELEVANT_TOP
     retrain: str = "auto"  # Retrainer's mode
+    version_split: str = "append"  # the split of the versions a retrain builds
 
 
 @dataclass
@@ -147,11 +152,16 @@ def _wait_served(http: Any, model_id: str) -> None:
     raise RuntimeError(f"model {model_id} not served {SERVE_SWAP_TIMEOUT_S:.0f} s after publish")
 
 
-def recipe(arm: str) -> dict[str, Any]:
+def recipe(arm: str, version_split: str = "append") -> dict[str, Any]:
     """The pipeline body of an arm, without dataset_id (the contract's PUT /v1/pipelines)."""
     # min_new_events 0: no run starts by itself when the clicks arrive (the scheduler's
     # "events" trigger needs at least 1); the bench starts each round's run.
-    body: dict[str, Any] = {"teacher": dict(TEACHER), "on_pass": "activate", "min_new_events": 0}
+    body: dict[str, Any] = {
+        "teacher": dict(TEACHER),
+        "on_pass": "activate",
+        "min_new_events": 0,
+        "version_split": version_split,
+    }
     if arm != "teacher":  # no distill block: the pipeline gates and publishes the teacher
         body["distill"] = {"method": "unkd" if arm == "unkd" else "none", "dim": STUDENT_DIM}
     if arm != "unkd":  # the counterfactual arms: gate off
@@ -222,10 +232,17 @@ class Retrainer:
     "auto" picks the first the service has, in that order."""
 
     def __init__(
-        self, http: Any, dataset_id: str, arm: str, name: str, grown: GrownData, mode: str = "auto"
+        self,
+        http: Any,
+        dataset_id: str,
+        arm: str,
+        name: str,
+        grown: GrownData,
+        mode: str = "auto",
+        version_split: str = "append",
     ) -> None:
         self.http, self.dataset_id, self.arm, self.name = http, dataset_id, arm, name
-        self.grown = grown
+        self.grown, self.version_split = grown, version_split
         paths = _ok(http.get("/openapi.json"), 200)["paths"]
         have = {
             "pipeline": "/v1/pipelines/{name}/run" in paths,
@@ -238,7 +255,7 @@ class Retrainer:
             raise RuntimeError(f"retrain mode {mode!r}: the service lacks its routes (issue 19)")
         self.mode = mode
         if mode == "pipeline":
-            body = {"dataset_id": dataset_id, **recipe(arm)}
+            body = {"dataset_id": dataset_id, **recipe(arm, version_split)}
             _ok(http.put(f"/v1/pipelines/{name}", json=body), 200, 201)
 
     def retrain(self) -> RunOutcome:
@@ -278,7 +295,8 @@ class Retrainer:
         return out
 
     def _version(self) -> str | RunOutcome:
-        r = self.http.post(f"/v1/datasets/{self.dataset_id}/versions", json={"min_new_events": 1})
+        body = {"min_new_events": 1, "split": self.version_split}
+        r = self.http.post(f"/v1/datasets/{self.dataset_id}/versions", json=body)
         if r.status_code == 409:
             return RunOutcome("skipped", None, None, r.text[:300])
         version: str = _ok(r, 201)["id"]
@@ -361,7 +379,7 @@ def play_world(http: Any, cfg: LoopConfig, arm: str, seed: int, pop: Population)
         raise RuntimeError(f"round 0's model was not published: {first.status} {first.detail}")
     grown = GrownData(pop)
     retrainer = (
-        Retrainer(http, ds["id"], arm, f"loop-{arm}", grown, cfg.retrain)
+        Retrainer(http, ds["id"], arm, f"loop-{arm}", grown, cfg.retrain, cfg.version_split)
         if cfg.rounds > 1
         else None
     )
@@ -616,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--click-b", type=float, default=lm.CLICK_B)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "loop.svg")
     ap.add_argument("--retrain", choices=RETRAIN_MODES, default="auto", help="Retrainer's mode")
+    ap.add_argument(
+        "--version-split",
+        choices=("append", "temporal"),
+        default="append",
+        help="the split of the versions a retrain builds (append: every click in train)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     ap.add_argument("--work-dir", type=Path, default=None, help="keep the worlds' data here")
     a = ap.parse_args(argv)
@@ -634,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         click_a=a.click_a,
         click_b=a.click_b,
         retrain=a.retrain,
+        version_split=a.version_split,
     )
     print(f"environment: {environment()}", flush=True)
     worlds: list[WorldResult] = []

@@ -188,7 +188,12 @@ def choose_version(ctx: RunContext) -> tuple[str | None, int, str]:
     pending = pending_events(registry, registry.redis, recipe.dataset_id, settings=settings)
     if pending >= max(1, wanted):
         result = build_version(
-            registry, settings, registry.redis, recipe.dataset_id, min_new_events=max(1, wanted)
+            registry,
+            settings,
+            registry.redis,
+            recipe.dataset_id,
+            min_new_events=max(1, wanted),
+            split=recipe.version_split,
         )
         if result.record is None:
             return None, result.new_events, result.reason

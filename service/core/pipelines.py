@@ -4,7 +4,9 @@ A recipe (`PipelineRecipe`, PUT /v1/pipelines/{name}) names a dataset, a teacher
 without dataset_id, an optional distill job body without teacher_id, a gate policy, what to
 do when the gate passes (`on_pass`) and its triggers (`schedule` cron, `every_s`,
 `min_new_events`). Each run (`PipelineRun`) builds a dataset version from the events that
-arrived since the last one (service.core.versions), trains the teacher on it, distils the
+arrived since the last one (service.core.versions, split by the recipe's `version_split`:
+"temporal" holds each user's newest rows out, "append" keeps the parent's split and trains
+on every new pair, which is what a retrain on feedback needs), trains the teacher on it, distils the
 student, checks the gate and publishes; worker/pipeline_runs.py runs it as one task, and
 worker/pipeline_tick.py decides when. The records live in Redis (pipelines_store.py).
 
@@ -22,6 +24,7 @@ from celery.schedules import crontab
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.core.records import GateCheck, GatePolicy, utcnow
+from service.core.versions import VersionSplit
 from training.config import DistillConfig, TeacherConfig, TuneOptions
 
 PipelineName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -74,6 +77,7 @@ RECIPE_EXAMPLE: dict[str, Any] = {
     "on_pass": {"action": "experiment", "share": 0.1},
     "schedule": "0 3 * * *",
     "min_new_events": 1000,
+    "version_split": "append",
 }
 
 
@@ -106,6 +110,12 @@ class PipelineRecipe(BaseModel):
         le=10**9,
         description="positive events a run needs since the last version (fewer: skipped); "
         "without a schedule, reaching it starts a run",
+    )
+    version_split: VersionSplit = Field(
+        "temporal",
+        description="the split of the versions its runs build: temporal (each user's newest "
+        "rows held out: judged on what came last) or append (the parent's split kept, every "
+        "new pair in train: a retrain learns from every event, on a fixed test set)",
     )
 
     @model_validator(mode="before")

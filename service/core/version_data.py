@@ -1,11 +1,12 @@
-"""The rows of a dataset version: the root's pairs, then its lineage's events, split anew.
+"""The rows of a dataset version under its split rule: `grow` (temporal) or `append`.
 
 Pure numpy over training's Dataset (no Redis, no store): service/core/versions.py reads the
-root and the segments and calls `grow`. The rules (module doc of versions.py): rows in time
-order (the root's train, valid, test, then each segment in stream order), unknown external
-ids appended after the known ones in order of first appearance, a pair kept at its first
-occurrence, a temporal split with the root's holdout and seed, the root's truth kept only
-while the id sets are the root's.
+root, the segments or the parent's dataset and calls one of them. The rules (module doc of
+versions.py): rows in time order (the root's train, valid, test, then each segment in stream
+order), unknown external ids appended after the known ones in order of first appearance, a
+pair kept at its first occurrence, the root's truth kept only while the id sets are the
+root's. `grow` splits every row anew (temporal, with the root's holdout and seed); `append`
+keeps the parent's split of every parent row and puts each new pair in train.
 """
 
 from __future__ import annotations
@@ -122,5 +123,59 @@ def grow(
         test=parts_split.test,
         info=info,
         truth=root.truth if same_ids else None,
+    )
+    return dataset, added
+
+
+def append(parent_dir: Path, segment: Segment, *, name: str) -> tuple[Dataset, dict[str, Any]]:
+    """The dataset of an "append" version: the parent at `parent_dir` (a root or a version of
+    either rule) with every parent row in the split it has there, and every pair of the new
+    `segment` the parent lacks (first occurrence kept) appended to train.
+
+    The ids extend the parent's in order of first appearance, as `grow` extends them when it
+    rebuilds the lineage, so a later temporal version lines up with this one.
+
+    Returns:
+        (the version's Dataset, {"new_users", "new_items", "new_pairs"}) as `grow`.
+    """
+    parent = Dataset.load(parent_dir)
+    users, items = IdMap(parent.user_ids), IdMap(parent.item_ids)
+    old = np.concatenate([parent.train, parent.valid, parent.test])
+    new = np.stack([users.dense(segment.user_ids), items.dense(segment.item_ids)], axis=1)
+    rows = np.concatenate([old, new]).astype(np.int64).reshape(-1, 2)
+    kept = keep_first(rows, len(items))
+    fresh = rows[kept[kept >= len(old)]]
+    added = {
+        "new_users": len(users) - parent.n_users,
+        "new_items": len(items) - parent.n_items,
+        "new_pairs": len(fresh),
+    }
+    info = dict(parent.info)
+    root_info = info.get("root") if info.get("source") == "version" else None
+    if not isinstance(root_info, dict):  # the parent is the root itself
+        root_info = {k: info.get(k) for k in ("source", "format", "split")}
+    holdout = info.get("holdout") or DEFAULT_HOLDOUT
+    seed = info.get("seed")
+    info = {
+        "source": "version",
+        "format": "events",
+        "split": "append",
+        "seed": DEFAULT_SEED if seed is None else int(seed),
+        "holdout": float(holdout),
+        "root": root_info,
+        "segments": int(info.get("segments", 0) or 0) + 1,
+        "interactions": int(len(old) + len(fresh)),
+        **added,
+    }
+    same_ids = len(users) == parent.n_users and len(items) == parent.n_items
+    dataset = Dataset(
+        name=name,
+        user_ids=np.asarray(users.ids, dtype=str),
+        item_ids=np.asarray(items.ids, dtype=str),
+        train=np.concatenate([parent.train, fresh]),
+        valid=parent.valid,
+        test=parent.test,
+        info=info,
+        truth=parent.truth if same_ids else None,
     )
     return dataset, added

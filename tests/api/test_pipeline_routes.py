@@ -89,6 +89,7 @@ def locs(r: Any) -> list[str]:
         ({"every_s": 0}, "body.every_s"),
         ({"min_new_events": -1}, "body.min_new_events"),
         ({"frequency": 3}, "body.frequency"),
+        ({"version_split": "random"}, "body.version_split"),
     ],
 )
 def test_a_bad_field_is_a_422_naming_it(
@@ -143,6 +144,7 @@ def test_put_get_list_delete(client: TestClient, dataset_id: str) -> None:
     assert stored["name"] == "nightly" and stored["on_pass"] == "experiment"
     assert stored["share"] == 0.25 and stored["every_s"] == 3600
     assert stored["teacher"]["dim"] == 8 and stored["distill"]["method"] == "unkd"
+    assert stored["version_split"] == "temporal"  # the default
     assert client.get("/v1/pipelines/nightly").json() == stored
 
     r = client.put("/v1/pipelines/nightly", json=recipe(dataset_id, schedule="0 3 * * *"))
@@ -262,6 +264,47 @@ def test_a_run_after_new_events_trains_gates_and_publishes(
     assert done["dataset_version"] in again["reason"]
 
 
+def test_a_recipe_with_the_append_split_trains_on_every_new_pair(
+    client: TestClient, dataset_id: str, settings: Settings, worker_app: Celery
+) -> None:
+    from training.dataset import Dataset
+
+    body = recipe(dataset_id, version_split="append", gate={"enabled": False})
+    r = client.put("/v1/pipelines/p1", json=body)
+    assert r.status_code == 201 and r.json()["version_split"] == "append", r.text
+    parent = Dataset.load(settings.datasets_dir / dataset_id)
+    before = {
+        (str(parent.user_ids[u]), str(parent.item_ids[i])): name
+        for name in ("train", "valid", "test")
+        for u, i in parent.split(name).tolist()
+    }
+    sent = [
+        {"user_id": "u1", "item_id": "i29", "type": "click"},
+        {"user_id": "u2", "item_id": "i28", "type": "purchase"},
+        {"user_id": "u3", "item_id": "i27", "type": "view"},  # not positive
+        {"user_id": "u77", "item_id": "i1", "type": "click"},  # a new user
+        {"user_id": "u4", "item_id": "i0", "type": "click"},
+    ]
+    push(client, sent)
+    new = {(e["user_id"], e["item_id"]) for e in sent if e["type"] in POSITIVE} - set(before)
+    assert new  # the test would prove nothing without pairs the parent lacks
+    run = client.post("/v1/pipelines/p1/run").json()
+    execute(worker_app, run["run_id"])
+    done = client.get(f"/v1/pipelines/p1/runs/{run['run_id']}").json()
+    assert done["status"] == "succeeded", done
+    version = client.get(f"/v1/datasets/{done['dataset_version']}").json()
+    assert version["parent_id"] == dataset_id and version["lineage"]["split"] == "append"
+    ds = Dataset.load(settings.datasets_dir / version["id"])
+    after = {
+        (str(ds.user_ids[u]), str(ds.item_ids[i])): name
+        for name in ("train", "valid", "test")
+        for u, i in ds.split(name).tolist()
+    }
+    assert after == {**before, **dict.fromkeys(new, "train")}
+    teacher = client.get(f"/v1/models/{done['teacher_id']}").json()
+    assert teacher["lineage"]["dataset_id"] == version["id"]
+
+
 def test_a_run_the_gate_refuses_keeps_the_served_model(
     client: TestClient, dataset_id: str, worker_app: Celery
 ) -> None:
@@ -342,6 +385,7 @@ def test_openapi_documents_the_pipeline_routes_with_examples(client: TestClient)
     assert "get" in paths["/v1/pipelines/{name}/runs/{run_id}"]
     (example,) = doc["components"]["schemas"]["PipelineRecipe"]["examples"]
     assert PipelineRecipe.model_validate(example).on_pass == "experiment"
+    assert PipelineRecipe.model_validate(example).version_split == "append"
 
 
 def test_concurrent_ticks_start_one_run_per_slot(

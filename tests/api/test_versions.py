@@ -309,5 +309,153 @@ def test_openapi_documents_the_version_routes_with_examples(client: TestClient) 
     listed = routes["get"]["responses"]["200"]["content"]["application/json"]["example"]
     assert listed["items"] == [created]
     body = doc["components"]["schemas"]["VersionRequest"]
-    assert body["examples"] == [{"min_new_events": 100}]
+    assert body["examples"] == [{"min_new_events": 100}, {"min_new_events": 1, "split": "append"}]
     assert body["properties"]["min_new_events"]["minimum"] == 1
+    assert body["properties"]["split"]["enum"] == ["temporal", "append"]
+    assert body["properties"]["split"]["default"] == "temporal"
+
+
+# -- the append split -------------------------------------------------------------------------
+
+
+def split_of(ds: Dataset) -> dict[tuple[str, str], str]:
+    """Every pair of `ds` by external ids, with the split it is in."""
+    out: dict[tuple[str, str], str] = {}
+    for name in ("train", "valid", "test"):
+        for u, i in ds.split(name).tolist():
+            out[(str(ds.user_ids[u]), str(ds.item_ids[i]))] = name
+    return out
+
+
+def new_pairs_in_order(
+    before: set[tuple[str, str]], events: list[dict[str, Any]]
+) -> list[tuple[str, str]]:
+    """The positive events' pairs not in `before`, each once, in the order sent."""
+    out: list[tuple[str, str]] = []
+    for e in events:
+        pair = (e["user_id"], e["item_id"])
+        if e["type"] in POSITIVE and pair not in before and pair not in out:
+            out.append(pair)
+    return out
+
+
+APPEND_EVENTS = [
+    ev("u00", "i19"),
+    ev("u00", "i18", "view"),  # not positive
+    ev("u01", "i01", "purchase"),
+    ev("u01", "i01"),  # the same pair again
+    ev("u02", ROOT_ROWS[12][1]),  # a pair the root has (in whichever split)
+    ev("u05", ROOT_ROWS[30][1]),
+    ev("u99", "i00"),  # a new user
+    ev("u98", "i77", "purchase"),  # a new user and a new item
+    ev("u99", "i77"),
+    ev("u03", "i00"),
+    ev("u03", "i02"),
+]
+
+
+def test_an_append_version_keeps_the_parents_split_and_trains_on_every_new_pair(
+    client: TestClient, root: dict[str, Any], settings: Settings
+) -> None:
+    root_ds = load(settings, root["id"])  # the parent, read here on its own
+    parent = split_of(root_ds)
+    assert set(parent) == set(ROOT_ROWS)
+    push(client, APPEND_EVENTS)
+    r = client.post(f"/v1/datasets/{root['id']}/versions", json={"split": "append"})
+    assert r.status_code == 201, r.text
+    v1 = r.json()
+    new = new_pairs_in_order(set(ROOT_ROWS), APPEND_EVENTS)
+    assert len(new) == 7
+    assert v1["options"] == {"split": "append", "holdout": 0.25, "seed": 5}
+    assert v1["lineage"]["split"] == "append"
+    assert v1["lineage"]["events"] == sum(e["type"] in POSITIVE for e in APPEND_EVENTS) == 10
+    assert v1["lineage"]["new_pairs"] == len(new)
+    assert (v1["lineage"]["new_users"], v1["lineage"]["new_items"]) == (2, 1)
+
+    ds1 = load(settings, v1["id"])
+    assert ds1.fingerprint == v1["fingerprint"] and ds1.info["split"] == "append"
+    got = split_of(ds1)
+    assert set(got) == set(ROOT_ROWS) | set(new)
+    for pair, name in parent.items():  # every parent pair in the parent's split, exactly
+        assert got[pair] == name, pair
+    assert {p: got[p] for p in new} == dict.fromkeys(new, "train")
+    counts = {n: sum(v == n for v in parent.values()) for n in ("train", "valid", "test")}
+    assert (len(ds1.train), len(ds1.valid), len(ds1.test)) == (
+        counts["train"] + len(new),
+        counts["valid"],
+        counts["test"],
+    )
+    assert v1["statistics"]["interactions"] == len(ROOT_ROWS) + len(new)
+    # Known ids keep their dense index; new ones come after, in order of first appearance.
+    assert ds1.user_ids.tolist() == [*root_ds.user_ids.tolist(), "u99", "u98"]
+    assert ds1.item_ids.tolist() == [*root_ds.item_ids.tolist(), "i77"]
+
+
+def test_append_after_temporal_keeps_the_first_versions_held_out_pairs(
+    client: TestClient, root: dict[str, Any], settings: Settings
+) -> None:
+    root_ds = load(settings, root["id"])
+    sent: list[dict[str, Any]] = []
+    batches = [
+        APPEND_EVENTS,
+        [ev("u00", "i17"), ev("u04", "i19"), ev("u99", "i78", "purchase"), ev("u00", "i19")],
+        [ev("u00", "i16"), ev("u06", "i19"), ev("u97", "i00"), ev("u04", "i18", "view")],
+    ]
+    versions: list[dict[str, Any]] = []
+    for batch, split in zip(batches, ("temporal", "append", "append"), strict=True):
+        push(client, batch)
+        sent += batch
+        r = client.post(f"/v1/datasets/{root['id']}/versions", json={"split": split})
+        assert r.status_code == 201, r.text
+        versions.append(r.json())
+        assert versions[-1]["lineage"]["split"] == split == versions[-1]["options"]["split"]
+    v1, v2, v3 = (load(settings, v["id"]) for v in versions)
+    assert versions[2]["parent_id"] == versions[1]["id"]
+    assert versions[1]["parent_id"] == versions[0]["id"]
+
+    # v1 is temporal: each user's newest pairs held out (brute force from what was sent).
+    order = expected_order(root_ds, batches[0])
+    first = split_of(v1)
+    for user in ("u00", "u01", "u03", "u99"):
+        held = {p for p, n in first.items() if p[0] == user and n != "train"}
+        assert held == held_out(order, user, 0.25), user
+    # v2 and v3 keep v1's valid and test pairs, exactly, and every later pair is in train.
+    for ds, upto in ((v2, 2), (v3, 3)):
+        got = split_of(ds)
+        for pair, name in first.items():
+            assert got[pair] == name, pair
+        later = new_pairs_in_order(set(first), [e for b in batches[1:upto] for e in b])
+        assert set(got) == set(first) | set(later)
+        assert all(got[p] == "train" for p in later)
+    assert v3.valid.tolist() == v1.valid.tolist() and v3.test.tolist() == v1.test.tolist()
+    assert v3.item_ids.tolist() == [*v1.item_ids.tolist(), "i78"]
+    assert v3.user_ids.tolist() == [*v1.user_ids.tolist(), "u97"]
+
+    # A temporal version after append ones splits every row anew, in time order.
+    push(client, [ev("u06", "i18")])
+    sent.append(ev("u06", "i18"))
+    r = client.post(f"/v1/datasets/{root['id']}/versions")
+    assert r.status_code == 201 and r.json()["options"]["split"] == "temporal", r.text
+    v4 = load(settings, r.json()["id"])
+    assert v4.user_ids.tolist() == v3.user_ids.tolist()
+    assert v4.item_ids.tolist() == v3.item_ids.tolist()
+    order = expected_order(root_ds, sent)
+    fourth = split_of(v4)
+    assert set(fourth) == set(order)
+    for user in ("u00", "u04", "u06", "u99"):
+        held = {p for p, n in fourth.items() if p[0] == user and n != "train"}
+        assert held == held_out(order, user, 0.25), user
+
+
+def test_an_unknown_split_is_a_422_naming_it(
+    client: TestClient, root: dict[str, Any], settings: Settings, redis_client: redis.Redis
+) -> None:
+    push(client, [ev("u00", "i19")])
+    for bad in ("random", "given", ""):
+        r = client.post(f"/v1/datasets/{root['id']}/versions", json={"split": bad})
+        assert r.status_code == 422, r.text
+        assert [e["loc"] for e in r.json()["detail"]] == [["body", "split"]]
+    unknown: Any = "random"  # the Python API refuses it as well, before taking the lock
+    with pytest.raises(ValueError, match="split='random'"):
+        build_version(Registry(redis_client), settings, redis_client, root["id"], split=unknown)
+    assert client.get(f"/v1/datasets/{root['id']}/versions").json()["total"] == 1

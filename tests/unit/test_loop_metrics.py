@@ -151,6 +151,9 @@ def test_recipes_follow_the_arms() -> None:
     assert {r["on_pass"] for r in (unkd, plain, teacher)} == {"activate"}
     # no run of its own when clicks arrive: the bench starts every round's run
     assert {r["min_new_events"] for r in (unkd, plain, teacher)} == {0}
+    # the versions keep the root's held-out pairs and put every click in train
+    assert {r["version_split"] for r in (unkd, plain, teacher)} == {"append"}
+    assert recipe("unkd", "temporal")["version_split"] == "temporal"
 
 
 def _round(r: int, head: float, clicks: int, run: str | None = "published") -> Any:

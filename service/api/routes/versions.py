@@ -3,7 +3,9 @@
 POST builds the next version of the lineage (service/core/versions.py: the segment of new
 events in the artifact store, the version's dataset, its record last) during the request,
 in the threadpool like an upload's preparation: numpy only, never torch. GET lists the
-lineage, newest first, in the shape of GET /v1/datasets.
+lineage, newest first, in the shape of GET /v1/datasets. The body's `split` picks the
+version's split rule: "temporal" (each user's newest rows held out, the default) or "append"
+(the parent's split kept, every new pair in train).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from service.api.auth import WriteAccess
 from service.api.deps import RegistryDep, SettingsDep
 from service.api.schemas import MAX_OFFSET, DatasetList, DatasetOut, Id
 from service.core.records import ConflictError
-from service.core.versions import build_version, lineage
+from service.core.versions import VersionSplit, build_version, lineage
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ _VERSION_EXAMPLE: dict[str, Any] = {
         "events_to": "1796635800000-3",
         "events": 412,
         "segment": "segments/ds-9f2c4b1a0e77/1796632200000-0_1796635800000-3",
+        "split": "temporal",
         "new_users": 0,
         "new_items": 0,
         "new_pairs": 398,
@@ -53,7 +56,10 @@ class VersionRequest(BaseModel):
     """Options of a version build (the body is optional)."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"min_new_events": 100}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"min_new_events": 100}, {"min_new_events": 1, "split": "append"}]
+        },
     )
 
     min_new_events: int = Field(
@@ -61,6 +67,13 @@ class VersionRequest(BaseModel):
         ge=1,
         description="build only when at least this many positive events arrived since the "
         "lineage's latest version; fewer: 409",
+    )
+    split: VersionSplit = Field(
+        "temporal",
+        description="temporal: every row split anew, each user's newest rows held out (judge "
+        "on what came last); append: every parent row keeps the parent's split and every new "
+        "pair goes to train (the held-out sets stay fixed along the lineage, every event is "
+        "trained on at once: for feedback loops)",
     )
 
 
@@ -84,10 +97,15 @@ def create_version(
     body: Annotated[VersionRequest | None, Body()] = None,
 ) -> DatasetOut:
     """Build the next version of the dataset's lineage from the positive events since its
-    latest version (the parent), with lineage: parent_id and the events range."""
+    latest version (the parent), with lineage: parent_id, the events range and the split."""
     opts = body or VersionRequest()
     result = build_version(
-        registry, settings, registry.redis, dataset_id, min_new_events=opts.min_new_events
+        registry,
+        settings,
+        registry.redis,
+        dataset_id,
+        min_new_events=opts.min_new_events,
+        split=opts.split,
     )
     if result.record is None:
         raise ConflictError("dataset_id", dataset_id, result.reason)
