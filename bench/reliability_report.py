@@ -105,6 +105,17 @@ ROWS: list[tuple[str, str, str]] = [
         "{events_sent} sent in the lineage; lost {lost}, doubled {doubled}",
     ),
     (
+        "pipeline_worker_kill",
+        "test_pipeline_faults.py::test_a_worker_killed_during_a_scheduled_run_fails_it_once",
+        "a worker SIGKILLed in a scheduled run's teacher: the run failed once (worker lost), the "
+        "next scheduled run published {recovered_s}s after the kill; {runs} runs in all",
+    ),
+    (
+        "pipeline_two_schedulers",
+        "test_pipeline_faults.py::test_two_schedulers_start_one_run_per_slot",
+        "two schedulers and two workers: {runs} runs for {slots} schedule slots",
+    ),
+    (
         "upload_over_limit",
         "test_uploads.py::test_size_limit_is_enforced_while_streaming",
         "413 after {bytes_sent_before_413} bytes sent ({share_of_body_sent} of the body); "
