@@ -156,7 +156,12 @@ def test_a_worker_killed_during_a_scheduled_run_fails_it_once(
     assert api.get(f"/v1/pipelines/p/runs/{victim['run_id']}").json() == failed
     holder = redis_client.get(keys.pipeline_lock("p"))
     assert holder is None or holder != victim["run_id"]
-    observe("pipeline_worker_kill", runs=len(runs), recovered_s=round(recovered_s, 1))
+    observe(
+        "pipeline_worker_kill",
+        fault="worker SIGKILLed while a scheduled pipeline run's teacher trains",
+        runs=len(runs),
+        recovered_s=round(recovered_s, 1),
+    )
 
 
 def test_two_schedulers_start_one_run_per_slot(
@@ -189,4 +194,9 @@ def test_two_schedulers_start_one_run_per_slot(
     for beat in beats:  # both schedulers sent ticks
         sent = re.findall(r"Sending due task", beat.log.read_text())
         assert len(sent) >= 5, beat.log.read_text()[-2000:]
-    observe("pipeline_two_schedulers", slots=slots, runs=len(runs))
+    observe(
+        "pipeline_two_schedulers",
+        fault="two schedulers (celery beat) and two workers on one pipeline's schedule",
+        slots=slots,
+        runs=len(runs),
+    )

@@ -161,6 +161,7 @@ def test_a_killed_build_neither_loses_nor_doubles_events(
     assert total == len(positives(client, settings, "0-0", "+"))
     observe(
         "versions_crash",
+        fault="a dataset version's build SIGKILLed at each step (read, segment, dataset, record)",
         kills=len(killed),
         steps=list(STEPS),
         events_sent=sent,
