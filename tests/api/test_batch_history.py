@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.core import keys
 from service.core.config import Settings
+from tests.support.polling import wait_until
 from training.checkpoint import ModelArtifact
 from training.dataset import Dataset
 
@@ -52,14 +52,7 @@ def app_client(
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+    return wait_until(check, timeout_s, what, interval_s=0.02)
 
 
 def fold_in_scores(item_emb: np.ndarray, history: list[int]) -> np.ndarray:

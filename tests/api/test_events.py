@@ -25,6 +25,7 @@ from service.core.config import Settings
 from service.core.events import EVENT_FIELDS
 from service.serving.foldin import FOLD_IN_LAMBDA
 from tests.support.live_api import LiveAPI
+from tests.support.polling import wait_until
 from training.checkpoint import ModelArtifact
 from training.dataset import Dataset
 
@@ -49,14 +50,7 @@ def publish(redis_client: redis.Redis, bundle_dir: Path) -> None:
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+    return wait_until(check, timeout_s, what, interval_s=0.02)
 
 
 @pytest.fixture()

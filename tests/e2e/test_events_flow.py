@@ -14,7 +14,6 @@ few epochs keep it well under a minute on two cores.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 
 from tests.e2e.conftest import E2EStack
 from tests.e2e.test_service_flow import run_to_end, tiny_interactions
+from tests.support.polling import wait_until
 from training.dataset import Dataset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -37,14 +37,7 @@ def bucket_of(position: int) -> str:
 
 
 def poll(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+    return wait_until(check, timeout_s, what, interval_s=0.05)
 
 
 class Answers:

@@ -29,6 +29,7 @@ from service.core.registry import ActiveModel, DatasetRecord, ModelRecord, Regis
 from tests.support.config import make_test_settings
 from tests.support.fixtures import watch_log
 from tests.support.live_api import LiveAPI
+from tests.support.polling import wait_until  # noqa: F401  (the reliability tests import it from here)
 from tests.support.redis_dbs import RedisDatabases
 from tests.support.workers import WorkerProcess
 from training.checkpoint import ModelArtifact
@@ -156,20 +157,6 @@ def publish_direct(settings: Settings, registry: Registry, dataset: Dataset, mod
     build_bundle(settings.models_dir.resolve() / model_id, dataset, bundle_dir, model_id=model_id)
     registry.set_active(ActiveModel(model_id=model_id, bundle_dir=str(bundle_dir)))
     return bundle_dir
-
-
-def wait_until(
-    check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05
-) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture()
