@@ -38,42 +38,12 @@ from service.serving.ranking import (
     settle_hits,
     settle_in_order,
 )
+from service.serving.search_path import limit_search_threads
 
 # Users who saw more items than this are scored by the exact fallback instead of widening
 # the faiss search of the whole batch to k + their history (one heavy user would make
 # every user in the batch pay for a huge result heap).
 SEEN_SEARCH_BUDGET = 2048
-# Flat search scans the item matrix once per query, or, when nq * d reaches
-# faiss.cvar.distance_compute_blas_threshold (faiss 1.15: default 128000, compared with nq * d
-# as measured), switches to a BLAS product that reads the matrix once per block of queries.
-# Single queries are fastest on the scan; coalesced batches of 4+ are 1.5x (dim 10) to 4x
-# (dim 100) cheaper per query on BLAS. The setting is process-wide, so the serving process
-# (IndexStore) applies it with use_blas_for_batches, not load_bundle.
-SERVING_BLAS_MIN_BATCH = 4
-
-
-def use_blas_for_batches(d: int, min_batch: int = SERVING_BLAS_MIN_BATCH) -> None:
-    """Make faiss take its BLAS path for batches of `min_batch`+ queries of dimension d."""
-    faiss.cvar.distance_compute_blas_threshold = min_batch * d
-
-
-# OpenMP threads per faiss call on the coalescer's search thread. omp_set_num_threads sets a
-# per-thread value in libgomp: a thread that Python starts gets the process default
-# (OMP_NUM_THREADS, else every core of its affinity mask), whatever the main thread set.
-# A server scales by processes (one search thread each, sharing the cores with its event
-# loop and the other replicas), and coalesced batches are small (<= 64 queries, < 1 ms each
-# on one core), so OpenMP's fork/join and spin-waiting cost more than they save. Measured
-# (100k x 10 Flat, 2 cores, a Python thread): single searches took 16 ms median (p99 24 ms)
-# on 2 OpenMP threads while the other core was busy, against 0.32 ms on 1; on an idle host
-# 2 threads gave 0.20 ms but held both cores. A process pinned to one core (taskset, as
-# bench/serve.py runs it) already defaults to 1, so that benchmark cannot show the
-# difference. The search thread sets 1 itself: no need for OMP_NUM_THREADS=1 for it.
-SEARCH_THREAD_OMP_THREADS = 1
-
-
-def limit_search_threads(n: int = SEARCH_THREAD_OMP_THREADS) -> None:
-    """faiss's OpenMP thread count for the calling thread only (the search thread's start)."""
-    faiss.omp_set_num_threads(n)
 
 
 def load_bundle(

@@ -23,8 +23,8 @@ from service.core import keys
 from service.core.bundle_format import BundleError
 from service.core.config import Settings
 from service.core.serving_registry import ServingRegistry
-from service.serving.bundle import SERVING_BLAS_MIN_BATCH
 from service.serving.index_store import IndexStore
+from service.serving.search_path import SERVING_BLAS_MIN_BATCH
 from service.stack.redis_server import RedisServer
 
 USERS = np.arange(20)
@@ -115,9 +115,11 @@ def test_relative_bundle_dir_resolves_against_data_dir(bundles: dict[str, Path])
     store = IndexStore(Settings(data_dir=bundles["A"].parent), None)
     store.load_now(pointer("A", "A"))
     assert store.current is not None and store.current.model_id == "A"
-    # the serving process sends coalesced batches of 4+ queries down faiss's BLAS path
+    # the serving process sends coalesced batches from the measured size on down faiss's BLAS
+    # path (service/serving/search_path.py)
+    assert store.blas_min_batch is not None and 1 <= store.blas_min_batch <= SERVING_BLAS_MIN_BATCH
     assert (
-        faiss.cvar.distance_compute_blas_threshold == SERVING_BLAS_MIN_BATCH * store.current.index.d
+        faiss.cvar.distance_compute_blas_threshold == store.blas_min_batch * store.current.index.d
     )
 
 

@@ -2,7 +2,7 @@
 
 omp_set_num_threads is per thread in libgomp: a thread Python starts gets the process
 default (all cores, or OMP_NUM_THREADS), not what the main thread set. The bundle's search
-thread must limit itself (service.serving.bundle.limit_search_threads)."""
+thread must limit itself (service.serving.search_path.limit_search_threads)."""
 
 from __future__ import annotations
 
