@@ -609,11 +609,13 @@ def route_costs(
                 s0, f0 = app_srv.search_cpu_s(), app_srv.search_cpu_s("flush")
                 rr = run_wrk(app_srv, 16, args.duration / 2, args.wrk_core, rscript)
                 s1, f1 = app_srv.search_cpu_s(), app_srv.search_cpu_s("flush")
-                # the search thread's share (a thread that exited meanwhile is left out)
-                search_s = sum(s1[t] - s0[t] for t in s1.keys() & s0.keys())
+                # the search thread's share: it exits after 5 s idle (the fallbacks do not
+                # search) and starts again, so a thread new since s0 counts from 0; one that
+                # exited meanwhile is left out
+                search_s = sum(s1[t] - s0.get(t, 0.0) for t in s1)
                 rr["search_cpu_ms_per_req"] = 1e3 * search_s / max(1, rr["requests"])
                 rr["flush_cpu_ms_per_req"] = (
-                    1e3 * sum(f1[t] - f0[t] for t in f1.keys() & f0.keys()) / max(1, rr["requests"])
+                    1e3 * sum(f1[t] - f0.get(t, 0.0) for t in f1) / max(1, rr["requests"])
                 )
                 runs[name].append(rr)
     finally:

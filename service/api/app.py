@@ -243,19 +243,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts 413s too
     install_error_handlers(app)
+    # The serving routers come first: a request is matched against the routers in this order,
+    # and the recommendation routes are the hot path (no path of another router overlaps them).
     for router in (
+        serving_routes.router,
+        item_routes.router,
         datasets.router,
         versions.router,
         events.router,
         jobs.router,
         models.router,
-        serving_routes.router,
         publishing.router,
         exposure.router,
         outcomes.router,
         experiment.router,
         pipelines.router,
-        item_routes.router,
         ops.router,
         reports.router,
     ):

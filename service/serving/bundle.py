@@ -29,6 +29,7 @@ from service.serving.filters import (
     RowQuery,
     qualifying_hits,
     search_width,
+    sorted_union,
 )
 from service.serving.foldin import FOLD_IN_LAMBDA, fold_in, mean_sq_norm
 from service.serving.ranking import (
@@ -331,7 +332,7 @@ class ServingBundle:
             u = users[row]
             banned = self.seen(u) if exclude_seen else None
             if row in extra:
-                banned = extra[row] if banned is None else np.union1d(banned, extra[row])
+                banned = extra[row] if banned is None else sorted_union(banned, extra[row])
             out_scores[row], out_items[row] = self._scan(
                 self.user_emb[u], banned, None, k, cosine=False
             )
@@ -353,7 +354,7 @@ class ServingBundle:
             vec = self._row_vector(u, q)
             banned = q.banned
             if exclude_seen and q.history is None and q.item is None:
-                banned = np.union1d(self.seen(u), banned)
+                banned = sorted_union(self.seen(u), banned)
             allowed = None if q.allowed is None else len(q.allowed.idx)
             width = search_width(self.n_items, k, len(banned), allowed)
             if width is None:

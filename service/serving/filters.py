@@ -40,6 +40,27 @@ WIDEN_SLACK = 2.0
 MAX_SEARCH_WIDTH = 2048
 NO_ITEMS = np.zeros(0, dtype=np.int64)
 SHOWN_IDS = 10  # ids quoted in an error message
+# Item sets up to this size are sorted and merged in Python: numpy 2's unique (a hash table)
+# releases the GIL, and a thread that gives up the GIL while the other serving thread wants
+# it waits for it up to the switch interval (5 ms); the event loop and the search thread
+# each did so once per filtered request (docs/service.md, "Waiting on the GIL").
+SMALL_SET = 256
+
+
+def sorted_unique(values: np.ndarray | Sequence[int]) -> np.ndarray:
+    """(m,) sorted unique int64 of some item indices (np.unique, in Python when small)."""
+    arr = np.asarray(values, dtype=np.int64)
+    if len(arr) > SMALL_SET:
+        return np.unique(arr)
+    return np.array(sorted(set(arr.tolist())), dtype=np.int64) if len(arr) else NO_ITEMS
+
+
+def sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(m,) sorted unique int64 of two arrays of item indices (np.union1d, in Python when
+    small)."""
+    if len(a) + len(b) > SMALL_SET:
+        return np.union1d(a, b).astype(np.int64, copy=False)
+    return sorted_unique(np.concatenate([a, b]) if len(a) and len(b) else (a if len(a) else b))
 
 
 class FilterError(ValueError):
@@ -113,8 +134,8 @@ class Filters:
         also_banned: np.ndarray | None = None,
     ) -> RowQuery:
         """The RowQuery of one row under these filters; `also_banned` joins the exclude ids."""
-        banned = self.banned if also_banned is None else np.union1d(self.banned, also_banned)
-        return RowQuery(banned.astype(np.int64, copy=False), self.allowed, history, item)
+        banned = self.banned if also_banned is None else sorted_union(self.banned, also_banned)
+        return RowQuery(banned, self.allowed, history, item)
 
 
 NO_FILTERS = Filters()
@@ -197,7 +218,7 @@ def resolve_filters(
     banned = NO_ITEMS
     if exclude:
         idx, missing = bundle.item_indices(exclude)
-        banned = np.unique(idx)
+        banned = sorted_unique(idx)
         if missing:
             unknown["exclude"] = missing
     group_set: tuple[int, ...] | None = None
@@ -221,7 +242,7 @@ def resolve_filters(
             )
         if missing:
             unknown["include"] = missing
-        allowed = bundle.allowed_items(np.unique(idx), group_set)
+        allowed = bundle.allowed_items(sorted_unique(idx), group_set)
     elif group_set is not None:
         allowed = bundle.allowed_groups(group_set)
     return Filters(banned, allowed, unknown)

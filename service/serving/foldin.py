@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.serving.filters import sorted_unique
+
 # In units of mean ||q_i||^2; bench/fold_in.py: best of 0.1 .. 10^6 on MovieLens-100K, warm and cold.
 FOLD_IN_LAMBDA = 100.0
 
@@ -72,7 +74,7 @@ def fold_in(
     Raises:
         ValueError: empty history or lam <= 0.
     """
-    items = np.unique(np.asarray(history, dtype=np.int64))
+    items = sorted_unique(history)
     if len(items) == 0:
         raise ValueError("history is empty: nothing to fold in")
     if not lam > 0:

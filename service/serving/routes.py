@@ -56,7 +56,7 @@ from service.serving.answers import (
     serving_state,
     settings_of,
 )
-from service.serving.filters import Filters, RowQuery
+from service.serving.filters import Filters, RowQuery, sorted_unique
 from service.serving.index_store import IndexStore
 from service.serving.lean_route import JsonBodyRoute, ScalarQueryRoute
 from service.serving.paths import ext_id
@@ -178,7 +178,7 @@ async def recommend_history(request: Request, req: HistoryRequest) -> Response:
             f"none of the history's item ids is in the served catalogue: {shown}",
             req.items,
         )
-    history = np.unique(history)
+    history = sorted_unique(history)
     query = filters.query(history=history, also_banned=history if req.exclude_seen else None)
     scores, items = await bundle.recommend_one_async(-1, req.k, False, query)
     unknown = {**filters.unknown, **({"items": missing} if missing else {})}

@@ -45,6 +45,10 @@ SEARCH_THREAD_OMP_THREADS = 1
 NO_BLAS = 2**31 - 1  # (a C int) a threshold no batch reaches: the scan for every batch
 CALIBRATION_REPEATS = 3  # timed searches per (path, batch size); the best one counts
 CALIBRATION_K = 41  # about what a request asks: k 20, one more, and 20 seen items
+# Smaller catalogues keep SERVING_BLAS_MIN_BATCH untimed: a search costs microseconds on either
+# path, and a choice made from timings that small would differ from load to load (the scan and
+# BLAS round scores differently in the last bits, so answers would too).
+CALIBRATION_MIN_ITEMS = 20_000
 
 
 def use_blas_for_batches(d: int, min_batch: int = SERVING_BLAS_MIN_BATCH) -> None:
@@ -70,14 +74,19 @@ def _best_seconds(index: faiss.Index, queries: np.ndarray, k: int, threshold: in
 def fastest_blas_min_batch(index: faiss.Index, probe: np.ndarray) -> int:
     """The smallest batch size (1 .. SERVING_BLAS_MIN_BATCH) from which faiss's BLAS path
     searches `index` at least as fast as its scan, timed here on one OpenMP thread, as the
-    search thread runs; SERVING_BLAS_MIN_BATCH for an index that is not flat.
+    search thread runs; SERVING_BLAS_MIN_BATCH for an index that is not flat or holds fewer
+    than CALIBRATION_MIN_ITEMS items.
 
     Args:
         probe: (m, d) float32 queries to time with (a few user vectors), m >= 1.
     Leaves faiss's threshold and the calling thread's OpenMP thread count as it found them.
     """
     flat = faiss.downcast_index(index)
-    if not isinstance(flat, faiss.IndexFlat) or index.ntotal == 0 or len(probe) == 0:
+    if (
+        not isinstance(flat, faiss.IndexFlat)
+        or index.ntotal < CALIBRATION_MIN_ITEMS
+        or len(probe) == 0
+    ):
         return SERVING_BLAS_MIN_BATCH
     k = min(CALIBRATION_K, int(index.ntotal))
     saved, threads = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()

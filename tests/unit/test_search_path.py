@@ -37,12 +37,16 @@ def test_the_smallest_batch_where_blas_is_no_slower_is_chosen(
         return 0.5 if len(queries) >= blas_wins_from else 2.0
 
     monkeypatch.setattr(search_path, "_best_seconds", fake)
+    monkeypatch.setattr(search_path, "CALIBRATION_MIN_ITEMS", 100)
     assert fastest_blas_min_batch(flat_index(), np.ones((8, 8), np.float32)) == expected
     # batch sizes are tried in order and the search stops at the first win
     assert [nq for nq, _ in timed][::2] == list(range(1, min(expected, 3) + 1))
 
 
-def test_calibration_leaves_faiss_settings_as_it_found_them() -> None:
+def test_calibration_leaves_faiss_settings_as_it_found_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(search_path, "CALIBRATION_MIN_ITEMS", 100)
     before = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
     faiss.cvar.distance_compute_blas_threshold = 1234
     faiss.omp_set_num_threads(2)
@@ -56,7 +60,14 @@ def test_calibration_leaves_faiss_settings_as_it_found_them() -> None:
         faiss.omp_set_num_threads(before[1])
 
 
-def test_an_index_that_is_not_flat_keeps_the_default() -> None:
+def test_an_index_that_is_not_flat_or_is_small_keeps_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    timed: list[int] = []
+    monkeypatch.setattr(search_path, "_best_seconds", lambda *a: timed.append(1) or 1.0)
+    assert fastest_blas_min_batch(flat_index(), np.ones((2, 8), np.float32)) == 4  # 500 items
+    assert timed == []  # not timed at all
+    monkeypatch.setattr(search_path, "CALIBRATION_MIN_ITEMS", 100)
     index = faiss.index_factory(8, "HNSW8", faiss.METRIC_INNER_PRODUCT)
     index.add(np.random.default_rng(1).standard_normal((200, 8)).astype(np.float32))
     assert fastest_blas_min_batch(index, np.ones((2, 8), np.float32)) == SERVING_BLAS_MIN_BATCH
