@@ -15,7 +15,14 @@ from bundle_fixtures import make_bundle, make_dataset
 
 from service.core.bundle_format import BundleError, build_bundle
 from service.serving.bundle import ServingBundle, load_bundle
-from service.serving.filters import EXACT_SCAN_ITEMS, RowQuery, resolve_filters
+from service.serving.filters import (
+    EXACT_SCAN_ITEMS,
+    NO_ITEMS,
+    RowQuery,
+    resolve_filters,
+    sorted_union,
+    sorted_unique,
+)
 from service.serving.foldin import FOLD_IN_LAMBDA
 from training.checkpoint import ModelArtifact
 from training.dataset import Dataset
@@ -212,3 +219,21 @@ def test_format_1_bundle_still_loads_and_counts_popularity_from_seen_items(tmp_p
         np.testing.assert_array_equal(
             old.fallback(kind, 12, none, None)[1], fresh.fallback(kind, 12, none, None)[1]
         )
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, 40, 256, 257, 2000])
+def test_sorted_unique_and_union_agree_with_numpy_on_either_side_of_the_python_cut(
+    size: int,
+) -> None:
+    """Small sets are merged in Python (no GIL hand-off), large ones by numpy; both must give
+    numpy's answer: sorted, unique, int64."""
+    rng = np.random.default_rng(size)
+    a = rng.integers(0, max(1, size), size)  # duplicates likely
+    b = rng.integers(0, 3 * max(1, size), size // 2 + 1)
+    got = sorted_unique(a)
+    assert got.dtype == np.int64 and got.tolist() == np.unique(a).tolist()
+    assert sorted_unique(a.tolist()).tolist() == np.unique(a).tolist()
+    union = sorted_union(a.astype(np.int64), b.astype(np.int64))
+    assert union.dtype == np.int64 and union.tolist() == np.union1d(a, b).tolist()
+    assert sorted_union(NO_ITEMS, b).tolist() == np.unique(b).tolist()
+    assert sorted_union(a, NO_ITEMS).tolist() == np.unique(a).tolist()
