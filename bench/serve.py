@@ -26,8 +26,8 @@ wrk runs pinned to one core and the server to another (taskset). Targets: create
 GET (fresh filter on) at >= 1.5 x the baseline's requests/s at 16 connections, with p99 < 3 x
 p50, and the fresh filter under 10 % of its CPU per request; the endpoint's p99 at 4
 connections under 5 ms; each route of step 4 costs <= 1.5 x the plain GET's CPU time per
-request; 2 API processes at >= 1.3 x the requests/s of 1. The share of the batching ceiling 1 / (t_floor + t_search) is printed for
-information (issue 18 retired its 80 % target).
+request; 2 API processes at >= 1.3 x the requests/s of 1. The share of the batching ceiling
+1 / (t_floor + t_search) is printed for information (issue 18 retired its 80 % target).
 Prints tables, writes --json, exits 1 on a miss (2 when wrk is missing).
 
     python bench/serve.py [--items 1000000] [--dim 10 100] [--json out.json]

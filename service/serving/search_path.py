@@ -12,11 +12,12 @@ nq 1: 1.1-1.2 / 0.70-0.80; nq 2: 1.07-1.17 / 0.48-0.51; nq 3: 0.96-1.16 / 0.47-0
 0.99-1.15 / 0.30-0.33. On the Intel Xeon host of the earlier figures single queries were
 fastest on the scan (0.31 ms), so batches of 4+ went to BLAS, a fixed
 SERVING_BLAS_MIN_BATCH; on the AMD host that left the batches of 1-3 that low concurrency
-makes (a mean batch of 2.6 at 4 connections) on a scan 1.5-2.4 x slower than BLAS.
-The measurement takes the best of a few timed
-searches per batch size (about 30 ms at 100k items, once per load, off the request path).
-The setting is process-wide, so the serving process (IndexStore) applies it, not
-load_bundle.
+makes (a mean batch of 2.6 at 4 connections) on a scan 1.5-2.4 x slower than BLAS. The
+measurement takes the best of a few timed searches per batch size (about 30 ms at 100k items,
+once per load, off the request path). The setting is process-wide, so the serving process
+(IndexStore) applies it, not load_bundle; while a swap measures, the model still serving
+searches on whichever path the measurement has set (the same items, scores that may differ
+in the last bits).
 
 **Threads.** OpenMP threads per faiss call on the coalescer's search thread:
 omp_set_num_threads sets a per-thread value in libgomp, so a thread that Python starts gets
