@@ -5,7 +5,8 @@ publishes the same synthetic student as bench/serve.py (100,000 items, dim 10), 
 same app (create_app over a static IndexStore, exposure counting off, a third of the users
 holding recent items), and sends each route's requests from C concurrent clients straight
 into the ASGI app: no sockets, no uvicorn, no wrk. Per route and round it prints the
-process's CPU per request; `--profile ROUTE` adds a cProfile of the event-loop thread for
+process's CPU per request and the search thread's part of it (a search thread that idled out
+and restarted during a run is undercounted); `--profile ROUTE` adds a cProfile of the event-loop thread for
 that route (the search thread runs unprofiled). In a profile, a C function that releases the
 GIL while the search thread wants it shows as wall time it did not spend computing (docs/
 service.md, "Waiting on the GIL": os.urandom and numpy's unique were found so).
@@ -122,13 +123,30 @@ async def load(app: Any, reqs: list[tuple], n: int, concurrency: int) -> None:  
     await asyncio.gather(*(client() for _ in range(concurrency)))
 
 
+def search_thread_cpu_s() -> float:
+    """CPU seconds of this process's live coalescer search threads (from /proc)."""
+    import threading
+
+    total = 0.0
+    for t in threading.enumerate():
+        if t.name != "coalescer-search" or not t.native_id:
+            continue
+        try:
+            fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1]
+        except OSError:  # exited meanwhile
+            continue
+        parts = fields.split()
+        total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def run(args: argparse.Namespace, app: Any, per_route: dict[str, list[tuple]]) -> None:  # type: ignore[type-arg]
     for reqs in per_route.values():  # warm: first-use tables, the gc freeze after 2,000 answers
         await load(app, reqs, 1000, args.concurrency)
     for rnd in range(args.rounds):
         for route, reqs in per_route.items():
             profile = cProfile.Profile() if route == args.profile and rnd == 0 else None
-            cpu, wall = time.process_time(), time.perf_counter()
+            cpu, wall, search = time.process_time(), time.perf_counter(), search_thread_cpu_s()
             if profile is not None:
                 profile.enable()
             await load(app, reqs, args.requests, args.concurrency)
@@ -136,8 +154,10 @@ async def run(args: argparse.Namespace, app: Any, per_route: dict[str, list[tupl
                 profile.disable()
             cpu_ms = 1e3 * (time.process_time() - cpu) / args.requests
             wall_ms = 1e3 * (time.perf_counter() - wall) / args.requests
+            search_ms = 1e3 * (search_thread_cpu_s() - search) / args.requests
             print(
-                f"round {rnd} {route:9s} CPU {cpu_ms:.3f} ms/request, wall {wall_ms:.3f}",
+                f"round {rnd} {route:9s} CPU {cpu_ms:.3f} ms/request (search thread "
+                f"{search_ms:.3f}), wall {wall_ms:.3f}",
                 "(profiled)" if profile is not None else "",
                 flush=True,
             )
