@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import json
 import os
 import pstats
 import sys
@@ -34,41 +33,35 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.serve import (  # noqa: E402
-    HISTORY_LEN,
     N_WRK_USERS,
-    K,
     full_app,
+    proc_cpu_s,
     publish_student,
+    route_specs,
     synthetic_dataset,
 )
 
-ROUTES = ("plain", "filtered", "history", "similar")
+# --routes names -> bench/serve.py's step-4 routes
+ROUTES = {
+    "plain": "plain GET",
+    "filtered": "filtered GET",
+    "history": "by-history",
+    "similar": "similar items",
+    "popular": "fallback popular",
+    "debiased": "fallback debiased",
+}
+DEFAULT_ROUTES = "plain,filtered,history,similar"
 
 
-def requests_for(route: str, dataset: Any, users: np.ndarray, seed: int) -> list[tuple]:  # type: ignore[type-arg]
-    """(method, path, query string, body) per request, as bench/serve.py's wrk scripts ask."""
-    rng = np.random.default_rng(seed + 2)
-    items = [f"item-{i}" for i in rng.integers(0, dataset.n_items, len(users))]
-    order = np.argsort(dataset.train[:, 0], kind="stable")
-    by_user = np.split(
-        dataset.train[order, 1],
-        np.cumsum(np.bincount(dataset.train[:, 0], minlength=dataset.n_users))[:-1],
-    )
-    out: list[tuple] = []  # type: ignore[type-arg]
-    for n, u in enumerate(users.tolist()):
-        path = f"/v1/recommendations/u{u}"
-        if route == "plain":
-            out.append(("GET", path, f"k={K}&exclude_seen=true", b""))
-        elif route == "filtered":
-            qs = f"k={K}&exclude_seen=true&exclude={items[n]}&exclude={items[n - 1]}&groups=2&groups=3"
-            out.append(("GET", path, qs, b""))
-        elif route == "history":
-            body = {"items": [f"item-{i}" for i in by_user[u][:HISTORY_LEN]], "k": K}
-            out.append(("POST", "/v1/recommendations/by-history", "", json.dumps(body).encode()))
-        elif route == "similar":
-            out.append(("GET", f"/v1/items/{items[n]}/similar", f"k={K}", b""))
-        else:
-            raise SystemExit(f"unknown route {route!r}: one of {', '.join(ROUTES)}")
+def requests_for(route: str, specs: dict[str, Any]) -> list[tuple[str, str, str, bytes]]:
+    """(method, path, query string, body) per request: bench/serve.py's requests of `route`."""
+    if route not in ROUTES:
+        raise SystemExit(f"unknown route {route!r}: one of {', '.join(ROUTES)}")
+    method, targets, bodies = specs[ROUTES[route]]
+    out = []
+    for n, target in enumerate(targets):
+        path, _, query = target.partition("?")
+        out.append((method, path, query, b"" if bodies is None else bodies[n].encode()))
     return out
 
 
@@ -113,7 +106,7 @@ async def call(app: Any, method: str, path: str, query: str, body: bytes) -> Non
         raise SystemExit(f"{method} {path}?{query} answered {status}")
 
 
-async def load(app: Any, reqs: list[tuple], n: int, concurrency: int) -> None:  # type: ignore[type-arg]
+async def load(app: Any, reqs: list[tuple[str, str, str, bytes]], n: int, concurrency: int) -> None:
     todo = iter(reqs[i % len(reqs)] for i in range(n))
 
     async def client() -> None:
@@ -127,20 +120,14 @@ def search_thread_cpu_s() -> float:
     """CPU seconds of this process's live coalescer search threads (from /proc)."""
     import threading
 
-    total = 0.0
-    for t in threading.enumerate():
-        if t.name != "coalescer-search" or not t.native_id:
-            continue
-        try:
-            fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1]
-        except OSError:  # exited meanwhile
-            continue
-        parts = fields.split()
-        total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    tids = [t.native_id for t in threading.enumerate() if t.name == "coalescer-search"]
+    cpu = (proc_cpu_s(Path(f"/proc/self/task/{tid}/stat")) for tid in tids if tid)
+    return sum(c for c in cpu if c is not None)
 
 
-async def run(args: argparse.Namespace, app: Any, per_route: dict[str, list[tuple]]) -> None:  # type: ignore[type-arg]
+async def run(
+    args: argparse.Namespace, app: Any, per_route: dict[str, list[tuple[str, str, str, bytes]]]
+) -> None:
     for reqs in per_route.values():  # warm: first-use tables, the gc freeze after 2,000 answers
         await load(app, reqs, 1000, args.concurrency)
     for rnd in range(args.rounds):
@@ -170,7 +157,7 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument(
-        "--routes", default=",".join(ROUTES), help="comma-separated: " + ", ".join(ROUTES)
+        "--routes", default=DEFAULT_ROUTES, help="comma-separated: " + ", ".join(ROUTES)
     )
     ap.add_argument("--concurrency", type=int, default=16, help="clients in flight")
     ap.add_argument("--requests", type=int, default=3000, help="per route and round")
@@ -189,7 +176,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="profile-app-") as tmp:
         bundle_dir, _ = publish_student(dataset, 10, "Flat", Path(tmp), args.seed)
         app = full_app(bundle_dir)
-        per_route = {r: requests_for(r, dataset, users, args.seed) for r in args.routes.split(",")}
+        specs = route_specs(dataset, users, args.seed)
+        per_route = {r: requests_for(r, specs) for r in args.routes.split(",")}
         asyncio.run(run(args, app, per_route))
     return 0
 

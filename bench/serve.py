@@ -125,15 +125,14 @@ def time_search(bundle_dir: Path, core: int, n: int, seed: int) -> dict[str, flo
     import faiss
 
     from service.serving.bundle import load_bundle
-    from service.serving.search_path import fastest_blas_min_batch, use_blas_for_batches
+    from service.serving.search_path import use_fastest_path
 
     faiss.omp_set_num_threads(1)
     previous = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {core})
     try:
         b = load_bundle(bundle_dir)
-        # as IndexStore does in the server
-        use_blas_for_batches(b.index.d, fastest_blas_min_batch(b.index, b.user_emb[:8]))
+        use_fastest_path(b.index, b.user_emb[:8])  # as IndexStore does in the server
         users = np.random.default_rng(seed).integers(0, b.n_users, n)
         seen = np.diff(b.seen_indptr)
         raw, rec = [], []
@@ -286,6 +285,16 @@ def serve(kind: str, bundle_dir: str | None, port: int, workers: int = 1) -> Non
     )
 
 
+def proc_cpu_s(stat: Path) -> float | None:
+    """User + system CPU seconds from a /proc .../stat file (a process's or a thread's); None
+    when it is gone (exited meanwhile)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
     """`python bench/serve.py --serve ...` under taskset; CPU time read from /proc."""
 
@@ -347,14 +356,8 @@ class Server:
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) of the server's process tree."""
-        total = 0.0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # exited meanwhile
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-        return total / os.sysconf("SC_CLK_TCK")
+        cpu = (proc_cpu_s(Path(f"/proc/{pid}/stat")) for pid in self.pids())
+        return sum(c for c in cpu if c is not None)
 
     def memory_mb(self) -> list[dict[str, float]]:
         """RSS and PSS (shared pages split between the processes that map them) per process."""
@@ -378,19 +381,8 @@ class Server:
         exposure flusher), by thread id."""
         with urllib.request.urlopen(f"{self.url}/bench/{kind}-threads") as r:
             tids: list[int] = json.loads(r.read())
-        out = {}
-        for tid in tids:
-            try:
-                fields = (
-                    Path(f"/proc/{self.proc.pid}/task/{tid}/stat")
-                    .read_text()
-                    .rsplit(")", 1)[1]
-                    .split()
-                )
-            except OSError:  # exited meanwhile
-                continue
-            out[tid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return out
+        cpu = {tid: proc_cpu_s(Path(f"/proc/{self.proc.pid}/task/{tid}/stat")) for tid in tids}
+        return {tid: c for tid, c in cpu.items() if c is not None}
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -443,12 +435,12 @@ def wrk_requests_script(
     return path
 
 
-def route_scripts(
-    work: Path, dataset, user_ids: np.ndarray, seed: int
-) -> dict[str, tuple[Path, str, str | None]]:  # type: ignore[no-untyped-def]
-    """Per route: (wrk script, one sample path, its POST body or None). Random known users
-    and items; by-history bodies hold a real user's training items; unknown users for the
-    fallbacks."""
+def route_specs(
+    dataset, user_ids: np.ndarray, seed: int
+) -> dict[str, tuple[str, list[str], list[str] | None]]:  # type: ignore[no-untyped-def]
+    """Per route of step 4: (method, request targets (path?query), POST bodies or None).
+    Random known users and items; by-history bodies hold a real user's training items;
+    unknown users for the fallbacks. bench/profile_app.py sends the same requests."""
     rng = np.random.default_rng(seed + 2)
     users = [f"u{u}" for u in user_ids]
     items = [f"item-{i}" for i in rng.integers(0, dataset.n_items, N_WRK_USERS)]
@@ -479,8 +471,17 @@ def route_scripts(
         "fallback popular": ("GET", [f"{p}&fallback=popular" for p in new], None),
         "fallback debiased": ("GET", [f"{p}&fallback=debiased" for p in new], None),
     }
+    return specs
+
+
+def route_scripts(
+    work: Path, dataset, user_ids: np.ndarray, seed: int
+) -> dict[str, tuple[Path, str, str | None]]:  # type: ignore[no-untyped-def]
+    """Per route: (wrk script, one sample path, its POST body or None), from route_specs."""
     out = {}
-    for n, (name, (method, targets, body)) in enumerate(specs.items()):
+    for n, (name, (method, targets, body)) in enumerate(
+        route_specs(dataset, user_ids, seed).items()
+    ):
         script = wrk_requests_script(work / f"route-{n}.lua", method, targets, body)
         out[name] = (script, targets[0], body[0] if body else None)
     return out
@@ -588,6 +589,14 @@ def time_tally_add(bundle_dir: Path, n: int = 200_000) -> float:
     return 1e6 * best
 
 
+RUN_FIELDS = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")
+
+
+def medians(runs: list[dict[str, Any]], fields: tuple[str, ...] = RUN_FIELDS) -> dict[str, Any]:
+    """Per field, the median over alternated rounds' runs (run_wrk's results)."""
+    return {f: float(np.median([r[f] for r in runs])) for f in fields}
+
+
 def route_costs(
     app_srv: Server,
     scripts: dict[str, tuple[Path, str, str | None]],
@@ -624,9 +633,7 @@ def route_costs(
     out: dict[str, dict[str, Any]] = {}
     base = runs["plain GET"]
     for name, rs in runs.items():
-        fields = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "search_cpu_ms_per_req")
-        cost: dict[str, Any] = {f: float(np.median([r[f] for r in rs])) for f in fields}
-        cost["flush_cpu_ms_per_req"] = float(np.median([r["flush_cpu_ms_per_req"] for r in rs]))
+        cost = medians(rs, (*RUN_FIELDS, "search_cpu_ms_per_req", "flush_cpu_ms_per_req"))
         cost["requests"] = sum(int(r["requests"]) for r in rs)
         cost["errors"] = sum(int(r["errors"]) for r in rs)
         ratios = [r["cpu_ms_per_req"] / b["cpu_ms_per_req"] for r, b in zip(rs, base, strict=True)]
@@ -737,13 +744,7 @@ def baseline_and_fresh(
             finally:
                 srv.stop()
 
-    def median(name: str, field: str) -> float:
-        return float(np.median([r[field] for r in runs[name]]))
-
-    out: dict[str, Any] = {
-        name: {f: median(name, f) for f in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")}
-        for name in runs
-    }
+    out: dict[str, Any] = {name: medians(rs) for name, rs in runs.items()}
     out["runs"] = runs
     out["rounds"] = args.rounds
     out["recent_fraction"] = frac
@@ -842,10 +843,7 @@ def process_scaling(
     out: list[dict[str, Any]] = []
     for n, (workers, mmap) in enumerate(configs):
         rs = runs[n]
-        r: dict[str, Any] = {
-            f: float(np.median([x[f] for x in rs]))
-            for f in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")
-        }
+        r = medians(rs)
         r["errors"] = sum(int(x["errors"]) for x in rs)
         r["memory"] = memory[n]
         r["workers"], r["mmap"] = workers, mmap

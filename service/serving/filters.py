@@ -60,7 +60,7 @@ def sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     small)."""
     if len(a) + len(b) > SMALL_SET:
         return np.union1d(a, b).astype(np.int64, copy=False)
-    return sorted_unique(np.concatenate([a, b]) if len(a) and len(b) else (a if len(a) else b))
+    return sorted_unique(np.concatenate([a, b]))
 
 
 class FilterError(ValueError):

@@ -43,7 +43,7 @@ from service.serving.bundle import ServingBundle, load_bundle
 from service.serving.experiment import LoadedExperiment, cumulative_weights
 from service.serving.exposure.counter import ExposureCounter, Tally
 from service.serving.gc_policy import arm_warm_freeze, freeze_long_lived
-from service.serving.search_path import fastest_blas_min_batch, use_blas_for_batches
+from service.serving.search_path import use_fastest_path
 from service.serving.served_model import ServedModel
 
 logger = logging.getLogger(__name__)
@@ -387,8 +387,7 @@ class IndexStore:
         """Send the batches that faiss's BLAS path searches faster than its scan down it
         (measured on this CPU, service/serving/search_path.py): coalesced batches read the
         matrix once."""
-        self.blas_min_batch = fastest_blas_min_batch(bundle.index, bundle.user_emb[:8])
-        use_blas_for_batches(bundle.index.d, self.blas_min_batch)
+        self.blas_min_batch = use_fastest_path(bundle.index, bundle.user_emb[:8])
 
     def _served(
         self,

@@ -62,6 +62,15 @@ def limit_search_threads(n: int = SEARCH_THREAD_OMP_THREADS) -> None:
     faiss.omp_set_num_threads(n)
 
 
+def use_fastest_path(index: faiss.Index, probe: np.ndarray) -> int:
+    """Measure (`fastest_blas_min_batch`) and apply (`use_blas_for_batches`) the batch size
+    from which flat searches of `index` take BLAS; returns it. The serving process calls this
+    for each bundle it loads."""
+    min_batch = fastest_blas_min_batch(index, probe)
+    use_blas_for_batches(index.d, min_batch)
+    return min_batch
+
+
 def _best_seconds(index: faiss.Index, queries: np.ndarray, k: int, threshold: int) -> float:
     faiss.cvar.distance_compute_blas_threshold = threshold
     best = float("inf")

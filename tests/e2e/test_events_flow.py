@@ -62,17 +62,19 @@ class Answers:
         self.lists.append(body)
         return body
 
-    def by_history(self, items: list[str]) -> dict[str, Any]:
-        r = self.api.post("/v1/recommendations/by-history", json={"items": items, "k": K})
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        r = self.api.post(path, json=payload)
         assert r.status_code == 200, r.text
         body: dict[str, Any] = r.json()
+        return body
+
+    def by_history(self, items: list[str]) -> dict[str, Any]:
+        body = self._post("/v1/recommendations/by-history", {"items": items, "k": K})
         self.lists.append(body)
         return body
 
     def batch(self, users: list[str]) -> dict[str, Any]:
-        r = self.api.post("/v1/recommendations", json={"user_ids": users, "k": K})
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
+        body = self._post("/v1/recommendations", {"user_ids": users, "k": K})
         self.lists += body["results"]
         return body
 
