@@ -3,16 +3,23 @@
 unknown id -> 404, state conflict -> 409, bad data -> 422, no model served yet -> 503,
 Redis or the broker unreachable -> 503 (with Retry-After). Each detail names the field at
 fault and the reason. Request values refused at run time (k above max_k, a bad filter) are
-FastAPI's RequestValidationError, whose 422 FastAPI shapes itself.
+FastAPI's RequestValidationError, whose 422 FastAPI shapes itself; `_invalid` only keeps that
+422 a 422 when the refused input holds a lone surrogate (JSON's "\ud800", which pydantic
+refuses as `string_unicode` and echoes back): FastAPI's own handler then fails to encode
+its answer as UTF-8 and the client got a 500.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 import redis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError
 
 from service.api.uploads import UploadError
@@ -59,7 +66,17 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _detail(503, f"{what}: unavailable, retry later", headers={"Retry-After": "5"})
 
 
+async def _invalid(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    try:
+        return await request_validation_exception_handler(request, exc)
+    except UnicodeEncodeError:  # a lone surrogate echoed in "input": escaped, the JSON is equal
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(ConflictError, _conflict)
     app.add_exception_handler(NotServingError, _not_serving)

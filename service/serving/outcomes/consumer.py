@@ -12,8 +12,8 @@ Each pass (every `period_s`, or sooner when events arrive):
    again by the next passes: the answer's process may not have flushed it yet (up to
    exposure_flush_s). Once the event is older than `wait_s` (by its stream id's time) it
    counts as `unknown_rec_id`.
-5. Count and acknowledge each decided event in one Lua script: XACK first, and the counters
-   only if XACK acknowledged it (returned 1). Two consumers that both hold an entry (one
+5. Count and acknowledge the decided events in one Lua script call per pass: per event XACK
+   first, and its counters only if XACK acknowledged it (returned 1). Two consumers that both hold an entry (one
    claimed it from the other, which was only slow) cannot both count it, and a process that
    dies between counting and acknowledging cannot exist: both happen in one atomic script.
 
@@ -23,6 +23,7 @@ lands in the bucket of its flush), and in the since-epoch hash of the answer's m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -47,15 +48,28 @@ WAIT_S = 30.0  # how long an event citing an unknown rec_id waits for its record
 CLAIM_IDLE_S = 60.0  # an entry pending this long in another consumer is taken over
 BATCH = 500  # entries read per call
 
-# KEYS: the stream, the bucket's hash, the since-epoch hash. ARGV: the group, the entry id,
-# the hashes' TTLs (bucket, since), then the fields to increment by 1.
+# One call per pass. KEYS[1]: the stream. ARGV[1]: the group; ARGV[2], ARGV[3]: the hashes'
+# TTLs (bucket, since); ARGV[4]: a JSON array of [entry id, bucket hash, since hash, [fields
+# to increment by 1]] per decided event. Returns 1 per event counted, 0 per event that
+# another consumer had acknowledged first. The hashes are named in ARGV, not KEYS: one
+# argument per event instead of a key list, fine on the single Redis the service uses.
 COUNT_AND_ACK_LUA = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-for h = 2, 3 do
-  for i = 5, #ARGV do redis.call('HINCRBY', KEYS[h], ARGV[i], 1) end
-  redis.call('EXPIRE', KEYS[h], ARGV[h + 1])
+local decided = cjson.decode(ARGV[4])
+local out = {}
+local touched = {}
+for n, d in ipairs(decided) do
+  if redis.call('XACK', KEYS[1], ARGV[1], d[1]) == 1 then
+    for h = 2, 3 do
+      for _, f in ipairs(d[4]) do redis.call('HINCRBY', d[h], f, 1) end
+      touched[d[h]] = ARGV[h]
+    end
+    out[n] = 1
+  else
+    out[n] = 0
+  end
 end
-return 1
+for key, ttl in pairs(touched) do redis.call('EXPIRE', key, ttl) end
+return out
 """
 
 Entry = tuple[str, dict[str, str] | None]  # fields None (or empty): trimmed while pending
@@ -180,8 +194,8 @@ class OutcomeConsumer:
         now = self.clock()
         bucket = int(now // BUCKET_S)
         unattributed = keys.outcomes_unattributed()
-        pipe = self.redis.pipeline(transaction=False)
-        decided: list[bool] = []  # per script call: attributed or not
+        decided: list[tuple[str, str, str, tuple[str, ...]]] = []
+        attributed: list[bool] = []
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream (MAXLEN) while pending: nothing to count
                 self.redis.xack(self.stream, keys.OUTCOME_GROUP, entry_id)
@@ -194,14 +208,16 @@ class OutcomeConsumer:
                 epoch, names = outcome.outcome_key, outcome.fields
             else:
                 epoch, names = unattributed, (outcome.reason,)
-            self._script(
-                keys=[self.stream, keys.outcomes_bucket(epoch, bucket), keys.outcomes_total(epoch)],
-                args=[keys.OUTCOME_GROUP, entry_id, BUCKET_TTL_S, SINCE_TTL_S, *names],
-                client=pipe,
-            )
-            decided.append(isinstance(outcome, Attributed))
-        applied = pipe.execute() if decided else []
-        for ok, was_attributed in zip(applied, decided, strict=True):
+            hashes = keys.outcomes_bucket(epoch, bucket), keys.outcomes_total(epoch)
+            decided.append((entry_id, *hashes, names))
+            attributed.append(isinstance(outcome, Attributed))
+        if not decided:
+            return 0
+        applied = self._script(
+            keys=[self.stream],
+            args=[keys.OUTCOME_GROUP, BUCKET_TTL_S, SINCE_TTL_S, json.dumps(decided)],
+        )
+        for ok, was_attributed in zip(applied, attributed, strict=True):
             if ok:
                 if was_attributed:
                     self.attributed += 1
