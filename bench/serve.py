@@ -934,7 +934,9 @@ def main() -> int:
     try:
         return versus_only(args, work) if args.versus_only else run_all(args, work, warm)
     finally:
-        redis_server.stop()
+        redis_server.stop()  # before the files go: its SHUTDOWN writes into its folder
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def versus_table(rows: list[dict[str, Any]]) -> str:
@@ -1239,8 +1241,8 @@ def run_all(args: argparse.Namespace, work: Path, warm: float) -> int:
         f"p99 at 4 connections < {TARGET_P99_MS} ms; p99 < {TARGET_TAIL_RATIO} x p50 at 16 connections; "
         f"no errors; each route of create_app <= {TARGET_ROUTE_RATIO} x the plain GET's server CPU/request; "
         f"exposure counting <= {100 * TARGET_COUNTING_SHARE:.0f} % of the plain GET's CPU; "
-        f"2 API processes >= {TARGET_SCALING} x the requests/s of 1 (wrk unpinned on the same cores). "
-        f"Files in {work}"
+        f"2 API processes >= {TARGET_SCALING} x the requests/s of 1 (wrk unpinned on the same cores)."
+        + (f" Files in {work}" if args.work_dir is not None else "")
     )
     result = {
         "environment": environment(),
@@ -1252,8 +1254,6 @@ def run_all(args: argparse.Namespace, work: Path, warm: float) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
-    if args.work_dir is None:
-        shutil.rmtree(work, ignore_errors=True)
     return (
         0
         if all(r["pass"] and r["routes_pass"] for r in rows) and all(pr["pass"] for pr in procs)
