@@ -13,9 +13,12 @@ Each pass (every `period_s`, or sooner when events arrive):
    exposure_flush_s). Once the event is older than `wait_s` (by its stream id's time) it
    counts as `unknown_rec_id`.
 5. Count and acknowledge the decided events in one Lua script call per pass: per event XACK
-   first, and its counters only if XACK acknowledged it (returned 1). Two consumers that both hold an entry (one
-   claimed it from the other, which was only slow) cannot both count it, and a process that
-   dies between counting and acknowledging cannot exist: both happen in one atomic script.
+   first, and its counters only if XACK acknowledged it (returned 1). Two consumers that both
+   hold an entry (one claimed it from the other, which was only slow) cannot both count it,
+   and a process that dies between counting and acknowledging cannot exist: both happen in
+   one atomic script. (One call per pass, not per event: redis-py encodes every argument in
+   Python, and a script call per event was 13 % of the API's GIL time during a 500-event
+   batch intake; bench/events.py, py-spy --gil.)
 
 Counts land in the 10-s bucket current when the event is attributed (like exposure, which
 lands in the bucket of its flush), and in the since-epoch hash of the answer's model.
